@@ -1,0 +1,1 @@
+//! The `#[service]` attribute of HRPC. Use it through `lapdev_hrpc::service`.

@@ -1,0 +1,1 @@
+//! HRPC: Lapdev's HTTP RPC layer.

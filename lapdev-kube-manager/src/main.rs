@@ -1,0 +1,3 @@
+//! The `lapdev-kube-manager` binary.
+
+fn main() {}

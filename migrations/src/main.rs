@@ -1,0 +1,3 @@
+//! `migrations` CLI: `up`, `down`, `status`, `fresh` against `DATABASE_URL`.
+
+fn main() {}
