@@ -5,3 +5,5 @@
 //! the in-cluster manager, the server and the CLI can all share it cheaply.
 
 pub mod headers;
+pub mod status;
+pub mod token;
