@@ -1,0 +1,21 @@
+//! What generated code needs from the runtime. Not public API: names here may
+//! change without notice. Going through this module means users of the macro need
+//! neither axum nor serde in their own `Cargo.toml`.
+
+pub use ::axum;
+pub use ::serde;
+pub use ::std::sync::Arc;
+
+pub use crate::server::{handle, method_route, unimplemented_fallback};
+
+/// The request type generated handlers take.
+pub type Request = ::http::Request<::axum::body::Body>;
+/// The response type generated handlers return.
+pub type Response = ::axum::response::Response;
+
+/// Compile-time check, spanned at a method's error type, that the type converts to
+/// and from [`crate::HrpcError`].
+pub const fn assert_error_type<E: From<crate::HrpcError> + Into<crate::HrpcError>>() {}
+
+/// Compile-time check, spanned at a method's success type, that it can travel.
+pub const fn assert_ok_type<T: ::serde::Serialize + ::serde::de::DeserializeOwned>() {}

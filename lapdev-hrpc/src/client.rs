@@ -1,0 +1,403 @@
+//! The client half: a [`Client`] that encodes calls, sends them over any
+//! [`Transport`], and tells server errors apart from transport failures.
+//!
+//! Transports shipped here: [`HttpTransport`] (HTTP/1.1 and HTTP/2 over TCP, with
+//! TLS and connection reuse) and [`ServiceTransport`] (an in-process `tower`
+//! service such as an `axum::Router`, for tests). The reverse tunnel
+//! (server issue) is a third.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::header::{CONTENT_TYPE, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
+
+use crate::error::{Code, HrpcError};
+use crate::protocol::{
+    CONTENT_TYPE_JSON, PROTOCOL_VERSION, REQUEST_ID_HEADER, TIMEOUT_HEADER, VERSION_HEADER,
+    new_request_id,
+};
+
+mod http_transport;
+mod service_transport;
+
+pub use http_transport::{HttpTransport, HttpTransportConfig, TlsConfigError};
+pub use service_transport::ServiceTransport;
+
+/// Boxed error source of a transport failure.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Something that carries one HTTP request to a server and brings the whole
+/// response back.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `request` and returns the response with its body read in full.
+    fn send(
+        &self,
+        request: Request<Bytes>,
+    ) -> BoxFuture<'static, Result<Response<Bytes>, TransportError>>;
+}
+
+/// A call never got an answer from the server.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The connection could not be opened (refused, DNS, TLS handshake).
+    #[error("could not connect to the server")]
+    Connect(#[source] BoxError),
+    /// No complete response arrived before the client's own deadline.
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    /// The connection broke before the response was complete.
+    #[error("the connection closed before the response was complete")]
+    Closed(#[source] BoxError),
+    /// The response body was larger than the client accepts.
+    #[error("the response body is larger than {0} bytes")]
+    ResponseTooLarge(usize),
+    /// The transport itself is gone (e.g. a tunnel that was shut down).
+    #[error("the transport is not available: {0}")]
+    Unavailable(String),
+    /// Any other failure of the underlying client.
+    #[error("the request failed")]
+    Other(#[source] BoxError),
+}
+
+/// The server answered, but not with something this client understands.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unexpected response (HTTP {status}): {message}")]
+pub struct ProtocolError {
+    /// The HTTP status of the response.
+    pub status: StatusCode,
+    /// What was wrong with it.
+    pub message: String,
+}
+
+/// Why a generated client's call failed.
+///
+/// `Service` is an error the server returned (the method's own error type);
+/// `Transport` means no answer arrived; `Protocol` means an answer arrived that was
+/// not an HRPC response (for example a proxy's HTML error page).
+#[derive(Debug)]
+pub enum CallError<E> {
+    /// The server answered with an error.
+    Service(E),
+    /// The request never got an answer.
+    Transport(TransportError),
+    /// The answer was not a valid HRPC response.
+    Protocol(ProtocolError),
+}
+
+impl<E> CallError<E> {
+    /// Whether the failure happened before any server answered.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, CallError::Transport(_))
+    }
+
+    /// The server's error, if this is one.
+    pub fn service_error(&self) -> Option<&E> {
+        match self {
+            CallError::Service(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for CallError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Service(e) => write!(f, "server error: {e}"),
+            CallError::Transport(e) => write!(f, "transport error: {e}"),
+            CallError::Protocol(e) => write!(f, "protocol error: {e}"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for CallError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CallError::Service(e) => Some(e),
+            CallError::Transport(e) => Some(e),
+            CallError::Protocol(e) => Some(e),
+        }
+    }
+}
+
+impl<E: Into<HrpcError>> From<CallError<E>> for HrpcError {
+    /// Folds a failed call into one error to pass on: transport failures become
+    /// `unavailable` (or `deadline_exceeded` for a timeout).
+    fn from(e: CallError<E>) -> Self {
+        match e {
+            CallError::Service(e) => e.into(),
+            CallError::Transport(TransportError::Timeout(d)) => {
+                HrpcError::deadline_exceeded(format!("no response within {d:?}"))
+            }
+            CallError::Transport(t) => {
+                HrpcError::unavailable(format!("{t}{}", source_suffix(&t)))
+            }
+            CallError::Protocol(p) => HrpcError::new(Code::from_http_status(p.status), p.to_string()),
+        }
+    }
+}
+
+fn source_suffix(e: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Per-call options: a deadline and extra headers.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// The call's deadline, sent as `hrpc-timeout-ms` and enforced locally too.
+    pub timeout: Option<Duration>,
+    /// Extra request headers (e.g. `authorization`).
+    pub headers: HeaderMap,
+}
+
+/// How much longer than the deadline the client waits for the server's own
+/// `deadline_exceeded` answer before giving up on the connection.
+const LOCAL_DEADLINE_GRACE: Duration = Duration::from_millis(200);
+
+/// An untyped HRPC client: a base URL, a transport and default options. Generated
+/// clients wrap one.
+#[derive(Clone)]
+pub struct Client {
+    base: Arc<str>,
+    transport: Arc<dyn Transport>,
+    options: CallOptions,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The base URL is not usable.
+    #[error("invalid HRPC base URL {url:?}: {reason}")]
+    InvalidBaseUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The TLS settings are not usable.
+    #[error("invalid TLS settings")]
+    Tls(#[from] TlsConfigError),
+}
+
+impl Client {
+    /// A client for the services mounted at `base_url` (e.g.
+    /// `https://lapdev.example.com/rpc`), sending through `transport`.
+    pub fn new(base_url: &str, transport: impl Transport) -> Result<Self, BuildError> {
+        Self::with_shared_transport(base_url, Arc::new(transport))
+    }
+
+    /// Like [`Client::new`] with a transport that other clients share.
+    pub fn with_shared_transport(
+        base_url: &str,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Self, BuildError> {
+        let invalid = |reason: &'static str| BuildError::InvalidBaseUrl {
+            url: base_url.to_owned(),
+            reason,
+        };
+        let uri: http::Uri = base_url.parse().map_err(|_| invalid("not a URL"))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            _ => return Err(invalid("the scheme must be http or https")),
+        }
+        if uri.host().is_none() {
+            return Err(invalid("the URL has no host"));
+        }
+        if uri.query().is_some() {
+            return Err(invalid("the URL must not have a query"));
+        }
+        Ok(Self {
+            base: Arc::from(base_url.trim_end_matches('/')),
+            transport,
+            options: CallOptions::default(),
+        })
+    }
+
+    /// A client over plain HTTP(S) with the default [`HttpTransportConfig`].
+    pub fn http(base_url: &str) -> Result<Self, BuildError> {
+        Self::new(base_url, HttpTransport::new(HttpTransportConfig::default())?)
+    }
+
+    /// A client that calls an in-process router (no sockets), for tests.
+    pub fn in_process(router: axum::Router) -> Self {
+        Self {
+            base: Arc::from("http://in-process"),
+            transport: Arc::new(ServiceTransport::new(router)),
+            options: CallOptions::default(),
+        }
+    }
+
+    /// The base URL calls go to.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The options every call of this client uses.
+    pub fn options(&self) -> &CallOptions {
+        &self.options
+    }
+
+    /// A copy of this client whose calls use `options`.
+    pub fn with_options(&self, options: CallOptions) -> Self {
+        Self {
+            options,
+            ..self.clone()
+        }
+    }
+
+    /// A copy of this client whose calls have the deadline `timeout`.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        let mut c = self.clone();
+        c.options.timeout = Some(timeout);
+        c
+    }
+
+    /// A copy of this client that sends `name: value` on every call.
+    pub fn with_header(&self, name: HeaderName, value: HeaderValue) -> Self {
+        let mut c = self.clone();
+        c.options.headers.insert(name, value);
+        c
+    }
+
+    /// Calls `{base}/{service}/{method}` with the JSON object `args` and decodes the
+    /// answer. Generated clients call this; it is public for hand-written callers.
+    pub async fn call<A, T, E>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        args: &A,
+    ) -> Result<T, CallError<E>>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+        E: From<HrpcError>,
+    {
+        let request_id = self
+            .options
+            .headers
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_else(new_request_id);
+        let span = tracing::debug_span!("hrpc_call", service, method, request_id = %request_id);
+        async move {
+            let request = self.build_request(service, method, args, &request_id)?;
+            let send = self.transport.send(request);
+            let response = match self.options.timeout {
+                Some(t) => tokio::time::timeout(t + LOCAL_DEADLINE_GRACE, send)
+                    .await
+                    .map_err(|_| CallError::Transport(TransportError::Timeout(t)))?,
+                None => send.await,
+            };
+            let response = response.map_err(|e| {
+                tracing::debug!(error = %e, "hrpc transport failure");
+                CallError::Transport(e)
+            })?;
+            decode_response(response)
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn build_request<A: Serialize + ?Sized, E>(
+        &self,
+        service: &str,
+        method: &str,
+        args: &A,
+        request_id: &str,
+    ) -> Result<Request<Bytes>, CallError<E>> {
+        let body = serde_json::to_vec(args).map_err(|e| {
+            CallError::Transport(TransportError::Other(
+                format!("could not encode the arguments: {e}").into(),
+            ))
+        })?;
+        let uri = format!("{}/{service}/{method}", self.base);
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(CONTENT_TYPE, CONTENT_TYPE_JSON)
+            .header(VERSION_HEADER, PROTOCOL_VERSION);
+        if let Some(t) = self.options.timeout {
+            builder = builder.header(TIMEOUT_HEADER, t.as_millis().to_string());
+        }
+        let mut request = builder.body(Bytes::from(body)).map_err(|e| {
+            CallError::Transport(TransportError::Other(Box::new(e)))
+        })?;
+        let headers = request.headers_mut();
+        for (name, value) in &self.options.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert(REQUEST_ID_HEADER, v);
+        }
+        Ok(request)
+    }
+}
+
+/// Turns a response into the method's result.
+pub(crate) fn decode_response<T, E>(response: Response<Bytes>) -> Result<T, CallError<E>>
+where
+    T: DeserializeOwned,
+    E: From<HrpcError>,
+{
+    let status = response.status();
+    let version_ok = match response.headers().get(VERSION_HEADER) {
+        None => true,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.split('.').next())
+            .and_then(|m| m.trim().parse::<u32>().ok())
+            == Some(PROTOCOL_VERSION),
+    };
+    if !version_ok {
+        return Err(CallError::Protocol(ProtocolError {
+            status,
+            message: format!(
+                "the server speaks HRPC version {:?}, this client speaks version {PROTOCOL_VERSION}",
+                response.headers().get(VERSION_HEADER)
+            ),
+        }));
+    }
+    let body = response.into_body();
+    if status == StatusCode::OK {
+        return serde_json::from_slice(&body).map_err(|e| {
+            CallError::Protocol(ProtocolError {
+                status,
+                message: format!("could not decode the response body: {e}"),
+            })
+        });
+    }
+    match serde_json::from_slice::<HrpcError>(&body) {
+        Ok(error) if !status.is_success() => Err(CallError::Service(E::from(error))),
+        _ => Err(CallError::Protocol(ProtocolError {
+            status,
+            message: format!(
+                "not an HRPC error body: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ),
+        })),
+    }
+}
