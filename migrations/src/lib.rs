@@ -1,2 +1,41 @@
 //! Lapdev's database migrations: one file per migration, each with `up` and `down`,
 //! portable between PostgreSQL and SQLite.
+//!
+//! Portability rules every migration here follows:
+//! - tables are created with their foreign keys inline, because SQLite cannot add a
+//!   foreign key (or most other constraints) with `ALTER TABLE`; a later change to a
+//!   table's constraints has to rebuild the table;
+//! - uniqueness among live rows is a partial unique index (`WHERE deleted_at IS NULL`),
+//!   which both databases support;
+//! - columns have no server-side defaults for timestamps: the application writes them
+//!   in UTC, so both databases store the same representation.
+//!
+//! `down` drops what `up` created (indexes go with their table), so `up`, `down`, `up`
+//! round-trips on both databases.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20251126_000001_create_organization;
+mod m20251126_000002_create_user;
+mod m20251126_000003_create_k8s_provider;
+mod m20251126_000004_create_kube_cluster;
+mod m20251126_000005_create_kube_cluster_token;
+mod m20251126_000006_create_kube_workspace;
+
+/// Every migration, in the order they run.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20251126_000001_create_organization::Migration),
+            Box::new(m20251126_000002_create_user::Migration),
+            Box::new(m20251126_000003_create_k8s_provider::Migration),
+            Box::new(m20251126_000004_create_kube_cluster::Migration),
+            Box::new(m20251126_000005_create_kube_cluster_token::Migration),
+            Box::new(m20251126_000006_create_kube_workspace::Migration),
+        ]
+    }
+}
