@@ -74,10 +74,13 @@ pub fn error_response(status: StatusCode, error: &HrpcError) -> Response {
 /// Router fallback for paths that name no method: `404 unimplemented`.
 pub async fn unimplemented_fallback(req: Request<Body>) -> Response {
     let request_id = request_id_or_new(req.headers().get(REQUEST_ID_HEADER));
-    let error = HrpcError::new(
-        Code::Unimplemented,
-        format!("no HRPC method at {}", req.uri().path()),
-    );
+    // Behind `Router::nest` the URI is stripped of the mount point; name the path
+    // the caller actually sent.
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| req.uri().path().to_owned(), |u| u.path().to_owned());
+    let error = HrpcError::new(Code::Unimplemented, format!("no HRPC method at {path}"));
     with_request_id(error.into_response(), &request_id)
 }
 
@@ -330,9 +333,23 @@ pub(crate) fn decode_args<A: DeserializeOwned>(body: &[u8]) -> Result<A, HrpcErr
     } else {
         body
     };
+    // Serde would also take a struct from a JSON array; the protocol names
+    // arguments, so only an object is accepted.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|&b| b != b'{') {
+        return Err(HrpcError::invalid_argument(
+            "invalid request body at `.`: expected a JSON object of named arguments",
+        )
+        .with_details(serde_json::json!({ "path": "." })));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let args = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
+        // `?` is how serde_path_to_error names a position it could not track; at
+        // the top level that is the body itself.
+        let path = match e.path().to_string() {
+            p if p == "?" => ".".to_owned(),
+            p => p,
+        };
         let inner = e.into_inner();
         HrpcError::invalid_argument(format!("invalid request body at `{path}`: {inner}"))
             .with_details(serde_json::json!({ "path": path }))
