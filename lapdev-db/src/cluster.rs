@@ -1,0 +1,498 @@
+//! Clusters (`kube_cluster`): create, list, get, report info, set status, cordon and
+//! soft-delete. Every function is scoped to an organisation: a cluster of another
+//! organisation is `NotFound`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use lapdev_common::status::{CloudProvider, ClusterStatus, WorkspaceStatus};
+use sea_orm::sea_query::{Alias, Expr, Func};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+use uuid::Uuid;
+
+use crate::db::{Db, now};
+use crate::entities::{kube_cluster, kube_workspace};
+use crate::error::{DbError, DbResult, EntityKind, parse_stored, unique_violation};
+use crate::util::{check_name, check_non_negative, tz, utc};
+
+/// A registered or imported Kubernetes cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// Primary key.
+    pub id: Uuid,
+    /// Owning organisation.
+    pub organization_id: Uuid,
+    /// The provider it was imported from or created through, if any.
+    pub provider_id: Option<Uuid>,
+    /// The provider's id for it (e.g. a GKE self link).
+    pub external_id: Option<String>,
+    /// Unique among the organisation's live clusters.
+    pub name: String,
+    /// Connection / lifecycle state.
+    pub status: ClusterStatus,
+    /// Reported Kubernetes version.
+    pub kubernetes_version: Option<String>,
+    /// Cloud detected by the manager.
+    pub cloud_provider: Option<CloudProvider>,
+    /// Region detected by the manager.
+    pub region: Option<String>,
+    /// Region given at registration, used when none is detected.
+    pub declared_region: Option<String>,
+    /// Reported node count (0 until the first report).
+    pub node_count: i32,
+    /// Reported total CPU capacity in millicores.
+    pub cpu_capacity_millis: i64,
+    /// Reported allocatable CPU in millicores.
+    pub cpu_allocatable_millis: i64,
+    /// Reported total memory capacity in bytes.
+    pub memory_capacity_bytes: i64,
+    /// Reported allocatable memory in bytes.
+    pub memory_allocatable_bytes: i64,
+    /// Version of the connected manager.
+    pub manager_version: Option<String>,
+    /// Namespace the manager runs in.
+    pub manager_namespace: Option<String>,
+    /// When the status last became `connected`.
+    pub connected_at: Option<DateTime<Utc>>,
+    /// When cluster info was last reported; `None` means never, and the capacity
+    /// fields are then meaningless zeros.
+    pub last_reported_at: Option<DateTime<Utc>>,
+    /// When the manager was last heard from.
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// A cordoned cluster gets no new workspaces.
+    pub cordoned: bool,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Cluster {
+    /// The region placement constraints match: the detected one when known, else the
+    /// declared one.
+    pub fn effective_region(&self) -> Option<&str> {
+        self.region.as_deref().or(self.declared_region.as_deref())
+    }
+}
+
+/// What [`Db::create_cluster`] needs.
+#[derive(Debug, Clone)]
+pub struct NewCluster {
+    /// Unique among the organisation's live clusters.
+    pub name: String,
+    /// Initial status: `Pending` for a registered cluster, `Provisioning` for one a
+    /// provider is creating.
+    pub status: ClusterStatus,
+    /// The provider it comes from, if any.
+    pub provider_id: Option<Uuid>,
+    /// The provider's id for it.
+    pub external_id: Option<String>,
+    /// Region given at registration.
+    pub declared_region: Option<String>,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NewCluster {
+    /// A `Pending` cluster with just a name.
+    pub fn named(name: impl Into<String>) -> Self {
+        NewCluster {
+            name: name.into(),
+            status: ClusterStatus::Pending,
+            provider_id: None,
+            external_id: None,
+            declared_region: None,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// What a manager reports about its cluster ([`Db::update_cluster_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInfoUpdate {
+    /// Kubernetes version (`/version` gitVersion).
+    pub kubernetes_version: String,
+    /// Detected cloud.
+    pub cloud_provider: CloudProvider,
+    /// Detected region, if any.
+    pub region: Option<String>,
+    /// Number of nodes.
+    pub node_count: i32,
+    /// Total CPU capacity in millicores.
+    pub cpu_capacity_millis: i64,
+    /// Allocatable CPU in millicores.
+    pub cpu_allocatable_millis: i64,
+    /// Total memory capacity in bytes.
+    pub memory_capacity_bytes: i64,
+    /// Allocatable memory in bytes.
+    pub memory_allocatable_bytes: i64,
+    /// The manager's version.
+    pub manager_version: String,
+    /// The manager's namespace.
+    pub manager_namespace: String,
+}
+
+/// Sum of the requests of the workspaces placed on one cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceRequests {
+    /// CPU in millicores.
+    pub cpu_millis: i64,
+    /// Memory in bytes.
+    pub memory_bytes: i64,
+    /// Persistent storage in bytes.
+    pub storage_bytes: i64,
+    /// Number of workspaces counted.
+    pub workspaces: i64,
+}
+
+fn cluster_from_model(m: kube_cluster::Model) -> DbResult<Cluster> {
+    let labels = serde_json::from_value(m.labels).map_err(|source| DbError::CorruptJson {
+        table: "kube_cluster",
+        column: "labels",
+        source,
+    })?;
+    Ok(Cluster {
+        status: parse_stored("kube_cluster", "status", &m.status)?,
+        cloud_provider: m
+            .cloud_provider
+            .as_deref()
+            .map(|s| parse_stored("kube_cluster", "cloud_provider", s))
+            .transpose()?,
+        id: m.id,
+        organization_id: m.organization_id,
+        provider_id: m.provider_id,
+        external_id: m.external_id,
+        name: m.name,
+        kubernetes_version: m.kubernetes_version,
+        region: m.region,
+        declared_region: m.declared_region,
+        node_count: m.node_count,
+        cpu_capacity_millis: m.cpu_capacity_millis,
+        cpu_allocatable_millis: m.cpu_allocatable_millis,
+        memory_capacity_bytes: m.memory_capacity_bytes,
+        memory_allocatable_bytes: m.memory_allocatable_bytes,
+        manager_version: m.manager_version,
+        manager_namespace: m.manager_namespace,
+        connected_at: m.connected_at.map(utc),
+        last_reported_at: m.last_reported_at.map(utc),
+        last_seen_at: m.last_seen_at.map(utc),
+        cordoned: m.cordoned,
+        labels,
+        created_at: utc(m.created_at),
+        updated_at: utc(m.updated_at),
+    })
+}
+
+/// Workspace statuses whose requests count against a cluster's allocatable resources:
+/// everything placed and live except `stopped` (no pod) and `deleted`.
+const COUNTED_STATUSES: [WorkspaceStatus; 7] = [
+    WorkspaceStatus::Pending,
+    WorkspaceStatus::Scheduling,
+    WorkspaceStatus::Creating,
+    WorkspaceStatus::Running,
+    WorkspaceStatus::Stopping,
+    WorkspaceStatus::Deleting,
+    WorkspaceStatus::Failed,
+];
+
+impl Db {
+    /// Registers a cluster in `org_id`. A live cluster of the same name in the same
+    /// organisation makes it `AlreadyExists`.
+    pub async fn create_cluster(&self, org_id: Uuid, new: NewCluster) -> DbResult<Cluster> {
+        check_name("cluster name", &new.name)?;
+        self.get_organization(org_id).await?;
+        if let Some(provider_id) = new.provider_id {
+            self.get_provider(org_id, provider_id).await?;
+        }
+        let labels = serde_json::to_value(&new.labels).map_err(|source| DbError::CorruptJson {
+            table: "kube_cluster",
+            column: "labels",
+            source,
+        })?;
+        let at = tz(now());
+        let model = kube_cluster::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            organization_id: Set(org_id),
+            provider_id: Set(new.provider_id),
+            external_id: Set(new.external_id),
+            name: Set(new.name.clone()),
+            status: Set(new.status.as_str().to_owned()),
+            kubernetes_version: Set(None),
+            cloud_provider: Set(None),
+            region: Set(None),
+            declared_region: Set(new.declared_region),
+            node_count: Set(0),
+            cpu_capacity_millis: Set(0),
+            cpu_allocatable_millis: Set(0),
+            memory_capacity_bytes: Set(0),
+            memory_allocatable_bytes: Set(0),
+            manager_version: Set(None),
+            manager_namespace: Set(None),
+            connected_at: Set(None),
+            last_reported_at: Set(None),
+            last_seen_at: Set(None),
+            cordoned: Set(false),
+            labels: Set(labels),
+            created_at: Set(at),
+            updated_at: Set(at),
+            deleted_at: Set(None),
+        }
+        .insert(&self.conn)
+        .await
+        .map_err(unique_violation(EntityKind::Cluster, &new.name))?;
+        cluster_from_model(model)
+    }
+
+    /// The live clusters of `org_id`, by name.
+    pub async fn list_clusters(&self, org_id: Uuid) -> DbResult<Vec<Cluster>> {
+        kube_cluster::Entity::find()
+            .filter(kube_cluster::Column::OrganizationId.eq(org_id))
+            .filter(kube_cluster::Column::DeletedAt.is_null())
+            .order_by_asc(kube_cluster::Column::Name)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(cluster_from_model)
+            .collect()
+    }
+
+    /// A live cluster of `org_id`.
+    pub async fn get_cluster(&self, org_id: Uuid, id: Uuid) -> DbResult<Cluster> {
+        kube_cluster::Entity::find_by_id(id)
+            .filter(kube_cluster::Column::OrganizationId.eq(org_id))
+            .filter(kube_cluster::Column::DeletedAt.is_null())
+            .one(&self.conn)
+            .await?
+            .ok_or_else(|| DbError::not_found(EntityKind::Cluster, id))
+            .and_then(cluster_from_model)
+    }
+
+    /// A live cluster of `org_id` by name.
+    pub async fn get_cluster_by_name(&self, org_id: Uuid, name: &str) -> DbResult<Cluster> {
+        kube_cluster::Entity::find()
+            .filter(kube_cluster::Column::OrganizationId.eq(org_id))
+            .filter(kube_cluster::Column::Name.eq(name))
+            .filter(kube_cluster::Column::DeletedAt.is_null())
+            .one(&self.conn)
+            .await?
+            .ok_or_else(|| DbError::not_found(EntityKind::Cluster, name))
+            .and_then(cluster_from_model)
+    }
+
+    /// Records what the manager reported; also sets `last_reported_at` and
+    /// `last_seen_at`. One `UPDATE`, no read.
+    pub async fn update_cluster_info(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        info: &ClusterInfoUpdate,
+    ) -> DbResult<()> {
+        for (field, value) in [
+            ("cpu_capacity_millis", info.cpu_capacity_millis),
+            ("cpu_allocatable_millis", info.cpu_allocatable_millis),
+            ("memory_capacity_bytes", info.memory_capacity_bytes),
+            ("memory_allocatable_bytes", info.memory_allocatable_bytes),
+            ("node_count", i64::from(info.node_count)),
+        ] {
+            check_non_negative(field, value)?;
+        }
+        use kube_cluster::Column as C;
+        let at = tz(now());
+        self.update_live_cluster(
+            org_id,
+            id,
+            kube_cluster::Entity::update_many()
+                .col_expr(
+                    C::KubernetesVersion,
+                    Expr::value(Some(info.kubernetes_version.clone())),
+                )
+                .col_expr(
+                    C::CloudProvider,
+                    Expr::value(Some(info.cloud_provider.as_str())),
+                )
+                .col_expr(C::Region, Expr::value(info.region.clone()))
+                .col_expr(C::NodeCount, Expr::value(info.node_count))
+                .col_expr(C::CpuCapacityMillis, Expr::value(info.cpu_capacity_millis))
+                .col_expr(
+                    C::CpuAllocatableMillis,
+                    Expr::value(info.cpu_allocatable_millis),
+                )
+                .col_expr(
+                    C::MemoryCapacityBytes,
+                    Expr::value(info.memory_capacity_bytes),
+                )
+                .col_expr(
+                    C::MemoryAllocatableBytes,
+                    Expr::value(info.memory_allocatable_bytes),
+                )
+                .col_expr(
+                    C::ManagerVersion,
+                    Expr::value(Some(info.manager_version.clone())),
+                )
+                .col_expr(
+                    C::ManagerNamespace,
+                    Expr::value(Some(info.manager_namespace.clone())),
+                )
+                .col_expr(C::LastReportedAt, Expr::value(Some(at)))
+                .col_expr(C::LastSeenAt, Expr::value(Some(at)))
+                .col_expr(C::UpdatedAt, Expr::value(at)),
+        )
+        .await
+    }
+
+    /// Sets the status; becoming `connected` also sets `connected_at` and
+    /// `last_seen_at`.
+    pub async fn set_cluster_status(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        status: ClusterStatus,
+    ) -> DbResult<()> {
+        use kube_cluster::Column as C;
+        let at = tz(now());
+        let mut update = kube_cluster::Entity::update_many()
+            .col_expr(C::Status, Expr::value(status.as_str()))
+            .col_expr(C::UpdatedAt, Expr::value(at));
+        if status == ClusterStatus::Connected {
+            update = update
+                .col_expr(C::ConnectedAt, Expr::value(Some(at)))
+                .col_expr(C::LastSeenAt, Expr::value(Some(at)));
+        }
+        self.update_live_cluster(org_id, id, update).await
+    }
+
+    /// Records that the manager was heard from (a heartbeat).
+    pub async fn touch_cluster_seen(&self, org_id: Uuid, id: Uuid) -> DbResult<()> {
+        let at = tz(now());
+        self.update_live_cluster(
+            org_id,
+            id,
+            kube_cluster::Entity::update_many()
+                .col_expr(kube_cluster::Column::LastSeenAt, Expr::value(Some(at))),
+        )
+        .await
+    }
+
+    /// Cordons (`true`) or uncordons a cluster.
+    pub async fn set_cluster_cordoned(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        cordoned: bool,
+    ) -> DbResult<()> {
+        let at = tz(now());
+        self.update_live_cluster(
+            org_id,
+            id,
+            kube_cluster::Entity::update_many()
+                .col_expr(kube_cluster::Column::Cordoned, Expr::value(cordoned))
+                .col_expr(kube_cluster::Column::UpdatedAt, Expr::value(at)),
+        )
+        .await
+    }
+
+    /// Soft-deletes a cluster. Its tokens stop verifying at once. Refused (`InUse`)
+    /// while live workspaces are placed on it.
+    pub async fn delete_cluster(&self, org_id: Uuid, id: Uuid) -> DbResult<()> {
+        self.get_cluster(org_id, id).await?;
+        let workspaces = kube_workspace::Entity::find()
+            .filter(kube_workspace::Column::ClusterId.eq(id))
+            .filter(kube_workspace::Column::DeletedAt.is_null())
+            .count(&self.conn)
+            .await?;
+        if workspaces > 0 {
+            return Err(DbError::InUse {
+                entity: EntityKind::Cluster,
+                id,
+                users: workspaces,
+                user_kind: EntityKind::Workspace,
+            });
+        }
+        let at = tz(now());
+        self.update_live_cluster(
+            org_id,
+            id,
+            kube_cluster::Entity::update_many()
+                .col_expr(kube_cluster::Column::DeletedAt, Expr::value(Some(at)))
+                .col_expr(kube_cluster::Column::UpdatedAt, Expr::value(at)),
+        )
+        .await
+    }
+
+    /// The summed requests of the live workspaces placed on each of `org_id`'s
+    /// clusters (only statuses that hold resources count: not `stopped`, not
+    /// `deleted`). Clusters without such workspaces are absent from the map.
+    pub async fn cluster_requested_resources(
+        &self,
+        org_id: Uuid,
+    ) -> DbResult<HashMap<Uuid, ResourceRequests>> {
+        use kube_workspace::Column as W;
+        let sum = |col: W| {
+            Expr::from(Func::cast_as(
+                Func::sum(Expr::col(col)),
+                Alias::new("BIGINT"),
+            ))
+        };
+        let rows: Vec<(Uuid, i64, i64, i64, i64)> = kube_workspace::Entity::find()
+            .select_only()
+            .column(W::ClusterId)
+            .column_as(sum(W::CpuMillis), "cpu_millis")
+            .column_as(sum(W::MemoryBytes), "memory_bytes")
+            .column_as(sum(W::StorageBytes), "storage_bytes")
+            .column_as(
+                Expr::from(Func::cast_as(
+                    Func::count(Expr::col(W::Id)),
+                    Alias::new("BIGINT"),
+                )),
+                "workspaces",
+            )
+            .filter(W::OrganizationId.eq(org_id))
+            .filter(W::DeletedAt.is_null())
+            .filter(W::ClusterId.is_not_null())
+            .filter(W::Status.is_in(COUNTED_STATUSES.map(WorkspaceStatus::as_str)))
+            .group_by(W::ClusterId)
+            .into_tuple()
+            .all(&self.conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(cluster_id, cpu_millis, memory_bytes, storage_bytes, workspaces)| {
+                    (
+                        cluster_id,
+                        ResourceRequests {
+                            cpu_millis,
+                            memory_bytes,
+                            storage_bytes,
+                            workspaces,
+                        },
+                    )
+                },
+            )
+            .collect())
+    }
+
+    /// Runs `update` on the live cluster `id` of `org_id`; `NotFound` when no row matched.
+    async fn update_live_cluster(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        update: sea_orm::UpdateMany<kube_cluster::Entity>,
+    ) -> DbResult<()> {
+        let result = update
+            .filter(kube_cluster::Column::Id.eq(id))
+            .filter(kube_cluster::Column::OrganizationId.eq(org_id))
+            .filter(kube_cluster::Column::DeletedAt.is_null())
+            .exec(&self.conn)
+            .await?;
+        if result.rows_affected == 0 {
+            return Err(DbError::not_found(EntityKind::Cluster, id));
+        }
+        Ok(())
+    }
+}

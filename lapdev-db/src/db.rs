@@ -1,0 +1,136 @@
+//! [`Db`]: the connection pool plus the in-memory state the repository keeps
+//! (the cluster-token `last_used_at` coalescer), and connect-and-migrate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use migrations::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use uuid::Uuid;
+
+use crate::error::{DbError, DbResult};
+
+/// How to open the database.
+#[derive(Debug, Clone)]
+pub struct ConnectConfig {
+    /// `postgres://user@host:port/db` or `sqlite://path/to/file.db?mode=rwc`.
+    pub url: String,
+    /// Upper bound of the connection pool.
+    pub max_connections: u32,
+    /// Apply pending migrations before returning (what the server does on start).
+    pub run_migrations: bool,
+}
+
+impl ConnectConfig {
+    /// Defaults for `url`: a pool of 16 connections, migrations applied.
+    pub fn new(url: impl Into<String>) -> Self {
+        ConnectConfig {
+            url: url.into(),
+            max_connections: 16,
+            run_migrations: true,
+        }
+    }
+}
+
+/// Handle to Lapdev's database. Cheap to clone; all clones share the pool and the
+/// token-usage coalescer.
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) conn: DatabaseConnection,
+    pub(crate) token_usage: Arc<TokenUsage>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").finish_non_exhaustive()
+    }
+}
+
+/// Connects to `url` and applies pending migrations.
+pub async fn connect(url: &str) -> DbResult<Db> {
+    Db::connect_with(&ConnectConfig::new(url)).await
+}
+
+impl Db {
+    /// Connects as `config` says.
+    pub async fn connect_with(config: &ConnectConfig) -> DbResult<Db> {
+        let mut options = ConnectOptions::new(config.url.clone());
+        options
+            .max_connections(config.max_connections)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(30))
+            .sqlx_logging(false);
+        let conn = Database::connect(options).await.map_err(DbError::Connect)?;
+        if config.run_migrations {
+            Migrator::up(&conn, None).await.map_err(DbError::Migrate)?;
+        }
+        Ok(Db::from_connection(conn))
+    }
+
+    /// Wraps an existing connection without migrating it.
+    pub fn from_connection(conn: DatabaseConnection) -> Db {
+        Db {
+            conn,
+            token_usage: Arc::new(TokenUsage::default()),
+        }
+    }
+
+    /// The underlying SeaORM connection, for migrations and tests. Application code
+    /// uses the repository methods instead.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    /// Writes pending token usage and closes the pool.
+    pub async fn close(self) -> DbResult<()> {
+        self.flush_token_usage().await?;
+        self.conn.close().await?;
+        Ok(())
+    }
+}
+
+/// `last_used_at` of cluster tokens, kept in memory between flushes so that verifying a
+/// token does not write to the database.
+#[derive(Debug, Default)]
+pub(crate) struct TokenUsage {
+    pending: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+}
+
+impl TokenUsage {
+    pub(crate) fn record(&self, token_id: Uuid, at: DateTime<Utc>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = pending.entry(token_id).or_insert(at);
+        if *entry < at {
+            *entry = at;
+        }
+    }
+
+    pub(crate) fn get(&self, token_id: Uuid) -> Option<DateTime<Utc>> {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.get(&token_id).copied()
+    }
+
+    pub(crate) fn forget(&self, token_id: Uuid) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.remove(&token_id);
+    }
+
+    pub(crate) fn take(&self) -> HashMap<Uuid, DateTime<Utc>> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *pending)
+    }
+
+    /// Puts back entries a failed flush could not write, keeping newer ones.
+    pub(crate) fn restore(&self, entries: impl IntoIterator<Item = (Uuid, DateTime<Utc>)>) {
+        for (id, at) in entries {
+            self.record(id, at);
+        }
+    }
+}
+
+/// The current time at the precision both databases keep (microseconds).
+pub(crate) fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}

@@ -1,0 +1,206 @@
+//! [`DbError`], the one error type of the repository API.
+//!
+//! Callers match on the variants (`NotFound`, `AlreadyExists`, `Conflict`,
+//! `InvalidToken`, ...) to pick an HTTP or RPC status; the database's own error is only
+//! kept as a source for logging.
+
+use lapdev_common::status::{ParseEnumError, WorkspaceStatus};
+use sea_orm::{DbErr, SqlErr};
+use uuid::Uuid;
+
+use crate::crypto::CredentialError;
+
+/// The kind of row an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntityKind {
+    /// An `organization` row.
+    Organization,
+    /// A `user` row.
+    User,
+    /// A `k8s_provider` row.
+    Provider,
+    /// A `kube_cluster` row.
+    Cluster,
+    /// A `kube_cluster_token` row.
+    ClusterToken,
+    /// A `kube_workspace` row.
+    Workspace,
+}
+
+impl std::fmt::Display for EntityKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EntityKind::Organization => "organization",
+            EntityKind::User => "user",
+            EntityKind::Provider => "provider",
+            EntityKind::Cluster => "cluster",
+            EntityKind::ClusterToken => "cluster token",
+            EntityKind::Workspace => "workspace",
+        })
+    }
+}
+
+/// Why a presented cluster token was rejected. Callers answer every reason the same
+/// way (unauthenticated); the reason is for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRejection {
+    /// The string does not have the cluster-token shape.
+    Malformed,
+    /// No token with this hash exists.
+    Unknown,
+    /// The token was revoked.
+    Revoked,
+    /// The token's expiry time has passed.
+    Expired,
+    /// The token's cluster was deleted.
+    ClusterDeleted,
+}
+
+impl std::fmt::Display for TokenRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenRejection::Malformed => "malformed",
+            TokenRejection::Unknown => "unknown",
+            TokenRejection::Revoked => "revoked",
+            TokenRejection::Expired => "expired",
+            TokenRejection::ClusterDeleted => "its cluster was deleted",
+        })
+    }
+}
+
+/// Everything a repository function can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Opening the connection pool failed.
+    #[error("could not connect to the database")]
+    Connect(#[source] DbErr),
+    /// Applying pending migrations failed.
+    #[error("could not apply database migrations")]
+    Migrate(#[source] DbErr),
+    /// The row does not exist, is soft-deleted, or belongs to another organisation.
+    #[error("{entity} {key} not found")]
+    NotFound {
+        /// What was looked up.
+        entity: EntityKind,
+        /// The id or name it was looked up by.
+        key: String,
+    },
+    /// A live row with the same unique name (or key) already exists.
+    #[error("{entity} {key:?} already exists")]
+    AlreadyExists {
+        /// What was being created.
+        entity: EntityKind,
+        /// The name (or key) that is taken.
+        key: String,
+    },
+    /// The row changed since the caller read it (optimistic concurrency); re-read and retry.
+    #[error("{entity} {id} was changed concurrently (expected version {expected_version})")]
+    Conflict {
+        /// What was being changed.
+        entity: EntityKind,
+        /// Its id.
+        id: Uuid,
+        /// The version the caller expected.
+        expected_version: i64,
+    },
+    /// The requested workspace status may not follow the current one.
+    #[error("workspace {id} cannot go from {from} to {to}")]
+    InvalidTransition {
+        /// The workspace.
+        id: Uuid,
+        /// Its current status.
+        from: WorkspaceStatus,
+        /// The status that was asked for.
+        to: WorkspaceStatus,
+    },
+    /// The row is still referenced by live rows (e.g. a cluster with workspaces).
+    #[error("{entity} {id} is still in use by {users} live {user_kind} row(s)")]
+    InUse {
+        /// What was being deleted.
+        entity: EntityKind,
+        /// Its id.
+        id: Uuid,
+        /// How many live rows still refer to it.
+        users: u64,
+        /// What kind of rows those are.
+        user_kind: EntityKind,
+    },
+    /// A presented cluster token is not valid.
+    #[error("invalid cluster token: {0}")]
+    InvalidToken(TokenRejection),
+    /// An argument failed validation before anything was written.
+    #[error("invalid {field}: {reason}")]
+    InvalidInput {
+        /// The argument or field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A stored enum string does not name any variant: the row is corrupt or was written
+    /// by a newer version.
+    #[error("{table}.{column} holds an unknown value")]
+    CorruptValue {
+        /// The table.
+        table: &'static str,
+        /// The column.
+        column: &'static str,
+        /// Which enum and which value.
+        #[source]
+        source: ParseEnumError,
+    },
+    /// A stored JSON column does not have the expected shape.
+    #[error("{table}.{column} holds malformed JSON")]
+    CorruptJson {
+        /// The table.
+        table: &'static str,
+        /// The column.
+        column: &'static str,
+        /// What failed to decode.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Encrypting or decrypting a provider credential failed.
+    #[error("provider credential")]
+    Credential(#[from] CredentialError),
+    /// The operating system's random number generator failed.
+    #[error("the system random number generator failed")]
+    Random,
+    /// Any other database failure (connection lost, timeout, ...).
+    #[error("database query failed")]
+    Query(#[from] DbErr),
+}
+
+/// Shorthand for results of the repository API.
+pub type DbResult<T> = Result<T, DbError>;
+
+impl DbError {
+    pub(crate) fn not_found(entity: EntityKind, key: impl ToString) -> Self {
+        DbError::NotFound {
+            entity,
+            key: key.to_string(),
+        }
+    }
+}
+
+/// Maps a unique-constraint violation of an insert or update to `AlreadyExists`.
+pub(crate) fn unique_violation(entity: EntityKind, key: &str) -> impl FnOnce(DbErr) -> DbError {
+    move |err| match err.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => DbError::AlreadyExists {
+            entity,
+            key: key.to_owned(),
+        },
+        _ => DbError::Query(err),
+    }
+}
+
+/// Parses a stored enum string, turning an unknown value into `CorruptValue`.
+pub(crate) fn parse_stored<T>(table: &'static str, column: &'static str, value: &str) -> DbResult<T>
+where
+    T: std::str::FromStr<Err = ParseEnumError>,
+{
+    value.parse().map_err(|source| DbError::CorruptValue {
+        table,
+        column,
+        source,
+    })
+}

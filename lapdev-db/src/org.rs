@@ -1,0 +1,159 @@
+//! Organisations and users: enough to scope every other row and to name JWT subjects.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+};
+use uuid::Uuid;
+
+use crate::db::{Db, now};
+use crate::entities::{organization, user};
+use crate::error::{DbError, DbResult, EntityKind, unique_violation};
+use crate::util::{check_name, tz, utc};
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Organization {
+    /// Primary key.
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A member of one organisation; `id` is the subject of their JWTs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Primary key.
+    pub id: Uuid,
+    /// The organisation the user belongs to.
+    pub organization_id: Uuid,
+    /// Unique among the organisation's live users.
+    pub name: String,
+    /// Contact address, if known.
+    pub email: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What [`Db::create_user`] needs.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Unique among the organisation's live users.
+    pub name: String,
+    /// Contact address, if known.
+    pub email: Option<String>,
+}
+
+impl From<organization::Model> for Organization {
+    fn from(m: organization::Model) -> Self {
+        Organization {
+            id: m.id,
+            name: m.name,
+            created_at: utc(m.created_at),
+            updated_at: utc(m.updated_at),
+        }
+    }
+}
+
+impl From<user::Model> for User {
+    fn from(m: user::Model) -> Self {
+        User {
+            id: m.id,
+            organization_id: m.organization_id,
+            name: m.name,
+            email: m.email,
+            created_at: utc(m.created_at),
+            updated_at: utc(m.updated_at),
+        }
+    }
+}
+
+impl Db {
+    /// Creates an organisation.
+    pub async fn create_organization(&self, name: &str) -> DbResult<Organization> {
+        check_name("organization name", name)?;
+        let at = tz(now());
+        let model = organization::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            name: Set(name.to_owned()),
+            created_at: Set(at),
+            updated_at: Set(at),
+            deleted_at: Set(None),
+        }
+        .insert(&self.conn)
+        .await?;
+        Ok(model.into())
+    }
+
+    /// A live organisation by id.
+    pub async fn get_organization(&self, id: Uuid) -> DbResult<Organization> {
+        organization::Entity::find_by_id(id)
+            .filter(organization::Column::DeletedAt.is_null())
+            .one(&self.conn)
+            .await?
+            .map(Organization::from)
+            .ok_or_else(|| DbError::not_found(EntityKind::Organization, id))
+    }
+
+    /// Creates a user in `org_id`.
+    pub async fn create_user(&self, org_id: Uuid, new: NewUser) -> DbResult<User> {
+        check_name("user name", &new.name)?;
+        self.get_organization(org_id).await?;
+        let at = tz(now());
+        let model = user::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            organization_id: Set(org_id),
+            name: Set(new.name.clone()),
+            email: Set(new.email),
+            created_at: Set(at),
+            updated_at: Set(at),
+            deleted_at: Set(None),
+        }
+        .insert(&self.conn)
+        .await
+        .map_err(unique_violation(EntityKind::User, &new.name))?;
+        Ok(model.into())
+    }
+
+    /// A live user of `org_id` by id.
+    pub async fn get_user(&self, org_id: Uuid, user_id: Uuid) -> DbResult<User> {
+        user::Entity::find_by_id(user_id)
+            .filter(user::Column::OrganizationId.eq(org_id))
+            .filter(user::Column::DeletedAt.is_null())
+            .one(&self.conn)
+            .await?
+            .map(User::from)
+            .ok_or_else(|| DbError::not_found(EntityKind::User, user_id))
+    }
+
+    /// A live user of `org_id` by name.
+    pub async fn get_user_by_name(&self, org_id: Uuid, name: &str) -> DbResult<User> {
+        user::Entity::find()
+            .filter(user::Column::OrganizationId.eq(org_id))
+            .filter(user::Column::Name.eq(name))
+            .filter(user::Column::DeletedAt.is_null())
+            .one(&self.conn)
+            .await?
+            .map(User::from)
+            .ok_or_else(|| DbError::not_found(EntityKind::User, name))
+    }
+
+    /// The live users of `org_id`, by name.
+    pub async fn list_users(&self, org_id: Uuid) -> DbResult<Vec<User>> {
+        Ok(user::Entity::find()
+            .filter(user::Column::OrganizationId.eq(org_id))
+            .filter(user::Column::DeletedAt.is_null())
+            .order_by_asc(user::Column::Name)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(User::from)
+            .collect())
+    }
+}

@@ -1,0 +1,176 @@
+//! Throwaway databases for tests (feature `test-support`), usable by every crate's
+//! tests.
+//!
+//! [`TestDatabase::postgres`] creates `lapdev_test_<uuid>` on the server named by
+//! `LAPDEV_TEST_DATABASE_URL` (set in `.cargo/config.toml`), migrates it and drops it
+//! (`WITH (FORCE)`) when the value is dropped, also when the test panics.
+//! [`TestDatabase::sqlite`] does the same with a file in the temp directory.
+
+use uuid::Uuid;
+
+use crate::db::{ConnectConfig, Db};
+
+/// Environment variable naming the PostgreSQL server tests use (an admin URL).
+pub const TEST_DATABASE_URL_ENV: &str = "LAPDEV_TEST_DATABASE_URL";
+
+enum Backing {
+    Postgres { admin_url: String, name: String },
+    Sqlite { path: std::path::PathBuf },
+}
+
+/// A database that exists for one test.
+pub struct TestDatabase {
+    db: Db,
+    url: String,
+    backing: Backing,
+}
+
+impl std::fmt::Debug for TestDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestDatabase")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+fn admin_url() -> String {
+    std::env::var(TEST_DATABASE_URL_ENV).unwrap_or_else(|_| {
+        panic!("{TEST_DATABASE_URL_ENV} must name a PostgreSQL server for database tests")
+    })
+}
+
+/// `postgres://u@h:p/db?x` with the database replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    match query {
+        Some(query) => format!("{server}/{name}?{query}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
+async fn admin_execute(admin_url: &str, sql: &str) -> Result<(), sea_orm::DbErr> {
+    use sea_orm::ConnectionTrait;
+    let mut options = sea_orm::ConnectOptions::new(admin_url.to_owned());
+    options.max_connections(1).sqlx_logging(false);
+    let conn = sea_orm::Database::connect(options).await?;
+    conn.execute_unprepared(sql).await?;
+    conn.close().await
+}
+
+impl TestDatabase {
+    /// A fresh, migrated PostgreSQL database.
+    pub async fn postgres() -> TestDatabase {
+        Self::postgres_with(true).await
+    }
+
+    /// A fresh PostgreSQL database with no tables (for migration tests).
+    pub async fn empty_postgres() -> TestDatabase {
+        Self::postgres_with(false).await
+    }
+
+    async fn postgres_with(run_migrations: bool) -> TestDatabase {
+        let admin_url = admin_url();
+        let name = format!("lapdev_test_{}", Uuid::new_v4().simple());
+        admin_execute(&admin_url, &format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap_or_else(|e| panic!("creating test database {name} failed: {e}"));
+        let url = with_database(&admin_url, &name);
+        // From here on, dropping `guard` removes the database even if connecting fails.
+        let backing = Backing::Postgres { admin_url, name };
+        Self::open(url, backing, run_migrations).await
+    }
+
+    /// A fresh, migrated SQLite database file.
+    pub async fn sqlite() -> TestDatabase {
+        Self::sqlite_with(true).await
+    }
+
+    /// A fresh SQLite database file with no tables (for migration tests).
+    pub async fn empty_sqlite() -> TestDatabase {
+        Self::sqlite_with(false).await
+    }
+
+    async fn sqlite_with(run_migrations: bool) -> TestDatabase {
+        let path = std::env::temp_dir().join(format!("lapdev_test_{}.db", Uuid::new_v4().simple()));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        Self::open(url, Backing::Sqlite { path }, run_migrations).await
+    }
+
+    async fn open(url: String, backing: Backing, run_migrations: bool) -> TestDatabase {
+        let mut guard = TestDatabase {
+            db: Db::from_connection(sea_orm::DatabaseConnection::default()),
+            url,
+            backing,
+        };
+        let mut config = ConnectConfig::new(guard.url.clone());
+        config.run_migrations = run_migrations;
+        config.max_connections = 8;
+        guard.db = Db::connect_with(&config)
+            .await
+            .unwrap_or_else(|e| panic!("opening test database {} failed: {e:?}", guard.url));
+        guard
+    }
+
+    /// The repository handle.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The database URL (to hand to a binary under test).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        match &self.backing {
+            Backing::Postgres { admin_url, name } => {
+                // Drop runs inside the test's runtime, which cannot be blocked on, so
+                // the cleanup gets a thread and a runtime of its own. FORCE ends the
+                // pool's connections that are still open.
+                let admin_url = admin_url.clone();
+                let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                let result = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a runtime for dropping the test database");
+                    runtime.block_on(admin_execute(&admin_url, &sql))
+                })
+                .join();
+                if !matches!(result, Ok(Ok(()))) {
+                    eprintln!("warning: could not drop test database {name}");
+                }
+            }
+            Backing::Sqlite { path } => {
+                for suffix in ["", "-wal", "-shm", "-journal"] {
+                    let mut file = path.clone().into_os_string();
+                    file.push(suffix);
+                    let _ = std::fs::remove_file(file);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/db?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+    }
+}

@@ -1,0 +1,500 @@
+//! Workspaces (`kube_workspace`): create, get, list, placement, status transitions and
+//! soft-delete.
+//!
+//! Every change is guarded by optimistic concurrency: the caller passes the `version`
+//! it read, the `UPDATE` matches only that version and bumps it, and a writer that lost
+//! the race gets `Conflict` (re-read, decide again). Which observed status may follow
+//! which is [`workspace_transition_allowed`].
+
+use chrono::{DateTime, Utc};
+use lapdev_common::status::{DesiredState, WorkspaceStatus};
+use sea_orm::sea_query::{Condition, Expr, ExprTrait};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+};
+use uuid::Uuid;
+
+use crate::db::{Db, now};
+use crate::entities::kube_workspace;
+use crate::error::{DbError, DbResult, EntityKind, parse_stored, unique_violation};
+use crate::util::{check_name, check_non_negative, tz, utc};
+
+/// A developer workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    /// Primary key.
+    pub id: Uuid,
+    /// Owning organisation.
+    pub organization_id: Uuid,
+    /// The user it belongs to.
+    pub owner_id: Uuid,
+    /// Unique among the organisation's live workspaces.
+    pub name: String,
+    /// Where it was placed; `None` until scheduled.
+    pub cluster_id: Option<Uuid>,
+    /// Kubernetes namespace of its objects, once placed.
+    pub namespace: Option<String>,
+    /// Container image.
+    pub image: String,
+    /// Requested CPU in millicores.
+    pub cpu_millis: i64,
+    /// Requested memory in bytes.
+    pub memory_bytes: i64,
+    /// Requested persistent storage in bytes.
+    pub storage_bytes: i64,
+    /// What the user asked for.
+    pub desired_state: DesiredState,
+    /// What was last observed.
+    pub status: WorkspaceStatus,
+    /// Human-readable detail of the status (e.g. why it failed).
+    pub status_message: Option<String>,
+    /// Name of its pod, once known.
+    pub pod_name: Option<String>,
+    /// Optimistic-concurrency version; every change increments it.
+    pub version: i64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What [`Db::create_workspace`] needs.
+#[derive(Debug, Clone)]
+pub struct NewWorkspace {
+    /// A user of the same organisation.
+    pub owner_id: Uuid,
+    /// Unique among the organisation's live workspaces.
+    pub name: String,
+    /// Container image.
+    pub image: String,
+    /// Requested CPU in millicores.
+    pub cpu_millis: i64,
+    /// Requested memory in bytes.
+    pub memory_bytes: i64,
+    /// Requested persistent storage in bytes.
+    pub storage_bytes: i64,
+    /// Usually `Running`.
+    pub desired_state: DesiredState,
+}
+
+/// A status change for [`Db::transition_workspace`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceTransition {
+    /// The new observed status.
+    pub status: WorkspaceStatus,
+    /// The new status message (`None` clears it).
+    pub status_message: Option<String>,
+    /// A pod name to record; `None` leaves the stored one.
+    pub pod_name: Option<String>,
+}
+
+impl WorkspaceTransition {
+    /// A change to `status` with no message.
+    pub fn to(status: WorkspaceStatus) -> Self {
+        WorkspaceTransition {
+            status,
+            status_message: None,
+            pod_name: None,
+        }
+    }
+}
+
+/// Whether the observed status `to` may follow `from`.
+///
+/// Staying in the same status is allowed (it updates the message). `deleted` is final.
+/// `failed` may be retried (rescheduled or recreated) or cleaned up. A stopped
+/// workspace starts again through `creating` on its cluster.
+pub fn workspace_transition_allowed(from: WorkspaceStatus, to: WorkspaceStatus) -> bool {
+    use WorkspaceStatus::*;
+    if from == to {
+        return true;
+    }
+    match from {
+        Pending => matches!(to, Scheduling | Deleting | Deleted | Failed),
+        Scheduling => matches!(to, Pending | Creating | Deleting | Deleted | Failed),
+        Creating => matches!(to, Running | Stopping | Deleting | Failed),
+        Running => matches!(to, Stopping | Deleting | Failed),
+        Stopping => matches!(to, Stopped | Deleting | Failed),
+        Stopped => matches!(to, Creating | Scheduling | Deleting | Deleted | Failed),
+        Deleting => matches!(to, Deleted | Failed),
+        Deleted => false,
+        Failed => matches!(
+            to,
+            Pending | Scheduling | Creating | Stopping | Deleting | Deleted
+        ),
+    }
+}
+
+fn workspace_from_model(m: kube_workspace::Model) -> DbResult<Workspace> {
+    Ok(Workspace {
+        desired_state: parse_stored("kube_workspace", "desired_state", &m.desired_state)?,
+        status: parse_stored("kube_workspace", "status", &m.status)?,
+        id: m.id,
+        organization_id: m.organization_id,
+        owner_id: m.owner_id,
+        name: m.name,
+        cluster_id: m.cluster_id,
+        namespace: m.namespace,
+        image: m.image,
+        cpu_millis: m.cpu_millis,
+        memory_bytes: m.memory_bytes,
+        storage_bytes: m.storage_bytes,
+        status_message: m.status_message,
+        pod_name: m.pod_name,
+        version: m.version,
+        created_at: utc(m.created_at),
+        updated_at: utc(m.updated_at),
+    })
+}
+
+impl Db {
+    /// Creates a `pending` workspace (version 1) for a user of `org_id`.
+    pub async fn create_workspace(&self, org_id: Uuid, new: NewWorkspace) -> DbResult<Workspace> {
+        check_name("workspace name", &new.name)?;
+        check_name("image", &new.image)?;
+        check_non_negative("cpu_millis", new.cpu_millis)?;
+        check_non_negative("memory_bytes", new.memory_bytes)?;
+        check_non_negative("storage_bytes", new.storage_bytes)?;
+        self.get_user(org_id, new.owner_id).await?;
+        let at = tz(now());
+        let model = kube_workspace::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            organization_id: Set(org_id),
+            owner_id: Set(new.owner_id),
+            name: Set(new.name.clone()),
+            cluster_id: Set(None),
+            namespace: Set(None),
+            image: Set(new.image),
+            cpu_millis: Set(new.cpu_millis),
+            memory_bytes: Set(new.memory_bytes),
+            storage_bytes: Set(new.storage_bytes),
+            desired_state: Set(new.desired_state.as_str().to_owned()),
+            status: Set(WorkspaceStatus::Pending.as_str().to_owned()),
+            status_message: Set(None),
+            pod_name: Set(None),
+            version: Set(1),
+            created_at: Set(at),
+            updated_at: Set(at),
+            deleted_at: Set(None),
+        }
+        .insert(&self.conn)
+        .await
+        .map_err(unique_violation(EntityKind::Workspace, &new.name))?;
+        workspace_from_model(model)
+    }
+
+    /// A live workspace of `org_id`.
+    pub async fn get_workspace(&self, org_id: Uuid, id: Uuid) -> DbResult<Workspace> {
+        kube_workspace::Entity::find_by_id(id)
+            .filter(kube_workspace::Column::OrganizationId.eq(org_id))
+            .filter(kube_workspace::Column::DeletedAt.is_null())
+            .one(&self.conn)
+            .await?
+            .ok_or_else(|| DbError::not_found(EntityKind::Workspace, id))
+            .and_then(workspace_from_model)
+    }
+
+    /// The live workspaces of `org_id`, by name.
+    pub async fn list_workspaces(&self, org_id: Uuid) -> DbResult<Vec<Workspace>> {
+        kube_workspace::Entity::find()
+            .filter(kube_workspace::Column::OrganizationId.eq(org_id))
+            .filter(kube_workspace::Column::DeletedAt.is_null())
+            .order_by_asc(kube_workspace::Column::Name)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(workspace_from_model)
+            .collect()
+    }
+
+    /// The live workspaces of `org_id` placed on `cluster_id`, by name.
+    pub async fn list_cluster_workspaces(
+        &self,
+        org_id: Uuid,
+        cluster_id: Uuid,
+    ) -> DbResult<Vec<Workspace>> {
+        kube_workspace::Entity::find()
+            .filter(kube_workspace::Column::OrganizationId.eq(org_id))
+            .filter(kube_workspace::Column::ClusterId.eq(cluster_id))
+            .filter(kube_workspace::Column::DeletedAt.is_null())
+            .order_by_asc(kube_workspace::Column::Name)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(workspace_from_model)
+            .collect()
+    }
+
+    /// Live workspaces of every organisation whose observed status does not match
+    /// their desired state (for the conductor's reconciler after a restart). `failed`
+    /// workspaces are included; the reconciler decides whether to retry.
+    pub async fn list_unsettled_workspaces(&self) -> DbResult<Vec<Workspace>> {
+        use kube_workspace::Column as W;
+        let settled = |desired: DesiredState, status: WorkspaceStatus| {
+            Condition::all()
+                .add(W::DesiredState.eq(desired.as_str()))
+                .add(W::Status.eq(status.as_str()))
+        };
+        kube_workspace::Entity::find()
+            .filter(W::DeletedAt.is_null())
+            .filter(
+                Condition::any()
+                    .add(settled(DesiredState::Running, WorkspaceStatus::Running))
+                    .add(settled(DesiredState::Stopped, WorkspaceStatus::Stopped))
+                    .add(settled(DesiredState::Deleted, WorkspaceStatus::Deleted))
+                    .not(),
+            )
+            .order_by_asc(W::UpdatedAt)
+            .order_by_asc(W::Id)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(workspace_from_model)
+            .collect()
+    }
+
+    /// Changes the observed status if `expected_version` is current and the change is
+    /// allowed by [`workspace_transition_allowed`]. Of two writers holding the same
+    /// version, exactly one wins; the other gets `Conflict`.
+    pub async fn transition_workspace(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        change: WorkspaceTransition,
+    ) -> DbResult<Workspace> {
+        let current = self.get_workspace(org_id, id).await?;
+        check_version(&current, expected_version)?;
+        check_transition(&current, change.status)?;
+        use kube_workspace::Column as W;
+        let mut update = kube_workspace::Entity::update_many()
+            .col_expr(W::Status, Expr::value(change.status.as_str()))
+            .col_expr(W::StatusMessage, Expr::value(change.status_message));
+        if let Some(pod_name) = change.pod_name {
+            update = update.col_expr(W::PodName, Expr::value(Some(pod_name)));
+        }
+        self.update_workspace_versioned(org_id, id, expected_version, update)
+            .await
+    }
+
+    /// Records the scheduler's choice: the workspace goes to `creating` on `cluster_id`
+    /// (a live cluster of the same organisation) in `namespace`.
+    pub async fn place_workspace(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        cluster_id: Uuid,
+        namespace: &str,
+    ) -> DbResult<Workspace> {
+        check_name("namespace", namespace)?;
+        let current = self.get_workspace(org_id, id).await?;
+        check_version(&current, expected_version)?;
+        check_transition(&current, WorkspaceStatus::Creating)?;
+        self.get_cluster(org_id, cluster_id).await?;
+        use kube_workspace::Column as W;
+        let update = kube_workspace::Entity::update_many()
+            .col_expr(W::ClusterId, Expr::value(Some(cluster_id)))
+            .col_expr(W::Namespace, Expr::value(Some(namespace.to_owned())))
+            .col_expr(W::Status, Expr::value(WorkspaceStatus::Creating.as_str()))
+            .col_expr(W::StatusMessage, Expr::value(Option::<String>::None));
+        self.update_workspace_versioned(org_id, id, expected_version, update)
+            .await
+    }
+
+    /// Sets what the user wants. Once `deleted` is asked for, it cannot be taken back.
+    pub async fn set_workspace_desired_state(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        desired: DesiredState,
+    ) -> DbResult<Workspace> {
+        let current = self.get_workspace(org_id, id).await?;
+        check_version(&current, expected_version)?;
+        if current.desired_state == DesiredState::Deleted && desired != DesiredState::Deleted {
+            return Err(DbError::InvalidInput {
+                field: "desired_state",
+                reason: "a workspace being deleted cannot be revived",
+            });
+        }
+        let update = kube_workspace::Entity::update_many().col_expr(
+            kube_workspace::Column::DesiredState,
+            Expr::value(desired.as_str()),
+        );
+        self.update_workspace_versioned(org_id, id, expected_version, update)
+            .await
+    }
+
+    /// Marks the workspace `deleted` and soft-deletes it, freeing its name. Allowed from
+    /// any status that may become `deleted` (e.g. after the manager removed its objects,
+    /// or before it was ever placed).
+    pub async fn delete_workspace(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+    ) -> DbResult<()> {
+        let current = self.get_workspace(org_id, id).await?;
+        check_version(&current, expected_version)?;
+        if current.status != WorkspaceStatus::Deleted {
+            check_transition(&current, WorkspaceStatus::Deleted)?;
+        }
+        use kube_workspace::Column as W;
+        let at = tz(now());
+        let result = kube_workspace::Entity::update_many()
+            .col_expr(W::Status, Expr::value(WorkspaceStatus::Deleted.as_str()))
+            .col_expr(W::DesiredState, Expr::value(DesiredState::Deleted.as_str()))
+            .col_expr(W::DeletedAt, Expr::value(Some(at)))
+            .col_expr(W::UpdatedAt, Expr::value(at))
+            .col_expr(W::Version, Expr::col(W::Version).add(1))
+            .filter(W::Id.eq(id))
+            .filter(W::OrganizationId.eq(org_id))
+            .filter(W::Version.eq(expected_version))
+            .filter(W::DeletedAt.is_null())
+            .exec(&self.conn)
+            .await?;
+        if result.rows_affected == 0 {
+            return Err(self.lost_race(org_id, id, expected_version).await);
+        }
+        Ok(())
+    }
+
+    /// Applies `update` to the live workspace if its version is still `expected_version`,
+    /// bumping the version and `updated_at`; returns the row as written.
+    async fn update_workspace_versioned(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        update: sea_orm::UpdateMany<kube_workspace::Entity>,
+    ) -> DbResult<Workspace> {
+        use kube_workspace::Column as W;
+        let result = update
+            .col_expr(W::Version, Expr::col(W::Version).add(1))
+            .col_expr(W::UpdatedAt, Expr::value(tz(now())))
+            .filter(W::Id.eq(id))
+            .filter(W::OrganizationId.eq(org_id))
+            .filter(W::Version.eq(expected_version))
+            .filter(W::DeletedAt.is_null())
+            .exec(&self.conn)
+            .await?;
+        if result.rows_affected == 0 {
+            return Err(self.lost_race(org_id, id, expected_version).await);
+        }
+        // Read back by the version this write produced, so a later writer's row is
+        // never mistaken for ours.
+        kube_workspace::Entity::find_by_id(id)
+            .filter(W::OrganizationId.eq(org_id))
+            .filter(W::Version.eq(expected_version + 1))
+            .one(&self.conn)
+            .await?
+            .map(workspace_from_model)
+            .unwrap_or(Err(DbError::Conflict {
+                entity: EntityKind::Workspace,
+                id,
+                expected_version: expected_version + 1,
+            }))
+    }
+
+    /// Why a guarded update matched no row: the workspace is gone, or someone else
+    /// changed it first.
+    async fn lost_race(&self, org_id: Uuid, id: Uuid, expected_version: i64) -> DbError {
+        match self.get_workspace(org_id, id).await {
+            Ok(_) => DbError::Conflict {
+                entity: EntityKind::Workspace,
+                id,
+                expected_version,
+            },
+            Err(err) => err,
+        }
+    }
+}
+
+fn check_version(current: &Workspace, expected_version: i64) -> DbResult<()> {
+    if current.version != expected_version {
+        return Err(DbError::Conflict {
+            entity: EntityKind::Workspace,
+            id: current.id,
+            expected_version,
+        });
+    }
+    Ok(())
+}
+
+fn check_transition(current: &Workspace, to: WorkspaceStatus) -> DbResult<()> {
+    if !workspace_transition_allowed(current.status, to) {
+        return Err(DbError::InvalidTransition {
+            id: current.id,
+            from: current.status,
+            to,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deleted_is_final_and_identity_is_allowed() {
+        for &to in WorkspaceStatus::ALL {
+            assert_eq!(
+                workspace_transition_allowed(WorkspaceStatus::Deleted, to),
+                to == WorkspaceStatus::Deleted
+            );
+            assert!(workspace_transition_allowed(to, to));
+        }
+    }
+
+    #[test]
+    fn the_happy_paths_are_allowed() {
+        use WorkspaceStatus::*;
+        let life = [
+            Pending, Scheduling, Creating, Running, Stopping, Stopped, Creating, Running, Deleting,
+            Deleted,
+        ];
+        for pair in life.windows(2) {
+            assert!(
+                workspace_transition_allowed(pair[0], pair[1]),
+                "{} -> {}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+
+    #[test]
+    fn skipping_steps_is_refused() {
+        use WorkspaceStatus::*;
+        for (from, to) in [
+            (Pending, Running),
+            (Running, Stopped),
+            (Running, Deleted),
+            (Running, Pending),
+            (Stopped, Running),
+            (Creating, Deleted),
+        ] {
+            assert!(!workspace_transition_allowed(from, to), "{from} -> {to}");
+        }
+    }
+
+    #[test]
+    fn every_status_can_reach_deleted() {
+        // Nothing gets stuck: from every status there is a path to `deleted`.
+        for &start in WorkspaceStatus::ALL {
+            let mut seen = vec![start];
+            let mut frontier = vec![start];
+            while let Some(s) = frontier.pop() {
+                for &next in WorkspaceStatus::ALL {
+                    if workspace_transition_allowed(s, next) && !seen.contains(&next) {
+                        seen.push(next);
+                        frontier.push(next);
+                    }
+                }
+            }
+            assert!(seen.contains(&WorkspaceStatus::Deleted), "{start}");
+        }
+    }
+}
