@@ -1,2 +1,244 @@
 //! A test double of the Kubernetes API server, for tests that run the real `kube`
 //! client over real HTTP. It is not a cluster: nothing runs containers.
+//!
+//! [`KubeDouble::start`] serves the API over plain HTTP on a random loopback port
+//! and generates a kubeconfig for it; [`KubeDouble::client`] builds a
+//! `kube::Client` from that kubeconfig through kube's normal config path, and
+//! `kubectl --kubeconfig <file>` works too. The [`DoubleHandle`] plays the parts
+//! of the cluster that are not API clients: nodes, the kubelet, the scheduler,
+//! failures, RBAC denials.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use k8s_openapi::api::core::v1::Pod;
+//! use lapdev_kube_double::{KubeDouble, NodeSpec};
+//!
+//! let double = KubeDouble::start().await?;
+//! double.add_node("node-1", NodeSpec::default())?;
+//! let pods: kube::Api<Pod> = kube::Api::namespaced(double.client().await?, "default");
+//! assert!(pods.list(&Default::default()).await?.items.is_empty());
+//! # Ok(()) }
+//! ```
+//!
+//! # What it serves
+//!
+//! - `/version`, `/api`, `/api/v1`, `/apis`, `/apis/{group}`, `/apis/{group}/{version}`
+//!   (legacy discovery, which both kube and kubectl use when aggregated discovery is
+//!   not offered), `/healthz`, `/readyz`, `/livez`.
+//! - core/v1 `namespaces`, `nodes`, `pods`, `persistentvolumeclaims`, `events`,
+//!   `services`, `configmaps`, `secrets`, `serviceaccounts`, and
+//!   `coordination.k8s.io/v1` `leases`, at the real namespaced and cluster-scoped
+//!   paths, with `/status` for namespaces, nodes, pods, PVCs and services.
+//! - get, list (`labelSelector` with equality and set-based requirements,
+//!   `fieldSelector` on `metadata.name`, `metadata.namespace` and the extra fields
+//!   the real server indexes, e.g. `spec.nodeName` and `status.phase` for pods;
+//!   `limit`/`continue` paging with `remainingItemCount`), watch, create, update,
+//!   patch (JSON merge, strategic merge, JSON patch, server-side apply), delete
+//!   (with preconditions), deletecollection, `dryRun=All`.
+//! - `Table` responses for kubectl and `PartialObjectMetadata` for metadata-only clients.
+//! - Errors as `Status` objects with the real `reason` and `code`.
+//!
+//! # What is simplified compared to a real API server
+//!
+//! - No authentication or authorization: every request is allowed unless a test
+//!   denies a verb with [`DoubleHandle::deny`]. Plain HTTP only, no TLS.
+//! - JSON only; protobuf and CBOR are not offered. Aggregated discovery
+//!   (`apidiscovery.k8s.io`) and OpenAPI documents are not served; clients fall
+//!   back to legacy discovery as they do with older servers.
+//! - Lists are read from the current state. A `continue` token carries the
+//!   resourceVersion of its first page (and is 410 `Expired` once that has left
+//!   the history), but later pages show the current state rather than a snapshot.
+//!   `resourceVersionMatch=Exact` is only served for the current resourceVersion
+//!   (older ones are 410), and a resourceVersion ahead of the store is 504 at once
+//!   instead of after a wait.
+//! - Watches are served from a bounded event history ([`Config::history`]); older
+//!   starting points get an `ERROR` event with a 410 `Expired` `Status`, as after an
+//!   etcd compaction. Bookmarks are sent every [`Config::bookmark_interval`] (the real
+//!   server sends about one a minute).
+//! - Strategic merge patch knows the merge keys of the lists in pods, services and
+//!   metadata (containers, volumes, env, ports, volume mounts, conditions,
+//!   finalizers); other lists are replaced as in a JSON merge patch.
+//! - Server-side apply tracks ownership per field manager at field granularity,
+//!   with every list owned as a whole (the real server tracks items of keyed
+//!   lists separately). `managedFields` are written in the `FieldsV1` format with
+//!   `f:` keys only.
+//! - Deletion is immediate (grace period 0): pods disappear at once with a
+//!   `DELETED` event. Objects with finalizers get `deletionTimestamp` and stay until
+//!   their finalizers are removed. Deleting a namespace removes its contents at
+//!   once (the real namespace controller does it in the background).
+//! - PVCs get the `kubernetes.io/pvc-protection` finalizer and are kept while a pod
+//!   that is not `Succeeded`/`Failed` in their namespace mounts them, like the
+//!   pvc-protection controller. Nothing provisions volumes; the stand-in kubelet
+//!   ([`DoubleHandle::run_kubelet`]) marks claims `Bound`.
+//! - Validation covers names, labels, quantities (a malformed quantity is a 400
+//!   `BadRequest` decode error as on a real server; a negative request or a request
+//!   over its limit is 422 `Invalid`), pods (containers, images, volumes), PVCs,
+//!   services, and the immutability of pod and PVC specs. No admission plugins
+//!   other than namespace existence and pvc-protection; no service account
+//!   token injection; no scheduler or controllers unless the stand-in kubelet runs.
+
+mod control;
+mod error;
+mod handle;
+mod kubeconfig;
+mod patch;
+mod resource;
+mod selector;
+mod server;
+mod store;
+mod table;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use control::{FailureMode, Verb};
+pub use error::{ApiError, Cause, HandleError, StartError};
+pub use handle::{DoubleHandle, KubeletConfig, NodeSpec};
+pub use resource::{RESOURCES, ResourceDef};
+pub use server::{AppState, ServerSettings, app};
+pub use validate::parse_quantity;
+
+/// How to start the double.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// How many watch events to keep for watches that resume from a resourceVersion.
+    pub history: usize,
+    /// How often watches with bookmarks get a `BOOKMARK` event.
+    pub bookmark_interval: Duration,
+    /// How long a watch without `timeoutSeconds` stays open.
+    pub default_watch_timeout: Duration,
+    /// The Kubernetes version `/version` and the nodes report.
+    pub kubernetes_version: String,
+    /// Namespaces to create at start.
+    pub namespaces: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            history: 100_000,
+            bookmark_interval: Duration::from_secs(5),
+            default_watch_timeout: Duration::from_secs(1800),
+            kubernetes_version: "v1.33.0".to_owned(),
+            namespaces: ["default", "kube-system", "kube-public", "kube-node-lease"]
+                .map(str::to_owned)
+                .to_vec(),
+        }
+    }
+}
+
+/// A running double: an HTTP server on a loopback port plus its state.
+///
+/// Dropping it stops the server and ends every open watch.
+#[derive(Debug)]
+pub struct KubeDouble {
+    addr: SocketAddr,
+    handle: DoubleHandle,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl KubeDouble {
+    /// Starts a double with the default [`Config`] on `127.0.0.1:0`.
+    pub async fn start() -> Result<Self, StartError> {
+        Self::start_with(Config::default()).await
+    }
+
+    /// Starts a double with `config`.
+    pub async fn start_with(config: Config) -> Result<Self, StartError> {
+        let store = Arc::new(store::Store::new(config.history));
+        let control = Arc::new(control::Control::default());
+        let handle = DoubleHandle {
+            store: store.clone(),
+            control: control.clone(),
+            kubernetes_version: config.kubernetes_version.clone(),
+        };
+        for ns in &config.namespaces {
+            handle.create_namespace(ns).map_err(|e| StartError::Seed(e, ns.clone()))?;
+        }
+        let state = AppState {
+            store,
+            control,
+            settings: Arc::new(ServerSettings {
+                git_version: config.kubernetes_version.clone(),
+                bookmark_interval: config.bookmark_interval,
+                default_watch_timeout: config.default_watch_timeout,
+            }),
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Bind(e, config.listen))?;
+        let addr = listener.local_addr().map_err(|e| StartError::Bind(e, config.listen))?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let control = handle.control.clone();
+        let router = app(state);
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.await;
+                control.drop_watches();
+            };
+            if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+                tracing::warn!(error = %e, "the Kubernetes API double stopped serving");
+            }
+        });
+        Ok(Self { addr, handle, shutdown: Some(tx) })
+    }
+
+    /// The address the API listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The API's base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig (YAML) whose current context points at this double.
+    pub fn kubeconfig_yaml(&self) -> String {
+        kubeconfig::render(&self.url())
+    }
+
+    /// Writes the kubeconfig to `path`.
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<(), StartError> {
+        std::fs::write(path, self.kubeconfig_yaml())
+            .map_err(|e| StartError::WriteKubeconfig(e, path.to_owned()))
+    }
+
+    /// A `kube::Client` built from the generated kubeconfig through kube's own
+    /// config path (`Kubeconfig` → `Config` → `Client`), as an application would.
+    pub async fn client(&self) -> Result<kube::Client, StartError> {
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())
+            .map_err(StartError::LoadKubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .map_err(StartError::LoadKubeconfig)?;
+        kube::Client::try_from(config).map_err(StartError::BuildClient)
+    }
+
+    /// A cloneable handle on the double's state, for background tasks.
+    pub fn handle(&self) -> DoubleHandle {
+        self.handle.clone()
+    }
+}
+
+impl std::ops::Deref for KubeDouble {
+    type Target = DoubleHandle;
+
+    fn deref(&self) -> &DoubleHandle {
+        &self.handle
+    }
+}
+
+impl Drop for KubeDouble {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Validation, as far as Lapdev's code can trip over it on a real cluster.
+//!
+//! Object names (DNS-1123 subdomain, or label for namespaces, DNS-1035 label for
+//! services), label keys and values, quantities (a malformed quantity fails to
+//! decode, which the real server answers with 400 `BadRequest`; a negative
+//! request or a request above its limit is 422 `Invalid`), pods (containers
+//! required, container names, images, volumes) and PVCs (access modes and a
+//! storage request required). Updates: a pod's spec is immutable except the
+//! fields the real server lets change, a PVC's spec except its storage request.
+
+use serde_json::Value;
+
+use crate::error::{ApiError, Cause};
+use crate::resource::ResourceDef;
+
+const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const DNS1035_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+/// The regular expression the real server quotes when a quantity does not parse.
+pub const QUANTITY_REGEX: &str = "^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$";
+
+fn is_label_chars(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// A DNS-1123 label: at most 63 lowercase alphanumerics or '-', alphanumeric at both ends.
+pub fn is_dns1123_label(s: &str) -> bool {
+    s.len() <= 63 && is_label_chars(s)
+}
+
+/// A DNS-1123 subdomain: dot-separated labels, at most 253 characters.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_label_chars)
+}
+
+/// A DNS-1035 label: a DNS-1123 label that starts with a letter.
+pub fn is_dns1035_label(s: &str) -> bool {
+    is_dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase()
+}
+
+/// Parses a Kubernetes quantity (`100m`, `1.5Gi`, `1e3`, `2`) into its value.
+///
+/// Returns `None` when the string is not a quantity.
+pub fn parse_quantity(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let num_end = s
+        .char_indices()
+        .find(|(i, c)| !(c.is_ascii_digit() || *c == '.' || (*i == 0 && (*c == '+' || *c == '-'))))
+        .map_or(s.len(), |(i, _)| i);
+    let (num, suffix) = s.split_at(num_end);
+    let digits = num.trim_start_matches(['+', '-']);
+    if digits.is_empty() || !digits.bytes().any(|b| b.is_ascii_digit()) || digits.matches('.').count() > 1 {
+        return None;
+    }
+    let value: f64 = num.parse().ok()?;
+    let multiplier = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        exp if exp.starts_with(['e', 'E']) => {
+            let e: i32 = exp[1..].parse().ok()?;
+            10f64.powi(e)
+        }
+        _ => return None,
+    };
+    Some(value * multiplier)
+}
+
+fn quantity_decode_error(kind: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "{kind} in version \"v1\" cannot be handled as a {kind}: quantities must match the regular expression '{QUANTITY_REGEX}'"
+    ))
+}
+
+/// Checks that every quantity in a map of resource names to quantities parses.
+fn check_quantities(map: Option<&Value>, kind: &str) -> Result<(), ApiError> {
+    let Some(map) = map else { return Ok(()) };
+    let Some(obj) = map.as_object() else {
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"v1\" cannot be handled as a {kind}: expected a map of quantities"
+        )));
+    };
+    for v in obj.values() {
+        let ok = match v {
+            Value::String(s) => parse_quantity(s).is_some(),
+            Value::Number(_) => true,
+            _ => false,
+        };
+        if !ok {
+            return Err(quantity_decode_error(kind));
+        }
+    }
+    Ok(())
+}
+
+fn quantity_of(v: &Value) -> Option<f64> {
+    match v {
+        Value::String(s) => parse_quantity(s),
+        Value::Number(n) => n.as_f64(),
+        _ => None,
+    }
+}
+
+fn str_at<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// "Decode" errors (400): what fails before validation proper on a real server.
+pub fn check_decodable(res: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: expected a JSON object",
+            res.kind, res.version, res.kind
+        )));
+    }
+    match res.plural {
+        "pods" => {
+            for list in ["containers", "initContainers"] {
+                let containers = obj.pointer(&format!("/spec/{list}")).and_then(Value::as_array);
+                for c in containers.into_iter().flatten() {
+                    check_quantities(c.pointer("/resources/requests"), res.kind)?;
+                    check_quantities(c.pointer("/resources/limits"), res.kind)?;
+                }
+            }
+            check_quantities(obj.pointer("/spec/overhead"), res.kind)?;
+        }
+        "persistentvolumeclaims" => {
+            check_quantities(obj.pointer("/spec/resources/requests"), res.kind)?;
+            check_quantities(obj.pointer("/spec/resources/limits"), res.kind)?;
+            check_quantities(obj.pointer("/status/capacity"), res.kind)?;
+        }
+        "nodes" => {
+            check_quantities(obj.pointer("/status/capacity"), res.kind)?;
+            check_quantities(obj.pointer("/status/allocatable"), res.kind)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn validate_name(res: &ResourceDef, name: &str, causes: &mut Vec<Cause>) {
+    let (ok, msg) = match res.plural {
+        "namespaces" => (is_dns1123_label(name), LABEL_MSG),
+        "services" => (is_dns1035_label(name), DNS1035_MSG),
+        _ => (is_dns1123_subdomain(name), SUBDOMAIN_MSG),
+    };
+    if !ok {
+        causes.push(Cause::invalid("metadata.name", name, msg));
+    }
+}
+
+fn validate_labels(obj: &Value, causes: &mut Vec<Cause>) {
+    let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) else {
+        return;
+    };
+    for (k, v) in labels {
+        if !crate::selector::valid_label_key(k) {
+            causes.push(Cause::invalid(
+                "metadata.labels",
+                k,
+                "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+            ));
+        }
+        let value = v.as_str().unwrap_or("");
+        if !v.is_string() || !crate::selector::valid_label_value(value) {
+            causes.push(Cause::invalid(
+                "metadata.labels",
+                value,
+                "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+            ));
+        }
+    }
+}
+
+fn validate_container(c: &Value, path: &str, names: &mut Vec<String>, causes: &mut Vec<Cause>) {
+    let name = str_at(c, "name");
+    if name.is_empty() {
+        causes.push(Cause::required(format!("{path}.name"), ""));
+    } else if !is_dns1123_label(name) {
+        causes.push(Cause::invalid(format!("{path}.name"), name, LABEL_MSG));
+    } else if names.iter().any(|n| n == name) {
+        causes.push(Cause::duplicate(format!("{path}.name"), name));
+    } else {
+        names.push(name.to_owned());
+    }
+    if str_at(c, "image").trim().is_empty() {
+        causes.push(Cause::required(format!("{path}.image"), ""));
+    }
+    let requests = c.pointer("/resources/requests").and_then(Value::as_object);
+    let limits = c.pointer("/resources/limits").and_then(Value::as_object);
+    for (which, map) in [("requests", requests), ("limits", limits)] {
+        for (res_name, q) in map.into_iter().flatten() {
+            if quantity_of(q).is_some_and(|v| v < 0.0) {
+                causes.push(Cause::invalid(
+                    format!("{path}.resources.{which}[{res_name}]"),
+                    q.as_str().unwrap_or(""),
+                    "must be greater than or equal to 0",
+                ));
+            }
+        }
+    }
+    for (res_name, req) in requests.into_iter().flatten() {
+        let limit = limits.and_then(|l| l.get(res_name)).and_then(quantity_of);
+        if let (Some(r), Some(l)) = (quantity_of(req), limit)
+            && r > l
+        {
+            causes.push(Cause::invalid(
+                format!("{path}.resources.requests"),
+                req.as_str().unwrap_or(""),
+                &format!("must be less than or equal to {res_name} limit"),
+            ));
+        }
+    }
+}
+
+fn validate_pod(obj: &Value, causes: &mut Vec<Cause>) {
+    let containers = obj.pointer("/spec/containers").and_then(Value::as_array);
+    let mut names = Vec::new();
+    match containers {
+        Some(cs) if !cs.is_empty() => {
+            for (i, c) in cs.iter().enumerate() {
+                validate_container(c, &format!("spec.containers[{i}]"), &mut names, causes);
+            }
+        }
+        _ => causes.push(Cause::required("spec.containers", "")),
+    }
+    let inits = obj.pointer("/spec/initContainers").and_then(Value::as_array);
+    for (i, c) in inits.into_iter().flatten().enumerate() {
+        validate_container(c, &format!("spec.initContainers[{i}]"), &mut names, causes);
+    }
+    let volumes = obj.pointer("/spec/volumes").and_then(Value::as_array);
+    let mut vol_names: Vec<&str> = Vec::new();
+    for (i, v) in volumes.into_iter().flatten().enumerate() {
+        let name = str_at(v, "name");
+        if name.is_empty() {
+            causes.push(Cause::required(format!("spec.volumes[{i}].name"), ""));
+        } else if !is_dns1123_label(name) {
+            causes.push(Cause::invalid(format!("spec.volumes[{i}].name"), name, LABEL_MSG));
+        } else if vol_names.contains(&name) {
+            causes.push(Cause::duplicate(format!("spec.volumes[{i}].name"), name));
+        } else {
+            vol_names.push(name);
+        }
+        if let Some(pvc) = v.get("persistentVolumeClaim")
+            && str_at(pvc, "claimName").is_empty()
+        {
+            causes.push(Cause::required(
+                format!("spec.volumes[{i}].persistentVolumeClaim.claimName"),
+                "",
+            ));
+        }
+    }
+    let restart = obj.pointer("/spec/restartPolicy").and_then(Value::as_str);
+    if let Some(r) = restart
+        && !["Always", "OnFailure", "Never"].contains(&r)
+    {
+        causes.push(Cause {
+            reason: "FieldValueNotSupported",
+            field: "spec.restartPolicy".to_owned(),
+            message: format!(
+                "Unsupported value: \"{r}\": supported values: \"Always\", \"OnFailure\", \"Never\""
+            ),
+        });
+    }
+}
+
+fn validate_pvc(obj: &Value, causes: &mut Vec<Cause>) {
+    let modes = obj.pointer("/spec/accessModes").and_then(Value::as_array);
+    if modes.is_none_or(Vec::is_empty) {
+        causes.push(Cause::required("spec.accessModes", "at least 1 access mode is required"));
+    }
+    if obj.pointer("/spec/resources/requests/storage").is_none() {
+        causes.push(Cause::required("spec.resources[storage]", ""));
+    }
+}
+
+fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
+    let headless = obj.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
+    let svc_type = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP");
+    let ports = obj.pointer("/spec/ports").and_then(Value::as_array);
+    if ports.is_none_or(Vec::is_empty) && !headless && svc_type != "ExternalName" {
+        causes.push(Cause::required("spec.ports", ""));
+    }
+    for (i, p) in ports.into_iter().flatten().enumerate() {
+        let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+        if !(1..=65535).contains(&port) {
+            causes.push(Cause::invalid(
+                format!("spec.ports[{i}].port"),
+                &port.to_string(),
+                "must be between 1 and 65535, inclusive",
+            ));
+        }
+    }
+}
+
+/// Validates an object about to be stored (create or update).
+pub fn validate(res: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let mut causes = Vec::new();
+    validate_name(res, name, &mut causes);
+    validate_labels(obj, &mut causes);
+    match res.plural {
+        "pods" => validate_pod(obj, &mut causes),
+        "persistentvolumeclaims" => validate_pvc(obj, &mut causes),
+        "services" => validate_service(obj, &mut causes),
+        _ => {}
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(res, name, &causes))
+    }
+}
+
+fn without_images(spec: &Value) -> Value {
+    let mut spec = spec.clone();
+    for list in ["containers", "initContainers"] {
+        if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
+            for c in cs {
+                if let Some(c) = c.as_object_mut() {
+                    c.remove("image");
+                }
+            }
+        }
+    }
+    if let Some(s) = spec.as_object_mut() {
+        s.remove("activeDeadlineSeconds");
+        s.remove("tolerations");
+        s.remove("terminationGracePeriodSeconds");
+    }
+    spec
+}
+
+/// Checks an update against the fields the real server keeps immutable.
+pub fn validate_update(res: &ResourceDef, old: &Value, new: &Value) -> Result<(), ApiError> {
+    let name = new.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let null = Value::Null;
+    let old_spec = old.get("spec").unwrap_or(&null);
+    let new_spec = new.get("spec").unwrap_or(&null);
+    let cause = match res.plural {
+        "pods" if without_images(old_spec) != without_images(new_spec) => Some(Cause::forbidden(
+            "spec",
+            "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+        )),
+        "persistentvolumeclaims" => {
+            let strip = |s: &Value| {
+                let mut s = s.clone();
+                if let Some(r) = s.pointer_mut("/resources/requests").and_then(Value::as_object_mut) {
+                    r.remove("storage");
+                }
+                if let Some(o) = s.as_object_mut() {
+                    o.remove("volumeName");
+                }
+                s
+            };
+            (strip(old_spec) != strip(new_spec)).then(|| {
+                Cause::forbidden(
+                    "spec",
+                    "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
+                )
+            })
+        }
+        _ => None,
+    };
+    match cause {
+        Some(c) => Err(ApiError::invalid(res, name, &[c])),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("100m"), Some(0.1));
+        assert_eq!(parse_quantity("2"), Some(2.0));
+        assert_eq!(parse_quantity("1Gi"), Some(1073741824.0));
+        assert_eq!(parse_quantity("1e3"), Some(1000.0));
+        assert_eq!(parse_quantity(".5"), Some(0.5));
+        assert_eq!(parse_quantity("-1"), Some(-1.0));
+        for bad in ["", "abc", "1.2.3", "1Gb", "m", "1 Gi", "--1"] {
+            assert_eq!(parse_quantity(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_dns1123_subdomain("a.b-c"));
+        assert!(!is_dns1123_subdomain("A"));
+        assert!(!is_dns1123_subdomain("a..b"));
+        assert!(is_dns1123_label("ws-1"));
+        assert!(!is_dns1123_label("a.b"));
+        assert!(!is_dns1035_label("1abc"));
+    }
+}
