@@ -2,8 +2,8 @@
 
 use proc_macro2::{Span, TokenStream};
 use syn::{
-    Attribute, FnArg, GenericArgument, Ident, ItemTrait, Pat, PathArguments, ReturnType,
-    TraitItem, TraitItemFn, Type, Visibility,
+    Attribute, FnArg, GenericArgument, Ident, ItemTrait, Pat, PathArguments, ReturnType, TraitItem,
+    TraitItemFn, Type, Visibility,
 };
 
 /// Method names the generated client or server defines themselves; a service
@@ -76,9 +76,8 @@ impl Service {
                 "#[service] takes no arguments",
             ));
         }
-        let item: ItemTrait = syn::parse2(input).map_err(|e| {
-            syn::Error::new(e.span(), "#[service] goes on a trait")
-        })?;
+        let item: ItemTrait = syn::parse2(input)
+            .map_err(|e| syn::Error::new(e.span(), "#[service] goes on a trait"))?;
         let mut errors = Errors::default();
         if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
             errors.push(syn::Error::new_spanned(
@@ -121,21 +120,33 @@ impl Method {
         let mut errors = Errors::default();
         if sig.asyncness.is_none() {
             errors.push(syn::Error::new_spanned(
-                &sig.fn_token,
+                sig.fn_token,
                 "HRPC service methods must be `async fn`",
             ));
         }
         if let Some(c) = &sig.constness {
-            errors.push(syn::Error::new_spanned(c, "HRPC service methods cannot be `const`"));
+            errors.push(syn::Error::new_spanned(
+                c,
+                "HRPC service methods cannot be `const`",
+            ));
         }
         if let Some(u) = &sig.unsafety {
-            errors.push(syn::Error::new_spanned(u, "HRPC service methods cannot be `unsafe`"));
+            errors.push(syn::Error::new_spanned(
+                u,
+                "HRPC service methods cannot be `unsafe`",
+            ));
         }
         if let Some(abi) = &sig.abi {
-            errors.push(syn::Error::new_spanned(abi, "HRPC service methods cannot name an ABI"));
+            errors.push(syn::Error::new_spanned(
+                abi,
+                "HRPC service methods cannot name an ABI",
+            ));
         }
         if let Some(v) = &sig.variadic {
-            errors.push(syn::Error::new_spanned(v, "HRPC service methods cannot be variadic"));
+            errors.push(syn::Error::new_spanned(
+                v,
+                "HRPC service methods cannot be variadic",
+            ));
         }
         if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
             errors.push(syn::Error::new_spanned(
@@ -179,7 +190,9 @@ impl Method {
                 continue;
             };
             let ident = match &*pat_type.pat {
-                Pat::Ident(p) if p.by_ref.is_none() && p.mutability.is_none() && p.subpat.is_none() => {
+                Pat::Ident(p)
+                    if p.by_ref.is_none() && p.mutability.is_none() && p.subpat.is_none() =>
+                {
                     p.ident.clone()
                 }
                 other => {
@@ -232,9 +245,8 @@ impl Method {
             }
         };
         errors.finish()?;
-        let (ok, err, output) = result.ok_or_else(|| {
-            syn::Error::new(Span::call_site(), "internal: missing return type")
-        })?;
+        let (ok, err, output) = result
+            .ok_or_else(|| syn::Error::new(Span::call_site(), "internal: missing return type"))?;
         Ok(Method {
             attrs: f.attrs.clone(),
             ident: sig.ident.clone(),

@@ -6,15 +6,13 @@
 //! in crates that depend on neither.
 
 use proc_macro2::{Ident, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
-use syn::spanned::Spanned as _;
+use quote::{format_ident, quote};
 
 use crate::ast::{Method, Service};
 
 pub(crate) fn expand(service: &Service) -> TokenStream {
     let mut out = TokenStream::new();
     out.extend(trait_item(service));
-    out.extend(type_checks(service));
     for method in &service.methods {
         out.extend(args_struct(service, method));
     }
@@ -59,27 +57,6 @@ fn trait_item(service: &Service) -> TokenStream {
         #vis trait #ident {
             #(#methods)*
         }
-    }
-}
-
-/// Compile-time checks spanned at the user's types, so a wrong error or value type
-/// is reported where it is written rather than inside generated code.
-fn type_checks(service: &Service) -> TokenStream {
-    let checks = service.methods.iter().map(|m| {
-        let err = &m.err;
-        let ok = &m.ok;
-        let err_check = quote_spanned! {err.span()=>
-            ::lapdev_hrpc::__private::assert_error_type::<#err>();
-        };
-        let ok_check = quote_spanned! {ok.span()=>
-            ::lapdev_hrpc::__private::assert_ok_type::<#ok>();
-        };
-        quote!(#err_check #ok_check)
-    });
-    quote! {
-        const _: () = {
-            #(#checks)*
-        };
     }
 }
 

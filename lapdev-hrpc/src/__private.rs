@@ -12,10 +12,3 @@ pub use crate::server::{handle, method_route, unimplemented_fallback};
 pub type Request = ::http::Request<::axum::body::Body>;
 /// The response type generated handlers return.
 pub type Response = ::axum::response::Response;
-
-/// Compile-time check, spanned at a method's error type, that the type converts to
-/// and from [`crate::HrpcError`].
-pub const fn assert_error_type<E: From<crate::HrpcError> + Into<crate::HrpcError>>() {}
-
-/// Compile-time check, spanned at a method's success type, that it can travel.
-pub const fn assert_ok_type<T: ::serde::Serialize + ::serde::de::DeserializeOwned>() {}

@@ -135,10 +135,10 @@ impl<E: Into<HrpcError>> From<CallError<E>> for HrpcError {
             CallError::Transport(TransportError::Timeout(d)) => {
                 HrpcError::deadline_exceeded(format!("no response within {d:?}"))
             }
-            CallError::Transport(t) => {
-                HrpcError::unavailable(format!("{t}{}", source_suffix(&t)))
+            CallError::Transport(t) => HrpcError::unavailable(format!("{t}{}", source_suffix(&t))),
+            CallError::Protocol(p) => {
+                HrpcError::new(Code::from_http_status(p.status), p.to_string())
             }
-            CallError::Protocol(p) => HrpcError::new(Code::from_http_status(p.status), p.to_string()),
         }
     }
 }
@@ -237,7 +237,10 @@ impl Client {
 
     /// A client over plain HTTP(S) with the default [`HttpTransportConfig`].
     pub fn http(base_url: &str) -> Result<Self, BuildError> {
-        Self::new(base_url, HttpTransport::new(HttpTransportConfig::default())?)
+        Self::new(
+            base_url,
+            HttpTransport::new(HttpTransportConfig::default())?,
+        )
     }
 
     /// A client that calls an in-process router (no sockets), for tests.
@@ -342,9 +345,9 @@ impl Client {
         if let Some(t) = self.options.timeout {
             builder = builder.header(TIMEOUT_HEADER, t.as_millis().to_string());
         }
-        let mut request = builder.body(Bytes::from(body)).map_err(|e| {
-            CallError::Transport(TransportError::Other(Box::new(e)))
-        })?;
+        let mut request = builder
+            .body(Bytes::from(body))
+            .map_err(|e| CallError::Transport(TransportError::Other(Box::new(e))))?;
         let headers = request.headers_mut();
         for (name, value) in &self.options.headers {
             headers.insert(name.clone(), value.clone());
@@ -365,12 +368,13 @@ where
     let status = response.status();
     let version_ok = match response.headers().get(VERSION_HEADER) {
         None => true,
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.split('.').next())
-            .and_then(|m| m.trim().parse::<u32>().ok())
-            == Some(PROTOCOL_VERSION),
+        Some(v) => {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.split('.').next())
+                .and_then(|m| m.trim().parse::<u32>().ok())
+                == Some(PROTOCOL_VERSION)
+        }
     };
     if !version_ok {
         return Err(CallError::Protocol(ProtocolError {

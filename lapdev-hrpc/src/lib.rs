@@ -12,11 +12,34 @@
 //! - `FooClient::DESCRIPTOR` / `FooServer::DESCRIPTOR`: a [`ServiceDescriptor`]
 //!   listing the methods and their paths.
 //!
-//! ```ignore
+//! ```
+//! use lapdev_hrpc::{Client, Context, HrpcError};
+//!
 //! #[lapdev_hrpc::service]
 //! pub trait Greeter {
-//!     async fn greet(&self, ctx: lapdev_hrpc::Context, name: String) -> Result<String, HrpcError>;
+//!     /// Says hello.
+//!     async fn greet(&self, ctx: Context, name: String) -> Result<String, HrpcError>;
 //! }
+//!
+//! struct Hello;
+//!
+//! impl Greeter for Hello {
+//!     async fn greet(&self, _ctx: Context, name: String) -> Result<String, HrpcError> {
+//!         if name.is_empty() {
+//!             return Err(HrpcError::invalid_argument("name is empty"));
+//!         }
+//!         Ok(format!("hello {name}"))
+//!     }
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! // In production the router is served by axum and the client uses
+//! // `Client::http("https://host/rpc")`; in-process works the same.
+//! let router = GreeterServer::new(Hello).into_router();
+//! let client = GreeterClient::new(Client::in_process(router));
+//! assert_eq!(client.greet("ada".into()).await.unwrap(), "hello ada");
+//! assert!(client.greet(String::new()).await.is_err());
+//! # });
 //! ```
 //!
 //! Rules for the trait: every method is `async fn` with `&self`, plain identifier

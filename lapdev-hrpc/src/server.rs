@@ -25,8 +25,8 @@ use tracing::Instrument as _;
 use crate::context::Context;
 use crate::error::{Code, HrpcError};
 use crate::protocol::{
-    CONTENT_TYPE_JSON, DEFAULT_MAX_BODY_BYTES, PROTOCOL_VERSION, REQUEST_ID_HEADER,
-    TIMEOUT_HEADER, VERSION_HEADER, request_id_or_new,
+    CONTENT_TYPE_JSON, DEFAULT_MAX_BODY_BYTES, PROTOCOL_VERSION, REQUEST_ID_HEADER, TIMEOUT_HEADER,
+    VERSION_HEADER, request_id_or_new,
 };
 
 /// Limits a generated router applies to every call.

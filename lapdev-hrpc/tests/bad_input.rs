@@ -79,7 +79,12 @@ async fn get_is_405_with_allow_post() {
 #[tokio::test]
 async fn an_unknown_method_is_404_unimplemented() {
     let addr = addr().await;
-    for path in ["/rpc/Echo/nope", "/rpc/Nope/add", "/rpc/Echo", "/rpc/Echo/add/more"] {
+    for path in [
+        "/rpc/Echo/nope",
+        "/rpc/Nope/add",
+        "/rpc/Echo",
+        "/rpc/Echo/add/more",
+    ] {
         let (status, _, body) = raw(addr, &post(path, Some("application/json"), b"{}", "")).await;
         assert_eq!(status, 404, "{path}");
         let e = error_body(&body);
@@ -91,8 +96,14 @@ async fn an_unknown_method_is_404_unimplemented() {
 #[tokio::test]
 async fn a_missing_or_wrong_content_type_is_415() {
     let addr = addr().await;
-    for ct in [None, Some("text/plain"), Some("application/jsonx"), Some("")] {
-        let (status, _, body) = raw(addr, &post("/rpc/Echo/add", ct, br#"{"a":1,"b":2}"#, "")).await;
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/jsonx"),
+        Some(""),
+    ] {
+        let (status, _, body) =
+            raw(addr, &post("/rpc/Echo/add", ct, br#"{"a":1,"b":2}"#, "")).await;
         assert_eq!(status, 415, "{ct:?}");
         assert_eq!(error_body(&body).code, Code::InvalidArgument);
     }
@@ -120,7 +131,12 @@ async fn a_body_over_the_limit_is_413() {
     let big = format!(r#"{{"message": "{}"}}"#, "x".repeat(2048));
     let (status, _, body) = raw(
         addr,
-        &post("/rpc/Echo/echo", Some("application/json"), big.as_bytes(), ""),
+        &post(
+            "/rpc/Echo/echo",
+            Some("application/json"),
+            big.as_bytes(),
+            "",
+        ),
     )
     .await;
     assert_eq!(status, 413);
@@ -130,7 +146,12 @@ async fn a_body_over_the_limit_is_413() {
     let ok = format!(r#"{{"message": "{}"}}"#, "x".repeat(900));
     let (status, _, _) = raw(
         addr,
-        &post("/rpc/Echo/echo", Some("application/json"), ok.as_bytes(), ""),
+        &post(
+            "/rpc/Echo/echo",
+            Some("application/json"),
+            ok.as_bytes(),
+            "",
+        ),
     )
     .await;
     assert_eq!(status, 200);
@@ -142,14 +163,24 @@ async fn the_default_limit_is_4_mib() {
     let big = format!(r#"{{"message": "{}"}}"#, "x".repeat(4 * 1024 * 1024 + 1));
     let (status, _, _) = raw(
         addr,
-        &post("/rpc/Echo/echo", Some("application/json"), big.as_bytes(), ""),
+        &post(
+            "/rpc/Echo/echo",
+            Some("application/json"),
+            big.as_bytes(),
+            "",
+        ),
     )
     .await;
     assert_eq!(status, 413);
     let fits = format!(r#"{{"message": "{}"}}"#, "x".repeat(3 * 1024 * 1024));
     let (status, _, body) = raw(
         addr,
-        &post("/rpc/Echo/echo", Some("application/json"), fits.as_bytes(), ""),
+        &post(
+            "/rpc/Echo/echo",
+            Some("application/json"),
+            fits.as_bytes(),
+            "",
+        ),
     )
     .await;
     assert_eq!(status, 200);
@@ -165,7 +196,11 @@ async fn malformed_json_is_400_with_the_path() {
         ("/rpc/Echo/add", br#"{"a": 1, "b": 2} trailing"#, "."),
         ("/rpc/Echo/add", br#"{"a": "one", "b": 2}"#, "a"),
         ("/rpc/Echo/add", br#"[1, 2]"#, "."),
-        ("/rpc/Echo/mirror", br#"{"point": {"x": 1, "y": true}}"#, "point.y"),
+        (
+            "/rpc/Echo/mirror",
+            br#"{"point": {"x": 1, "y": true}}"#,
+            "point.y",
+        ),
         ("/rpc/Echo/add", b"\xff\xfe", "."),
     ];
     for (path, body, json_path) in cases {
@@ -186,7 +221,12 @@ async fn a_missing_argument_is_400_naming_it() {
     let addr = addr().await;
     let (status, _, body) = raw(
         addr,
-        &post("/rpc/Echo/add", Some("application/json"), br#"{"a": 1}"#, ""),
+        &post(
+            "/rpc/Echo/add",
+            Some("application/json"),
+            br#"{"a": 1}"#,
+            "",
+        ),
     )
     .await;
     assert_eq!(status, 400);
@@ -240,7 +280,11 @@ async fn an_incompatible_version_is_412_naming_both() {
     assert_eq!(status, 412);
     let e = error_body(&body);
     assert_eq!(e.code, Code::FailedPrecondition);
-    assert!(e.message.contains('7') && e.message.contains('1'), "{}", e.message);
+    assert!(
+        e.message.contains('7') && e.message.contains('1'),
+        "{}",
+        e.message
+    );
     // The current major, with or without a minor, is accepted.
     for v in ["1", "1.4"] {
         let (status, _, _) = raw(

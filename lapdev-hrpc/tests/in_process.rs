@@ -92,7 +92,11 @@ async fn a_panicking_method_is_an_internal_error() {
     match c.explode().await {
         Err(CallError::Service(e)) => {
             assert_eq!(e.code, Code::Internal);
-            assert!(!e.message.contains("boom"), "panic text leaked: {}", e.message);
+            assert!(
+                !e.message.contains("boom"),
+                "panic text leaked: {}",
+                e.message
+            );
         }
         other => panic!("expected internal, got {other:?}"),
     }

@@ -206,7 +206,12 @@ async fn a_server_of_another_major_version_is_a_protocol_error() {
 
 #[test]
 fn bad_base_urls_are_refused() {
-    for url in ["not a url", "ftp://host/rpc", "http://host/rpc?x=1", "/just/a/path"] {
+    for url in [
+        "not a url",
+        "ftp://host/rpc",
+        "http://host/rpc?x=1",
+        "/just/a/path",
+    ] {
         assert!(Client::http(url).is_err(), "{url} was accepted");
     }
 }

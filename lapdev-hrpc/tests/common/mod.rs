@@ -198,11 +198,9 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
             return out;
         };
-        let size = usize::from_str_radix(
-            std::str::from_utf8(&data[..line_end]).unwrap().trim(),
-            16,
-        )
-        .unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
         if size == 0 {
             return out;
         }

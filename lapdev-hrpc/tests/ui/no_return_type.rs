@@ -1,0 +1,6 @@
+#[lapdev_hrpc::service]
+pub trait Svc {
+    async fn ping(&self);
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[lapdev_hrpc::service]
+pub struct Svc;
+
+fn main() {}

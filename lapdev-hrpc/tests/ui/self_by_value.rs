@@ -1,0 +1,8 @@
+use lapdev_hrpc::HrpcError;
+
+#[lapdev_hrpc::service]
+pub trait Svc {
+    async fn ping(self) -> Result<(), HrpcError>;
+}
+
+fn main() {}
