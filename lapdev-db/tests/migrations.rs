@@ -1,0 +1,154 @@
+//! Migrations: up → down → up round trip on PostgreSQL and SQLite, and the schema
+//! rules that live in the database (partial unique indexes, foreign keys).
+
+use lapdev_db::test_support::TestDatabase;
+use migrations::{Migrator, MigratorTrait, SchemaManager};
+
+const TABLES: [&str; 6] = [
+    "organization",
+    "user",
+    "k8s_provider",
+    "kube_cluster",
+    "kube_cluster_token",
+    "kube_workspace",
+];
+
+async fn assert_tables(test: &TestDatabase, present: bool) {
+    let manager = SchemaManager::new(test.db().connection());
+    for table in TABLES {
+        assert_eq!(
+            manager.has_table(table).await.unwrap(),
+            present,
+            "table {table} present should be {present}"
+        );
+    }
+}
+
+async fn round_trip(test: TestDatabase) {
+    let conn = test.db().connection();
+    assert_tables(&test, false).await;
+    assert_eq!(
+        Migrator::get_pending_migrations(conn).await.unwrap().len(),
+        6
+    );
+
+    Migrator::up(conn, None).await.unwrap();
+    assert_tables(&test, true).await;
+    assert!(
+        Migrator::get_pending_migrations(conn)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    Migrator::down(conn, None).await.unwrap();
+    assert_tables(&test, false).await;
+    assert_eq!(
+        Migrator::get_pending_migrations(conn).await.unwrap().len(),
+        6
+    );
+
+    Migrator::up(conn, None).await.unwrap();
+    assert_tables(&test, true).await;
+
+    // The schema works after the round trip, constraints included.
+    let db = test.db();
+    let org = db.create_organization("acme").await.unwrap();
+    db.create_cluster(org.id, lapdev_db::NewCluster::named("c1"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        db.create_cluster(org.id, lapdev_db::NewCluster::named("c1"))
+            .await,
+        Err(lapdev_db::DbError::AlreadyExists { .. })
+    ));
+}
+
+#[tokio::test]
+async fn up_down_up_postgres() {
+    round_trip(TestDatabase::empty_postgres().await).await;
+}
+
+#[tokio::test]
+async fn up_down_up_sqlite() {
+    round_trip(TestDatabase::empty_sqlite().await).await;
+}
+
+#[tokio::test]
+async fn step_by_step_down_and_up_postgres() {
+    let test = TestDatabase::empty_postgres().await;
+    let conn = test.db().connection();
+    Migrator::up(conn, None).await.unwrap();
+    for remaining in (0..6).rev() {
+        Migrator::down(conn, Some(1)).await.unwrap();
+        assert_eq!(
+            Migrator::get_applied_migrations(conn).await.unwrap().len(),
+            remaining
+        );
+    }
+    for applied in 1..=6 {
+        Migrator::up(conn, Some(1)).await.unwrap();
+        assert_eq!(
+            Migrator::get_applied_migrations(conn).await.unwrap().len(),
+            applied
+        );
+    }
+}
+
+#[tokio::test]
+async fn step_by_step_down_and_up_sqlite() {
+    let test = TestDatabase::empty_sqlite().await;
+    let conn = test.db().connection();
+    Migrator::up(conn, None).await.unwrap();
+    Migrator::down(conn, Some(3)).await.unwrap();
+    assert_eq!(
+        Migrator::get_applied_migrations(conn).await.unwrap().len(),
+        3
+    );
+    Migrator::up(conn, None).await.unwrap();
+    assert_tables(&test, true).await;
+}
+
+#[tokio::test]
+async fn foreign_keys_are_enforced_postgres() {
+    foreign_keys_are_enforced(TestDatabase::postgres().await).await;
+}
+
+#[tokio::test]
+async fn foreign_keys_are_enforced_sqlite() {
+    foreign_keys_are_enforced(TestDatabase::sqlite().await).await;
+}
+
+async fn foreign_keys_are_enforced(test: TestDatabase) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let conn = test.db().connection();
+    // A cluster row pointing at an organisation that does not exist is refused by the
+    // database itself, not only by the repository's checks.
+    let sql = "INSERT INTO kube_cluster_token (id, cluster_id, name, token_hash, display_prefix, created_at) \
+               VALUES ($1, $2, 'x', 'h', 'p', $3)";
+    let backend = conn.get_database_backend();
+    let sql = if backend == sea_orm::DatabaseBackend::Sqlite {
+        sql.replace('$', "?")
+    } else {
+        sql.to_owned()
+    };
+    let err = conn
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [
+                uuid::Uuid::new_v4().into(),
+                uuid::Uuid::new_v4().into(),
+                chrono::Utc::now().fixed_offset().into(),
+            ],
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.sql_err(),
+            Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_))
+        ),
+        "{err:?}"
+    );
+}
