@@ -2,8 +2,16 @@
 //! Each pins a behaviour to what the Kubernetes documentation says.
 
 mod crud;
+mod discovery;
+mod faults;
+mod kubectl;
+mod patch;
+mod pvc;
+mod scale;
+mod watch;
 
 use k8s_openapi::api::core::v1::Pod;
+use kube::core::Status;
 use lapdev_kube_double::KubeDouble;
 use serde_json::json;
 
@@ -21,4 +29,17 @@ pub fn pod(name: &str) -> Pod {
         "spec": {"containers": [{"name": "main", "image": "nginx:1.27"}]},
     }))
     .expect("pod")
+}
+
+/// The `Status` of a failed call; panics when the call did not fail with one.
+pub fn status<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> Box<Status> {
+    match r {
+        Err(kube::Error::Api(s)) => s,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// A resourceVersion as a number (the double's are integers, like etcd revisions).
+pub fn rv(meta: &kube::api::ObjectMeta) -> u64 {
+    meta.resource_version.as_deref().expect("resourceVersion").parse().expect("numeric rv")
 }
