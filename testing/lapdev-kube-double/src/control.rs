@@ -90,12 +90,18 @@ impl Default for Control {
 
 impl Control {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts one resource request.
     pub fn count(&self, verb: Verb, resource: &str) {
-        *self.state().counts.entry((verb, resource.to_owned())).or_default() += 1;
+        *self
+            .state()
+            .counts
+            .entry((verb, resource.to_owned()))
+            .or_default() += 1;
     }
 
     /// Counts one request outside the resource paths (discovery, `/version`).
@@ -105,12 +111,21 @@ impl Control {
 
     /// Resource requests seen for `verb`, over every resource.
     pub fn request_count(&self, verb: Verb) -> u64 {
-        self.state().counts.iter().filter(|((v, _), _)| *v == verb).map(|(_, n)| n).sum()
+        self.state()
+            .counts
+            .iter()
+            .filter(|((v, _), _)| *v == verb)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Resource requests seen for `verb` on `resource` (plural, e.g. `pods`).
     pub fn request_count_for(&self, verb: Verb, resource: &str) -> u64 {
-        self.state().counts.get(&(verb, resource.to_owned())).copied().unwrap_or(0)
+        self.state()
+            .counts
+            .get(&(verb, resource.to_owned()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Requests outside the resource paths.

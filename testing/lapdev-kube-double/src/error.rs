@@ -31,7 +31,11 @@ impl Cause {
         } else {
             format!("Required value: {detail}")
         };
-        Self { reason: "FieldValueRequired", field: field.into(), message: detail }
+        Self {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message: detail,
+        }
     }
 
     /// `field: Invalid value: "v": detail` (`FieldValueInvalid`).
@@ -78,7 +82,12 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None }
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
 
     fn with_details(mut self, details: Value) -> Self {
@@ -92,20 +101,32 @@ impl ApiError {
 
     /// 404 `NotFound`: `pods "x" not found`.
     pub fn not_found(res: &ResourceDef, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{name}\" not found", res.qualified()))
-            .with_details(Self::name_details(res, name))
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", res.qualified()),
+        )
+        .with_details(Self::name_details(res, name))
     }
 
     /// 404 `NotFound` for a path that names no resource at all.
     pub fn path_not_found() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
-            .with_details(json!({}))
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .with_details(json!({}))
     }
 
     /// 409 `AlreadyExists`: `pods "x" already exists`.
     pub fn already_exists(res: &ResourceDef, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", res.qualified()))
-            .with_details(Self::name_details(res, name))
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", res.qualified()),
+        )
+        .with_details(Self::name_details(res, name))
     }
 
     /// 409 `Conflict` for a stale `resourceVersion` or a failed precondition.
@@ -113,7 +134,10 @@ impl ApiError {
         Self::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", res.qualified()),
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                res.qualified()
+            ),
         )
         .with_details(Self::name_details(res, name))
     }
@@ -155,8 +179,10 @@ impl ApiError {
 
     /// 422 `Invalid`: `Pod "x" is invalid: spec.containers: Required value`.
     pub fn invalid(res: &ResourceDef, name: &str, causes: &[Cause]) -> Self {
-        let parts: Vec<String> =
-            causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
+        let parts: Vec<String> = causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
         let joined = if parts.len() == 1 {
             parts[0].clone()
         } else {
@@ -166,12 +192,23 @@ impl ApiError {
             .iter()
             .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
             .collect();
-        Self::new(422, "Invalid", format!("{} \"{name}\" is invalid: {joined}", res.kind))
-            .with_details(json!({"name": name, "group": res.group, "kind": res.kind, "causes": causes_json}))
+        Self::new(
+            422,
+            "Invalid",
+            format!("{} \"{name}\" is invalid: {joined}", res.kind),
+        )
+        .with_details(
+            json!({"name": name, "group": res.group, "kind": res.kind, "causes": causes_json}),
+        )
     }
 
     /// 403 `Forbidden`, worded like the RBAC authorizer's denial.
-    pub fn forbidden(res: &ResourceDef, name: Option<&str>, verb: &str, namespace: Option<&str>) -> Self {
+    pub fn forbidden(
+        res: &ResourceDef,
+        name: Option<&str>,
+        verb: &str,
+        namespace: Option<&str>,
+    ) -> Self {
         let subject = match name {
             Some(n) => format!("{} \"{n}\"", res.qualified()),
             None => res.qualified(),
@@ -184,8 +221,9 @@ impl ApiError {
             "{subject} is forbidden: User \"system:serviceaccount:lapdev:lapdev-kube-manager\" cannot {verb} resource \"{}\" in API group \"{}\" {scope}",
             res.plural, res.group
         );
-        Self::new(403, "Forbidden", message)
-            .with_details(json!({"name": name.unwrap_or(""), "group": res.group, "kind": res.plural}))
+        Self::new(403, "Forbidden", message).with_details(
+            json!({"name": name.unwrap_or(""), "group": res.group, "kind": res.plural}),
+        )
     }
 
     /// 410 `Expired`: a watch or continue token older than the retained history.
@@ -212,13 +250,19 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {content_type:?})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {content_type:?})"
+            ),
         )
     }
 
     /// 413 `RequestEntityTooLarge`.
     pub fn too_large() -> Self {
-        Self::new(413, "RequestEntityTooLarge", "Request entity too large: limit is 3145728")
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            "Request entity too large: limit is 3145728",
+        )
     }
 
     /// 504 `Timeout`.
@@ -228,7 +272,11 @@ impl ApiError {
 
     /// 500 `InternalError`.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", message.into()),
+        )
     }
 
     /// The `Status` a real server sends for an HTTP code, used by fault injection.
@@ -239,11 +287,23 @@ impl ApiError {
             404 => Self::path_not_found(),
             409 => Self::new(409, "Conflict", "injected failure"),
             410 => Self::expired("injected failure"),
-            429 => Self::new(429, "TooManyRequests", "the server has received too many requests and has asked us to try again later"),
+            429 => Self::new(
+                429,
+                "TooManyRequests",
+                "the server has received too many requests and has asked us to try again later",
+            ),
             500 => Self::internal("injected failure"),
-            503 => Self::new(503, "ServiceUnavailable", "the server is currently unable to handle the request"),
+            503 => Self::new(
+                503,
+                "ServiceUnavailable",
+                "the server is currently unable to handle the request",
+            ),
             504 => Self::timeout("the server was unable to return a response in the time allotted"),
-            other => Self::new(other, "Unknown", format!("injected failure with code {other}")),
+            other => Self::new(
+                other,
+                "Unknown",
+                format!("injected failure with code {other}"),
+            ),
         }
     }
 
@@ -269,7 +329,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self.to_status()).unwrap_or_default();
-        (code, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        (
+            code,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }
 

@@ -63,7 +63,11 @@ pub struct KubeletConfig {
 
 impl Default for KubeletConfig {
     fn default() -> Self {
-        Self { delay: Duration::from_millis(500), label_selector: String::new(), bind_claims: true }
+        Self {
+            delay: Duration::from_millis(500),
+            label_selector: String::new(),
+            bind_claims: true,
+        }
     }
 }
 
@@ -158,13 +162,24 @@ impl DoubleHandle {
         if let Some(p) = spec.provider_id {
             node["spec"]["providerID"] = json!(p);
         }
-        let out = self.store.create(resource::core_resource("nodes"), "", node, &WriteCtx::by("kubelet"))?;
+        let out = self.store.create(
+            resource::core_resource("nodes"),
+            "",
+            node,
+            &WriteCtx::by("kubelet"),
+        )?;
         to_typed(&out)
     }
 
     /// Removes a node (as deleting the Node object would).
     pub fn remove_node(&self, name: &str) -> Result<(), HandleError> {
-        self.store.delete(resource::core_resource("nodes"), "", name, &Preconditions::default(), &WriteCtx::by("kube-controller-manager"))?;
+        self.store.delete(
+            resource::core_resource("nodes"),
+            "",
+            name,
+            &Preconditions::default(),
+            &WriteCtx::by("kube-controller-manager"),
+        )?;
         Ok(())
     }
 
@@ -183,29 +198,51 @@ impl DoubleHandle {
             .into_iter()
             .map(|c| serde_json::to_value(c).map_err(HandleError::Serialize))
             .collect::<Result<_, _>>()?;
-        let out = self.store.mutate(resource::core_resource("pods"), namespace, name, "kubelet", "status", |pod| {
-            kubelet_status(pod, phase);
-            let status = &mut pod["status"];
-            let mut list = status.get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-            for c in conditions {
-                let ty = c.get("type").cloned();
-                list.retain(|x| x.get("type") != ty.as_ref());
-                list.push(c);
-            }
-            status["conditions"] = json!(list);
-        })?;
+        let out = self.store.mutate(
+            resource::core_resource("pods"),
+            namespace,
+            name,
+            "kubelet",
+            "status",
+            |pod| {
+                kubelet_status(pod, phase);
+                let status = &mut pod["status"];
+                let mut list = status
+                    .get("conditions")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                for c in conditions {
+                    let ty = c.get("type").cloned();
+                    list.retain(|x| x.get("type") != ty.as_ref());
+                    list.push(c);
+                }
+                status["conditions"] = json!(list);
+            },
+        )?;
         to_typed(&out)
     }
 
     /// Binds a pod to a node (the scheduler's `pods/binding`).
     pub fn bind_pod(&self, namespace: &str, name: &str, node: &str) -> Result<Pod, HandleError> {
-        let out = self.store.mutate(resource::core_resource("pods"), namespace, name, "kube-scheduler", "", |pod| {
-            pod["spec"]["nodeName"] = json!(node);
-            let status = &mut pod["status"];
-            let mut list = status.get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-            set_condition(&mut list, "PodScheduled", "True");
-            status["conditions"] = json!(list);
-        })?;
+        let out = self.store.mutate(
+            resource::core_resource("pods"),
+            namespace,
+            name,
+            "kube-scheduler",
+            "",
+            |pod| {
+                pod["spec"]["nodeName"] = json!(node);
+                let status = &mut pod["status"];
+                let mut list = status
+                    .get("conditions")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                set_condition(&mut list, "PodScheduled", "True");
+                status["conditions"] = json!(list);
+            },
+        )?;
         to_typed(&out)
     }
 
@@ -215,9 +252,15 @@ impl DoubleHandle {
         K: kube::Resource<DynamicType = ()> + Serialize + DeserializeOwned,
     {
         let res = resource_of::<K>()?;
-        let ns = obj.meta().namespace.clone().unwrap_or_else(|| "default".to_owned());
+        let ns = obj
+            .meta()
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
         let value = serde_json::to_value(obj).map_err(HandleError::Serialize)?;
-        let out = self.store.create(res, &ns, value, &WriteCtx::by("lapdev-kube-double"))?;
+        let out = self
+            .store
+            .create(res, &ns, value, &WriteCtx::by("lapdev-kube-double"))?;
         to_typed(&out)
     }
 
@@ -236,7 +279,14 @@ impl DoubleHandle {
         K: kube::Resource<DynamicType = ()> + DeserializeOwned,
     {
         let res = resource_of::<K>()?;
-        let page = self.store.list(res, None, &LabelSelector::default(), &FieldSelector::default(), None, None);
+        let page = self.store.list(
+            res,
+            None,
+            &LabelSelector::default(),
+            &FieldSelector::default(),
+            None,
+            None,
+        );
         page.items.iter().map(|v| to_typed(v)).collect()
     }
 
@@ -247,14 +297,25 @@ impl DoubleHandle {
         K: kube::Resource<DynamicType = ()>,
     {
         let res = resource_of::<K>()?;
-        let out = self.store.delete(res, namespace, name, &Preconditions::default(), &WriteCtx::by("lapdev-kube-double"))?;
+        let out = self.store.delete(
+            res,
+            namespace,
+            name,
+            &Preconditions::default(),
+            &WriteCtx::by("lapdev-kube-double"),
+        )?;
         Ok(matches!(out, Deleted::Gone(_)))
     }
 
     /// Creates a namespace (no-op when it exists).
     pub fn create_namespace(&self, name: &str) -> Result<(), HandleError> {
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        match self.store.create(resource::core_resource("namespaces"), "", ns, &WriteCtx::by("lapdev-kube-double")) {
+        match self.store.create(
+            resource::core_resource("namespaces"),
+            "",
+            ns,
+            &WriteCtx::by("lapdev-kube-double"),
+        ) {
             Ok(_) => Ok(()),
             Err(e) if e.code == 409 => Ok(()),
             Err(e) => Err(e.into()),
@@ -334,7 +395,14 @@ impl DoubleHandle {
         // Start from everything already there, then follow the history.
         let mut pending: Vec<(WorkKind, String, String)> = Vec::new();
         for (res, kind) in [(pods, WorkKind::Pod), (pvcs, WorkKind::Claim)] {
-            let page = self.store.list(res, None, &LabelSelector::default(), &FieldSelector::default(), None, None);
+            let page = self.store.list(
+                res,
+                None,
+                &LabelSelector::default(),
+                &FieldSelector::default(),
+                None,
+                None,
+            );
             for obj in page.items {
                 pending.push((kind, ns_of(&obj), name_of(&obj)));
             }
@@ -381,13 +449,28 @@ impl DoubleHandle {
 
     fn start_pod(&self, ns: &str, name: &str, selector: &LabelSelector, pick: usize) {
         let pods = resource::core_resource("pods");
-        let Ok(pod) = self.store.get(pods, ns, name) else { return };
+        let Ok(pod) = self.store.get(pods, ns, name) else {
+            return;
+        };
         if !selector.matches(&pod) || pod.pointer("/status/phase") != Some(&json!("Pending")) {
             return;
         }
-        if pod.pointer("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty) {
-            let nodes = self.store.list(resource::core_resource("nodes"), None, &LabelSelector::default(), &FieldSelector::default(), None, None);
-            let Some(node) = nodes.items.get(pick % nodes.items.len().max(1)) else { return };
+        if pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            let nodes = self.store.list(
+                resource::core_resource("nodes"),
+                None,
+                &LabelSelector::default(),
+                &FieldSelector::default(),
+                None,
+                None,
+            );
+            let Some(node) = nodes.items.get(pick % nodes.items.len().max(1)) else {
+                return;
+            };
             let node = name_of(node);
             if self.bind_pod(ns, name, &node).is_err() {
                 return;
@@ -412,16 +495,28 @@ impl DoubleHandle {
 }
 
 fn ns_of(obj: &Value) -> String {
-    obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_owned()
+    obj.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
 }
 
 fn name_of(obj: &Value) -> String {
-    obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_owned()
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned()
 }
 
 /// What the kubelet reports for a pod entering `phase`.
 fn kubelet_status(pod: &mut Value, phase: &str) {
-    let n = pod.pointer("/metadata/uid").and_then(Value::as_str).map_or(0, |u| u.bytes().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b))));
+    let n = pod
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .map_or(0, |u| {
+            u.bytes()
+                .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b)))
+        });
     let running = phase == "Running";
     let terminal = phase == "Succeeded" || phase == "Failed";
     let containers: Vec<Value> = pod
@@ -435,7 +530,11 @@ fn kubelet_status(pod: &mut Value, phase: &str) {
         *status = json!({});
     }
     status["phase"] = json!(phase);
-    let mut conditions = status.get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut conditions = status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if running || terminal {
         if status.get("startTime").is_none() {
             status["startTime"] = json!(now());

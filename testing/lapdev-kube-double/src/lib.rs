@@ -159,7 +159,9 @@ impl KubeDouble {
             kubernetes_version: config.kubernetes_version.clone(),
         };
         for ns in &config.namespaces {
-            handle.create_namespace(ns).map_err(|e| StartError::Seed(e, ns.clone()))?;
+            handle
+                .create_namespace(ns)
+                .map_err(|e| StartError::Seed(e, ns.clone()))?;
         }
         let state = AppState {
             store,
@@ -173,7 +175,9 @@ impl KubeDouble {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Bind(e, config.listen))?;
-        let addr = listener.local_addr().map_err(|e| StartError::Bind(e, config.listen))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Bind(e, config.listen))?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let control = handle.control.clone();
         let router = app(state);
@@ -182,11 +186,18 @@ impl KubeDouble {
                 let _ = rx.await;
                 control.drop_watches();
             };
-            if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
                 tracing::warn!(error = %e, "the Kubernetes API double stopped serving");
             }
         });
-        Ok(Self { addr, handle, shutdown: Some(tx) })
+        Ok(Self {
+            addr,
+            handle,
+            shutdown: Some(tx),
+        })
     }
 
     /// The address the API listens on.

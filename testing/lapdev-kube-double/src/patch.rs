@@ -48,10 +48,15 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// The merge key of a list field under strategic merge, if the list merges by key.
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env"
-        | "imagePullSecrets" | "containerStatuses" | "initContainerStatuses" | "hostAliases" => {
-            "name"
-        }
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "containerStatuses"
+        | "initContainerStatuses"
+        | "hostAliases" => "name",
         "volumeMounts" | "volumeDevices" => "mountPath",
         "conditions" | "readinessGates" => "type",
         "addresses" => "type",
@@ -60,7 +65,11 @@ fn merge_key(field: &str) -> Option<&'static str> {
 }
 
 fn port_key(parent_is_container: bool) -> &'static str {
-    if parent_is_container { "containerPort" } else { "port" }
+    if parent_is_container {
+        "containerPort"
+    } else {
+        "port"
+    }
 }
 
 /// Strategic merge patch for the lists that matter to Lapdev (see the module docs).
@@ -99,7 +108,12 @@ fn strategic_merge_at(target: &mut Value, patch: &Value, is_container: bool) {
         };
         match (key, v, t.get_mut(k)) {
             (Some(key), Value::Array(items), Some(Value::Array(existing))) => {
-                merge_keyed_list(existing, items, key, k.starts_with("containers") || k == "initContainers");
+                merge_keyed_list(
+                    existing,
+                    items,
+                    key,
+                    k.starts_with("containers") || k == "initContainers",
+                );
             }
             (None, Value::Array(items), Some(Value::Array(existing))) if k == "finalizers" => {
                 for item in items {
@@ -210,7 +224,9 @@ fn get_path<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
 }
 
 fn remove_path(v: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut cur = v;
     for k in parents {
         match cur.get_mut(k) {
@@ -229,7 +245,9 @@ fn merge_config(target: &mut Value, config: &Value) {
         (Some(t), Value::Object(c)) => {
             for (k, v) in c {
                 match t.get_mut(k) {
-                    Some(existing) if existing.is_object() && v.is_object() => merge_config(existing, v),
+                    Some(existing) if existing.is_object() && v.is_object() => {
+                        merge_config(existing, v)
+                    }
                     _ => {
                         t.insert(k.clone(), v.clone());
                     }
@@ -260,7 +278,9 @@ fn from_fields_v1(v: &Value) -> BTreeSet<FieldPath> {
         match v.as_object() {
             Some(m) if !m.is_empty() => {
                 for (k, child) in m {
-                    let Some(name) = k.strip_prefix("f:") else { continue };
+                    let Some(name) = k.strip_prefix("f:") else {
+                        continue;
+                    };
                     path.push(name.to_owned());
                     walk(child, path, out);
                     path.pop();
@@ -289,7 +309,9 @@ struct ManagedEntry {
 }
 
 fn read_managed(obj: &Value) -> Vec<ManagedEntry> {
-    let entries = obj.pointer("/metadata/managedFields").and_then(Value::as_array);
+    let entries = obj
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array);
     entries
         .into_iter()
         .flatten()
@@ -413,10 +435,14 @@ pub fn apply(
     name: &str,
 ) -> Result<Value, ApiError> {
     let mut entries = current.map(read_managed).unwrap_or_default();
-    let mut obj = current.cloned().unwrap_or_else(|| Value::Object(Map::new()));
+    let mut obj = current
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Map::new()));
     let mut applied = leaves(config);
     // The status subresource owns only status; the main resource never status.
-    applied.retain(|p| (p.first().map(String::as_str) == Some("status")) == (own.subresource == "status"));
+    applied.retain(|p| {
+        (p.first().map(String::as_str) == Some("status")) == (own.subresource == "status")
+    });
 
     let mine = |e: &ManagedEntry| {
         e.manager == own.manager && e.operation == "Apply" && e.subresource == own.subresource
@@ -442,10 +468,16 @@ pub fn apply(
         entries[i].fields.remove(&owned);
     }
 
-    let previous: BTreeSet<FieldPath> =
-        entries.iter().filter(|e| mine(e)).flat_map(|e| e.fields.clone()).collect();
+    let previous: BTreeSet<FieldPath> = entries
+        .iter()
+        .filter(|e| mine(e))
+        .flat_map(|e| e.fields.clone())
+        .collect();
     for dropped in previous.difference(&applied) {
-        let still_owned = entries.iter().filter(|e| !mine(e)).any(|e| e.fields.contains(dropped));
+        let still_owned = entries
+            .iter()
+            .filter(|e| !mine(e))
+            .any(|e| e.fields.contains(dropped));
         if !still_owned {
             remove_path(&mut obj, dropped);
         }
@@ -505,6 +537,9 @@ mod tests {
             }),
         );
         assert_eq!(t["metadata"]["finalizers"], json!(["a", "b"]));
-        assert_eq!(t["spec"]["containers"], json!([{"name": "y", "image": "3"}]));
+        assert_eq!(
+            t["spec"]["containers"],
+            json!([{"name": "y", "image": "3"}])
+        );
     }
 }

@@ -51,7 +51,9 @@ impl ResourceDef {
 
     /// The discovery entries (`APIResource`) for this resource and its subresources.
     pub fn discovery(&self) -> Vec<Value> {
-        let mut verbs = vec!["create", "delete", "get", "list", "patch", "update", "watch"];
+        let mut verbs = vec![
+            "create", "delete", "get", "list", "patch", "update", "watch",
+        ];
         if self.plural != "namespaces" {
             verbs.insert(1, "deletecollection");
         }
@@ -109,20 +111,78 @@ const fn core(
     has_status: bool,
     extra_fields: &'static [&'static str],
 ) -> ResourceDef {
-    ResourceDef { group: "", version: "v1", plural, singular, kind, namespaced, short_names, has_status, extra_fields }
+    ResourceDef {
+        group: "",
+        version: "v1",
+        plural,
+        singular,
+        kind,
+        namespaced,
+        short_names,
+        has_status,
+        extra_fields,
+    }
 }
 
 /// Every resource the double serves.
 pub static RESOURCES: &[ResourceDef] = &[
-    core("namespaces", "namespace", "Namespace", false, &["ns"], true, &["status.phase"]),
-    core("nodes", "node", "Node", false, &["no"], true, &["spec.unschedulable"]),
+    core(
+        "namespaces",
+        "namespace",
+        "Namespace",
+        false,
+        &["ns"],
+        true,
+        &["status.phase"],
+    ),
+    core(
+        "nodes",
+        "node",
+        "Node",
+        false,
+        &["no"],
+        true,
+        &["spec.unschedulable"],
+    ),
     core("pods", "pod", "Pod", true, &["po"], true, POD_FIELDS),
-    core("persistentvolumeclaims", "persistentvolumeclaim", "PersistentVolumeClaim", true, &["pvc"], true, &[]),
-    core("events", "event", "Event", true, &["ev"], false, EVENT_FIELDS),
+    core(
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        "PersistentVolumeClaim",
+        true,
+        &["pvc"],
+        true,
+        &[],
+    ),
+    core(
+        "events",
+        "event",
+        "Event",
+        true,
+        &["ev"],
+        false,
+        EVENT_FIELDS,
+    ),
     core("services", "service", "Service", true, &["svc"], true, &[]),
-    core("configmaps", "configmap", "ConfigMap", true, &["cm"], false, &[]),
+    core(
+        "configmaps",
+        "configmap",
+        "ConfigMap",
+        true,
+        &["cm"],
+        false,
+        &[],
+    ),
     core("secrets", "secret", "Secret", true, &[], false, &["type"]),
-    core("serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], false, &[]),
+    core(
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        true,
+        &["sa"],
+        false,
+        &[],
+    ),
     ResourceDef {
         group: "coordination.k8s.io",
         version: "v1",

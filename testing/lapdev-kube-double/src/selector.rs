@@ -70,7 +70,9 @@ pub fn valid_label_value(value: &str) -> bool {
     value.len() <= 63
         && bytes[0].is_ascii_alphanumeric()
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn parse_err(req: &str, why: &str) -> ApiError {
@@ -97,7 +99,9 @@ fn parse_requirement(req: &str) -> Result<(String, LabelOp), ApiError> {
         return Ok((key_ok(rest.trim())?, LabelOp::DoesNotExist));
     }
     if let Some(open) = req.find('(') {
-        let close = req.rfind(')').filter(|c| *c > open && req[c + 1..].trim().is_empty());
+        let close = req
+            .rfind(')')
+            .filter(|c| *c > open && req[c + 1..].trim().is_empty());
         let Some(close) = close else {
             return Err(parse_err(req, "found '(', expected ')'"));
         };
@@ -125,7 +129,10 @@ fn parse_requirement(req: &str) -> Result<(String, LabelOp), ApiError> {
         return Ok((key_ok(k.trim())?, LabelOp::Equals(value_ok(v)?)));
     }
     if req.contains(['<', '>']) {
-        return Err(parse_err(req, "the operators < and > are not supported in this double"));
+        return Err(parse_err(
+            req,
+            "the operators < and > are not supported in this double",
+        ));
     }
     Ok((key_ok(req)?, LabelOp::Exists))
 }
@@ -223,7 +230,9 @@ impl FieldSelector {
 
     /// A selector for exactly one name (used for watches on a single object).
     pub fn name(name: &str) -> Self {
-        Self { requirements: vec![("metadata.name".to_owned(), true, name.to_owned())] }
+        Self {
+            requirements: vec![("metadata.name".to_owned(), true, name.to_owned())],
+        }
     }
 
     /// Whether the selector has no requirements.
@@ -280,6 +289,9 @@ mod tests {
         assert!(m("metadata.name=p"));
         assert!(m("metadata.namespace!=other,status.phase=Running"));
         assert!(!m("metadata.name==q"));
-        assert_eq!(FieldSelector::parse("spec.foo=1", pods).unwrap_err().code, 400);
+        assert_eq!(
+            FieldSelector::parse("spec.foo=1", pods).unwrap_err().code,
+            400
+        );
     }
 }

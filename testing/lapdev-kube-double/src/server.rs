@@ -114,10 +114,19 @@ fn route(path: &str) -> Result<Route, ApiError> {
 }
 
 fn resource_route(group: &str, version: &str, rest: &[&str]) -> Result<Route, ApiError> {
-    let find = |plural: &str| resource::find(group, version, plural).ok_or_else(ApiError::path_not_found);
-    let nonempty = |s: &str| if s.is_empty() { Err(ApiError::path_not_found()) } else { Ok(s.to_owned()) };
+    let find =
+        |plural: &str| resource::find(group, version, plural).ok_or_else(ApiError::path_not_found);
+    let nonempty = |s: &str| {
+        if s.is_empty() {
+            Err(ApiError::path_not_found())
+        } else {
+            Ok(s.to_owned())
+        }
+    };
     let namespaced_res = match rest {
-        ["namespaces", _, plural, ..] => resource::find(group, version, plural).filter(|r| r.namespaced),
+        ["namespaces", _, plural, ..] => {
+            resource::find(group, version, plural).filter(|r| r.namespaced)
+        }
         _ => None,
     };
     let (res, ns, tail) = match (rest, namespaced_res) {
@@ -184,7 +193,12 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
     st.control.count(verb, &rbac_resource);
     st.control.gate().await?;
     if st.control.is_denied(verb, &rbac_resource) {
-        return Err(ApiError::forbidden(target.res, target.name.as_deref(), verb.as_str(), target.ns.as_deref()));
+        return Err(ApiError::forbidden(
+            target.res,
+            target.name.as_deref(),
+            verb.as_str(),
+            target.ns.as_deref(),
+        ));
     }
     let headers = req.headers().clone();
     let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
@@ -209,7 +223,9 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
         }
         Verb::Update => {
             let obj = parse_json(&body, res)?;
-            let out = st.store.update(res, ns, name, obj, sub, &write_ctx(&q, &headers)?)?;
+            let out = st
+                .store
+                .update(res, ns, name, obj, sub, &write_ctx(&q, &headers)?)?;
             Ok(json_response(StatusCode::OK, &*out))
         }
         Verb::Patch => patch(st, &target, &q, &headers, &body),
@@ -219,30 +235,47 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
             ctx.dry_run |= dry_run;
             match st.store.delete(res, ns, name, &pre, &ctx)? {
                 Deleted::Pending(obj) => Ok(json_response(StatusCode::OK, &*obj)),
-                Deleted::Gone(obj) if returns_deleted_object(res) => Ok(json_response(StatusCode::OK, &*obj)),
-                Deleted::Gone(obj) => Ok(json_response(StatusCode::OK, &json!({
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "metadata": {},
-                    "status": "Success",
-                    "details": {
-                        "name": name,
-                        "group": res.group,
-                        "kind": res.plural,
-                        "uid": obj.pointer("/metadata/uid"),
-                    },
-                }))),
+                Deleted::Gone(obj) if returns_deleted_object(res) => {
+                    Ok(json_response(StatusCode::OK, &*obj))
+                }
+                Deleted::Gone(obj) => Ok(json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Success",
+                        "details": {
+                            "name": name,
+                            "group": res.group,
+                            "kind": res.plural,
+                            "uid": obj.pointer("/metadata/uid"),
+                        },
+                    }),
+                )),
             }
         }
         Verb::DeleteCollection => {
             let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?;
-            let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), res)?;
+            let fields =
+                FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), res)?;
             let (_, dry_run) = delete_options(&body, &q)?;
             let mut ctx = write_ctx(&q, &headers)?;
             ctx.dry_run |= dry_run;
-            let items = st.store.delete_collection(res, target.ns.as_deref(), &labels, &fields, &ctx)?;
+            let items =
+                st.store
+                    .delete_collection(res, target.ns.as_deref(), &labels, &fields, &ctx)?;
             let rv = st.store.current_rv();
-            Ok(json_response(StatusCode::OK, &ListBody { res, rv, cont: None, remaining: None, items: &items }))
+            Ok(json_response(
+                StatusCode::OK,
+                &ListBody {
+                    res,
+                    rv,
+                    cont: None,
+                    remaining: None,
+                    items: &items,
+                },
+            ))
         }
     }
 }
@@ -250,61 +283,87 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
 /// The registries that answer a delete with the deleted object rather than a
 /// `Status` (`ReturnDeletedObject: true` in the real storage code).
 fn returns_deleted_object(res: &ResourceDef) -> bool {
-    res.group.is_empty() && matches!(res.plural, "pods" | "serviceaccounts" | "services" | "namespaces")
+    res.group.is_empty()
+        && matches!(
+            res.plural,
+            "pods" | "serviceaccounts" | "services" | "namespaces"
+        )
 }
 
 fn non_resource(st: &AppState, route: Route, headers: &HeaderMap) -> Response {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
     let gv = |g: &str, v: &str| json!({"groupVersion": format!("{g}/{v}"), "version": v});
     match route {
         Route::Version => {
             let v = &st.settings.git_version;
             let minor = v.trim_start_matches('v').split('.').nth(1).unwrap_or("33");
-            json_response(StatusCode::OK, &json!({
-                "major": "1",
-                "minor": minor,
-                "gitVersion": v,
-                "gitCommit": "0000000000000000000000000000000000000000",
-                "gitTreeState": "clean",
-                "buildDate": "2025-01-01T00:00:00Z",
-                "goVersion": "go1.24.0",
-                "compiler": "gc",
-                "platform": "linux/amd64",
-            }))
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "major": "1",
+                    "minor": minor,
+                    "gitVersion": v,
+                    "gitCommit": "0000000000000000000000000000000000000000",
+                    "gitTreeState": "clean",
+                    "buildDate": "2025-01-01T00:00:00Z",
+                    "goVersion": "go1.24.0",
+                    "compiler": "gc",
+                    "platform": "linux/amd64",
+                }),
+            )
         }
         Route::Health => (StatusCode::OK, "ok").into_response(),
-        Route::ApiVersions => json_response(StatusCode::OK, &json!({
-            "kind": "APIVersions",
-            "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}],
-        })),
+        Route::ApiVersions => json_response(
+            StatusCode::OK,
+            &json!({
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}],
+            }),
+        ),
         Route::ApiGroupList => {
             let groups: Vec<Value> = resource::groups()
                 .into_iter()
                 .map(|(g, v)| json!({"name": g, "versions": [gv(g, v)], "preferredVersion": gv(g, v)}))
                 .collect();
-            json_response(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+            json_response(
+                StatusCode::OK,
+                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+            )
         }
-        Route::ApiGroup(g, v) => json_response(StatusCode::OK, &json!({
-            "kind": "APIGroup",
-            "apiVersion": "v1",
-            "name": g,
-            "versions": [gv(g, v)],
-            "preferredVersion": gv(g, v),
-        })),
+        Route::ApiGroup(g, v) => json_response(
+            StatusCode::OK,
+            &json!({
+                "kind": "APIGroup",
+                "apiVersion": "v1",
+                "name": g,
+                "versions": [gv(g, v)],
+                "preferredVersion": gv(g, v),
+            }),
+        ),
         Route::ResourceList(g, v) => {
             let resources: Vec<Value> = resource::RESOURCES
                 .iter()
                 .filter(|r| r.group == g && r.version == v)
                 .flat_map(ResourceDef::discovery)
                 .collect();
-            let group_version = if g.is_empty() { v.to_owned() } else { format!("{g}/{v}") };
-            json_response(StatusCode::OK, &json!({
-                "kind": "APIResourceList",
-                "apiVersion": "v1",
-                "groupVersion": group_version,
-                "resources": resources,
-            }))
+            let group_version = if g.is_empty() {
+                v.to_owned()
+            } else {
+                format!("{g}/{v}")
+            };
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": group_version,
+                    "resources": resources,
+                }),
+            )
         }
         Route::Resource(_) => ApiError::path_not_found().into_response(),
     }
@@ -331,7 +390,9 @@ fn write_ctx(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<WriteCt
     };
     let manager = match q.get("fieldManager").filter(|m| !m.is_empty()) {
         Some(m) if m.len() > 128 => {
-            return Err(ApiError::bad_request("fieldManager: Too long: may not be longer than 128"));
+            return Err(ApiError::bad_request(
+                "fieldManager: Too long: may not be longer than 128",
+            ));
         }
         Some(m) => m.clone(),
         None => headers
@@ -342,12 +403,22 @@ fn write_ctx(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<WriteCt
             .unwrap_or("unknown")
             .to_owned(),
     };
-    Ok(WriteCtx { manager, dry_run, force: flag(q, "force") })
+    Ok(WriteCtx {
+        manager,
+        dry_run,
+        force: flag(q, "force"),
+    })
 }
 
-fn delete_options(body: &[u8], q: &HashMap<String, String>) -> Result<(Preconditions, bool), ApiError> {
+fn delete_options(
+    body: &[u8],
+    q: &HashMap<String, String>,
+) -> Result<(Preconditions, bool), ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok((Preconditions::default(), q.get("dryRun").is_some_and(|d| d == "All")));
+        return Ok((
+            Preconditions::default(),
+            q.get("dryRun").is_some_and(|d| d == "All"),
+        ));
     }
     let opts: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("DeleteOptions could not be decoded: {e}")))?;
@@ -357,7 +428,10 @@ fn delete_options(body: &[u8], q: &HashMap<String, String>) -> Result<(Precondit
         .and_then(Value::as_array)
         .is_some_and(|d| d.iter().any(|v| v == "All"));
     Ok((
-        Preconditions { uid: s("/preconditions/uid"), resource_version: s("/preconditions/resourceVersion") },
+        Preconditions {
+            uid: s("/preconditions/uid"),
+            resource_version: s("/preconditions/resourceVersion"),
+        },
         dry_run || q.get("dryRun").is_some_and(|d| d == "All"),
     ))
 }
@@ -397,7 +471,11 @@ fn patch(
     };
     match (kind, &parsed) {
         (PatchKind::Json, Value::Array(_)) => {}
-        (PatchKind::Json, _) => return Err(ApiError::bad_request("json patch must be a JSON array of operations")),
+        (PatchKind::Json, _) => {
+            return Err(ApiError::bad_request(
+                "json patch must be a JSON array of operations",
+            ));
+        }
         (_, Value::Object(_)) => {}
         _ => return Err(ApiError::bad_request("the patch must be a JSON object")),
     }
@@ -411,14 +489,28 @@ fn patch(
         });
     }
     if kind != PatchKind::Apply && flag(q, "force") {
-        return Err(ApiError::bad_request("force: Forbidden: may not be specified for non-apply patch"));
+        return Err(ApiError::bad_request(
+            "force: Forbidden: may not be specified for non-apply patch",
+        ));
     }
     ctx.force = flag(q, "force");
     let ns = t.ns.as_deref().unwrap_or("");
     let name = t.name.as_deref().unwrap_or("");
     let existed = st.store.get(t.res, ns, name).is_ok();
-    let out = st.store.patch(t.res, ns, name, kind, &parsed, t.sub.as_deref().unwrap_or(""), &ctx)?;
-    let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    let out = st.store.patch(
+        t.res,
+        ns,
+        name,
+        kind,
+        &parsed,
+        t.sub.as_deref().unwrap_or(""),
+        &ctx,
+    )?;
+    let code = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok(json_response(code, &*out))
 }
 
@@ -432,9 +524,14 @@ enum Format {
 
 impl Format {
     fn from_accept(headers: &HeaderMap) -> Self {
-        let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).unwrap_or("");
+        let accept = headers
+            .get(header::ACCEPT)
+            .and_then(|a| a.to_str().ok())
+            .unwrap_or("");
         if accept.contains("as=Table") {
-            Self::Table { include: String::new() }
+            Self::Table {
+                include: String::new(),
+            }
         } else if accept.contains("as=PartialObjectMetadata") {
             Self::Metadata
         } else {
@@ -456,8 +553,14 @@ fn render_one(format: &Format, res: &'static ResourceDef, obj: &Arc<Value>) -> R
         Format::Full => json_response(StatusCode::OK, &**obj),
         Format::Metadata => json_response(StatusCode::OK, &partial_metadata(obj)),
         Format::Table { include } => {
-            let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("");
-            json_response(StatusCode::OK, &crate::table::table(res, std::slice::from_ref(obj), rv, None, include))
+            let rv = obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            json_response(
+                StatusCode::OK,
+                &crate::table::table(res, std::slice::from_ref(obj), rv, None, include),
+            )
         }
     }
 }
@@ -513,8 +616,14 @@ fn encode_continue(rv: u64, key: &Key) -> String {
 }
 
 fn decode_continue(token: &str) -> Result<(u64, Key), ApiError> {
-    let bad = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)");
-    let raw = base64::engine::general_purpose::STANDARD.decode(token).map_err(|_| bad())?;
+    let bad = || {
+        ApiError::bad_request(
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+        )
+    };
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     let rv = v.get("rv").and_then(Value::as_u64).ok_or_else(bad)?;
     let start = v.get("start").and_then(Value::as_array).ok_or_else(bad)?;
@@ -525,47 +634,90 @@ fn decode_continue(token: &str) -> Result<(u64, Key), ApiError> {
 }
 
 fn parse_rv(s: &str) -> Result<u64, ApiError> {
-    s.parse().map_err(|_| ApiError::bad_request(format!("Invalid value: \"{s}\": resourceVersion must be an integer")))
+    s.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "Invalid value: \"{s}\": resourceVersion must be an integer"
+        ))
+    })
 }
 
-fn list(st: &AppState, t: &Target, q: &HashMap<String, String>, format: &Format) -> Result<Response, ApiError> {
+fn list(
+    st: &AppState,
+    t: &Target,
+    q: &HashMap<String, String>,
+    format: &Format,
+) -> Result<Response, ApiError> {
     let res = t.res;
     let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?;
     let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), res)?;
     let limit = match q.get("limit").map(String::as_str) {
         None | Some("") | Some("0") => None,
-        Some(l) => Some(l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("invalid limit: {l}")))?),
+        Some(l) => Some(
+            l.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit: {l}")))?,
+        ),
     };
     let mut start = None;
     let mut list_rv = None;
     if let Some(token) = q.get("continue").filter(|c| !c.is_empty()) {
-        if q.get("resourceVersion").is_some_and(|r| !r.is_empty() && r != "0") {
-            return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+        if q.get("resourceVersion")
+            .is_some_and(|r| !r.is_empty() && r != "0")
+        {
+            return Err(ApiError::bad_request(
+                "specifying resource version is not allowed when using continue",
+            ));
         }
         let (rv, key) = decode_continue(token)?;
         st.store.check_not_compacted(rv)?;
         start = Some(key);
         list_rv = Some(rv);
-    } else if let Some(rv) = q.get("resourceVersion").filter(|r| !r.is_empty() && *r != "0") {
+    } else if let Some(rv) = q
+        .get("resourceVersion")
+        .filter(|r| !r.is_empty() && *r != "0")
+    {
         let rv = parse_rv(rv)?;
         let current = st.store.current_rv();
         let exact = q.get("resourceVersionMatch").is_some_and(|m| m == "Exact");
         if rv > current {
-            return Err(ApiError::timeout(format!("Too large resource version: {rv}, current: {current}")));
+            return Err(ApiError::timeout(format!(
+                "Too large resource version: {rv}, current: {current}"
+            )));
         }
         if exact && rv != current {
             // The double keeps no past snapshots; see the crate docs.
-            return Err(ApiError::expired(format!("too old resource version: {rv} ({current})")));
+            return Err(ApiError::expired(format!(
+                "too old resource version: {rv} ({current})"
+            )));
         }
     }
-    let page = st.store.list(res, t.ns.as_deref(), &labels, &fields, start.as_ref(), limit);
+    let page = st.store.list(
+        res,
+        t.ns.as_deref(),
+        &labels,
+        &fields,
+        start.as_ref(),
+        limit,
+    );
     let rv = list_rv.unwrap_or(page.rv);
     let cont = page.next.as_ref().map(|k| encode_continue(rv, k));
-    let remaining = (cont.is_some() && labels.is_empty() && fields.is_empty()).then_some(page.remaining);
+    let remaining =
+        (cont.is_some() && labels.is_empty() && fields.is_empty()).then_some(page.remaining);
     match format {
         Format::Table { include } => {
-            let q_include = q.get("includeObject").cloned().unwrap_or_else(|| include.clone());
-            Ok(json_response(StatusCode::OK, &crate::table::table(res, &page.items, &rv.to_string(), cont.as_deref(), &q_include)))
+            let q_include = q
+                .get("includeObject")
+                .cloned()
+                .unwrap_or_else(|| include.clone());
+            Ok(json_response(
+                StatusCode::OK,
+                &crate::table::table(
+                    res,
+                    &page.items,
+                    &rv.to_string(),
+                    cont.as_deref(),
+                    &q_include,
+                ),
+            ))
         }
         Format::Metadata => {
             let items: Vec<Value> = page.items.iter().map(|i| partial_metadata(i)).collect();
@@ -573,14 +725,26 @@ fn list(st: &AppState, t: &Target, q: &HashMap<String, String>, format: &Format)
             if let Some(c) = &cont {
                 meta["continue"] = json!(c);
             }
-            Ok(json_response(StatusCode::OK, &json!({
-                "kind": "PartialObjectMetadataList",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": meta,
-                "items": items,
-            })))
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "kind": "PartialObjectMetadataList",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": meta,
+                    "items": items,
+                }),
+            ))
         }
-        Format::Full => Ok(json_response(StatusCode::OK, &ListBody { res, rv, cont, remaining, items: &page.items })),
+        Format::Full => Ok(json_response(
+            StatusCode::OK,
+            &ListBody {
+                res,
+                rv,
+                cont,
+                remaining,
+                items: &page.items,
+            },
+        )),
     }
 }
 
@@ -641,7 +805,10 @@ impl WatchFilter {
 
     fn bookmark(&self, rv: u64, initial_end: bool) -> Vec<u8> {
         let (kind, api_version) = if self.metadata_only {
-            ("PartialObjectMetadata".to_owned(), "meta.k8s.io/v1".to_owned())
+            (
+                "PartialObjectMetadata".to_owned(),
+                "meta.k8s.io/v1".to_owned(),
+            )
         } else {
             (self.res.kind.to_owned(), self.res.api_version())
         };
@@ -660,12 +827,18 @@ impl WatchFilter {
 }
 
 fn error_line(e: &ApiError) -> Vec<u8> {
-    let mut out = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
+    let mut out =
+        serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
     out.push(b'\n');
     out
 }
 
-fn watch(st: &AppState, t: &Target, q: &HashMap<String, String>, format: &Format) -> Result<Response, ApiError> {
+fn watch(
+    st: &AppState,
+    t: &Target,
+    q: &HashMap<String, String>,
+    format: &Format,
+) -> Result<Response, ApiError> {
     let res = t.res;
     let mut fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), res)?;
     if let Some(name) = &t.name {
@@ -679,34 +852,48 @@ fn watch(st: &AppState, t: &Target, q: &HashMap<String, String>, format: &Format
         metadata_only: *format == Format::Metadata,
     };
     let timeout = match q.get("timeoutSeconds").filter(|s| !s.is_empty()) {
-        Some(s) => Duration::from_secs(s.parse().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {s}")))?),
+        Some(s) => Duration::from_secs(
+            s.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {s}")))?,
+        ),
         None => st.settings.default_watch_timeout,
     };
     let bookmarks = flag(q, "allowWatchBookmarks");
     let send_initial = flag(q, "sendInitialEvents");
-    if send_initial && q.get("resourceVersionMatch").is_none_or(|m| m != "NotOlderThan") {
+    if send_initial
+        && q.get("resourceVersionMatch")
+            .is_none_or(|m| m != "NotOlderThan")
+    {
         return Err(ApiError::bad_request(
             "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
         ));
     }
     if send_initial && !bookmarks {
-        return Err(ApiError::bad_request("sendInitialEvents requires allowWatchBookmarks=true"));
+        return Err(ApiError::bad_request(
+            "sendInitialEvents requires allowWatchBookmarks=true",
+        ));
     }
     let rv_param = q.get("resourceVersion").map_or("", String::as_str);
     let mut first: Vec<u8> = Vec::new();
-    let from_rv;
-    if send_initial || rv_param.is_empty() || rv_param == "0" {
-        let page = st.store.list(res, filter.ns.as_deref(), &filter.labels, &filter.fields, None, None);
+    let from_rv = if send_initial || rv_param.is_empty() || rv_param == "0" {
+        let page = st.store.list(
+            res,
+            filter.ns.as_deref(),
+            &filter.labels,
+            &filter.fields,
+            None,
+            None,
+        );
         for obj in &page.items {
             first.extend(filter.line("ADDED", obj));
         }
         if send_initial {
             first.extend(filter.bookmark(page.rv, true));
         }
-        from_rv = page.rv;
+        page.rv
     } else {
-        from_rv = parse_rv(rv_param)?;
-    }
+        parse_rv(rv_param)?
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let state = st.clone();
     tokio::spawn(async move {
@@ -720,7 +907,10 @@ fn watch(st: &AppState, t: &Target, q: &HashMap<String, String>, format: &Format
     });
     Ok((
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache, private")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache, private"),
+        ],
         Body::from_stream(stream),
     )
         .into_response())

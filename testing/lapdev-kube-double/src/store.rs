@@ -91,7 +91,11 @@ pub struct WriteCtx {
 impl WriteCtx {
     /// A plain write by `manager`.
     pub fn by(manager: &str) -> Self {
-        Self { manager: manager.to_owned(), dry_run: false, force: false }
+        Self {
+            manager: manager.to_owned(),
+            dry_run: false,
+            force: false,
+        }
     }
 }
 
@@ -146,7 +150,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("history_cap", &self.history_cap).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("history_cap", &self.history_cap)
+            .finish_non_exhaustive()
     }
 }
 
@@ -156,7 +162,9 @@ pub fn now() -> String {
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
-    obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str)
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
 }
 
 fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
@@ -173,7 +181,11 @@ fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
 fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -190,7 +202,9 @@ fn random_suffix() -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+    (0..5)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
 }
 
 /// The parts of an object that `generation` tracks: everything but metadata and status.
@@ -242,14 +256,18 @@ fn pod_qos(obj: &Value) -> &'static str {
 fn apply_defaults(res: &ResourceDef, obj: &mut Value, old: Option<&Value>) {
     match res.plural {
         "pods" => {
-            let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else { return };
+            let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+                return;
+            };
             set_if_missing(spec, "restartPolicy", json!("Always"));
             set_if_missing(spec, "dnsPolicy", json!("ClusterFirst"));
             set_if_missing(spec, "schedulerName", json!("default-scheduler"));
             set_if_missing(spec, "terminationGracePeriodSeconds", json!(30));
             set_if_missing(spec, "securityContext", json!({}));
             for list in ["containers", "initContainers"] {
-                let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) else { continue };
+                let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) else {
+                    continue;
+                };
                 for c in cs.iter_mut().filter(|c| c.is_object()) {
                     let image = c.get("image").and_then(Value::as_str).unwrap_or("");
                     let last = image.rsplit('/').next().unwrap_or("");
@@ -276,7 +294,9 @@ fn apply_defaults(res: &ResourceDef, obj: &mut Value, old: Option<&Value>) {
             }
         }
         "services" => {
-            let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else { return };
+            let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+                return;
+            };
             set_if_missing(spec, "type", json!("ClusterIP"));
             set_if_missing(spec, "sessionAffinity", json!("None"));
             if let Some(old_ip) = old.and_then(|o| o.pointer("/spec/clusterIP")) {
@@ -306,7 +326,10 @@ fn apply_defaults(res: &ResourceDef, obj: &mut Value, old: Option<&Value>) {
 }
 
 fn pod_uses_claim(pod: &Value, claim: &str) -> bool {
-    let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if phase == "Succeeded" || phase == "Failed" {
         return false;
     }
@@ -314,7 +337,11 @@ fn pod_uses_claim(pod: &Value, claim: &str) -> bool {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .any(|v| v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str) == Some(claim))
+        .any(|v| {
+            v.pointer("/persistentVolumeClaim/claimName")
+                .and_then(Value::as_str)
+                == Some(claim)
+        })
 }
 
 fn ns_range<'a>(table: &'a Table, ns: &'a str) -> impl Iterator<Item = (&'a Key, &'a Arc<Value>)> {
@@ -356,7 +383,13 @@ impl Inner {
         } else {
             table.insert(key, obj.clone());
         }
-        self.history.push_back(Arc::new(Event { rv, res, kind, object: obj.clone(), previous }));
+        self.history.push_back(Arc::new(Event {
+            rv,
+            res,
+            kind,
+            object: obj.clone(),
+            previous,
+        }));
         while self.history.len() > history_cap {
             if let Some(dropped) = self.history.pop_front() {
                 self.compacted = dropped.rv;
@@ -392,11 +425,15 @@ impl Store {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
-        self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn notify_changed(&self, rv: u64) {
@@ -450,7 +487,12 @@ impl Store {
     }
 
     /// Reads one object.
-    pub fn get(&self, res: &'static ResourceDef, ns: &str, name: &str) -> Result<Arc<Value>, ApiError> {
+    pub fn get(
+        &self,
+        res: &'static ResourceDef,
+        ns: &str,
+        name: &str,
+    ) -> Result<Arc<Value>, ApiError> {
         self.read()
             .get(res, &(ns.to_owned(), name.to_owned()))
             .ok_or_else(|| ApiError::not_found(res, name))
@@ -469,18 +511,27 @@ impl Store {
         let inner = self.read();
         let rv = inner.rv;
         let Some(table) = inner.table(res) else {
-            return ListPage { items: Vec::new(), rv, next: None, remaining: 0 };
+            return ListPage {
+                items: Vec::new(),
+                rv,
+                next: None,
+                remaining: 0,
+            };
         };
         let iter: Box<dyn Iterator<Item = (&Key, &Arc<Value>)>> = match (ns, start_after) {
             (_, Some(k)) => Box::new(
                 table
-                    .range((std::ops::Bound::Excluded(k.clone()), std::ops::Bound::Unbounded))
+                    .range((
+                        std::ops::Bound::Excluded(k.clone()),
+                        std::ops::Bound::Unbounded,
+                    ))
                     .take_while(move |((n, _), _)| ns.is_none_or(|ns| ns == n)),
             ),
             (Some(ns), None) => Box::new(ns_range(table, ns)),
             (None, None) => Box::new(table.iter()),
         };
-        let mut matching = iter.filter(|(_, v): &(&Key, &Arc<Value>)| labels.matches(v) && fields.matches(v));
+        let mut matching =
+            iter.filter(|(_, v): &(&Key, &Arc<Value>)| labels.matches(v) && fields.matches(v));
         let limit = limit.unwrap_or(usize::MAX);
         let mut items = Vec::new();
         let mut last = None;
@@ -493,7 +544,12 @@ impl Store {
         }
         let remaining = if last.is_some() { matching.count() } else { 0 };
         let next = if remaining > 0 { last } else { None };
-        ListPage { items, rv, next, remaining }
+        ListPage {
+            items,
+            rv,
+            next,
+            remaining,
+        }
     }
 
     /// Creates an object (POST).
@@ -505,7 +561,8 @@ impl Store {
         ctx: &WriteCtx,
     ) -> Result<Arc<Value>, ApiError> {
         let mut inner = self.write();
-        let out = self.create_locked(&mut inner, res, ns, obj, ctx, Managed::Update(&ctx.manager))?;
+        let out =
+            self.create_locked(&mut inner, res, ns, obj, ctx, Managed::Update(&ctx.manager))?;
         let rv = inner.rv;
         drop(inner);
         self.notify_changed(rv);
@@ -524,7 +581,11 @@ impl Store {
         validate::check_decodable(res, &obj)?;
         check_type(res, &obj)?;
         let meta = meta_mut(&mut obj);
-        if meta.get("resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+        if meta
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+        {
             return Err(ApiError::bad_request(
                 "resourceVersion should not be set on objects to be created",
             ));
@@ -588,8 +649,10 @@ impl Store {
             "namespaces" => obj["status"] = json!({"phase": "Active"}),
             "services" => {
                 obj["status"] = json!({"loadBalancer": {}});
-                let headless = obj.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
-                let external = obj.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName");
+                let headless =
+                    obj.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
+                let external =
+                    obj.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName");
                 if !headless && !external && obj.pointer("/spec/clusterIP").is_none() {
                     let n = inner.next_cluster_ip;
                     inner.next_cluster_ip += 1;
@@ -605,21 +668,42 @@ impl Store {
             _ => {}
         }
         validate::validate(res, &obj)?;
-        if res.namespaced && inner.get(resource::core_resource("namespaces"), &(String::new(), ns.to_owned())).is_none() {
-            return Err(ApiError::not_found(resource::core_resource("namespaces"), ns));
+        if res.namespaced
+            && inner
+                .get(
+                    resource::core_resource("namespaces"),
+                    &(String::new(), ns.to_owned()),
+                )
+                .is_none()
+        {
+            return Err(ApiError::not_found(
+                resource::core_resource("namespaces"),
+                ns,
+            ));
         }
-        let key = (if res.namespaced { ns.to_owned() } else { String::new() }, name.clone());
+        let key = (
+            if res.namespaced {
+                ns.to_owned()
+            } else {
+                String::new()
+            },
+            name.clone(),
+        );
         if inner.get(res, &key).is_some() {
             return Err(ApiError::already_exists(res, &name));
         }
         if let Managed::Update(manager) = managed {
             let api_version = res.api_version();
-            patch::record_update(None, &mut obj, &Ownership {
-                manager,
-                subresource: "",
-                api_version: &api_version,
-                now: &created,
-            });
+            patch::record_update(
+                None,
+                &mut obj,
+                &Ownership {
+                    manager,
+                    subresource: "",
+                    api_version: &api_version,
+                    now: &created,
+                },
+            );
         }
         if ctx.dry_run {
             return Ok(Arc::new(obj));
@@ -657,14 +741,25 @@ impl Store {
         }
         let mut inner = self.write();
         let key = key_for(res, ns, name);
-        let old = inner.get(res, &key).ok_or_else(|| ApiError::not_found(res, name))?;
+        let old = inner
+            .get(res, &key)
+            .ok_or_else(|| ApiError::not_found(res, name))?;
         if let Some(rv) = meta_str(&obj, "resourceVersion")
             && !rv.is_empty()
             && Some(rv) != meta_str(&old, "resourceVersion")
         {
             return Err(ApiError::stale(res, name));
         }
-        let out = self.finish_update(&mut inner, res, key, &old, obj, subresource, ctx, Managed::Update(&ctx.manager))?;
+        let out = self.finish_update(
+            &mut inner,
+            res,
+            key,
+            &old,
+            obj,
+            subresource,
+            ctx,
+            Managed::Update(&ctx.manager),
+        )?;
         let rv = inner.rv;
         drop(inner);
         self.notify_changed(rv);
@@ -721,7 +816,12 @@ impl Store {
             }
             let api_version = res.api_version();
             let now = now();
-            let own = Ownership { manager: &ctx.manager, subresource, api_version: &api_version, now: &now };
+            let own = Ownership {
+                manager: &ctx.manager,
+                subresource,
+                api_version: &api_version,
+                now: &now,
+            };
             let Some(old) = old else {
                 if !subresource.is_empty() {
                     return Err(ApiError::not_found(res, name));
@@ -751,9 +851,20 @@ impl Store {
             return Err(ApiError::stale(res, name));
         }
         if meta_str(&new, "name") != Some(name) {
-            return Err(ApiError::bad_request("metadata.name: the name of an object cannot be changed"));
+            return Err(ApiError::bad_request(
+                "metadata.name: the name of an object cannot be changed",
+            ));
         }
-        self.finish_update(inner, res, key, &old, new, subresource, ctx, Managed::Update(&ctx.manager))
+        self.finish_update(
+            inner,
+            res,
+            key,
+            &old,
+            new,
+            subresource,
+            ctx,
+            Managed::Update(&ctx.manager),
+        )
     }
 
     /// The shared end of update, patch and apply.
@@ -804,7 +915,16 @@ impl Store {
         }
         {
             let meta = meta_mut(&mut new);
-            for field in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion", "generation"] {
+            for field in [
+                "name",
+                "namespace",
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "resourceVersion",
+                "generation",
+            ] {
                 match old.pointer(&format!("/metadata/{field}")) {
                     Some(v) => meta.insert(field.to_owned(), v.clone()),
                     None => meta.remove(field),
@@ -817,15 +937,22 @@ impl Store {
         if let Managed::Update(manager) = managed {
             let api_version = res.api_version();
             let now = now();
-            patch::record_update(Some(old), &mut new, &Ownership {
-                manager,
-                subresource,
-                api_version: &api_version,
-                now: &now,
-            });
+            patch::record_update(
+                Some(old),
+                &mut new,
+                &Ownership {
+                    manager,
+                    subresource,
+                    api_version: &api_version,
+                    now: &now,
+                },
+            );
         }
         if spec_part(&new) != spec_part(old) {
-            let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+            let generation = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             meta_mut(&mut new).insert("generation".to_owned(), json!(generation + 1));
         }
         if new == **old {
@@ -836,11 +963,25 @@ impl Store {
         }
         let terminating = new.pointer("/metadata/deletionTimestamp").is_some();
         if terminating && finalizers(&new).is_empty() {
-            let gone = inner.commit(res, key.clone(), new, EventType::Deleted, Some(old.clone()), self.history_cap);
+            let gone = inner.commit(
+                res,
+                key.clone(),
+                new,
+                EventType::Deleted,
+                Some(old.clone()),
+                self.history_cap,
+            );
             self.after_delete(inner, res, &key, &gone);
             return Ok(gone);
         }
-        let out = inner.commit(res, key.clone(), new, EventType::Modified, Some(old.clone()), self.history_cap);
+        let out = inner.commit(
+            res,
+            key.clone(),
+            new,
+            EventType::Modified,
+            Some(old.clone()),
+            self.history_cap,
+        );
         if res.plural == "pods" {
             self.release_claims(inner, &key.0);
         }
@@ -873,26 +1014,39 @@ impl Store {
         ctx: &WriteCtx,
     ) -> Result<Deleted, ApiError> {
         let name = key.1.clone();
-        let old = inner.get(res, &key).ok_or_else(|| ApiError::not_found(res, &name))?;
+        let old = inner
+            .get(res, &key)
+            .ok_or_else(|| ApiError::not_found(res, &name))?;
         if let Some(uid) = &pre.uid
             && Some(uid.as_str()) != meta_str(&old, "uid")
         {
-            return Err(ApiError::conflict(res, &name, &format!(
-                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                meta_str(&old, "uid").unwrap_or("")
-            )));
+            return Err(ApiError::conflict(
+                res,
+                &name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&old, "uid").unwrap_or("")
+                ),
+            ));
         }
         if let Some(rv) = &pre.resource_version
             && Some(rv.as_str()) != meta_str(&old, "resourceVersion")
         {
-            return Err(ApiError::conflict(res, &name, &format!(
-                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                meta_str(&old, "resourceVersion").unwrap_or("")
-            )));
+            return Err(ApiError::conflict(
+                res,
+                &name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    meta_str(&old, "resourceVersion").unwrap_or("")
+                ),
+            ));
         }
         let mut new = (*old).clone();
         if res.plural == "persistentvolumeclaims" && !self.claim_in_use(inner, &key.0, &name) {
-            let f: Vec<String> = finalizers(&new).into_iter().filter(|f| f != PVC_PROTECTION).collect();
+            let f: Vec<String> = finalizers(&new)
+                .into_iter()
+                .filter(|f| f != PVC_PROTECTION)
+                .collect();
             set_finalizers(&mut new, f);
         }
         if ctx.dry_run {
@@ -907,10 +1061,24 @@ impl Store {
             if new == *old {
                 return Ok(Deleted::Pending(old));
             }
-            let out = inner.commit(res, key, new, EventType::Modified, Some(old), self.history_cap);
+            let out = inner.commit(
+                res,
+                key,
+                new,
+                EventType::Modified,
+                Some(old),
+                self.history_cap,
+            );
             return Ok(Deleted::Pending(out));
         }
-        let gone = inner.commit(res, key.clone(), new, EventType::Deleted, Some(old), self.history_cap);
+        let gone = inner.commit(
+            res,
+            key.clone(),
+            new,
+            EventType::Deleted,
+            Some(old),
+            self.history_cap,
+        );
         self.after_delete(inner, res, &key, &gone);
         Ok(Deleted::Gone(gone))
     }
@@ -928,7 +1096,11 @@ impl Store {
         let mut inner = self.write();
         let mut out = Vec::new();
         for obj in page.items {
-            let key = key_for(res, meta_str(&obj, "namespace").unwrap_or(""), meta_str(&obj, "name").unwrap_or(""));
+            let key = key_for(
+                res,
+                meta_str(&obj, "namespace").unwrap_or(""),
+                meta_str(&obj, "name").unwrap_or(""),
+            );
             match self.delete_locked(&mut inner, res, key, &Preconditions::default(), ctx) {
                 Ok(Deleted::Gone(o) | Deleted::Pending(o)) => out.push(o),
                 Err(e) if e.code == 404 => {}
@@ -965,15 +1137,28 @@ impl Store {
                 continue;
             }
             let mut new = (*old).clone();
-            let f: Vec<String> = finalizers(&new).into_iter().filter(|f| f != PVC_PROTECTION).collect();
+            let f: Vec<String> = finalizers(&new)
+                .into_iter()
+                .filter(|f| f != PVC_PROTECTION)
+                .collect();
             let empty = f.is_empty();
             set_finalizers(&mut new, f);
-            let kind = if empty { EventType::Deleted } else { EventType::Modified };
+            let kind = if empty {
+                EventType::Deleted
+            } else {
+                EventType::Modified
+            };
             inner.commit(pvcs, key, new, kind, Some(old), self.history_cap);
         }
     }
 
-    fn after_delete(&self, inner: &mut Inner, res: &'static ResourceDef, key: &Key, _gone: &Arc<Value>) {
+    fn after_delete(
+        &self,
+        inner: &mut Inner,
+        res: &'static ResourceDef,
+        key: &Key,
+        _gone: &Arc<Value>,
+    ) {
         match res.plural {
             "pods" => self.release_claims(inner, &key.0),
             "namespaces" => {
@@ -982,11 +1167,20 @@ impl Store {
                 let ns = key.1.clone();
                 for r in resource::RESOURCES.iter().filter(|r| r.namespaced) {
                     let keys: Vec<(Key, Arc<Value>)> = match inner.table(r) {
-                        Some(t) => ns_range(t, &ns).map(|(k, v)| (k.clone(), v.clone())).collect(),
+                        Some(t) => ns_range(t, &ns)
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
                         None => continue,
                     };
                     for (k, v) in keys {
-                        inner.commit(r, k, (*v).clone(), EventType::Deleted, Some(v), self.history_cap);
+                        inner.commit(
+                            r,
+                            k,
+                            (*v).clone(),
+                            EventType::Deleted,
+                            Some(v),
+                            self.history_cap,
+                        );
                     }
                 }
             }
@@ -1008,16 +1202,34 @@ impl Store {
     ) -> Result<Arc<Value>, ApiError> {
         let mut inner = self.write();
         let key = key_for(res, ns, name);
-        let old = inner.get(res, &key).ok_or_else(|| ApiError::not_found(res, name))?;
+        let old = inner
+            .get(res, &key)
+            .ok_or_else(|| ApiError::not_found(res, name))?;
         let mut new = (*old).clone();
         f(&mut new);
         let api_version = res.api_version();
         let now = now();
-        patch::record_update(Some(&old), &mut new, &Ownership { manager, subresource, api_version: &api_version, now: &now });
+        patch::record_update(
+            Some(&old),
+            &mut new,
+            &Ownership {
+                manager,
+                subresource,
+                api_version: &api_version,
+                now: &now,
+            },
+        );
         if new == *old {
             return Ok(old);
         }
-        let out = inner.commit(res, key.clone(), new, EventType::Modified, Some(old), self.history_cap);
+        let out = inner.commit(
+            res,
+            key.clone(),
+            new,
+            EventType::Modified,
+            Some(old),
+            self.history_cap,
+        );
         if res.plural == "pods" {
             self.release_claims(&mut inner, &key.0);
         }
@@ -1029,7 +1241,14 @@ impl Store {
 }
 
 fn key_for(res: &ResourceDef, ns: &str, name: &str) -> Key {
-    (if res.namespaced { ns.to_owned() } else { String::new() }, name.to_owned())
+    (
+        if res.namespaced {
+            ns.to_owned()
+        } else {
+            String::new()
+        },
+        name.to_owned(),
+    )
 }
 
 fn check_type(res: &ResourceDef, obj: &Value) -> Result<(), ApiError> {

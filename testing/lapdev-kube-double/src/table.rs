@@ -9,11 +9,15 @@ use serde_json::{Value, json};
 use crate::resource::ResourceDef;
 
 fn age(obj: &Value) -> String {
-    let created = obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str);
+    let created = obj
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str);
     let Some(created) = created.and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()) else {
         return "<unknown>".to_owned();
     };
-    let secs = (chrono::Utc::now() - created.with_timezone(&chrono::Utc)).num_seconds().max(0);
+    let secs = (chrono::Utc::now() - created.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0);
     let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
     if secs < 120 {
         format!("{secs}s")
@@ -37,11 +41,16 @@ fn s<'a>(obj: &'a Value, ptr: &str) -> &'a str {
 }
 
 fn or_none(v: &str) -> String {
-    if v.is_empty() { "<none>".to_owned() } else { v.to_owned() }
+    if v.is_empty() {
+        "<none>".to_owned()
+    } else {
+        v.to_owned()
+    }
 }
 
 fn col(name: &str, ty: &str, priority: u8) -> Value {
-    let mut c = json!({"name": name, "type": ty, "format": "", "description": name, "priority": priority});
+    let mut c =
+        json!({"name": name, "type": ty, "format": "", "description": name, "priority": priority});
     if name == "Name" {
         c["format"] = json!("name");
     }
@@ -67,7 +76,11 @@ fn columns(res: &ResourceDef) -> Vec<Value> {
             col("Version", "string", 0),
         ],
         "namespaces" | "persistentvolumeclaims" => {
-            vec![col("Name", "string", 0), col("Status", "string", 0), col("Age", "string", 0)]
+            vec![
+                col("Name", "string", 0),
+                col("Status", "string", 0),
+                col("Age", "string", 0),
+            ]
         }
         _ => vec![col("Name", "string", 0), col("Age", "string", 0)],
     }
@@ -77,9 +90,18 @@ fn cells(res: &ResourceDef, obj: &Value) -> Vec<Value> {
     let name = s(obj, "/metadata/name");
     match res.plural {
         "pods" => {
-            let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array);
-            let total = obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
-            let ready = statuses.into_iter().flatten().filter(|c| c.get("ready") == Some(&json!(true))).count();
+            let statuses = obj
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array);
+            let total = obj
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let ready = statuses
+                .into_iter()
+                .flatten()
+                .filter(|c| c.get("ready") == Some(&json!(true)))
+                .count();
             let restarts: i64 = statuses
                 .into_iter()
                 .flatten()
@@ -108,7 +130,13 @@ fn cells(res: &ResourceDef, obj: &Value) -> Vec<Value> {
                 .into_iter()
                 .flatten()
                 .find(|c| c.get("type") == Some(&json!("Ready")))
-                .map(|c| if c.get("status") == Some(&json!("True")) { "Ready" } else { "NotReady" })
+                .map(|c| {
+                    if c.get("status") == Some(&json!("True")) {
+                        "Ready"
+                    } else {
+                        "NotReady"
+                    }
+                })
                 .unwrap_or("Unknown");
             let mut status = ready.to_owned();
             if obj.pointer("/spec/unschedulable") == Some(&json!(true)) {
@@ -141,7 +169,13 @@ fn cells(res: &ResourceDef, obj: &Value) -> Vec<Value> {
 
 /// A `Table` of `items`; `include` is the `includeObject` policy (`None`,
 /// `Metadata` (the default) or `Object`).
-pub fn table(res: &ResourceDef, items: &[Arc<Value>], rv: &str, cont: Option<&str>, include: &str) -> Value {
+pub fn table(
+    res: &ResourceDef,
+    items: &[Arc<Value>],
+    rv: &str,
+    cont: Option<&str>,
+    include: &str,
+) -> Value {
     let rows: Vec<Value> = items
         .iter()
         .map(|obj| {

@@ -24,7 +24,8 @@ fn is_label_chars(s: &str) -> bool {
     !b.is_empty()
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 /// A DNS-1123 label: at most 63 lowercase alphanumerics or '-', alphanumeric at both ends.
@@ -53,7 +54,10 @@ pub fn parse_quantity(s: &str) -> Option<f64> {
         .map_or(s.len(), |(i, _)| i);
     let (num, suffix) = s.split_at(num_end);
     let digits = num.trim_start_matches(['+', '-']);
-    if digits.is_empty() || !digits.bytes().any(|b| b.is_ascii_digit()) || digits.matches('.').count() > 1 {
+    if digits.is_empty()
+        || !digits.bytes().any(|b| b.is_ascii_digit())
+        || digits.matches('.').count() > 1
+    {
         return None;
     }
     let value: f64 = num.parse().ok()?;
@@ -133,7 +137,9 @@ pub fn check_decodable(res: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
     match res.plural {
         "pods" => {
             for list in ["containers", "initContainers"] {
-                let containers = obj.pointer(&format!("/spec/{list}")).and_then(Value::as_array);
+                let containers = obj
+                    .pointer(&format!("/spec/{list}"))
+                    .and_then(Value::as_array);
                 for c in containers.into_iter().flatten() {
                     check_quantities(c.pointer("/resources/requests"), res.kind)?;
                     check_quantities(c.pointer("/resources/limits"), res.kind)?;
@@ -241,7 +247,9 @@ fn validate_pod(obj: &Value, causes: &mut Vec<Cause>) {
         }
         _ => causes.push(Cause::required("spec.containers", "")),
     }
-    let inits = obj.pointer("/spec/initContainers").and_then(Value::as_array);
+    let inits = obj
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array);
     for (i, c) in inits.into_iter().flatten().enumerate() {
         validate_container(c, &format!("spec.initContainers[{i}]"), &mut names, causes);
     }
@@ -252,7 +260,11 @@ fn validate_pod(obj: &Value, causes: &mut Vec<Cause>) {
         if name.is_empty() {
             causes.push(Cause::required(format!("spec.volumes[{i}].name"), ""));
         } else if !is_dns1123_label(name) {
-            causes.push(Cause::invalid(format!("spec.volumes[{i}].name"), name, LABEL_MSG));
+            causes.push(Cause::invalid(
+                format!("spec.volumes[{i}].name"),
+                name,
+                LABEL_MSG,
+            ));
         } else if vol_names.contains(&name) {
             causes.push(Cause::duplicate(format!("spec.volumes[{i}].name"), name));
         } else {
@@ -284,7 +296,10 @@ fn validate_pod(obj: &Value, causes: &mut Vec<Cause>) {
 fn validate_pvc(obj: &Value, causes: &mut Vec<Cause>) {
     let modes = obj.pointer("/spec/accessModes").and_then(Value::as_array);
     if modes.is_none_or(Vec::is_empty) {
-        causes.push(Cause::required("spec.accessModes", "at least 1 access mode is required"));
+        causes.push(Cause::required(
+            "spec.accessModes",
+            "at least 1 access mode is required",
+        ));
     }
     if obj.pointer("/spec/resources/requests/storage").is_none() {
         causes.push(Cause::required("spec.resources[storage]", ""));
@@ -293,7 +308,10 @@ fn validate_pvc(obj: &Value, causes: &mut Vec<Cause>) {
 
 fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
     let headless = obj.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
-    let svc_type = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP");
+    let svc_type = obj
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
     let ports = obj.pointer("/spec/ports").and_then(Value::as_array);
     if ports.is_none_or(Vec::is_empty) && !headless && svc_type != "ExternalName" {
         causes.push(Cause::required("spec.ports", ""));
@@ -312,7 +330,10 @@ fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
 
 /// Validates an object about to be stored (create or update).
 pub fn validate(res: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let mut causes = Vec::new();
     validate_name(res, name, &mut causes);
     validate_labels(obj, &mut causes);
@@ -350,7 +371,10 @@ fn without_images(spec: &Value) -> Value {
 
 /// Checks an update against the fields the real server keeps immutable.
 pub fn validate_update(res: &ResourceDef, old: &Value, new: &Value) -> Result<(), ApiError> {
-    let name = new.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = new
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let null = Value::Null;
     let old_spec = old.get("spec").unwrap_or(&null);
     let new_spec = new.get("spec").unwrap_or(&null);
@@ -362,7 +386,10 @@ pub fn validate_update(res: &ResourceDef, old: &Value, new: &Value) -> Result<()
         "persistentvolumeclaims" => {
             let strip = |s: &Value| {
                 let mut s = s.clone();
-                if let Some(r) = s.pointer_mut("/resources/requests").and_then(Value::as_object_mut) {
+                if let Some(r) = s
+                    .pointer_mut("/resources/requests")
+                    .and_then(Value::as_object_mut)
+                {
                     r.remove("storage");
                 }
                 if let Some(o) = s.as_object_mut() {

@@ -21,10 +21,18 @@ use lapdev_kube_double::{Config, KubeDouble, KubeletConfig, NodeSpec};
 #[command(version)]
 struct Args {
     /// Address to serve the API on.
-    #[arg(long, env = "LAPDEV_KUBE_DOUBLE_LISTEN", default_value = "127.0.0.1:6443")]
+    #[arg(
+        long,
+        env = "LAPDEV_KUBE_DOUBLE_LISTEN",
+        default_value = "127.0.0.1:6443"
+    )]
     listen: SocketAddr,
     /// Where to write a kubeconfig that points at it (for kubectl and the manager).
-    #[arg(long, env = "LAPDEV_KUBE_DOUBLE_KUBECONFIG", default_value = "lapdev-kube-double.kubeconfig")]
+    #[arg(
+        long,
+        env = "LAPDEV_KUBE_DOUBLE_KUBECONFIG",
+        default_value = "lapdev-kube-double.kubeconfig"
+    )]
     kubeconfig_out: PathBuf,
     /// How many fake nodes to register.
     #[arg(long, default_value_t = 3)]
@@ -57,15 +65,25 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let double = KubeDouble::start_with(Config { listen: args.listen, history: args.history, ..Config::default() })
-        .await
-        .with_context(|| format!("starting the Kubernetes API double on {}", args.listen))?;
+    let double = KubeDouble::start_with(Config {
+        listen: args.listen,
+        history: args.history,
+        ..Config::default()
+    })
+    .await
+    .with_context(|| format!("starting the Kubernetes API double on {}", args.listen))?;
     let mut node_names = Vec::new();
     for i in 0..args.nodes {
         let name = format!("double-node-{i}");
         let labels = BTreeMap::from([
-            ("topology.kubernetes.io/region".to_owned(), args.region.clone()),
-            ("topology.kubernetes.io/zone".to_owned(), format!("{}-a", args.region)),
+            (
+                "topology.kubernetes.io/region".to_owned(),
+                args.region.clone(),
+            ),
+            (
+                "topology.kubernetes.io/zone".to_owned(),
+                format!("{}-a", args.region),
+            ),
         ]);
         let spec = NodeSpec {
             cpu: args.node_cpu.clone(),
@@ -74,7 +92,9 @@ async fn main() -> anyhow::Result<()> {
             labels,
             ..NodeSpec::default()
         };
-        double.add_node(&name, spec).with_context(|| format!("adding node {name}"))?;
+        double
+            .add_node(&name, spec)
+            .with_context(|| format!("adding node {name}"))?;
         node_names.push(name);
     }
     seed_pods(&double, args.pods, &node_names)?;
@@ -91,7 +111,9 @@ async fn main() -> anyhow::Result<()> {
         args.kubeconfig_out.display(),
         args.kubeconfig_out.display()
     );
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     Ok(())
 }
 
@@ -99,7 +121,9 @@ fn seed_pods(double: &KubeDouble, count: usize, nodes: &[String]) -> anyhow::Res
     if count == 0 {
         return Ok(());
     }
-    double.create_namespace("background").context("creating namespace background")?;
+    double
+        .create_namespace("background")
+        .context("creating namespace background")?;
     for i in 0..count {
         let node = nodes.get(i % nodes.len().max(1)).cloned();
         let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -110,7 +134,9 @@ fn seed_pods(double: &KubeDouble, count: usize, nodes: &[String]) -> anyhow::Res
             },
         }))
         .context("building a background pod")?;
-        double.create(&pod).with_context(|| format!("seeding pod background-{i}"))?;
+        double
+            .create(&pod)
+            .with_context(|| format!("seeding pod background-{i}"))?;
     }
     Ok(())
 }

@@ -8,7 +8,10 @@ use crate::start;
 async fn version_is_served() {
     let (_double, client) = start().await;
     let v = client.apiserver_version().await.unwrap();
-    assert_eq!((v.major.as_str(), v.minor.as_str(), v.git_version.as_str()), ("1", "33", "v1.33.0"));
+    assert_eq!(
+        (v.major.as_str(), v.minor.as_str(), v.git_version.as_str()),
+        ("1", "33", "v1.33.0")
+    );
 }
 
 #[tokio::test]
@@ -20,10 +23,21 @@ async fn discovery_finds_core_and_grouped_resources() {
         .flat_map(|g| g.recommended_resources())
         .find(|(r, _)| r.plural == "pods")
         .expect("pods discovered");
-    assert_eq!((pods.kind.as_str(), pods.api_version.as_str()), ("Pod", "v1"));
+    assert_eq!(
+        (pods.kind.as_str(), pods.api_version.as_str()),
+        ("Pod", "v1")
+    );
     assert_eq!(caps.scope, Scope::Namespaced);
-    assert!(caps.subresources.iter().any(|(s, _)| s.plural == "pods/status" || s.plural == "status"));
+    assert!(
+        caps.subresources
+            .iter()
+            .any(|(s, _)| s.plural == "pods/status" || s.plural == "status")
+    );
     assert!(discovery.has_group("coordination.k8s.io"));
-    let nodes = discovery.groups().flat_map(|g| g.recommended_resources()).find(|(r, _)| r.plural == "nodes").unwrap();
+    let nodes = discovery
+        .groups()
+        .flat_map(|g| g.recommended_resources())
+        .find(|(r, _)| r.plural == "nodes")
+        .unwrap();
     assert_eq!(nodes.1.scope, Scope::Cluster);
 }

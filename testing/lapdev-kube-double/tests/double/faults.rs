@@ -43,7 +43,13 @@ async fn failure_mode_applies_until_cleared() {
 }
 
 async fn client_version_fails(double: &lapdev_kube_double::KubeDouble) -> bool {
-    double.client().await.unwrap().apiserver_version().await.is_err()
+    double
+        .client()
+        .await
+        .unwrap()
+        .apiserver_version()
+        .await
+        .is_err()
 }
 
 #[tokio::test]
@@ -51,7 +57,11 @@ async fn hang_holds_requests_until_released() {
     let (double, client) = start().await;
     let pods: Api<Pod> = Api::namespaced(client, "default");
     double.set_failure_mode(FailureMode::Hang);
-    let timed_out = tokio::time::timeout(Duration::from_millis(300), pods.list(&ListParams::default())).await;
+    let timed_out = tokio::time::timeout(
+        Duration::from_millis(300),
+        pods.list(&ListParams::default()),
+    )
+    .await;
     assert!(timed_out.is_err(), "the request hangs");
     let pending = tokio::spawn({
         let pods = pods.clone();
@@ -59,7 +69,11 @@ async fn hang_holds_requests_until_released() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     double.set_failure_mode(FailureMode::None);
-    tokio::time::timeout(Duration::from_secs(5), pending).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -69,9 +83,23 @@ async fn a_denied_verb_is_forbidden_like_rbac() {
     double.deny(Verb::List, "pods");
     let s = status(pods.list(&ListParams::default()).await);
     assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
-    assert!(s.message.starts_with("pods is forbidden: User "), "{}", s.message);
-    assert!(s.message.ends_with("cannot list resource \"pods\" in API group \"\" in the namespace \"default\""), "{}", s.message);
-    assert_eq!(status(pods.get("x").await).code, 404, "other verbs still work");
+    assert!(
+        s.message.starts_with("pods is forbidden: User "),
+        "{}",
+        s.message
+    );
+    assert!(
+        s.message.ends_with(
+            "cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
+        ),
+        "{}",
+        s.message
+    );
+    assert_eq!(
+        status(pods.get("x").await).code,
+        404,
+        "other verbs still work"
+    );
     double.allow(Verb::List, "pods");
     pods.list(&ListParams::default()).await.unwrap();
 }
@@ -80,7 +108,9 @@ async fn a_denied_verb_is_forbidden_like_rbac() {
 async fn requests_are_counted_by_verb() {
     let (double, client) = start().await;
     let pods: Api<Pod> = Api::namespaced(client, "default");
-    pods.create(&PostParams::default(), &pod("a")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("a"))
+        .await
+        .unwrap();
     pods.get("a").await.unwrap();
     pods.get("a").await.unwrap();
     pods.list(&ListParams::default()).await.unwrap();
@@ -100,14 +130,24 @@ async fn nodes_come_and_go_with_their_capacity() {
         memory: "64Gi".into(),
         allocatable_cpu: Some("15800m".into()),
         provider_id: Some("gce://proj/us-central1-a/n1".into()),
-        labels: [("topology.kubernetes.io/region".to_owned(), "us-central1".to_owned())].into(),
+        labels: [(
+            "topology.kubernetes.io/region".to_owned(),
+            "us-central1".to_owned(),
+        )]
+        .into(),
         ..NodeSpec::default()
     };
     double.add_node("n1", spec).unwrap();
     let nodes: Api<Node> = Api::all(client);
     let n = nodes.get("n1").await.unwrap();
-    assert_eq!(n.spec.unwrap().provider_id.as_deref(), Some("gce://proj/us-central1-a/n1"));
-    assert_eq!(n.metadata.labels.unwrap()["topology.kubernetes.io/region"], "us-central1");
+    assert_eq!(
+        n.spec.unwrap().provider_id.as_deref(),
+        Some("gce://proj/us-central1-a/n1")
+    );
+    assert_eq!(
+        n.metadata.labels.unwrap()["topology.kubernetes.io/region"],
+        "us-central1"
+    );
     assert_eq!(n.status.unwrap().allocatable.unwrap()["cpu"].0, "15800m");
     double.remove_node("n1").unwrap();
     assert_eq!(status(nodes.get("n1").await).code, 404);
@@ -117,13 +157,25 @@ async fn nodes_come_and_go_with_their_capacity() {
 async fn set_pod_phase_reports_like_a_kubelet() {
     let (double, client) = start().await;
     let pods: Api<Pod> = Api::namespaced(client, "default");
-    pods.create(&PostParams::default(), &pod("a")).await.unwrap();
-    let extra = PodCondition { type_: "example.com/Warm".into(), status: "True".into(), ..PodCondition::default() };
-    double.set_pod_phase("default", "a", "Running", vec![extra]).unwrap();
+    pods.create(&PostParams::default(), &pod("a"))
+        .await
+        .unwrap();
+    let extra = PodCondition {
+        type_: "example.com/Warm".into(),
+        status: "True".into(),
+        ..PodCondition::default()
+    };
+    double
+        .set_pod_phase("default", "a", "Running", vec![extra])
+        .unwrap();
     let status = pods.get("a").await.unwrap().status.unwrap();
     assert_eq!(status.phase.as_deref(), Some("Running"));
     let conditions = status.conditions.unwrap();
-    assert!(conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
     assert!(conditions.iter().any(|c| c.type_ == "example.com/Warm"));
     assert!(status.container_statuses.unwrap()[0].ready);
 }
@@ -132,10 +184,23 @@ async fn set_pod_phase_reports_like_a_kubelet() {
 async fn the_stand_in_kubelet_runs_new_pods() {
     let (double, client) = start().await;
     double.add_node("n1", NodeSpec::default()).unwrap();
-    let _kubelet = double.run_kubelet(KubeletConfig { delay: Duration::from_millis(50), ..KubeletConfig::default() });
+    let _kubelet = double.run_kubelet(KubeletConfig {
+        delay: Duration::from_millis(50),
+        ..KubeletConfig::default()
+    });
     let pods: Api<Pod> = Api::namespaced(client, "default");
-    pods.create(&PostParams::default(), &pod("a")).await.unwrap();
-    let running = kube::runtime::wait::await_condition(pods.clone(), "a", kube::runtime::conditions::is_pod_running());
-    let p = tokio::time::timeout(Duration::from_secs(5), running).await.unwrap().unwrap().unwrap();
+    pods.create(&PostParams::default(), &pod("a"))
+        .await
+        .unwrap();
+    let running = kube::runtime::wait::await_condition(
+        pods.clone(),
+        "a",
+        kube::runtime::conditions::is_pod_running(),
+    );
+    let p = tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(p.spec.unwrap().node_name.as_deref(), Some("n1"));
 }

@@ -13,7 +13,10 @@ fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
         .expect("kubectl is installed (it is on CI too)");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "kubectl {args:?} failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed:\n{stdout}\n{stderr}"
+    );
     stdout
 }
 
@@ -29,23 +32,51 @@ async fn kubectl_gets_pods_nodes_and_namespaces() {
     ws.metadata.namespace = Some("lapdev-workspaces".into());
     double.create(&ws).unwrap();
     double.create(&crate::pod("web")).unwrap();
-    double.set_pod_phase("default", "web", "Running", Vec::new()).unwrap();
+    double
+        .set_pod_phase("default", "web", "Running", Vec::new())
+        .unwrap();
 
     let (pods, nodes, namespaces, one) = tokio::task::spawn_blocking(move || {
         (
             kubectl(&kubeconfig, &["get", "pods", "-A"]),
             kubectl(&kubeconfig, &["get", "nodes"]),
             kubectl(&kubeconfig, &["get", "namespaces"]),
-            kubectl(&kubeconfig, &["get", "pod", "web", "-o", "jsonpath={.status.phase}"]),
+            kubectl(
+                &kubeconfig,
+                &["get", "pod", "web", "-o", "jsonpath={.status.phase}"],
+            ),
         )
     })
     .await
     .unwrap();
     let header: Vec<&str> = pods.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"], "{pods}");
-    assert!(pods.lines().any(|l| l.starts_with("lapdev-workspaces") && l.contains("ws-1") && l.contains("Pending")), "{pods}");
-    assert!(pods.lines().any(|l| l.starts_with("default") && l.contains("web") && l.contains("1/1") && l.contains("Running")), "{pods}");
-    assert!(nodes.lines().any(|l| l.starts_with("node-a") && l.contains("Ready") && l.contains("v1.33.0")), "{nodes}");
-    assert!(namespaces.contains("lapdev-workspaces") && namespaces.contains("Active"), "{namespaces}");
+    assert_eq!(
+        header,
+        ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        "{pods}"
+    );
+    assert!(
+        pods.lines().any(|l| l.starts_with("lapdev-workspaces")
+            && l.contains("ws-1")
+            && l.contains("Pending")),
+        "{pods}"
+    );
+    assert!(
+        pods.lines().any(|l| l.starts_with("default")
+            && l.contains("web")
+            && l.contains("1/1")
+            && l.contains("Running")),
+        "{pods}"
+    );
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with("node-a") && l.contains("Ready") && l.contains("v1.33.0")),
+        "{nodes}"
+    );
+    assert!(
+        namespaces.contains("lapdev-workspaces") && namespaces.contains("Active"),
+        "{namespaces}"
+    );
     assert_eq!(one, "Running");
 }

@@ -41,5 +41,9 @@ pub fn status<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> Box<Status> {
 
 /// A resourceVersion as a number (the double's are integers, like etcd revisions).
 pub fn rv(meta: &kube::api::ObjectMeta) -> u64 {
-    meta.resource_version.as_deref().expect("resourceVersion").parse().expect("numeric rv")
+    meta.resource_version
+        .as_deref()
+        .expect("resourceVersion")
+        .parse()
+        .expect("numeric rv")
 }

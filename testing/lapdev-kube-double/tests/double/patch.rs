@@ -10,9 +10,14 @@ use crate::{pod, rv, start, status};
 async fn merge_patch_adds_and_removes_fields() {
     let (_double, client) = start().await;
     let pods: Api<Pod> = Api::namespaced(client, "default");
-    pods.create(&PostParams::default(), &pod("a")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("a"))
+        .await
+        .unwrap();
     let p = json!({"metadata": {"labels": {"tier": "front", "app": null}}});
-    let patched = pods.patch("a", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap();
+    let patched = pods
+        .patch("a", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
     let labels = patched.metadata.labels.unwrap();
     assert_eq!(labels.get("tier").map(String::as_str), Some("front"));
     assert!(!labels.contains_key("app"));
@@ -22,25 +27,44 @@ async fn merge_patch_adds_and_removes_fields() {
 async fn strategic_merge_merges_containers_by_name() {
     let (_double, client) = start().await;
     let pods: Api<Pod> = Api::namespaced(client, "default");
-    pods.create(&PostParams::default(), &pod("a")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("a"))
+        .await
+        .unwrap();
     let p = json!({"spec": {"containers": [{"name": "main", "image": "nginx:1.28"}]}});
-    let patched = pods.patch("a", &PatchParams::default(), &Patch::Strategic(&p)).await.unwrap();
+    let patched = pods
+        .patch("a", &PatchParams::default(), &Patch::Strategic(&p))
+        .await
+        .unwrap();
     let c = &patched.spec.unwrap().containers[0];
     assert_eq!(c.image.as_deref(), Some("nginx:1.28"));
-    assert_eq!(c.termination_message_path.as_deref(), Some("/dev/termination-log"), "other fields kept");
+    assert_eq!(
+        c.termination_message_path.as_deref(),
+        Some("/dev/termination-log"),
+        "other fields kept"
+    );
 }
 
 #[tokio::test]
 async fn json_patch_applies_and_a_failed_test_is_invalid() {
     let (_double, client) = start().await;
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
-    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "c"}, "data": {"a": "1"}})).unwrap();
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "c"}, "data": {"a": "1"}})).unwrap();
     cms.create(&PostParams::default(), &cm).await.unwrap();
-    let ops: json_patch::Patch = serde_json::from_value(json!([{"op": "replace", "path": "/data/a", "value": "2"}])).unwrap();
-    let patched = cms.patch("c", &PatchParams::default(), &Patch::Json::<()>(ops)).await.unwrap();
+    let ops: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "replace", "path": "/data/a", "value": "2"}]))
+            .unwrap();
+    let patched = cms
+        .patch("c", &PatchParams::default(), &Patch::Json::<()>(ops))
+        .await
+        .unwrap();
     assert_eq!(patched.data.unwrap()["a"], "2");
-    let ops: json_patch::Patch = serde_json::from_value(json!([{"op": "test", "path": "/data/a", "value": "9"}])).unwrap();
-    let s = status(cms.patch("c", &PatchParams::default(), &Patch::Json::<()>(ops)).await);
+    let ops: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "test", "path": "/data/a", "value": "9"}])).unwrap();
+    let s = status(
+        cms.patch("c", &PatchParams::default(), &Patch::Json::<()>(ops))
+            .await,
+    );
     assert_eq!(s.code, 422);
 }
 
@@ -51,7 +75,10 @@ async fn patch_with_a_stale_resource_version_is_a_conflict() {
     let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "c"}})).unwrap();
     cms.create(&PostParams::default(), &cm).await.unwrap();
     let p = json!({"metadata": {"resourceVersion": "1"}, "data": {"a": "1"}});
-    let s = status(cms.patch("c", &PatchParams::default(), &Patch::Merge(&p)).await);
+    let s = status(
+        cms.patch("c", &PatchParams::default(), &Patch::Merge(&p))
+            .await,
+    );
     assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
 }
 
@@ -59,7 +86,10 @@ async fn patch_with_a_stale_resource_version_is_a_conflict() {
 async fn patching_a_missing_object_is_not_found() {
     let (_double, client) = start().await;
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
-    let s = status(cms.patch("nope", &PatchParams::default(), &Patch::Merge(json!({}))).await);
+    let s = status(
+        cms.patch("nope", &PatchParams::default(), &Patch::Merge(json!({})))
+            .await,
+    );
     assert_eq!(s.code, 404);
 }
 
@@ -72,14 +102,33 @@ async fn apply_creates_if_missing_and_reapply_is_a_no_op() {
     let (_double, client) = start().await;
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     let pp = PatchParams::apply("lapdev");
-    let created = cms.patch("c", &pp, &Patch::Apply(applied_cm("1"))).await.unwrap();
+    let created = cms
+        .patch("c", &pp, &Patch::Apply(applied_cm("1")))
+        .await
+        .unwrap();
     assert_eq!(created.data.as_ref().unwrap()["key"], "1");
     let managed = created.metadata.managed_fields.clone().unwrap();
     assert_eq!(managed.len(), 1);
-    assert_eq!((managed[0].manager.as_deref(), managed[0].operation.as_deref()), (Some("lapdev"), Some("Apply")));
-    let again = cms.patch("c", &pp, &Patch::Apply(applied_cm("1"))).await.unwrap();
-    assert_eq!(rv(&again.metadata), rv(&created.metadata), "an idempotent apply changes nothing");
-    let changed = cms.patch("c", &pp, &Patch::Apply(applied_cm("2"))).await.unwrap();
+    assert_eq!(
+        (
+            managed[0].manager.as_deref(),
+            managed[0].operation.as_deref()
+        ),
+        (Some("lapdev"), Some("Apply"))
+    );
+    let again = cms
+        .patch("c", &pp, &Patch::Apply(applied_cm("1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        rv(&again.metadata),
+        rv(&created.metadata),
+        "an idempotent apply changes nothing"
+    );
+    let changed = cms
+        .patch("c", &pp, &Patch::Apply(applied_cm("2")))
+        .await
+        .unwrap();
     assert!(rv(&changed.metadata) > rv(&created.metadata));
 }
 
@@ -87,14 +136,44 @@ async fn apply_creates_if_missing_and_reapply_is_a_no_op() {
 async fn apply_conflicts_with_another_manager_unless_forced() {
     let (_double, client) = start().await;
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
-    cms.patch("c", &PatchParams::apply("lapdev"), &Patch::Apply(applied_cm("1"))).await.unwrap();
-    let s = status(cms.patch("c", &PatchParams::apply("intruder"), &Patch::Apply(applied_cm("2"))).await);
+    cms.patch(
+        "c",
+        &PatchParams::apply("lapdev"),
+        &Patch::Apply(applied_cm("1")),
+    )
+    .await
+    .unwrap();
+    let s = status(
+        cms.patch(
+            "c",
+            &PatchParams::apply("intruder"),
+            &Patch::Apply(applied_cm("2")),
+        )
+        .await,
+    );
     assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
-    assert!(s.message.contains("conflict with \"lapdev\""), "{}", s.message);
+    assert!(
+        s.message.contains("conflict with \"lapdev\""),
+        "{}",
+        s.message
+    );
     assert!(s.message.contains(".data.key"), "{}", s.message);
     // The same value is no conflict: ownership is shared.
-    cms.patch("c", &PatchParams::apply("friend"), &Patch::Apply(applied_cm("1"))).await.unwrap();
-    let forced = cms.patch("c", &PatchParams::apply("intruder").force(), &Patch::Apply(applied_cm("2"))).await.unwrap();
+    cms.patch(
+        "c",
+        &PatchParams::apply("friend"),
+        &Patch::Apply(applied_cm("1")),
+    )
+    .await
+    .unwrap();
+    let forced = cms
+        .patch(
+            "c",
+            &PatchParams::apply("intruder").force(),
+            &Patch::Apply(applied_cm("2")),
+        )
+        .await
+        .unwrap();
     assert_eq!(forced.data.unwrap()["key"], "2");
 }
 
@@ -124,7 +203,10 @@ async fn apply_of_a_pod_twice_keeps_defaults_and_changes_nothing() {
     let first = pods.patch("ws", &pp, &Patch::Apply(&body)).await.unwrap();
     let second = pods.patch("ws", &pp, &Patch::Apply(&body)).await.unwrap();
     assert_eq!(rv(&first.metadata), rv(&second.metadata));
-    assert_eq!(second.status.unwrap().qos_class.as_deref(), Some("Burstable"));
+    assert_eq!(
+        second.status.unwrap().qos_class.as_deref(),
+        Some("Burstable")
+    );
 }
 
 #[tokio::test]
@@ -154,14 +236,22 @@ async fn apply_accepts_yaml_bodies() {
 async fn status_subresource_writes_only_status() {
     let (_double, client) = start().await;
     let pods: Api<Pod> = Api::namespaced(client, "default");
-    pods.create(&PostParams::default(), &pod("a")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("a"))
+        .await
+        .unwrap();
     let p = json!({"status": {"phase": "Running"}, "metadata": {"labels": {"ignored": "yes"}}});
-    let patched = pods.patch_status("a", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap();
+    let patched = pods
+        .patch_status("a", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
     assert_eq!(patched.status.unwrap().phase.as_deref(), Some("Running"));
     assert!(!patched.metadata.labels.unwrap().contains_key("ignored"));
     assert_eq!(patched.metadata.generation, Some(1));
     // And the main resource ignores status.
     let p = json!({"status": {"phase": "Failed"}});
-    let patched = pods.patch("a", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap();
+    let patched = pods
+        .patch("a", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
     assert_eq!(patched.status.unwrap().phase.as_deref(), Some("Running"));
 }

@@ -32,8 +32,14 @@ fn pod_with_claim(name: &str, claim: &str) -> Pod {
 async fn a_claim_gets_the_protection_finalizer() {
     let (_double, client) = start().await;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client, "default");
-    let created = pvcs.create(&PostParams::default(), &pvc("home")).await.unwrap();
-    assert_eq!(created.metadata.finalizers.unwrap(), ["kubernetes.io/pvc-protection"]);
+    let created = pvcs
+        .create(&PostParams::default(), &pvc("home"))
+        .await
+        .unwrap();
+    assert_eq!(
+        created.metadata.finalizers.unwrap(),
+        ["kubernetes.io/pvc-protection"]
+    );
     assert_eq!(created.status.unwrap().phase.as_deref(), Some("Pending"));
     // Unused, it goes at once.
     pvcs.delete("home", &DeleteParams::default()).await.unwrap();
@@ -45,15 +51,31 @@ async fn a_claim_in_use_waits_for_its_pod() {
     let (double, client) = start().await;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client, "default");
-    pvcs.create(&PostParams::default(), &pvc("home")).await.unwrap();
-    pods.create(&PostParams::default(), &pod_with_claim("ws", "home")).await.unwrap();
+    pvcs.create(&PostParams::default(), &pvc("home"))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &pod_with_claim("ws", "home"))
+        .await
+        .unwrap();
     let from = double.resource_version().to_string();
-    let mut stream = pvcs.watch(&WatchParams::default(), &from).await.unwrap().boxed();
-    let pending = pvcs.delete("home", &DeleteParams::default()).await.unwrap().left().expect("still there");
+    let mut stream = pvcs
+        .watch(&WatchParams::default(), &from)
+        .await
+        .unwrap()
+        .boxed();
+    let pending = pvcs
+        .delete("home", &DeleteParams::default())
+        .await
+        .unwrap()
+        .left()
+        .expect("still there");
     assert!(pending.metadata.deletion_timestamp.is_some());
     let kept = pvcs.get("home").await.unwrap();
     assert!(kept.metadata.deletion_timestamp.is_some());
-    assert_eq!(kept.metadata.finalizers.unwrap(), ["kubernetes.io/pvc-protection"]);
+    assert_eq!(
+        kept.metadata.finalizers.unwrap(),
+        ["kubernetes.io/pvc-protection"]
+    );
     pods.delete("ws", &DeleteParams::default()).await.unwrap();
     assert_eq!(status(pvcs.get("home").await).code, 404);
     let mut saw_deleted = false;
@@ -70,11 +92,23 @@ async fn a_claim_in_use_waits_for_its_pod() {
 async fn removing_the_last_finalizer_of_a_terminating_object_deletes_it() {
     let (_double, client) = start().await;
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, "default");
-    let cm = serde_json::from_value(json!({"metadata": {"name": "c", "finalizers": ["example.com/hold"]}})).unwrap();
+    let cm = serde_json::from_value(
+        json!({"metadata": {"name": "c", "finalizers": ["example.com/hold"]}}),
+    )
+    .unwrap();
     cms.create(&PostParams::default(), &cm).await.unwrap();
     cms.delete("c", &DeleteParams::default()).await.unwrap();
-    assert!(cms.get("c").await.unwrap().metadata.deletion_timestamp.is_some());
+    assert!(
+        cms.get("c")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
     let p = json!({"metadata": {"finalizers": null}});
-    cms.patch("c", &Default::default(), &kube::api::Patch::Merge(&p)).await.unwrap();
+    cms.patch("c", &Default::default(), &kube::api::Patch::Merge(&p))
+        .await
+        .unwrap();
     assert_eq!(status(cms.get("c").await).code, 404);
 }

@@ -13,7 +13,9 @@ async fn twenty_thousand_pods_list_and_watch() {
     let (double, client) = crate::start().await;
     double.create_namespace("load").unwrap();
     for i in 0..2_000 {
-        double.add_node(&format!("node-{i}"), NodeSpec::default()).unwrap();
+        double
+            .add_node(&format!("node-{i}"), NodeSpec::default())
+            .unwrap();
     }
     let mut template = crate::pod("x");
     template.metadata.namespace = Some("load".into());
@@ -23,7 +25,15 @@ async fn twenty_thousand_pods_list_and_watch() {
     }
     let started = Instant::now();
     let nodes: Api<Node> = Api::all(client.clone());
-    assert_eq!(nodes.list(&ListParams::default()).await.unwrap().items.len(), 2_000);
+    assert_eq!(
+        nodes
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2_000
+    );
     let pods: Api<Pod> = Api::all(client.clone());
     // The runtime watcher's paged initial list (500 per page), then a live event.
     let mut events = watcher(pods, watcher::Config::default()).boxed();
@@ -37,7 +47,9 @@ async fn twenty_thousand_pods_list_and_watch() {
     }
     assert_eq!(listed, 20_000);
     let ws: Api<Pod> = Api::namespaced(client, "default");
-    ws.create(&PostParams::default(), &crate::pod("ws")).await.unwrap();
+    ws.create(&PostParams::default(), &crate::pod("ws"))
+        .await
+        .unwrap();
     loop {
         if let watcher::Event::Apply(p) = events.next().await.unwrap().unwrap() {
             assert_eq!(p.metadata.name.as_deref(), Some("ws"));
@@ -45,5 +57,8 @@ async fn twenty_thousand_pods_list_and_watch() {
         }
     }
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(20), "listing and watching took {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "listing and watching took {elapsed:?}"
+    );
 }

@@ -18,7 +18,11 @@ async fn next<S, T>(stream: &mut S) -> T
 where
     S: futures::Stream<Item = Result<T, kube::Error>> + Unpin,
 {
-    tokio::time::timeout(STEP, stream.next()).await.expect("an event in time").expect("stream open").expect("no error")
+    tokio::time::timeout(STEP, stream.next())
+        .await
+        .expect("an event in time")
+        .expect("stream open")
+        .expect("no error")
 }
 
 #[tokio::test]
@@ -27,13 +31,29 @@ async fn watch_from_a_resource_version_sends_added_modified_deleted() {
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let list = pods.list(&Default::default()).await.unwrap();
     let from = list.metadata.resource_version.unwrap();
-    let mut stream = pods.watch(&WatchParams::default(), &from).await.unwrap().boxed();
-    let created = pods.create(&PostParams::default(), &pod("a")).await.unwrap();
+    let mut stream = pods
+        .watch(&WatchParams::default(), &from)
+        .await
+        .unwrap()
+        .boxed();
+    let created = pods
+        .create(&PostParams::default(), &pod("a"))
+        .await
+        .unwrap();
     match next(&mut stream).await {
-        WatchEvent::Added(p) => assert_eq!(p.metadata.resource_version, created.metadata.resource_version),
+        WatchEvent::Added(p) => assert_eq!(
+            p.metadata.resource_version,
+            created.metadata.resource_version
+        ),
         other => panic!("{other:?}"),
     }
-    pods.patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}}))).await.unwrap();
+    pods.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+    )
+    .await
+    .unwrap();
     assert!(matches!(next(&mut stream).await, WatchEvent::Modified(_)));
     pods.delete("a", &DeleteParams::default()).await.unwrap();
     match next(&mut stream).await {
@@ -49,7 +69,11 @@ async fn watch_replays_events_after_an_older_resource_version() {
     double.create(&pod("a")).unwrap();
     double.create(&pod("b")).unwrap();
     let pods: Api<Pod> = Api::namespaced(client, "default");
-    let mut stream = pods.watch(&WatchParams::default(), &from.to_string()).await.unwrap().boxed();
+    let mut stream = pods
+        .watch(&WatchParams::default(), &from.to_string())
+        .await
+        .unwrap()
+        .boxed();
     for expected in ["a", "b"] {
         match next(&mut stream).await {
             WatchEvent::Added(p) => assert_eq!(p.metadata.name.as_deref(), Some(expected)),
@@ -60,12 +84,21 @@ async fn watch_replays_events_after_an_older_resource_version() {
 
 #[tokio::test]
 async fn bookmarks_carry_the_latest_resource_version() {
-    let double = KubeDouble::start_with(Config { bookmark_interval: Duration::from_millis(100), ..Config::default() }).await.unwrap();
+    let double = KubeDouble::start_with(Config {
+        bookmark_interval: Duration::from_millis(100),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
     let client = double.client().await.unwrap();
     let pods: Api<Pod> = Api::namespaced(client, "default");
     double.create_namespace("elsewhere").unwrap();
     let from = double.resource_version();
-    let mut stream = pods.watch(&WatchParams::default(), &from.to_string()).await.unwrap().boxed();
+    let mut stream = pods
+        .watch(&WatchParams::default(), &from.to_string())
+        .await
+        .unwrap()
+        .boxed();
     // A change the watch does not select still advances the bookmark.
     let mut other = pod("x");
     other.metadata.namespace = Some("elsewhere".into());
@@ -84,7 +117,11 @@ async fn a_resource_version_older_than_the_history_is_gone() {
     double.create(&pod("a")).unwrap();
     double.compact();
     let pods: Api<Pod> = Api::namespaced(client, "default");
-    let mut stream = pods.watch(&WatchParams::default(), &old.to_string()).await.unwrap().boxed();
+    let mut stream = pods
+        .watch(&WatchParams::default(), &old.to_string())
+        .await
+        .unwrap()
+        .boxed();
     match next(&mut stream).await {
         WatchEvent::Error(s) => assert_eq!((s.code, s.reason.as_str()), (410, "Expired")),
         other => panic!("{other:?}"),
@@ -93,17 +130,30 @@ async fn a_resource_version_older_than_the_history_is_gone() {
 
 #[tokio::test]
 async fn a_small_history_expires_old_versions() {
-    let double = KubeDouble::start_with(Config { history: 3, ..Config::default() }).await.unwrap();
+    let double = KubeDouble::start_with(Config {
+        history: 3,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
     let client = double.client().await.unwrap();
     let old = double.resource_version();
     for i in 0..5 {
         double.create(&pod(&format!("p{i}"))).unwrap();
     }
     let pods: Api<Pod> = Api::namespaced(client, "default");
-    let mut stream = pods.watch(&WatchParams::default(), &old.to_string()).await.unwrap().boxed();
+    let mut stream = pods
+        .watch(&WatchParams::default(), &old.to_string())
+        .await
+        .unwrap()
+        .boxed();
     assert!(matches!(next(&mut stream).await, WatchEvent::Error(s) if s.code == 410));
     let recent = double.resource_version() - 2;
-    let mut stream = pods.watch(&WatchParams::default(), &recent.to_string()).await.unwrap().boxed();
+    let mut stream = pods
+        .watch(&WatchParams::default(), &recent.to_string())
+        .await
+        .unwrap()
+        .boxed();
     assert!(matches!(next(&mut stream).await, WatchEvent::Added(_)));
 }
 
@@ -112,8 +162,13 @@ async fn timeout_seconds_ends_the_stream() {
     let (_double, client) = start().await;
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let started = std::time::Instant::now();
-    let stream = pods.watch(&WatchParams::default().timeout(1), "0").await.unwrap();
-    let events: Vec<_> = tokio::time::timeout(STEP, stream.collect::<Vec<_>>()).await.expect("the stream ends");
+    let stream = pods
+        .watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .unwrap();
+    let events: Vec<_> = tokio::time::timeout(STEP, stream.collect::<Vec<_>>())
+        .await
+        .expect("the stream ends");
     assert!(events.is_empty());
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
@@ -124,10 +179,26 @@ async fn a_label_selector_turns_relabelling_into_added_and_deleted() {
     double.create(&pod("a")).unwrap();
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let from = double.resource_version().to_string();
-    let mut stream = pods.watch(&WatchParams::default().labels("app=web"), &from).await.unwrap().boxed();
-    pods.patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "db"}}}))).await.unwrap();
+    let mut stream = pods
+        .watch(&WatchParams::default().labels("app=web"), &from)
+        .await
+        .unwrap()
+        .boxed();
+    pods.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"app": "db"}}})),
+    )
+    .await
+    .unwrap();
     assert!(matches!(next(&mut stream).await, WatchEvent::Deleted(_)));
-    pods.patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "web"}}}))).await.unwrap();
+    pods.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"app": "web"}}})),
+    )
+    .await
+    .unwrap();
     assert!(matches!(next(&mut stream).await, WatchEvent::Added(_)));
 }
 
@@ -147,20 +218,31 @@ async fn the_runtime_watcher_lists_then_follows_changes() {
         }
     }
     assert_eq!(seen, ["before"]);
-    pods.create(&PostParams::default(), &pod("after")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("after"))
+        .await
+        .unwrap();
     match next_ok(&mut events).await {
         watcher::Event::Apply(p) => assert_eq!(p.metadata.name.as_deref(), Some("after")),
         other => panic!("{other:?}"),
     }
-    pods.delete("after", &DeleteParams::default()).await.unwrap();
-    assert!(matches!(next_ok(&mut events).await, watcher::Event::Delete(_)));
+    pods.delete("after", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_ok(&mut events).await,
+        watcher::Event::Delete(_)
+    ));
 }
 
 async fn next_ok<S, T, E: std::fmt::Debug>(stream: &mut S) -> T
 where
     S: futures::Stream<Item = Result<T, E>> + Unpin,
 {
-    tokio::time::timeout(STEP, stream.next()).await.expect("an event in time").expect("open").expect("no error")
+    tokio::time::timeout(STEP, stream.next())
+        .await
+        .expect("an event in time")
+        .expect("open")
+        .expect("no error")
 }
 
 #[tokio::test]
@@ -181,7 +263,11 @@ async fn the_runtime_watcher_survives_dropped_watches_and_gone() {
     double.drop_watches();
     tokio::time::sleep(Duration::from_millis(100)).await;
     double.create(&pod("b")).unwrap();
-    assert_eq!(next_ok(&mut applied).await, "b", "resumed from the last resourceVersion");
+    assert_eq!(
+        next_ok(&mut applied).await,
+        "b",
+        "resumed from the last resourceVersion"
+    );
     double.drop_watches();
     double.compact();
     double.create(&pod("c")).unwrap();
@@ -216,7 +302,8 @@ async fn metadata_watches_send_partial_objects() {
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let list = pods.list_metadata(&Default::default()).await.unwrap();
     assert_eq!(list.items[0].metadata.name.as_deref(), Some("a"));
-    let meta: Api<PartialObjectMeta<Pod>> = Api::namespaced(double.client().await.unwrap(), "default");
+    let meta: Api<PartialObjectMeta<Pod>> =
+        Api::namespaced(double.client().await.unwrap(), "default");
     let mut events = watcher(meta, watcher::Config::default()).boxed();
     loop {
         if let watcher::Event::InitApply(p) = next_ok(&mut events).await {
