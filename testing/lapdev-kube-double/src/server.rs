@@ -74,6 +74,8 @@ fn json_response(code: StatusCode, body: &impl Serialize) -> Response {
 enum Route {
     Version,
     Health,
+    OpenApiRoot,
+    OpenApi(&'static str, &'static str),
     ApiVersions,
     ApiGroupList,
     ApiGroup(&'static str, &'static str),
@@ -94,6 +96,13 @@ fn route(path: &str) -> Result<Route, ApiError> {
     match segs.as_slice() {
         ["version"] => Ok(Route::Version),
         ["healthz" | "readyz" | "livez"] => Ok(Route::Health),
+        ["openapi", "v3"] => Ok(Route::OpenApiRoot),
+        ["openapi", "v3", "api", "v1"] => Ok(Route::OpenApi("", "v1")),
+        ["openapi", "v3", "apis", g, v] => resource::groups()
+            .into_iter()
+            .find(|(group, version)| group == g && version == v)
+            .map(|(group, version)| Route::OpenApi(group, version))
+            .ok_or_else(ApiError::path_not_found),
         ["api"] => Ok(Route::ApiVersions),
         ["api", "v1"] => Ok(Route::ResourceList("", "v1")),
         ["api", "v1", rest @ ..] => resource_route("", "v1", rest),
@@ -316,6 +325,8 @@ fn non_resource(st: &AppState, route: Route, headers: &HeaderMap) -> Response {
             )
         }
         Route::Health => (StatusCode::OK, "ok").into_response(),
+        Route::OpenApiRoot => json_response(StatusCode::OK, &crate::openapi::root()),
+        Route::OpenApi(g, v) => json_response(StatusCode::OK, &crate::openapi::group_version(g, v)),
         Route::ApiVersions => json_response(
             StatusCode::OK,
             &json!({
@@ -754,7 +765,7 @@ struct WatchFilter {
     ns: Option<String>,
     labels: LabelSelector,
     fields: FieldSelector,
-    metadata_only: bool,
+    format: Format,
 }
 
 impl WatchFilter {
@@ -791,12 +802,22 @@ impl WatchFilter {
             kind: &'a str,
             object: &'a Value,
         }
-        let meta;
-        let object = if self.metadata_only {
-            meta = partial_metadata(obj);
-            &meta
-        } else {
-            obj
+        let converted;
+        let object = match &self.format {
+            Format::Full => obj,
+            Format::Metadata => {
+                converted = partial_metadata(obj);
+                &converted
+            }
+            Format::Table { .. } => {
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                converted =
+                    crate::table::table(self.res, &[Arc::new(obj.clone())], rv, None, "Metadata");
+                &converted
+            }
         };
         let mut out = serde_json::to_vec(&Line { kind, object }).unwrap_or_default();
         out.push(b'\n');
@@ -804,13 +825,13 @@ impl WatchFilter {
     }
 
     fn bookmark(&self, rv: u64, initial_end: bool) -> Vec<u8> {
-        let (kind, api_version) = if self.metadata_only {
-            (
+        let (kind, api_version) = match self.format {
+            Format::Full => (self.res.kind.to_owned(), self.res.api_version()),
+            Format::Metadata => (
                 "PartialObjectMetadata".to_owned(),
                 "meta.k8s.io/v1".to_owned(),
-            )
-        } else {
-            (self.res.kind.to_owned(), self.res.api_version())
+            ),
+            Format::Table { .. } => ("Table".to_owned(), "meta.k8s.io/v1".to_owned()),
         };
         let mut meta = json!({"resourceVersion": rv.to_string()});
         if initial_end {
@@ -849,7 +870,7 @@ fn watch(
         ns: t.ns.clone(),
         labels: LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?,
         fields,
-        metadata_only: *format == Format::Metadata,
+        format: format.clone(),
     };
     let timeout = match q.get("timeoutSeconds").filter(|s| !s.is_empty()) {
         Some(s) => Duration::from_secs(

@@ -82,6 +82,14 @@ fn columns(res: &ResourceDef) -> Vec<Value> {
                 col("Age", "string", 0),
             ]
         }
+        "services" => vec![
+            col("Name", "string", 0),
+            col("Type", "string", 0),
+            col("Cluster-IP", "string", 0),
+            col("External-IP", "string", 0),
+            col("Port(s)", "string", 0),
+            col("Age", "string", 0),
+        ],
         _ => vec![col("Name", "string", 0), col("Age", "string", 0)],
     }
 }
@@ -162,6 +170,27 @@ fn cells(res: &ResourceDef, obj: &Value) -> Vec<Value> {
                 status = "Terminating".to_owned();
             }
             vec![json!(name), json!(status), json!(age(obj))]
+        }
+        "services" => {
+            let ports: Vec<String> = obj
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+                    let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+                    format!("{port}/{proto}")
+                })
+                .collect();
+            vec![
+                json!(name),
+                json!(s(obj, "/spec/type")),
+                json!(or_none(s(obj, "/spec/clusterIP"))),
+                json!("<none>"),
+                json!(or_none(&ports.join(","))),
+                json!(age(obj)),
+            ]
         }
         _ => vec![json!(name), json!(age(obj))],
     }
