@@ -42,9 +42,16 @@ pub fn request_id_or_new(given: Option<&http::HeaderValue>) -> String {
         .unwrap_or_else(new_request_id)
 }
 
-/// A fresh random request id.
+/// A fresh request id: a random per-process prefix and a counter, so ids are
+/// unique across processes without a system call per request.
 pub fn new_request_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix:016x}{n:016x}")
 }
 
 /// The path of a method below a service's mount point: `/{Service}/{method}`.

@@ -342,6 +342,11 @@ pub(crate) fn decode_args<A: DeserializeOwned>(body: &[u8]) -> Result<A, HrpcErr
         )
         .with_details(serde_json::json!({ "path": "." })));
     }
+    // The fast path is plain serde_json; only a failed decode is decoded again
+    // with path tracking, to say where it failed.
+    if let Ok(args) = serde_json::from_slice(body) {
+        return Ok(args);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let args = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         // `?` is how serde_path_to_error names a position it could not track; at
