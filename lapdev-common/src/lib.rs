@@ -5,5 +5,6 @@
 //! the in-cluster manager, the server and the CLI can all share it cheaply.
 
 pub mod headers;
+pub mod kube;
 pub mod status;
 pub mod token;
