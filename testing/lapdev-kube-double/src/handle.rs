@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::control::{Control, FailureMode, Verb};
 use crate::error::{ApiError, HandleError};
+use crate::object::Stored;
 use crate::resource::{self, ResourceDef};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Deleted, EventType, Preconditions, Store, WriteCtx};
@@ -88,8 +89,8 @@ fn resource_of<K: kube::Resource<DynamicType = ()>>() -> Result<&'static Resourc
     })
 }
 
-fn to_typed<K: DeserializeOwned>(v: &Value) -> Result<K, HandleError> {
-    K::deserialize(v).map_err(HandleError::Deserialize)
+fn to_typed<K: DeserializeOwned>(v: &Stored) -> Result<K, HandleError> {
+    serde_json::from_slice(&v.json()).map_err(HandleError::Deserialize)
 }
 
 fn now() -> String {
@@ -404,7 +405,7 @@ impl DoubleHandle {
                 None,
             );
             for obj in page.items {
-                pending.push((kind, ns_of(&obj), name_of(&obj)));
+                pending.push((kind, obj.attrs.namespace.clone(), obj.attrs.name.clone()));
             }
         }
         let mut last = self.store.current_rv();
@@ -435,7 +436,11 @@ impl DoubleHandle {
                         } else {
                             continue;
                         };
-                        pending.push((kind, ns_of(&e.object), name_of(&e.object)));
+                        pending.push((
+                            kind,
+                            e.object.attrs.namespace.clone(),
+                            e.object.attrs.name.clone(),
+                        ));
                     }
                     last = current;
                 }
@@ -449,10 +454,13 @@ impl DoubleHandle {
 
     fn start_pod(&self, ns: &str, name: &str, selector: &LabelSelector, pick: usize) {
         let pods = resource::core_resource("pods");
-        let Ok(pod) = self.store.get(pods, ns, name) else {
+        let Ok(stored) = self.store.get(pods, ns, name) else {
             return;
         };
-        if !selector.matches(&pod) || pod.pointer("/status/phase") != Some(&json!("Pending")) {
+        let pod = stored.value();
+        if !selector.matches(&stored.attrs)
+            || pod.pointer("/status/phase") != Some(&json!("Pending"))
+        {
             return;
         }
         if pod
@@ -471,7 +479,7 @@ impl DoubleHandle {
             let Some(node) = nodes.items.get(pick % nodes.items.len().max(1)) else {
                 return;
             };
-            let node = name_of(node);
+            let node = node.attrs.name.clone();
             if self.bind_pod(ns, name, &node).is_err() {
                 return;
             }
@@ -492,20 +500,6 @@ impl DoubleHandle {
             pvc["status"] = json!({"phase": "Bound", "accessModes": modes, "capacity": {"storage": storage}});
         });
     }
-}
-
-fn ns_of(obj: &Value) -> String {
-    obj.pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned()
-}
-
-fn name_of(obj: &Value) -> String {
-    obj.pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned()
 }
 
 /// What the kubelet reports for a pod entering `phase`.

@@ -81,6 +81,7 @@ mod control;
 mod error;
 mod handle;
 mod kubeconfig;
+mod object;
 mod openapi;
 mod patch;
 mod resource;

@@ -7,9 +7,8 @@
 //! `metadata.namespace` and the few extra fields each resource allows; any other
 //! field is a 400 `BadRequest`, like the real server.
 
-use serde_json::Value;
-
 use crate::error::ApiError;
+use crate::object::Attrs;
 use crate::resource::ResourceDef;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,10 +155,9 @@ impl LabelSelector {
         self.requirements.is_empty()
     }
 
-    /// Whether an object's `metadata.labels` satisfy the selector.
-    pub fn matches(&self, obj: &Value) -> bool {
-        let labels = obj.pointer("/metadata/labels");
-        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    /// Whether a stored object's labels satisfy the selector.
+    pub fn matches(&self, attrs: &Attrs) -> bool {
+        let get = |k: &str| attrs.labels.get(k).map(String::as_str);
         self.requirements.iter().all(|(key, op)| match op {
             LabelOp::Equals(v) => get(key) == Some(v.as_str()),
             LabelOp::NotEquals(v) => get(key) != Some(v.as_str()),
@@ -171,27 +169,19 @@ impl LabelSelector {
     }
 }
 
+/// Which attribute a field requirement reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Name,
+    Namespace,
+    /// Index into the resource's `extra_fields`.
+    Extra(usize),
+}
+
 /// A parsed field selector; the empty selector matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldSelector {
-    requirements: Vec<(String, bool, String)>,
-}
-
-/// The string value of a dotted field path, as the API's field-selector index sees it.
-fn field_value(obj: &Value, field: &str) -> String {
-    let mut cur = obj;
-    for part in field.split('.') {
-        match cur.get(part) {
-            Some(v) => cur = v,
-            None => return String::new(),
-        }
-    }
-    match cur {
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        _ => String::new(),
-    }
+    requirements: Vec<(Field, bool, String)>,
 }
 
 impl FieldSelector {
@@ -214,16 +204,19 @@ impl FieldSelector {
                     "invalid selector: '{s}'; can't understand '{req}'"
                 )));
             };
-            let field = field.trim();
-            if field != "metadata.name"
-                && field != "metadata.namespace"
-                && !res.extra_fields.contains(&field)
-            {
-                return Err(ApiError::bad_request(format!(
-                    "field label not supported: {field}"
-                )));
-            }
-            requirements.push((field.to_owned(), equal, value.trim().to_owned()));
+            let field = match field.trim() {
+                "metadata.name" => Field::Name,
+                "metadata.namespace" => Field::Namespace,
+                other => match res.extra_fields.iter().position(|f| *f == other) {
+                    Some(i) => Field::Extra(i),
+                    None => {
+                        return Err(ApiError::bad_request(format!(
+                            "field label not supported: {other}"
+                        )));
+                    }
+                },
+            };
+            requirements.push((field, equal, value.trim().to_owned()));
         }
         Ok(Self { requirements })
     }
@@ -231,7 +224,7 @@ impl FieldSelector {
     /// A selector for exactly one name (used for watches on a single object).
     pub fn name(name: &str) -> Self {
         Self {
-            requirements: vec![("metadata.name".to_owned(), true, name.to_owned())],
+            requirements: vec![(Field::Name, true, name.to_owned())],
         }
     }
 
@@ -240,11 +233,16 @@ impl FieldSelector {
         self.requirements.is_empty()
     }
 
-    /// Whether an object satisfies the selector.
-    pub fn matches(&self, obj: &Value) -> bool {
-        self.requirements
-            .iter()
-            .all(|(field, equal, value)| (field_value(obj, field) == *value) == *equal)
+    /// Whether a stored object satisfies the selector.
+    pub fn matches(&self, attrs: &Attrs) -> bool {
+        self.requirements.iter().all(|(field, equal, value)| {
+            let actual = match field {
+                Field::Name => attrs.name.as_str(),
+                Field::Namespace => attrs.namespace.as_str(),
+                Field::Extra(i) => attrs.fields.get(*i).map_or("", String::as_str),
+            };
+            (actual == value) == *equal
+        })
     }
 }
 
@@ -253,8 +251,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pod(labels: Value) -> Value {
-        json!({"metadata": {"name": "p", "namespace": "ns", "labels": labels}, "status": {"phase": "Running"}})
+    fn pod(labels: serde_json::Value) -> Attrs {
+        let pods = crate::resource::core_resource("pods");
+        Attrs::of(
+            pods,
+            &json!({"metadata": {"name": "p", "namespace": "ns", "labels": labels}, "status": {"phase": "Running"}}),
+        )
     }
 
     #[test]

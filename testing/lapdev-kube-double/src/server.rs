@@ -17,11 +17,11 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use http::{HeaderMap, Method, StatusCode, header};
 use serde::Serialize;
-use serde::ser::SerializeMap;
 use serde_json::{Value, json};
 
 use crate::control::{Control, Verb};
 use crate::error::ApiError;
+use crate::object::Stored;
 use crate::resource::{self, ResourceDef};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Deleted, Event, EventType, Key, PatchKind, Preconditions, Store, WriteCtx};
@@ -228,14 +228,14 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
         Verb::Create => {
             let obj = parse_json(&body, res)?;
             let out = st.store.create(res, ns, obj, &write_ctx(&q, &headers)?)?;
-            Ok(json_response(StatusCode::CREATED, &*out))
+            Ok(object_response(StatusCode::CREATED, &out))
         }
         Verb::Update => {
             let obj = parse_json(&body, res)?;
             let out = st
                 .store
                 .update(res, ns, name, obj, sub, &write_ctx(&q, &headers)?)?;
-            Ok(json_response(StatusCode::OK, &*out))
+            Ok(object_response(StatusCode::OK, &out))
         }
         Verb::Patch => patch(st, &target, &q, &headers, &body),
         Verb::Delete => {
@@ -243,9 +243,9 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
             let mut ctx = write_ctx(&q, &headers)?;
             ctx.dry_run |= dry_run;
             match st.store.delete(res, ns, name, &pre, &ctx)? {
-                Deleted::Pending(obj) => Ok(json_response(StatusCode::OK, &*obj)),
+                Deleted::Pending(obj) => Ok(object_response(StatusCode::OK, &obj)),
                 Deleted::Gone(obj) if returns_deleted_object(res) => {
-                    Ok(json_response(StatusCode::OK, &*obj))
+                    Ok(object_response(StatusCode::OK, &obj))
                 }
                 Deleted::Gone(obj) => Ok(json_response(
                     StatusCode::OK,
@@ -258,7 +258,7 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
                             "name": name,
                             "group": res.group,
                             "kind": res.plural,
-                            "uid": obj.pointer("/metadata/uid"),
+                            "uid": obj.value().pointer("/metadata/uid"),
                         },
                     }),
                 )),
@@ -275,16 +275,7 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
                 st.store
                     .delete_collection(res, target.ns.as_deref(), &labels, &fields, &ctx)?;
             let rv = st.store.current_rv();
-            Ok(json_response(
-                StatusCode::OK,
-                &ListBody {
-                    res,
-                    rv,
-                    cont: None,
-                    remaining: None,
-                    items: &items,
-                },
-            ))
+            Ok(list_response(res, rv, None, None, &items))
         }
     }
 }
@@ -522,7 +513,7 @@ fn patch(
     } else {
         StatusCode::CREATED
     };
-    Ok(json_response(code, &*out))
+    Ok(object_response(code, &out))
 }
 
 /// What representation the client asked for in `Accept`.
@@ -559,66 +550,68 @@ fn partial_metadata(obj: &Value) -> Value {
     })
 }
 
-fn render_one(format: &Format, res: &'static ResourceDef, obj: &Arc<Value>) -> Response {
+fn object_response(code: StatusCode, obj: &Stored) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        obj.json(),
+    )
+        .into_response()
+}
+
+fn render_one(format: &Format, res: &'static ResourceDef, obj: &Stored) -> Response {
     match format {
-        Format::Full => json_response(StatusCode::OK, &**obj),
-        Format::Metadata => json_response(StatusCode::OK, &partial_metadata(obj)),
+        Format::Full => object_response(StatusCode::OK, obj),
+        Format::Metadata => json_response(StatusCode::OK, &partial_metadata(&obj.value())),
         Format::Table { include } => {
-            let rv = obj
+            let value = obj.value();
+            let rv = value
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
                 .unwrap_or("");
             json_response(
                 StatusCode::OK,
-                &crate::table::table(res, std::slice::from_ref(obj), rv, None, include),
+                &crate::table::table(res, std::slice::from_ref(&value), rv, None, include),
             )
         }
     }
 }
 
-/// An object without `kind`/`apiVersion`, as items of a real list are sent.
-struct Item<'a>(&'a Value);
-
-impl Serialize for Item<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Value::Object(m) => {
-                let mut map = s.serialize_map(None)?;
-                for (k, v) in m.iter().filter(|(k, _)| *k != "kind" && *k != "apiVersion") {
-                    map.serialize_entry(k, v)?;
-                }
-                map.end()
-            }
-            other => other.serialize(s),
-        }
-    }
-}
-
-struct ListBody<'a> {
-    res: &'static ResourceDef,
+/// A list response, assembled from the stored items' JSON.
+fn list_response(
+    res: &ResourceDef,
     rv: u64,
-    cont: Option<String>,
+    cont: Option<&str>,
     remaining: Option<usize>,
-    items: &'a [Arc<Value>],
-}
-
-impl Serialize for ListBody<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut meta = json!({"resourceVersion": self.rv.to_string()});
-        if let Some(c) = &self.cont {
-            meta["continue"] = json!(c);
-        }
-        if let Some(r) = self.remaining {
-            meta["remainingItemCount"] = json!(r);
-        }
-        let items: Vec<Item<'_>> = self.items.iter().map(|i| Item(i)).collect();
-        let mut map = s.serialize_map(Some(4))?;
-        map.serialize_entry("kind", &format!("{}List", self.res.kind))?;
-        map.serialize_entry("apiVersion", &self.res.api_version())?;
-        map.serialize_entry("metadata", &meta)?;
-        map.serialize_entry("items", &items)?;
-        map.end()
+    items: &[Arc<Stored>],
+) -> Response {
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if let Some(c) = cont {
+        meta["continue"] = json!(c);
     }
+    if let Some(r) = remaining {
+        meta["remainingItemCount"] = json!(r);
+    }
+    let head = json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": meta});
+    let mut body = serde_json::to_vec(&head).unwrap_or_default();
+    let total: usize = items.iter().map(|i| i.item_json().len() + 1).sum();
+    body.reserve(total + 16);
+    // Replace the closing brace of the head with the items array.
+    body.pop();
+    body.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item.item_json());
+    }
+    body.extend_from_slice(b"]}");
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 fn encode_continue(rv: u64, key: &Key) -> String {
@@ -719,19 +712,18 @@ fn list(
                 .get("includeObject")
                 .cloned()
                 .unwrap_or_else(|| include.clone());
+            let values: Vec<Value> = page.items.iter().map(|i| i.value()).collect();
             Ok(json_response(
                 StatusCode::OK,
-                &crate::table::table(
-                    res,
-                    &page.items,
-                    &rv.to_string(),
-                    cont.as_deref(),
-                    &q_include,
-                ),
+                &crate::table::table(res, &values, &rv.to_string(), cont.as_deref(), &q_include),
             ))
         }
         Format::Metadata => {
-            let items: Vec<Value> = page.items.iter().map(|i| partial_metadata(i)).collect();
+            let items: Vec<Value> = page
+                .items
+                .iter()
+                .map(|i| partial_metadata(&i.value()))
+                .collect();
             let mut meta = json!({"resourceVersion": rv.to_string()});
             if let Some(c) = &cont {
                 meta["continue"] = json!(c);
@@ -746,15 +738,12 @@ fn list(
                 }),
             ))
         }
-        Format::Full => Ok(json_response(
-            StatusCode::OK,
-            &ListBody {
-                res,
-                rv,
-                cont,
-                remaining,
-                items: &page.items,
-            },
+        Format::Full => Ok(list_response(
+            res,
+            rv,
+            cont.as_deref(),
+            remaining,
+            &page.items,
         )),
     }
 }
@@ -769,11 +758,11 @@ struct WatchFilter {
 }
 
 impl WatchFilter {
-    fn matches(&self, obj: &Value) -> bool {
-        let ns_ok = self.ns.as_deref().is_none_or(|ns| {
-            obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns)
-        });
-        ns_ok && self.labels.matches(obj) && self.fields.matches(obj)
+    fn matches(&self, obj: &Stored) -> bool {
+        let attrs = &obj.attrs;
+        self.ns.as_deref().is_none_or(|ns| attrs.namespace == ns)
+            && self.labels.matches(attrs)
+            && self.fields.matches(attrs)
     }
 
     /// The event this watcher sees for a change, following selector transitions.
@@ -795,31 +784,37 @@ impl WatchFilter {
         }
     }
 
-    fn line(&self, kind: &str, obj: &Value) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            #[serde(rename = "type")]
-            kind: &'a str,
-            object: &'a Value,
-        }
-        let converted;
-        let object = match &self.format {
-            Format::Full => obj,
-            Format::Metadata => {
-                converted = partial_metadata(obj);
-                &converted
+    fn line(&self, kind: &str, obj: &Stored) -> Vec<u8> {
+        let converted = match &self.format {
+            Format::Full => {
+                let json = obj.json();
+                let mut out = Vec::with_capacity(json.len() + 32);
+                out.extend_from_slice(b"{\"type\":\"");
+                out.extend_from_slice(kind.as_bytes());
+                out.extend_from_slice(b"\",\"object\":");
+                out.extend_from_slice(&json);
+                out.extend_from_slice(b"}\n");
+                return out;
             }
+            Format::Metadata => partial_metadata(&obj.value()),
             Format::Table { .. } => {
-                let rv = obj
+                let value = obj.value();
+                let rv = value
                     .pointer("/metadata/resourceVersion")
                     .and_then(Value::as_str)
-                    .unwrap_or("");
-                converted =
-                    crate::table::table(self.res, &[Arc::new(obj.clone())], rv, None, "Metadata");
-                &converted
+                    .unwrap_or("")
+                    .to_owned();
+                crate::table::table(
+                    self.res,
+                    std::slice::from_ref(&value),
+                    &rv,
+                    None,
+                    "Metadata",
+                )
             }
         };
-        let mut out = serde_json::to_vec(&Line { kind, object }).unwrap_or_default();
+        let mut out =
+            serde_json::to_vec(&json!({"type": kind, "object": converted})).unwrap_or_default();
         out.push(b'\n');
         out
     }

@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
+use crate::object::Stored;
 use crate::patch::{self, Ownership};
 use crate::resource::{self, ResourceDef};
 use crate::selector::{FieldSelector, LabelSelector};
@@ -59,9 +60,9 @@ pub struct Event {
     /// What happened.
     pub kind: EventType,
     /// The object after the change (the last state for a deletion).
-    pub object: Arc<Value>,
+    pub object: Arc<Stored>,
     /// The object before the change, for selector transitions.
-    pub previous: Option<Arc<Value>>,
+    pub previous: Option<Arc<Stored>>,
 }
 
 /// How a patch body is to be read.
@@ -112,16 +113,16 @@ pub struct Preconditions {
 #[derive(Debug)]
 pub enum Deleted {
     /// The object is gone; this was its last state.
-    Gone(Arc<Value>),
+    Gone(Arc<Stored>),
     /// Finalizers keep the object; it now has a `deletionTimestamp`.
-    Pending(Arc<Value>),
+    Pending(Arc<Stored>),
 }
 
 /// One page of a list.
 #[derive(Debug)]
 pub struct ListPage {
     /// The matching objects, in key order.
-    pub items: Vec<Arc<Value>>,
+    pub items: Vec<Arc<Stored>>,
     /// The resourceVersion the list was read at.
     pub rv: u64,
     /// The last key returned, when more items follow.
@@ -130,7 +131,7 @@ pub struct ListPage {
     pub remaining: usize,
 }
 
-type Table = BTreeMap<Key, Arc<Value>>;
+type Table = BTreeMap<Key, Arc<Stored>>;
 
 struct Inner {
     rv: u64,
@@ -325,26 +326,7 @@ fn apply_defaults(res: &ResourceDef, obj: &mut Value, old: Option<&Value>) {
     }
 }
 
-fn pod_uses_claim(pod: &Value, claim: &str) -> bool {
-    let phase = pod
-        .pointer("/status/phase")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if phase == "Succeeded" || phase == "Failed" {
-        return false;
-    }
-    pod.pointer("/spec/volumes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .any(|v| {
-            v.pointer("/persistentVolumeClaim/claimName")
-                .and_then(Value::as_str)
-                == Some(claim)
-        })
-}
-
-fn ns_range<'a>(table: &'a Table, ns: &'a str) -> impl Iterator<Item = (&'a Key, &'a Arc<Value>)> {
+fn ns_range<'a>(table: &'a Table, ns: &'a str) -> impl Iterator<Item = (&'a Key, &'a Arc<Stored>)> {
     table
         .range((ns.to_owned(), String::new())..)
         .take_while(move |((n, _), _)| n == ns)
@@ -359,7 +341,7 @@ impl Inner {
         self.tables.entry((res.group, res.plural)).or_default()
     }
 
-    fn get(&self, res: &ResourceDef, key: &Key) -> Option<Arc<Value>> {
+    fn get(&self, res: &ResourceDef, key: &Key) -> Option<Arc<Stored>> {
         self.table(res).and_then(|t| t.get(key)).cloned()
     }
 
@@ -370,12 +352,12 @@ impl Inner {
         key: Key,
         mut obj: Value,
         kind: EventType,
-        previous: Option<Arc<Value>>,
+        previous: Option<Arc<Stored>>,
         history_cap: usize,
-    ) -> Arc<Value> {
+    ) -> Arc<Stored> {
         self.rv += 1;
         meta_mut(&mut obj).insert("resourceVersion".to_owned(), json!(self.rv.to_string()));
-        let obj = Arc::new(obj);
+        let obj = Arc::new(Stored::new(res, &obj));
         let rv = self.rv;
         let table = self.table_mut(res);
         if kind == EventType::Deleted {
@@ -492,7 +474,7 @@ impl Store {
         res: &'static ResourceDef,
         ns: &str,
         name: &str,
-    ) -> Result<Arc<Value>, ApiError> {
+    ) -> Result<Arc<Stored>, ApiError> {
         self.read()
             .get(res, &(ns.to_owned(), name.to_owned()))
             .ok_or_else(|| ApiError::not_found(res, name))
@@ -518,7 +500,7 @@ impl Store {
                 remaining: 0,
             };
         };
-        let iter: Box<dyn Iterator<Item = (&Key, &Arc<Value>)>> = match (ns, start_after) {
+        let iter: Box<dyn Iterator<Item = (&Key, &Arc<Stored>)>> = match (ns, start_after) {
             (_, Some(k)) => Box::new(
                 table
                     .range((
@@ -530,8 +512,9 @@ impl Store {
             (Some(ns), None) => Box::new(ns_range(table, ns)),
             (None, None) => Box::new(table.iter()),
         };
-        let mut matching =
-            iter.filter(|(_, v): &(&Key, &Arc<Value>)| labels.matches(v) && fields.matches(v));
+        let mut matching = iter.filter(|(_, v): &(&Key, &Arc<Stored>)| {
+            labels.matches(&v.attrs) && fields.matches(&v.attrs)
+        });
         let limit = limit.unwrap_or(usize::MAX);
         let mut items = Vec::new();
         let mut last = None;
@@ -559,7 +542,7 @@ impl Store {
         ns: &str,
         obj: Value,
         ctx: &WriteCtx,
-    ) -> Result<Arc<Value>, ApiError> {
+    ) -> Result<Arc<Stored>, ApiError> {
         let mut inner = self.write();
         let out =
             self.create_locked(&mut inner, res, ns, obj, ctx, Managed::Update(&ctx.manager))?;
@@ -577,7 +560,7 @@ impl Store {
         mut obj: Value,
         ctx: &WriteCtx,
         managed: Managed<'_>,
-    ) -> Result<Arc<Value>, ApiError> {
+    ) -> Result<Arc<Stored>, ApiError> {
         validate::check_decodable(res, &obj)?;
         check_type(res, &obj)?;
         let meta = meta_mut(&mut obj);
@@ -706,7 +689,7 @@ impl Store {
             );
         }
         if ctx.dry_run {
-            return Ok(Arc::new(obj));
+            return Ok(Arc::new(Stored::new(res, &obj)));
         }
         Ok(inner.commit(res, key, obj, EventType::Added, None, self.history_cap))
     }
@@ -720,7 +703,7 @@ impl Store {
         obj: Value,
         subresource: &str,
         ctx: &WriteCtx,
-    ) -> Result<Arc<Value>, ApiError> {
+    ) -> Result<Arc<Stored>, ApiError> {
         validate::check_decodable(res, &obj)?;
         check_type(res, &obj)?;
         if let Some(n) = meta_str(&obj, "name")
@@ -746,7 +729,7 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(res, name))?;
         if let Some(rv) = meta_str(&obj, "resourceVersion")
             && !rv.is_empty()
-            && Some(rv) != meta_str(&old, "resourceVersion")
+            && Some(rv) != meta_str(&old.value(), "resourceVersion")
         {
             return Err(ApiError::stale(res, name));
         }
@@ -777,7 +760,7 @@ impl Store {
         body: &Value,
         subresource: &str,
         ctx: &WriteCtx,
-    ) -> Result<Arc<Value>, ApiError> {
+    ) -> Result<Arc<Stored>, ApiError> {
         let mut inner = self.write();
         let out = self.patch_locked(&mut inner, res, ns, name, kind, body, subresource, ctx)?;
         let rv = inner.rv;
@@ -797,7 +780,7 @@ impl Store {
         body: &Value,
         subresource: &str,
         ctx: &WriteCtx,
-    ) -> Result<Arc<Value>, ApiError> {
+    ) -> Result<Arc<Stored>, ApiError> {
         let key = key_for(res, ns, name);
         let old = inner.get(res, &key);
         if kind == PatchKind::Apply {
@@ -830,24 +813,26 @@ impl Store {
                 meta_mut(&mut created).insert("name".to_owned(), json!(name));
                 return self.create_locked(inner, res, ns, created, ctx, Managed::Done);
             };
+            let old_v = old.value();
             if let Some(rv) = meta_str(body, "resourceVersion")
-                && Some(rv) != meta_str(&old, "resourceVersion")
+                && Some(rv) != meta_str(&old_v, "resourceVersion")
             {
                 return Err(ApiError::stale(res, name));
             }
             validate::check_decodable(res, body)?;
-            let new = patch::apply(Some(&old), body, &own, ctx.force, res, name)?;
+            let new = patch::apply(Some(&old_v), body, &own, ctx.force, res, name)?;
             return self.finish_update(inner, res, key, &old, new, subresource, ctx, Managed::Done);
         }
         let old = old.ok_or_else(|| ApiError::not_found(res, name))?;
-        let mut new = (*old).clone();
+        let old_v = old.value();
+        let mut new = old_v.clone();
         match kind {
             PatchKind::Merge => patch::merge_patch(&mut new, body),
             PatchKind::Strategic => patch::strategic_merge(&mut new, body),
             PatchKind::Json => patch::json_patch(&mut new, body)?,
             PatchKind::Apply => {}
         }
-        if meta_str(&new, "resourceVersion") != meta_str(&old, "resourceVersion") {
+        if meta_str(&new, "resourceVersion") != meta_str(&old_v, "resourceVersion") {
             return Err(ApiError::stale(res, name));
         }
         if meta_str(&new, "name") != Some(name) {
@@ -874,12 +859,14 @@ impl Store {
         inner: &mut Inner,
         res: &'static ResourceDef,
         key: Key,
-        old: &Arc<Value>,
+        old_stored: &Arc<Stored>,
         mut new: Value,
         subresource: &str,
         ctx: &WriteCtx,
         managed: Managed<'_>,
-    ) -> Result<Arc<Value>, ApiError> {
+    ) -> Result<Arc<Stored>, ApiError> {
+        let old_value = old_stored.value();
+        let old = &old_value;
         validate::check_decodable(res, &new)?;
         new["apiVersion"] = json!(res.api_version());
         new["kind"] = json!(res.kind);
@@ -887,7 +874,7 @@ impl Store {
             // A status write changes status only, as the registries' status strategies do.
             let status = new.get("status").cloned();
             let managed_fields = new.pointer("/metadata/managedFields").cloned();
-            new = (**old).clone();
+            new = old.clone();
             match status {
                 Some(s) => new["status"] = s,
                 None => {
@@ -955,11 +942,11 @@ impl Store {
                 .unwrap_or(1);
             meta_mut(&mut new).insert("generation".to_owned(), json!(generation + 1));
         }
-        if new == **old {
-            return Ok(old.clone());
+        if new == *old {
+            return Ok(old_stored.clone());
         }
         if ctx.dry_run {
-            return Ok(Arc::new(new));
+            return Ok(Arc::new(Stored::new(res, &new)));
         }
         let terminating = new.pointer("/metadata/deletionTimestamp").is_some();
         if terminating && finalizers(&new).is_empty() {
@@ -968,7 +955,7 @@ impl Store {
                 key.clone(),
                 new,
                 EventType::Deleted,
-                Some(old.clone()),
+                Some(old_stored.clone()),
                 self.history_cap,
             );
             self.after_delete(inner, res, &key, &gone);
@@ -979,7 +966,7 @@ impl Store {
             key.clone(),
             new,
             EventType::Modified,
-            Some(old.clone()),
+            Some(old_stored.clone()),
             self.history_cap,
         );
         if res.plural == "pods" {
@@ -1017,31 +1004,32 @@ impl Store {
         let old = inner
             .get(res, &key)
             .ok_or_else(|| ApiError::not_found(res, &name))?;
+        let old_v = old.value();
         if let Some(uid) = &pre.uid
-            && Some(uid.as_str()) != meta_str(&old, "uid")
+            && Some(uid.as_str()) != meta_str(&old_v, "uid")
         {
             return Err(ApiError::conflict(
                 res,
                 &name,
                 &format!(
                     "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    meta_str(&old, "uid").unwrap_or("")
+                    meta_str(&old_v, "uid").unwrap_or("")
                 ),
             ));
         }
         if let Some(rv) = &pre.resource_version
-            && Some(rv.as_str()) != meta_str(&old, "resourceVersion")
+            && Some(rv.as_str()) != meta_str(&old_v, "resourceVersion")
         {
             return Err(ApiError::conflict(
                 res,
                 &name,
                 &format!(
                     "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    meta_str(&old, "resourceVersion").unwrap_or("")
+                    meta_str(&old_v, "resourceVersion").unwrap_or("")
                 ),
             ));
         }
-        let mut new = (*old).clone();
+        let mut new = old_v.clone();
         if res.plural == "persistentvolumeclaims" && !self.claim_in_use(inner, &key.0, &name) {
             let f: Vec<String> = finalizers(&new)
                 .into_iter()
@@ -1058,7 +1046,7 @@ impl Store {
                 meta.insert("deletionTimestamp".to_owned(), json!(now()));
                 meta.insert("deletionGracePeriodSeconds".to_owned(), json!(0));
             }
-            if new == *old {
+            if new == old_v {
                 return Ok(Deleted::Pending(old));
             }
             let out = inner.commit(
@@ -1091,16 +1079,12 @@ impl Store {
         labels: &LabelSelector,
         fields: &FieldSelector,
         ctx: &WriteCtx,
-    ) -> Result<Vec<Arc<Value>>, ApiError> {
+    ) -> Result<Vec<Arc<Stored>>, ApiError> {
         let page = self.list(res, ns, labels, fields, None, None);
         let mut inner = self.write();
         let mut out = Vec::new();
         for obj in page.items {
-            let key = key_for(
-                res,
-                meta_str(&obj, "namespace").unwrap_or(""),
-                meta_str(&obj, "name").unwrap_or(""),
-            );
+            let key = key_for(res, &obj.attrs.namespace, &obj.attrs.name);
             match self.delete_locked(&mut inner, res, key, &Preconditions::default(), ctx) {
                 Ok(Deleted::Gone(o) | Deleted::Pending(o)) => out.push(o),
                 Err(e) if e.code == 404 => {}
@@ -1116,17 +1100,19 @@ impl Store {
     fn claim_in_use(&self, inner: &Inner, ns: &str, claim: &str) -> bool {
         inner
             .table(resource::core_resource("pods"))
-            .is_some_and(|pods| ns_range(pods, ns).any(|(_, p)| pod_uses_claim(p, claim)))
+            .is_some_and(|pods| {
+                ns_range(pods, ns)
+                    .any(|(_, p)| !p.attrs.terminated && p.attrs.claims.iter().any(|c| c == claim))
+            })
     }
 
     /// The pvc-protection controller: lets terminating claims that no pod uses go.
     fn release_claims(&self, inner: &mut Inner, ns: &str) {
         let pvcs = resource::core_resource("persistentvolumeclaims");
-        let waiting: Vec<(Key, Arc<Value>)> = match inner.table(pvcs) {
+        let waiting: Vec<(Key, Arc<Stored>)> = match inner.table(pvcs) {
             Some(t) => ns_range(t, ns)
                 .filter(|(_, v)| {
-                    v.pointer("/metadata/deletionTimestamp").is_some()
-                        && finalizers(v).iter().any(|f| f == PVC_PROTECTION)
+                    v.attrs.deleting && v.attrs.finalizers.iter().any(|f| f == PVC_PROTECTION)
                 })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
@@ -1136,7 +1122,7 @@ impl Store {
             if self.claim_in_use(inner, ns, &key.1) {
                 continue;
             }
-            let mut new = (*old).clone();
+            let mut new = old.value();
             let f: Vec<String> = finalizers(&new)
                 .into_iter()
                 .filter(|f| f != PVC_PROTECTION)
@@ -1157,7 +1143,7 @@ impl Store {
         inner: &mut Inner,
         res: &'static ResourceDef,
         key: &Key,
-        _gone: &Arc<Value>,
+        _gone: &Arc<Stored>,
     ) {
         match res.plural {
             "pods" => self.release_claims(inner, &key.0),
@@ -1166,7 +1152,7 @@ impl Store {
                 // namespace controller does it asynchronously).
                 let ns = key.1.clone();
                 for r in resource::RESOURCES.iter().filter(|r| r.namespaced) {
-                    let keys: Vec<(Key, Arc<Value>)> = match inner.table(r) {
+                    let keys: Vec<(Key, Arc<Stored>)> = match inner.table(r) {
                         Some(t) => ns_range(t, &ns)
                             .map(|(k, v)| (k.clone(), v.clone()))
                             .collect(),
@@ -1176,7 +1162,7 @@ impl Store {
                         inner.commit(
                             r,
                             k,
-                            (*v).clone(),
+                            v.value(),
                             EventType::Deleted,
                             Some(v),
                             self.history_cap,
@@ -1199,18 +1185,19 @@ impl Store {
         manager: &str,
         subresource: &str,
         f: impl FnOnce(&mut Value),
-    ) -> Result<Arc<Value>, ApiError> {
+    ) -> Result<Arc<Stored>, ApiError> {
         let mut inner = self.write();
         let key = key_for(res, ns, name);
         let old = inner
             .get(res, &key)
             .ok_or_else(|| ApiError::not_found(res, name))?;
-        let mut new = (*old).clone();
+        let old_v = old.value();
+        let mut new = old_v.clone();
         f(&mut new);
         let api_version = res.api_version();
         let now = now();
         patch::record_update(
-            Some(&old),
+            Some(&old_v),
             &mut new,
             &Ownership {
                 manager,
@@ -1219,7 +1206,7 @@ impl Store {
                 now: &now,
             },
         );
-        if new == *old {
+        if new == old_v {
             return Ok(old);
         }
         let out = inner.commit(

@@ -2,8 +2,6 @@
 //! asks for, with the columns kubectl shows for pods, nodes and namespaces and
 //! `NAME`/`AGE` for everything else.
 
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 
 use crate::resource::ResourceDef;
@@ -200,7 +198,7 @@ fn cells(res: &ResourceDef, obj: &Value) -> Vec<Value> {
 /// `Metadata` (the default) or `Object`).
 pub fn table(
     res: &ResourceDef,
-    items: &[Arc<Value>],
+    items: &[Value],
     rv: &str,
     cont: Option<&str>,
     include: &str,
@@ -210,7 +208,7 @@ pub fn table(
         .map(|obj| {
             let object = match include {
                 "None" => Value::Null,
-                "Object" => (**obj).clone(),
+                "Object" => obj.clone(),
                 _ => json!({
                     "kind": "PartialObjectMetadata",
                     "apiVersion": "meta.k8s.io/v1",
