@@ -1,0 +1,471 @@
+//! `KubeClusterServer`: the server side of `KubeClusterRpc`, the registry of
+//! connected managers, and the status of every cluster.
+//!
+//! # Cluster status
+//!
+//! A cluster is `pending` until its manager has both reported its info and holds
+//! a tunnel; then `connected`. A heartbeat that says `degraded` makes it
+//! `degraded` (and `ok` makes it `connected` again). A cluster whose manager
+//! misses three heartbeat intervals, or whose tunnel closes, becomes
+//! `disconnected`. Status is written to the database only when it changes;
+//! heartbeats update an in-memory last-seen time that a background task flushes
+//! every few seconds, so heartbeats cost no database write.
+//!
+//! # Identity
+//!
+//! Which cluster is calling comes only from the verified token
+//! ([`ClusterIdentity`], set by [`auth::require_cluster_token`]); nothing in a
+//! request body can name another cluster.
+
+pub mod auth;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use lapdev_common::kube::KubeClusterInfo;
+use lapdev_common::status::ClusterStatus;
+use lapdev_db::{ClusterInfoUpdate, Db};
+
+use crate::db_error;
+use lapdev_hrpc::tunnel::{TunnelConfig, TunnelRegistry};
+use lapdev_hrpc::{Client, Context, HrpcError, IntoRoutes as _};
+use lapdev_kube_rpc::{
+    HeartbeatReply, KubeClusterRpc, KubeClusterRpcServer, KubeManagerRpcClient, ManagerHealth,
+    WorkspaceObservation,
+};
+use uuid::Uuid;
+
+pub use auth::{ClusterIdentity, TokenVerifier};
+
+/// Settings of a [`KubeClusterServer`].
+#[derive(Debug, Clone)]
+pub struct KubeClusterServerConfig {
+    /// The heartbeat interval managers are told to keep. A cluster is
+    /// `disconnected` after three missed intervals.
+    pub heartbeat_interval: Duration,
+    /// How long a verified token is trusted without asking the database again.
+    pub token_cache_ttl: Duration,
+    /// How often last-seen times are written to the database.
+    pub seen_flush_interval: Duration,
+    /// Settings of the tunnels managers open.
+    pub tunnel: TunnelConfig,
+}
+
+impl Default for KubeClusterServerConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(10),
+            token_cache_ttl: Duration::from_secs(5),
+            seen_flush_interval: Duration::from_secs(5),
+            tunnel: TunnelConfig::default(),
+        }
+    }
+}
+
+/// What the server knows about a cluster's manager, in memory.
+#[derive(Debug, Clone)]
+struct Presence {
+    organization_id: Uuid,
+    last_seen: Instant,
+    last_seen_at: DateTime<Utc>,
+    seen_dirty: bool,
+    health: ManagerHealth,
+    reported: bool,
+    tunnel: bool,
+    status: Option<ClusterStatus>,
+}
+
+impl Presence {
+    fn new(organization_id: Uuid) -> Self {
+        Self {
+            organization_id,
+            last_seen: Instant::now(),
+            last_seen_at: Utc::now(),
+            seen_dirty: true,
+            health: ManagerHealth::Ok,
+            reported: false,
+            tunnel: false,
+            status: None,
+        }
+    }
+
+    /// The status these facts imply.
+    fn derived_status(&self, stale: bool) -> ClusterStatus {
+        if stale {
+            return ClusterStatus::Disconnected;
+        }
+        if !(self.reported && self.tunnel) {
+            // Connected once and lost its tunnel: disconnected; never yet: pending.
+            return match self.status {
+                Some(ClusterStatus::Connected | ClusterStatus::Degraded)
+                | Some(ClusterStatus::Disconnected) => ClusterStatus::Disconnected,
+                _ => ClusterStatus::Pending,
+            };
+        }
+        match self.health {
+            ManagerHealth::Ok => ClusterStatus::Connected,
+            ManagerHealth::Degraded { .. } => ClusterStatus::Degraded,
+        }
+    }
+}
+
+struct Inner {
+    db: Db,
+    config: KubeClusterServerConfig,
+    verifier: TokenVerifier,
+    tunnels: TunnelRegistry<Uuid>,
+    // Which token opened each cluster's current tunnel, so revoking that token
+    // closes it.
+    tunnel_tokens: Mutex<HashMap<Uuid, Uuid>>,
+    presence: Mutex<HashMap<Uuid, Presence>>,
+}
+
+/// The server side of the manager protocol. Cheap to clone.
+#[derive(Clone)]
+pub struct KubeClusterServer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for KubeClusterServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeClusterServer")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A status change the server made, for logs and metrics.
+type StatusChange = (Uuid, Uuid, ClusterStatus);
+
+impl KubeClusterServer {
+    /// A server on `db`.
+    pub fn new(db: Db, config: KubeClusterServerConfig) -> Self {
+        let verifier = TokenVerifier::new(db.clone(), config.token_cache_ttl);
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                config,
+                verifier,
+                tunnels: TunnelRegistry::new(),
+                tunnel_tokens: Mutex::default(),
+                presence: Mutex::default(),
+            }),
+        }
+    }
+
+    /// The token verifier (the admin API tells it about revocations).
+    pub fn verifier(&self) -> &TokenVerifier {
+        &self.inner.verifier
+    }
+
+    /// The manager routes, to be mounted under `/rpc`: `KubeClusterRpc`'s methods
+    /// and `GET /_tunnel`, all behind cluster-token authentication. No fallback,
+    /// so they can be merged with other services.
+    pub fn routes(&self) -> axum::Router {
+        let rpc = KubeClusterRpcServer::new(self.clone()).into_routes();
+        let tunnel = axum::Router::new()
+            .route("/_tunnel", get(tunnel_upgrade))
+            .with_state(self.clone());
+        rpc.merge(tunnel)
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.inner.verifier.clone(),
+                auth::require_cluster_token,
+            ))
+    }
+
+    /// A `KubeManagerRpc` client whose calls travel down the cluster's tunnel, or
+    /// `None` when its manager is not connected.
+    pub fn manager_client(&self, cluster_id: Uuid) -> Option<KubeManagerRpcClient> {
+        let transport = self.inner.tunnels.get(&cluster_id)?;
+        let client = Client::new("http://manager.tunnel", transport).ok()?;
+        Some(KubeManagerRpcClient::new(client))
+    }
+
+    /// Whether the cluster's manager holds a tunnel now.
+    pub fn is_tunnel_up(&self, cluster_id: Uuid) -> bool {
+        self.inner.tunnels.get(&cluster_id).is_some()
+    }
+
+    /// Ids of the clusters whose managers hold a tunnel now.
+    pub fn connected_clusters(&self) -> Vec<Uuid> {
+        self.inner.tunnels.keys()
+    }
+
+    /// A token was revoked: it stops working at once and its tunnel closes.
+    pub fn token_revoked(&self, token_id: Uuid) {
+        self.inner.verifier.forget_token(token_id);
+        let clusters: Vec<Uuid> = {
+            let tokens = lock(&self.inner.tunnel_tokens);
+            tokens
+                .iter()
+                .filter(|(_, t)| **t == token_id)
+                .map(|(c, _)| *c)
+                .collect()
+        };
+        for cluster_id in clusters {
+            self.inner
+                .tunnels
+                .close(&cluster_id, "the cluster token was revoked");
+        }
+    }
+
+    /// A cluster was deleted: its tokens stop working and its tunnel closes.
+    pub fn cluster_deleted(&self, cluster_id: Uuid) {
+        self.inner.verifier.forget_cluster(cluster_id);
+        self.inner
+            .tunnels
+            .close(&cluster_id, "the cluster was deleted");
+        lock(&self.inner.presence).remove(&cluster_id);
+        lock(&self.inner.tunnel_tokens).remove(&cluster_id);
+    }
+
+    /// Runs the sweeper until `shutdown` resolves: marks silent clusters
+    /// `disconnected` and flushes last-seen times. Flushes once more on the way
+    /// out.
+    pub async fn run_sweeper(&self, shutdown: impl Future<Output = ()>) {
+        let period = self
+            .inner
+            .config
+            .seen_flush_interval
+            .min(self.inner.config.heartbeat_interval);
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = ticker.tick() => {
+                    self.sweep().await;
+                }
+            }
+        }
+        self.sweep().await;
+    }
+
+    /// One sweep: stale clusters become `disconnected`; dirty last-seen times are
+    /// written. Returns how many last-seen times were written.
+    pub async fn sweep(&self) -> usize {
+        let stale_after = self.inner.config.heartbeat_interval * 3;
+        let now = Instant::now();
+        let mut changes = Vec::new();
+        let mut seen = Vec::new();
+        {
+            let mut presence = lock(&self.inner.presence);
+            for (cluster_id, p) in presence.iter_mut() {
+                let stale = now.duration_since(p.last_seen) > stale_after;
+                let status = p.derived_status(stale);
+                if p.status != Some(status) && p.status.is_some() {
+                    p.status = Some(status);
+                    changes.push((*cluster_id, p.organization_id, status));
+                }
+                if p.seen_dirty {
+                    p.seen_dirty = false;
+                    seen.push((*cluster_id, p.organization_id, p.last_seen_at));
+                }
+            }
+        }
+        for change in changes {
+            self.write_status(change).await;
+        }
+        let written = seen.len();
+        for (cluster_id, org_id, at) in seen {
+            // The flush writes the current time, at most one flush interval later
+            // than the heartbeat itself.
+            let _ = at;
+            if let Err(e) = self.inner.db.touch_cluster_seen(org_id, cluster_id).await {
+                tracing::warn!(%cluster_id, error = %e, "could not record last-seen time");
+            }
+        }
+        written
+    }
+
+    /// Updates the in-memory facts of a cluster and returns the status change
+    /// they imply, if any.
+    fn update_presence(
+        &self,
+        identity: ClusterIdentity,
+        f: impl FnOnce(&mut Presence),
+    ) -> Option<StatusChange> {
+        let mut presence = lock(&self.inner.presence);
+        let p = presence
+            .entry(identity.cluster_id)
+            .or_insert_with(|| Presence::new(identity.organization_id));
+        f(p);
+        let status = p.derived_status(false);
+        if p.status == Some(status) {
+            return None;
+        }
+        p.status = Some(status);
+        Some((identity.cluster_id, identity.organization_id, status))
+    }
+
+    async fn write_status(&self, (cluster_id, org_id, status): StatusChange) {
+        tracing::info!(%cluster_id, status = status.as_str(), "cluster status changed");
+        if let Err(e) = self
+            .inner
+            .db
+            .set_cluster_status(org_id, cluster_id, status)
+            .await
+        {
+            tracing::warn!(%cluster_id, error = %e, "could not record cluster status");
+        }
+    }
+
+    async fn seen(&self, identity: ClusterIdentity, health: Option<ManagerHealth>) {
+        let change = self.update_presence(identity, |p| {
+            p.last_seen = Instant::now();
+            p.last_seen_at = Utc::now();
+            p.seen_dirty = true;
+            if let Some(h) = health {
+                p.health = h;
+            }
+        });
+        if let Some(change) = change {
+            self.write_status(change).await;
+        }
+    }
+
+    async fn tunnel_opened(&self, identity: ClusterIdentity) {
+        lock(&self.inner.tunnel_tokens).insert(identity.cluster_id, identity.token_id);
+        let change = self.update_presence(identity, |p| {
+            p.tunnel = true;
+            p.last_seen = Instant::now();
+            p.last_seen_at = Utc::now();
+            p.seen_dirty = true;
+        });
+        if let Some(change) = change {
+            self.write_status(change).await;
+        }
+    }
+
+    async fn tunnel_closed(&self, identity: ClusterIdentity) {
+        // A newer tunnel of the same cluster may already be registered; only the
+        // current one's closing makes the cluster lose its tunnel.
+        if self.inner.tunnels.get(&identity.cluster_id).is_some() {
+            return;
+        }
+        lock(&self.inner.tunnel_tokens).remove(&identity.cluster_id);
+        let change = self.update_presence(identity, |p| p.tunnel = false);
+        if let Some(change) = change {
+            self.write_status(change).await;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn identity(ctx: &Context) -> Result<ClusterIdentity, HrpcError> {
+    ctx.extension::<ClusterIdentity>().copied().ok_or_else(|| {
+        // Only reachable if the routes were mounted without the auth layer.
+        HrpcError::unauthenticated("no cluster identity on this request")
+    })
+}
+
+async fn tunnel_upgrade(
+    State(server): State<KubeClusterServer>,
+    axum::Extension(identity): axum::Extension<ClusterIdentity>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let config = server.inner.config.tunnel;
+    config
+        .configure_upgrade(upgrade)
+        .on_upgrade(move |socket| async move {
+            let (transport, task) = lapdev_hrpc::tunnel::accept(socket, config);
+            server
+                .inner
+                .tunnels
+                .insert(identity.cluster_id, transport.clone());
+            tracing::info!(cluster_id = %identity.cluster_id, "manager tunnel opened");
+            server.tunnel_opened(identity).await;
+            let reason = task.run().await;
+            tracing::info!(cluster_id = %identity.cluster_id, %reason, "manager tunnel closed");
+            server.tunnel_closed(identity).await;
+        })
+        .into_response()
+}
+
+impl KubeClusterRpc for KubeClusterServer {
+    async fn report_cluster_info(
+        &self,
+        ctx: Context,
+        info: KubeClusterInfo,
+    ) -> Result<(), HrpcError> {
+        let identity = identity(&ctx)?;
+        let node_count = i32::try_from(info.node_count)
+            .map_err(|_| HrpcError::invalid_argument("node_count is out of range"))?;
+        let update = ClusterInfoUpdate {
+            kubernetes_version: info.kubernetes_version,
+            cloud_provider: info.provider,
+            region: info.region,
+            node_count,
+            cpu_capacity_millis: info.cpu_capacity_millis,
+            cpu_allocatable_millis: info.cpu_allocatable_millis,
+            memory_capacity_bytes: info.memory_capacity_bytes,
+            memory_allocatable_bytes: info.memory_allocatable_bytes,
+            manager_version: info.manager_version,
+            manager_namespace: info.manager_namespace,
+        };
+        self.inner
+            .db
+            .update_cluster_info(identity.organization_id, identity.cluster_id, &update)
+            .await
+            .map_err(db_error)?;
+        let change = self.update_presence(identity, |p| {
+            p.reported = true;
+            p.last_seen = Instant::now();
+            p.last_seen_at = Utc::now();
+        });
+        if let Some(change) = change {
+            self.write_status(change).await;
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        ctx: Context,
+        health: ManagerHealth,
+    ) -> Result<HeartbeatReply, HrpcError> {
+        let identity = identity(&ctx)?;
+        self.seen(identity, Some(health)).await;
+        Ok(HeartbeatReply {
+            interval_secs: self.inner.config.heartbeat_interval.as_secs().max(1) as u32,
+        })
+    }
+
+    async fn report_workspace_status(
+        &self,
+        ctx: Context,
+        status: WorkspaceObservation,
+    ) -> Result<(), HrpcError> {
+        let identity = identity(&ctx)?;
+        self.seen(identity, None).await;
+        crate::workspace_reports::record(&self.inner.db, identity, &status)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn report_workspace_snapshot(
+        &self,
+        ctx: Context,
+        workspaces: Vec<WorkspaceObservation>,
+    ) -> Result<(), HrpcError> {
+        let identity = identity(&ctx)?;
+        self.seen(identity, None).await;
+        for status in &workspaces {
+            // One stale or unknown workspace must not stop the rest of the snapshot.
+            if let Err(e) = crate::workspace_reports::record(&self.inner.db, identity, status).await
+            {
+                tracing::warn!(workspace_id = %status.workspace_id, error = %e, "ignoring a workspace report");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,72 @@
+//! Applying a manager's workspace reports to the database.
+//!
+//! A report names a workspace id; it is applied only if that workspace belongs to
+//! the reporting cluster (same organisation, placed on that cluster), so a
+//! manager can never change another cluster's workspaces. Whether the reported
+//! status may follow the stored one is decided by `lapdev_db`'s transition rules;
+//! a report they refuse (for example a late `running` for a workspace already
+//! `deleting`) is stale and ignored. A lost optimistic-concurrency race is
+//! retried from a fresh read a few times.
+
+use lapdev_db::{
+    Db, DbError, DbResult, EntityKind, WorkspaceTransition, workspace_transition_allowed,
+};
+use lapdev_kube_rpc::WorkspaceObservation;
+
+use crate::server::ClusterIdentity;
+
+const CONFLICT_RETRIES: usize = 3;
+
+/// Applies one report. `NotFound` for a workspace the cluster does not own.
+pub async fn record(
+    db: &Db,
+    identity: ClusterIdentity,
+    report: &WorkspaceObservation,
+) -> DbResult<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = db
+            .get_workspace(identity.organization_id, report.workspace_id)
+            .await?;
+        if current.cluster_id != Some(identity.cluster_id) {
+            return Err(DbError::NotFound {
+                entity: EntityKind::Workspace,
+                key: report.workspace_id.to_string(),
+            });
+        }
+        let unchanged = current.status == report.status
+            && current.status_message == report.message
+            && (report.pod_name.is_none() || current.pod_name == report.pod_name);
+        if unchanged {
+            return Ok(());
+        }
+        if !workspace_transition_allowed(current.status, report.status) {
+            tracing::debug!(
+                workspace_id = %report.workspace_id,
+                from = current.status.as_str(),
+                to = report.status.as_str(),
+                "ignoring a stale workspace report"
+            );
+            return Ok(());
+        }
+        let change = WorkspaceTransition {
+            status: report.status,
+            status_message: report.message.clone(),
+            pod_name: report.pod_name.clone(),
+        };
+        match db
+            .transition_workspace(
+                identity.organization_id,
+                report.workspace_id,
+                current.version,
+                change,
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(DbError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
