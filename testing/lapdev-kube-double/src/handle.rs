@@ -184,6 +184,29 @@ impl DoubleHandle {
         Ok(())
     }
 
+    /// Sets a node's `Ready` condition, as its kubelet (or the node lifecycle
+    /// controller, for a node that stopped reporting) would.
+    pub fn set_node_ready(&self, name: &str, ready: bool) -> Result<Node, HandleError> {
+        let status = if ready { "True" } else { "Unknown" };
+        let out = self.store.mutate(
+            resource::core_resource("nodes"),
+            "",
+            name,
+            "kubelet",
+            "status",
+            |node| {
+                let mut list = node
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                set_condition(&mut list, "Ready", status);
+                node["status"]["conditions"] = json!(list);
+            },
+        )?;
+        to_typed(&out)
+    }
+
     /// Sets a pod's phase and conditions, as the kubelet would report them.
     ///
     /// A `Running` pod also gets `startTime`, a pod IP and running, ready

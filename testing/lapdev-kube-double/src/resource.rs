@@ -124,6 +124,40 @@ const fn core(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
+const fn grouped(
+    group: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+    has_status: bool,
+    extra_fields: &'static [&'static str],
+) -> ResourceDef {
+    ResourceDef {
+        group,
+        version: "v1",
+        plural,
+        singular,
+        kind,
+        namespaced,
+        short_names,
+        has_status,
+        extra_fields,
+    }
+}
+
+const NEW_EVENT_FIELDS: &[&str] = &[
+    "regarding.kind",
+    "regarding.namespace",
+    "regarding.name",
+    "regarding.uid",
+    "reason",
+    "reportingController",
+    "type",
+];
+
 /// Every resource the double serves.
 pub static RESOURCES: &[ResourceDef] = &[
     core(
@@ -183,17 +217,76 @@ pub static RESOURCES: &[ResourceDef] = &[
         false,
         &[],
     ),
-    ResourceDef {
-        group: "coordination.k8s.io",
-        version: "v1",
-        plural: "leases",
-        singular: "lease",
-        kind: "Lease",
-        namespaced: true,
-        short_names: &[],
-        has_status: false,
-        extra_fields: &[],
-    },
+    grouped(
+        "coordination.k8s.io",
+        "leases",
+        "lease",
+        "Lease",
+        true,
+        &[],
+        false,
+        &[],
+    ),
+    grouped(
+        "events.k8s.io",
+        "events",
+        "event",
+        "Event",
+        true,
+        &["ev"],
+        false,
+        NEW_EVENT_FIELDS,
+    ),
+    grouped(
+        "apps",
+        "deployments",
+        "deployment",
+        "Deployment",
+        true,
+        &["deploy"],
+        true,
+        &[],
+    ),
+    grouped(
+        "rbac.authorization.k8s.io",
+        "roles",
+        "role",
+        "Role",
+        true,
+        &[],
+        false,
+        &[],
+    ),
+    grouped(
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        "rolebinding",
+        "RoleBinding",
+        true,
+        &[],
+        false,
+        &[],
+    ),
+    grouped(
+        "rbac.authorization.k8s.io",
+        "clusterroles",
+        "clusterrole",
+        "ClusterRole",
+        false,
+        &[],
+        false,
+        &[],
+    ),
+    grouped(
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+        &[],
+        false,
+        &[],
+    ),
 ];
 
 /// The resource served at `group/version/plural`, if any.

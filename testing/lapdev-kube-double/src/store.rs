@@ -921,6 +921,26 @@ impl Store {
         apply_defaults(res, &mut new, Some(old));
         validate::validate(res, &new)?;
         validate::validate_update(res, old, &new)?;
+        if old.pointer("/metadata/deletionTimestamp").is_some() {
+            let before = finalizers(old);
+            let added: Vec<String> = finalizers(&new)
+                .into_iter()
+                .filter(|f| !before.contains(f))
+                .collect();
+            if !added.is_empty() {
+                let name = key.1.clone();
+                return Err(ApiError::invalid(
+                    res,
+                    &name,
+                    &[crate::error::Cause::forbidden(
+                        "metadata.finalizers",
+                        &format!(
+                            "no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+                        ),
+                    )],
+                ));
+            }
+        }
         if let Managed::Update(manager) = managed {
             let api_version = res.api_version();
             let now = now();

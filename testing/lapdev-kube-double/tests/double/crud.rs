@@ -565,3 +565,111 @@ async fn malformed_bodies_are_bad_requests() {
         .unwrap();
     assert_eq!(status(client.request_text(req).await).code, 404);
 }
+
+#[tokio::test]
+async fn node_status_is_a_subresource() {
+    let (double, client) = start().await;
+    double
+        .add_node("n1", lapdev_kube_double::NodeSpec::default())
+        .unwrap();
+    let nodes: Api<Node> = Api::all(client);
+    let p = json!({"spec": {"unschedulable": true}});
+    let cordoned = nodes
+        .patch("n1", &Default::default(), &kube::api::Patch::Merge(&p))
+        .await
+        .unwrap();
+    assert_eq!(cordoned.spec.unwrap().unschedulable, Some(true));
+    let p = json!({"status": {"capacity": {"cpu": "2"}}});
+    let patched = nodes
+        .patch_status("n1", &Default::default(), &kube::api::Patch::Merge(&p))
+        .await
+        .unwrap();
+    assert_eq!(patched.status.unwrap().capacity.unwrap()["cpu"].0, "2");
+    double.set_node_ready("n1", false).unwrap();
+    let conditions = nodes
+        .get("n1")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions
+        .unwrap();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "Unknown")
+    );
+}
+
+#[tokio::test]
+async fn no_new_finalizers_on_a_terminating_object() {
+    let (_double, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "c", "finalizers": ["a.example.com/x"]}}),
+    )
+    .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    cms.delete("c", &DeleteParams::default()).await.unwrap();
+    let p = json!({"metadata": {"finalizers": ["a.example.com/x", "b.example.com/y"]}});
+    let s = status(
+        cms.patch("c", &Default::default(), &kube::api::Patch::Merge(&p))
+            .await,
+    );
+    assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+}
+
+#[tokio::test]
+async fn grouped_resources_live_under_apis() {
+    let (_double, client) = start().await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "default");
+    let d = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}},
+    });
+    let created = deployments
+        .patch(
+            "web",
+            &kube::api::PatchParams::apply("lapdev"),
+            &kube::api::Patch::Apply(&d),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client, "default");
+    let s = status(leases.get("nope").await);
+    assert_eq!(s.message, "leases.coordination.k8s.io \"nope\" not found");
+}
+
+#[tokio::test]
+async fn the_kube_event_recorder_publishes_events() {
+    use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+    let (double, client) = start().await;
+    let p = double.create(&crate::pod("a")).unwrap();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "lapdev-kube-manager".into(),
+            instance: None,
+        },
+    );
+    let reference = kube::Resource::object_ref(&p, &());
+    let ev = KubeEvent {
+        type_: EventType::Normal,
+        reason: "Created".into(),
+        note: None,
+        action: "Create".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &reference).await.unwrap();
+    recorder.publish(&ev, &reference).await.unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client, "default");
+    let list = events
+        .list(&ListParams::default().fields("regarding.name=a"))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].series.as_ref().map(|s| s.count), Some(2));
+}

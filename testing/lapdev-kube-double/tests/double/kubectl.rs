@@ -80,3 +80,61 @@ async fn kubectl_gets_pods_nodes_and_namespaces() {
     );
     assert_eq!(one, "Running");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_server_side_and_deletes() {
+    let double = KubeDouble::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    double.write_kubeconfig(&kubeconfig).unwrap();
+    let manifest = dir.path().join("ws.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: lapdev\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: lapdev\ndata:\n  a: \"1\"\n---\n\
+         apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: manager\n  namespace: lapdev\nspec:\n  selector:\n    matchLabels: {app: m}\n  template:\n    metadata:\n      labels: {app: m}\n    spec:\n      containers:\n      - name: m\n        image: lapdev/kube-manager:latest\n",
+    )
+    .unwrap();
+    let (first, second, got, deleted) = tokio::task::spawn_blocking(move || {
+        let m = manifest.to_str().unwrap().to_owned();
+        (
+            kubectl(&kubeconfig, &["apply", "--server-side", "-f", &m]),
+            kubectl(&kubeconfig, &["apply", "--server-side", "-f", &m]),
+            kubectl(
+                &kubeconfig,
+                &[
+                    "get",
+                    "configmap",
+                    "settings",
+                    "-n",
+                    "lapdev",
+                    "-o",
+                    "jsonpath={.data.a}",
+                ],
+            ),
+            kubectl(
+                &kubeconfig,
+                &["delete", "configmap", "settings", "-n", "lapdev"],
+            ),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        first.contains("namespace/lapdev serverside-applied"),
+        "{first}"
+    );
+    assert!(
+        first.contains("deployment.apps/manager serverside-applied"),
+        "{first}"
+    );
+    assert!(
+        second.contains("configmap/settings serverside-applied"),
+        "{second}"
+    );
+    assert_eq!(got, "1");
+    assert!(
+        deleted.contains("configmap \"settings\" deleted"),
+        "{deleted}"
+    );
+}
