@@ -647,7 +647,7 @@ async fn grouped_resources_live_under_apis() {
 async fn the_kube_event_recorder_publishes_events() {
     use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
     let (double, client) = start().await;
-    let p = double.create(&crate::pod("a")).unwrap();
+    let p = double.create(&pod("a")).unwrap();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
