@@ -491,7 +491,7 @@ impl DoubleHandle {
             .and_then(Value::as_str)
             .is_none_or(str::is_empty)
         {
-            let nodes = self.store.list(
+            let mut nodes = self.store.list(
                 resource::core_resource("nodes"),
                 None,
                 &LabelSelector::default(),
@@ -499,6 +499,10 @@ impl DoubleHandle {
                 None,
                 None,
             );
+            // Like the scheduler, never place a pod on a cordoned node.
+            nodes
+                .items
+                .retain(|n| n.attrs.fields.first().is_none_or(|u| u != "true"));
             let Some(node) = nodes.items.get(pick % nodes.items.len().max(1)) else {
                 return;
             };

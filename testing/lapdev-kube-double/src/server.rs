@@ -176,10 +176,11 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
     let Ok(Route::Resource(target)) = route else {
         st.control.count_non_resource();
         st.control.gate().await?;
+        let route = route?;
         if method != Method::GET {
             return Err(ApiError::method_not_allowed(method.as_str()));
         }
-        return Ok(non_resource(st, route?, req.headers()));
+        return Ok(non_resource(st, route, req.headers()));
     };
     let verb = match (&method, target.name.is_some()) {
         (&Method::GET, _) if flag(&q, "watch") => Verb::Watch,
@@ -195,6 +196,11 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
             return Err(ApiError::method_not_allowed(method.as_str()));
         }
     };
+    // A subresource only answers get, update and patch.
+    if target.sub.is_some() && !matches!(verb, Verb::Get | Verb::Update | Verb::Patch) {
+        st.control.count_non_resource();
+        return Err(ApiError::method_not_allowed(method.as_str()));
+    }
     let rbac_resource = match &target.sub {
         Some(sub) => format!("{}/{sub}", target.res.plural),
         None => target.res.plural.to_owned(),
@@ -226,12 +232,12 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
         Verb::List => list(st, &target, &q, &format),
         Verb::Watch => watch(st, &target, &q, &format),
         Verb::Create => {
-            let obj = parse_json(&body, res)?;
+            let obj = parse_body(&body, &headers, res)?;
             let out = st.store.create(res, ns, obj, &write_ctx(&q, &headers)?)?;
             Ok(object_response(StatusCode::CREATED, &out))
         }
         Verb::Update => {
-            let obj = parse_json(&body, res)?;
+            let obj = parse_body(&body, &headers, res)?;
             let out = st
                 .store
                 .update(res, ns, name, obj, sub, &write_ctx(&q, &headers)?)?;
@@ -371,13 +377,29 @@ fn non_resource(st: &AppState, route: Route, headers: &HeaderMap) -> Response {
     }
 }
 
-fn parse_json(body: &[u8], res: &ResourceDef) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
+/// Reads a create or update body: JSON, or YAML when the client says so.
+fn parse_body(body: &[u8], headers: &HeaderMap, res: &ResourceDef) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .unwrap_or("application/json");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    let decode_error = |e: &dyn std::fmt::Display| {
         ApiError::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: {e}",
             res.kind, res.version, res.kind
         ))
-    })
+    };
+    match media {
+        "" | "application/json" | "*/*" => {
+            serde_json::from_slice(body).map_err(|e| decode_error(&e))
+        }
+        "application/yaml" => {
+            let text = std::str::from_utf8(body).map_err(|e| decode_error(&e))?;
+            serde_saphyr::from_str(text).map_err(|e| decode_error(&e))
+        }
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
 }
 
 fn write_ctx(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<WriteCtx, ApiError> {
@@ -867,7 +889,10 @@ fn watch(
         fields,
         format: format.clone(),
     };
-    let timeout = match q.get("timeoutSeconds").filter(|s| !s.is_empty()) {
+    let timeout = match q
+        .get("timeoutSeconds")
+        .filter(|s| !s.is_empty() && *s != "0")
+    {
         Some(s) => Duration::from_secs(
             s.parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: {s}")))?,
