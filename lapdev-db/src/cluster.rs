@@ -70,6 +70,8 @@ pub struct Cluster {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// When it was soft-deleted; `None` for a live cluster.
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 impl Cluster {
@@ -185,6 +187,7 @@ fn cluster_from_model(m: kube_cluster::Model) -> DbResult<Cluster> {
         labels,
         created_at: utc(m.created_at),
         updated_at: utc(m.updated_at),
+        deleted_at: m.deleted_at.map(utc),
     })
 }
 
@@ -254,6 +257,19 @@ impl Db {
             .filter(kube_cluster::Column::OrganizationId.eq(org_id))
             .filter(kube_cluster::Column::DeletedAt.is_null())
             .order_by_asc(kube_cluster::Column::Name)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(cluster_from_model)
+            .collect()
+    }
+
+    /// All of `org_id`'s clusters including soft-deleted ones, by name.
+    pub async fn list_clusters_including_deleted(&self, org_id: Uuid) -> DbResult<Vec<Cluster>> {
+        kube_cluster::Entity::find()
+            .filter(kube_cluster::Column::OrganizationId.eq(org_id))
+            .order_by_asc(kube_cluster::Column::Name)
+            .order_by_asc(kube_cluster::Column::CreatedAt)
             .all(&self.conn)
             .await?
             .into_iter()
@@ -364,6 +380,29 @@ impl Db {
                 .col_expr(C::LastSeenAt, Expr::value(Some(at)));
         }
         self.update_live_cluster(org_id, id, update).await
+    }
+
+    /// Records that the manager was last heard from at `at` (a flush of
+    /// heartbeats kept in memory). Never moves the time backwards.
+    pub async fn touch_cluster_seen_at(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> DbResult<()> {
+        let at = tz(at);
+        let update = kube_cluster::Entity::update_many()
+            .col_expr(kube_cluster::Column::LastSeenAt, Expr::value(Some(at)))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(kube_cluster::Column::LastSeenAt.is_null())
+                    .add(kube_cluster::Column::LastSeenAt.lt(at)),
+            );
+        match self.update_live_cluster(org_id, id, update).await {
+            // Nothing updated because the stored time is newer: not an error.
+            Err(DbError::NotFound { .. }) => self.get_cluster(org_id, id).await.map(|_| ()),
+            other => other,
+        }
     }
 
     /// Records that the manager was heard from (a heartbeat).

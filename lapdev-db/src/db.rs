@@ -83,6 +83,12 @@ impl Db {
         &self.conn
     }
 
+    /// Checks that the database answers (for readiness probes).
+    pub async fn ping(&self) -> DbResult<()> {
+        self.conn.ping().await?;
+        Ok(())
+    }
+
     /// Writes pending token usage and closes the pool.
     pub async fn close(self) -> DbResult<()> {
         self.flush_token_usage().await?;

@@ -101,6 +101,19 @@ impl Db {
             .ok_or_else(|| DbError::not_found(EntityKind::Organization, id))
     }
 
+    /// Every live organisation, oldest first.
+    pub async fn list_organizations(&self) -> DbResult<Vec<Organization>> {
+        Ok(organization::Entity::find()
+            .filter(organization::Column::DeletedAt.is_null())
+            .order_by_asc(organization::Column::CreatedAt)
+            .order_by_asc(organization::Column::Id)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(Organization::from)
+            .collect())
+    }
+
     /// Creates a user in `org_id`.
     pub async fn create_user(&self, org_id: Uuid, new: NewUser) -> DbResult<User> {
         check_name("user name", &new.name)?;

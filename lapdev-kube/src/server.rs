@@ -274,10 +274,12 @@ impl KubeClusterServer {
         }
         let written = seen.len();
         for (cluster_id, org_id, at) in seen {
-            // The flush writes the current time, at most one flush interval later
-            // than the heartbeat itself.
-            let _ = at;
-            if let Err(e) = self.inner.db.touch_cluster_seen(org_id, cluster_id).await {
+            if let Err(e) = self
+                .inner
+                .db
+                .touch_cluster_seen_at(org_id, cluster_id, at)
+                .await
+            {
                 tracing::warn!(%cluster_id, error = %e, "could not record last-seen time");
             }
         }

@@ -1,38 +1,93 @@
-//! The `lapdev-server` binary.
-
-use std::net::SocketAddr;
+//! The `lapdev-server` binary: parses flags and runs [`lapdev_server::Server`]
+//! until SIGTERM or Ctrl-C.
 
 use anyhow::Context as _;
-use clap::Parser;
-
-/// Lapdev's central server.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Args {
-    /// Address to listen on.
-    #[arg(long, env = "LAPDEV_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-}
+use clap::Parser as _;
+use lapdev_server::config::{Cli, Command, LogFormat};
+use lapdev_server::{Server, bootstrap, datadir::DataDir, load_secrets};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // One rustls crypto provider for the whole process; see ARCHITECTURE.md.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let args = Args::parse();
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(addr = %args.listen, "lapdev-server listening");
-    axum::serve(listener, lapdev_server::app())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    Ok(())
+    let cli = Cli::parse();
+    init_logging(cli.server.log_format);
+
+    if let Some(Command::AdminToken { days }) = cli.command {
+        let data_dir = DataDir::open(&cli.server.data_dir)?;
+        let secrets = load_secrets(&cli.server, &data_dir)?;
+        let url = cli
+            .server
+            .database_url
+            .clone()
+            .unwrap_or_else(|| data_dir.sqlite_url());
+        let db = lapdev_db::connect(&url).await.with_context(|| {
+            format!(
+                "opening the database at {}",
+                lapdev_server::redact_url(&url)
+            )
+        })?;
+        let token = bootstrap::mint_admin_token(&db, &secrets.jwt, &data_dir, days).await?;
+        println!("{token}");
+        return Ok(());
+    }
+
+    let server = Server::start(cli.server.clone()).await?;
+    let scheme = if cli.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(addr = %server.local_addr, "lapdev-server listening");
+    println!(
+        "lapdev-server listening on {scheme}://{}",
+        server.local_addr
+    );
+    if let Some(token) = &server.first_admin_token {
+        let file = cli.server.data_dir.join(bootstrap::ADMIN_TOKEN_FILE);
+        println!(
+            "\nFirst start: created organisation {:?} and user {:?}.\nAdmin token (also written to {}):\n\n{token}\n\nUse it with the CLI:\n  export LAPDEV_SERVER={scheme}://{}\n  export LAPDEV_TOKEN=$(cat {})\n  lapdev cluster list\n",
+            bootstrap::DEFAULT_ORGANIZATION,
+            bootstrap::ADMIN_USER,
+            file.display(),
+            server.local_addr,
+            file.display(),
+        );
+    }
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown();
+    server.wait().await
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
 }

@@ -1,0 +1,167 @@
+//! `AdminRpc`: the admin API, an HRPC service under `/rpc` authenticated with a
+//! JWT (`authorization: Bearer …`). The `lapdev` CLI is built on its generated
+//! client.
+//!
+//! JSON conventions: timestamps are RFC 3339 or `null`; clusters and workspaces
+//! are addressed by name, tokens by id; lists are arrays; soft-deleted rows
+//! appear only when asked for (`include_deleted`). Messages evolve compatibly:
+//! new fields get a default.
+
+use chrono::{DateTime, Utc};
+use lapdev_common::status::{CloudProvider, ClusterStatus, K8sProviderKind};
+use lapdev_hrpc::{Context, HrpcError};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A cluster as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub id: Uuid,
+    pub name: String,
+    pub status: ClusterStatus,
+    pub kubernetes_version: Option<String>,
+    pub node_count: Option<i32>,
+    pub cpu_capacity_millis: Option<i64>,
+    pub cpu_allocatable_millis: Option<i64>,
+    pub memory_capacity_bytes: Option<i64>,
+    pub memory_allocatable_bytes: Option<i64>,
+    /// The detected cloud: `gcp`, `aws`, `azure` or `unknown`.
+    pub provider: CloudProvider,
+    /// The detected region when known, else the one declared at registration.
+    pub region: Option<String>,
+    pub manager_version: Option<String>,
+    pub last_reported_at: Option<DateTime<Utc>>,
+    pub cordoned: bool,
+    #[serde(default)]
+    pub declared_region: Option<String>,
+    #[serde(default)]
+    pub connected_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_seen_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// A cluster token's metadata (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: Uuid,
+    pub name: String,
+    /// The first characters of the token, to recognise it.
+    pub display_prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A new cluster, with its first token (shown this once) and install manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedCluster {
+    pub cluster: ClusterView,
+    pub token: TokenView,
+    /// The token's plaintext. It is not stored and cannot be shown again.
+    pub token_secret: String,
+    /// The rendered install manifest (YAML) carrying the token.
+    pub manifest: String,
+}
+
+/// A new token (shown this once) and a manifest that carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub token: TokenView,
+    pub token_secret: String,
+    pub manifest: String,
+}
+
+/// A cloud provider as the admin API shows it; the credential never appears.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderView {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: K8sProviderKind,
+    /// Non-secret settings (project, default location, ...).
+    pub config: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The admin API. Every call is scoped to the caller's organisation: another
+/// organisation's rows are `not_found`.
+#[lapdev_hrpc::service]
+pub trait AdminRpc {
+    /// Registers a cluster; returns its first token and install manifest.
+    async fn create_cluster(
+        &self,
+        ctx: Context,
+        name: String,
+        region: Option<String>,
+    ) -> Result<CreatedCluster, HrpcError>;
+
+    /// The organisation's clusters, by name.
+    async fn list_clusters(
+        &self,
+        ctx: Context,
+        include_deleted: bool,
+    ) -> Result<Vec<ClusterView>, HrpcError>;
+
+    /// One cluster by name.
+    async fn get_cluster(&self, ctx: Context, name: String) -> Result<ClusterView, HrpcError>;
+
+    /// Soft-deletes a cluster: its tokens stop working and its manager is cut off.
+    async fn delete_cluster(&self, ctx: Context, name: String) -> Result<(), HrpcError>;
+
+    /// Stops (`true`) or resumes placing workspaces on a cluster.
+    async fn set_cluster_cordoned(
+        &self,
+        ctx: Context,
+        name: String,
+        cordoned: bool,
+    ) -> Result<ClusterView, HrpcError>;
+
+    /// A new token for a cluster (at most two live ones, for rotation) and a
+    /// manifest carrying it.
+    async fn create_cluster_token(
+        &self,
+        ctx: Context,
+        cluster: String,
+        name: String,
+        expires_in_secs: Option<u64>,
+    ) -> Result<CreatedToken, HrpcError>;
+
+    /// A cluster's tokens (metadata only).
+    async fn list_cluster_tokens(
+        &self,
+        ctx: Context,
+        cluster: String,
+    ) -> Result<Vec<TokenView>, HrpcError>;
+
+    /// Revokes a token at once; a tunnel it opened is closed.
+    async fn revoke_cluster_token(
+        &self,
+        ctx: Context,
+        cluster: String,
+        token_id: Uuid,
+    ) -> Result<(), HrpcError>;
+
+    /// Registers a cloud provider; the credential is encrypted at rest and never
+    /// returned.
+    async fn create_provider(
+        &self,
+        ctx: Context,
+        name: String,
+        kind: K8sProviderKind,
+        config: serde_json::Value,
+        credential: String,
+    ) -> Result<ProviderView, HrpcError>;
+
+    /// The organisation's providers.
+    async fn list_providers(&self, ctx: Context) -> Result<Vec<ProviderView>, HrpcError>;
+
+    /// One provider by name.
+    async fn get_provider(&self, ctx: Context, name: String) -> Result<ProviderView, HrpcError>;
+
+    /// Deletes a provider.
+    async fn delete_provider(&self, ctx: Context, name: String) -> Result<(), HrpcError>;
+}

@@ -1,0 +1,425 @@
+//! The implementation of [`AdminRpc`] on the database, the cluster server and the
+//! manifest renderer, and the JWT layer in front of it.
+
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use lapdev_common::status::{CloudProvider, K8sProviderKind};
+use lapdev_db::{
+    Cluster, ClusterToken, CredentialKey, Db, NewCluster, NewClusterToken, NewProvider, Provider,
+    ProviderCredential,
+};
+use lapdev_hrpc::{Context, HrpcError};
+use lapdev_kube::db_error;
+use lapdev_kube::manifest::{ManifestParams, render_manifest};
+use lapdev_kube::server::KubeClusterServer;
+use uuid::Uuid;
+
+use super::api::{AdminRpc, ClusterView, CreatedCluster, CreatedToken, ProviderView, TokenView};
+use crate::jwt::{AdminIdentity, JwtKeys};
+
+/// At most this many live tokens per cluster: one in use, one being rolled out.
+pub const MAX_LIVE_TOKENS_PER_CLUSTER: usize = 2;
+
+/// What the install manifest needs besides the token.
+#[derive(Debug, Clone)]
+pub struct ManifestDefaults {
+    /// The URL managers dial (`--public-url`).
+    pub server_url: String,
+    /// A CA managers should trust for it, if private.
+    pub server_ca_pem: Option<String>,
+    /// The manager image.
+    pub image: String,
+}
+
+/// The admin API service.
+#[derive(Clone)]
+pub struct AdminService {
+    db: Db,
+    kube: KubeClusterServer,
+    manifest: ManifestDefaults,
+    credential_key: CredentialKey,
+}
+
+impl std::fmt::Debug for AdminService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminService").finish_non_exhaustive()
+    }
+}
+
+impl AdminService {
+    /// A service on these parts.
+    pub fn new(
+        db: Db,
+        kube: KubeClusterServer,
+        manifest: ManifestDefaults,
+        credential_key: CredentialKey,
+    ) -> Self {
+        Self {
+            db,
+            kube,
+            manifest,
+            credential_key,
+        }
+    }
+
+    fn render(&self, cluster: &Cluster, token: &str) -> Result<String, HrpcError> {
+        let params = ManifestParams {
+            server_ca_pem: self.manifest.server_ca_pem.clone(),
+            image: self.manifest.image.clone(),
+            ..ManifestParams::new(&self.manifest.server_url, token, &cluster.name)
+        };
+        render_manifest(&params).map_err(|e| {
+            tracing::error!(error = %e, "could not render the install manifest");
+            HrpcError::failed_precondition(format!("could not render the install manifest: {e}"))
+        })
+    }
+
+    async fn cluster(&self, who: AdminIdentity, name: &str) -> Result<Cluster, HrpcError> {
+        self.db
+            .get_cluster_by_name(who.organization_id, name)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn provider(&self, who: AdminIdentity, name: &str) -> Result<Provider, HrpcError> {
+        self.db
+            .list_providers(who.organization_id)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| HrpcError::not_found(format!("provider {name:?} not found")))
+    }
+
+    async fn new_token(
+        &self,
+        who: AdminIdentity,
+        cluster: &Cluster,
+        name: String,
+        expires_in: Option<Duration>,
+    ) -> Result<CreatedToken, HrpcError> {
+        let now = Utc::now();
+        let live = self
+            .db
+            .list_cluster_tokens(who.organization_id, cluster.id)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .filter(|t| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now))
+            .count();
+        if live >= MAX_LIVE_TOKENS_PER_CLUSTER {
+            return Err(HrpcError::failed_precondition(format!(
+                "cluster {:?} already has {live} live tokens; revoke one first",
+                cluster.name
+            )));
+        }
+        let expires_at = match expires_in {
+            Some(d) => Some(
+                chrono::Duration::from_std(d)
+                    .ok()
+                    .and_then(|d| now.checked_add_signed(d))
+                    .ok_or_else(|| HrpcError::invalid_argument("expires_in_secs is too large"))?,
+            ),
+            None => None,
+        };
+        let created = self
+            .db
+            .create_cluster_token(
+                who.organization_id,
+                cluster.id,
+                NewClusterToken {
+                    name,
+                    created_by: Some(who.user_id),
+                    expires_at,
+                },
+            )
+            .await
+            .map_err(db_error)?;
+        let manifest = self.render(cluster, created.secret.expose())?;
+        Ok(CreatedToken {
+            token: token_view(created.token),
+            token_secret: created.secret.expose().to_owned(),
+            manifest,
+        })
+    }
+}
+
+fn who(ctx: &Context) -> Result<AdminIdentity, HrpcError> {
+    ctx.extension::<AdminIdentity>()
+        .copied()
+        .ok_or_else(|| HrpcError::unauthenticated("no admin identity on this request"))
+}
+
+/// The view of a cluster the admin API returns.
+pub fn cluster_view(c: Cluster) -> ClusterView {
+    let reported = c.last_reported_at.is_some();
+    let region = c.effective_region().map(str::to_owned);
+    ClusterView {
+        id: c.id,
+        status: c.status,
+        kubernetes_version: c.kubernetes_version,
+        node_count: reported.then_some(c.node_count),
+        cpu_capacity_millis: reported.then_some(c.cpu_capacity_millis),
+        cpu_allocatable_millis: reported.then_some(c.cpu_allocatable_millis),
+        memory_capacity_bytes: reported.then_some(c.memory_capacity_bytes),
+        memory_allocatable_bytes: reported.then_some(c.memory_allocatable_bytes),
+        provider: c.cloud_provider.unwrap_or(CloudProvider::Unknown),
+        region,
+        manager_version: c.manager_version,
+        last_reported_at: c.last_reported_at,
+        cordoned: c.cordoned,
+        declared_region: c.declared_region,
+        connected_at: c.connected_at,
+        last_seen_at: c.last_seen_at,
+        created_at: Some(c.created_at),
+        deleted_at: c.deleted_at,
+        name: c.name,
+    }
+}
+
+fn token_view(t: ClusterToken) -> TokenView {
+    TokenView {
+        id: t.id,
+        name: t.name,
+        display_prefix: t.display_prefix,
+        created_at: t.created_at,
+        last_used_at: t.last_used_at,
+        expires_at: t.expires_at,
+        revoked_at: t.revoked_at,
+    }
+}
+
+fn provider_view(p: Provider) -> ProviderView {
+    ProviderView {
+        id: p.id,
+        name: p.name,
+        kind: p.kind,
+        config: p.config,
+        created_at: p.created_at,
+    }
+}
+
+impl AdminRpc for AdminService {
+    async fn create_cluster(
+        &self,
+        ctx: Context,
+        name: String,
+        region: Option<String>,
+    ) -> Result<CreatedCluster, HrpcError> {
+        let who = who(&ctx)?;
+        let cluster = self
+            .db
+            .create_cluster(
+                who.organization_id,
+                NewCluster {
+                    declared_region: region,
+                    ..NewCluster::named(name)
+                },
+            )
+            .await
+            .map_err(db_error)?;
+        let created = self
+            .new_token(who, &cluster, "initial".to_owned(), None)
+            .await?;
+        Ok(CreatedCluster {
+            cluster: cluster_view(cluster),
+            token: created.token,
+            token_secret: created.token_secret,
+            manifest: created.manifest,
+        })
+    }
+
+    async fn list_clusters(
+        &self,
+        ctx: Context,
+        include_deleted: bool,
+    ) -> Result<Vec<ClusterView>, HrpcError> {
+        let who = who(&ctx)?;
+        let clusters = if include_deleted {
+            self.db
+                .list_clusters_including_deleted(who.organization_id)
+                .await
+        } else {
+            self.db.list_clusters(who.organization_id).await
+        }
+        .map_err(db_error)?;
+        Ok(clusters.into_iter().map(cluster_view).collect())
+    }
+
+    async fn get_cluster(&self, ctx: Context, name: String) -> Result<ClusterView, HrpcError> {
+        let who = who(&ctx)?;
+        Ok(cluster_view(self.cluster(who, &name).await?))
+    }
+
+    async fn delete_cluster(&self, ctx: Context, name: String) -> Result<(), HrpcError> {
+        let who = who(&ctx)?;
+        let cluster = self.cluster(who, &name).await?;
+        self.db
+            .delete_cluster(who.organization_id, cluster.id)
+            .await
+            .map_err(db_error)?;
+        self.kube.cluster_deleted(cluster.id);
+        Ok(())
+    }
+
+    async fn set_cluster_cordoned(
+        &self,
+        ctx: Context,
+        name: String,
+        cordoned: bool,
+    ) -> Result<ClusterView, HrpcError> {
+        let who = who(&ctx)?;
+        let cluster = self.cluster(who, &name).await?;
+        self.db
+            .set_cluster_cordoned(who.organization_id, cluster.id, cordoned)
+            .await
+            .map_err(db_error)?;
+        Ok(cluster_view(self.cluster(who, &name).await?))
+    }
+
+    async fn create_cluster_token(
+        &self,
+        ctx: Context,
+        cluster: String,
+        name: String,
+        expires_in_secs: Option<u64>,
+    ) -> Result<CreatedToken, HrpcError> {
+        let who = who(&ctx)?;
+        let cluster = self.cluster(who, &cluster).await?;
+        self.new_token(
+            who,
+            &cluster,
+            name,
+            expires_in_secs.map(Duration::from_secs),
+        )
+        .await
+    }
+
+    async fn list_cluster_tokens(
+        &self,
+        ctx: Context,
+        cluster: String,
+    ) -> Result<Vec<TokenView>, HrpcError> {
+        let who = who(&ctx)?;
+        let cluster = self.cluster(who, &cluster).await?;
+        let tokens = self
+            .db
+            .list_cluster_tokens(who.organization_id, cluster.id)
+            .await
+            .map_err(db_error)?;
+        Ok(tokens.into_iter().map(token_view).collect())
+    }
+
+    async fn revoke_cluster_token(
+        &self,
+        ctx: Context,
+        cluster: String,
+        token_id: Uuid,
+    ) -> Result<(), HrpcError> {
+        let who = who(&ctx)?;
+        let cluster = self.cluster(who, &cluster).await?;
+        let belongs = self
+            .db
+            .list_cluster_tokens(who.organization_id, cluster.id)
+            .await
+            .map_err(db_error)?
+            .iter()
+            .any(|t| t.id == token_id);
+        if !belongs {
+            return Err(HrpcError::not_found(format!(
+                "token {token_id} not found on cluster {:?}",
+                cluster.name
+            )));
+        }
+        self.db
+            .revoke_cluster_token(who.organization_id, token_id)
+            .await
+            .map_err(db_error)?;
+        self.kube.token_revoked(token_id);
+        Ok(())
+    }
+
+    async fn create_provider(
+        &self,
+        ctx: Context,
+        name: String,
+        kind: K8sProviderKind,
+        config: serde_json::Value,
+        credential: String,
+    ) -> Result<ProviderView, HrpcError> {
+        let who = who(&ctx)?;
+        if !config.is_object() {
+            return Err(HrpcError::invalid_argument(
+                "config must be a JSON object of non-secret settings",
+            ));
+        }
+        let provider = self
+            .db
+            .create_provider(
+                who.organization_id,
+                NewProvider {
+                    name,
+                    kind,
+                    config,
+                    credential: ProviderCredential::new(credential.into_bytes()),
+                    created_by: Some(who.user_id),
+                },
+                &self.credential_key,
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(provider_view(provider))
+    }
+
+    async fn list_providers(&self, ctx: Context) -> Result<Vec<ProviderView>, HrpcError> {
+        let who = who(&ctx)?;
+        let providers = self
+            .db
+            .list_providers(who.organization_id)
+            .await
+            .map_err(db_error)?;
+        Ok(providers.into_iter().map(provider_view).collect())
+    }
+
+    async fn get_provider(&self, ctx: Context, name: String) -> Result<ProviderView, HrpcError> {
+        let who = who(&ctx)?;
+        Ok(provider_view(self.provider(who, &name).await?))
+    }
+
+    async fn delete_provider(&self, ctx: Context, name: String) -> Result<(), HrpcError> {
+        let who = who(&ctx)?;
+        let provider = self.provider(who, &name).await?;
+        self.db
+            .delete_provider(who.organization_id, provider.id)
+            .await
+            .map_err(db_error)
+    }
+}
+
+/// axum middleware: requires `authorization: Bearer <admin JWT>` and inserts the
+/// caller's [`AdminIdentity`]; anything else is `401` with an HRPC error body.
+pub async fn require_admin(
+    State(keys): State<JwtKeys>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return HrpcError::unauthenticated("missing `authorization: Bearer <token>` header")
+            .into_response();
+    };
+    match keys.verify(token.trim()) {
+        Ok(identity) => {
+            request.extensions_mut().insert(identity);
+            next.run(request).await
+        }
+        Err(e) => HrpcError::unauthenticated(e.to_string()).into_response(),
+    }
+}

@@ -1,0 +1,601 @@
+//! The `lapdev` admin CLI, built on the generated `AdminRpcClient`.
+//!
+//! Human tables by default, `-o json` for scripts. JSON conventions: lists are
+//! arrays; timestamps RFC 3339 or `null`; clusters are addressed by name, tokens
+//! by id. Errors print one line on stderr and exit non-zero.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use lapdev_hrpc::{CallError, Client, HrpcError};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::admin::api::{AdminRpcClient, ClusterView, CreatedCluster, CreatedToken, TokenView};
+
+/// Lapdev admin CLI: manage clusters and their tokens.
+#[derive(Debug, Parser)]
+#[command(name = "lapdev", version, about)]
+pub struct Cli {
+    /// The Lapdev server's URL.
+    #[arg(
+        long,
+        env = "LAPDEV_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// Admin token (a JWT; `lapdev-server` prints one on first start).
+    #[arg(long, env = "LAPDEV_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table", global = true)]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable tables.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Kubernetes clusters.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `lapdev cluster …`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Register a cluster; prints its first token (this once) and can write the
+    /// install manifest.
+    Create {
+        /// Cluster name (unique in the organisation).
+        name: String,
+        /// Region to place by until the manager reports one.
+        #[arg(long)]
+        region: Option<String>,
+        /// Write the install manifest (YAML, carries the token) to this file.
+        #[arg(long)]
+        manifest_out: Option<PathBuf>,
+        /// Write the token to this file instead of printing it.
+        #[arg(long)]
+        token_out: Option<PathBuf>,
+    },
+    /// List clusters.
+    List {
+        /// Include deleted clusters.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one cluster.
+    Get {
+        /// Cluster name.
+        name: String,
+    },
+    /// Delete a cluster: its tokens stop working and its manager is cut off.
+    Delete {
+        /// Cluster name.
+        name: String,
+    },
+    /// Stop placing new workspaces on a cluster.
+    Cordon {
+        /// Cluster name.
+        name: String,
+    },
+    /// Place workspaces on a cluster again.
+    Uncordon {
+        /// Cluster name.
+        name: String,
+    },
+    /// Create a new token and write an install manifest carrying it.
+    Manifest {
+        /// Cluster name.
+        name: String,
+        /// Write the manifest here (default: stdout).
+        #[arg(long)]
+        manifest_out: Option<PathBuf>,
+        /// Write the new token here too.
+        #[arg(long)]
+        token_out: Option<PathBuf>,
+        /// Name of the new token.
+        #[arg(long, default_value = "manifest")]
+        token_name: String,
+    },
+    /// Cluster tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `lapdev cluster token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token (at most two live ones per cluster, for rotation).
+    Create {
+        /// Cluster name.
+        cluster: String,
+        /// Token name.
+        #[arg(long, default_value = "rotation")]
+        name: String,
+        /// Expire after this many days (default: never, until revoked).
+        #[arg(long)]
+        expires_in_days: Option<u64>,
+        /// Write the token to this file instead of printing it.
+        #[arg(long)]
+        token_out: Option<PathBuf>,
+    },
+    /// List a cluster's tokens.
+    List {
+        /// Cluster name.
+        cluster: String,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        /// Cluster name.
+        cluster: String,
+        /// Token id.
+        token_id: Uuid,
+    },
+}
+
+/// Runs the CLI; returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    match execute(cli).await {
+        Ok(()) => 0,
+        Err(e) => {
+            let mut msg = format!("{e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                source = s.source();
+            }
+            eprintln!("error: {}", msg.replace('\n', " "));
+            1
+        }
+    }
+}
+
+fn client(cli: &Cli) -> anyhow::Result<AdminRpcClient> {
+    let token = cli.token.as_deref().context(
+        "no admin token: pass --token or set LAPDEV_TOKEN (lapdev-server prints one on first start and writes it to <data-dir>/admin-token)",
+    )?;
+    let base = format!("{}/rpc", cli.server.trim_end_matches('/'));
+    let client =
+        Client::http(&base).with_context(|| format!("invalid --server {:?}", cli.server))?;
+    let value = http::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+        .context("the admin token contains characters a header cannot carry")?;
+    Ok(AdminRpcClient::new(client)
+        .with_header(http::header::AUTHORIZATION, value)
+        .with_timeout(Duration::from_secs(60)))
+}
+
+/// Turns a failed call into one readable error.
+fn call_error(e: CallError<HrpcError>) -> anyhow::Error {
+    match e {
+        CallError::Service(e) => anyhow::anyhow!("{} ({})", e.message, e.code),
+        CallError::Transport(t) => {
+            let e: HrpcError = CallError::<HrpcError>::Transport(t).into();
+            anyhow::anyhow!("cannot reach the server: {}", e.message)
+        }
+        CallError::Protocol(p) => anyhow::anyhow!("unexpected answer from the server: {p}"),
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let admin = client(&cli)?;
+    let out = cli.output;
+    match cli.command {
+        Command::Cluster(cmd) => cluster(&admin, out, cmd).await,
+    }
+}
+
+async fn cluster(admin: &AdminRpcClient, out: Output, cmd: ClusterCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Create {
+            name,
+            region,
+            manifest_out,
+            token_out,
+        } => {
+            let created = admin
+                .create_cluster(name, region)
+                .await
+                .map_err(call_error)?;
+            if let Some(path) = &manifest_out {
+                write_private(path, created.manifest.as_bytes())?;
+            }
+            if let Some(path) = &token_out {
+                write_private(path, format!("{}\n", created.token_secret).as_bytes())?;
+            }
+            print_created_cluster(out, &created, manifest_out.is_some(), token_out.is_some())
+        }
+        ClusterCommand::List { all } => {
+            let clusters = admin.list_clusters(all).await.map_err(call_error)?;
+            match out {
+                Output::Json => {
+                    print_json(&Value::Array(clusters.iter().map(cluster_json).collect()))
+                }
+                Output::Table => print_cluster_table(&clusters),
+            }
+        }
+        ClusterCommand::Get { name } => {
+            let c = admin.get_cluster(name).await.map_err(call_error)?;
+            print_cluster(out, &c)
+        }
+        ClusterCommand::Delete { name } => {
+            admin
+                .delete_cluster(name.clone())
+                .await
+                .map_err(call_error)?;
+            done(
+                out,
+                json!({"name": name, "deleted": true}),
+                &format!("cluster {name} deleted"),
+            )
+        }
+        ClusterCommand::Cordon { name } => {
+            let c = admin
+                .set_cluster_cordoned(name, true)
+                .await
+                .map_err(call_error)?;
+            print_cluster(out, &c)
+        }
+        ClusterCommand::Uncordon { name } => {
+            let c = admin
+                .set_cluster_cordoned(name, false)
+                .await
+                .map_err(call_error)?;
+            print_cluster(out, &c)
+        }
+        ClusterCommand::Manifest {
+            name,
+            manifest_out,
+            token_out,
+            token_name,
+        } => {
+            let created = admin
+                .create_cluster_token(name, token_name, None)
+                .await
+                .map_err(call_error)?;
+            if let Some(path) = &token_out {
+                write_private(path, format!("{}\n", created.token_secret).as_bytes())?;
+            }
+            match &manifest_out {
+                Some(path) => {
+                    write_private(path, created.manifest.as_bytes())?;
+                    print_created_token(out, &created, token_out.is_some(), Some(path))
+                }
+                None => {
+                    // The manifest is the output; it carries the token.
+                    print!("{}", created.manifest);
+                    Ok(())
+                }
+            }
+        }
+        ClusterCommand::Token(cmd) => token(admin, out, cmd).await,
+    }
+}
+
+async fn token(admin: &AdminRpcClient, out: Output, cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            cluster,
+            name,
+            expires_in_days,
+            token_out,
+        } => {
+            let created = admin
+                .create_cluster_token(
+                    cluster,
+                    name,
+                    expires_in_days.map(|d| d.saturating_mul(86_400)),
+                )
+                .await
+                .map_err(call_error)?;
+            if let Some(path) = &token_out {
+                write_private(path, format!("{}\n", created.token_secret).as_bytes())?;
+            }
+            print_created_token(out, &created, token_out.is_some(), None)
+        }
+        TokenCommand::List { cluster } => {
+            let tokens = admin
+                .list_cluster_tokens(cluster)
+                .await
+                .map_err(call_error)?;
+            match out {
+                Output::Json => print_json(&Value::Array(tokens.iter().map(token_json).collect())),
+                Output::Table => {
+                    let rows = tokens
+                        .iter()
+                        .map(|t| {
+                            vec![
+                                t.id.to_string(),
+                                t.name.clone(),
+                                format!("{}…", t.display_prefix),
+                                ts(t.created_at),
+                                opt_ts(t.last_used_at),
+                                opt_ts(t.expires_at),
+                                opt_ts(t.revoked_at),
+                            ]
+                        })
+                        .collect();
+                    print_table(
+                        &[
+                            "ID",
+                            "NAME",
+                            "PREFIX",
+                            "CREATED",
+                            "LAST USED",
+                            "EXPIRES",
+                            "REVOKED",
+                        ],
+                        rows,
+                    )
+                }
+            }
+        }
+        TokenCommand::Revoke { cluster, token_id } => {
+            admin
+                .revoke_cluster_token(cluster, token_id)
+                .await
+                .map_err(call_error)?;
+            done(
+                out,
+                json!({"id": token_id, "revoked": true}),
+                &format!("token {token_id} revoked"),
+            )
+        }
+    }
+}
+
+/// A cluster as `-o json` prints it.
+pub fn cluster_json(c: &ClusterView) -> Value {
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "status": c.status,
+        "kubernetes_version": c.kubernetes_version,
+        "node_count": c.node_count,
+        "cpu_capacity_millis": c.cpu_capacity_millis,
+        "cpu_allocatable_millis": c.cpu_allocatable_millis,
+        "memory_capacity_bytes": c.memory_capacity_bytes,
+        "memory_allocatable_bytes": c.memory_allocatable_bytes,
+        "provider": c.provider,
+        "region": c.region,
+        "manager_version": c.manager_version,
+        "last_reported_at": c.last_reported_at,
+        "cordoned": c.cordoned,
+        "created_at": c.created_at,
+        "deleted_at": c.deleted_at,
+    })
+}
+
+fn token_json(t: &TokenView) -> Value {
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "display_prefix": t.display_prefix,
+        "created_at": t.created_at,
+        "last_used_at": t.last_used_at,
+        "expires_at": t.expires_at,
+        "revoked_at": t.revoked_at,
+    })
+}
+
+fn print_created_cluster(
+    out: Output,
+    created: &CreatedCluster,
+    manifest_written: bool,
+    token_written: bool,
+) -> anyhow::Result<()> {
+    match out {
+        Output::Json => {
+            let mut v = cluster_json(&created.cluster);
+            if let Value::Object(m) = &mut v {
+                m.insert("token".into(), json!(created.token_secret));
+                m.insert("token_id".into(), json!(created.token.id));
+                m.insert("manifest".into(), json!(created.manifest));
+            }
+            print_json(&v)
+        }
+        Output::Table => {
+            print_cluster(Output::Table, &created.cluster)?;
+            let mut stdout = std::io::stdout().lock();
+            if token_written {
+                writeln!(
+                    stdout,
+                    "\nThe cluster token was written to the --token-out file."
+                )?;
+            } else {
+                writeln!(
+                    stdout,
+                    "\nCluster token (shown this once, valid until revoked):\n  {}",
+                    created.token_secret
+                )?;
+            }
+            if manifest_written {
+                writeln!(
+                    stdout,
+                    "Install the manager: kubectl apply -f <the --manifest-out file>"
+                )?;
+            } else {
+                writeln!(
+                    stdout,
+                    "Get an install manifest with: lapdev cluster create … --manifest-out FILE"
+                )?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_created_token(
+    out: Output,
+    created: &CreatedToken,
+    token_written: bool,
+    manifest: Option<&PathBuf>,
+) -> anyhow::Result<()> {
+    match out {
+        Output::Json => {
+            let mut v = token_json(&created.token);
+            if let Value::Object(m) = &mut v {
+                m.insert("token".into(), json!(created.token_secret));
+                m.insert("manifest".into(), json!(created.manifest));
+            }
+            print_json(&v)
+        }
+        Output::Table => {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(
+                stdout,
+                "token {} ({}) created",
+                created.token.id, created.token.name
+            )?;
+            if !token_written {
+                writeln!(stdout, "  {}", created.token_secret)?;
+            }
+            if let Some(path) = manifest {
+                writeln!(stdout, "manifest written to {}", path.display())?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_cluster(out: Output, c: &ClusterView) -> anyhow::Result<()> {
+    match out {
+        Output::Json => print_json(&cluster_json(c)),
+        Output::Table => {
+            let v = cluster_json(c);
+            let mut stdout = std::io::stdout().lock();
+            if let Value::Object(m) = v {
+                for (k, v) in m {
+                    let text = match v {
+                        Value::Null => "-".to_owned(),
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    writeln!(stdout, "{k:<26} {text}")?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_cluster_table(clusters: &[ClusterView]) -> anyhow::Result<()> {
+    let rows = clusters
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                c.status.to_string(),
+                c.kubernetes_version.clone().unwrap_or_else(|| "-".into()),
+                c.node_count.map_or("-".into(), |n| n.to_string()),
+                c.cpu_allocatable_millis
+                    .map_or("-".into(), |m| format!("{:.1}", m as f64 / 1000.0)),
+                c.memory_allocatable_bytes.map_or("-".into(), |b| {
+                    format!("{:.1}Gi", b as f64 / (1u64 << 30) as f64)
+                }),
+                c.provider.to_string(),
+                c.region.clone().unwrap_or_else(|| "-".into()),
+                if c.cordoned {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NAME", "STATUS", "VERSION", "NODES", "CPU", "MEMORY", "PROVIDER", "REGION", "CORDONED",
+        ],
+        rows,
+    )
+}
+
+/// Prints rows under headers, columns padded to their widest cell.
+pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) -> anyhow::Result<()> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(
+        stdout,
+        "{}",
+        line(headers.iter().map(|h| (*h).to_owned()).collect())
+    )?;
+    for row in rows {
+        writeln!(stdout, "{}", line(row))?;
+    }
+    Ok(())
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, v)?;
+    writeln!(stdout)?;
+    Ok(())
+}
+
+fn done(out: Output, json: Value, text: &str) -> anyhow::Result<()> {
+    match out {
+        Output::Json => print_json(&json),
+        Output::Table => {
+            println!("{text}");
+            Ok(())
+        }
+    }
+}
+
+fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn opt_ts(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map_or_else(|| "-".to_owned(), ts)
+}
+
+/// Writes a file only its owner can read (it may carry a token).
+fn write_private(path: &std::path::Path, contents: &[u8]) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(contents)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
