@@ -62,9 +62,18 @@ pub enum FailureMode {
     Hang,
 }
 
+/// One injected failure, consumed by the first request it matches.
+#[derive(Debug, Clone)]
+struct Injected {
+    code: u16,
+    verb: Option<Verb>,
+    resource: Option<String>,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    fail_next: Vec<u16>,
+    fail_next: Vec<Injected>,
+    latency: std::time::Duration,
     denied: HashSet<(Verb, String)>,
     counts: HashMap<(Verb, String), u64>,
     non_resource: u64,
@@ -142,7 +151,30 @@ impl Control {
 
     /// The next `n` requests fail with `code`.
     pub fn fail_next(&self, n: usize, code: u16) {
-        self.state().fail_next.extend(std::iter::repeat_n(code, n));
+        self.fail_next_matching(n, code, None, None);
+    }
+
+    /// The next `n` requests with this verb and/or on this resource fail with `code`.
+    pub fn fail_next_matching(
+        &self,
+        n: usize,
+        code: u16,
+        verb: Option<Verb>,
+        resource: Option<&str>,
+    ) {
+        let injected = Injected {
+            code,
+            verb,
+            resource: resource.map(str::to_owned),
+        };
+        self.state()
+            .fail_next
+            .extend(std::iter::repeat_n(injected, n));
+    }
+
+    /// Delays every answer by `latency` (zero to stop).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.state().latency = latency;
     }
 
     /// Sets how every request is answered.
@@ -175,9 +207,14 @@ impl Control {
         self.drop_watches.subscribe()
     }
 
-    /// Applies the injected failures to one request: waits while hanging, then
-    /// fails when told to.
-    pub async fn gate(&self) -> Result<(), ApiError> {
+    /// Applies the injected failures to one request (`verb` and `resource` are
+    /// `None` outside resource paths): waits out the latency and while hanging,
+    /// then fails when told to.
+    pub async fn gate(&self, verb: Option<Verb>, resource: Option<&str>) -> Result<(), ApiError> {
+        let latency = self.state().latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         let mut mode = self.mode.subscribe();
         loop {
             let current = *mode.borrow_and_update();
@@ -192,10 +229,13 @@ impl Control {
             }
         }
         let mut s = self.state();
-        if s.fail_next.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::from_code(s.fail_next.remove(0)))
+        let hit = s.fail_next.iter().position(|f| {
+            f.verb.is_none_or(|v| Some(v) == verb)
+                && f.resource.as_deref().is_none_or(|r| Some(r) == resource)
+        });
+        match hit {
+            Some(i) => Err(ApiError::from_code(s.fail_next.remove(i).code)),
+            None => Ok(()),
         }
     }
 }

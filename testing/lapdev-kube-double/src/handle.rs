@@ -351,6 +351,23 @@ impl DoubleHandle {
         self.control.fail_next(n, code);
     }
 
+    /// The next `n` requests with this verb and/or on this resource (plural,
+    /// or e.g. `pods/status`) fail with `code`; other requests pass.
+    pub fn fail_next_matching(
+        &self,
+        n: usize,
+        code: u16,
+        verb: Option<Verb>,
+        resource: Option<&str>,
+    ) {
+        self.control.fail_next_matching(n, code, verb, resource);
+    }
+
+    /// Delays every API answer by `latency` (zero to stop), e.g. to exercise deadlines.
+    pub fn set_latency(&self, latency: Duration) {
+        self.control.set_latency(latency);
+    }
+
     /// Sets how every API request is answered until changed.
     pub fn set_failure_mode(&self, mode: FailureMode) {
         self.control.set_failure_mode(mode);

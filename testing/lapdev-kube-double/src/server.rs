@@ -175,7 +175,7 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
     let method = req.method().clone();
     let Ok(Route::Resource(target)) = route else {
         st.control.count_non_resource();
-        st.control.gate().await?;
+        st.control.gate(None, None).await?;
         let route = route?;
         if method != Method::GET {
             return Err(ApiError::method_not_allowed(method.as_str()));
@@ -206,7 +206,7 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
         None => target.res.plural.to_owned(),
     };
     st.control.count(verb, &rbac_resource);
-    st.control.gate().await?;
+    st.control.gate(Some(verb), Some(&rbac_resource)).await?;
     if st.control.is_denied(verb, &rbac_resource) {
         return Err(ApiError::forbidden(
             target.res,

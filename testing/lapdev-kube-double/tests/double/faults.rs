@@ -204,3 +204,22 @@ async fn the_stand_in_kubelet_runs_new_pods() {
         .unwrap();
     assert_eq!(p.spec.unwrap().node_name.as_deref(), Some("n1"));
 }
+
+#[tokio::test]
+async fn targeted_failures_and_latency() {
+    let (double, client) = start().await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    double.fail_next_matching(1, 500, Some(Verb::Create), Some("pods"));
+    pods.list(&ListParams::default()).await.unwrap();
+    assert_eq!(
+        status(pods.create(&PostParams::default(), &pod("a")).await).code,
+        500
+    );
+    pods.create(&PostParams::default(), &pod("a"))
+        .await
+        .unwrap();
+    double.set_latency(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    pods.get("a").await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
