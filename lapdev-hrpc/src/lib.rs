@@ -106,6 +106,15 @@
 //! (`Service`), no answer at all (`Transport`: refused, reset, timed out), and an
 //! answer that is not HRPC (`Protocol`, e.g. a proxy's HTML page or a server of
 //! another major version).
+//!
+//! # Reverse tunnel
+//!
+//! The server calls a cluster's manager, which it cannot reach directly, over a
+//! WebSocket connection the manager opened (`GET /rpc/_tunnel`). The manager
+//! serves the calls with its generated router; on the server the tunnel is one
+//! more [`Transport`], so generated clients work over it unchanged and see the
+//! same error model (a lost tunnel is `unavailable`). [`tunnel`] has both ends, a
+//! registry of live tunnels, and the frame format.
 
 mod client;
 mod context;
@@ -113,6 +122,7 @@ mod descriptor;
 mod error;
 pub mod protocol;
 mod server;
+pub mod tunnel;
 
 #[doc(hidden)]
 pub mod __private;

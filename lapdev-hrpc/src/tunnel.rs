@@ -1,0 +1,251 @@
+//! The reverse tunnel: HRPC calls from the server to a manager that cannot be
+//! reached directly (it runs inside a cluster), over one long-lived WebSocket
+//! connection that the manager opened.
+//!
+//! # Roles
+//!
+//! - The **manager** (client end) opens the connection: `GET /rpc/_tunnel` with
+//!   a WebSocket upgrade over HTTP/1.1 and its cluster token header
+//!   ([`connect`]), then serves the requests that arrive with its generated router
+//!   ([`TunnelSession::run`]) until the connection ends, and reconnects (with
+//!   backoff, the manager's job).
+//! - The **server** (server end) authenticates the upgrade request (the
+//!   application's job, before upgrading), takes the socket over with [`accept`]
+//!   and registers the resulting [`TunnelTransport`] in a [`TunnelRegistry`]. The
+//!   transport is an HRPC [`Transport`](crate::Transport): any generated client
+//!   built on it calls the manager, with the same error model as HTTP HRPC. When
+//!   the tunnel goes away, calls in flight and later calls fail at once with
+//!   [`TransportError::Unavailable`](crate::TransportError::Unavailable), which
+//!   folds into the `unavailable` code.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use axum::extract::{State, ws::WebSocketUpgrade};
+//! use axum::response::{IntoResponse, Response};
+//! use lapdev_hrpc::tunnel::{self, TunnelConfig, TunnelRegistry};
+//!
+//! // Server: the upgrade route, after the application checked the token.
+//! async fn tunnel_route(State(registry): State<TunnelRegistry<String>>, ws: WebSocketUpgrade) -> Response {
+//!     let cluster = "cluster-1".to_owned(); // from the verified token
+//!     let config = TunnelConfig::default();
+//!     config.configure_upgrade(ws).on_upgrade(move |socket| async move {
+//!         let (transport, task) = tunnel::accept(socket, config);
+//!         registry.insert(cluster, transport);
+//!         task.run().await;
+//!     })
+//! }
+//!
+//! // Server: calling the manager.
+//! # async fn call(registry: TunnelRegistry<String>) {
+//! if let Some(transport) = registry.get(&"cluster-1".to_owned()) {
+//!     let client = lapdev_hrpc::Client::with_shared_transport("http://tunnel", Arc::new(transport)).unwrap();
+//!     // SomeServiceClient::new(client).method(...).await
+//! }
+//! # }
+//!
+//! // Manager: connect and serve until the connection ends.
+//! # async fn manager(router: axum::Router) {
+//! let mut headers = http::HeaderMap::new();
+//! headers.insert("x-lapdev-cluster-token", "lapdev_ct_...".parse().unwrap());
+//! match tunnel::connect("https://lapdev.example.com/rpc/_tunnel", headers, router, Default::default()).await {
+//!     Ok(session) => eprintln!("tunnel ended: {}", session.run().await),
+//!     Err(e) => eprintln!("could not open the tunnel: {e}"), // e.g. Rejected { status: 401, .. }
+//! }
+//! # }
+//! ```
+//!
+//! # Frame format (version 1)
+//!
+//! Every frame is one **binary** WebSocket message:
+//!
+//! ```text
+//! +----------------------+----------------------------+------------------+
+//! | header length N      | header: N bytes of JSON    | body: the rest   |
+//! | u32, big-endian      | (UTF-8 object)             | of the message   |
+//! +----------------------+----------------------------+------------------+
+//! ```
+//!
+//! The header is a JSON object with a string `type`. The body is raw bytes (for
+//! HRPC, the JSON request or response body) and may be empty. Frame types:
+//!
+//! | `type` | direction | fields | body |
+//! |---|---|---|---|
+//! | `request` | server → manager | `id` (u64), `path` (string), `headers` (object, optional), `method` (string, optional, default `POST`) | request body |
+//! | `response` | manager → server | `id` (u64), `status` (u16, 100–999), `headers` (object, optional) | response body |
+//! | `cancel` | server → manager | `id` (u64) | empty |
+//!
+//! - `id` is chosen by the sender of the request, unique among its requests in
+//!   flight (this implementation counts up from 1); the response carries the same
+//!   id. Responses may come in any order; requests are served concurrently.
+//! - `path` is the request target: an absolute path with optional query, e.g.
+//!   `/KubeManagerRpc/heartbeat`. It is dispatched to the manager's router as-is
+//!   (the router's routes start at the service name, no `/rpc` prefix).
+//! - `headers` maps lower-case header names to a string, or to an array of
+//!   strings when a header repeats: `{"content-type": "application/json",
+//!   "hrpc-version": "1", "hrpc-timeout-ms": "5000", "x-request-id": "..."}`. The
+//!   request headers are those of an HTTP HRPC call (the manager's router enforces
+//!   `hrpc-timeout-ms` as usual); the response headers are the router's.
+//! - `status` and the response body follow the HTTP wire protocol of the crate
+//!   docs: `200` with the JSON result, or an error status with an HRPC error body.
+//! - `cancel`: the server gave up on request `id` (its caller's deadline passed
+//!   or it went away); the manager drops the work and sends no response. A
+//!   cancel for an unknown id is ignored, as is a response to a request no longer
+//!   waiting.
+//! - A `request` sent to the server end is answered with `404 unimplemented`; a
+//!   `response` sent to the manager end is ignored.
+//!
+//! Example: the request frame of `Echo::add(1, 2)` is the 4 bytes `00 00 00 5b`
+//! followed by `{"type":"request","id":1,"path":"/Echo/add","headers":{"content-type":"application/json","hrpc-version":"1"}}`
+//! (91 bytes) and the body `{"a":1,"b":2}`; the answer is
+//! `{"type":"response","id":1,"status":200,"headers":{...}}` with body `3`.
+//!
+//! **Forward compatibility:** a frame with an unknown `type` is ignored, and
+//! unknown header fields are ignored.
+//!
+//! **Errors:** anything else that is not a valid frame (shorter than 4 bytes, a
+//! header length past the end, a header that is not JSON, a known type with
+//! missing or invalid fields, a text message) is a protocol violation: the
+//! receiver closes the tunnel with close code `1002` and the reason. A message
+//! larger than the frame limit (default 16 MiB, both ends) closes it with `1009`;
+//! a sender never sends one (a request that would not fit fails alone, a response
+//! that would not fit is replaced by a `resource_exhausted` error).
+//!
+//! **Liveness:** both ends send WebSocket pings every `ping_interval` (default
+//! 15 s) and close the tunnel when nothing at all (pong, ping or frame) arrived
+//! from the peer for `ping_timeout` (default 45 s). WebSocket implementations
+//! answer pings on their own.
+//!
+//! **Closing:** an end that closes the tunnel on purpose sends a close frame
+//! (`1000`, with a reason such as "replaced by a newer tunnel connection"); the
+//! other end's calls in flight fail at once.
+
+use std::time::Duration;
+
+use crate::client::BoxError;
+
+mod client;
+mod frame;
+mod link;
+mod registry;
+mod server;
+
+pub use client::{
+    TunnelClientConfig, TunnelConnectError, TunnelSession, TunnelSessionHandle, connect,
+};
+pub use registry::{REPLACED_REASON, TunnelRegistry};
+pub use server::{TunnelTask, TunnelTransport, accept};
+
+/// The path of the tunnel endpoint below the HRPC mount point (`/rpc/_tunnel`).
+pub const TUNNEL_PATH: &str = "/_tunnel";
+
+/// Default interval between pings.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Default time without any sign of life after which the peer is considered dead.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Default largest frame (one WebSocket message): 16 MiB.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Settings of the server end.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelConfig {
+    /// How often the manager is pinged.
+    pub ping_interval: Duration,
+    /// The tunnel closes if nothing (pong or frame) arrives from the manager for
+    /// this long.
+    pub ping_timeout: Duration,
+    /// Largest frame sent or accepted; a larger incoming message closes the
+    /// tunnel, a larger request fails alone.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: DEFAULT_PING_INTERVAL,
+            ping_timeout: DEFAULT_PING_TIMEOUT,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+impl TunnelConfig {
+    /// Applies the frame limit to the WebSocket upgrade, so that oversized
+    /// messages are refused before they are buffered in full.
+    pub fn configure_upgrade<F>(
+        &self,
+        upgrade: axum::extract::ws::WebSocketUpgrade<F>,
+    ) -> axum::extract::ws::WebSocketUpgrade<F> {
+        upgrade
+            .max_message_size(self.max_frame_bytes)
+            .max_frame_size(self.max_frame_bytes)
+    }
+}
+
+/// Why a tunnel closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloseReason {
+    /// Closed by this end (e.g. [`TunnelTransport::close`],
+    /// [`TunnelRegistry::close`], replaced by a newer connection).
+    #[error("closed: {0}")]
+    Local(String),
+    /// The peer closed the connection with a close frame.
+    #[error("closed by the peer (code {}): {reason}", code.map_or_else(|| "none".to_owned(), |c| c.to_string()))]
+    Peer {
+        /// The WebSocket close code, if the close frame had one.
+        code: Option<u16>,
+        /// The close frame's reason.
+        reason: String,
+    },
+    /// Nothing arrived from the peer for this long.
+    #[error("the peer did not answer pings for {0:?}")]
+    PingTimeout(Duration),
+    /// The peer sent something that is not a valid frame.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The peer sent a message larger than the frame limit.
+    #[error("a frame of {size} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge {
+        /// The message's size (as far as known).
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The connection failed (reset, broken pipe, ended without a close frame).
+    #[error("connection error: {0}")]
+    Io(String),
+    /// The task driving the tunnel was dropped.
+    #[error("the tunnel task was dropped")]
+    Dropped,
+}
+
+/// Maps a WebSocket library error to a close reason.
+pub(crate) fn io_reason(e: BoxError) -> CloseReason {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+
+    if let Some(ws) = e.downcast_ref::<WsError>() {
+        match ws {
+            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                return CloseReason::FrameTooLarge {
+                    size: *size,
+                    limit: *max_size,
+                };
+            }
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                return CloseReason::Io("the connection was reset without a close frame".into());
+            }
+            WsError::Protocol(p) => return CloseReason::Protocol(p.to_string()),
+            _ => {}
+        }
+    }
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    CloseReason::Io(message)
+}
