@@ -401,9 +401,22 @@ impl ManagerManifest {
     /// The objects as one multi-document YAML stream.
     pub fn to_yaml(&self) -> Result<String, ManifestError> {
         let mut out = String::from(YAML_HEADER);
-        out.push_str(&serde_saphyr::to_string_multiple(&self.objects())?);
+        out.push_str(&serde_saphyr::to_string_multiple_with_options(
+            &self.objects(),
+            yaml_options(),
+        )?);
         Ok(out)
     }
+}
+
+/// Serializer options. Block scalars (`|`, `>`) are off: in them a character such as
+/// NEL (U+0085) is written raw, and the libyaml-derived parsers `kubectl` and PyYAML
+/// use read it as a line break. Double-quoted scalars escape everything that is not
+/// plainly printable, so every YAML reader gets the same string back.
+fn yaml_options() -> serde_saphyr::SerializerOptions {
+    let mut options = serde_saphyr::SerializerOptions::default();
+    options.prefer_block_scalars = false;
+    options
 }
 
 /// A fixed comment (no input is ever written into it) and the first document marker.
