@@ -26,9 +26,14 @@
 //!   (legacy discovery, which both kube and kubectl use when aggregated discovery is
 //!   not offered), `/healthz`, `/readyz`, `/livez`.
 //! - core/v1 `namespaces`, `nodes`, `pods`, `persistentvolumeclaims`, `events`,
-//!   `services`, `configmaps`, `secrets`, `serviceaccounts`, and
-//!   `coordination.k8s.io/v1` `leases`, at the real namespaced and cluster-scoped
-//!   paths, with `/status` for namespaces, nodes, pods, PVCs and services.
+//!   `services`, `configmaps`, `secrets`, `serviceaccounts`; `coordination.k8s.io/v1`
+//!   `leases`; `events.k8s.io/v1` `events` (what kube's event `Recorder` writes);
+//!   `apps/v1` `deployments`; `rbac.authorization.k8s.io/v1` roles, cluster roles
+//!   and their bindings (stored, never enforced). All at the real namespaced and
+//!   cluster-scoped paths, with `/status` for namespaces, nodes, pods, PVCs,
+//!   services and deployments.
+//! - A minimal `/openapi/v3` (operations and parameters, no schemas), enough for
+//!   `kubectl apply` (client- and server-side) to leave validation to the server.
 //! - get, list (`labelSelector` with equality and set-based requirements,
 //!   `fieldSelector` on `metadata.name`, `metadata.namespace` and the extra fields
 //!   the real server indexes, e.g. `spec.nodeName` and `status.phase` for pods;
@@ -37,6 +42,15 @@
 //!   (with preconditions), deletecollection, `dryRun=All`.
 //! - `Table` responses for kubectl and `PartialObjectMetadata` for metadata-only clients.
 //! - Errors as `Status` objects with the real `reason` and `code`.
+//! - Test controls on [`DoubleHandle`]: nodes with capacity, pod phases and
+//!   conditions (as a kubelet reports them), a stand-in kubelet and scheduler
+//!   ([`DoubleHandle::run_kubelet`]), failures for every request or the next few
+//!   (optionally only for one verb/resource), hanging, latency, dropped watches,
+//!   403 denials per verb and resource, request counts per verb.
+//!
+//! Note that kube's default client retries 429, 503 and 504 answers (up to 15
+//! times, with exponential backoff from 5 ms): a test that wants the caller to see
+//! a failure should inject 500, or more 503s than the client retries.
 //!
 //! # What is simplified compared to a real API server
 //!
@@ -73,9 +87,14 @@
 //! - Validation covers names, labels, quantities (a malformed quantity is a 400
 //!   `BadRequest` decode error as on a real server; a negative request or a request
 //!   over its limit is 422 `Invalid`), pods (containers, images, volumes), PVCs,
-//!   services, and the immutability of pod and PVC specs. No admission plugins
+//!   services, and the immutability of pod and PVC specs. `fieldValidation=Strict`
+//!   is accepted but unknown fields are not detected (there are no schemas). No admission plugins
 //!   other than namespace existence and pvc-protection; no service account
-//!   token injection; no scheduler or controllers unless the stand-in kubelet runs.
+//!   token injection; no scheduler or controllers unless the stand-in kubelet runs,
+//!   and its scheduler spreads pods over uncordoned nodes without looking at
+//!   capacity. Nothing garbage-collects pods of removed nodes or owner references.
+//! - `events.k8s.io/v1` and core/v1 events are stored apart (the real server
+//!   serves one storage under both).
 
 mod control;
 mod error;
