@@ -56,6 +56,7 @@ pub async fn connect(url: &str) -> DbResult<Db> {
 impl Db {
     /// Connects as `config` says.
     pub async fn connect_with(config: &ConnectConfig) -> DbResult<Db> {
+        create_sqlite_parent_dir(&config.url)?;
         let mut options = ConnectOptions::new(config.url.clone());
         options
             .max_connections(config.max_connections)
@@ -97,6 +98,27 @@ impl Db {
     }
 }
 
+/// A SQLite file in a directory that does not exist yet (the embedded default
+/// `./lapdev-data/lapdev.db` on a fresh checkout) gets its directory created, so that
+/// `cargo run` needs no setup.
+fn create_sqlite_parent_dir(url: &str) -> DbResult<()> {
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        return Ok(());
+    };
+    let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+    if path.is_empty() || path.starts_with(':') {
+        return Ok(());
+    }
+    match std::path::Path::new(path).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => std::fs::create_dir_all(dir)
+            .map_err(|source| DbError::CreateDataDir {
+                path: dir.to_owned(),
+                source,
+            }),
+        _ => Ok(()),
+    }
+}
+
 /// `last_used_at` of cluster tokens, kept in memory between flushes so that verifying a
 /// token does not write to the database.
 #[derive(Debug, Default)]
@@ -116,11 +138,6 @@ impl TokenUsage {
     pub(crate) fn get(&self, token_id: Uuid) -> Option<DateTime<Utc>> {
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.get(&token_id).copied()
-    }
-
-    pub(crate) fn forget(&self, token_id: Uuid) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.remove(&token_id);
     }
 
     pub(crate) fn take(&self) -> HashMap<Uuid, DateTime<Utc>> {

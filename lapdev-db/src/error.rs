@@ -74,6 +74,15 @@ pub enum DbError {
     /// Opening the connection pool failed.
     #[error("could not connect to the database")]
     Connect(#[source] DbErr),
+    /// The directory of an SQLite database file could not be created.
+    #[error("could not create the database directory {path}")]
+    CreateDataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Applying pending migrations failed.
     #[error("could not apply database migrations")]
     Migrate(#[source] DbErr),

@@ -16,7 +16,7 @@ use lapdev_common::token::{
     CLUSTER_TOKEN_PREFIX, CLUSTER_TOKEN_SECRET_BYTES, cluster_token_display_prefix,
     is_well_formed_cluster_token,
 };
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{CaseStatement, Expr};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
@@ -122,6 +122,10 @@ fn generate_token() -> DbResult<String> {
         URL_SAFE_NO_PAD.encode(bytes)
     ))
 }
+
+/// Tokens per `UPDATE` when flushing usage: two bind parameters each plus one for the
+/// `IN` list, well below the parameter limits of PostgreSQL and SQLite.
+const FLUSH_BATCH: usize = 500;
 
 type VerifyRow = (
     Uuid,
@@ -263,25 +267,29 @@ impl Db {
     }
 
     /// Writes the `last_used_at` of tokens used since the last flush; returns how many
-    /// tokens were written. Entries that fail to write are kept for the next flush.
+    /// tokens were written. Writes are batched ([`FLUSH_BATCH`] tokens per `UPDATE`);
+    /// entries that fail to write are kept for the next flush.
     pub async fn flush_token_usage(&self) -> DbResult<usize> {
+        use kube_cluster_token::Column as T;
         let mut pending: Vec<_> = self.token_usage.take().into_iter().collect();
         pending.sort_unstable_by_key(|(id, _)| *id);
         let mut written = 0;
-        for (index, &(token_id, at)) in pending.iter().enumerate() {
+        for batch in pending.chunks(FLUSH_BATCH) {
+            // One statement per batch: `SET last_used_at = CASE WHEN id = ? THEN ? ...`.
+            let mut case = CaseStatement::new();
+            for &(token_id, at) in batch {
+                case = case.case(T::Id.eq(token_id), Expr::value(Some(tz(at))));
+            }
             let result = kube_cluster_token::Entity::update_many()
-                .col_expr(
-                    kube_cluster_token::Column::LastUsedAt,
-                    Expr::value(Some(tz(at))),
-                )
-                .filter(kube_cluster_token::Column::Id.eq(token_id))
+                .col_expr(T::LastUsedAt, case.finally(Expr::col(T::LastUsedAt)).into())
+                .filter(T::Id.is_in(batch.iter().map(|(id, _)| *id)))
                 .exec(&self.conn)
                 .await;
             if let Err(err) = result {
-                self.token_usage.restore(pending[index..].iter().copied());
+                self.token_usage.restore(pending[written..].iter().copied());
                 return Err(err.into());
             }
-            written += 1;
+            written += batch.len();
         }
         Ok(written)
     }
@@ -308,11 +316,5 @@ impl Db {
         if let Err(err) = self.flush_token_usage().await {
             tracing::warn!(error = %err, "final flush of cluster-token usage failed");
         }
-    }
-
-    /// Forgets unflushed usage of a token (after it was revoked, say). Not needed for
-    /// correctness; keeps the in-memory map small.
-    pub fn forget_token_usage(&self, token_id: Uuid) {
-        self.token_usage.forget(token_id);
     }
 }

@@ -54,6 +54,7 @@ on_both!(
     tokens_rejected,
     token_isolation,
     token_usage_is_coalesced,
+    token_usage_flush_writes_each_token,
     workspaces,
     workspace_transitions,
     workspace_isolation,
@@ -1326,4 +1327,58 @@ async fn unsettled_workspaces(db: Db) {
     let mut expected = vec![pending.id, other_org.id];
     expected.sort();
     assert_eq!(ids, expected);
+}
+
+async fn token_usage_flush_writes_each_token(db: Db) {
+    let acme = org(&db, "acme").await;
+    let mut secrets = Vec::new();
+    for name in ["a", "b"] {
+        let cluster = db
+            .create_cluster(acme.id, NewCluster::named(name))
+            .await
+            .unwrap();
+        for t in ["t1", "t2"] {
+            let token = db
+                .create_cluster_token(acme.id, cluster.id, token_named(t))
+                .await
+                .unwrap();
+            secrets.push((cluster.id, token));
+        }
+    }
+    // Three of the four tokens are used, one after the other.
+    for (_, token) in &secrets[..3] {
+        db.verify_cluster_token(token.secret.expose())
+            .await
+            .unwrap();
+    }
+    let mut expected = std::collections::HashMap::new();
+    for (cluster_id, _) in &secrets {
+        for token in db.list_cluster_tokens(acme.id, *cluster_id).await.unwrap() {
+            expected.insert(token.id, token.last_used_at);
+        }
+    }
+    assert_eq!(db.flush_token_usage().await.unwrap(), 3);
+    for (_, token) in &secrets {
+        let stored = kube_cluster_token::Entity::find_by_id(token.token.id)
+            .one(db.connection())
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at
+            .map(|t| t.with_timezone(&Utc));
+        assert_eq!(stored, expected[&token.token.id], "{}", token.token.name);
+    }
+    assert!(expected[&secrets[2].1.token.id].is_some());
+    assert_eq!(expected[&secrets[3].1.token.id], None);
+}
+
+#[tokio::test]
+async fn connect_creates_the_sqlite_directory() {
+    let dir = std::env::temp_dir().join(format!("lapdev_test_dir_{}", Uuid::new_v4().simple()));
+    let url = format!("sqlite://{}/data/lapdev.db?mode=rwc", dir.display());
+    let db = lapdev_db::connect(&url).await.unwrap();
+    db.create_organization("acme").await.unwrap();
+    db.close().await.unwrap();
+    assert!(dir.join("data/lapdev.db").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
