@@ -250,14 +250,19 @@ impl KubeClusterServer {
     /// One sweep: stale clusters become `disconnected`; dirty last-seen times are
     /// written. Returns how many last-seen times were written.
     pub async fn sweep(&self) -> usize {
+        self.sweep_at(Instant::now()).await
+    }
+
+    /// [`Self::sweep`] as if the time were `now`; tests use it to look into the
+    /// future without sleeping.
+    pub async fn sweep_at(&self, now: Instant) -> usize {
         let stale_after = self.inner.config.heartbeat_interval * 3;
-        let now = Instant::now();
         let mut changes = Vec::new();
         let mut seen = Vec::new();
         {
             let mut presence = lock(&self.inner.presence);
             for (cluster_id, p) in presence.iter_mut() {
-                let stale = now.duration_since(p.last_seen) > stale_after;
+                let stale = now.saturating_duration_since(p.last_seen) > stale_after;
                 let status = p.derived_status(stale);
                 if p.status != Some(status) && p.status.is_some() {
                     p.status = Some(status);

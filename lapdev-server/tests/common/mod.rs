@@ -1,0 +1,128 @@
+//! Starts a real `lapdev-server` (in-process, real TCP, real PostgreSQL) and
+//! gives tests typed clients for its two APIs.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lapdev_db::test_support::TestDatabase;
+use lapdev_hrpc::Client;
+use lapdev_kube_rpc::KubeClusterRpcClient;
+use lapdev_server::Server;
+use lapdev_server::admin::api::AdminRpcClient;
+use lapdev_server::config::{LogFormat, ServerConfig};
+
+pub struct TestServer {
+    pub server: Server,
+    pub addr: SocketAddr,
+    pub admin_token: String,
+    pub data_dir: tempfile::TempDir,
+    // Dropped last: the server's pool must close before the database is dropped.
+    pub database: Option<TestDatabase>,
+}
+
+pub fn config(data_dir: PathBuf, database_url: Option<String>) -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir,
+        database_url,
+        public_url: Some("https://lapdev.example.com".into()),
+        public_ca_file: None,
+        log_format: LogFormat::Text,
+        tls_cert: None,
+        tls_key: None,
+        jwt_secret: None,
+        jwt_secret_file: None,
+        encryption_key: None,
+        manager_image: "ghcr.io/lapdev/lapdev-kube-manager:test".into(),
+        heartbeat_interval_secs: 10,
+        admin_token_days: 1,
+    }
+}
+
+impl TestServer {
+    /// A server on a fresh PostgreSQL database.
+    pub async fn postgres() -> TestServer {
+        let database = TestDatabase::postgres().await;
+        let data_dir = tempfile::tempdir().unwrap();
+        let server = Server::start(config(
+            data_dir.path().join("data"),
+            Some(database.url().to_owned()),
+        ))
+        .await
+        .unwrap();
+        Self::from(server, data_dir, Some(database))
+    }
+
+    /// A server on its embedded default (SQLite in the data directory).
+    pub async fn embedded() -> TestServer {
+        let data_dir = tempfile::tempdir().unwrap();
+        let server = Server::start(config(data_dir.path().join("data"), None))
+            .await
+            .unwrap();
+        Self::from(server, data_dir, None)
+    }
+
+    fn from(server: Server, data_dir: tempfile::TempDir, database: Option<TestDatabase>) -> Self {
+        let admin_token = server
+            .first_admin_token
+            .clone()
+            .expect("a first start mints an admin token");
+        TestServer {
+            addr: server.local_addr,
+            server,
+            admin_token,
+            data_dir,
+            database,
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn admin(&self) -> AdminRpcClient {
+        admin_client(&self.base(), &self.admin_token)
+    }
+
+    pub fn cluster_client(&self, token: &str) -> KubeClusterRpcClient {
+        cluster_client(&self.base(), token)
+    }
+}
+
+pub fn admin_client(base: &str, token: &str) -> AdminRpcClient {
+    AdminRpcClient::new(Client::http(&format!("{base}/rpc")).unwrap()).with_header(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    )
+}
+
+pub fn cluster_client(base: &str, token: &str) -> KubeClusterRpcClient {
+    KubeClusterRpcClient::new(
+        Client::http(&format!("{base}/rpc"))
+            .unwrap()
+            .with_timeout(Duration::from_secs(10)),
+    )
+    .with_header(
+        http::HeaderName::from_static("x-lapdev-cluster-token"),
+        http::HeaderValue::from_str(token).unwrap(),
+    )
+}
+
+pub fn sample_info() -> lapdev_common::kube::KubeClusterInfo {
+    lapdev_common::kube::KubeClusterInfo {
+        kubernetes_version: "v1.30.2".into(),
+        node_count: 3,
+        cpu_capacity_millis: 12_000,
+        cpu_allocatable_millis: 11_400,
+        memory_capacity_bytes: 48 << 30,
+        memory_allocatable_bytes: 45 << 30,
+        provider: lapdev_common::status::CloudProvider::Gcp,
+        region: Some("europe-west1".into()),
+        manager_version: "0.1.0".into(),
+        manager_namespace: "lapdev".into(),
+        workspace_namespace: "lapdev-workspaces".into(),
+    }
+}

@@ -1,0 +1,279 @@
+//! The reverse tunnel end to end: a manager (a stand-in implementing
+//! `KubeManagerRpc`) dials the real server; the server calls it down the tunnel.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{TestServer, sample_info};
+use lapdev_common::kube::{KubeClusterInfo, WorkspaceSpec};
+use lapdev_common::status::{ClusterStatus, WorkspaceStatus};
+use lapdev_hrpc::tunnel::{TunnelClientConfig, TunnelConnectError, TunnelSession};
+use lapdev_hrpc::{CallError, Code, HrpcError};
+use lapdev_kube_rpc::{KubeManagerRpc, KubeManagerRpcServer, ManagerHealth, WorkspaceObservation};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// A manager stand-in: answers from fixed data; `stop_workspace` blocks until
+/// released, to have a call in flight.
+#[derive(Default)]
+struct FakeManager {
+    release: Notify,
+    entered: Notify,
+}
+
+fn observation(id: Uuid, status: WorkspaceStatus) -> WorkspaceObservation {
+    WorkspaceObservation {
+        workspace_id: id,
+        status,
+        message: None,
+        pod_name: Some(format!("ws-{id}")),
+        observed_at: Utc::now(),
+    }
+}
+
+impl KubeManagerRpc for FakeManager {
+    async fn create_workspace(
+        &self,
+        spec: WorkspaceSpec,
+    ) -> Result<WorkspaceObservation, HrpcError> {
+        Ok(observation(spec.workspace_id, WorkspaceStatus::Creating))
+    }
+    async fn start_workspace(
+        &self,
+        spec: WorkspaceSpec,
+    ) -> Result<WorkspaceObservation, HrpcError> {
+        Ok(observation(spec.workspace_id, WorkspaceStatus::Creating))
+    }
+    async fn stop_workspace(&self, workspace_id: Uuid) -> Result<WorkspaceObservation, HrpcError> {
+        self.entered.notify_one();
+        self.release.notified().await;
+        Ok(observation(workspace_id, WorkspaceStatus::Stopped))
+    }
+    async fn delete_workspace(
+        &self,
+        workspace_id: Uuid,
+    ) -> Result<WorkspaceObservation, HrpcError> {
+        Ok(observation(workspace_id, WorkspaceStatus::Deleted))
+    }
+    async fn get_workspace_status(
+        &self,
+        workspace_id: Uuid,
+    ) -> Result<WorkspaceObservation, HrpcError> {
+        Err(HrpcError::not_found(format!("no workspace {workspace_id}")))
+    }
+    async fn list_workspaces(&self) -> Result<Vec<WorkspaceObservation>, HrpcError> {
+        Ok(vec![])
+    }
+    async fn get_cluster_info(&self) -> Result<KubeClusterInfo, HrpcError> {
+        Ok(sample_info())
+    }
+}
+
+async fn dial(
+    t: &TestServer,
+    token: &str,
+    manager: Arc<FakeManager>,
+) -> Result<TunnelSession, TunnelConnectError> {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "x-lapdev-cluster-token",
+        http::HeaderValue::from_str(token).unwrap(),
+    );
+    lapdev_hrpc::tunnel::connect(
+        &format!("{}/rpc/_tunnel", t.base()),
+        headers,
+        KubeManagerRpcServer::from_arc(manager).into_router(),
+        TunnelClientConfig::default(),
+    )
+    .await
+}
+
+/// Waits (bounded) until `f` holds, checking after each tunnel event.
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_server_calls_the_manager_down_its_tunnel() {
+    let t = TestServer::postgres().await;
+    let admin = t.admin();
+    let created = admin
+        .create_cluster("tunnelled".into(), None)
+        .await
+        .unwrap();
+    let cluster_id = created.cluster.id;
+    let manager = t.cluster_client(&created.token_secret);
+    manager.report_cluster_info(sample_info()).await.unwrap();
+
+    let fake = Arc::new(FakeManager::default());
+    let session = dial(&t, &created.token_secret, fake.clone()).await.unwrap();
+    let handle = session.handle();
+    let run = tokio::spawn(session.run());
+
+    let kube = t.server.state.kube.clone();
+    eventually("tunnel registered", || {
+        let kube = kube.clone();
+        async move { kube.is_tunnel_up(cluster_id) }
+    })
+    .await;
+    // Reported and tunnelled: connected.
+    eventually("status connected", || {
+        let admin = admin.clone();
+        async move {
+            admin.get_cluster("tunnelled".into()).await.unwrap().status == ClusterStatus::Connected
+        }
+    })
+    .await;
+
+    // Calls down the tunnel.
+    let client = kube
+        .manager_client(cluster_id)
+        .expect("a client for a connected cluster");
+    let info = client.get_cluster_info().await.unwrap();
+    assert_eq!(info.kubernetes_version, "v1.30.2");
+    let id = Uuid::new_v4();
+    match client.get_workspace_status(id).await {
+        Err(CallError::Service(e)) => assert_eq!(e.code, Code::NotFound),
+        other => panic!("expected not_found, got {other:?}"),
+    }
+
+    // Degraded health shows; ok again clears it.
+    manager
+        .heartbeat(ManagerHealth::Degraded {
+            reason: "kubernetes API unreachable".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.get_cluster("tunnelled".into()).await.unwrap().status,
+        ClusterStatus::Degraded
+    );
+    manager.heartbeat(ManagerHealth::Ok).await.unwrap();
+    assert_eq!(
+        admin.get_cluster("tunnelled".into()).await.unwrap().status,
+        ClusterStatus::Connected
+    );
+
+    // A call in flight when the manager drops fails with `unavailable`.
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { client.stop_workspace(id).await }
+    });
+    // The manager has the call in hand.
+    tokio::time::timeout(Duration::from_secs(10), fake.entered.notified())
+        .await
+        .unwrap();
+    handle.close("manager shutting down");
+    let result = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    let folded: HrpcError = result.unwrap_err().into();
+    assert_eq!(folded.code, Code::Unavailable);
+    run.await.unwrap();
+
+    eventually("tunnel gone", || {
+        let kube = kube.clone();
+        async move { !kube.is_tunnel_up(cluster_id) }
+    })
+    .await;
+    assert!(kube.manager_client(cluster_id).is_none());
+    eventually("status disconnected", || {
+        let admin = admin.clone();
+        async move {
+            admin.get_cluster("tunnelled".into()).await.unwrap().status
+                == ClusterStatus::Disconnected
+        }
+    })
+    .await;
+    drop(fake);
+}
+
+#[tokio::test]
+async fn revoking_the_token_closes_its_tunnel() {
+    let t = TestServer::postgres().await;
+    let admin = t.admin();
+    let created = admin.create_cluster("revoked".into(), None).await.unwrap();
+    let session = dial(&t, &created.token_secret, Arc::default())
+        .await
+        .unwrap();
+    let run = tokio::spawn(session.run());
+    let kube = t.server.state.kube.clone();
+    let cluster_id = created.cluster.id;
+    eventually("tunnel registered", || {
+        let kube = kube.clone();
+        async move { kube.is_tunnel_up(cluster_id) }
+    })
+    .await;
+
+    admin
+        .revoke_cluster_token("revoked".into(), created.token.id)
+        .await
+        .unwrap();
+    // The manager's session ends by itself, with the server's reason.
+    let reason = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(reason.to_string().contains("revoked"), "{reason}");
+    assert!(!kube.is_tunnel_up(cluster_id));
+
+    // And it cannot come back with that token.
+    match dial(&t, &created.token_secret, Arc::default()).await {
+        Err(e) => {
+            assert_eq!(e.status().map(|s| s.as_u16()), Some(401), "{e}");
+            assert_eq!(e.code(), Some(Code::Unauthenticated));
+        }
+        Ok(_) => panic!("a revoked token opened a tunnel"),
+    }
+}
+
+#[tokio::test]
+async fn the_newest_tunnel_of_a_cluster_wins() {
+    let t = TestServer::postgres().await;
+    let admin = t.admin();
+    let created = admin.create_cluster("twice".into(), None).await.unwrap();
+    let first = dial(&t, &created.token_secret, Arc::default())
+        .await
+        .unwrap();
+    let first_run = tokio::spawn(first.run());
+    let kube = t.server.state.kube.clone();
+    let cluster_id = created.cluster.id;
+    eventually("first tunnel", || {
+        let kube = kube.clone();
+        async move { kube.is_tunnel_up(cluster_id) }
+    })
+    .await;
+    let second = dial(&t, &created.token_secret, Arc::default())
+        .await
+        .unwrap();
+    let second_handle = second.handle();
+    let _second_run = tokio::spawn(second.run());
+    // The first session is closed by the server.
+    tokio::time::timeout(Duration::from_secs(10), first_run)
+        .await
+        .unwrap()
+        .unwrap();
+    // Calls reach the second.
+    let client = kube.manager_client(cluster_id).unwrap();
+    client.get_cluster_info().await.unwrap();
+    assert!(!second_handle.is_closed());
+}
