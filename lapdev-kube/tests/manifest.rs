@@ -337,9 +337,11 @@ fn malformed_tokens_are_rejected() {
     }
 }
 
+type Mutation = Box<dyn Fn(&mut ManifestParams)>;
+
 #[test]
 fn other_inputs_are_validated() {
-    let cases: Vec<(Box<dyn Fn(&mut ManifestParams)>, &str)> = vec![
+    let cases: Vec<(Mutation, &str)> = vec![
         (
             Box::new(|p| p.cluster_name = String::new()),
             "invalid cluster name",
