@@ -6,5 +6,6 @@
 
 pub mod headers;
 pub mod kube;
+pub mod quantity;
 pub mod status;
 pub mod token;
