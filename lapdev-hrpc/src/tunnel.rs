@@ -94,10 +94,11 @@
 //! - A `request` sent to the server end is answered with `404 unimplemented`; a
 //!   `response` sent to the manager end is ignored.
 //!
-//! Example: the request frame of `Echo::add(1, 2)` is the 4 bytes `00 00 00 5b`
-//! followed by `{"type":"request","id":1,"path":"/Echo/add","headers":{"content-type":"application/json","hrpc-version":"1"}}`
-//! (91 bytes) and the body `{"a":1,"b":2}`; the answer is
-//! `{"type":"response","id":1,"status":200,"headers":{...}}` with body `3`.
+//! Example: a request frame for `Echo::add(1, 2)` (with only these two headers)
+//! is the 4 bytes `00 00 00 6d`, then the 109-byte header
+//! `{"type":"request","id":1,"path":"/Echo/add","headers":{"content-type":"application/json","hrpc-version":"1"}}`,
+//! then the body `{"a":1,"b":2}`; its answer is
+//! `{"type":"response","id":1,"status":200,"headers":{...}}` with the body `3`.
 //!
 //! **Forward compatibility:** a frame with an unknown `type` is ignored, and
 //! unknown header fields are ignored.

@@ -108,6 +108,11 @@ async fn tunnel_route(
             let (transport, task) = tunnel::accept(socket, app.config);
             app.registry.insert(token.clone(), transport.clone());
             let _ = app.registered.send((token.clone(), transport));
+            if token.starts_with("good-never-run") {
+                // An application bug: the task is dropped instead of run.
+                drop(task);
+                return;
+            }
             let reason = task.run().await;
             let _ = app.ended.send((token, reason));
         })
@@ -640,23 +645,26 @@ fn raw_frame(header: &str, body: &[u8]) -> Vec<u8> {
     v
 }
 
-/// Reads until the peer's close frame; returns its code and reason.
+/// Reads until the peer's close frame and finishes the close handshake; returns
+/// the frame's code and reason.
 async fn read_close<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>) -> (u16, String)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     within("a close frame", async {
+        let mut close = None;
         while let Some(msg) = socket.next().await {
             match msg {
-                Ok(Message::Close(Some(frame))) => {
-                    return (u16::from(frame.code), frame.reason.as_str().to_owned());
+                Ok(Message::Close(frame)) => {
+                    close = Some(frame.map_or((0, String::new()), |f| {
+                        (u16::from(f.code), f.reason.as_str().to_owned())
+                    }));
                 }
-                Ok(Message::Close(None)) => return (0, String::new()),
                 Ok(_) => {}
                 Err(e) => panic!("no close frame: {e}"),
             }
         }
-        panic!("the connection ended without a close frame")
+        close.expect("the connection ended without a close frame")
     })
     .await
 }
@@ -902,4 +910,36 @@ async fn oversized_frames_are_refused_cleanly() {
         CloseReason::FrameTooLarge { limit, .. } => assert_eq!(limit, LIMIT),
         other => panic!("unexpected {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_task_that_never_runs_or_a_dropped_session_reports_closed() {
+    let mut server = start_server(TunnelConfig::default()).await;
+    let echo = Arc::new(EchoImpl::default());
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let session = tunnel::connect(
+        &server.url(),
+        token_headers("good-never-run"),
+        manager_router(echo, tx),
+        TunnelClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    let (key, transport) = server.next_tunnel().await;
+    // The server dropped the task: the transport is closed, calls fail at once.
+    assert_eq!(
+        within("the closed tunnel", transport.closed()).await,
+        CloseReason::Dropped
+    );
+    assert_unavailable(echo_client(transport).echo("x".into()).await, "dropped");
+    assert!(server.registry.get(&key).is_none());
+
+    // A session dropped without running reports that to its handle.
+    let handle = session.handle();
+    assert!(!handle.is_closed());
+    drop(session);
+    assert_eq!(
+        within("the session handle", handle.closed()).await,
+        CloseReason::Dropped
+    );
 }

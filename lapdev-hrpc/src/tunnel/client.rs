@@ -127,6 +127,16 @@ pub struct TunnelSession {
     outbound_tx: mpsc::Sender<WsMsg>,
     outbound_rx: mpsc::Receiver<WsMsg>,
     config: LinkConfig,
+    guard: MarkDropped,
+}
+
+/// Marks the session ended when it is dropped, whether it ran or not.
+struct MarkDropped(Arc<Control>);
+
+impl Drop for MarkDropped {
+    fn drop(&mut self) {
+        self.0.close(CloseReason::Dropped);
+    }
 }
 
 impl fmt::Debug for TunnelSession {
@@ -216,6 +226,7 @@ impl TunnelSession {
             outbound_tx,
             outbound_rx,
             config,
+            guard: _guard,
         } = self;
         let in_flight: InFlight = Arc::default();
         let _abort = AbortAll(in_flight.clone());
@@ -435,13 +446,15 @@ pub async fn connect(
         Ok(Ok(ok)) => ok,
     };
     let (outbound_tx, outbound_rx) = mpsc::channel(link::OUTBOUND_QUEUE);
+    let control = Arc::new(Control::default());
     Ok(TunnelSession {
         socket,
         router,
         response_headers: response.headers().clone(),
         handle: TunnelSessionHandle {
-            control: Arc::default(),
+            control: control.clone(),
         },
+        guard: MarkDropped(control),
         outbound_tx,
         outbound_rx,
         config: LinkConfig {

@@ -308,6 +308,19 @@ mod tests {
     }
 
     #[test]
+    fn the_module_docs_example_is_exact() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("hrpc-version", HeaderValue::from_static("1"));
+        let bytes = encode_request(1, &Method::POST, "/Echo/add", &headers, br#"{"a":1,"b":2}"#);
+        let header = r#"{"type":"request","id":1,"path":"/Echo/add","headers":{"content-type":"application/json","hrpc-version":"1"}}"#;
+        assert_eq!(header.len(), 0x6d);
+        assert_eq!(&bytes[..4], &[0, 0, 0, 0x6d]);
+        assert_eq!(&bytes[4..4 + 0x6d], header.as_bytes());
+        assert_eq!(&bytes[4 + 0x6d..], br#"{"a":1,"b":2}"#);
+    }
+
+    #[test]
     fn documented_layout() {
         let f = raw(
             r#"{"type":"request","id":1,"path":"/Echo/add","headers":{"hrpc-version":"1"}}"#,

@@ -27,7 +27,6 @@ pub(crate) const OUTBOUND_QUEUE: usize = 64;
 /// WebSocket close codes used by the tunnel (RFC 6455 §7.4.1).
 pub(crate) mod close_code {
     pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL: u16 = 1002;
     pub const TOO_BIG: u16 = 1009;
 }
@@ -243,16 +242,16 @@ where
     Si: Sink<WsMsg, Error = E> + Unpin,
     St: Stream<Item = Result<WsMsg, E>> + Unpin,
 {
-    /// Sends the close frame `reason` calls for (none if the peer closed or the
-    /// connection broke) and waits, at most [`CLOSE_GRACE`], for the peer to
+    /// Sends the close frame `reason` calls for (none if the peer closed, the
+    /// connection broke or the peer stopped answering) and waits, at most [`CLOSE_GRACE`], for the peer to
     /// finish the handshake.
     pub async fn finish(mut self, reason: &CloseReason) {
         let code = match reason {
             CloseReason::Local(_) | CloseReason::Dropped => close_code::NORMAL,
-            CloseReason::PingTimeout(_) => close_code::GOING_AWAY,
             CloseReason::Protocol(_) => close_code::PROTOCOL,
             CloseReason::FrameTooLarge { .. } => close_code::TOO_BIG,
-            CloseReason::Peer { .. } | CloseReason::Io(_) => return,
+            // A peer that is gone or silent gets no close frame.
+            CloseReason::Peer { .. } | CloseReason::Io(_) | CloseReason::PingTimeout(_) => return,
         };
         let text = match reason {
             CloseReason::Local(r) => r.clone(),

@@ -44,12 +44,13 @@ impl Shared {
     /// Closes the tunnel for `reason` (first reason wins) and fails every call in
     /// flight at once.
     fn shut_down(&self, reason: CloseReason) {
+        // The reason first, so that a call refused from here on can name it.
+        self.control.close(reason);
         let pending = {
             let mut state = self.lock();
             state.closed = true;
             std::mem::take(&mut state.pending)
         };
-        self.control.close(reason);
         let error = self.closed_error();
         for (_, tx) in pending {
             let _ = tx.send(Err(TransportError::Unavailable(error.clone())));
@@ -256,6 +257,7 @@ pub struct TunnelTask {
     outbound: mpsc::Receiver<WsMsg>,
     shared: Arc<Shared>,
     config: LinkConfig,
+    guard: CloseOnDrop,
 }
 
 impl fmt::Debug for TunnelTask {
@@ -285,8 +287,8 @@ impl TunnelTask {
             outbound,
             shared,
             config,
+            guard: _guard,
         } = self;
-        let _guard = CloseOnDrop(shared.clone());
         let socket = socket
             .map(|m| m.map(from_axum))
             .with(|m: WsMsg| futures::future::ready(Ok::<_, axum::Error>(into_axum(m))));
@@ -337,6 +339,7 @@ pub fn accept(socket: WebSocket, config: TunnelConfig) -> (TunnelTransport, Tunn
     let task = TunnelTask {
         socket,
         outbound: rx,
+        guard: CloseOnDrop(shared.clone()),
         shared,
         config: LinkConfig {
             ping_interval: config.ping_interval,
