@@ -687,9 +687,35 @@ fn kustomize_base_matches_the_rendered_objects() {
     let base = kustomize_base_with_env(&format!(
         "# comment\nLAPDEV_SERVER_URL={URL}\nLAPDEV_KUBE_CLUSTER_TOKEN={TOKEN}\n"
     ));
-    let mut from_kustomize = kubectl_kustomize(base.path());
-    let p = params();
-    let mut rendered = render_and_parse(&p);
+    assert_kustomize_matches(base.path(), &params());
+}
+
+/// The base's documented way to add a CA: save `server-ca.pem` and uncomment `files:`.
+#[test]
+fn kustomize_base_takes_an_optional_ca_file() {
+    let base = kustomize_base_with_env(&format!(
+        "LAPDEV_SERVER_URL={URL}\nLAPDEV_KUBE_CLUSTER_TOKEN={TOKEN}\n"
+    ));
+    let kustomization = base.path().join("kustomization.yaml");
+    let text = std::fs::read_to_string(&kustomization).unwrap();
+    let commented = "    # files:\n    #   - LAPDEV_SERVER_CA=server-ca.pem\n";
+    assert!(text.contains(commented), "the documented CA lines moved");
+    let text = text.replace(
+        commented,
+        "    files:\n      - LAPDEV_SERVER_CA=server-ca.pem\n",
+    );
+    std::fs::write(&kustomization, text).unwrap();
+    std::fs::write(base.path().join("server-ca.pem"), CA).unwrap();
+    let mut p = params();
+    p.server_ca_pem = Some(CA.to_owned());
+    assert_kustomize_matches(base.path(), &p);
+}
+
+/// Every object but the Secret equal; the Secret with the same identity, labels, type
+/// and (decoded) values.
+fn assert_kustomize_matches(dir: &Path, p: &ManifestParams) {
+    let mut from_kustomize = kubectl_kustomize(dir);
+    let mut rendered = render_and_parse(p);
     assert_eq!(from_kustomize.len(), rendered.len());
     from_kustomize.sort_by_key(key);
     rendered.sort_by_key(key);
