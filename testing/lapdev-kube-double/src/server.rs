@@ -431,6 +431,7 @@ fn write_ctx(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<WriteCt
         manager,
         dry_run,
         force: flag(q, "force"),
+        typed: false,
     })
 }
 
@@ -968,8 +969,10 @@ async fn stream_events(
     let mut changes = st.store.subscribe();
     let mut drops = st.control.watch_drops();
     drops.borrow_and_update();
-    let deadline = tokio::time::Instant::now() + timeout;
-    let period = st.settings.bookmark_interval;
+    // A week caps absurd timeouts, which would overflow the deadline.
+    let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(7 * 24 * 3600));
+    // A zero period would make the interval panic.
+    let period = st.settings.bookmark_interval.max(Duration::from_millis(1));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         changes.borrow_and_update();

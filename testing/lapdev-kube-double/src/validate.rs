@@ -126,13 +126,66 @@ fn str_at<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
+/// Decodes `obj` as `T` to find type errors (a string where a number or an
+/// object belongs, bad base64 in a Secret): the real server fails those while
+/// decoding, with 400. Missing fields are left to validation, as Go's decoder
+/// does not require any.
+fn decode_as<T: serde::de::DeserializeOwned>(
+    res: &ResourceDef,
+    obj: &Value,
+) -> Result<(), ApiError> {
+    match T::deserialize(obj) {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().starts_with("missing field") => Ok(()),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            res.kind, res.version, res.kind
+        ))),
+    }
+}
+
+fn check_types(res: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+    use k8s_openapi::api::{apps, coordination, core::v1 as core, events, rbac};
+    match (res.group, res.plural) {
+        ("", "namespaces") => decode_as::<core::Namespace>(res, obj),
+        ("", "nodes") => decode_as::<core::Node>(res, obj),
+        ("", "pods") => decode_as::<core::Pod>(res, obj),
+        ("", "persistentvolumeclaims") => decode_as::<core::PersistentVolumeClaim>(res, obj),
+        ("", "events") => decode_as::<core::Event>(res, obj),
+        ("", "services") => decode_as::<core::Service>(res, obj),
+        ("", "configmaps") => decode_as::<core::ConfigMap>(res, obj),
+        ("", "secrets") => decode_as::<core::Secret>(res, obj),
+        ("", "serviceaccounts") => decode_as::<core::ServiceAccount>(res, obj),
+        ("coordination.k8s.io", "leases") => decode_as::<coordination::v1::Lease>(res, obj),
+        ("events.k8s.io", "events") => decode_as::<events::v1::Event>(res, obj),
+        ("apps", "deployments") => decode_as::<apps::v1::Deployment>(res, obj),
+        ("rbac.authorization.k8s.io", "roles") => decode_as::<rbac::v1::Role>(res, obj),
+        ("rbac.authorization.k8s.io", "rolebindings") => {
+            decode_as::<rbac::v1::RoleBinding>(res, obj)
+        }
+        ("rbac.authorization.k8s.io", "clusterroles") => {
+            decode_as::<rbac::v1::ClusterRole>(res, obj)
+        }
+        ("rbac.authorization.k8s.io", "clusterrolebindings") => {
+            decode_as::<rbac::v1::ClusterRoleBinding>(res, obj)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// "Decode" errors (400): what fails before validation proper on a real server.
-pub fn check_decodable(res: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+///
+/// `typed` decodes the object as its Rust type to find type errors; the test
+/// handle skips it for objects that came from typed values.
+pub fn check_decodable(res: &ResourceDef, obj: &Value, typed: bool) -> Result<(), ApiError> {
     if !obj.is_object() {
         return Err(ApiError::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: expected a JSON object",
             res.kind, res.version, res.kind
         )));
+    }
+    if typed {
+        check_types(res, obj)?;
     }
     match res.plural {
         "pods" => {

@@ -7,6 +7,7 @@ mod faults;
 mod kubectl;
 mod patch;
 mod pvc;
+mod robustness;
 mod scale;
 mod watch;
 
