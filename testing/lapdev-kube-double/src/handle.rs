@@ -433,22 +433,10 @@ impl DoubleHandle {
         let pvcs = resource::core_resource("persistentvolumeclaims");
         let mut changes = self.store.subscribe();
         let mut next_node = 0usize;
-        // Start from everything already there, then follow the history.
-        let mut pending: Vec<(WorkKind, String, String)> = Vec::new();
-        for (res, kind) in [(pods, WorkKind::Pod), (pvcs, WorkKind::Claim)] {
-            let page = self.store.list(
-                res,
-                None,
-                &LabelSelector::default(),
-                &FieldSelector::default(),
-                None,
-                None,
-            );
-            for obj in page.items {
-                pending.push((kind, obj.attrs.namespace.clone(), obj.attrs.name.clone()));
-            }
-        }
+        // Start from everything already there, then follow the history. The
+        // resourceVersion is read first so nothing created meanwhile is missed.
         let mut last = self.store.current_rv();
+        let mut pending = self.kubelet_work();
         loop {
             for (kind, ns, name) in pending.drain(..) {
                 let handle = self.clone();
@@ -484,12 +472,33 @@ impl DoubleHandle {
                     }
                     last = current;
                 }
-                Err(_) => last = self.store.current_rv(),
+                Err(_) => {
+                    // The history moved past us: look at everything again.
+                    last = self.store.current_rv();
+                    pending.extend(self.kubelet_work());
+                }
             }
             if pending.is_empty() && changes.changed().await.is_err() {
                 return;
             }
         }
+    }
+
+    /// Every pod and claim, for the stand-in kubelet to look at.
+    fn kubelet_work(&self) -> Vec<(WorkKind, String, String)> {
+        let pods = resource::core_resource("pods");
+        let pvcs = resource::core_resource("persistentvolumeclaims");
+        let mut out = Vec::new();
+        for (res, kind) in [(pods, WorkKind::Pod), (pvcs, WorkKind::Claim)] {
+            let all = LabelSelector::default();
+            let page = self
+                .store
+                .list(res, None, &all, &FieldSelector::default(), None, None);
+            for obj in page.items {
+                out.push((kind, obj.attrs.namespace.clone(), obj.attrs.name.clone()));
+            }
+        }
+        out
     }
 
     fn start_pod(&self, ns: &str, name: &str, selector: &LabelSelector, pick: usize) {
