@@ -55,6 +55,8 @@ pub struct AppState {
 
 /// The server's whole HTTP surface.
 pub fn app(state: AppState) -> Router {
+    // Install the metrics recorder before the first request is counted.
+    let _ = metrics::handle();
     let admin = AdminRpcServer::new(state.admin.clone())
         .into_routes()
         .route_layer(axum::middleware::from_fn_with_state(

@@ -1,0 +1,217 @@
+//! The real `lapdev` binary against a real server: JSON shapes, tables, files,
+//! and one-line errors with a non-zero exit. The runtime is multi-threaded: the
+//! blocking child process must not stall the in-process server.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{TestServer, sample_info};
+use serde_json::Value;
+
+fn lapdev(t: &TestServer, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lapdev"))
+        .args(args)
+        .env("LAPDEV_SERVER", t.base())
+        .env("LAPDEV_TOKEN", &t.admin_token)
+        .output()
+        .expect("the lapdev binary runs")
+}
+
+fn json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "lapdev failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_commands_speak_json() {
+    let t = TestServer::postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("manifest.yaml");
+
+    let created = json(&lapdev(
+        &t,
+        &[
+            "cluster",
+            "create",
+            "dev-eu",
+            "--region",
+            "europe-west4",
+            "-o",
+            "json",
+            "--manifest-out",
+            manifest.to_str().unwrap(),
+        ],
+    ));
+    for field in [
+        "id",
+        "name",
+        "status",
+        "kubernetes_version",
+        "node_count",
+        "cpu_capacity_millis",
+        "cpu_allocatable_millis",
+        "memory_capacity_bytes",
+        "memory_allocatable_bytes",
+        "provider",
+        "region",
+        "manager_version",
+        "last_reported_at",
+        "cordoned",
+        "token",
+        "manifest",
+    ] {
+        assert!(
+            created.get(field).is_some(),
+            "missing field {field}: {created}"
+        );
+    }
+    assert_eq!(created["name"], "dev-eu");
+    assert_eq!(created["status"], "pending");
+    assert_eq!(created["provider"], "unknown");
+    assert_eq!(created["last_reported_at"], Value::Null);
+    let token = created["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("lapdev_ct_"));
+    let written = std::fs::read_to_string(&manifest).unwrap();
+    assert_eq!(written, created["manifest"].as_str().unwrap());
+    assert!(written.contains(&token));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&manifest).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the manifest carries a token");
+    }
+
+    // The manager reports; the CLI shows it.
+    t.cluster_client(&token)
+        .report_cluster_info(sample_info())
+        .await
+        .unwrap();
+    let got = json(&lapdev(&t, &["cluster", "get", "dev-eu", "-o", "json"]));
+    assert_eq!(got["kubernetes_version"], "v1.30.2");
+    assert_eq!(got["node_count"], 3);
+    assert_eq!(got["provider"], "gcp");
+    assert_eq!(got["region"], "europe-west1");
+    let reported = got["last_reported_at"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(reported).is_ok(),
+        "{reported}"
+    );
+
+    let listed = json(&lapdev(&t, &["cluster", "list", "-o", "json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    let cordoned = json(&lapdev(&t, &["cluster", "cordon", "dev-eu", "-o", "json"]));
+    assert_eq!(cordoned["cordoned"], true);
+    let uncordoned = json(&lapdev(
+        &t,
+        &["cluster", "uncordon", "dev-eu", "-o", "json"],
+    ));
+    assert_eq!(uncordoned["cordoned"], false);
+
+    // Tokens: create (rotation), list, revoke by id.
+    let rotated = json(&lapdev(
+        &t,
+        &["cluster", "token", "create", "dev-eu", "-o", "json"],
+    ));
+    let new_id = rotated["id"].as_str().unwrap().to_owned();
+    assert!(rotated["token"].as_str().unwrap().starts_with("lapdev_ct_"));
+    let tokens = json(&lapdev(
+        &t,
+        &["cluster", "token", "list", "dev-eu", "-o", "json"],
+    ));
+    assert_eq!(tokens.as_array().unwrap().len(), 2);
+    let revoked = json(&lapdev(
+        &t,
+        &[
+            "cluster", "token", "revoke", "dev-eu", &new_id, "-o", "json",
+        ],
+    ));
+    assert_eq!(revoked["revoked"], true);
+
+    // Delete; the row then shows only with --all.
+    json(&lapdev(&t, &["cluster", "delete", "dev-eu", "-o", "json"]));
+    let live = json(&lapdev(&t, &["cluster", "list", "-o", "json"]));
+    assert_eq!(live, Value::Array(vec![]));
+    let all = json(&lapdev(&t, &["cluster", "list", "--all", "-o", "json"]));
+    assert_eq!(all.as_array().unwrap().len(), 1);
+    assert!(all[0]["deleted_at"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_and_manifest_output() {
+    let t = TestServer::postgres().await;
+    let out = lapdev(&t, &["cluster", "create", "table-test"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("lapdev_ct_"),
+        "the token is shown once: {text}"
+    );
+
+    let out = lapdev(&t, &["cluster", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("NAME"));
+    assert!(lines.next().unwrap().starts_with("table-test"));
+
+    // `cluster manifest` prints a manifest carrying a new token.
+    let out = lapdev(&t, &["cluster", "manifest", "table-test"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = String::from_utf8_lossy(&out.stdout);
+    assert!(manifest.contains("kind: Deployment"), "{manifest}");
+    assert!(manifest.contains("lapdev_ct_"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_one_line_and_exit_non_zero() {
+    let t = TestServer::postgres().await;
+    let out = lapdev(&t, &["cluster", "get", "nope"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains("not found"), "{err}");
+
+    // A wrong token.
+    let out = Command::new(env!("CARGO_BIN_EXE_lapdev"))
+        .args(["cluster", "list"])
+        .env("LAPDEV_SERVER", t.base())
+        .env("LAPDEV_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unauthenticated"), "{err}");
+
+    // An unreachable server.
+    let out = Command::new(env!("CARGO_BIN_EXE_lapdev"))
+        .args(["cluster", "list"])
+        .env("LAPDEV_SERVER", "http://127.0.0.1:1")
+        .env("LAPDEV_TOKEN", "x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot reach the server"), "{err}");
+
+    // No token at all.
+    let out = Command::new(env!("CARGO_BIN_EXE_lapdev"))
+        .args(["cluster", "list"])
+        .env("LAPDEV_SERVER", t.base())
+        .env_remove("LAPDEV_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LAPDEV_TOKEN"));
+}
