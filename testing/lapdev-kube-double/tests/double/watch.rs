@@ -312,3 +312,23 @@ async fn metadata_watches_send_partial_objects() {
         }
     }
 }
+
+#[tokio::test]
+async fn no_bookmarks_unless_allowed() {
+    let double = KubeDouble::start_with(Config {
+        bookmark_interval: Duration::from_millis(50),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(double.client().await.unwrap(), "default");
+    let from = double.resource_version().to_string();
+    let mut stream = pods
+        .watch(&WatchParams::default().disable_bookmarks(), &from)
+        .await
+        .unwrap()
+        .boxed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    double.create(&pod("a")).unwrap();
+    assert!(matches!(next(&mut stream).await, WatchEvent::Added(_)));
+}
