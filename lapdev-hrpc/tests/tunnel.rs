@@ -322,7 +322,7 @@ async fn calls_succeed_and_service_errors_keep_code_and_message() {
     assert_eq!(raw.in_flight(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_calls_are_matched_by_id() {
     let mut server = start_server(TunnelConfig::default()).await;
     let _manager = start_manager(&server.url(), "good-many").await;
@@ -590,7 +590,8 @@ async fn a_live_manager_survives_many_ping_intervals() {
     )
     .await;
     let (_, transport) = server.next_tunnel().await;
-    // A call that lasts five ping timeouts: pings keep both ends alive.
+    // A call that lasts five ping timeouts: pings keep both ends alive, and
+    // neither end's frames are needed for that.
     echo_client(transport.clone()).slow(1000).await.unwrap();
     assert!(!transport.is_closed());
     assert!(!manager.handle.is_closed());

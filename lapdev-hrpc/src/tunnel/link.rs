@@ -223,11 +223,14 @@ where
                 tokio::time::sleep_until(deadline).await;
             }
         };
+        // Biased: after a stall (a busy runtime), whatever the peer sent in the
+        // meantime is read before the liveness deadline is judged.
         tokio::select! {
+            biased;
             r = reader => r,
+            r = control.closed() => r,
             r = writer => r,
             r = liveness => r,
-            r = control.closed() => r,
         }
     };
     // The first reason wins: a local close that raced with an I/O error stays a
