@@ -9,7 +9,7 @@ use lapdev_common::status::{CloudProvider, ClusterStatus, WorkspaceStatus};
 use sea_orm::sea_query::{Alias, Expr, Func};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    QueryOrder, QuerySelect, SqlErr,
 };
 use uuid::Uuid;
 
@@ -217,12 +217,13 @@ impl Db {
             column: "labels",
             source,
         })?;
+        let external_id = new.external_id;
         let at = tz(now());
         let model = kube_cluster::ActiveModel {
             id: Set(Uuid::new_v4()),
             organization_id: Set(org_id),
             provider_id: Set(new.provider_id),
-            external_id: Set(new.external_id),
+            external_id: Set(external_id.clone()),
             name: Set(new.name.clone()),
             status: Set(new.status.as_str().to_owned()),
             kubernetes_version: Set(None),
@@ -247,7 +248,19 @@ impl Db {
         }
         .insert(&self.conn)
         .await
-        .map_err(unique_violation(EntityKind::Cluster, &new.name))?;
+        .map_err(|err| {
+            // Two unique rules can fail here: the name, or a provider cluster imported
+            // twice. Both databases name the violated index or columns in the message.
+            let key = match err.sql_err() {
+                Some(SqlErr::UniqueConstraintViolation(message))
+                    if message.contains("external_id") =>
+                {
+                    external_id.clone().unwrap_or_default()
+                }
+                _ => new.name.clone(),
+            };
+            unique_violation(EntityKind::Cluster, &key)(err)
+        })?;
         cluster_from_model(model)
     }
 

@@ -241,6 +241,19 @@ async fn providers(db: Db) {
             ..
         })
     ));
+    // The same provider cluster cannot be imported twice.
+    let mut again = NewCluster::named("imported-again");
+    again.provider_id = Some(created.id);
+    again.external_id = Some("projects/p/locations/l/clusters/c".into());
+    let again = db.create_cluster(acme.id, again).await;
+    assert!(
+        matches!(
+            &again,
+            Err(DbError::AlreadyExists { entity: EntityKind::Cluster, key })
+                if key == "projects/p/locations/l/clusters/c"
+        ),
+        "{again:?}"
+    );
     db.delete_cluster(acme.id, cluster.id).await.unwrap();
     db.delete_provider(acme.id, created.id).await.unwrap();
     assert!(is_not_found(
