@@ -56,6 +56,12 @@ pub struct Workspace {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// The cluster name the user asked for, if any.
+    pub placement_cluster: Option<String>,
+    /// The region the user asked for, if any.
+    pub placement_region: Option<String>,
+    /// When it was soft-deleted; `None` for a live workspace.
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 /// What [`Db::create_workspace`] needs.
@@ -75,6 +81,10 @@ pub struct NewWorkspace {
     pub storage_bytes: i64,
     /// Usually `Running`.
     pub desired_state: DesiredState,
+    /// Only place it on the cluster with this name.
+    pub placement_cluster: Option<String>,
+    /// Only place it on a cluster in this region.
+    pub placement_region: Option<String>,
 }
 
 /// A status change for [`Db::transition_workspace`].
@@ -144,6 +154,9 @@ fn workspace_from_model(m: kube_workspace::Model) -> DbResult<Workspace> {
         version: m.version,
         created_at: utc(m.created_at),
         updated_at: utc(m.updated_at),
+        placement_cluster: m.placement_cluster,
+        placement_region: m.placement_region,
+        deleted_at: m.deleted_at.map(utc),
     })
 }
 
@@ -176,6 +189,8 @@ impl Db {
             created_at: Set(at),
             updated_at: Set(at),
             deleted_at: Set(None),
+            placement_cluster: Set(new.placement_cluster),
+            placement_region: Set(new.placement_region),
         }
         .insert(&self.conn)
         .await
@@ -192,6 +207,52 @@ impl Db {
             .await?
             .ok_or_else(|| DbError::not_found(EntityKind::Workspace, id))
             .and_then(workspace_from_model)
+    }
+
+    /// The live workspace of `org_id` named `name`.
+    pub async fn get_workspace_by_name(&self, org_id: Uuid, name: &str) -> DbResult<Workspace> {
+        kube_workspace::Entity::find()
+            .filter(kube_workspace::Column::OrganizationId.eq(org_id))
+            .filter(kube_workspace::Column::Name.eq(name))
+            .filter(kube_workspace::Column::DeletedAt.is_null())
+            .one(&self.conn)
+            .await?
+            .ok_or_else(|| DbError::not_found(EntityKind::Workspace, name))
+            .and_then(workspace_from_model)
+    }
+
+    /// The workspace of `org_id` named `name`: the live one, else the most recently
+    /// deleted one (so a user can see that it was deleted).
+    pub async fn find_workspace_by_name_including_deleted(
+        &self,
+        org_id: Uuid,
+        name: &str,
+    ) -> DbResult<Workspace> {
+        kube_workspace::Entity::find()
+            .filter(kube_workspace::Column::OrganizationId.eq(org_id))
+            .filter(kube_workspace::Column::Name.eq(name))
+            .order_by_desc(kube_workspace::Column::DeletedAt.is_null())
+            .order_by_desc(kube_workspace::Column::CreatedAt)
+            .one(&self.conn)
+            .await?
+            .ok_or_else(|| DbError::not_found(EntityKind::Workspace, name))
+            .and_then(workspace_from_model)
+    }
+
+    /// Every workspace of `org_id`, soft-deleted ones included, by name.
+    pub async fn list_workspaces_including_deleted(
+        &self,
+        org_id: Uuid,
+    ) -> DbResult<Vec<Workspace>> {
+        kube_workspace::Entity::find()
+            .filter(kube_workspace::Column::OrganizationId.eq(org_id))
+            .order_by_asc(kube_workspace::Column::Name)
+            .order_by_asc(kube_workspace::Column::CreatedAt)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(workspace_from_model)
+            .collect()
     }
 
     /// The live workspaces of `org_id`, by name.

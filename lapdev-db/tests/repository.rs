@@ -111,6 +111,8 @@ fn new_workspace(owner: Uuid, name: &str) -> NewWorkspace {
         memory_bytes: 4 << 30,
         storage_bytes: 10 << 30,
         desired_state: DesiredState::Running,
+        placement_cluster: None,
+        placement_region: None,
     }
 }
 

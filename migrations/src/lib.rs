@@ -21,6 +21,7 @@ mod m20251126_000003_create_k8s_provider;
 mod m20251126_000004_create_kube_cluster;
 mod m20251126_000005_create_kube_cluster_token;
 mod m20251126_000006_create_kube_workspace;
+mod m20251126_000007_add_workspace_placement_constraints;
 
 /// Every migration, in the order they run.
 #[derive(Debug)]
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20251126_000004_create_kube_cluster::Migration),
             Box::new(m20251126_000005_create_kube_cluster_token::Migration),
             Box::new(m20251126_000006_create_kube_workspace::Migration),
+            Box::new(m20251126_000007_add_workspace_placement_constraints::Migration),
         ]
     }
 }
