@@ -78,6 +78,8 @@ pub struct DoubleHandle {
     pub(crate) store: Arc<Store>,
     pub(crate) control: Arc<Control>,
     pub(crate) kubernetes_version: String,
+    /// Makes the stand-in scheduler place one pod at a time, as the real one does.
+    pub(crate) scheduler: Arc<std::sync::Mutex<()>>,
 }
 
 fn resource_of<K: kube::Resource<DynamicType = ()>>() -> Result<&'static ResourceDef, HandleError> {
@@ -264,6 +266,14 @@ impl DoubleHandle {
                     .cloned()
                     .unwrap_or_default();
                 set_condition(&mut list, "PodScheduled", "True");
+                if let Some(c) = list
+                    .iter_mut()
+                    .find(|c| c.get("type") == Some(&json!("PodScheduled")))
+                    && let Some(c) = c.as_object_mut()
+                {
+                    c.remove("reason");
+                    c.remove("message");
+                }
                 status["conditions"] = json!(list);
             },
         )?;
@@ -420,8 +430,10 @@ impl DoubleHandle {
     }
 
     /// Starts a stand-in kubelet (and scheduler) on the current Tokio runtime:
-    /// pending pods are bound to a node and marked `Running` after
-    /// `config.delay`; pending PVCs are marked `Bound`.
+    /// after `config.delay`, a pending pod is bound to a Ready, uncordoned node
+    /// with room for its requests and marked `Running` (or, when none fits, left
+    /// `Pending` with `PodScheduled=False`, reason `Unschedulable`); pending PVCs
+    /// are marked `Bound`. Abort the returned task to stop it.
     pub fn run_kubelet(&self, config: KubeletConfig) -> tokio::task::JoinHandle<()> {
         let handle = self.clone();
         tokio::spawn(async move { handle.kubelet_loop(config).await })
@@ -431,6 +443,7 @@ impl DoubleHandle {
         let selector = LabelSelector::parse(&config.label_selector).unwrap_or_default();
         let pods = resource::core_resource("pods");
         let pvcs = resource::core_resource("persistentvolumeclaims");
+        let nodes = resource::core_resource("nodes");
         let mut changes = self.store.subscribe();
         let mut next_node = 0usize;
         // Start from everything already there, then follow the history. The
@@ -456,6 +469,15 @@ impl DoubleHandle {
             changes.borrow_and_update();
             match self.store.events_after(last) {
                 Ok((events, current)) => {
+                    // Capacity may have appeared: retry pods that did not fit.
+                    let freed = events.iter().any(|e| {
+                        std::ptr::eq(e.res, nodes)
+                            || (std::ptr::eq(e.res, pods)
+                                && (e.kind == EventType::Deleted || e.object.attrs.terminated))
+                    });
+                    if freed {
+                        pending.extend(self.unscheduled_pods());
+                    }
                     for e in events.iter().filter(|e| e.kind == EventType::Added) {
                         let kind = if std::ptr::eq(e.res, pods) {
                             WorkKind::Pod
@@ -484,6 +506,28 @@ impl DoubleHandle {
         }
     }
 
+    /// Pending pods that no node was found for.
+    fn unscheduled_pods(&self) -> Vec<(WorkKind, String, String)> {
+        let pods = resource::core_resource("pods");
+        let any = FieldSelector::default();
+        self.store
+            .list(pods, None, &LabelSelector::default(), &any, None, None)
+            .items
+            .into_iter()
+            .filter(|p| {
+                p.attrs.field(pods, "spec.nodeName").is_empty()
+                    && p.attrs.field(pods, "status.phase") == "Pending"
+            })
+            .map(|p| {
+                (
+                    WorkKind::Pod,
+                    p.attrs.namespace.clone(),
+                    p.attrs.name.clone(),
+                )
+            })
+            .collect()
+    }
+
     /// Every pod and claim, for the stand-in kubelet to look at.
     fn kubelet_work(&self) -> Vec<(WorkKind, String, String)> {
         let pods = resource::core_resource("pods");
@@ -506,38 +550,111 @@ impl DoubleHandle {
         let Ok(stored) = self.store.get(pods, ns, name) else {
             return;
         };
-        let pod = stored.value();
-        if !selector.matches(&stored.attrs)
-            || pod.pointer("/status/phase") != Some(&json!("Pending"))
+        if !selector.matches(&stored.attrs) || stored.attrs.field(pods, "status.phase") != "Pending"
         {
             return;
         }
-        if pod
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            let mut nodes = self.store.list(
-                resource::core_resource("nodes"),
-                None,
-                &LabelSelector::default(),
-                &FieldSelector::default(),
-                None,
-                None,
-            );
-            // Like the scheduler, never place a pod on a cordoned node.
-            nodes
-                .items
-                .retain(|n| n.attrs.fields.first().is_none_or(|u| u != "true"));
-            let Some(node) = nodes.items.get(pick % nodes.items.len().max(1)) else {
-                return;
-            };
-            let node = node.attrs.name.clone();
-            if self.bind_pod(ns, name, &node).is_err() {
-                return;
+        if stored.attrs.field(pods, "spec.nodeName").is_empty() {
+            let _one_at_a_time = self
+                .scheduler
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match self.schedule(&stored.attrs, pick) {
+                Ok(node) => {
+                    if self.bind_pod(ns, name, &node).is_err() {
+                        return;
+                    }
+                }
+                Err(message) => {
+                    let _ = self
+                        .store
+                        .mutate(pods, ns, name, "kube-scheduler", "status", |pod| {
+                            let status = &mut pod["status"];
+                            let mut list = status
+                                .get("conditions")
+                                .and_then(Value::as_array)
+                                .cloned()
+                                .unwrap_or_default();
+                            set_condition(&mut list, "PodScheduled", "False");
+                            if let Some(c) = list
+                                .iter_mut()
+                                .find(|c| c.get("type") == Some(&json!("PodScheduled")))
+                            {
+                                c["reason"] = json!("Unschedulable");
+                                c["message"] = json!(message);
+                            }
+                            status["conditions"] = json!(list);
+                        });
+                    return;
+                }
             }
         }
         let _ = self.set_pod_phase(ns, name, "Running", Vec::new());
+    }
+
+    /// The stand-in scheduler: a Ready, uncordoned node whose allocatable CPU and
+    /// memory, minus the requests of the pods already on it, fit the pod;
+    /// candidates are taken in turn (`pick`) to spread pods. The error is the
+    /// real scheduler's kind of message.
+    fn schedule(&self, pod: &crate::object::Attrs, pick: usize) -> Result<String, String> {
+        let pods = resource::core_resource("pods");
+        let nodes_res = resource::core_resource("nodes");
+        let all = LabelSelector::default();
+        let any = FieldSelector::default();
+        let nodes = self
+            .store
+            .list(nodes_res, None, &all, &any, None, None)
+            .items;
+        let mut used: std::collections::HashMap<String, (f64, f64)> =
+            std::collections::HashMap::new();
+        for p in self.store.list(pods, None, &all, &any, None, None).items {
+            let node = p.attrs.field(pods, "spec.nodeName");
+            if !node.is_empty() && !p.attrs.terminated {
+                let entry = used.entry(node.to_owned()).or_default();
+                entry.0 += p.attrs.cpu;
+                entry.1 += p.attrs.memory;
+            }
+        }
+        let (mut cordoned, mut not_ready, mut no_cpu, mut no_memory) = (0, 0, 0, 0);
+        let mut fits = Vec::new();
+        for n in &nodes {
+            let (cpu, memory) = used.get(&n.attrs.name).copied().unwrap_or_default();
+            if n.attrs.field(nodes_res, "spec.unschedulable") == "true" {
+                cordoned += 1;
+            } else if !n.attrs.ready {
+                not_ready += 1;
+            } else if n.attrs.cpu - cpu < pod.cpu - 1e-9 {
+                no_cpu += 1;
+            } else if n.attrs.memory - memory < pod.memory - 1e-9 {
+                no_memory += 1;
+            } else {
+                fits.push(n.attrs.name.clone());
+            }
+        }
+        if let Some(node) = fits.get(pick % fits.len().max(1)) {
+            return Ok(node.clone());
+        }
+        let mut reasons = Vec::new();
+        if no_cpu > 0 {
+            reasons.push(format!("{no_cpu} Insufficient cpu"));
+        }
+        if no_memory > 0 {
+            reasons.push(format!("{no_memory} Insufficient memory"));
+        }
+        if not_ready > 0 {
+            reasons.push(format!(
+                "{not_ready} node(s) had untolerated taint {{node.kubernetes.io/not-ready: }}"
+            ));
+        }
+        if cordoned > 0 {
+            reasons.push(format!("{cordoned} node(s) were unschedulable"));
+        }
+        let detail = if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" {}.", reasons.join(", "))
+        };
+        Err(format!("0/{} nodes are available:{detail}", nodes.len()))
     }
 
     fn bind_claim(&self, ns: &str, name: &str) {

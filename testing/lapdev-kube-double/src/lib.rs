@@ -90,9 +90,12 @@
 //!   services, and the immutability of pod and PVC specs. `fieldValidation=Strict`
 //!   is accepted but unknown fields are not detected (there are no schemas). No admission plugins
 //!   other than namespace existence and pvc-protection; no service account
-//!   token injection; no scheduler or controllers unless the stand-in kubelet runs,
-//!   and its scheduler spreads pods over uncordoned nodes without looking at
-//!   capacity. Nothing garbage-collects pods of removed nodes or owner references.
+//!   token injection; no scheduler or controllers unless the stand-in kubelet runs.
+//!   Its scheduler places a pod on a Ready, uncordoned node whose allocatable CPU
+//!   and memory still fit the pod's requests (spreading pods in turn), and otherwise
+//!   leaves it `Pending` with `PodScheduled=False`/`Unschedulable`, retrying when
+//!   nodes change or pods go; no taints, affinity, selectors or preemption.
+//!   Nothing garbage-collects pods of removed nodes or owner references.
 //! - `events.k8s.io/v1` and core/v1 events are stored apart (the real server
 //!   serves one storage under both).
 
@@ -178,6 +181,7 @@ impl KubeDouble {
             store: store.clone(),
             control: control.clone(),
             kubernetes_version: config.kubernetes_version.clone(),
+            scheduler: Arc::default(),
         };
         for ns in &config.namespaces {
             handle

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::resource::ResourceDef;
 
 /// What selectors and controllers need without parsing the object.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Attrs {
     /// `metadata.namespace` (empty for cluster-scoped objects).
     pub namespace: String,
@@ -33,6 +33,48 @@ pub struct Attrs {
     pub deleting: bool,
     /// `metadata.finalizers`.
     pub finalizers: Vec<String>,
+    /// For pods: CPU (cores) and memory (bytes) requested, as the scheduler
+    /// counts them; for nodes: allocatable CPU and memory.
+    pub cpu: f64,
+    /// See `cpu`.
+    pub memory: f64,
+    /// For nodes: whether the `Ready` condition is `True`.
+    pub ready: bool,
+}
+
+fn quantity(v: Option<&Value>) -> f64 {
+    match v {
+        Some(Value::String(s)) => crate::validate::parse_quantity(s).unwrap_or(0.0),
+        Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0),
+        _ => 0.0,
+    }
+}
+
+/// What one container asks for: its requests, or its limits where requests are unset.
+fn container_requests(c: &Value, resource: &str) -> f64 {
+    let requested = c
+        .pointer("/resources/requests")
+        .and_then(|r| r.get(resource));
+    let limited = c.pointer("/resources/limits").and_then(|r| r.get(resource));
+    quantity(requested.or(limited))
+}
+
+/// A pod's effective request: the sum over containers, or the largest init
+/// container when that is more (as the scheduler computes it).
+fn pod_requests(pod: &Value, resource: &str) -> f64 {
+    let list = |key: &str| {
+        pod.pointer(&format!("/spec/{key}"))
+            .and_then(Value::as_array)
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| container_requests(c, resource))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let sum: f64 = list("containers").iter().sum();
+    let init = list("initContainers").into_iter().fold(0.0, f64::max);
+    sum.max(init)
 }
 
 /// The string value of a dotted field path, as the field-selector index sees it.
@@ -53,6 +95,16 @@ pub fn field_value(obj: &Value, field: &str) -> String {
 }
 
 impl Attrs {
+    /// The value of one of the resource's extra selectable fields, e.g. a pod's
+    /// `spec.nodeName`.
+    pub fn field(&self, res: &ResourceDef, name: &str) -> &str {
+        res.extra_fields
+            .iter()
+            .position(|f| *f == name)
+            .and_then(|i| self.fields.get(i))
+            .map_or("", String::as_str)
+    }
+
     /// Extracts the attributes of `obj`, a `res` object.
     pub fn of(res: &ResourceDef, obj: &Value) -> Self {
         let meta = obj.get("metadata");
@@ -82,6 +134,20 @@ impl Attrs {
             .unwrap_or_default();
         let mut claims = Vec::new();
         let mut terminated = false;
+        let (mut cpu, mut memory, mut ready) = (0.0, 0.0, false);
+        if res.plural == "nodes" && res.group.is_empty() {
+            cpu = quantity(obj.pointer("/status/allocatable/cpu"));
+            memory = quantity(obj.pointer("/status/allocatable/memory"));
+            ready = obj
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c.get("type") == Some(&Value::from("Ready"))
+                        && c.get("status") == Some(&Value::from("True"))
+                });
+        }
         if res.plural == "pods" && res.group.is_empty() {
             let volumes = obj.pointer("/spec/volumes").and_then(Value::as_array);
             claims = volumes
@@ -98,6 +164,8 @@ impl Attrs {
                 .and_then(Value::as_str)
                 .unwrap_or("");
             terminated = phase == "Succeeded" || phase == "Failed";
+            cpu = pod_requests(obj, "cpu");
+            memory = pod_requests(obj, "memory");
         }
         Self {
             namespace: s("namespace"),
@@ -112,6 +180,9 @@ impl Attrs {
             terminated,
             deleting: meta.is_some_and(|m| m.get("deletionTimestamp").is_some()),
             finalizers,
+            cpu,
+            memory,
+            ready,
         }
     }
 }

@@ -223,3 +223,106 @@ async fn targeted_failures_and_latency() {
     pods.get("a").await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(200));
 }
+
+#[tokio::test]
+async fn the_stand_in_scheduler_respects_capacity() {
+    let (double, client) = start().await;
+    double
+        .add_node(
+            "small",
+            NodeSpec {
+                cpu: "2".into(),
+                memory: "4Gi".into(),
+                ..NodeSpec::default()
+            },
+        )
+        .unwrap();
+    let mut cordoned = NodeSpec {
+        cpu: "64".into(),
+        memory: "256Gi".into(),
+        ..NodeSpec::default()
+    };
+    cordoned.labels.insert("pool".into(), "big".into());
+    double.add_node("big", cordoned).unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch(
+            "big",
+            &Default::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .unwrap();
+    let _kubelet = double.run_kubelet(KubeletConfig {
+        delay: Duration::from_millis(20),
+        ..KubeletConfig::default()
+    });
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let hungry = |name: &str| {
+        let mut p = pod(name);
+        p.spec.as_mut().unwrap().containers[0].resources = Some(
+            serde_json::from_value(
+                serde_json::json!({"requests": {"cpu": "1500m", "memory": "1Gi"}}),
+            )
+            .unwrap(),
+        );
+        p
+    };
+    pods.create(&PostParams::default(), &hungry("first"))
+        .await
+        .unwrap();
+    let running = kube::runtime::wait::await_condition(
+        pods.clone(),
+        "first",
+        kube::runtime::conditions::is_pod_running(),
+    );
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap();
+    pods.create(&PostParams::default(), &hungry("second"))
+        .await
+        .unwrap();
+    let unschedulable = |p: Option<&Pod>| {
+        p.and_then(|p| {
+            p.status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "PodScheduled")
+                .cloned()
+        })
+        .is_some_and(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
+    };
+    let waiting = kube::runtime::wait::await_condition(pods.clone(), "second", unschedulable);
+    let p = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let message = p
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .unwrap()
+        .message
+        .unwrap();
+    assert_eq!(
+        message,
+        "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) were unschedulable."
+    );
+    pods.delete("first", &Default::default()).await.unwrap();
+    let running = kube::runtime::wait::await_condition(
+        pods,
+        "second",
+        kube::runtime::conditions::is_pod_running(),
+    );
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap();
+}
