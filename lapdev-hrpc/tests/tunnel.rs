@@ -805,6 +805,7 @@ async fn a_hand_written_peer_speaks_the_documented_format() {
     assert_eq!(header["type"], "response");
     assert_eq!(header["id"], 5);
     assert_eq!(header["status"], 404);
+    assert_eq!(header["headers"]["content-type"], "application/json");
     let e: HrpcError = serde_json::from_slice(&reply[4 + header_len..]).unwrap();
     assert_eq!(e.code, Code::Unimplemented);
     assert!(!transport.is_closed());

@@ -11,7 +11,7 @@ use axum::extract::ws::{self, WebSocket};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{SinkExt as _, StreamExt as _};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use tokio::sync::{mpsc, oneshot};
 
 use super::frame::{self, Frame};
@@ -19,6 +19,7 @@ use super::link::{self, Control, LinkConfig, WsMsg};
 use super::{CloseReason, TunnelConfig};
 use crate::client::{Transport, TransportError};
 use crate::error::{Code, HrpcError};
+use crate::server::error_response;
 
 type Reply = Result<Response<Bytes>, TransportError>;
 
@@ -90,8 +91,10 @@ impl Shared {
                     format!("the server end of the tunnel serves no requests ({path})"),
                 );
                 let body = serde_json::to_vec(&error).unwrap_or_default();
-                let bytes =
-                    frame::encode_response(id, StatusCode::NOT_FOUND, &HeaderMap::new(), &body);
+                let headers = error_response(StatusCode::NOT_FOUND, &error)
+                    .headers()
+                    .clone();
+                let bytes = frame::encode_response(id, StatusCode::NOT_FOUND, &headers, &body);
                 if self.outbound.try_send(WsMsg::Binary(bytes)).is_err() {
                     tracing::debug!(id, "dropping the answer to a request from the manager");
                 }
