@@ -46,7 +46,7 @@ struct Args {
     /// Region label of the nodes (`topology.kubernetes.io/region`).
     #[arg(long, default_value = "local")]
     region: String,
-    /// How many non-workspace pods to seed, spread over the nodes (for load tests).
+    /// How many non-workspace pods to seed, already Running and spread over the nodes (for load tests).
     #[arg(long, default_value_t = 0)]
     pods: usize,
     /// Delay before a new pod is marked Running, in milliseconds.
@@ -135,7 +135,7 @@ fn seed_pods(double: &KubeDouble, count: usize, nodes: &[String]) -> anyhow::Res
         }))
         .context("building a background pod")?;
         double
-            .create(&pod)
+            .seed_running_pod(&pod)
             .with_context(|| format!("seeding pod background-{i}"))?;
     }
     Ok(())

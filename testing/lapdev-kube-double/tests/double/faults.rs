@@ -326,3 +326,22 @@ async fn the_stand_in_scheduler_respects_capacity() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn seeded_pods_are_running_on_their_node() {
+    let (double, client) = start().await;
+    double.add_node("n1", NodeSpec::default()).unwrap();
+    let mut p = pod("bg");
+    p.spec.as_mut().unwrap().node_name = Some("n1".into());
+    double.seed_running_pod(&p).unwrap();
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let got = pods.get("bg").await.unwrap();
+    assert_eq!(got.status.unwrap().phase.as_deref(), Some("Running"));
+    assert!(got.metadata.uid.is_some());
+    match double.seed_running_pod(&p) {
+        Err(lapdev_kube_double::HandleError::Api(e)) => {
+            assert_eq!((e.code, e.reason), (409, "AlreadyExists"))
+        }
+        other => panic!("{other:?}"),
+    }
+}

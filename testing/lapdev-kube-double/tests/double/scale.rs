@@ -21,7 +21,8 @@ async fn twenty_thousand_pods_list_and_watch() {
     template.metadata.namespace = Some("load".into());
     for i in 0..20_000 {
         template.metadata.name = Some(format!("pod-{i}"));
-        double.create(&template).unwrap();
+        template.spec.as_mut().unwrap().node_name = Some(format!("node-{}", i % 2_000));
+        double.seed_running_pod(&template).unwrap();
     }
     let started = Instant::now();
     let nodes: Api<Node> = Api::all(client.clone());
