@@ -252,7 +252,13 @@ impl Manager {
             if !snapshot_sent && *synced_rx.borrow_and_update() {
                 let snapshot = self.tracker.take_snapshot();
                 let count = snapshot.len();
-                for chunk in snapshot.chunks(SNAPSHOT_CHUNK) {
+                // An empty snapshot is still sent: it says "nothing here".
+                let chunks: Vec<&[WorkspaceObservation]> = if snapshot.is_empty() {
+                    vec![&[]]
+                } else {
+                    snapshot.chunks(SNAPSHOT_CHUNK).collect()
+                };
+                for chunk in chunks {
                     if let Err(e) = self.client.report_workspace_snapshot(chunk.to_vec()).await {
                         self.tracker.requeue(snapshot);
                         return Ended::Call(format!("reporting the workspace snapshot: {e}"));

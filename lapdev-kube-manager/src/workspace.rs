@@ -81,6 +81,9 @@ pub enum SpecError {
     /// No image.
     #[error("the workspace image is empty")]
     EmptyImage,
+    /// An image reference no registry can serve (it has whitespace in it).
+    #[error("invalid image {0:?}: an image reference has no whitespace")]
+    InvalidImage(String),
     /// A resource amount that is zero or negative.
     #[error("{0} must be positive")]
     NotPositive(&'static str),
@@ -96,6 +99,9 @@ impl From<SpecError> for HrpcError {
 pub fn validate(spec: &WorkspaceSpec) -> Result<(), SpecError> {
     if spec.image.trim().is_empty() {
         return Err(SpecError::EmptyImage);
+    }
+    if spec.image.chars().any(char::is_whitespace) {
+        return Err(SpecError::InvalidImage(spec.image.clone()));
     }
     for (name, v) in [
         ("cpu_millis", spec.cpu_millis),
@@ -321,7 +327,9 @@ impl Workspaces {
         )
         .await;
         let pvc_left = match pvc {
-            Ok(either) => either.is_left(),
+            Ok(either) => either
+                .left()
+                .is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
             Err(e) if e.is_not_found() => false,
             Err(e) => return Err(e.into()),
         };
@@ -375,7 +383,12 @@ impl Workspaces {
         )
         .await
         {
-            Ok(either) => Ok(either.left().map(|p| PodState::from_pod(&p))),
+            // The answer is the pod itself: still there (terminating) only if
+            // it carries a deletion timestamp; otherwise it is gone already.
+            Ok(either) => Ok(either
+                .left()
+                .filter(|p| p.metadata.deletion_timestamp.is_some())
+                .map(|p| PodState::from_pod(&p))),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
@@ -513,6 +526,8 @@ mod tests {
         let mut s = spec();
         s.image = " ".into();
         assert_eq!(validate(&s), Err(SpecError::EmptyImage));
+        s.image = "not an image".into();
+        assert!(matches!(validate(&s), Err(SpecError::InvalidImage(_))));
         let mut s = spec();
         s.cpu_millis = 0;
         assert_eq!(validate(&s), Err(SpecError::NotPositive("cpu_millis")));

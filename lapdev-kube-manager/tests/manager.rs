@@ -1,0 +1,456 @@
+//! The real `lapdev-kube-manager` binary against the Kubernetes API double and a
+//! recording stand-in for the server: cluster info, workspace commands, status
+//! reports, reconnects, degraded health, refused commands.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::fake_server::{FakeServer, TOKEN};
+use common::{ManagerProcess, NAMESPACE, double, eventually, spec};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use lapdev_common::status::{CloudProvider, WorkspaceStatus};
+use lapdev_hrpc::{CallError, Code};
+use lapdev_kube_double::{FailureMode, KubeletConfig, NodeSpec, Verb};
+use lapdev_kube_rpc::ManagerHealth;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn any_addr() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+#[tokio::test]
+async fn cluster_info_is_reported_at_connect_and_when_nodes_change() {
+    let double = double().await;
+    let h = double.handle();
+    h.remove_node("node-1").unwrap();
+    let gke = |region: &str| NodeSpec {
+        provider_id: Some("gce://proj/europe-west1-b/gke-1".into()),
+        labels: BTreeMap::from([
+            ("topology.kubernetes.io/region".into(), region.into()),
+            ("cloud.google.com/gke-nodepool".into(), "pool".into()),
+        ]),
+        ..NodeSpec::default()
+    };
+    h.add_node(
+        "a",
+        NodeSpec {
+            cpu: "4".into(),
+            memory: "15963568Ki".into(),
+            allocatable_cpu: Some("3800m".into()),
+            allocatable_memory: Some("2Gi".into()),
+            ..gke("europe-west1")
+        },
+    )
+    .unwrap();
+    h.add_node(
+        "b",
+        NodeSpec {
+            cpu: "1.5".into(),
+            memory: "500M".into(),
+            ..gke("europe-west1")
+        },
+    )
+    .unwrap();
+    h.add_node(
+        "c",
+        NodeSpec {
+            cpu: "1e3".into(),
+            memory: "1e3".into(),
+            ..gke("europe-west1")
+        },
+    )
+    .unwrap();
+    let server = FakeServer::start(any_addr()).await;
+    let _manager = ManagerProcess::spawn(&double, &server.url(), TOKEN);
+
+    let r = server
+        .wait_for("cluster info", WAIT, |r| !r.infos.is_empty())
+        .await;
+    let info = &r.infos[0];
+    assert_eq!(info.node_count, 3);
+    assert_eq!(info.cpu_capacity_millis, 4000 + 1500 + 1_000_000);
+    assert_eq!(info.cpu_allocatable_millis, 3800 + 1500 + 1_000_000);
+    assert_eq!(
+        info.memory_capacity_bytes,
+        15_963_568 * 1024 + 500_000_000 + 1000
+    );
+    assert_eq!(
+        info.memory_allocatable_bytes,
+        (2 << 30) + 500_000_000 + 1000
+    );
+    assert_eq!(info.provider, CloudProvider::Gcp);
+    assert_eq!(info.region.as_deref(), Some("europe-west1"));
+    assert_eq!(info.kubernetes_version, "v1.33.0");
+    assert_eq!(info.workspace_namespace, NAMESPACE);
+    assert_eq!(info.manager_namespace, "lapdev");
+    assert!(!info.manager_version.is_empty());
+
+    // A node joins: reported again.
+    h.add_node(
+        "d",
+        NodeSpec {
+            cpu: "2".into(),
+            ..gke("europe-west1")
+        },
+    )
+    .unwrap();
+    let r = server
+        .wait_for("info with 4 nodes", WAIT, |r| {
+            r.infos.last().is_some_and(|i| i.node_count == 4)
+        })
+        .await;
+    assert_eq!(
+        r.infos.last().unwrap().cpu_capacity_millis,
+        4000 + 1500 + 1_000_000 + 2000
+    );
+    // A node leaves: reported again.
+    h.remove_node("c").unwrap();
+    server
+        .wait_for("info with 3 nodes", WAIT, |r| {
+            r.infos
+                .last()
+                .is_some_and(|i| i.node_count == 3 && i.cpu_capacity_millis == 4000 + 1500 + 2000)
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn workspace_lifecycle_through_the_tunnel() {
+    let double = double().await;
+    let h = double.handle();
+    let _kubelet = h.run_kubelet(KubeletConfig {
+        delay: Duration::from_millis(100),
+        ..KubeletConfig::default()
+    });
+    let server = FakeServer::start(any_addr()).await;
+    let manager = ManagerProcess::spawn(&double, &server.url(), TOKEN);
+    server
+        .wait_for("snapshot", WAIT, |r| !r.snapshots.is_empty())
+        .await;
+    let rpc = server.manager();
+    let id = Uuid::new_v4();
+
+    // Create twice: one pod, one claim.
+    let first = rpc.create_workspace(spec(id)).await.unwrap();
+    assert_eq!(first.workspace_id, id);
+    assert_eq!(first.status, WorkspaceStatus::Creating);
+    assert_eq!(first.pod_name.as_deref(), Some(format!("ws-{id}").as_str()));
+    rpc.create_workspace(spec(id)).await.unwrap();
+    let pods: Vec<Pod> = h.list().unwrap();
+    let pvcs: Vec<PersistentVolumeClaim> = h.list().unwrap();
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pvcs.len(), 1);
+    let labels = pods[0].metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "lapdev");
+    assert_eq!(labels["lapdev.dev/workspace-id"], id.to_string());
+    let c = &pods[0].spec.as_ref().unwrap().containers[0];
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_owned()][..])
+    );
+
+    // The kubelet starts it: running reaches the server.
+    let running = |r: &common::fake_server::Recorded| {
+        r.statuses
+            .iter()
+            .any(|s| s.workspace_id == id && s.status == WorkspaceStatus::Running)
+    };
+    server.wait_for("running", WAIT, running).await;
+    let status = rpc.get_workspace_status(id).await.unwrap();
+    assert_eq!(status.status, WorkspaceStatus::Running);
+    let listed = rpc.list_workspaces().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].status, WorkspaceStatus::Running);
+
+    // Stop keeps the claim.
+    let stopped = rpc.stop_workspace(id).await.unwrap();
+    assert_eq!(stopped.status, WorkspaceStatus::Stopped);
+    assert!(h.list::<Pod>().unwrap().is_empty());
+    assert_eq!(h.list::<PersistentVolumeClaim>().unwrap().len(), 1);
+    server
+        .wait_for("stopped", WAIT, |r| {
+            r.statuses
+                .last()
+                .is_some_and(|s| s.status == WorkspaceStatus::Stopped)
+        })
+        .await;
+    // Stopping again is fine.
+    assert_eq!(
+        rpc.stop_workspace(id).await.unwrap().status,
+        WorkspaceStatus::Stopped
+    );
+
+    // Start recreates the pod.
+    rpc.start_workspace(spec(id)).await.unwrap();
+    assert_eq!(h.list::<Pod>().unwrap().len(), 1);
+    server
+        .wait_for("running again", WAIT, |r| {
+            r.statuses
+                .last()
+                .is_some_and(|s| s.status == WorkspaceStatus::Running)
+        })
+        .await;
+
+    // A phase change the kubelet reports reaches the server, with the reason.
+    h.set_pod_phase(NAMESPACE, &format!("ws-{id}"), "Failed", vec![])
+        .unwrap();
+    let r = server
+        .wait_for("failed", WAIT, |r| {
+            r.statuses
+                .last()
+                .is_some_and(|s| s.status == WorkspaceStatus::Failed)
+        })
+        .await;
+    assert!(
+        r.statuses
+            .last()
+            .unwrap()
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("exit code 1")),
+        "{:?}",
+        r.statuses.last()
+    );
+
+    // Delete removes everything; deleting again is fine.
+    let deleted = rpc.delete_workspace(id).await.unwrap();
+    assert_eq!(deleted.status, WorkspaceStatus::Deleted);
+    assert!(h.list::<Pod>().unwrap().is_empty());
+    assert!(h.list::<PersistentVolumeClaim>().unwrap().is_empty());
+    server
+        .wait_for("deleted", WAIT, |r| {
+            r.statuses
+                .last()
+                .is_some_and(|s| s.status == WorkspaceStatus::Deleted)
+        })
+        .await;
+    assert_eq!(
+        rpc.delete_workspace(id).await.unwrap().status,
+        WorkspaceStatus::Deleted
+    );
+    match rpc.get_workspace_status(id).await {
+        Err(CallError::Service(e)) => assert_eq!(e.code, Code::NotFound),
+        other => panic!("expected not_found, got {other:?}"),
+    }
+    assert!(manager.log().contains("command done"));
+}
+
+#[tokio::test]
+async fn a_restarted_server_gets_a_fresh_snapshot() {
+    let double = double().await;
+    let h = double.handle();
+    let server = FakeServer::start(any_addr()).await;
+    let _manager = ManagerProcess::spawn(&double, &server.url(), TOKEN);
+    server
+        .wait_for("snapshot", WAIT, |r| !r.snapshots.is_empty())
+        .await;
+    let a = Uuid::new_v4();
+    let b = Uuid::new_v4();
+    server.manager().create_workspace(spec(a)).await.unwrap();
+    server.manager().create_workspace(spec(b)).await.unwrap();
+    server
+        .wait_for("both creating", WAIT, |r| {
+            [a, b]
+                .iter()
+                .all(|id| r.statuses.iter().any(|s| s.workspace_id == *id))
+        })
+        .await;
+
+    // The server goes away; meanwhile a's pod starts and b's pod fails.
+    let addr = server.stop().await;
+    h.set_pod_phase(NAMESPACE, &format!("ws-{a}"), "Running", vec![])
+        .unwrap();
+    h.set_pod_phase(NAMESPACE, &format!("ws-{b}"), "Failed", vec![])
+        .unwrap();
+
+    // Back on the same address: the manager reconnects and sends everything.
+    let server = FakeServer::start(addr).await;
+    let r = server
+        .wait_for("a snapshot with both", WAIT, |r| {
+            r.snapshots.iter().any(|s| s.len() == 2) && !r.infos.is_empty()
+        })
+        .await;
+    let snap = r.snapshots.iter().find(|s| s.len() == 2).unwrap();
+    let status_of = |id| snap.iter().find(|o| o.workspace_id == id).unwrap().status;
+    assert_eq!(status_of(a), WorkspaceStatus::Running);
+    assert_eq!(status_of(b), WorkspaceStatus::Failed);
+    assert_eq!(r.tunnels, 1);
+    // And commands work over the new tunnel.
+    assert_eq!(server.manager().list_workspaces().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn kubernetes_failures_degrade_and_recover() {
+    let double = double().await;
+    let h = double.handle();
+    let server = FakeServer::start(any_addr()).await;
+    let manager = ManagerProcess::spawn(&double, &server.url(), TOKEN);
+    server
+        .wait_for("ok heartbeat", WAIT, |r| {
+            r.heartbeats.last() == Some(&ManagerHealth::Ok)
+        })
+        .await;
+    let mgr = &manager;
+    eventually("ready", WAIT, || async move {
+        mgr.get("/readyz").await.is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+
+    h.set_failure_mode(FailureMode::Fail(500));
+    let r = server
+        .wait_for("degraded heartbeat", WAIT, |r| {
+            matches!(r.heartbeats.last(), Some(ManagerHealth::Degraded { .. }))
+        })
+        .await;
+    let Some(ManagerHealth::Degraded { reason }) = r.heartbeats.last() else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("kubernetes API") || reason.contains("watching"),
+        "{reason}"
+    );
+    eventually("not ready", WAIT, || async move {
+        mgr.get("/readyz").await.is_some_and(|(s, _)| s == 503)
+    })
+    .await;
+    // Still alive, still connected.
+    assert_eq!(manager.get("/healthz").await.unwrap().0, 200);
+
+    h.set_failure_mode(FailureMode::None);
+    server
+        .wait_for("ok again", WAIT, |r| {
+            r.heartbeats.last() == Some(&ManagerHealth::Ok)
+        })
+        .await;
+    eventually("ready again", WAIT, || async move {
+        mgr.get("/readyz").await.is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    // And it still sees changes after the outage.
+    let id = Uuid::new_v4();
+    server.manager().create_workspace(spec(id)).await.unwrap();
+    server
+        .wait_for("creating after recovery", WAIT, |r| {
+            r.statuses.iter().any(|s| s.workspace_id == id)
+        })
+        .await;
+    let (status, metrics) = manager.get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("lapdev_manager_connected"), "{metrics}");
+    assert!(
+        metrics.contains("lapdev_manager_commands_total"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn refused_commands_come_back_as_readable_errors() {
+    let double = double().await;
+    let h = double.handle();
+    let server = FakeServer::start(any_addr()).await;
+    let _manager = ManagerProcess::spawn(&double, &server.url(), TOKEN);
+    server
+        .wait_for("snapshot", WAIT, |r| !r.snapshots.is_empty())
+        .await;
+    let rpc = server.manager();
+
+    // RBAC says no.
+    h.deny(Verb::Patch, "pods");
+    match rpc.create_workspace(spec(Uuid::new_v4())).await {
+        Err(CallError::Service(e)) => {
+            assert_eq!(e.code, Code::PermissionDenied, "{e:?}");
+            assert!(e.message.contains("applying pod"), "{}", e.message);
+            assert!(
+                e.message.to_lowercase().contains("forbidden"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected permission_denied, got {other:?}"),
+    }
+    h.allow(Verb::Patch, "pods");
+
+    // An image no registry can serve.
+    let mut bad = spec(Uuid::new_v4());
+    bad.image = "not an image".into();
+    match rpc.create_workspace(bad).await {
+        Err(CallError::Service(e)) => {
+            assert_eq!(e.code, Code::InvalidArgument, "{e:?}");
+            assert!(e.message.contains("invalid image"), "{}", e.message);
+        }
+        other => panic!("expected invalid_argument, got {other:?}"),
+    }
+    // Kubernetes refuses the pod (validation, quota).
+    for (code, expected) in [
+        (422, Code::InvalidArgument),
+        (403, Code::PermissionDenied),
+        (409, Code::Aborted),
+    ] {
+        h.fail_next_matching(1, code, Some(Verb::Patch), Some("pods"));
+        match rpc.create_workspace(spec(Uuid::new_v4())).await {
+            Err(CallError::Service(e)) => {
+                assert_eq!(e.code, expected, "{e:?}");
+                assert!(e.message.contains("applying pod ws-"), "{}", e.message);
+                assert!(e.message.contains(&format!("HTTP {code}")), "{}", e.message);
+            }
+            other => panic!("expected an error for {code}, got {other:?}"),
+        }
+    }
+    // A spec refused before Kubernetes.
+    let mut zero = spec(Uuid::new_v4());
+    zero.cpu_millis = 0;
+    match rpc.create_workspace(zero).await {
+        Err(CallError::Service(e)) => assert_eq!(e.code, Code::InvalidArgument),
+        other => panic!("expected invalid_argument, got {other:?}"),
+    }
+
+    // An API server that never answers: an error within the timeout, not a hang.
+    h.set_failure_mode(FailureMode::Hang);
+    let started = std::time::Instant::now();
+    match rpc.create_workspace(spec(Uuid::new_v4())).await {
+        Err(CallError::Service(e)) => {
+            assert_eq!(e.code, Code::DeadlineExceeded, "{e:?}");
+            assert!(e.message.contains("did not answer"), "{}", e.message);
+        }
+        other => panic!("expected deadline_exceeded, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    h.set_failure_mode(FailureMode::None);
+}
+
+#[tokio::test]
+async fn sigterm_closes_the_tunnel_and_exits_cleanly() {
+    let double = double().await;
+    let server = FakeServer::start(any_addr()).await;
+    let mut manager = ManagerProcess::spawn(&double, &server.url(), TOKEN);
+    server
+        .wait_for("snapshot", WAIT, |r| !r.snapshots.is_empty())
+        .await;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = manager.terminate();
+        (s, manager)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.is_some_and(|s| s.success()), "{:?}", status.0);
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_retried_not_fatal() {
+    let double = double().await;
+    let server = FakeServer::start(any_addr()).await;
+    let manager = ManagerProcess::spawn(&double, &server.url(), "lapdev_ct_wrong");
+    let mgr = &manager;
+    eventually("a refused tunnel is logged", WAIT, || async move {
+        mgr.log().contains("401")
+    })
+    .await;
+    assert!(server.recorded().heartbeats.is_empty());
+    assert_eq!(manager.get("/readyz").await.unwrap().0, 503);
+}
