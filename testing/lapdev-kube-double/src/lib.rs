@@ -122,7 +122,6 @@ pub use control::{FailureMode, Verb};
 pub use error::{ApiError, Cause, HandleError, StartError};
 pub use handle::{DoubleHandle, KubeletConfig, NodeSpec};
 pub use resource::{RESOURCES, ResourceDef};
-pub use server::{AppState, ServerSettings, app};
 pub use validate::parse_quantity;
 
 /// How to start the double.
@@ -164,6 +163,7 @@ impl Default for Config {
 pub struct KubeDouble {
     addr: SocketAddr,
     handle: DoubleHandle,
+    state: server::AppState,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -188,10 +188,10 @@ impl KubeDouble {
                 .create_namespace(ns)
                 .map_err(|e| StartError::Seed(e, ns.clone()))?;
         }
-        let state = AppState {
+        let state = server::AppState {
             store,
             control,
-            settings: Arc::new(ServerSettings {
+            settings: Arc::new(server::ServerSettings {
                 git_version: config.kubernetes_version.clone(),
                 bookmark_interval: config.bookmark_interval,
                 default_watch_timeout: config.default_watch_timeout,
@@ -205,7 +205,7 @@ impl KubeDouble {
             .map_err(|e| StartError::Bind(e, config.listen))?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let control = handle.control.clone();
-        let router = app(state);
+        let router = server::app(state.clone());
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = rx.await;
@@ -221,6 +221,7 @@ impl KubeDouble {
         Ok(Self {
             addr,
             handle,
+            state,
             shutdown: Some(tx),
         })
     }
@@ -255,6 +256,12 @@ impl KubeDouble {
             .await
             .map_err(StartError::LoadKubeconfig)?;
         kube::Client::try_from(config).map_err(StartError::BuildClient)
+    }
+
+    /// The API as an `axum::Router` over the same state, for tests that drive
+    /// it in-process (e.g. with `tower::ServiceExt::oneshot`) without a socket.
+    pub fn router(&self) -> axum::Router {
+        server::app(self.state.clone())
     }
 
     /// A cloneable handle on the double's state, for background tasks.

@@ -226,11 +226,6 @@ impl Stored {
         }
     }
 
-    /// The resource this object belongs to.
-    pub fn resource(&self) -> &'static ResourceDef {
-        self.res
-    }
-
     /// The JSON of the object as a list item (no `kind`/`apiVersion`).
     pub fn item_json(&self) -> &[u8] {
         &self.item
@@ -265,10 +260,5 @@ impl Stored {
             );
         }
         v
-    }
-
-    /// Whether two versions hold the same object.
-    pub fn same_as(&self, other: &Stored) -> bool {
-        self.item == other.item
     }
 }

@@ -467,11 +467,6 @@ impl Store {
         inner.compacted = inner.rv;
     }
 
-    /// The oldest resourceVersion a watch may start from.
-    pub fn compacted(&self) -> u64 {
-        self.read().compacted
-    }
-
     /// Reads one object.
     pub fn get(
         &self,

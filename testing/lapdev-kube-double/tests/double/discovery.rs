@@ -41,3 +41,22 @@ async fn discovery_finds_core_and_grouped_resources() {
         .unwrap();
     assert_eq!(nodes.1.scope, Scope::Cluster);
 }
+
+#[tokio::test]
+async fn the_router_serves_in_process_without_a_socket() {
+    use tower::ServiceExt;
+    let (double, _client) = start().await;
+    let req = http::Request::get("/api/v1/namespaces/default/pods/nope")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = double.router().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), http::StatusCode::NOT_FOUND);
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status["kind"].as_str(), status["reason"].as_str()),
+        (Some("Status"), Some("NotFound"))
+    );
+}
