@@ -1,4 +1,4 @@
-//! `kubectl` (installed at /usr/bin/kubectl, v1.32) against the generated kubeconfig.
+//! `kubectl` (installed at /usr/bin/kubectl) against the generated kubeconfig.
 
 use std::process::Command;
 
