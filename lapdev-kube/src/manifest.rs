@@ -351,7 +351,7 @@ pub struct ManagerManifest {
     pub cluster_role: ClusterRole,
     /// Binds [`Self::cluster_role`] to the ServiceAccount.
     pub cluster_role_binding: ClusterRoleBinding,
-    /// In the workspace namespace: pods, PVCs, events.
+    /// In the workspace namespace: pods and PVCs.
     pub role: Role,
     /// Binds [`Self::role`] to the ServiceAccount.
     pub role_binding: RoleBinding,
@@ -705,7 +705,7 @@ fn build(params: &ManifestParams) -> ManagerManifest {
         },
         cluster_role: ClusterRole {
             metadata: meta(MANAGER_NAME, None),
-            rules: Some(vec![rule("", &["nodes"], &["get", "list", "watch"])]),
+            rules: Some(vec![rule("", &["nodes"], &["list", "watch"])]),
             ..Default::default()
         },
         cluster_role_binding: ClusterRoleBinding {
@@ -725,9 +725,6 @@ fn build(params: &ManifestParams) -> ManagerManifest {
                     &["pods", "persistentvolumeclaims"],
                     &["create", "get", "list", "watch", "patch", "delete"],
                 ),
-                rule("", &["pods/status"], &["get"]),
-                rule("", &["events"], &["create", "patch"]),
-                rule("events.k8s.io", &["events"], &["create", "patch"]),
             ]),
         },
         role_binding: RoleBinding {

@@ -593,7 +593,7 @@ fn rbac_is_exactly_what_the_manager_needs() {
     let objects = render_and_parse(&params());
     assert_eq!(
         find(&objects, "ClusterRole", "lapdev-kube-manager")["rules"],
-        json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}])
+        json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}])
     );
     let role = find(&objects, "Role", "lapdev-kube-manager");
     assert_eq!(role["metadata"]["namespace"], "lapdev-workspaces");
@@ -602,10 +602,6 @@ fn rbac_is_exactly_what_the_manager_needs() {
         json!([
             {"apiGroups": [""], "resources": ["pods", "persistentvolumeclaims"],
              "verbs": ["create", "get", "list", "watch", "patch", "delete"]},
-            {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["get"]},
-            {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
-            {"apiGroups": ["events.k8s.io"], "resources": ["events"],
-             "verbs": ["create", "patch"]},
         ])
     );
     let subjects = json!([{"kind": "ServiceAccount", "name": "lapdev-kube-manager",
