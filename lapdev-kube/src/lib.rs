@@ -6,6 +6,7 @@ pub mod server;
 mod workspace_reports;
 
 pub mod manifest;
+pub mod provider;
 
 use lapdev_db::DbError;
 use lapdev_hrpc::HrpcError;
