@@ -719,13 +719,11 @@ fn build(params: &ManifestParams) -> ManagerManifest {
         },
         role: Role {
             metadata: meta(MANAGER_NAME, Some(workspace_ns)),
-            rules: Some(vec![
-                rule(
-                    "",
-                    &["pods", "persistentvolumeclaims"],
-                    &["create", "get", "list", "watch", "patch", "delete"],
-                ),
-            ]),
+            rules: Some(vec![rule(
+                "",
+                &["pods", "persistentvolumeclaims"],
+                &["create", "get", "list", "watch", "patch", "delete"],
+            )]),
         },
         role_binding: RoleBinding {
             metadata: meta(MANAGER_NAME, Some(workspace_ns)),
