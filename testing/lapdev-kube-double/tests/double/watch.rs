@@ -32,7 +32,7 @@ async fn watch_from_a_resource_version_sends_added_modified_deleted() {
     let list = pods.list(&Default::default()).await.unwrap();
     let from = list.metadata.resource_version.unwrap();
     let mut stream = pods
-        .watch(&WatchParams::default(), &from)
+        .watch(&WatchParams::default().disable_bookmarks(), &from)
         .await
         .unwrap()
         .boxed();
@@ -70,7 +70,10 @@ async fn watch_replays_events_after_an_older_resource_version() {
     double.create(&pod("b")).unwrap();
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let mut stream = pods
-        .watch(&WatchParams::default(), &from.to_string())
+        .watch(
+            &WatchParams::default().disable_bookmarks(),
+            &from.to_string(),
+        )
         .await
         .unwrap()
         .boxed();
@@ -123,7 +126,10 @@ async fn a_resource_version_older_than_the_history_is_gone() {
     double.compact();
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let mut stream = pods
-        .watch(&WatchParams::default(), &old.to_string())
+        .watch(
+            &WatchParams::default().disable_bookmarks(),
+            &old.to_string(),
+        )
         .await
         .unwrap()
         .boxed();
@@ -148,14 +154,20 @@ async fn a_small_history_expires_old_versions() {
     }
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let mut stream = pods
-        .watch(&WatchParams::default(), &old.to_string())
+        .watch(
+            &WatchParams::default().disable_bookmarks(),
+            &old.to_string(),
+        )
         .await
         .unwrap()
         .boxed();
     assert!(matches!(next(&mut stream).await, WatchEvent::Error(s) if s.code == 410));
     let recent = double.resource_version() - 2;
     let mut stream = pods
-        .watch(&WatchParams::default(), &recent.to_string())
+        .watch(
+            &WatchParams::default().disable_bookmarks(),
+            &recent.to_string(),
+        )
         .await
         .unwrap()
         .boxed();
@@ -185,7 +197,10 @@ async fn a_label_selector_turns_relabelling_into_added_and_deleted() {
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let from = double.resource_version().to_string();
     let mut stream = pods
-        .watch(&WatchParams::default().labels("app=web"), &from)
+        .watch(
+            &WatchParams::default().disable_bookmarks().labels("app=web"),
+            &from,
+        )
         .await
         .unwrap()
         .boxed();
