@@ -180,7 +180,7 @@ async fn timeout_seconds_ends_the_stream() {
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let started = std::time::Instant::now();
     let stream = pods
-        .watch(&WatchParams::default().timeout(1), "0")
+        .watch(&WatchParams::default().disable_bookmarks().timeout(1), "0")
         .await
         .unwrap();
     let events: Vec<_> = tokio::time::timeout(STEP, stream.collect::<Vec<_>>())
