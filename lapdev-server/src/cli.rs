@@ -15,8 +15,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::admin::api::{AdminRpcClient, ClusterView, CreatedCluster, CreatedToken, TokenView};
+use crate::admin::workspaces::{NewWorkspaceRequest, WorkspaceRpcClient, WorkspaceView};
+use lapdev_common::quantity;
 
-/// Lapdev admin CLI: manage clusters and their tokens.
+/// Lapdev admin CLI: manage clusters, their tokens, and workspaces.
 #[derive(Debug, Parser)]
 #[command(name = "lapdev", version, about)]
 pub struct Cli {
@@ -54,6 +56,64 @@ pub enum Command {
     /// Kubernetes clusters.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Developer workspaces.
+    #[command(subcommand)]
+    Workspace(WorkspaceCommand),
+}
+
+/// `lapdev workspace …`
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceCommand {
+    /// Create a workspace; it is placed on a cluster at once and starts in the
+    /// background (watch it with `workspace get`).
+    Create {
+        /// Workspace name (unique in the organisation).
+        name: String,
+        /// Container image.
+        #[arg(long)]
+        image: String,
+        /// CPU, as a Kubernetes quantity (`500m`, `2`).
+        #[arg(long, default_value = "1")]
+        cpu: String,
+        /// Memory, as a Kubernetes quantity (`1Gi`, `512Mi`).
+        #[arg(long, default_value = "2Gi")]
+        memory: String,
+        /// Home volume size, as a Kubernetes quantity (`5Gi`).
+        #[arg(long, default_value = "10Gi")]
+        storage: String,
+        /// Only this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Only clusters in this region.
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// List workspaces.
+    List {
+        /// Include deleted workspaces.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one workspace.
+    Get {
+        /// Workspace name.
+        name: String,
+    },
+    /// Stop a workspace (its volume is kept).
+    Stop {
+        /// Workspace name.
+        name: String,
+    },
+    /// Start a stopped workspace.
+    Start {
+        /// Workspace name.
+        name: String,
+    },
+    /// Delete a workspace and everything it owns.
+    Delete {
+        /// Workspace name.
+        name: String,
+    },
 }
 
 /// `lapdev cluster …`
@@ -199,7 +259,114 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     let out = cli.output;
     match cli.command {
         Command::Cluster(cmd) => cluster(&admin, out, cmd).await,
+        Command::Workspace(cmd) => {
+            let workspaces = WorkspaceRpcClient::new(admin.client().clone());
+            workspace(&workspaces, out, cmd).await
+        }
     }
+}
+
+async fn workspace(
+    api: &WorkspaceRpcClient,
+    out: Output,
+    cmd: WorkspaceCommand,
+) -> anyhow::Result<()> {
+    let view = match cmd {
+        WorkspaceCommand::Create {
+            name,
+            image,
+            cpu,
+            memory,
+            storage,
+            cluster,
+            region,
+        } => {
+            let request = NewWorkspaceRequest {
+                name,
+                image,
+                cpu_millis: quantity::parse_cpu_millis(&cpu)
+                    .with_context(|| format!("--cpu {cpu:?}"))?,
+                memory_bytes: quantity::parse_bytes(&memory)
+                    .with_context(|| format!("--memory {memory:?}"))?,
+                storage_bytes: quantity::parse_bytes(&storage)
+                    .with_context(|| format!("--storage {storage:?}"))?,
+                cluster,
+                region,
+            };
+            api.create_workspace(request).await.map_err(call_error)?
+        }
+        WorkspaceCommand::List { all } => {
+            let list = api.list_workspaces(all).await.map_err(call_error)?;
+            return match out {
+                Output::Json => {
+                    print_json(&Value::Array(list.iter().map(workspace_json).collect()))
+                }
+                Output::Table => print_table(
+                    &[
+                        "NAME", "STATUS", "DESIRED", "CLUSTER", "CPU", "MEMORY", "IMAGE", "MESSAGE",
+                    ],
+                    list.iter()
+                        .map(|w| {
+                            vec![
+                                w.name.clone(),
+                                w.status.to_string(),
+                                w.desired_state.to_string(),
+                                w.cluster.clone().unwrap_or_else(|| "-".into()),
+                                format!("{}m", w.cpu_millis),
+                                format!("{}Mi", w.memory_bytes >> 20),
+                                w.image.clone(),
+                                w.message.clone().unwrap_or_default(),
+                            ]
+                        })
+                        .collect(),
+                ),
+            };
+        }
+        WorkspaceCommand::Get { name } => api.get_workspace(name).await.map_err(call_error)?,
+        WorkspaceCommand::Stop { name } => api.stop_workspace(name).await.map_err(call_error)?,
+        WorkspaceCommand::Start { name } => api.start_workspace(name).await.map_err(call_error)?,
+        WorkspaceCommand::Delete { name } => {
+            api.delete_workspace(name).await.map_err(call_error)?
+        }
+    };
+    match out {
+        Output::Json => print_json(&workspace_json(&view)),
+        Output::Table => print_fields(workspace_json(&view)),
+    }
+}
+
+/// A workspace as `-o json` prints it.
+pub fn workspace_json(w: &WorkspaceView) -> Value {
+    json!({
+        "id": w.id,
+        "name": w.name,
+        "cluster": w.cluster,
+        "status": w.status,
+        "desired_state": w.desired_state,
+        "message": w.message,
+        "image": w.image,
+        "cpu_millis": w.cpu_millis,
+        "memory_bytes": w.memory_bytes,
+        "storage_bytes": w.storage_bytes,
+        "created_at": w.created_at,
+        "deleted_at": w.deleted_at,
+    })
+}
+
+/// Prints a JSON object as `key value` lines.
+fn print_fields(v: Value) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    if let Value::Object(m) = v {
+        for (k, v) in m {
+            let text = match v {
+                Value::Null => "-".to_owned(),
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            writeln!(stdout, "{k:<26} {text}")?;
+        }
+    }
+    Ok(())
 }
 
 async fn cluster(admin: &AdminRpcClient, out: Output, cmd: ClusterCommand) -> anyhow::Result<()> {
@@ -478,21 +645,7 @@ fn print_created_token(
 fn print_cluster(out: Output, c: &ClusterView) -> anyhow::Result<()> {
     match out {
         Output::Json => print_json(&cluster_json(c)),
-        Output::Table => {
-            let v = cluster_json(c);
-            let mut stdout = std::io::stdout().lock();
-            if let Value::Object(m) = v {
-                for (k, v) in m {
-                    let text = match v {
-                        Value::Null => "-".to_owned(),
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    writeln!(stdout, "{k:<26} {text}")?;
-                }
-            }
-            Ok(())
-        }
+        Output::Table => print_fields(cluster_json(c)),
     }
 }
 

@@ -8,12 +8,13 @@
 //!   (Prometheus);
 //! - `/rpc/KubeClusterRpc/*` and `GET /rpc/_tunnel`: managers, authenticated by
 //!   cluster token;
-//! - `/rpc/AdminRpc/*`: the admin API, authenticated by JWT.
+//! - `/rpc/AdminRpc/*`: the admin API, authenticated by JWT;
 
 pub mod admin;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod connector;
 pub mod datadir;
 pub mod jwt;
 pub mod metrics;
@@ -36,9 +37,13 @@ use tokio::sync::watch;
 
 use crate::admin::api::AdminRpcServer;
 use crate::admin::service::{AdminService, ManifestDefaults, require_admin};
+use crate::admin::workspaces::{WorkspaceRpcServer, WorkspaceService};
 use crate::config::ServerConfig;
+use crate::connector::TunnelConnector;
 use crate::datadir::DataDir;
 use crate::jwt::JwtKeys;
+use lapdev_conductor::{Conductor, ConductorConfig};
+use std::sync::Arc;
 
 /// Everything the HTTP surface needs.
 #[derive(Clone)]
@@ -51,21 +56,28 @@ pub struct AppState {
     pub jwt: JwtKeys,
     /// The admin API.
     pub admin: AdminService,
+    /// The workspace API.
+    pub workspaces: WorkspaceService,
+    /// Placement and lifecycle.
+    pub conductor: Conductor,
 }
 
 /// The server's whole HTTP surface.
 pub fn app(state: AppState) -> Router {
     // Install the metrics recorder before the first request is counted.
     let _ = metrics::handle();
+    let jwt = || axum::middleware::from_fn_with_state(state.jwt.clone(), require_admin);
     let admin = AdminRpcServer::new(state.admin.clone())
         .into_routes()
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.jwt.clone(),
-            require_admin,
-        ));
+        .route_layer(jwt());
+    let workspaces = WorkspaceRpcServer::new(state.workspaces.clone())
+        .into_routes()
+        .route_layer(jwt());
     let rpc = RpcRouter::new()
         .merge(state.kube.routes())
+
         .merge(admin)
+        .merge(workspaces)
         .into_router();
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -190,11 +202,18 @@ impl Server {
             },
             secrets.encryption_key.clone(),
         );
+        let conductor = Conductor::new(
+            db.clone(),
+            Arc::new(TunnelConnector(kube.clone())),
+            ConductorConfig::default(),
+        );
         let state = AppState {
             db: db.clone(),
             kube: kube.clone(),
             jwt: secrets.jwt.clone(),
             admin,
+            workspaces: WorkspaceService::new(db.clone(), conductor.clone()),
+            conductor: conductor.clone(),
         };
         let router = app(state.clone());
 
@@ -231,6 +250,17 @@ impl Server {
             })
         };
 
+        let reconciler = {
+            let mut rx = shutdown_rx.clone();
+            tokio::spawn(async move {
+                conductor
+                    .run(async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+            })
+        };
+
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
             _ => None,
@@ -252,6 +282,7 @@ impl Server {
             let _ = shutdown_rx.wait_for(|stop| *stop).await;
             let _ = sweeper.await;
             let _ = flusher.await;
+            let _ = reconciler.await;
             served.context("serving HTTP")
         });
         Ok(Server {

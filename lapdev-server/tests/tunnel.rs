@@ -6,110 +6,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use common::{TestServer, sample_info};
-use lapdev_common::kube::{KubeClusterInfo, WorkspaceSpec};
-use lapdev_common::status::{ClusterStatus, WorkspaceStatus};
-use lapdev_hrpc::tunnel::{TunnelClientConfig, TunnelConnectError, TunnelSession};
+use common::{FakeManager, TestServer, dial, eventually, sample_info};
+use lapdev_common::status::ClusterStatus;
 use lapdev_hrpc::{CallError, Code, HrpcError};
-use lapdev_kube_rpc::{KubeManagerRpc, KubeManagerRpcServer, ManagerHealth, WorkspaceObservation};
-use tokio::sync::Notify;
+use lapdev_kube_rpc::ManagerHealth;
 use uuid::Uuid;
-
-/// A manager stand-in: answers from fixed data; `stop_workspace` blocks until
-/// released, to have a call in flight.
-#[derive(Default)]
-struct FakeManager {
-    release: Notify,
-    entered: Notify,
-}
-
-fn observation(id: Uuid, status: WorkspaceStatus) -> WorkspaceObservation {
-    WorkspaceObservation {
-        workspace_id: id,
-        status,
-        message: None,
-        pod_name: Some(format!("ws-{id}")),
-        observed_at: Utc::now(),
-    }
-}
-
-impl KubeManagerRpc for FakeManager {
-    async fn create_workspace(
-        &self,
-        spec: WorkspaceSpec,
-    ) -> Result<WorkspaceObservation, HrpcError> {
-        Ok(observation(spec.workspace_id, WorkspaceStatus::Creating))
-    }
-    async fn start_workspace(
-        &self,
-        spec: WorkspaceSpec,
-    ) -> Result<WorkspaceObservation, HrpcError> {
-        Ok(observation(spec.workspace_id, WorkspaceStatus::Creating))
-    }
-    async fn stop_workspace(&self, workspace_id: Uuid) -> Result<WorkspaceObservation, HrpcError> {
-        self.entered.notify_one();
-        self.release.notified().await;
-        Ok(observation(workspace_id, WorkspaceStatus::Stopped))
-    }
-    async fn delete_workspace(
-        &self,
-        workspace_id: Uuid,
-    ) -> Result<WorkspaceObservation, HrpcError> {
-        Ok(observation(workspace_id, WorkspaceStatus::Deleted))
-    }
-    async fn get_workspace_status(
-        &self,
-        workspace_id: Uuid,
-    ) -> Result<WorkspaceObservation, HrpcError> {
-        Err(HrpcError::not_found(format!("no workspace {workspace_id}")))
-    }
-    async fn list_workspaces(&self) -> Result<Vec<WorkspaceObservation>, HrpcError> {
-        Ok(vec![])
-    }
-    async fn get_cluster_info(&self) -> Result<KubeClusterInfo, HrpcError> {
-        Ok(sample_info())
-    }
-}
-
-async fn dial(
-    t: &TestServer,
-    token: &str,
-    manager: Arc<FakeManager>,
-) -> Result<TunnelSession, TunnelConnectError> {
-    let mut headers = http::HeaderMap::new();
-    headers.insert(
-        "x-lapdev-cluster-token",
-        http::HeaderValue::from_str(token).unwrap(),
-    );
-    lapdev_hrpc::tunnel::connect(
-        &format!("{}/rpc/_tunnel", t.base()),
-        headers,
-        KubeManagerRpcServer::from_arc(manager).into_router(),
-        TunnelClientConfig::default(),
-    )
-    .await
-}
-
-/// Waits (bounded) until `f` holds, checking after each tunnel event.
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 #[tokio::test]
 async fn the_server_calls_the_manager_down_its_tunnel() {
@@ -123,7 +24,7 @@ async fn the_server_calls_the_manager_down_its_tunnel() {
     let manager = t.cluster_client(&created.token_secret);
     manager.report_cluster_info(sample_info()).await.unwrap();
 
-    let fake = Arc::new(FakeManager::default());
+    let fake = FakeManager::blocking_stop();
     let session = dial(&t, &created.token_secret, fake.clone()).await.unwrap();
     let handle = session.handle();
     let run = tokio::spawn(session.run());

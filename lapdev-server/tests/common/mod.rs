@@ -7,12 +7,22 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use lapdev_common::kube::{KubeClusterInfo, WorkspaceSpec};
+use lapdev_common::status::WorkspaceStatus;
 use lapdev_db::test_support::TestDatabase;
 use lapdev_hrpc::Client;
+use lapdev_hrpc::HrpcError;
+use lapdev_hrpc::tunnel::{TunnelClientConfig, TunnelConnectError, TunnelSession};
 use lapdev_kube_rpc::KubeClusterRpcClient;
+use lapdev_kube_rpc::{KubeManagerRpc, KubeManagerRpcServer, WorkspaceObservation};
 use lapdev_server::Server;
 use lapdev_server::admin::api::AdminRpcClient;
 use lapdev_server::config::{LogFormat, ServerConfig};
+use tokio::sync::Notify;
+use uuid::Uuid;
 
 pub struct TestServer {
     pub server: Server,
@@ -124,5 +134,131 @@ pub fn sample_info() -> lapdev_common::kube::KubeClusterInfo {
         manager_version: "0.1.0".into(),
         manager_namespace: "lapdev".into(),
         workspace_namespace: "lapdev-workspaces".into(),
+    }
+}
+
+/// A manager stand-in: answers from fixed data; `stop_workspace` blocks until
+/// released, to have a call in flight.
+#[derive(Default)]
+pub struct FakeManager {
+    /// Releases a blocked `stop_workspace`.
+    pub release: Notify,
+    /// Notified when `stop_workspace` is entered.
+    pub entered: Notify,
+    /// When set, `stop_workspace` blocks until `release`.
+    pub block_stop: std::sync::atomic::AtomicBool,
+    /// What the manager holds, by workspace.
+    pub workspaces: Mutex<std::collections::HashMap<Uuid, WorkspaceStatus>>,
+}
+
+impl FakeManager {
+    /// A manager whose `stop_workspace` blocks until released.
+    pub fn blocking_stop() -> Arc<Self> {
+        let m = Self::default();
+        m.block_stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Arc::new(m)
+    }
+
+    pub fn has(&self, id: Uuid) -> Option<WorkspaceStatus> {
+        self.workspaces.lock().unwrap().get(&id).copied()
+    }
+
+    fn record(&self, id: Uuid, status: WorkspaceStatus) -> WorkspaceObservation {
+        if status == WorkspaceStatus::Deleted {
+            self.workspaces.lock().unwrap().remove(&id);
+        } else {
+            self.workspaces.lock().unwrap().insert(id, status);
+        }
+        observation(id, status)
+    }
+}
+
+pub fn observation(id: Uuid, status: WorkspaceStatus) -> WorkspaceObservation {
+    WorkspaceObservation {
+        workspace_id: id,
+        status,
+        message: None,
+        pod_name: Some(format!("ws-{id}")),
+        observed_at: Utc::now(),
+    }
+}
+
+impl KubeManagerRpc for FakeManager {
+    async fn create_workspace(
+        &self,
+        spec: WorkspaceSpec,
+    ) -> Result<WorkspaceObservation, HrpcError> {
+        Ok(self.record(spec.workspace_id, WorkspaceStatus::Creating))
+    }
+    async fn start_workspace(
+        &self,
+        spec: WorkspaceSpec,
+    ) -> Result<WorkspaceObservation, HrpcError> {
+        Ok(self.record(spec.workspace_id, WorkspaceStatus::Creating))
+    }
+    async fn stop_workspace(&self, workspace_id: Uuid) -> Result<WorkspaceObservation, HrpcError> {
+        if self.block_stop.load(std::sync::atomic::Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.release.notified().await;
+        }
+        Ok(self.record(workspace_id, WorkspaceStatus::Stopped))
+    }
+    async fn delete_workspace(
+        &self,
+        workspace_id: Uuid,
+    ) -> Result<WorkspaceObservation, HrpcError> {
+        Ok(self.record(workspace_id, WorkspaceStatus::Deleted))
+    }
+    async fn get_workspace_status(
+        &self,
+        workspace_id: Uuid,
+    ) -> Result<WorkspaceObservation, HrpcError> {
+        Err(HrpcError::not_found(format!("no workspace {workspace_id}")))
+    }
+    async fn list_workspaces(&self) -> Result<Vec<WorkspaceObservation>, HrpcError> {
+        Ok(vec![])
+    }
+    async fn get_cluster_info(&self) -> Result<KubeClusterInfo, HrpcError> {
+        Ok(sample_info())
+    }
+}
+
+pub async fn dial(
+    t: &TestServer,
+    token: &str,
+    manager: Arc<FakeManager>,
+) -> Result<TunnelSession, TunnelConnectError> {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "x-lapdev-cluster-token",
+        http::HeaderValue::from_str(token).unwrap(),
+    );
+    lapdev_hrpc::tunnel::connect(
+        &format!("{}/rpc/_tunnel", t.base()),
+        headers,
+        KubeManagerRpcServer::from_arc(manager).into_router(),
+        TunnelClientConfig::default(),
+    )
+    .await
+}
+
+/// Waits (bounded) until `f` holds, checking after each tunnel event.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

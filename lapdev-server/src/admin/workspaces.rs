@@ -1,0 +1,238 @@
+//! `WorkspaceRpc`: the workspace half of the admin API (JWT, organisation-scoped),
+//! on top of the conductor. Workspaces are addressed by name.
+
+use chrono::{DateTime, Utc};
+use lapdev_common::status::{DesiredState, WorkspaceStatus};
+use lapdev_conductor::{Conductor, CreateWorkspace};
+use lapdev_db::{Db, Workspace};
+use lapdev_hrpc::{Context, HrpcError};
+use lapdev_kube::db_error;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::jwt::AdminIdentity;
+
+/// A workspace as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceView {
+    pub id: Uuid,
+    pub name: String,
+    /// The cluster's name, once placed.
+    pub cluster: Option<String>,
+    pub status: WorkspaceStatus,
+    pub desired_state: DesiredState,
+    /// Why it is in its status (e.g. the last failure), if anything.
+    pub message: Option<String>,
+    pub image: String,
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub storage_bytes: i64,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub pod_name: Option<String>,
+    #[serde(default)]
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// What `create_workspace` takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewWorkspaceRequest {
+    pub name: String,
+    pub image: String,
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub storage_bytes: i64,
+    /// Only this cluster (by name).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Only clusters in this region.
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+/// Workspaces of the caller's organisation.
+#[lapdev_hrpc::service]
+pub trait WorkspaceRpc {
+    /// Creates a workspace and places it on a cluster; it then starts in the
+    /// background (watch `get_workspace`). Fails at once, saying why in numbers,
+    /// when no cluster can take it.
+    async fn create_workspace(
+        &self,
+        ctx: Context,
+        workspace: NewWorkspaceRequest,
+    ) -> Result<WorkspaceView, HrpcError>;
+
+    /// The organisation's workspaces, by name.
+    async fn list_workspaces(
+        &self,
+        ctx: Context,
+        include_deleted: bool,
+    ) -> Result<Vec<WorkspaceView>, HrpcError>;
+
+    /// One workspace by name (a deleted one too, so its end can be seen).
+    async fn get_workspace(&self, ctx: Context, name: String) -> Result<WorkspaceView, HrpcError>;
+
+    /// Asks for the workspace to be stopped (its volume is kept).
+    async fn stop_workspace(&self, ctx: Context, name: String) -> Result<WorkspaceView, HrpcError>;
+
+    /// Asks for a stopped workspace to run again.
+    async fn start_workspace(&self, ctx: Context, name: String)
+    -> Result<WorkspaceView, HrpcError>;
+
+    /// Asks for the workspace and everything it owns to be deleted.
+    async fn delete_workspace(
+        &self,
+        ctx: Context,
+        name: String,
+    ) -> Result<WorkspaceView, HrpcError>;
+}
+
+/// The implementation of [`WorkspaceRpc`].
+#[derive(Clone)]
+pub struct WorkspaceService {
+    db: Db,
+    conductor: Conductor,
+}
+
+impl std::fmt::Debug for WorkspaceService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkspaceService").finish_non_exhaustive()
+    }
+}
+
+impl WorkspaceService {
+    /// A service on the database and the conductor.
+    pub fn new(db: Db, conductor: Conductor) -> Self {
+        Self { db, conductor }
+    }
+
+    async fn view(&self, who: AdminIdentity, ws: Workspace) -> Result<WorkspaceView, HrpcError> {
+        let cluster = match ws.cluster_id {
+            Some(id) => self
+                .db
+                .get_cluster(who.organization_id, id)
+                .await
+                .ok()
+                .map(|c| c.name),
+            None => None,
+        };
+        Ok(WorkspaceView {
+            id: ws.id,
+            name: ws.name,
+            cluster,
+            status: ws.status,
+            desired_state: ws.desired_state,
+            message: ws.status_message,
+            image: ws.image,
+            cpu_millis: ws.cpu_millis,
+            memory_bytes: ws.memory_bytes,
+            storage_bytes: ws.storage_bytes,
+            created_at: ws.created_at,
+            pod_name: ws.pod_name,
+            deleted_at: ws.deleted_at,
+        })
+    }
+
+    async fn desire(
+        &self,
+        ctx: &Context,
+        name: &str,
+        desired: DesiredState,
+    ) -> Result<WorkspaceView, HrpcError> {
+        let who = who(ctx)?;
+        let ws = self
+            .db
+            .get_workspace_by_name(who.organization_id, name)
+            .await
+            .map_err(db_error)?;
+        let ws = self
+            .conductor
+            .set_desired_state(who.organization_id, ws.id, desired)
+            .await?;
+        self.view(who, ws).await
+    }
+}
+
+fn who(ctx: &Context) -> Result<AdminIdentity, HrpcError> {
+    ctx.extension::<AdminIdentity>()
+        .copied()
+        .ok_or_else(|| HrpcError::unauthenticated("no admin identity on this request"))
+}
+
+impl WorkspaceRpc for WorkspaceService {
+    async fn create_workspace(
+        &self,
+        ctx: Context,
+        workspace: NewWorkspaceRequest,
+    ) -> Result<WorkspaceView, HrpcError> {
+        let who = who(&ctx)?;
+        let ws = self
+            .conductor
+            .create_workspace(
+                who.organization_id,
+                who.user_id,
+                CreateWorkspace {
+                    name: workspace.name,
+                    image: workspace.image,
+                    cpu_millis: workspace.cpu_millis,
+                    memory_bytes: workspace.memory_bytes,
+                    storage_bytes: workspace.storage_bytes,
+                    cluster: workspace.cluster,
+                    region: workspace.region,
+                },
+            )
+            .await?;
+        self.view(who, ws).await
+    }
+
+    async fn list_workspaces(
+        &self,
+        ctx: Context,
+        include_deleted: bool,
+    ) -> Result<Vec<WorkspaceView>, HrpcError> {
+        let who = who(&ctx)?;
+        let list = if include_deleted {
+            self.db
+                .list_workspaces_including_deleted(who.organization_id)
+                .await
+        } else {
+            self.db.list_workspaces(who.organization_id).await
+        }
+        .map_err(db_error)?;
+        let mut views = Vec::with_capacity(list.len());
+        for ws in list {
+            views.push(self.view(who, ws).await?);
+        }
+        Ok(views)
+    }
+
+    async fn get_workspace(&self, ctx: Context, name: String) -> Result<WorkspaceView, HrpcError> {
+        let who = who(&ctx)?;
+        let ws = self
+            .db
+            .find_workspace_by_name_including_deleted(who.organization_id, &name)
+            .await
+            .map_err(db_error)?;
+        self.view(who, ws).await
+    }
+
+    async fn stop_workspace(&self, ctx: Context, name: String) -> Result<WorkspaceView, HrpcError> {
+        self.desire(&ctx, &name, DesiredState::Stopped).await
+    }
+
+    async fn start_workspace(
+        &self,
+        ctx: Context,
+        name: String,
+    ) -> Result<WorkspaceView, HrpcError> {
+        self.desire(&ctx, &name, DesiredState::Running).await
+    }
+
+    async fn delete_workspace(
+        &self,
+        ctx: Context,
+        name: String,
+    ) -> Result<WorkspaceView, HrpcError> {
+        self.desire(&ctx, &name, DesiredState::Deleted).await
+    }
+}

@@ -1,0 +1,17 @@
+//! The conductor's [`ManagerConnector`], implemented with the cluster server's
+//! tunnel registry: a manager is reachable exactly when its tunnel is up.
+
+use lapdev_conductor::ManagerConnector;
+use lapdev_kube::server::KubeClusterServer;
+use lapdev_kube_rpc::KubeManagerRpcClient;
+use uuid::Uuid;
+
+/// Reaches managers down their tunnels.
+#[derive(Debug, Clone)]
+pub struct TunnelConnector(pub KubeClusterServer);
+
+impl ManagerConnector for TunnelConnector {
+    fn manager(&self, cluster_id: Uuid) -> Option<KubeManagerRpcClient> {
+        self.0.manager_client(cluster_id)
+    }
+}
