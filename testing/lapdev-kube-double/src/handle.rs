@@ -249,6 +249,24 @@ impl DoubleHandle {
         to_typed(&out)
     }
 
+    /// Completes a graceful pod deletion, as the pod's kubelet does once its
+    /// containers stopped (a delete with grace period 0); `true` when the pod is
+    /// gone, `false` when finalizers still hold it.
+    pub fn terminate_pod(&self, namespace: &str, name: &str) -> Result<bool, HandleError> {
+        let pre = Preconditions {
+            grace_period: Some(0),
+            ..Preconditions::default()
+        };
+        let out = self.store.delete(
+            resource::core_resource("pods"),
+            namespace,
+            name,
+            &pre,
+            &WriteCtx::by("kubelet"),
+        )?;
+        Ok(matches!(out, Deleted::Gone(_)))
+    }
+
     /// Binds a pod to a node (the scheduler's `pods/binding`).
     pub fn bind_pod(&self, namespace: &str, name: &str, node: &str) -> Result<Pod, HandleError> {
         let out = self.store.mutate(
@@ -499,7 +517,17 @@ impl DoubleHandle {
                     if freed {
                         pending.extend(self.unscheduled_pods());
                     }
-                    for e in events.iter().filter(|e| e.kind == EventType::Added) {
+                    // New pods and claims, and pods whose deletion began.
+                    let started_deleting = |e: &&Arc<crate::store::Event>| {
+                        e.kind == EventType::Modified
+                            && std::ptr::eq(e.res, pods)
+                            && e.object.attrs.deleting
+                            && !e.previous.as_ref().is_some_and(|p| p.attrs.deleting)
+                    };
+                    for e in events
+                        .iter()
+                        .filter(|e| e.kind == EventType::Added || started_deleting(e))
+                    {
                         let kind = if std::ptr::eq(e.res, pods) {
                             WorkKind::Pod
                         } else if std::ptr::eq(e.res, pvcs) {
@@ -571,6 +599,11 @@ impl DoubleHandle {
         let Ok(stored) = self.store.get(pods, ns, name) else {
             return;
         };
+        if stored.attrs.deleting {
+            // The containers "stopped": confirm the deletion, as the kubelet does.
+            let _ = self.terminate_pod(ns, name);
+            return;
+        }
         if !selector.matches(&stored.attrs) || stored.attrs.field(pods, "status.phase") != "Pending"
         {
             return;

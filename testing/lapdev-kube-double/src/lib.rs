@@ -76,10 +76,16 @@
 //!   with every list owned as a whole (the real server tracks items of keyed
 //!   lists separately). `managedFields` are written in the `FieldsV1` format with
 //!   `f:` keys only.
-//! - Deletion is immediate (grace period 0): pods disappear at once with a
-//!   `DELETED` event. Objects with finalizers get `deletionTimestamp` and stay until
-//!   their finalizers are removed. Deleting a namespace removes its contents at
-//!   once (the real namespace controller does it in the background).
+//! - Pod deletion follows the pod registry: a pod bound to a node and not
+//!   finished gets `deletionTimestamp` and `deletionGracePeriodSeconds` (its
+//!   `terminationGracePeriodSeconds`, or the request's `gracePeriodSeconds`) and
+//!   stays (its name taken) until its kubelet confirms with a grace-0 delete: the
+//!   stand-in kubelet does that after its delay, a test with
+//!   [`DoubleHandle::terminate_pod`]. Unbound or finished pods, and grace 0, go at
+//!   once. Other objects are deleted at once unless finalizers hold them
+//!   (`deletionTimestamp` until the last finalizer is removed). Deleting a
+//!   namespace removes its contents at once (the real namespace controller does it
+//!   in the background). No owner-reference garbage collection.
 //! - PVCs get the `kubernetes.io/pvc-protection` finalizer and are kept while a pod
 //!   that is not `Succeeded`/`Failed` in their namespace mounts them, like the
 //!   pvc-protection controller. Nothing provisions volumes; the stand-in kubelet

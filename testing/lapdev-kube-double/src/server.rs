@@ -439,9 +439,19 @@ fn delete_options(
     body: &[u8],
     q: &HashMap<String, String>,
 ) -> Result<(Preconditions, bool), ApiError> {
+    let grace_param = match q.get("gracePeriodSeconds").filter(|g| !g.is_empty()) {
+        Some(g) => Some(
+            g.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds: {g}")))?,
+        ),
+        None => None,
+    };
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok((
-            Preconditions::default(),
+            Preconditions {
+                grace_period: grace_param,
+                ..Preconditions::default()
+            },
             q.get("dryRun").is_some_and(|d| d == "All"),
         ));
     }
@@ -456,6 +466,10 @@ fn delete_options(
         Preconditions {
             uid: s("/preconditions/uid"),
             resource_version: s("/preconditions/resourceVersion"),
+            grace_period: opts
+                .get("gracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .or(grace_param),
         },
         dry_run || q.get("dryRun").is_some_and(|d| d == "All"),
     ))

@@ -111,6 +111,9 @@ pub struct Preconditions {
     pub uid: Option<String>,
     /// Expected `metadata.resourceVersion`.
     pub resource_version: Option<String>,
+    /// `gracePeriodSeconds`; for pods, `None` means the pod's own
+    /// `terminationGracePeriodSeconds`.
+    pub grace_period: Option<i64>,
 }
 
 /// What a delete did.
@@ -1113,6 +1116,34 @@ impl Store {
         if ctx.dry_run {
             return Ok(Deleted::Gone(old));
         }
+        if let Some(grace) = pod_grace_period(res, &old_v, pre.grace_period) {
+            // Graceful pod deletion: the pod stays, marked, until its kubelet
+            // confirms it stopped (a delete with grace period 0).
+            let meta = meta_mut(&mut new);
+            let already = meta
+                .get("deletionGracePeriodSeconds")
+                .and_then(Value::as_i64);
+            if already.is_none_or(|g| grace < g) {
+                let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
+                meta.insert(
+                    "deletionTimestamp".to_owned(),
+                    json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                );
+                meta.insert("deletionGracePeriodSeconds".to_owned(), json!(grace));
+            }
+            if new == old_v {
+                return Ok(Deleted::Pending(old));
+            }
+            let out = inner.commit(
+                res,
+                key,
+                new,
+                EventType::Modified,
+                Some(old),
+                self.history_cap,
+            );
+            return Ok(Deleted::Pending(out));
+        }
         if !finalizers(&new).is_empty() {
             let meta = meta_mut(&mut new);
             if meta.get("deletionTimestamp").is_none() {
@@ -1298,6 +1329,32 @@ impl Store {
         self.notify_changed(rv);
         Ok(out)
     }
+}
+
+/// The grace period a pod deletion waits for, or `None` when the pod goes at
+/// once: pods not bound to a node, pods that finished, and a grace period of 0
+/// are deleted immediately, as the pod registry's `CheckGracefulDelete` does.
+fn pod_grace_period(res: &ResourceDef, pod: &Value, asked: Option<i64>) -> Option<i64> {
+    if res.plural != "pods" || !res.group.is_empty() {
+        return None;
+    }
+    let bound = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !bound || phase == "Succeeded" || phase == "Failed" {
+        return None;
+    }
+    let own = pod
+        .pointer("/spec/terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(30);
+    let grace = asked.unwrap_or(own).max(0);
+    (grace > 0).then_some(grace)
 }
 
 fn key_for(res: &ResourceDef, ns: &str, name: &str) -> Key {

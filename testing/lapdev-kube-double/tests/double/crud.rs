@@ -673,3 +673,33 @@ async fn the_kube_event_recorder_publishes_events() {
     assert_eq!(list.items.len(), 1);
     assert_eq!(list.items[0].series.as_ref().map(|s| s.count), Some(2));
 }
+
+#[tokio::test]
+async fn a_pod_on_a_node_is_deleted_gracefully() {
+    let (double, client) = start().await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let mut bound = pod("ws");
+    bound.spec.as_mut().unwrap().node_name = Some("n1".into());
+    pods.create(&PostParams::default(), &bound).await.unwrap();
+    let pending = pods
+        .delete("ws", &DeleteParams::default())
+        .await
+        .unwrap()
+        .left()
+        .unwrap();
+    assert!(pending.metadata.deletion_timestamp.is_some());
+    assert_eq!(pending.metadata.deletion_grace_period_seconds, Some(30));
+    // Until the kubelet confirms, the name is taken, as on a real cluster.
+    let s = status(pods.create(&PostParams::default(), &bound).await);
+    assert_eq!((s.code, s.reason.as_str()), (409, "AlreadyExists"));
+    assert!(double.terminate_pod("default", "ws").unwrap());
+    assert_eq!(status(pods.get("ws").await).code, 404);
+    // A grace period of 0 deletes at once.
+    pods.create(&PostParams::default(), &bound).await.unwrap();
+    let gone = pods
+        .delete("ws", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    assert!(gone.left().unwrap().metadata.name.is_some());
+    assert_eq!(status(pods.get("ws").await).code, 404);
+}

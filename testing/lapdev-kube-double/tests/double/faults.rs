@@ -345,3 +345,37 @@ async fn seeded_pods_are_running_on_their_node() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn the_stand_in_kubelet_completes_graceful_deletions() {
+    let (double, client) = start().await;
+    double.add_node("n1", NodeSpec::default()).unwrap();
+    let _kubelet = double.run_kubelet(KubeletConfig {
+        delay: Duration::from_millis(20),
+        ..KubeletConfig::default()
+    });
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    pods.create(&PostParams::default(), &pod("a"))
+        .await
+        .unwrap();
+    let running = kube::runtime::wait::await_condition(
+        pods.clone(),
+        "a",
+        kube::runtime::conditions::is_pod_running(),
+    );
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap();
+    let uid = pods.get("a").await.unwrap().metadata.uid.unwrap();
+    pods.delete("a", &Default::default()).await.unwrap();
+    let deleted = kube::runtime::wait::await_condition(
+        pods,
+        "a",
+        kube::runtime::conditions::is_deleted(&uid),
+    );
+    tokio::time::timeout(Duration::from_secs(5), deleted)
+        .await
+        .unwrap()
+        .unwrap();
+}
