@@ -363,8 +363,8 @@ impl DoubleHandle {
         page.items.iter().map(|v| to_typed(v)).collect()
     }
 
-    /// Deletes an object directly; `true` when it is gone, `false` when
-    /// finalizers keep it.
+    /// Deletes an object directly; `true` when it is gone, `false` when it is
+    /// still terminating (finalizers, or a bound pod's graceful deletion).
     pub fn delete<K>(&self, namespace: &str, name: &str) -> Result<bool, HandleError>
     where
         K: kube::Resource<DynamicType = ()>,

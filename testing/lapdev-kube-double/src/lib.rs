@@ -81,8 +81,8 @@
 //!   `terminationGracePeriodSeconds`, or the request's `gracePeriodSeconds`) and
 //!   stays (its name taken) until its kubelet confirms with a grace-0 delete: the
 //!   stand-in kubelet does that after its delay, a test with
-//!   [`DoubleHandle::terminate_pod`]. Unbound or finished pods, and grace 0, go at
-//!   once. Other objects are deleted at once unless finalizers hold them
+//!   [`DoubleHandle::terminate_pod`] ([`Config::graceful_pod_deletion`] turns
+//!   this off). Unbound or finished pods, and grace 0, go at once. Other objects are deleted at once unless finalizers hold them
 //!   (`deletionTimestamp` until the last finalizer is removed). Deleting a
 //!   namespace removes its contents at once (the real namespace controller does it
 //!   in the background). No owner-reference garbage collection.
@@ -145,6 +145,9 @@ pub struct Config {
     pub kubernetes_version: String,
     /// Namespaces to create at start.
     pub namespaces: Vec<String>,
+    /// Whether deleting a pod bound to a node waits for its kubelet (as on a
+    /// real cluster); when `false`, every pod is deleted at once.
+    pub graceful_pod_deletion: bool,
 }
 
 impl Default for Config {
@@ -158,6 +161,7 @@ impl Default for Config {
             namespaces: ["default", "kube-system", "kube-public", "kube-node-lease"]
                 .map(str::to_owned)
                 .to_vec(),
+            graceful_pod_deletion: true,
         }
     }
 }
@@ -181,7 +185,10 @@ impl KubeDouble {
 
     /// Starts a double with `config`.
     pub async fn start_with(config: Config) -> Result<Self, StartError> {
-        let store = Arc::new(store::Store::new(config.history));
+        let store = Arc::new(store::Store::new(
+            config.history,
+            config.graceful_pod_deletion,
+        ));
         let control = Arc::new(control::Control::default());
         let handle = DoubleHandle {
             store: store.clone(),

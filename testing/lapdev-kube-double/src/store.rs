@@ -153,6 +153,7 @@ struct Inner {
 pub struct Store {
     inner: RwLock<Inner>,
     history_cap: usize,
+    graceful_pods: bool,
     notify: tokio::sync::watch::Sender<u64>,
 }
 
@@ -398,7 +399,8 @@ enum Managed<'a> {
 
 impl Store {
     /// An empty store keeping the last `history_cap` events.
-    pub fn new(history_cap: usize) -> Self {
+    /// An empty store; `graceful_pods` turns on graceful deletion of bound pods.
+    pub fn new(history_cap: usize, graceful_pods: bool) -> Self {
         let (notify, _) = tokio::sync::watch::channel(0);
         Self {
             inner: RwLock::new(Inner {
@@ -409,6 +411,7 @@ impl Store {
                 next_cluster_ip: 1,
             }),
             history_cap: history_cap.max(1),
+            graceful_pods,
             notify,
         }
     }
@@ -1116,7 +1119,12 @@ impl Store {
         if ctx.dry_run {
             return Ok(Deleted::Gone(old));
         }
-        if let Some(grace) = pod_grace_period(res, &old_v, pre.grace_period) {
+        let grace = if self.graceful_pods {
+            pod_grace_period(res, &old_v, pre.grace_period)
+        } else {
+            None
+        };
+        if let Some(grace) = grace {
             // Graceful pod deletion: the pod stays, marked, until its kubelet
             // confirms it stopped (a delete with grace period 0).
             let meta = meta_mut(&mut new);
