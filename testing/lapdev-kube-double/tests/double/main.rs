@@ -1,6 +1,7 @@
 //! The double's own tests, driven through the real `kube` client (and kubectl).
 //! Each pins a behaviour to what the Kubernetes documentation says.
 
+mod binary;
 mod crud;
 mod discovery;
 mod faults;

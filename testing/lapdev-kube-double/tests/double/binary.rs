@@ -1,0 +1,94 @@
+//! The dev binary: says what it is, serves the API, writes a kubeconfig, seeds
+//! nodes and starts new pods.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lapdev-kube-double");
+
+#[test]
+fn help_says_it_is_not_a_cluster() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        help.contains("stand-in for a Kubernetes API server"),
+        "{help}"
+    );
+    assert!(help.contains("NOT a Kubernetes cluster"), "{help}");
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serves_seeds_nodes_and_runs_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _child = Child(
+        Command::new(BIN)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--nodes",
+                "2",
+                "--pods",
+                "3",
+                "--kubelet-delay-ms",
+                "50",
+            ])
+            .arg("--kubeconfig-out")
+            .arg(&kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !kubeconfig.exists() || !kubectl(&["get", "nodes"]).0 {
+        assert!(Instant::now() < deadline, "the double did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, nodes) = kubectl(&["get", "nodes", "-o", "name"]);
+    assert_eq!(nodes.lines().count(), 2, "{nodes}");
+    let manifest = dir.path().join("pod.yaml");
+    std::fs::write(&manifest, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ws\nspec:\n  containers:\n  - name: main\n    image: ubuntu:24.04\n").unwrap();
+    assert!(kubectl(&["apply", "-f", manifest.to_str().unwrap()]).0);
+    let running = kubectl(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Running",
+        "pod/ws",
+        "--timeout=10s",
+    ]);
+    assert!(running.0, "{}", running.1);
+    let (_, background) = kubectl(&["get", "pods", "-n", "background", "--no-headers"]);
+    assert_eq!(
+        background.lines().filter(|l| l.contains("Running")).count(),
+        3,
+        "{background}"
+    );
+}
