@@ -2,5 +2,6 @@
 //! and the JWT layer in front of it (`service`); workspaces (`workspaces`).
 
 pub mod api;
+pub mod providers;
 pub mod service;
 pub mod workspaces;

@@ -14,6 +14,8 @@ use lapdev_hrpc::{CallError, Client, HrpcError};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+pub mod provider;
+
 use crate::admin::api::{AdminRpcClient, ClusterView, CreatedCluster, CreatedToken, TokenView};
 use crate::admin::workspaces::{NewWorkspaceRequest, WorkspaceRpcClient, WorkspaceView};
 use lapdev_common::quantity;
@@ -56,6 +58,9 @@ pub enum Command {
     /// Kubernetes clusters.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Cloud providers and the clusters they manage.
+    #[command(subcommand)]
+    Provider(provider::ProviderCommand),
     /// Developer workspaces.
     #[command(subcommand)]
     Workspace(WorkspaceCommand),
@@ -149,6 +154,12 @@ pub enum ClusterCommand {
     Delete {
         /// Cluster name.
         name: String,
+        /// A provider-managed cluster is deleted in the provider too: confirm it.
+        #[arg(long)]
+        yes: bool,
+        /// Only remove a provider-managed cluster from Lapdev; keep it in the provider.
+        #[arg(long)]
+        keep_in_provider: bool,
     },
     /// Stop placing new workspaces on a cluster.
     Cordon {
@@ -259,6 +270,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     let out = cli.output;
     match cli.command {
         Command::Cluster(cmd) => cluster(&admin, out, cmd).await,
+        Command::Provider(cmd) => provider::run(&admin, out, cmd).await,
         Command::Workspace(cmd) => {
             let workspaces = WorkspaceRpcClient::new(admin.client().clone());
             workspace(&workspaces, out, cmd).await
@@ -402,17 +414,11 @@ async fn cluster(admin: &AdminRpcClient, out: Output, cmd: ClusterCommand) -> an
             let c = admin.get_cluster(name).await.map_err(call_error)?;
             print_cluster(out, &c)
         }
-        ClusterCommand::Delete { name } => {
-            admin
-                .delete_cluster(name.clone())
-                .await
-                .map_err(call_error)?;
-            done(
-                out,
-                json!({"name": name, "deleted": true}),
-                &format!("cluster {name} deleted"),
-            )
-        }
+        ClusterCommand::Delete {
+            name,
+            yes,
+            keep_in_provider,
+        } => provider::delete_cluster(admin, out, name, yes, keep_in_provider).await,
         ClusterCommand::Cordon { name } => {
             let c = admin
                 .set_cluster_cordoned(name, true)

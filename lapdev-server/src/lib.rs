@@ -9,6 +9,7 @@
 //! - `/rpc/KubeClusterRpc/*` and `GET /rpc/_tunnel`: managers, authenticated by
 //!   cluster token;
 //! - `/rpc/AdminRpc/*`: the admin API, authenticated by JWT;
+//! - `/rpc/ProviderRpc/*`: cloud providers and the clusters they manage, same JWT.
 
 pub mod admin;
 pub mod bootstrap;
@@ -75,7 +76,7 @@ pub fn app(state: AppState) -> Router {
         .route_layer(jwt());
     let rpc = RpcRouter::new()
         .merge(state.kube.routes())
-
+        .merge(admin::providers::routes(&state))
         .merge(admin)
         .merge(workspaces)
         .into_router();

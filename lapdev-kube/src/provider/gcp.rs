@@ -20,8 +20,10 @@ use std::sync::Arc;
 
 use google_cloud_container_v1::client::ClusterManager;
 use google_cloud_container_v1::model;
+use google_cloud_gax::retry_policy::{Aip194Strict, RetryPolicyExt as _};
 use lapdev_common::status::K8sProviderKind;
 use ring::signature::RsaKeyPair;
+use std::time::Duration;
 
 use super::token::TokenSource;
 use super::{
@@ -38,6 +40,10 @@ pub const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 /// Largest accepted key file.
 pub const MAX_KEY_BYTES: usize = 64 * 1024;
+/// Attempts of one idempotent call before its error is returned.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Longest time spent retrying one call.
+pub const RETRY_TIME_LIMIT: Duration = Duration::from_secs(20);
 /// Longest GKE cluster name.
 pub const MAX_CLUSTER_NAME_CHARS: usize = 40;
 
@@ -335,6 +341,13 @@ impl GcpProvider {
         let client = ClusterManager::builder()
             .with_endpoint(endpoint)
             .with_credentials(credentials)
+            // Retry what is safe to retry (reads that hit a transient failure), but
+            // not for long: callers see an unreachable API within seconds.
+            .with_retry_policy(
+                Aip194Strict
+                    .with_attempt_limit(MAX_ATTEMPTS)
+                    .with_time_limit(RETRY_TIME_LIMIT),
+            )
             .build()
             .await
             .map_err(|e| ProviderError::BuildClient(e.to_string()))?;

@@ -145,23 +145,5 @@ pub trait AdminRpc {
         token_id: Uuid,
     ) -> Result<(), HrpcError>;
 
-    /// Registers a cloud provider; the credential is encrypted at rest and never
-    /// returned.
-    async fn create_provider(
-        &self,
-        ctx: Context,
-        name: String,
-        kind: K8sProviderKind,
-        config: serde_json::Value,
-        credential: String,
-    ) -> Result<ProviderView, HrpcError>;
-
-    /// The organisation's providers.
-    async fn list_providers(&self, ctx: Context) -> Result<Vec<ProviderView>, HrpcError>;
-
-    /// One provider by name.
-    async fn get_provider(&self, ctx: Context, name: String) -> Result<ProviderView, HrpcError>;
-
-    /// Deletes a provider.
-    async fn delete_provider(&self, ctx: Context, name: String) -> Result<(), HrpcError>;
+    // Providers and provider-managed clusters: `ProviderRpc` (admin/providers.rs).
 }

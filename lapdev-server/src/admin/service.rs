@@ -7,18 +7,15 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use lapdev_common::status::{CloudProvider, K8sProviderKind};
-use lapdev_db::{
-    Cluster, ClusterToken, CredentialKey, Db, NewCluster, NewClusterToken, NewProvider, Provider,
-    ProviderCredential,
-};
+use lapdev_common::status::CloudProvider;
+use lapdev_db::{Cluster, ClusterToken, CredentialKey, Db, NewCluster, NewClusterToken};
 use lapdev_hrpc::{Context, HrpcError};
 use lapdev_kube::db_error;
 use lapdev_kube::manifest::{ManifestParams, render_manifest};
 use lapdev_kube::server::KubeClusterServer;
 use uuid::Uuid;
 
-use super::api::{AdminRpc, ClusterView, CreatedCluster, CreatedToken, ProviderView, TokenView};
+use super::api::{AdminRpc, ClusterView, CreatedCluster, CreatedToken, TokenView};
 use crate::jwt::{AdminIdentity, JwtKeys};
 
 /// At most this many live tokens per cluster: one in use, one being rolled out.
@@ -66,6 +63,17 @@ impl AdminService {
         }
     }
 
+    /// What install manifests are rendered with (the provider service installs
+    /// managers with the same).
+    pub fn manifest_defaults(&self) -> &ManifestDefaults {
+        &self.manifest
+    }
+
+    /// The key provider credentials are encrypted with.
+    pub fn credential_key(&self) -> &CredentialKey {
+        &self.credential_key
+    }
+
     fn render(&self, cluster: &Cluster, token: &str) -> Result<String, HrpcError> {
         let params = ManifestParams {
             server_ca_pem: self.manifest.server_ca_pem.clone(),
@@ -83,16 +91,6 @@ impl AdminService {
             .get_cluster_by_name(who.organization_id, name)
             .await
             .map_err(db_error)
-    }
-
-    async fn provider(&self, who: AdminIdentity, name: &str) -> Result<Provider, HrpcError> {
-        self.db
-            .list_providers(who.organization_id)
-            .await
-            .map_err(db_error)?
-            .into_iter()
-            .find(|p| p.name == name)
-            .ok_or_else(|| HrpcError::not_found(format!("provider {name:?} not found")))
     }
 
     async fn new_token(
@@ -190,16 +188,6 @@ fn token_view(t: ClusterToken) -> TokenView {
         last_used_at: t.last_used_at,
         expires_at: t.expires_at,
         revoked_at: t.revoked_at,
-    }
-}
-
-fn provider_view(p: Provider) -> ProviderView {
-    ProviderView {
-        id: p.id,
-        name: p.name,
-        kind: p.kind,
-        config: p.config,
-        created_at: p.created_at,
     }
 }
 
@@ -341,62 +329,6 @@ impl AdminRpc for AdminService {
             .map_err(db_error)?;
         self.kube.token_revoked(token_id);
         Ok(())
-    }
-
-    async fn create_provider(
-        &self,
-        ctx: Context,
-        name: String,
-        kind: K8sProviderKind,
-        config: serde_json::Value,
-        credential: String,
-    ) -> Result<ProviderView, HrpcError> {
-        let who = who(&ctx)?;
-        if !config.is_object() {
-            return Err(HrpcError::invalid_argument(
-                "config must be a JSON object of non-secret settings",
-            ));
-        }
-        let provider = self
-            .db
-            .create_provider(
-                who.organization_id,
-                NewProvider {
-                    name,
-                    kind,
-                    config,
-                    credential: ProviderCredential::new(credential.into_bytes()),
-                    created_by: Some(who.user_id),
-                },
-                &self.credential_key,
-            )
-            .await
-            .map_err(db_error)?;
-        Ok(provider_view(provider))
-    }
-
-    async fn list_providers(&self, ctx: Context) -> Result<Vec<ProviderView>, HrpcError> {
-        let who = who(&ctx)?;
-        let providers = self
-            .db
-            .list_providers(who.organization_id)
-            .await
-            .map_err(db_error)?;
-        Ok(providers.into_iter().map(provider_view).collect())
-    }
-
-    async fn get_provider(&self, ctx: Context, name: String) -> Result<ProviderView, HrpcError> {
-        let who = who(&ctx)?;
-        Ok(provider_view(self.provider(who, &name).await?))
-    }
-
-    async fn delete_provider(&self, ctx: Context, name: String) -> Result<(), HrpcError> {
-        let who = who(&ctx)?;
-        let provider = self.provider(who, &name).await?;
-        self.db
-            .delete_provider(who.organization_id, provider.id)
-            .await
-            .map_err(db_error)
     }
 }
 

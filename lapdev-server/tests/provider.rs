@@ -1,0 +1,341 @@
+//! Providers through the real server: `ProviderRpc` over HTTP against the GKE
+//! stand-in (the real `google-cloud-container-v1` client inside the server) and the
+//! Kubernetes API test double as the provider cluster's API server.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use lapdev_common::status::{ClusterStatus, K8sProviderKind};
+use lapdev_hrpc::{CallError, Client, Code, HrpcError};
+use lapdev_kube::provider::ClusterMode;
+use lapdev_kube::provider::testing::GkeStandIn;
+use lapdev_kube_double::KubeDouble;
+use lapdev_server::Server;
+use lapdev_server::admin::api::AdminRpcClient;
+use lapdev_server::admin::providers::ProviderRpcClient;
+use lapdev_server::config::{LogFormat, ServerConfig};
+
+struct Setup {
+    server: Server,
+    _data: tempfile::TempDir,
+    providers: ProviderRpcClient,
+    admin: AdminRpcClient,
+}
+
+async fn start() -> Setup {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data.path().join("data"),
+        database_url: None,
+        public_url: Some("https://lapdev.example.com".into()),
+        public_ca_file: None,
+        log_format: LogFormat::Text,
+        tls_cert: None,
+        tls_key: None,
+        jwt_secret: None,
+        jwt_secret_file: None,
+        encryption_key: None,
+        manager_image: "ghcr.io/lapdev/lapdev-kube-manager:test".into(),
+        heartbeat_interval_secs: 10,
+        admin_token_days: 1,
+    })
+    .await
+    .unwrap();
+    let token = server.first_admin_token.clone().unwrap();
+    let client = Client::http(&format!("http://{}/rpc", server.local_addr))
+        .unwrap()
+        .with_timeout(Duration::from_secs(30))
+        .with_header(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+    Setup {
+        providers: ProviderRpcClient::new(client.clone()),
+        admin: AdminRpcClient::new(client),
+        server,
+        _data: data,
+    }
+}
+
+fn service_error(e: CallError<HrpcError>) -> HrpcError {
+    match e {
+        CallError::Service(e) => e,
+        other => panic!("expected a service error, got {other:?}"),
+    }
+}
+
+async fn wait_for_status(admin: &AdminRpcClient, name: &str, want: ClusterStatus) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = admin.get_cluster(name.to_owned()).await.unwrap();
+        if c.status == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stayed {:?}, wanted {want:?}",
+            c.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_gone(admin: &AdminRpcClient, name: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin.get_cluster(name.to_owned()).await {
+            Err(CallError::Service(e)) if e.code == Code::NotFound => return,
+            Ok(c) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} is still {:?}",
+                c.status
+            ),
+            Err(e) => panic!("{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn provider_lifecycle_through_the_server() {
+    let double = KubeDouble::start().await.unwrap();
+    let gke = GkeStandIn::start().await.unwrap();
+    gke.set_cluster_endpoint(&double.url(), None);
+    gke.add_cluster("us-central1-a", "existing", "1.32.9-gke.100", 2);
+    let s = start().await;
+    let p = &s.providers;
+
+    // A malformed key is refused before anything is stored or called.
+    let err = service_error(
+        p.create_provider(
+            "gcp".into(),
+            K8sProviderKind::GCP,
+            gke.config_json(Some("europe-west1")),
+            "{\"type\": \"service_account\"}".into(),
+            true,
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(err.code, Code::InvalidArgument, "{err:?}");
+    assert!(err.message.contains("malformed credentials"), "{err:?}");
+    assert!(p.list_providers().await.unwrap().is_empty());
+    assert_eq!(gke.api_calls("list"), 0);
+
+    // The real key: checked against the API, stored, never returned.
+    let key = String::from_utf8(gke.key_json()).unwrap();
+    let created = p
+        .create_provider(
+            "gcp".into(),
+            K8sProviderKind::GCP,
+            gke.config_json(Some("europe-west1")),
+            key.clone(),
+            true,
+        )
+        .await
+        .unwrap();
+    assert!(created.credentials_checked);
+    assert_eq!(created.warning, None);
+    let listed = p.list_providers().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let shown = serde_json::to_string(&listed).unwrap()
+        + &serde_json::to_string(&p.get_provider("gcp".into()).await.unwrap()).unwrap();
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    assert!(!shown.contains("private_key"), "{shown}");
+
+    // What GKE has; importing one installs the manager into it.
+    let remote = p.list_provider_clusters("gcp".into()).await.unwrap();
+    assert_eq!(remote.len(), 1);
+    assert_eq!(remote[0].name, "existing");
+    assert_eq!(remote[0].imported_as, None);
+    let imported = p
+        .import_cluster("gcp".into(), "existing".into(), None, None, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        imported.cluster.status,
+        ClusterStatus::Pending,
+        "{imported:?}"
+    );
+    assert_eq!(imported.message, None);
+    assert_eq!(
+        imported.external_id.as_deref(),
+        Some(remote[0].external_id.as_str())
+    );
+    let detected = imported.provider_cluster.as_ref().unwrap();
+    assert_eq!(
+        detected.kubernetes_version.as_deref(),
+        Some("1.32.9-gke.100")
+    );
+    assert_eq!(detected.node_count, 2);
+    assert_eq!(detected.location, "us-central1-a");
+    assert_eq!(imported.cluster.region.as_deref(), Some("us-central1-a"));
+    let handle = double.handle();
+    let _: Namespace = handle.get("", "lapdev").unwrap();
+    let _: Deployment = handle.get("lapdev", "lapdev-kube-manager").unwrap();
+    let secret: Secret = handle.get("lapdev", "lapdev-kube-manager").unwrap();
+    let secret_json = serde_json::to_string(&secret).unwrap();
+    assert!(secret_json.contains("lapdev_ct_") || secret.data.is_some());
+    assert_eq!(
+        gke.tokens_issued(),
+        1,
+        "an access token for the cluster's API"
+    );
+    let remote = p.list_provider_clusters("gcp".into()).await.unwrap();
+    assert_eq!(remote[0].imported_as.as_deref(), Some("existing"));
+    // Importing it twice is refused.
+    let err = service_error(
+        p.import_cluster(
+            "gcp".into(),
+            "existing".into(),
+            None,
+            Some("again".into()),
+            false,
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(err.code, Code::AlreadyExists, "{err:?}");
+
+    // Create through the provider: provisioning -> pending, manager installed.
+    gke.set_operation_polls(3);
+    let made = p
+        .create_cluster(
+            "gcp".into(),
+            "fresh".into(),
+            None,
+            ClusterMode::Standard {
+                machine_type: "e2-standard-4".into(),
+                node_count: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(made.cluster.status, ClusterStatus::Provisioning);
+    wait_for_status(&s.admin, "fresh", ClusterStatus::Pending).await;
+    let fresh = p.get_managed_cluster("fresh".into()).await.unwrap();
+    assert_eq!(fresh.message, None, "{fresh:?}");
+    assert_eq!(
+        fresh.provider_cluster.as_ref().unwrap().node_count,
+        2,
+        "{fresh:?}"
+    );
+    assert!(gke.cluster("europe-west1", "fresh").is_some());
+
+    // A failed GKE operation: error, with GKE's message.
+    gke.set_operation_polls(1);
+    gke.fail_next_operation("Insufficient regional quota to satisfy request: CPUS.");
+    p.create_cluster("gcp".into(), "doomed".into(), None, ClusterMode::Autopilot)
+        .await
+        .unwrap();
+    wait_for_status(&s.admin, "doomed", ClusterStatus::Error).await;
+    let doomed = p.get_managed_cluster("doomed".into()).await.unwrap();
+    assert!(
+        doomed
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("Insufficient regional quota"),
+        "{doomed:?}"
+    );
+    // A quota error on the create call itself comes back at once.
+    gke.fail_next(
+        "create",
+        429,
+        "RESOURCE_EXHAUSTED",
+        "Quota 'CPUS' exceeded.",
+    );
+    let err = service_error(
+        p.create_cluster("gcp".into(), "big".into(), None, ClusterMode::Autopilot)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, Code::ResourceExhausted);
+    assert!(err.message.contains("Quota 'CPUS' exceeded."), "{err:?}");
+    assert!(s.admin.get_cluster("big".into()).await.is_err());
+
+    // Deleting a provider-managed cluster needs confirmation, then it goes in GKE too.
+    let err = service_error(
+        p.delete_cluster("fresh".into(), false, false)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, Code::FailedPrecondition);
+    let deleting = p
+        .delete_cluster("fresh".into(), true, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(deleting.cluster.status, ClusterStatus::Deleting);
+    wait_gone(&s.admin, "fresh").await;
+    assert!(gke.cluster("europe-west1", "fresh").is_none());
+
+    // Forgetting one keeps it in GKE.
+    assert!(
+        p.delete_cluster("existing".into(), false, true)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    wait_gone(&s.admin, "existing").await;
+    assert!(gke.cluster("us-central1-a", "existing").is_some());
+
+    // The provider cannot go while a cluster refers to it.
+    let err = service_error(p.delete_provider("gcp".into()).await.unwrap_err());
+    assert_eq!(err.code, Code::FailedPrecondition, "{err:?}");
+    p.delete_cluster("doomed".into(), true, false)
+        .await
+        .unwrap();
+    wait_gone(&s.admin, "doomed").await;
+    p.delete_provider("gcp".into()).await.unwrap();
+    assert!(p.list_providers().await.unwrap().is_empty());
+
+    s.server.shutdown();
+}
+
+#[tokio::test]
+async fn unreachable_api_still_adds_with_a_warning_and_bad_credentials_are_refused() {
+    let gke = GkeStandIn::start().await.unwrap();
+    let s = start().await;
+    let key = String::from_utf8(gke.key_json()).unwrap();
+
+    // Another project: GKE says permission denied, nothing is stored.
+    let mut config = gke.config_json(None);
+    config["project"] = "someone-elses".into();
+    let err = service_error(
+        s.providers
+            .create_provider(
+                "other".into(),
+                K8sProviderKind::GCP,
+                config,
+                key.clone(),
+                true,
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, Code::PermissionDenied, "{err:?}");
+    assert!(err.message.contains("someone-elses"), "{err:?}");
+
+    // Nothing listens at this endpoint: added, unchecked, with a warning.
+    let mut config = gke.config_json(None);
+    config["endpoint"] = "http://127.0.0.1:9".into();
+    let created = s
+        .providers
+        .create_provider(
+            "offline".into(),
+            K8sProviderKind::GCP,
+            config,
+            key.clone(),
+            true,
+        )
+        .await
+        .unwrap();
+    assert!(!created.credentials_checked);
+    assert!(created.warning.is_some());
+    assert_eq!(s.providers.list_providers().await.unwrap().len(), 1);
+    s.server.shutdown();
+}
