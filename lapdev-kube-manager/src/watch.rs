@@ -190,11 +190,16 @@ enum Change<K, V> {
     InitDone,
 }
 
-impl<K: std::hash::Hash + Eq + Clone, V> Keyed<K, V> {
-    /// Applies a change; returns the keys whose value may have changed.
+impl<K: std::hash::Hash + Eq + Clone, V: PartialEq> Keyed<K, V> {
+    /// Applies a change; returns the keys whose value may have changed (an
+    /// update that changes nothing the manager keeps returns none, so the
+    /// frequent status updates of nodes cost no recomputation).
     fn apply(&mut self, change: Change<K, V>) -> Vec<K> {
         match change {
             Change::Upsert(k, v) => {
+                if self.map.get(&k) == Some(&v) {
+                    return vec![];
+                }
                 self.map.insert(k.clone(), v);
                 vec![k]
             }
