@@ -352,3 +352,53 @@ async fn no_bookmarks_unless_allowed() {
     double.create(&pod("a")).unwrap();
     assert!(matches!(next(&mut stream).await, WatchEvent::Added(_)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_watchers_see_every_change_in_order() {
+    let (double, client) = start().await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let from = double.resource_version().to_string();
+    let mut watchers = Vec::new();
+    for _ in 0..20 {
+        let stream = pods
+            .watch(&WatchParams::default().disable_bookmarks(), &from)
+            .await
+            .unwrap();
+        watchers.push(tokio::spawn(async move {
+            let mut stream = stream.boxed();
+            let mut seen = Vec::new();
+            while seen.len() < 300 {
+                match tokio::time::timeout(Duration::from_secs(20), stream.next()).await {
+                    Ok(Some(Ok(
+                        WatchEvent::Added(p) | WatchEvent::Modified(p) | WatchEvent::Deleted(p),
+                    ))) => {
+                        seen.push(rv(&p.metadata));
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            seen
+        }));
+    }
+    let writer = {
+        let double = double.handle();
+        tokio::task::spawn_blocking(move || {
+            for i in 0..100 {
+                let name = format!("p{i}");
+                double.create(&pod(&name)).unwrap();
+                double
+                    .set_pod_phase("default", &name, "Running", Vec::new())
+                    .unwrap();
+                double.delete::<Pod>("default", &name).unwrap();
+            }
+        })
+    };
+    writer.await.unwrap();
+    for w in watchers {
+        let seen = w.await.unwrap();
+        assert!(
+            seen.windows(2).all(|p| p[0] < p[1]),
+            "events in resourceVersion order"
+        );
+    }
+}
