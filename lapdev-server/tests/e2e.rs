@@ -17,8 +17,20 @@ use serde_json::Value;
 
 const NAMESPACE: &str = "lapdev-workspaces";
 
-/// Builds (if needed) and returns the path of a workspace binary.
-fn binary(package: &str, name: &str) -> PathBuf {
+/// Builds (if needed, once per test process) and returns the path of a
+/// workspace binary.
+fn binary(package: &'static str, name: &'static str) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static BUILT: OnceLock<Mutex<HashMap<&'static str, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Mutex::default).lock().unwrap();
+    built
+        .entry(name)
+        .or_insert_with(|| build(package, name))
+        .clone()
+}
+
+fn build(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_owned();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
