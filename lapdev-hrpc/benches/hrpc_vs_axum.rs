@@ -76,9 +76,13 @@ fn setup() -> Setup {
         .build()
         .unwrap();
     let addr = server.block_on(async {
-        let app = axum::Router::new()
-            .nest("/rpc", BenchServer::new(BenchImpl).into_router())
-            .route("/plain/work", axum::routing::post(plain_work))
+        // Both at the root of one router, so neither pays for a `nest` the
+        // other does not (the server's own `/rpc` mount is its choice, not
+        // HRPC's cost).
+        let app = lapdev_hrpc::RpcRouter::new()
+            .service(BenchServer::new(BenchImpl))
+            .merge(axum::Router::new().route("/plain/work", axum::routing::post(plain_work)))
+            .into_router()
             // The same body limit as HRPC's default, so neither side has an edge.
             .layer(axum::extract::DefaultBodyLimit::max(4 * 1024 * 1024));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -88,7 +92,7 @@ fn setup() -> Setup {
     });
     let transport = Arc::new(HttpTransport::new(HttpTransportConfig::default()).unwrap());
     let client =
-        Client::with_shared_transport(&format!("http://{addr}/rpc"), transport.clone()).unwrap();
+        Client::with_shared_transport(&format!("http://{addr}"), transport.clone()).unwrap();
     Setup {
         client: Arc::new(client),
         transport,
