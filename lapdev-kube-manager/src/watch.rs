@@ -149,17 +149,43 @@ impl PodState {
     }
 }
 
-/// A workspace's status from its pod (if any) and whether its claim exists:
-/// `(status, message, pod name)`. No pod but a claim is `stopped`; nothing is
-/// `deleted`.
+/// The state of a workspace's home volume claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// No claim.
+    Absent,
+    /// The claim exists.
+    Present,
+    /// The claim is being deleted (a finalizer holds it).
+    Terminating,
+}
+
+impl Claim {
+    /// The claim state of an object that exists.
+    pub fn of(pvc: &PersistentVolumeClaim) -> Self {
+        if pvc.metadata.deletion_timestamp.is_some() {
+            Claim::Terminating
+        } else {
+            Claim::Present
+        }
+    }
+}
+
+/// A workspace's status from its pod (if any) and its claim:
+/// `(status, message, pod name)`. No pod but a claim is `stopped`; a claim
+/// being deleted is `deleting`; nothing is `deleted`.
 pub fn observe(
     pod: Option<&PodState>,
-    pvc: bool,
+    claim: Claim,
 ) -> (WorkspaceStatus, Option<String>, Option<String>) {
-    match pod {
-        Some(p) => (p.status, p.message.clone(), Some(p.name.clone())),
-        None if pvc => (WorkspaceStatus::Stopped, None, None),
-        None => (WorkspaceStatus::Deleted, None, None),
+    match (pod, claim) {
+        (Some(p), Claim::Terminating) if p.status == WorkspaceStatus::Stopping => {
+            (WorkspaceStatus::Deleting, None, Some(p.name.clone()))
+        }
+        (Some(p), _) => (p.status, p.message.clone(), Some(p.name.clone())),
+        (None, Claim::Present) => (WorkspaceStatus::Stopped, None, None),
+        (None, Claim::Terminating) => (WorkspaceStatus::Deleting, None, None),
+        (None, Claim::Absent) => (WorkspaceStatus::Deleted, None, None),
     }
 }
 
@@ -247,7 +273,7 @@ fn change<T, K, V>(event: Event<T>, f: impl Fn(&T) -> Option<(K, V)>) -> Option<
 #[derive(Default)]
 struct Inner {
     pods: Keyed<Uuid, PodState>,
-    pvcs: Keyed<Uuid, ()>,
+    pvcs: Keyed<Uuid, Claim>,
     /// The last observation of every workspace the cluster has something of.
     current: HashMap<Uuid, WorkspaceObservation>,
     /// Changes not yet reported to the server.
@@ -372,7 +398,8 @@ impl Tracker {
 
     /// Recomputes one workspace's observation; queues it if it changed.
     fn refresh(inner: &mut Inner, id: Uuid) -> bool {
-        let observed = observe(inner.pods.map.get(&id), inner.pvcs.map.contains_key(&id));
+        let claim = inner.pvcs.map.get(&id).copied().unwrap_or(Claim::Absent);
+        let observed = observe(inner.pods.map.get(&id), claim);
         let same = inner.current.get(&id).is_some_and(|o| {
             o.status == observed.0 && o.message == observed.1 && o.pod_name == observed.2
         });
@@ -421,7 +448,7 @@ impl Tracker {
         self.workspaces_changed(&mut inner, ids);
     }
 
-    fn pvc_change(&self, change: Change<Uuid, ()>) {
+    fn pvc_change(&self, change: Change<Uuid, Claim>) {
         let mut inner = self.lock();
         let ids = inner.pvcs.apply(change);
         self.workspaces_changed(&mut inner, ids);
@@ -565,7 +592,7 @@ pub fn spawn(
             shutdown.clone(),
             |t, ev| {
                 if let Some(c) = change(ev, |p: &PersistentVolumeClaim| {
-                    Some((workspace_id_of(&p.metadata)?, ()))
+                    Some((workspace_id_of(&p.metadata)?, Claim::of(p)))
                 }) {
                     t.pvc_change(c);
                 }
@@ -818,10 +845,25 @@ mod tests {
 
     #[test]
     fn no_pod_means_stopped_or_deleted() {
-        assert_eq!(observe(None, true).0, WorkspaceStatus::Stopped);
-        assert_eq!(observe(None, false).0, WorkspaceStatus::Deleted);
+        assert_eq!(observe(None, Claim::Present).0, WorkspaceStatus::Stopped);
+        assert_eq!(
+            observe(None, Claim::Terminating).0,
+            WorkspaceStatus::Deleting
+        );
+        assert_eq!(observe(None, Claim::Absent).0, WorkspaceStatus::Deleted);
+        let mut going = pod("Running");
+        going.metadata.deletion_timestamp = Some(Time(Default::default()));
+        let going = PodState::from_pod(&going);
+        assert_eq!(
+            observe(Some(&going), Claim::Present).0,
+            WorkspaceStatus::Stopping
+        );
+        assert_eq!(
+            observe(Some(&going), Claim::Terminating).0,
+            WorkspaceStatus::Deleting
+        );
         let p = PodState::from_pod(&pod("Pending"));
-        assert_eq!(observe(Some(&p), false).2.as_deref(), Some("ws-1"));
+        assert_eq!(observe(Some(&p), Claim::Absent).2.as_deref(), Some("ws-1"));
     }
 
     fn identity() -> ManagerIdentity {
@@ -838,8 +880,8 @@ mod tests {
         t.pod_change(Change::InitUpsert(a, running.clone()));
         t.pod_change(Change::InitDone);
         t.pvc_change(Change::Init);
-        t.pvc_change(Change::InitUpsert(a, ()));
-        t.pvc_change(Change::InitUpsert(b, ()));
+        t.pvc_change(Change::InitUpsert(a, Claim::Present));
+        t.pvc_change(Change::InitUpsert(b, Claim::Present));
         assert!(!*t.synced().borrow());
         t.pvc_change(Change::InitDone);
         assert!(*t.synced().borrow());

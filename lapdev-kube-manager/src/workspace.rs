@@ -30,7 +30,7 @@ use lapdev_kube_rpc::WorkspaceObservation;
 use uuid::Uuid;
 
 use crate::error::{KubeCallError, call};
-use crate::watch::{PodState, observe};
+use crate::watch::{Claim, PodState, observe};
 
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "lapdev-kube-manager";
@@ -293,6 +293,7 @@ impl Workspaces {
         .await?;
         let pod = workspace_pod(spec, &self.settings);
         let name = pod_name(id);
+        self.wait_for_termination(&name).await?;
         let applied = call(
             || format!("applying pod {name}"),
             self.timeout,
@@ -301,15 +302,42 @@ impl Workspaces {
         .await?;
         Ok(observation(
             id,
-            observe(Some(&PodState::from_pod(&applied)), true),
+            observe(Some(&PodState::from_pod(&applied)), Claim::Present),
         ))
+    }
+
+    /// A start right after a stop finds the old pod still terminating; applying
+    /// to it would change nothing and the workspace would end up stopped. Waits
+    /// (bounded by the call timeout) until it is gone.
+    async fn wait_for_termination(&self, name: &str) -> Result<(), HrpcError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let pod = call(
+                || format!("reading pod {name}"),
+                self.timeout,
+                self.pods.get_opt(name),
+            )
+            .await?;
+            if pod
+                .as_ref()
+                .is_none_or(|p| p.metadata.deletion_timestamp.is_none())
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HrpcError::unavailable(format!(
+                    "pod {name} is still terminating from the last stop; try again"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Deletes the pod and keeps the claim.
     pub async fn stop(&self, id: Uuid) -> Result<WorkspaceObservation, HrpcError> {
         let name = pod_name(id);
         let still_there = self.delete_pod(&name).await?;
-        let pvc = self.pvc_exists(id).await?;
+        let pvc = self.claim(id).await?;
         Ok(match still_there {
             Some(pod) => observation(id, observe(Some(&pod), pvc)),
             None => observation(id, observe(None, pvc)),
@@ -327,9 +355,8 @@ impl Workspaces {
         )
         .await;
         let pvc_left = match pvc {
-            Ok(either) => either
-                .left()
-                .is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
+            // Still there while a finalizer (pvc-protection) holds it.
+            Ok(_) => self.claim(id).await? != Claim::Absent,
             Err(e) if e.is_not_found() => false,
             Err(e) => return Err(e.into()),
         };
@@ -351,8 +378,8 @@ impl Workspaces {
             self.pods.get_opt(&name),
         )
         .await?;
-        let pvc = self.pvc_exists(id).await?;
-        if pod.is_none() && !pvc {
+        let pvc = self.claim(id).await?;
+        if pod.is_none() && pvc == Claim::Absent {
             return Err(HrpcError::not_found(format!(
                 "the cluster has nothing of workspace {id}"
             )));
@@ -363,7 +390,7 @@ impl Workspaces {
         ))
     }
 
-    async fn pvc_exists(&self, id: Uuid) -> Result<bool, KubeCallError> {
+    async fn claim(&self, id: Uuid) -> Result<Claim, KubeCallError> {
         let name = pvc_name(id);
         Ok(call(
             || format!("reading persistentvolumeclaim {name}"),
@@ -371,10 +398,14 @@ impl Workspaces {
             self.pvcs.get_opt(&name),
         )
         .await?
-        .is_some())
+        .as_ref()
+        .map_or(Claim::Absent, Claim::of))
     }
 
-    /// Deletes a pod; the pod if it is still terminating, `None` if gone.
+    /// Deletes a pod; the pod if it is still there (terminating), `None` if gone.
+    ///
+    /// The delete's answer does not say which (API servers return the object in
+    /// both cases), so the pod is read back.
     async fn delete_pod(&self, name: &str) -> Result<Option<PodState>, KubeCallError> {
         match call(
             || format!("deleting pod {name}"),
@@ -383,15 +414,17 @@ impl Workspaces {
         )
         .await
         {
-            // The answer is the pod itself: still there (terminating) only if
-            // it carries a deletion timestamp; otherwise it is gone already.
-            Ok(either) => Ok(either
-                .left()
-                .filter(|p| p.metadata.deletion_timestamp.is_some())
-                .map(|p| PodState::from_pod(&p))),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
         }
+        let left = call(
+            || format!("reading pod {name}"),
+            self.timeout,
+            self.pods.get_opt(name),
+        )
+        .await?;
+        Ok(left.map(|p| PodState::from_pod(&p)))
     }
 }
 
