@@ -338,6 +338,10 @@ async fn malformed_keys_are_rejected_before_any_call() {
             "bad token uri",
             with("token_uri", "file:///etc/passwd".into()),
         ),
+        (
+            "plain http token uri",
+            with("token_uri", "http://oauth2.example.com/token".into()),
+        ),
         ("number", with("project_id", 7.into())),
         ("huge", vec![b' '; 70 * 1024]),
     ];
@@ -369,6 +373,7 @@ async fn malformed_keys_are_rejected_before_any_call() {
         serde_json::json!({"project": ""}),
         serde_json::json!({"project": "a/b"}),
         serde_json::json!({"project": "p", "endpoint": "ftp://x"}),
+        serde_json::json!({"project": "p", "endpoint": "http://container.example.com"}),
     ] {
         assert!(
             matches!(

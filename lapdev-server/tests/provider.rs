@@ -24,11 +24,22 @@ struct Setup {
 }
 
 async fn start() -> Setup {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let data = tempfile::tempdir().unwrap();
+    let (server, providers, admin) = start_in(&data.path().join("data")).await;
+    Setup {
+        server,
+        _data: data,
+        providers,
+        admin,
+    }
+}
+
+/// A server on the embedded database in `data_dir` (a second start reuses it).
+async fn start_in(data_dir: &std::path::Path) -> (Server, ProviderRpcClient, AdminRpcClient) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let server = Server::start(ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data.path().join("data"),
+        data_dir: data_dir.to_owned(),
         database_url: None,
         public_url: Some("https://lapdev.example.com".into()),
         public_ca_file: None,
@@ -44,7 +55,13 @@ async fn start() -> Setup {
     })
     .await
     .unwrap();
-    let token = server.first_admin_token.clone().unwrap();
+    let token = match server.first_admin_token.clone() {
+        Some(t) => t,
+        None => std::fs::read_to_string(data_dir.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned(),
+    };
     let client = Client::http(&format!("http://{}/rpc", server.local_addr))
         .unwrap()
         .with_timeout(Duration::from_secs(30))
@@ -52,12 +69,11 @@ async fn start() -> Setup {
             http::header::AUTHORIZATION,
             http::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
         );
-    Setup {
-        providers: ProviderRpcClient::new(client.clone()),
-        admin: AdminRpcClient::new(client),
+    (
         server,
-        _data: data,
-    }
+        ProviderRpcClient::new(client.clone()),
+        AdminRpcClient::new(client),
+    )
 }
 
 fn service_error(e: CallError<HrpcError>) -> HrpcError {
@@ -338,4 +354,64 @@ async fn unreachable_api_still_adds_with_a_warning_and_bad_credentials_are_refus
     assert!(created.warning.is_some());
     assert_eq!(s.providers.list_providers().await.unwrap().len(), 1);
     s.server.shutdown();
+}
+
+#[tokio::test]
+async fn a_restart_resumes_provisioning_and_deleting_clusters() {
+    let double = KubeDouble::start().await.unwrap();
+    let gke = GkeStandIn::start().await.unwrap();
+    gke.set_cluster_endpoint(&double.url(), None);
+    gke.add_cluster("us-central1-a", "old", "1.32.9-gke.100", 1);
+    // Operations never finish while the first server runs.
+    gke.set_operation_polls(u32::MAX);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("data");
+    let (first, p, _) = start_in(&dir).await;
+    p.create_provider(
+        "gcp".into(),
+        K8sProviderKind::GCP,
+        gke.config_json(Some("europe-west1")),
+        String::from_utf8(gke.key_json()).unwrap(),
+        false,
+    )
+    .await
+    .unwrap();
+    let growing = p
+        .create_cluster("gcp".into(), "growing".into(), None, ClusterMode::Autopilot)
+        .await
+        .unwrap();
+    assert_eq!(growing.cluster.status, ClusterStatus::Provisioning);
+    p.import_cluster("gcp".into(), "old".into(), None, None, false)
+        .await
+        .unwrap();
+    let old = p
+        .delete_cluster("old".into(), true, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.cluster.status, ClusterStatus::Deleting);
+    first.shutdown();
+    first.wait().await.unwrap();
+
+    // GKE finishes both while Lapdev is down.
+    gke.set_cluster_status("europe-west1", "growing", "RUNNING", "");
+    gke.remove_cluster("us-central1-a", "old");
+
+    let (second, _, admin) = start_in(&dir).await;
+    wait_for_status(&admin, "growing", ClusterStatus::Pending).await;
+    wait_gone(&admin, "old").await;
+    // And the manager was installed into the new cluster.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while double
+        .handle()
+        .get::<Deployment>("lapdev", "lapdev-kube-manager")
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no manager installed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second.shutdown();
 }

@@ -85,15 +85,12 @@ impl GcpConfig {
             check_path_segment("location", l)?;
         }
         let endpoint = text("endpoint")?;
-        if let Some(e) = &endpoint {
-            let url = url::Url::parse(e).map_err(|_| {
-                ProviderError::InvalidConfig("endpoint must be an absolute URL".into())
-            })?;
-            if !matches!(url.scheme(), "https" | "http") {
-                return Err(ProviderError::InvalidConfig(
-                    "endpoint must be an http(s) URL".into(),
-                ));
-            }
+        if let Some(e) = &endpoint
+            && !is_allowed_url(e)
+        {
+            return Err(ProviderError::InvalidConfig(
+                "endpoint must be an https URL (plain http only on loopback)".into(),
+            ));
         }
         Ok(GcpConfig {
             project,
@@ -177,9 +174,10 @@ impl ServiceAccountKey {
             None | Some(serde_json::Value::Null) => DEFAULT_TOKEN_URI.to_owned(),
             Some(_) => field("token_uri")?,
         };
-        match url::Url::parse(&token_uri) {
-            Ok(u) if matches!(u.scheme(), "https" | "http") && u.host().is_some() => {}
-            _ => return Err(Bad("token_uri is not an http(s) URL".into())),
+        if !is_allowed_url(&token_uri) {
+            return Err(Bad(
+                "token_uri must be an https URL (plain http only on loopback)".into(),
+            ));
         }
         let der = pem_pkcs8(&field("private_key")?)?;
         let key_pair = RsaKeyPair::from_pkcs8(&der)
@@ -250,6 +248,21 @@ fn pem_pkcs8(pem: &str) -> Result<Vec<u8>, ProviderError> {
     base64::engine::general_purpose::STANDARD
         .decode(body)
         .map_err(|_| Bad("private_key is not valid base64 PEM".into()))
+}
+
+/// `https://` anywhere, or `http://` to a loopback address (local stand-ins). The
+/// key and the assertion it signs are never sent in clear over a network.
+fn is_allowed_url(raw: &str) -> bool {
+    let Ok(url) = url::Url::parse(raw) else {
+        return false;
+    };
+    match (url.scheme(), url.host()) {
+        ("https", Some(_)) => true,
+        ("http", Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
+        ("http", Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
+        ("http", Some(url::Host::Domain(d))) => d.eq_ignore_ascii_case("localhost"),
+        _ => false,
+    }
 }
 
 fn check_path_segment(field: &str, value: &str) -> Result<(), ProviderError> {

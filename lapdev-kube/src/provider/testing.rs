@@ -304,6 +304,32 @@ impl GkeStandIn {
             .cloned()
     }
 
+    /// Sets a cluster's status (`RUNNING`, `ERROR`, ...) and message, as if GKE
+    /// had moved it on its own; a `RUNNING` cluster gets the configured endpoint.
+    pub fn set_cluster_status(&self, location: &str, name: &str, status: &str, message: &str) {
+        let mut inner = self.lock();
+        let endpoint = inner.cluster_endpoint.clone();
+        if let Some(c) = inner
+            .clusters
+            .get_mut(&(location.to_owned(), name.to_owned()))
+        {
+            c["status"] = json!(status);
+            c["statusMessage"] = json!(message);
+            if status == "RUNNING"
+                && let Some(e) = endpoint
+            {
+                c["endpoint"] = json!(e);
+            }
+        }
+    }
+
+    /// Removes a cluster, as if GKE had finished deleting it.
+    pub fn remove_cluster(&self, location: &str, name: &str) {
+        self.lock()
+            .clusters
+            .remove(&(location.to_owned(), name.to_owned()));
+    }
+
     /// How many polls an operation takes to be `DONE` (default 1: the first poll
     /// sees it done).
     pub fn set_operation_polls(&self, polls: u32) {

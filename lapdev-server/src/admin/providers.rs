@@ -15,6 +15,8 @@
 //!   confirmed): `deleting`, then the row is gone. A failed step leaves the cluster
 //!   `error`, and the provider's message is shown by `get_managed_cluster` (kept in
 //!   memory: it is lost on restart).
+//! - After a restart, [`ProviderService::resume`] follows the clusters left
+//!   `provisioning` or `deleting` by asking the provider for the cluster itself.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -391,7 +393,8 @@ impl ProviderService {
     /// server-side apply).
     async fn install(
         &self,
-        who: AdminIdentity,
+        org: Uuid,
+        created_by: Option<Uuid>,
         cluster: &Cluster,
         provider: &dyn K8sProvider,
         remote: &ProviderCluster,
@@ -400,11 +403,11 @@ impl ProviderService {
             .inner
             .db
             .create_cluster_token(
-                who.organization_id,
+                org,
                 cluster.id,
                 NewClusterToken {
                     name: "provider-install".to_owned(),
-                    created_by: Some(who.user_id),
+                    created_by,
                     expires_at: None,
                 },
             )
@@ -466,15 +469,138 @@ impl ProviderService {
                     .await;
             }
         };
-        lock(&self.inner.detected).insert(cluster.id, cluster_view_of(&remote, None));
+        self.running(org, Some(who.user_id), &cluster, provider.as_ref(), &remote)
+            .await;
+    }
+
+    /// The provider has the cluster running: `pending`, then install the manager.
+    async fn running(
+        &self,
+        org: Uuid,
+        created_by: Option<Uuid>,
+        cluster: &Cluster,
+        provider: &dyn K8sProvider,
+        remote: &ProviderCluster,
+    ) {
+        lock(&self.inner.detected).insert(cluster.id, cluster_view_of(remote, None));
         self.set_status(org, cluster.id, ClusterStatus::Pending)
             .await;
         if let Err(message) = self
-            .install(who, &cluster, provider.as_ref(), &remote)
+            .install(org, created_by, cluster, provider, remote)
             .await
         {
             self.fail(org, cluster.id, "installing the manager", message)
                 .await;
+        }
+    }
+
+    /// Picks up provider work a restart interrupted: every `provisioning` cluster is
+    /// followed until the provider has it running (then the manager is installed),
+    /// every `deleting` one until the provider no longer has it. Returns how many
+    /// clusters it follows.
+    pub async fn resume(&self) -> usize {
+        let orgs = match self.inner.db.list_organizations().await {
+            Ok(orgs) => orgs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot resume provider operations");
+                return 0;
+            }
+        };
+        let mut resumed = 0;
+        for org in orgs {
+            let clusters = match self.inner.db.list_clusters(org.id).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot resume provider operations");
+                    continue;
+                }
+            };
+            for cluster in clusters {
+                if cluster.provider_id.is_some()
+                    && matches!(
+                        cluster.status,
+                        ClusterStatus::Provisioning | ClusterStatus::Deleting
+                    )
+                {
+                    resumed += 1;
+                    tokio::spawn(self.clone().resume_one(org.id, cluster));
+                }
+            }
+        }
+        resumed
+    }
+
+    async fn resume_one(self, org: Uuid, cluster: Cluster) {
+        let step = if cluster.status == ClusterStatus::Deleting {
+            "deleting the cluster"
+        } else {
+            "creating the cluster"
+        };
+        let Some(provider_id) = cluster.provider_id else {
+            return;
+        };
+        let row = match self.inner.db.get_provider(org, provider_id).await {
+            Ok(row) => row,
+            Err(e) => return self.fail(org, cluster.id, step, e.to_string()).await,
+        };
+        let client = match self.client_for(&row).await {
+            Ok(c) => c,
+            Err(e) => return self.fail(org, cluster.id, step, e.message).await,
+        };
+        let Some((location, name)) = cluster.external_id.as_deref().and_then(parse_self_link)
+        else {
+            return self
+                .fail(org, cluster.id, step, "no provider id to follow".into())
+                .await;
+        };
+        tracing::info!(cluster_id = %cluster.id, step, "resuming a provider operation");
+        let settings = self.inner.settings;
+        let started = tokio::time::Instant::now();
+        let mut interval = settings.first_poll_interval;
+        loop {
+            match client.get_cluster(&location, &name).await {
+                Err(e) if e.api_error().map(|a| a.kind) == Some(ApiErrorKind::NotFound) => {
+                    if cluster.status == ClusterStatus::Deleting {
+                        return self.forget(org, cluster.id).await;
+                    }
+                    return self.fail(org, cluster.id, step, e.provider_message()).await;
+                }
+                Err(e) => {
+                    tracing::warn!(cluster_id = %cluster.id, error = %e, "polling the provider");
+                }
+                Ok(remote) if cluster.status == ClusterStatus::Provisioning => {
+                    match remote.status {
+                        ProviderClusterStatus::Running | ProviderClusterStatus::Reconciling => {
+                            return self
+                                .running(org, row.created_by, &cluster, client.as_ref(), &remote)
+                                .await;
+                        }
+                        ProviderClusterStatus::Error | ProviderClusterStatus::Degraded => {
+                            let message = remote
+                                .status_message
+                                .unwrap_or_else(|| format!("the provider says {}", remote.status));
+                            return self.fail(org, cluster.id, step, message).await;
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(_) => {}
+            }
+            if started.elapsed() >= settings.operation_deadline {
+                return self
+                    .fail(
+                        org,
+                        cluster.id,
+                        step,
+                        format!(
+                            "the provider did not finish within {}s",
+                            settings.operation_deadline.as_secs()
+                        ),
+                    )
+                    .await;
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(settings.max_poll_interval);
         }
     }
 
@@ -687,7 +813,16 @@ impl ProviderRpc for ProviderService {
             .await
             .map_err(db_error)?;
         lock(&self.inner.detected).insert(created.id, cluster_view_of(&remote, None));
-        if install && let Err(message) = self.install(who, &created, client.as_ref(), &remote).await
+        if install
+            && let Err(message) = self
+                .install(
+                    who.organization_id,
+                    Some(who.user_id),
+                    &created,
+                    client.as_ref(),
+                    &remote,
+                )
+                .await
         {
             self.fail(
                 who.organization_id,
@@ -818,6 +953,18 @@ impl ProviderRpc for ProviderService {
                 "cluster {name:?} has no provider id to delete it by; remove it from Lapdev only"
             )));
         };
+        let workspaces = self
+            .inner
+            .db
+            .list_cluster_workspaces(org, cluster.id)
+            .await
+            .map_err(db_error)?;
+        if !workspaces.is_empty() {
+            return Err(HrpcError::failed_precondition(format!(
+                "cluster {name:?} still has {} workspace(s); delete them first",
+                workspaces.len()
+            )));
+        }
         let client = self.client_for(&row).await?;
         self.set_status(org, cluster.id, ClusterStatus::Deleting)
             .await;
@@ -887,6 +1034,13 @@ pub fn routes(state: &crate::AppState) -> axum::Router {
         state.admin.credential_key().clone(),
         ProviderSettings::default(),
     );
+    // Provider operations a restart interrupted go on in the background.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let resuming = service.clone();
+        runtime.spawn(async move {
+            resuming.resume().await;
+        });
+    }
     ProviderRpcServer::new(service)
         .into_routes()
         .route_layer(axum::middleware::from_fn_with_state(
