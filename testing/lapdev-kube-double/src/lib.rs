@@ -93,8 +93,10 @@
 //! - Validation covers names, labels, quantities (a malformed quantity is a 400
 //!   `BadRequest` decode error as on a real server; a negative request or a request
 //!   over its limit is 422 `Invalid`), pods (containers, images, volumes), PVCs,
-//!   services, and the immutability of pod and PVC specs. `fieldValidation=Strict`
-//!   is accepted but unknown fields are not detected (there are no schemas). No admission plugins
+//!   services, and the immutability of pod and PVC specs. Fields the
+//!   Kubernetes type does not have are dropped on write, as the real decoder drops
+//!   them, and `fieldValidation=Strict` refuses them (400, `strict decoding error`);
+//!   both follow the k8s-openapi `v1_33` types. No admission plugins
 //!   other than namespace existence and pvc-protection; no service account
 //!   token injection; no scheduler or controllers unless the stand-in kubelet runs.
 //!   Its scheduler places a pod on a Ready, uncordoned node whose allocatable CPU

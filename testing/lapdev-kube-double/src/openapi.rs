@@ -5,7 +5,7 @@
 //! It exists so `kubectl apply` (client- or server-side) works: kubectl looks for
 //! the `fieldValidation` parameter on the resource's PATCH operation and, when
 //! it is there, leaves validation to the server instead of downloading schemas.
-//! The double accepts `fieldValidation` and does not check for unknown fields.
+//! The double honours `fieldValidation=Strict` (unknown fields are a 400).
 
 use serde_json::{Map, Value, json};
 

@@ -432,6 +432,7 @@ fn write_ctx(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<WriteCt
         dry_run,
         force: flag(q, "force"),
         typed: false,
+        strict: q.get("fieldValidation").is_some_and(|v| v == "Strict"),
     })
 }
 

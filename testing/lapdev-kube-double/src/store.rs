@@ -90,6 +90,8 @@ pub struct WriteCtx {
     /// Whether the object came from a typed Rust value (the test handle), so
     /// decoding it as its type again is pointless.
     pub typed: bool,
+    /// `fieldValidation=Strict`: unknown fields are a 400.
+    pub strict: bool,
 }
 
 impl WriteCtx {
@@ -100,6 +102,7 @@ impl WriteCtx {
             dry_run: false,
             force: false,
             typed: true,
+            strict: false,
         }
     }
 }
@@ -617,6 +620,9 @@ impl Store {
         managed: Managed<'_>,
     ) -> Result<Arc<Stored>, ApiError> {
         validate::check_decodable(res, &obj, !ctx.typed)?;
+        if ctx.strict {
+            validate::check_strict(res, &obj)?;
+        }
         check_type(res, &obj)?;
         let meta = meta_mut(&mut obj);
         if meta
@@ -705,6 +711,9 @@ impl Store {
             }
             _ => {}
         }
+        if !ctx.typed {
+            validate::prune_unknown(res, &mut obj);
+        }
         validate::validate(res, &obj)?;
         if res.namespaced
             && inner
@@ -760,6 +769,9 @@ impl Store {
         ctx: &WriteCtx,
     ) -> Result<Arc<Stored>, ApiError> {
         validate::check_decodable(res, &obj, !ctx.typed)?;
+        if ctx.strict {
+            validate::check_strict(res, &obj)?;
+        }
         check_type(res, &obj)?;
         if let Some(n) = meta_str(&obj, "name")
             && n != name
@@ -840,6 +852,9 @@ impl Store {
         let old = inner.get(res, &key);
         if kind == PatchKind::Apply {
             check_type(res, body)?;
+            if ctx.strict {
+                validate::check_strict(res, body)?;
+            }
             if body.get("apiVersion").is_none() || body.get("kind").is_none() {
                 return Err(ApiError::bad_request(
                     "invalid object type: apiVersion and kind must be set in an apply patch",
@@ -888,6 +903,9 @@ impl Store {
             PatchKind::Apply => {}
         }
         validate::check_decodable(res, &new, !ctx.typed)?;
+        if ctx.strict {
+            validate::check_strict(res, &new)?;
+        }
         // A patch that leaves the resourceVersion alone (or drops it) is unconditional.
         if meta_str(&new, "resourceVersion").is_some_and(|rv| !rv.is_empty())
             && meta_str(&new, "resourceVersion") != meta_str(&old_v, "resourceVersion")
@@ -978,6 +996,9 @@ impl Store {
             }
         }
         apply_defaults(res, &mut new, Some(old));
+        if !ctx.typed {
+            validate::prune_unknown(res, &mut new);
+        }
         validate::validate(res, &new)?;
         validate::validate_update(res, old, &new)?;
         if old.pointer("/metadata/deletionTimestamp").is_some() {

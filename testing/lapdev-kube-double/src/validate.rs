@@ -144,30 +144,169 @@ fn decode_as<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// What to do with the object's Rust type.
+trait TypedCheck {
+    fn check<T: serde::de::DeserializeOwned + serde::Serialize>(
+        &mut self,
+        res: &ResourceDef,
+        obj: &Value,
+    ) -> Result<(), ApiError>;
+}
+
+/// Type errors only.
+struct Decode;
+
+impl TypedCheck for Decode {
+    fn check<T: serde::de::DeserializeOwned + serde::Serialize>(
+        &mut self,
+        res: &ResourceDef,
+        obj: &Value,
+    ) -> Result<(), ApiError> {
+        decode_as::<T>(res, obj)
+    }
+}
+
+/// One step of a field path.
+#[derive(Debug, Clone)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn display(path: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) if out.is_empty() => out.push_str(k),
+            Seg::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// Unknown fields: what a decode into the type and back drops.
+struct Unknown(Vec<Vec<Seg>>);
+
+impl TypedCheck for Unknown {
+    fn check<T: serde::de::DeserializeOwned + serde::Serialize>(
+        &mut self,
+        _res: &ResourceDef,
+        obj: &Value,
+    ) -> Result<(), ApiError> {
+        if let Ok(typed) = T::deserialize(obj)
+            && let Ok(known) = serde_json::to_value(&typed)
+        {
+            dropped_fields(obj, &known, &mut Vec::new(), &mut self.0);
+        }
+        Ok(())
+    }
+}
+
+fn dropped_fields(input: &Value, known: &Value, path: &mut Vec<Seg>, out: &mut Vec<Vec<Seg>>) {
+    match (input, known) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a.iter().filter(|(_, v)| !v.is_null()) {
+                path.push(Seg::Key(k.clone()));
+                match b.get(k) {
+                    Some(kv) => dropped_fields(v, kv, path, out),
+                    None => out.push(path.clone()),
+                }
+                path.pop();
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (v, kv)) in a.iter().zip(b).enumerate() {
+                path.push(Seg::Index(i));
+                dropped_fields(v, kv, path, out);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn remove_at(v: &mut Value, path: &[Seg]) {
+    match path {
+        [Seg::Key(k)] => {
+            if let Some(m) = v.as_object_mut() {
+                m.remove(k);
+            }
+        }
+        [Seg::Key(k), rest @ ..] => {
+            if let Some(next) = v.get_mut(k.as_str()) {
+                remove_at(next, rest);
+            }
+        }
+        [Seg::Index(i), rest @ ..] => {
+            if let Some(next) = v.get_mut(*i) {
+                remove_at(next, rest);
+            }
+        }
+        [] => {}
+    }
+}
+
+/// Drops the fields the object's type does not have, as the real server's
+/// decoder does (unless `fieldValidation=Strict` refused them first).
+pub fn prune_unknown(res: &ResourceDef, obj: &mut Value) {
+    let mut unknown = Unknown(Vec::new());
+    if with_type(res, obj, &mut unknown).is_err() {
+        return;
+    }
+    for path in unknown.0 {
+        remove_at(obj, &path);
+    }
+}
+
+/// `fieldValidation=Strict`: a 400 naming the fields the type does not have.
+pub fn check_strict(res: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+    let mut unknown = Unknown(Vec::new());
+    with_type(res, obj, &mut unknown)?;
+    if unknown.0.is_empty() {
+        return Ok(());
+    }
+    let fields: Vec<String> = unknown
+        .0
+        .iter()
+        .map(|f| format!("unknown field \"{}\"", display(f)))
+        .collect();
+    Err(ApiError::bad_request(format!(
+        "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+        res.kind,
+        res.version,
+        res.kind,
+        fields.join(", ")
+    )))
+}
+
 fn check_types(res: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+    with_type(res, obj, &mut Decode)
+}
+
+fn with_type(res: &ResourceDef, obj: &Value, v: &mut impl TypedCheck) -> Result<(), ApiError> {
     use k8s_openapi::api::{apps, coordination, core::v1 as core, events, rbac};
     match (res.group, res.plural) {
-        ("", "namespaces") => decode_as::<core::Namespace>(res, obj),
-        ("", "nodes") => decode_as::<core::Node>(res, obj),
-        ("", "pods") => decode_as::<core::Pod>(res, obj),
-        ("", "persistentvolumeclaims") => decode_as::<core::PersistentVolumeClaim>(res, obj),
-        ("", "events") => decode_as::<core::Event>(res, obj),
-        ("", "services") => decode_as::<core::Service>(res, obj),
-        ("", "configmaps") => decode_as::<core::ConfigMap>(res, obj),
-        ("", "secrets") => decode_as::<core::Secret>(res, obj),
-        ("", "serviceaccounts") => decode_as::<core::ServiceAccount>(res, obj),
-        ("coordination.k8s.io", "leases") => decode_as::<coordination::v1::Lease>(res, obj),
-        ("events.k8s.io", "events") => decode_as::<events::v1::Event>(res, obj),
-        ("apps", "deployments") => decode_as::<apps::v1::Deployment>(res, obj),
-        ("rbac.authorization.k8s.io", "roles") => decode_as::<rbac::v1::Role>(res, obj),
-        ("rbac.authorization.k8s.io", "rolebindings") => {
-            decode_as::<rbac::v1::RoleBinding>(res, obj)
-        }
-        ("rbac.authorization.k8s.io", "clusterroles") => {
-            decode_as::<rbac::v1::ClusterRole>(res, obj)
-        }
+        ("", "namespaces") => v.check::<core::Namespace>(res, obj),
+        ("", "nodes") => v.check::<core::Node>(res, obj),
+        ("", "pods") => v.check::<core::Pod>(res, obj),
+        ("", "persistentvolumeclaims") => v.check::<core::PersistentVolumeClaim>(res, obj),
+        ("", "events") => v.check::<core::Event>(res, obj),
+        ("", "services") => v.check::<core::Service>(res, obj),
+        ("", "configmaps") => v.check::<core::ConfigMap>(res, obj),
+        ("", "secrets") => v.check::<core::Secret>(res, obj),
+        ("", "serviceaccounts") => v.check::<core::ServiceAccount>(res, obj),
+        ("coordination.k8s.io", "leases") => v.check::<coordination::v1::Lease>(res, obj),
+        ("events.k8s.io", "events") => v.check::<events::v1::Event>(res, obj),
+        ("apps", "deployments") => v.check::<apps::v1::Deployment>(res, obj),
+        ("rbac.authorization.k8s.io", "roles") => v.check::<rbac::v1::Role>(res, obj),
+        ("rbac.authorization.k8s.io", "rolebindings") => v.check::<rbac::v1::RoleBinding>(res, obj),
+        ("rbac.authorization.k8s.io", "clusterroles") => v.check::<rbac::v1::ClusterRole>(res, obj),
         ("rbac.authorization.k8s.io", "clusterrolebindings") => {
-            decode_as::<rbac::v1::ClusterRoleBinding>(res, obj)
+            v.check::<rbac::v1::ClusterRoleBinding>(res, obj)
         }
         _ => Ok(()),
     }

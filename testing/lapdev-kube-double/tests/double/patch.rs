@@ -255,3 +255,36 @@ async fn status_subresource_writes_only_status() {
         .unwrap();
     assert_eq!(patched.status.unwrap().phase.as_deref(), Some("Running"));
 }
+
+#[tokio::test]
+async fn strict_field_validation_rejects_unknown_fields() {
+    let (_double, client) = start().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let typo = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "ws"},
+        "spec": {"containers": [{"name": "main", "image": "ubuntu", "imagePullPolicyy": "Always"}]},
+    });
+    let strict = PatchParams::apply("lapdev").validation_strict();
+    let s = status(pods.patch("ws", &strict, &Patch::Apply(&typo)).await);
+    assert_eq!((s.code, s.reason.as_str()), (400, "BadRequest"));
+    assert!(
+        s.message.contains(
+            "strict decoding error: unknown field \"spec.containers[0].imagePullPolicyy\""
+        ),
+        "{}",
+        s.message
+    );
+    // Without Strict the field is dropped, as the real decoder drops it.
+    pods.patch("ws", &PatchParams::apply("lapdev"), &Patch::Apply(&typo))
+        .await
+        .unwrap();
+    let req = http::Request::get("/api/v1/namespaces/default/pods/ws")
+        .body(Vec::new())
+        .unwrap();
+    let raw: serde_json::Value = client.request(req).await.unwrap();
+    assert!(
+        raw.pointer("/spec/containers/0/imagePullPolicyy").is_none(),
+        "{raw}"
+    );
+}
