@@ -374,6 +374,25 @@ impl Db {
         .await
     }
 
+    /// Marks every live `connected` or `degraded` cluster of every organisation
+    /// `disconnected`. The server calls this on start: tunnels live in memory, so
+    /// after a restart no manager is connected until it dials in again. Returns
+    /// how many clusters changed.
+    pub async fn mark_connected_clusters_disconnected(&self) -> DbResult<u64> {
+        use kube_cluster::Column as C;
+        let result = kube_cluster::Entity::update_many()
+            .col_expr(C::Status, Expr::value(ClusterStatus::Disconnected.as_str()))
+            .col_expr(C::UpdatedAt, Expr::value(tz(now())))
+            .filter(C::DeletedAt.is_null())
+            .filter(C::Status.is_in([
+                ClusterStatus::Connected.as_str(),
+                ClusterStatus::Degraded.as_str(),
+            ]))
+            .exec(&self.conn)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
     /// Sets the status; becoming `connected` also sets `connected_at` and
     /// `last_seen_at`.
     pub async fn set_cluster_status(

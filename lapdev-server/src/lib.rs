@@ -175,6 +175,18 @@ impl Server {
                  written with; start with the original LAPDEV_ENCRYPTION_KEY (or data \
                  directory)",
             )?;
+        // Tunnels live in memory: after a restart no manager is connected until
+        // it dials in again.
+        let stale = db
+            .mark_connected_clusters_disconnected()
+            .await
+            .context("resetting cluster connection status")?;
+        if stale > 0 {
+            tracing::info!(
+                clusters = stale,
+                "marked clusters disconnected until their managers reconnect"
+            );
+        }
         let bootstrap =
             bootstrap::ensure_first_admin(&db, &secrets.jwt, &data_dir, config.admin_token_days)
                 .await

@@ -215,3 +215,36 @@ async fn errors_are_one_line_and_exit_non_zero() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("LAPDEV_TOKEN"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapdev_server_admin_token_mints_a_working_token() {
+    let t = TestServer::postgres().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_lapdev-server"))
+        .arg("admin-token")
+        .arg("--data-dir")
+        .arg(t.data_dir.path().join("data"))
+        .args(["--database-url", t.database.as_ref().unwrap().url()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_ne!(token, t.admin_token, "a fresh token");
+    let written = std::fs::read_to_string(t.data_dir.path().join("data/admin-token")).unwrap();
+    assert_eq!(written.trim(), token);
+    let listed = Command::new(env!("CARGO_BIN_EXE_lapdev"))
+        .args(["cluster", "list", "-o", "json"])
+        .env("LAPDEV_SERVER", t.base())
+        .env("LAPDEV_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+}

@@ -382,3 +382,80 @@ async fn the_embedded_default_works_end_to_end() {
     let token_file = std::fs::read_to_string(t.data_dir.path().join("data/admin-token")).unwrap();
     assert_eq!(token_file.trim(), t.admin_token);
 }
+
+#[tokio::test]
+async fn a_restart_forgets_connections_and_refuses_a_wrong_encryption_key() {
+    let t = TestServer::postgres().await;
+    let admin = t.admin();
+    let created = admin.create_cluster("c".into(), None).await.unwrap();
+    let org = t.server.state.db.list_organizations().await.unwrap()[0].id;
+    t.server
+        .state
+        .db
+        .set_cluster_status(org, created.cluster.id, ClusterStatus::Connected)
+        .await
+        .unwrap();
+    // A stored credential, encrypted with the server's generated key.
+    let key_b64 = std::fs::read_to_string(t.data_dir.path().join("data/encryption-key")).unwrap();
+    let key = lapdev_db::CredentialKey::from_bytes(&base64_decode(key_b64.trim())).unwrap();
+    t.server
+        .state
+        .db
+        .create_provider(
+            org,
+            lapdev_db::NewProvider {
+                name: "gcp".into(),
+                kind: lapdev_common::status::K8sProviderKind::GCP,
+                config: serde_json::json!({"project": "p"}),
+                credential: lapdev_db::ProviderCredential::new(b"secret".to_vec()),
+                created_by: None,
+            },
+            &key,
+        )
+        .await
+        .unwrap();
+    let data_dir = t.data_dir.path().join("data");
+    let url = t.database.as_ref().unwrap().url().to_owned();
+    t.server.shutdown();
+    let TestServer {
+        server,
+        database,
+        data_dir: _keep,
+        ..
+    } = t;
+    server.wait().await.unwrap();
+
+    // Same data directory (same generated key): starts, and the cluster is no
+    // longer shown connected.
+    let again = lapdev_server::Server::start(common::config(data_dir.clone(), Some(url.clone())))
+        .await
+        .unwrap();
+    let cluster = again
+        .state
+        .db
+        .get_cluster(org, created.cluster.id)
+        .await
+        .unwrap();
+    assert_eq!(cluster.status, ClusterStatus::Disconnected);
+    again.shutdown();
+    again.wait().await.unwrap();
+
+    // A different encryption key than the database was written with: refused.
+    let has_credentials = {
+        let db = lapdev_db::connect(&url).await.unwrap();
+        !db.list_providers(org).await.unwrap().is_empty()
+    };
+    if has_credentials {
+        let mut config = common::config(data_dir, Some(url));
+        config.encryption_key = Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into());
+        let err = lapdev_server::Server::start(config)
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            format!("{err:#}").contains("encryption key does not match"),
+            "{err:#}"
+        );
+    }
+    drop(database);
+}
