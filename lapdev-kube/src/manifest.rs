@@ -575,6 +575,8 @@ fn deployment(params: &ManifestParams) -> Deployment {
         args: Some(strings(&[
             "--listen",
             &format!("0.0.0.0:{MANAGER_HTTP_PORT}"),
+            "--log-format",
+            "json",
         ])),
         env: Some(vec![
             secret_env(ENV_SERVER_URL, false),

@@ -571,7 +571,10 @@ fn the_manager_pod_satisfies_the_restricted_pod_security_standard() {
             assert!(c["resources"][kind][res].is_string(), "{kind}.{res}");
         }
     }
-    assert_eq!(c["args"], json!(["--listen", "0.0.0.0:8081"]));
+    assert_eq!(
+        c["args"],
+        json!(["--listen", "0.0.0.0:8081", "--log-format", "json"])
+    );
     assert_eq!(
         c["env"],
         json!([
