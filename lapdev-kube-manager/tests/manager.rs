@@ -512,3 +512,44 @@ async fn changes_missed_by_a_broken_watch_are_found_by_the_relist() {
         .await;
     assert!(r.heartbeats.last().is_some());
 }
+
+#[tokio::test]
+async fn an_unreachable_kubernetes_api_at_start_is_degraded_not_fatal() {
+    // A kubeconfig whose API server is gone.
+    let gone = double().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    gone.write_kubeconfig(&kubeconfig).unwrap();
+    drop(gone);
+
+    let server = FakeServer::start(any_addr()).await;
+    let manager = ManagerProcess::spawn_kubeconfig(dir, kubeconfig, &server.url(), TOKEN, &[]);
+    let r = server
+        .wait_for("a degraded heartbeat", WAIT, |r| {
+            matches!(r.heartbeats.last(), Some(ManagerHealth::Degraded { .. }))
+        })
+        .await;
+    assert!(r.infos.is_empty() && r.snapshots.is_empty());
+    let mgr = &manager;
+    eventually("not ready, but alive", WAIT, || async move {
+        mgr.get("/readyz").await.is_some_and(|(s, _)| s == 503)
+            && mgr.get("/healthz").await.is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    // Commands fail readably instead of hanging.
+    match server.manager().list_workspaces().await {
+        Err(CallError::Service(e)) => assert_eq!(e.code, Code::Unavailable),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    match server
+        .manager()
+        .create_workspace(spec(Uuid::new_v4()))
+        .await
+    {
+        Err(CallError::Service(e)) => {
+            assert_eq!(e.code, Code::Unavailable, "{e:?}");
+            assert!(e.message.contains("unreachable"), "{}", e.message);
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+}
