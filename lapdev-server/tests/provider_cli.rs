@@ -161,6 +161,8 @@ async fn provider_commands_create_import_connect_and_delete() {
         "1.32.9-gke.100"
     );
 
+    let existing_token = installed_token(&double);
+
     let created = json(&lapdev(
         &t,
         &[
@@ -178,8 +180,17 @@ async fn provider_commands_create_import_connect_and_delete() {
     assert_eq!(created["status"], "provisioning");
     wait_status(&t, "made", Some("pending")).await;
 
-    // The manager the server installed reports with the token it was given.
-    let token = installed_token(&double);
+    // The manager the server installed reports with the token it was given (the
+    // install follows `pending`: wait for the new cluster's token).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let token = loop {
+        let token = installed_token(&double);
+        if token != existing_token {
+            break token;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no install");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     t.cluster_client(&token)
         .report_cluster_info(sample_info())
         .await
