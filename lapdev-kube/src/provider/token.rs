@@ -74,6 +74,8 @@ impl TokenSource {
         ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(TOKEN_REQUEST_TIMEOUT)
+            // Tokens are fetched about once an hour: keep no idle connections.
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| ProviderError::BuildClient(format!("token client: {e}")))?;
         Ok(TokenSource {
