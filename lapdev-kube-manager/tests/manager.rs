@@ -107,13 +107,39 @@ async fn cluster_info_is_reported_at_connect_and_when_nodes_change() {
         r.infos.last().unwrap().cpu_capacity_millis,
         4000 + 1500 + 1_000_000 + 2000
     );
+    // A node's capacity changes (as its kubelet would report): reported again.
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
+        kube::Api::all(double.client().await.unwrap());
+    nodes
+        .patch_status(
+            "d",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "status": {"capacity": {"cpu": "3"}, "allocatable": {"cpu": "2500m"}}
+            })),
+        )
+        .await
+        .unwrap();
+    let r = server
+        .wait_for("info with d's new capacity", WAIT, |r| {
+            r.infos
+                .last()
+                .is_some_and(|i| i.cpu_capacity_millis == 4000 + 1500 + 1_000_000 + 3000)
+        })
+        .await;
+    assert_eq!(
+        r.infos.last().unwrap().cpu_allocatable_millis,
+        3800 + 1500 + 1_000_000 + 2500
+    );
+    let d_cpu = 3000;
+
     // A node leaves: reported again.
     h.remove_node("c").unwrap();
     server
         .wait_for("info with 3 nodes", WAIT, |r| {
             r.infos
                 .last()
-                .is_some_and(|i| i.node_count == 3 && i.cpu_capacity_millis == 4000 + 1500 + 2000)
+                .is_some_and(|i| i.node_count == 3 && i.cpu_capacity_millis == 4000 + 1500 + d_cpu)
         })
         .await;
 }
