@@ -30,6 +30,8 @@ use crate::watch::{Tracker, error_chain};
 const SNAPSHOT_CHUNK: usize = 2_000;
 /// Workspace status reports in flight at once.
 const REPORT_CONCURRENCY: usize = 8;
+/// How long the first heartbeat waits for the first Kubernetes API probe.
+const FIRST_PROBE_WAIT: Duration = Duration::from_secs(5);
 /// How long one call to the server may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -223,6 +225,22 @@ impl Manager {
         let mut sent_info: Option<KubeClusterInfo> = None;
         let mut snapshot_sent = false;
         let mut next_heartbeat = Instant::now();
+        // The first heartbeat says how things are, not "unknown yet": wait
+        // (briefly) for the first probe of the Kubernetes API.
+        if !self.tracker.probed() {
+            let first_probe = async {
+                while !self.tracker.probed() {
+                    if health_rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                reason = &mut closed => return Ended::Closed(reason),
+                _ = shutdown.cancelled() => return Ended::Shutdown,
+                _ = tokio::time::timeout(FIRST_PROBE_WAIT, first_probe) => {}
+            }
+        }
         loop {
             if Instant::now() >= next_heartbeat {
                 let health = match health_rx.borrow_and_update().clone() {

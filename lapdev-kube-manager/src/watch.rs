@@ -301,6 +301,7 @@ pub struct Tracker {
     info: watch::Sender<Option<KubeClusterInfo>>,
     health: watch::Sender<KubeHealth>,
     synced: watch::Sender<bool>,
+    probed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -323,7 +324,13 @@ impl Tracker {
             info: watch::channel(None).0,
             health: watch::channel(Some("kubernetes API: not reached yet".to_owned())).0,
             synced: watch::channel(false).0,
+            probed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether the API server was probed at least once (the health is known).
+    pub fn probed(&self) -> bool {
+        self.probed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -473,6 +480,8 @@ impl Tracker {
     /// A probe succeeded: the API answered every call the manager needs.
     fn probe_ok(&self, version: String) {
         let mut inner = self.lock();
+        self.probed
+            .store(true, std::sync::atomic::Ordering::Release);
         inner.errors.clear();
         if inner.version.as_deref() != Some(&version) {
             inner.version = Some(version);
@@ -695,6 +704,10 @@ async fn probe_loop(
             Ok(version) => tracker.probe_ok(version),
             Err(reason) => {
                 tracing::warn!(error = %reason, "the Kubernetes API probe failed");
+                // Known before the health changes, for whoever waits on the change.
+                tracker
+                    .probed
+                    .store(true, std::sync::atomic::Ordering::Release);
                 tracker.set_error("kubernetes API", reason);
             }
         }

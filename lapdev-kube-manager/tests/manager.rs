@@ -341,11 +341,13 @@ async fn kubernetes_failures_degrade_and_recover() {
     let h = double.handle();
     let server = FakeServer::start(any_addr()).await;
     let manager = ManagerProcess::spawn(&double, &server.url(), TOKEN);
-    server
+    let r = server
         .wait_for("ok heartbeat", WAIT, |r| {
             r.heartbeats.last() == Some(&ManagerHealth::Ok)
         })
         .await;
+    // The very first heartbeat already says ok: it waits for the first probe.
+    assert_eq!(r.heartbeats.first(), Some(&ManagerHealth::Ok));
     let mgr = &manager;
     eventually("ready", WAIT, || async move {
         mgr.get("/readyz").await.is_some_and(|(s, _)| s == 200)
