@@ -3,12 +3,25 @@
 //! request extensions, with a short-lived cache of verified tokens so a busy
 //! server does not read the database on every heartbeat.
 //!
+//! A cached answer is used for at most the cache TTL after the database last
+//! confirmed it (and never past the token's expiry). Once it is older than half
+//! the TTL, the next request still uses it but starts one background
+//! re-verification, so a cluster that keeps calling is re-checked without any
+//! of its requests waiting on the database. Requests that find no usable
+//! answer wait on one shared verification per token rather than each querying
+//! the database: otherwise, when a slow moment leaves several requests of a
+//! cluster in flight as its entry expires, they all query at once, which makes
+//! the moment slower (a stampede).
+//!
 //! Revocation through this server is immediate: [`TokenVerifier::forget_token`]
-//! and [`TokenVerifier::forget_cluster`] drop cache entries at once. Changes made
-//! to the database by anything else are seen within the cache TTL.
+//! and [`TokenVerifier::forget_cluster`] drop cache entries at once, and a
+//! verification that was already running when they were called does not put its
+//! answer into the cache. Changes made to the database by anything else are seen
+//! within the cache TTL.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -19,6 +32,7 @@ use lapdev_common::headers::KUBE_CLUSTER_TOKEN_HEADER;
 use lapdev_db::{Db, DbError, TokenRejection, VerifiedClusterToken};
 use lapdev_hrpc::HrpcError;
 use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 /// Who is calling: set by the auth layer from a verified cluster token.
@@ -42,10 +56,29 @@ impl From<VerifiedClusterToken> for ClusterIdentity {
     }
 }
 
+/// The SHA-256 of a presented token: cache keys, so plaintext tokens are not
+/// kept in memory longer than a request (or its background re-verification).
+type Key = [u8; 32];
+
 struct Cached {
     identity: ClusterIdentity,
     expires_at: Option<chrono::DateTime<Utc>>,
-    cached_until: Instant,
+    /// When the database last confirmed this answer.
+    verified_at: Instant,
+    /// A background re-verification is running.
+    refreshing: bool,
+}
+
+/// One verification that concurrent requests for the same token share.
+type Flight = Arc<OnceCell<Result<ClusterIdentity, HrpcError>>>;
+
+#[derive(Default)]
+struct Shared {
+    cache: Mutex<HashMap<Key, Cached>>,
+    in_flight: Mutex<HashMap<Key, Flight>>,
+    /// Bumped by every `forget_*`; a verification that started under an older
+    /// generation does not cache its answer.
+    generation: AtomicU64,
 }
 
 /// Verifies cluster tokens against the database, caching successes briefly.
@@ -53,9 +86,7 @@ struct Cached {
 pub struct TokenVerifier {
     db: Db,
     ttl: Duration,
-    // Keyed by the SHA-256 of the presented token, so plaintext tokens are not
-    // kept in memory longer than a request.
-    cache: Arc<Mutex<HashMap<[u8; 32], Cached>>>,
+    state: Arc<Shared>,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -66,49 +97,132 @@ impl std::fmt::Debug for TokenVerifier {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the cache says about a token.
+enum Lookup {
+    /// Use this identity; `refresh` says to start a background re-verification.
+    Hit {
+        identity: ClusterIdentity,
+        refresh: bool,
+    },
+    /// Nothing usable: verify against the database.
+    Miss,
+}
+
 impl TokenVerifier {
     /// A verifier whose positive answers are reused for `ttl`.
     pub fn new(db: Db, ttl: Duration) -> Self {
         Self {
             db,
             ttl,
-            cache: Arc::default(),
+            state: Arc::default(),
         }
     }
 
     /// Verifies `presented`; the error is what the caller is told.
     pub async fn verify(&self, presented: &str) -> Result<ClusterIdentity, HrpcError> {
-        let key: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let now = Instant::now();
-        {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(c) = cache.get(&key)
-                && c.cached_until > now
-                && c.expires_at.is_none_or(|at| at > Utc::now())
-            {
-                return Ok(c.identity);
+        let key: Key = Sha256::digest(presented.as_bytes()).into();
+        match self.lookup(&key) {
+            Lookup::Hit { identity, refresh } => {
+                if refresh {
+                    let verifier = self.clone();
+                    let presented = presented.to_owned();
+                    tokio::spawn(async move { verifier.refresh(key, presented).await });
+                }
+                Ok(identity)
+            }
+            Lookup::Miss => self.verify_shared(key, presented).await,
+        }
+    }
+
+    fn lookup(&self, key: &Key) -> Lookup {
+        let mut cache = lock(&self.state.cache);
+        let Some(c) = cache.get_mut(key) else {
+            return Lookup::Miss;
+        };
+        let age = c.verified_at.elapsed();
+        if age >= self.ttl || c.expires_at.is_some_and(|at| at <= Utc::now()) {
+            return Lookup::Miss;
+        }
+        let refresh = !c.refreshing && age >= self.ttl / 2;
+        if refresh {
+            c.refreshing = true;
+        }
+        Lookup::Hit {
+            identity: c.identity,
+            refresh,
+        }
+    }
+
+    /// Verifies against the database, sharing one verification among the
+    /// requests that present the same token at the same time.
+    async fn verify_shared(&self, key: Key, presented: &str) -> Result<ClusterIdentity, HrpcError> {
+        let flight: Flight = lock(&self.state.in_flight).entry(key).or_default().clone();
+        let result = flight
+            .get_or_init(|| self.verify_and_cache(key, presented))
+            .await
+            .clone();
+        // The first request to finish retires the shared verification, so the
+        // next miss asks the database again.
+        let mut in_flight = lock(&self.state.in_flight);
+        if in_flight.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            in_flight.remove(&key);
+        }
+        result
+    }
+
+    /// A background re-verification of a cached token.
+    async fn refresh(&self, key: Key, presented: String) {
+        if self.verify_and_cache(key, &presented).await.is_err() {
+            let mut cache = lock(&self.state.cache);
+            if let Some(c) = cache.get_mut(&key) {
+                // Rejected tokens have been dropped already; after a database
+                // error the cached answer stays until its TTL runs out.
+                c.refreshing = false;
             }
         }
+    }
+
+    /// Asks the database and caches a positive answer (or drops the cached
+    /// one when the token is now rejected).
+    async fn verify_and_cache(
+        &self,
+        key: Key,
+        presented: &str,
+    ) -> Result<ClusterIdentity, HrpcError> {
+        let generation = self.state.generation.load(Ordering::SeqCst);
+        let started = Instant::now();
         match self.db.verify_cluster_token(presented).await {
             Ok(v) => {
                 let identity = ClusterIdentity::from(v);
                 let expires_at = self.token_expiry(identity).await;
-                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                let mut cache = lock(&self.state.cache);
+                if self.state.generation.load(Ordering::SeqCst) != generation {
+                    // Something was forgotten meanwhile; this answer may predate it.
+                    cache.remove(&key);
+                    return Ok(identity);
+                }
                 // Keep the cache bounded: drop stale entries when it grows.
                 if cache.len() > 100_000 {
-                    cache.retain(|_, c| c.cached_until > now);
+                    let ttl = self.ttl;
+                    cache.retain(|_, c| c.verified_at.elapsed() < ttl);
                 }
                 cache.insert(
                     key,
                     Cached {
                         identity,
                         expires_at,
-                        cached_until: now + self.ttl,
+                        verified_at: started,
+                        refreshing: false,
                     },
                 );
                 Ok(identity)
             }
             Err(DbError::InvalidToken(reason)) => {
+                lock(&self.state.cache).remove(&key);
                 Err(HrpcError::unauthenticated(rejection_message(reason)))
             }
             Err(e) => {
@@ -136,14 +250,23 @@ impl TokenVerifier {
 
     /// Forgets a token at once (it was revoked).
     pub fn forget_token(&self, token_id: Uuid) {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.retain(|_, c| c.identity.token_id != token_id);
+        self.forget(|c| c.identity.token_id == token_id);
     }
 
     /// Forgets every token of a cluster at once (it was deleted).
     pub fn forget_cluster(&self, cluster_id: Uuid) {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.retain(|_, c| c.identity.cluster_id != cluster_id);
+        self.forget(|c| c.identity.cluster_id == cluster_id);
+    }
+
+    fn forget(&self, matches: impl Fn(&Cached) -> bool) {
+        {
+            let mut cache = lock(&self.state.cache);
+            self.state.generation.fetch_add(1, Ordering::SeqCst);
+            cache.retain(|_, c| !matches(c));
+        }
+        // Requests from now on must not join a verification that may have read
+        // the database before the change.
+        lock(&self.state.in_flight).clear();
     }
 }
 
