@@ -51,6 +51,13 @@ pub trait ManagerConnector: Send + Sync + 'static {
     /// A client whose calls reach the cluster's manager, or `None` when the
     /// manager is not connected.
     fn manager(&self, cluster_id: Uuid) -> Option<KubeManagerRpcClient>;
+
+    /// Whether the cluster's manager is connected (placement asks this for
+    /// every cluster, so implementations should answer without building a
+    /// client).
+    fn is_connected(&self, cluster_id: Uuid) -> bool {
+        self.manager(cluster_id).is_some()
+    }
 }
 
 /// Settings of the conductor.
@@ -66,6 +73,13 @@ pub struct ConductorConfig {
     pub max_backoff: Duration,
     /// Namespace workspaces are created in.
     pub workspace_namespace: String,
+    /// How long placement reuses an organisation's clusters and their summed
+    /// requests before reading them again. Placements made meanwhile are added
+    /// to the cached sums, and cluster changes made through the admin API
+    /// invalidate the cache at once ([`Conductor::invalidate`]), so this only
+    /// bounds how late placement sees changes made elsewhere (a manager's new
+    /// capacity, a workspace stopped by its manager).
+    pub placement_cache_ttl: Duration,
 }
 
 impl Default for ConductorConfig {
@@ -76,6 +90,7 @@ impl Default for ConductorConfig {
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
             workspace_namespace: "lapdev-workspaces".to_owned(),
+            placement_cache_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -142,6 +157,14 @@ fn lapdev_db_error(e: DbError) -> HrpcError {
     }
 }
 
+/// An organisation's clusters and their summed requests, as placement last read
+/// them, plus the placements made since.
+struct Snapshot {
+    read_at: Instant,
+    clusters: Vec<lapdev_db::Cluster>,
+    requested: HashMap<Uuid, lapdev_db::ResourceRequests>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
     next_attempt: Instant,
@@ -153,8 +176,9 @@ struct Inner {
     connector: Arc<dyn ManagerConnector>,
     config: ConductorConfig,
     // Placement reads free capacity and writes the choice; holding this across
-    // both keeps concurrent creates from over-committing a cluster.
-    placement: tokio::sync::Mutex<()>,
+    // both keeps concurrent creates from over-committing a cluster. It also
+    // guards the per-organisation snapshot placement works from.
+    placement: tokio::sync::Mutex<HashMap<Uuid, Snapshot>>,
     wake: Notify,
     backoff: Mutex<HashMap<Uuid, Backoff>>,
     in_flight: Mutex<HashSet<Uuid>>,
@@ -196,7 +220,7 @@ impl Conductor {
                 db,
                 connector,
                 config,
-                placement: tokio::sync::Mutex::new(()),
+                placement: tokio::sync::Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 backoff: Mutex::default(),
                 in_flight: Mutex::default(),
@@ -221,10 +245,7 @@ impl Conductor {
             region: req.region.clone(),
         };
         // Refuse at once when nothing can take it, before a row exists.
-        {
-            let candidates = self.candidates(org_id).await?;
-            placement::rank(&placement, &candidates)?;
-        }
+        self.plan(org_id, &placement).await?;
         let ws = self
             .inner
             .db
@@ -255,6 +276,24 @@ impl Conductor {
         };
         self.inner.wake.notify_one();
         Ok(placed)
+    }
+
+    /// The placement decision for `req` in `org_id` right now, best cluster
+    /// first, without recording anything.
+    pub async fn plan(
+        &self,
+        org_id: Uuid,
+        req: &PlacementRequest,
+    ) -> Result<Vec<Candidate>, ConductorError> {
+        let mut snapshots = self.inner.placement.lock().await;
+        let candidates = self.candidates(&mut snapshots, org_id).await?;
+        Ok(placement::rank(req, &candidates)?)
+    }
+
+    /// Forgets what placement knows about `org_id`'s clusters (call after a
+    /// cluster is created, cordoned, uncordoned or deleted).
+    pub async fn invalidate(&self, org_id: Uuid) {
+        self.inner.placement.lock().await.remove(&org_id);
     }
 
     /// Sets what the user wants (`running`, `stopped`, `deleted`) and wakes the
@@ -356,19 +395,40 @@ impl Conductor {
         lock(&self.inner.backoff).clear();
     }
 
-    /// The organisation's clusters as placement sees them.
-    async fn candidates(&self, org_id: Uuid) -> Result<Vec<Candidate>, ConductorError> {
-        let clusters = self.inner.db.list_clusters(org_id).await?;
-        let requested = self.inner.db.cluster_requested_resources(org_id).await?;
-        Ok(clusters
-            .into_iter()
+    /// The organisation's clusters as placement sees them, from the snapshot
+    /// (read again when older than the TTL).
+    async fn candidates(
+        &self,
+        snapshots: &mut HashMap<Uuid, Snapshot>,
+        org_id: Uuid,
+    ) -> Result<Vec<Candidate>, ConductorError> {
+        let fresh = snapshots
+            .get(&org_id)
+            .is_some_and(|s| s.read_at.elapsed() < self.inner.config.placement_cache_ttl);
+        if !fresh {
+            let read_at = Instant::now();
+            let clusters = self.inner.db.list_clusters(org_id).await?;
+            let requested = self.inner.db.cluster_requested_resources(org_id).await?;
+            snapshots.insert(
+                org_id,
+                Snapshot {
+                    read_at,
+                    clusters,
+                    requested,
+                },
+            );
+        }
+        let snapshot = &snapshots[&org_id];
+        Ok(snapshot
+            .clusters
+            .iter()
             .map(|c| {
-                let used = requested.get(&c.id).copied().unwrap_or_default();
+                let used = snapshot.requested.get(&c.id).copied().unwrap_or_default();
                 Candidate {
-                    tunnel_up: self.inner.connector.manager(c.id).is_some(),
+                    tunnel_up: self.inner.connector.is_connected(c.id),
                     region: c.effective_region().map(str::to_owned),
                     cluster_id: c.id,
-                    name: c.name,
+                    name: c.name.clone(),
                     status: c.status,
                     cordoned: c.cordoned,
                     cpu_allocatable_millis: c.cpu_allocatable_millis,
@@ -382,14 +442,14 @@ impl Conductor {
 
     /// Chooses a cluster and records the choice (status `creating`).
     async fn place(&self, ws: &Workspace) -> Result<Workspace, ConductorError> {
-        let _guard = self.inner.placement.lock().await;
+        let mut snapshots = self.inner.placement.lock().await;
         let req = PlacementRequest {
             cpu_millis: ws.cpu_millis,
             memory_bytes: ws.memory_bytes,
             cluster: ws.placement_cluster.clone(),
             region: ws.placement_region.clone(),
         };
-        let candidates = self.candidates(ws.organization_id).await?;
+        let candidates = self.candidates(&mut snapshots, ws.organization_id).await?;
         let mut ranked = placement::rank(&req, &candidates)?;
         let refused = lock(&self.inner.refused)
             .get(&ws.id)
@@ -429,6 +489,14 @@ impl Conductor {
                 &self.inner.config.workspace_namespace,
             )
             .await?;
+        // The snapshot counts this placement from now on.
+        if let Some(snapshot) = snapshots.get_mut(&ws.organization_id) {
+            let used = snapshot.requested.entry(chosen.cluster_id).or_default();
+            used.cpu_millis += placed.cpu_millis;
+            used.memory_bytes += placed.memory_bytes;
+            used.storage_bytes += placed.storage_bytes;
+            used.workspaces += 1;
+        }
         tracing::info!(workspace_id = %ws.id, cluster = %chosen.name, "workspace placed");
         Ok(placed)
     }

@@ -575,3 +575,22 @@ async fn bad_requests_are_refused_before_anything_is_written() {
     assert_eq!(err.code, Code::NotFound);
     assert!(e.db.list_workspaces(e.org).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn invalidating_makes_placement_see_a_cordon_at_once() {
+    let e = env().await;
+    let (a, _) = e.cluster("a", 8000, 32, "r", Mode::Normal).await;
+    let req = lapdev_conductor::placement::PlacementRequest {
+        cpu_millis: 1000,
+        memory_bytes: GIB,
+        cluster: None,
+        region: None,
+    };
+    assert_eq!(
+        e.conductor.plan(e.org, &req).await.unwrap()[0].cluster_id,
+        a
+    );
+    e.db.set_cluster_cordoned(e.org, a, true).await.unwrap();
+    e.conductor.invalidate(e.org).await;
+    assert!(e.conductor.plan(e.org, &req).await.is_err());
+}

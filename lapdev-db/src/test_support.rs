@@ -174,3 +174,61 @@ mod tests {
         );
     }
 }
+
+/// One workspace for [`seed_placed_workspaces`].
+#[derive(Debug, Clone, Copy)]
+pub struct SeedWorkspace {
+    /// The cluster it is placed on.
+    pub cluster_id: Uuid,
+    /// Requested CPU in millicores.
+    pub cpu_millis: i64,
+    /// Requested memory in bytes.
+    pub memory_bytes: i64,
+}
+
+/// Inserts many `running` workspaces at once (batched `INSERT`s), for benchmarks
+/// that need realistic table sizes; the repository API inserts one at a time.
+pub async fn seed_placed_workspaces(
+    db: &Db,
+    org_id: Uuid,
+    owner_id: Uuid,
+    workspaces: &[SeedWorkspace],
+) -> crate::DbResult<()> {
+    use lapdev_common::status::{DesiredState, WorkspaceStatus};
+    use sea_orm::{ActiveValue::Set, EntityTrait};
+
+    use crate::entities::kube_workspace;
+
+    let at = crate::util::tz(crate::db::now());
+    for chunk in workspaces.chunks(1000) {
+        let models = chunk.iter().map(|w| {
+            let id = Uuid::new_v4();
+            kube_workspace::ActiveModel {
+                id: Set(id),
+                organization_id: Set(org_id),
+                owner_id: Set(owner_id),
+                name: Set(format!("seed-{id}")),
+                cluster_id: Set(Some(w.cluster_id)),
+                namespace: Set(Some("lapdev-workspaces".to_owned())),
+                image: Set("seed".to_owned()),
+                cpu_millis: Set(w.cpu_millis),
+                memory_bytes: Set(w.memory_bytes),
+                storage_bytes: Set(1 << 30),
+                desired_state: Set(DesiredState::Running.as_str().to_owned()),
+                status: Set(WorkspaceStatus::Running.as_str().to_owned()),
+                status_message: Set(None),
+                pod_name: Set(None),
+                version: Set(1),
+                created_at: Set(at),
+                updated_at: Set(at),
+                deleted_at: Set(None),
+                placement_cluster: Set(None),
+                placement_region: Set(None),
+            }
+        });
+        kube_workspace::Entity::insert_many(models)
+            .exec(db.connection())
+            .await?;
+    }
+    Ok(())
+}

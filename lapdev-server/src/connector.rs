@@ -14,4 +14,8 @@ impl ManagerConnector for TunnelConnector {
     fn manager(&self, cluster_id: Uuid) -> Option<KubeManagerRpcClient> {
         self.0.manager_client(cluster_id)
     }
+
+    fn is_connected(&self, cluster_id: Uuid) -> bool {
+        self.0.is_tunnel_up(cluster_id)
+    }
 }

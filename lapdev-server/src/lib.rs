@@ -205,6 +205,11 @@ impl Server {
             ),
             None => None,
         };
+        let conductor = Conductor::new(
+            db.clone(),
+            Arc::new(TunnelConnector(kube.clone())),
+            ConductorConfig::default(),
+        );
         let admin = AdminService::new(
             db.clone(),
             kube.clone(),
@@ -214,12 +219,8 @@ impl Server {
                 image: config.manager_image.clone(),
             },
             secrets.encryption_key.clone(),
-        );
-        let conductor = Conductor::new(
-            db.clone(),
-            Arc::new(TunnelConnector(kube.clone())),
-            ConductorConfig::default(),
-        );
+        )
+        .with_conductor(conductor.clone());
         let state = AppState {
             db: db.clone(),
             kube: kube.clone(),

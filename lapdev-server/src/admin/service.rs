@@ -39,6 +39,7 @@ pub struct AdminService {
     kube: KubeClusterServer,
     manifest: ManifestDefaults,
     credential_key: CredentialKey,
+    conductor: Option<lapdev_conductor::Conductor>,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -60,6 +61,20 @@ impl AdminService {
             kube,
             manifest,
             credential_key,
+            conductor: None,
+        }
+    }
+
+    /// Tells `conductor` about cluster changes made here (so placement sees a
+    /// cordon at once).
+    pub fn with_conductor(mut self, conductor: lapdev_conductor::Conductor) -> Self {
+        self.conductor = Some(conductor);
+        self
+    }
+
+    async fn clusters_changed(&self, who: AdminIdentity) {
+        if let Some(c) = &self.conductor {
+            c.invalidate(who.organization_id).await;
         }
     }
 
@@ -210,6 +225,7 @@ impl AdminRpc for AdminService {
             )
             .await
             .map_err(db_error)?;
+        self.clusters_changed(who).await;
         let created = self
             .new_token(who, &cluster, "initial".to_owned(), None)
             .await?;
@@ -246,11 +262,21 @@ impl AdminRpc for AdminService {
     async fn delete_cluster(&self, ctx: Context, name: String) -> Result<(), HrpcError> {
         let who = who(&ctx)?;
         let cluster = self.cluster(who, &name).await?;
+        if cluster.provider_id.is_some() {
+            // Deleting only the row would leave a cluster running (and billed) in
+            // the provider; ProviderRpc::delete_cluster asks which is meant.
+            return Err(HrpcError::failed_precondition(format!(
+                "cluster {name:?} is managed by a cloud provider: delete it with \
+                 ProviderRpc.delete_cluster (`lapdev cluster delete {name} --yes`, or \
+                 `--keep-in-provider` to only forget it)"
+            )));
+        }
         self.db
             .delete_cluster(who.organization_id, cluster.id)
             .await
             .map_err(db_error)?;
         self.kube.cluster_deleted(cluster.id);
+        self.clusters_changed(who).await;
         Ok(())
     }
 
@@ -266,6 +292,7 @@ impl AdminRpc for AdminService {
             .set_cluster_cordoned(who.organization_id, cluster.id, cordoned)
             .await
             .map_err(db_error)?;
+        self.clusters_changed(who).await;
         Ok(cluster_view(self.cluster(who, &name).await?))
     }
 
