@@ -506,8 +506,8 @@ impl Conductor {
         use DesiredState as D;
         use WorkspaceStatus as S;
         let result = match (ws.desired_state, ws.status, ws.cluster_id) {
-            (D::Deleted, S::Deleted, _) => Ok(()),
-            (D::Deleted, _, None) => self.finish_delete(&ws).await,
+            // Reported deleted (or never placed): only the row is left.
+            (D::Deleted, S::Deleted, _) | (D::Deleted, _, None) => self.finish_delete(&ws).await,
             (D::Deleted, _, Some(cluster)) => self.delete(&ws, cluster).await,
             (D::Running, S::Running, _) => Ok(()),
             (D::Running, S::Pending | S::Scheduling, _) | (D::Running, S::Failed, None) => {

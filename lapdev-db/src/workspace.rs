@@ -288,7 +288,8 @@ impl Db {
 
     /// Live workspaces of every organisation whose observed status does not match
     /// their desired state (for the conductor's reconciler after a restart). `failed`
-    /// workspaces are included; the reconciler decides whether to retry.
+    /// workspaces are included; the reconciler decides whether to retry. A live
+    /// `deleted` workspace is unsettled too: it still has to be soft-deleted.
     pub async fn list_unsettled_workspaces(&self) -> DbResult<Vec<Workspace>> {
         use kube_workspace::Column as W;
         let settled = |desired: DesiredState, status: WorkspaceStatus| {
@@ -302,7 +303,6 @@ impl Db {
                 Condition::any()
                     .add(settled(DesiredState::Running, WorkspaceStatus::Running))
                     .add(settled(DesiredState::Stopped, WorkspaceStatus::Stopped))
-                    .add(settled(DesiredState::Deleted, WorkspaceStatus::Deleted))
                     .not(),
             )
             .order_by_asc(W::UpdatedAt)

@@ -7,7 +7,12 @@
 //! a report they refuse (for example a late `running` for a workspace already
 //! `deleting`) is stale and ignored. A lost optimistic-concurrency race is
 //! retried from a fresh read a few times.
+//!
+//! A `deleted` report ends the workspace when its user asked for that (the row is
+//! soft-deleted); otherwise its objects vanished behind Lapdev's back, which is
+//! recorded as `failed` so the conductor re-creates them (`deleted` is final).
 
+use lapdev_common::status::{DesiredState, WorkspaceStatus};
 use lapdev_db::{
     Db, DbError, DbResult, EntityKind, WorkspaceTransition, workspace_transition_allowed,
 };
@@ -34,6 +39,51 @@ pub async fn record(
                 entity: EntityKind::Workspace,
                 key: report.workspace_id.to_string(),
             });
+        }
+        if report.status == WorkspaceStatus::Deleted {
+            if current.desired_state == DesiredState::Deleted {
+                // Everything is gone, as asked: the row goes too.
+                match db
+                    .delete_workspace(
+                        identity.organization_id,
+                        report.workspace_id,
+                        current.version,
+                    )
+                    .await
+                {
+                    Ok(_) => return Ok(()),
+                    Err(DbError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            // Not asked for: the objects vanished (deleted by hand, a lost
+            // namespace). `deleted` is final, so record a failure the conductor
+            // repairs instead.
+            let change = WorkspaceTransition {
+                status: WorkspaceStatus::Failed,
+                status_message: Some(
+                    "the cluster no longer has any of the workspace's objects".to_owned(),
+                ),
+                pod_name: None,
+            };
+            if current.status == WorkspaceStatus::Failed
+                || !workspace_transition_allowed(current.status, WorkspaceStatus::Failed)
+            {
+                return Ok(());
+            }
+            match db
+                .transition_workspace(
+                    identity.organization_id,
+                    report.workspace_id,
+                    current.version,
+                    change,
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(DbError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
+                Err(e) => return Err(e),
+            }
         }
         let unchanged = current.status == report.status
             && current.status_message == report.message

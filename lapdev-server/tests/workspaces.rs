@@ -177,3 +177,74 @@ async fn workspace_lifecycle_through_the_cli() {
     let all = json(lapdev(&t, &["workspace", "list", "--all", "-o", "json"]));
     assert_eq!(all.as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_reports_end_wanted_deletions_and_flag_unwanted_ones() {
+    let t = TestServer::postgres().await;
+    let admin = t.admin();
+    let created = admin.create_cluster("dev".into(), None).await.unwrap();
+    let manager_api = t.cluster_client(&created.token_secret);
+    manager_api
+        .report_cluster_info(sample_info())
+        .await
+        .unwrap();
+    let fake = Arc::new(FakeManager::default());
+    let session = dial(&t, &created.token_secret, fake.clone()).await.unwrap();
+    let _run = tokio::spawn(session.run());
+    eventually("cluster connected", || {
+        let admin = admin.clone();
+        async move { admin.get_cluster("dev".into()).await.unwrap().status == ClusterStatus::Connected }
+    })
+    .await;
+    let ws = json(lapdev(
+        &t,
+        &[
+            "workspace",
+            "create",
+            "w",
+            "--image",
+            "ubuntu",
+            "-o",
+            "json",
+        ],
+    ));
+    let id: Uuid = ws["id"].as_str().unwrap().parse().unwrap();
+    eventually("created", || {
+        let fake = fake.clone();
+        async move { fake.has(id).is_some() }
+    })
+    .await;
+
+    // The objects vanish while the user still wants the workspace: failed, not
+    // deleted, so it can be repaired.
+    manager_api
+        .report_workspace_status(observation(id, WorkspaceStatus::Deleted))
+        .await
+        .unwrap();
+    let got = json(lapdev(&t, &["workspace", "get", "w", "-o", "json"]));
+    assert_ne!(got["status"], "deleted");
+    assert_eq!(got["deleted_at"], Value::Null);
+
+    // Asked for and reported: the row is soft-deleted.
+    json(lapdev(&t, &["workspace", "delete", "w", "-o", "json"]));
+    // The conductor may have finished the deletion already, in which case the
+    // report names a workspace that is gone.
+    match manager_api
+        .report_workspace_status(observation(id, WorkspaceStatus::Deleted))
+        .await
+    {
+        Ok(()) => {}
+        Err(lapdev_hrpc::CallError::Service(e)) => {
+            assert_eq!(e.code, lapdev_hrpc::Code::NotFound, "{e}")
+        }
+        Err(other) => panic!("{other:?}"),
+    }
+    eventually("soft-deleted", || async {
+        json(lapdev(&t, &["workspace", "get", "w", "-o", "json"]))["deleted_at"].is_string()
+    })
+    .await;
+    assert_eq!(
+        json(lapdev(&t, &["workspace", "list", "-o", "json"])),
+        Value::Array(vec![])
+    );
+}

@@ -98,6 +98,13 @@ async fn main() -> anyhow::Result<()> {
         node_names.push(name);
     }
     seed_pods(&double, args.pods, &node_names)?;
+    // The namespaces Lapdev's install manifest creates, so a manager can run
+    // against the stand-in straight away.
+    for ns in ["lapdev", "lapdev-workspaces"] {
+        double
+            .create_namespace(ns)
+            .with_context(|| format!("creating namespace {ns}"))?;
+    }
     double
         .write_kubeconfig(&args.kubeconfig_out)
         .with_context(|| format!("writing {}", args.kubeconfig_out.display()))?;
