@@ -49,7 +49,12 @@ pub struct ServerConfig {
     #[arg(long, env = "LAPDEV_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Directory for the embedded database and generated secrets.
-    #[arg(long, env = "LAPDEV_DATA_DIR", default_value = "./lapdev-data", global = true)]
+    #[arg(
+        long,
+        env = "LAPDEV_DATA_DIR",
+        default_value = "./lapdev-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Database URL (`postgres://…` in production). Default: SQLite in the data
     /// directory.
@@ -64,7 +69,13 @@ pub struct ServerConfig {
     #[arg(long, env = "LAPDEV_PUBLIC_CA_FILE")]
     pub public_ca_file: Option<PathBuf>,
     /// Log format.
-    #[arg(long, env = "LAPDEV_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "LAPDEV_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
     /// TLS certificate chain (PEM); with --tls-key the server terminates TLS.
     #[arg(long, env = "LAPDEV_TLS_CERT", requires = "tls_key")]
@@ -77,12 +88,22 @@ pub struct ServerConfig {
     #[arg(long, env = "LAPDEV_JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<String>,
     /// File holding the JWT signing secret.
-    #[arg(long, env = "LAPDEV_JWT_SECRET_FILE", conflicts_with = "jwt_secret", global = true)]
+    #[arg(
+        long,
+        env = "LAPDEV_JWT_SECRET_FILE",
+        conflicts_with = "jwt_secret",
+        global = true
+    )]
     pub jwt_secret_file: Option<PathBuf>,
     /// Credential-encryption key: 32 bytes, base64. Default: generated in the
     /// data directory. The server refuses to start if it does not match the key
     /// the database was written with.
-    #[arg(long, env = "LAPDEV_ENCRYPTION_KEY", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "LAPDEV_ENCRYPTION_KEY",
+        hide_env_values = true,
+        global = true
+    )]
     pub encryption_key: Option<String>,
     /// Manager image put into install manifests.
     #[arg(long, env = "LAPDEV_MANAGER_IMAGE", default_value = concat!("ghcr.io/lapdev/lapdev-kube-manager:", env!("CARGO_PKG_VERSION")))]
