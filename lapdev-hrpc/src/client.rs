@@ -27,6 +27,7 @@ use crate::protocol::{
 mod http_transport;
 mod service_transport;
 
+pub(crate) use http_transport::tls_config;
 pub use http_transport::{HttpTransport, HttpTransportConfig, TlsConfigError};
 pub use service_transport::ServiceTransport;
 

@@ -101,7 +101,11 @@ impl HttpTransport {
     }
 }
 
-fn tls_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, TlsConfigError> {
+/// rustls with the ring provider, the system's roots and an optional extra CA;
+/// shared by the HTTP transport and the tunnel's client end.
+pub(crate) fn tls_config(
+    extra_ca_pem: Option<&[u8]>,
+) -> Result<rustls::ClientConfig, TlsConfigError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
 

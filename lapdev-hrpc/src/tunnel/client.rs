@@ -486,32 +486,7 @@ fn rejected(response: &http::Response<Option<Vec<u8>>>) -> TunnelConnectError {
 
 /// rustls with the ring provider, the system's roots and an optional extra CA.
 fn tls_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, TlsConfigError> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::debug!(error = %e, "skipping an unreadable system certificate");
-    }
-    roots.add_parsable_certificates(native.certs);
-    if let Some(pem) = extra_ca_pem {
-        let mut added = 0;
-        for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(TlsConfigError::InvalidPem)?;
-            roots.add(cert).map_err(TlsConfigError::Rejected)?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(TlsConfigError::Empty);
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(TlsConfigError::Rejected)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config = crate::client::tls_config(extra_ca_pem)?;
     // The upgrade is an HTTP/1.1 request; never let a server pick h2.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
