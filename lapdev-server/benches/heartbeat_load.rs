@@ -20,8 +20,8 @@
 //!    the database's `last_seen_at` staleness during the load, and after the
 //!    load checks that every cluster's last heartbeat reaches the database
 //!    within 15 s;
-//! 5. exits non-zero if a floor is missed: served >= 99.9 % of offered with no
-//!    errors, heartbeat p99 < 50 ms, every last-seen persisted within 15 s
+//! 5. exits non-zero if a floor is missed: all offered heartbeats answered OK
+//!    (>= 99.9 % and no errors) at >= 99 % of the offered rate, heartbeat p99 < 50 ms, every last-seen persisted within 15 s
 //!    (no sample during the load finds a `last_seen_at` older than 15 s, and
 //!    after the load every cluster's last heartbeat is visible within 15 s).
 //!
@@ -733,11 +733,13 @@ async fn run(settings: &Settings) -> Outcome {
         _ => "n/a".into(),
     };
     println!(
-        "cpu over the measured window: server {}, load generator {}, postgres {}; machine \
-         {machine} (of 2 cores; the rest is other processes)",
+        "cpu over the measured window: server {}, load generator {}, postgres (all its \
+         databases, also other users') {}; machine \
+         {machine} (of {} cores; the rest is other processes)",
         cores(cpu_before.0, cpu_after.0),
         cores(cpu_before.1, cpu_after.1),
         cores(cpu_before.3, cpu_after.3),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
     println!(
         "database last_seen_at staleness during the load (worst cluster, per sample): {} (worst {})",
@@ -819,7 +821,9 @@ async fn run(settings: &Settings) -> Outcome {
             "served {ok} of {measured_offered} offered heartbeats ({errors} errors)"
         ));
     }
-    if served_rate < 0.999 * offered_rate {
+    // The answers to the window's last calls arrive after it ends, so the
+    // served rate gets 1 % of slack; answering late is what p99 judges.
+    if served_rate < 0.99 * offered_rate {
         missed.push(format!(
             "served {served_rate:.0}/s of {offered_rate:.0}/s offered"
         ));
