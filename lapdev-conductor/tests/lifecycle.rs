@@ -443,6 +443,8 @@ async fn a_refusing_cluster_hands_the_workspace_to_the_next() {
             .contains("exceeded quota")
     );
 
+    // The refusal put the workspace into backoff; the next round goes now.
+    e.conductor.clear_backoff();
     e.conductor.reconcile_once().await;
     assert_eq!(manager.has(ws.id), Some(WorkspaceStatus::Creating));
 }
