@@ -40,6 +40,10 @@ pub struct KubeClusterInfo {
     /// The namespace workspaces are created in.
     #[serde(default)]
     pub workspace_namespace: String,
+    /// The revision of the install manifest the manager was deployed from
+    /// (`LAPDEV_MANIFEST_REVISION`), so an admin can tell an out-of-date install.
+    #[serde(default)]
+    pub manifest_revision: Option<String>,
 }
 
 /// Everything a manager needs to create (or re-create) a workspace's objects.

@@ -7,5 +7,6 @@
 pub mod headers;
 pub mod kube;
 pub mod quantity;
+pub mod reason;
 pub mod status;
 pub mod token;

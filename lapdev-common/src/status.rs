@@ -133,6 +133,26 @@ string_enum! {
 }
 
 string_enum! {
+    /// How locked down a cluster's workspace pods are, chosen per cluster by an
+    /// admin. The workspace namespace's Pod Security label (`pod-security.kubernetes.io/enforce`)
+    /// follows it, so the install manifest carries it.
+    pub enum SecurityProfile {
+        /// Pod Security `baseline`: root allowed, the runtime's default capabilities,
+        /// privilege escalation allowed (so `sudo` and `apt` work in common dev images).
+        Baseline => "baseline",
+        /// Pod Security `restricted`: non-root, all capabilities dropped, no privilege
+        /// escalation, `RuntimeDefault` seccomp.
+        Restricted => "restricted",
+    }
+}
+
+impl Default for SecurityProfile {
+    fn default() -> Self {
+        SecurityProfile::Baseline
+    }
+}
+
+string_enum! {
     /// Kind of a registered cloud provider that can list, create and delete clusters.
     ///
     /// Stored and serialised in lowercase (`"gcp"`), like every other enum here.
@@ -183,6 +203,7 @@ mod tests {
         round_trip(DesiredState::ALL);
         round_trip(K8sProviderKind::ALL);
         round_trip(CloudProvider::ALL);
+        round_trip(SecurityProfile::ALL);
     }
 
     #[test]

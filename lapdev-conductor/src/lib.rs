@@ -689,6 +689,8 @@ impl Conductor {
             status,
             message,
             pod_name: None,
+            node_name: None,
+            reason: None,
             observed_at: chrono::Utc::now(),
         };
         self.observe(ws, &obs).await;

@@ -73,6 +73,8 @@ impl FakeManager {
             status,
             message: None,
             pod_name: Some(format!("ws-{id}")),
+            node_name: None,
+            reason: None,
             observed_at: Utc::now(),
         }
     }
@@ -105,6 +107,8 @@ impl KubeManagerRpc for FakeManager {
             status: WorkspaceStatus::Deleted,
             message: None,
             pod_name: None,
+            node_name: None,
+            reason: None,
             observed_at: Utc::now(),
         })
     }

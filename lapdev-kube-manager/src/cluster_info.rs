@@ -155,6 +155,8 @@ pub struct ManagerIdentity {
     pub manager_namespace: String,
     /// The namespace workspaces run in.
     pub workspace_namespace: String,
+    /// The install manifest's revision, when the manifest set it.
+    pub manifest_revision: Option<String>,
 }
 
 /// The cluster info from the API server version and every node's summary.
@@ -177,6 +179,7 @@ pub fn cluster_info<'a>(
         manager_version: identity.manager_version.clone(),
         manager_namespace: identity.manager_namespace.clone(),
         workspace_namespace: identity.workspace_namespace.clone(),
+        manifest_revision: identity.manifest_revision.clone(),
     };
     let mut providers: HashMap<CloudProvider, u32> = HashMap::new();
     let mut regions: HashMap<&str, u32> = HashMap::new();
@@ -262,6 +265,7 @@ mod tests {
             manager_version: "0.1.0".into(),
             manager_namespace: "lapdev".into(),
             workspace_namespace: "lapdev-workspaces".into(),
+            manifest_revision: None,
         }
     }
 

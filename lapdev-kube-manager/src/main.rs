@@ -60,6 +60,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         manager_version: env!("CARGO_PKG_VERSION").to_owned(),
         manager_namespace: config.manager_namespace(),
         workspace_namespace: config.workspace_namespace.clone(),
+        manifest_revision: None,
     };
     let tracker = Tracker::new(identity);
     let watchers = watch::spawn(

@@ -418,6 +418,8 @@ impl Tracker {
             status: observed.0,
             message: observed.1,
             pod_name: observed.2,
+            node_name: None,
+            reason: None,
             observed_at: Utc::now(),
         };
         if obs.status == WorkspaceStatus::Deleted {

@@ -258,6 +258,8 @@ fn observation(
         status,
         message,
         pod_name,
+        node_name: None,
+        reason: None,
         observed_at: Utc::now(),
     }
 }

@@ -20,6 +20,7 @@
 
 use chrono::{DateTime, Utc};
 use lapdev_common::kube::{KubeClusterInfo, WorkspaceSpec};
+use lapdev_common::reason::WorkspaceReason;
 use lapdev_common::status::WorkspaceStatus;
 use lapdev_hrpc::{Context, HrpcError};
 use serde::{Deserialize, Serialize};
@@ -53,12 +54,20 @@ pub struct WorkspaceObservation {
     pub workspace_id: Uuid,
     /// Its observed status.
     pub status: WorkspaceStatus,
-    /// The pod's reason or message when there is one (e.g. `ImagePullBackOff`).
+    /// Why the workspace is in this status, machine-readable (e.g. `Evicted`);
+    /// managers before reasons existed send none.
+    #[serde(default)]
+    pub reason: Option<WorkspaceReason>,
+    /// What happened, for people. Normalised by the manager so that the kubelet's
+    /// retries (growing back-off durations) do not make a new message.
     #[serde(default)]
     pub message: Option<String>,
     /// The pod's name, when a pod exists.
     #[serde(default)]
     pub pod_name: Option<String>,
+    /// The node the pod is bound to, when it is bound.
+    #[serde(default)]
+    pub node_name: Option<String>,
     /// When the manager saw this.
     pub observed_at: DateTime<Utc>,
 }

@@ -313,6 +313,7 @@ fn sample_info(i: usize) -> lapdev_common::kube::KubeClusterInfo {
         manager_version: "0.1.0".into(),
         manager_namespace: "lapdev".into(),
         workspace_namespace: "lapdev-workspaces".into(),
+        manifest_revision: None,
     }
 }
 

@@ -134,6 +134,7 @@ pub fn sample_info() -> lapdev_common::kube::KubeClusterInfo {
         manager_version: "0.1.0".into(),
         manager_namespace: "lapdev".into(),
         workspace_namespace: "lapdev-workspaces".into(),
+        manifest_revision: None,
     }
 }
 
@@ -180,6 +181,8 @@ pub fn observation(id: Uuid, status: WorkspaceStatus) -> WorkspaceObservation {
         status,
         message: None,
         pod_name: Some(format!("ws-{id}")),
+        node_name: None,
+        reason: None,
         observed_at: Utc::now(),
     }
 }
