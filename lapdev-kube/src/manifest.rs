@@ -35,6 +35,7 @@ use k8s_openapi::api::rbac::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use lapdev_common::status::SecurityProfile;
 use lapdev_common::token::is_well_formed_cluster_token;
 use serde::Serialize;
 
@@ -62,6 +63,16 @@ pub const ENV_CLUSTER_TOKEN: &str = "LAPDEV_KUBE_CLUSTER_TOKEN";
 pub const ENV_SERVER_CA: &str = "LAPDEV_SERVER_CA";
 /// Env var: namespace the manager creates workspaces in.
 pub const ENV_WORKSPACE_NAMESPACE: &str = "LAPDEV_WORKSPACE_NAMESPACE";
+/// Env var: the cluster's security profile for workspace pods (`baseline` or
+/// `restricted`); the workspace namespace's Pod Security label follows it.
+pub const ENV_SECURITY_PROFILE: &str = "LAPDEV_SECURITY_PROFILE";
+/// Env var: the revision of this manifest, reported back by the manager so an
+/// admin can tell an install that predates what the server now renders.
+pub const ENV_MANIFEST_REVISION: &str = "LAPDEV_MANIFEST_REVISION";
+/// The revision of the manifest this build renders. Bump it whenever the
+/// rendered objects change in a way an installed cluster should re-apply
+/// (RBAC rules, env contract, namespace labels).
+pub const MANIFEST_REVISION: &str = "2";
 
 /// Longest accepted cluster name, in characters.
 pub const MAX_CLUSTER_NAME_CHARS: usize = 253;
@@ -96,6 +107,9 @@ pub struct ManifestParams {
     pub workspace_namespace: String,
     /// Namespace for the manager (default [`DEFAULT_MANAGER_NAMESPACE`]).
     pub manager_namespace: String,
+    /// How locked down workspace pods are; the workspace namespace's Pod
+    /// Security level follows it.
+    pub security_profile: SecurityProfile,
 }
 
 impl ManifestParams {
@@ -113,6 +127,7 @@ impl ManifestParams {
             cluster_name: cluster_name.into(),
             workspace_namespace: DEFAULT_WORKSPACE_NAMESPACE.to_owned(),
             manager_namespace: DEFAULT_MANAGER_NAMESPACE.to_owned(),
+            security_profile: SecurityProfile::default(),
         }
     }
 
@@ -151,6 +166,7 @@ impl fmt::Debug for ManifestParams {
             .field("cluster_name", &self.cluster_name)
             .field("workspace_namespace", &self.workspace_namespace)
             .field("manager_namespace", &self.manager_namespace)
+            .field("security_profile", &self.security_profile)
             .finish()
     }
 }
@@ -587,6 +603,16 @@ fn deployment(params: &ManifestParams) -> Deployment {
                 value: Some(params.workspace_namespace.clone()),
                 ..Default::default()
             },
+            EnvVar {
+                name: s(ENV_SECURITY_PROFILE),
+                value: Some(s(params.security_profile.as_str())),
+                ..Default::default()
+            },
+            EnvVar {
+                name: s(ENV_MANIFEST_REVISION),
+                value: Some(s(MANIFEST_REVISION)),
+                ..Default::default()
+            },
         ]),
         ports: Some(vec![ContainerPort {
             name: Some(s("http")),
@@ -699,7 +725,7 @@ fn build(params: &ManifestParams) -> ManagerManifest {
 
     ManagerManifest {
         manager_namespace: namespace(manager_ns, "restricted"),
-        workspace_namespace: namespace(workspace_ns, "baseline"),
+        workspace_namespace: namespace(workspace_ns, params.security_profile.as_str()),
         service_account: ServiceAccount {
             metadata: meta(MANAGER_NAME, Some(manager_ns)),
             automount_service_account_token: Some(true),

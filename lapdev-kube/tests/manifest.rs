@@ -585,6 +585,8 @@ fn the_manager_pod_satisfies_the_restricted_pod_security_standard() {
             {"name": "LAPDEV_SERVER_CA", "valueFrom": {"secretKeyRef": {
                 "name": "lapdev-kube-manager", "key": "LAPDEV_SERVER_CA", "optional": true}}},
             {"name": "LAPDEV_WORKSPACE_NAMESPACE", "value": "lapdev-workspaces"},
+            {"name": "LAPDEV_SECURITY_PROFILE", "value": "baseline"},
+            {"name": "LAPDEV_MANIFEST_REVISION", "value": "2"},
         ])
     );
     assert!(c.get("envFrom").is_none());
