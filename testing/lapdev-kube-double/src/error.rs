@@ -370,4 +370,14 @@ pub enum HandleError {
     /// An object read back from the double did not deserialise into the asked type.
     #[error("deserialising the object from the double")]
     Deserialize(#[source] serde_json::Error),
+    /// The stand-in kubelet was asked to fail a pod that is on no node, and the
+    /// stand-in scheduler found none for it (the scheduler's message).
+    #[error("pod {0} is not bound to a node and none fits it: {1}")]
+    Unschedulable(String, String),
+    /// [`crate::DoubleHandle::kubelet_retry`] on a pod the stand-in kubelet is not failing.
+    #[error("the stand-in kubelet is not failing pod {0}")]
+    NotFailing(String),
+    /// A volume attach failure for a pod that mounts no PersistentVolumeClaim.
+    #[error("pod {0} mounts no PersistentVolumeClaim")]
+    NoClaim(String),
 }

@@ -80,6 +80,8 @@ pub struct DoubleHandle {
     pub(crate) kubernetes_version: String,
     /// Makes the stand-in scheduler place one pod at a time, as the real one does.
     pub(crate) scheduler: Arc<std::sync::Mutex<()>>,
+    /// What the stand-in kubelets are told to fail, and which nodes lost theirs.
+    pub(crate) kubelet: Arc<std::sync::Mutex<crate::kubelet_faults::KubeletState>>,
 }
 
 fn resource_of<K: kube::Resource<DynamicType = ()>>() -> Result<&'static ResourceDef, HandleError> {
@@ -91,15 +93,15 @@ fn resource_of<K: kube::Resource<DynamicType = ()>>() -> Result<&'static Resourc
     })
 }
 
-fn to_typed<K: DeserializeOwned>(v: &Stored) -> Result<K, HandleError> {
+pub(crate) fn to_typed<K: DeserializeOwned>(v: &Stored) -> Result<K, HandleError> {
     serde_json::from_slice(&v.json()).map_err(HandleError::Deserialize)
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     crate::store::now()
 }
 
-fn set_condition(conditions: &mut Vec<Value>, ty: &str, status: &str) {
+pub(crate) fn set_condition(conditions: &mut Vec<Value>, ty: &str, status: &str) {
     let when = now();
     match conditions.iter_mut().find(|c| c.get("type") == Some(&json!(ty))) {
         Some(c) if c.get("status") == Some(&json!(status)) => {}
@@ -174,7 +176,9 @@ impl DoubleHandle {
         to_typed(&out)
     }
 
-    /// Removes a node (as deleting the Node object would).
+    /// Removes a node (as deleting the Node object would); the pod garbage
+    /// collector then force-deletes the pods bound to it (see
+    /// [`DoubleHandle::set_pod_gc`]).
     pub fn remove_node(&self, name: &str) -> Result<(), HandleError> {
         self.store.delete(
             resource::core_resource("nodes"),
@@ -183,13 +187,22 @@ impl DoubleHandle {
             &Preconditions::default(),
             &WriteCtx::by("kube-controller-manager"),
         )?;
+        self.kubelet_lock().lost_nodes.remove(name);
+        self.collect_pod_garbage(name);
         Ok(())
     }
 
     /// Sets a node's `Ready` condition, as its kubelet (or the node lifecycle
-    /// controller, for a node that stopped reporting) would.
+    /// controller, for a node that stopped reporting) would. `true` also brings
+    /// back a node lost with [`DoubleHandle::set_node_lost`]: all its conditions
+    /// are reported again, the unreachable taints go, and its stand-in kubelet
+    /// runs again (finishing the graceful deletions that waited for it).
     pub fn set_node_ready(&self, name: &str, ready: bool) -> Result<Node, HandleError> {
-        let status = if ready { "True" } else { "Unknown" };
+        if ready {
+            self.node_back(name)?;
+            return self.get("", name);
+        }
+        let status = "Unknown";
         let out = self.store.mutate(
             resource::core_resource("nodes"),
             "",
@@ -264,18 +277,59 @@ impl DoubleHandle {
             &pre,
             &WriteCtx::by("kubelet"),
         )?;
-        Ok(matches!(out, Deleted::Gone(_)))
+        match out {
+            Deleted::Gone(pod) => {
+                if let Some(uid) = pod.value().pointer("/metadata/uid").and_then(Value::as_str) {
+                    self.forget_fault(uid);
+                }
+                Ok(true)
+            }
+            Deleted::Pending(_) => Ok(false),
+        }
     }
 
-    /// Binds a pod to a node (the scheduler's `pods/binding`).
+    /// Binds a pod to a node, as the scheduler's `POST pods/NAME/binding` does:
+    /// 409 `Conflict` when the pod is already bound (to another node) or is
+    /// being deleted.
     pub fn bind_pod(&self, namespace: &str, name: &str, node: &str) -> Result<Pod, HandleError> {
-        let out = self.store.mutate(
+        Ok(self.bind(namespace, name, node, "kube-scheduler")?)
+    }
+
+    /// The binding subresource's work (shared by the API and the handle).
+    pub(crate) fn bind(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+        manager: &str,
+    ) -> Result<Pod, ApiError> {
+        let conflict = |why: String| ApiError {
+            code: 409,
+            reason: "Conflict",
+            message: format!("Operation cannot be fulfilled on pods/binding \"{name}\": {why}"),
+            details: Some(json!({"name": name, "kind": "pods/binding"})),
+        };
+        let out = self.store.try_mutate(
             resource::core_resource("pods"),
             namespace,
             name,
-            "kube-scheduler",
+            manager,
             "",
             |pod| {
+                if pod.pointer("/metadata/deletionTimestamp").is_some() {
+                    return Err(conflict(format!(
+                        "pod {name} is being deleted, cannot be assigned to a host"
+                    )));
+                }
+                match pod.pointer("/spec/nodeName").and_then(Value::as_str) {
+                    Some(n) if n == node => return Ok(()),
+                    Some(n) if !n.is_empty() => {
+                        return Err(conflict(format!(
+                            "pod {name} is already assigned to node \"{n}\""
+                        )));
+                    }
+                    _ => {}
+                }
                 pod["spec"]["nodeName"] = json!(node);
                 let status = &mut pod["status"];
                 let mut list = status
@@ -293,9 +347,21 @@ impl DoubleHandle {
                     c.remove("message");
                 }
                 status["conditions"] = json!(list);
+                Ok(())
             },
         )?;
-        to_typed(&out)
+        let value = out.value();
+        let msg = format!("Successfully assigned {namespace}/{name} to {node}");
+        // Losing the event (e.g. its namespace went) does not undo the binding.
+        let _ = self.record_event(
+            &value,
+            crate::events::Source::SCHEDULER,
+            crate::events::Kind::Normal,
+            "Scheduled",
+            &msg,
+            None,
+        );
+        serde_json::from_value(value).map_err(|e| ApiError::internal(e.to_string()))
     }
 
     /// Stores a pod that is already bound to `spec.nodeName` and `Running`, as if
@@ -517,6 +583,19 @@ impl DoubleHandle {
                     if freed {
                         pending.extend(self.unscheduled_pods());
                     }
+                    for e in events.iter().filter(|e| std::ptr::eq(e.res, nodes)) {
+                        let node = &e.object.attrs.name;
+                        // Deleted or out of service: the pod garbage collector's turn.
+                        self.collect_pod_garbage(node);
+                        let was_ready = e.previous.as_ref().is_some_and(|p| p.attrs.ready);
+                        if e.kind == EventType::Modified && e.object.attrs.ready && !was_ready {
+                            // A node (and its kubelet) came back: it finishes
+                            // what waited for it.
+                            for (ns, name) in self.pods_on_node(node) {
+                                pending.push((WorkKind::Pod, ns, name));
+                            }
+                        }
+                    }
                     // New pods and claims, and pods whose deletion began.
                     let started_deleting = |e: &&Arc<crate::store::Event>| {
                         e.kind == EventType::Modified
@@ -599,12 +678,29 @@ impl DoubleHandle {
         let Ok(stored) = self.store.get(pods, ns, name) else {
             return;
         };
+        let node = stored.attrs.field(pods, "spec.nodeName").to_owned();
+        let lost = !node.is_empty() && self.is_node_lost(&node);
         if stored.attrs.deleting {
-            // The containers "stopped": confirm the deletion, as the kubelet does.
-            let _ = self.terminate_pod(ns, name);
+            if lost {
+                // No kubelet confirms: the deletion waits for a force delete,
+                // or for the pod garbage collector.
+                self.collect_pod_garbage(&node);
+            } else {
+                // The containers "stopped": confirm the deletion, as the kubelet does.
+                let _ = self.terminate_pod(ns, name);
+            }
             return;
         }
-        if !selector.matches(&stored.attrs) || stored.attrs.field(pods, "status.phase") != "Pending"
+        let uid = stored
+            .value()
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        if lost
+            || self.fault_of(&uid).is_some()
+            || !selector.matches(&stored.attrs)
+            || stored.attrs.field(pods, "status.phase") != "Pending"
         {
             return;
         }
@@ -639,6 +735,16 @@ impl DoubleHandle {
                             }
                             status["conditions"] = json!(list);
                         });
+                    if let Ok(pod) = self.store.get(pods, ns, name) {
+                        let _ = self.record_event(
+                            &pod.value(),
+                            crate::events::Source::SCHEDULER,
+                            crate::events::Kind::Warning,
+                            "FailedScheduling",
+                            &message,
+                            None,
+                        );
+                    }
                     return;
                 }
             }
@@ -650,7 +756,11 @@ impl DoubleHandle {
     /// memory, minus the requests of the pods already on it, fit the pod;
     /// candidates are taken in turn (`pick`) to spread pods. The error is the
     /// real scheduler's kind of message.
-    fn schedule(&self, pod: &crate::object::Attrs, pick: usize) -> Result<String, String> {
+    pub(crate) fn schedule(
+        &self,
+        pod: &crate::object::Attrs,
+        pick: usize,
+    ) -> Result<String, String> {
         let pods = resource::core_resource("pods");
         let nodes_res = resource::core_resource("nodes");
         let all = LabelSelector::default();
@@ -708,6 +818,9 @@ impl DoubleHandle {
         } else {
             format!(" {}.", reasons.join(", "))
         };
+        if nodes.is_empty() {
+            return Err("no nodes available to schedule pods".to_owned());
+        }
         Err(format!("0/{} nodes are available:{detail}", nodes.len()))
     }
 
@@ -727,7 +840,7 @@ impl DoubleHandle {
 }
 
 /// What the kubelet reports for a pod entering `phase`.
-fn kubelet_status(pod: &mut Value, phase: &str) {
+pub(crate) fn kubelet_status(pod: &mut Value, phase: &str) {
     let n = pod
         .pointer("/metadata/uid")
         .and_then(Value::as_str)

@@ -31,7 +31,8 @@
 //!   `apps/v1` `deployments`; `rbac.authorization.k8s.io/v1` roles, cluster roles
 //!   and their bindings (stored, never enforced). All at the real namespaced and
 //!   cluster-scoped paths, with `/status` for namespaces, nodes, pods, PVCs,
-//!   services and deployments.
+//!   services and deployments, and `pods/NAME/binding` (create only; 409
+//!   `Conflict` for a pod already bound elsewhere or being deleted).
 //! - A minimal `/openapi/v3` (operations and parameters, no schemas), enough for
 //!   `kubectl apply` (client- and server-side) to leave validation to the server.
 //! - get, list (`labelSelector` with equality and set-based requirements,
@@ -47,6 +48,22 @@
 //!   ([`DoubleHandle::run_kubelet`]), failures for every request or the next few
 //!   (optionally only for one verb/resource), hanging, latency, dropped watches,
 //!   403 denials per verb and resource, request counts per verb.
+//! - A stand-in kubelet that fails pods as real kubelets do, with their status,
+//!   container statuses and core/v1 Events (`involvedObject`, `source`, `count`
+//!   and `lastTimestamp` counted up on repeats, selectable by
+//!   `involvedObject.name`/`involvedObject.uid`):
+//!   [`DoubleHandle::kubelet_fail_image_pull`] (`ErrImagePull` and
+//!   `ImagePullBackOff` alternating on each [`DoubleHandle::kubelet_retry`]),
+//!   [`DoubleHandle::kubelet_fail_invalid_image`], [`DoubleHandle::kubelet_crash_loop`]
+//!   (`CrashLoopBackOff`, `lastState.terminated` `OOMKilled` or `Error`, back-off
+//!   10s doubling to 5m0s), [`DoubleHandle::kubelet_evict`],
+//!   [`DoubleHandle::kubelet_fail_volume_attach`] (`FailedAttachVolume`,
+//!   `FailedMount`), and [`DoubleHandle::kubelet_recover`].
+//! - Lost nodes ([`DoubleHandle::set_node_lost`]: conditions `Unknown`,
+//!   unreachable taints, graceful pod deletion that never completes), taints
+//!   ([`DoubleHandle::taint_node`], e.g. [`OUT_OF_SERVICE`]), and the pod garbage
+//!   collector ([`DoubleHandle::set_pod_gc`]). The stand-in scheduler records
+//!   `Scheduled` and `FailedScheduling` Events.
 //!
 //! Note that kube's default client retries 429, 503 and 504 answers (up to 15
 //! times, with exponential backoff from 5 ms): a test that wants the caller to see
@@ -80,9 +97,13 @@
 //!   finished gets `deletionTimestamp` and `deletionGracePeriodSeconds` (its
 //!   `terminationGracePeriodSeconds`, or the request's `gracePeriodSeconds`) and
 //!   stays (its name taken) until its kubelet confirms with a grace-0 delete: the
-//!   stand-in kubelet does that after its delay, a test with
+//!   stand-in kubelet does that after its delay (never on a node lost with
+//!   [`DoubleHandle::set_node_lost`]), a test with
 //!   [`DoubleHandle::terminate_pod`] ([`Config::graceful_pod_deletion`] turns
-//!   this off). Unbound or finished pods, and grace 0, go at once. Other objects are deleted at once unless finalizers hold them
+//!   this off). The pod garbage collector force-deletes the pods of a deleted
+//!   node and the terminating pods of an out-of-service node at once (the real
+//!   one runs every 20 s and waits 40 s before deleting orphans); the taint
+//!   manager's `NoExecute` evictions (after 300 s of `unreachable`) are not modelled. Unbound or finished pods, and grace 0, go at once. Other objects are deleted at once unless finalizers hold them
 //!   (`deletionTimestamp` until the last finalizer is removed). Deleting a
 //!   namespace removes its contents at once (the real namespace controller does it
 //!   in the background). No owner-reference garbage collection.
@@ -101,16 +122,22 @@
 //!   token injection; no scheduler or controllers unless the stand-in kubelet runs.
 //!   Its scheduler places a pod on a Ready, uncordoned node whose allocatable CPU
 //!   and memory still fit the pod's requests (spreading pods in turn), and otherwise
-//!   leaves it `Pending` with `PodScheduled=False`/`Unschedulable`, retrying when
-//!   nodes change or pods go; no taints, affinity, selectors or preemption.
+//!   leaves it `Pending` with `PodScheduled=False`/`Unschedulable` and a
+//!   `FailedScheduling` Event, retrying when nodes change or pods go; no taints,
+//!   affinity, selectors or preemption. The stand-in kubelet's failures are
+//!   played by the test (each retry is a call, not a timer), and it writes the
+//!   Events of failures only, not `Pulling`/`Created`/`Started` of every start.
 //!   Nothing garbage-collects pods of removed nodes or owner references.
 //! - `events.k8s.io/v1` and core/v1 events are stored apart (the real server
 //!   serves one storage under both).
 
 mod control;
 mod error;
+mod events;
 mod handle;
 mod kubeconfig;
+mod kubelet_faults;
+mod node_faults;
 mod object;
 mod openapi;
 mod patch;
@@ -129,6 +156,7 @@ use std::time::Duration;
 pub use control::{FailureMode, Verb};
 pub use error::{ApiError, Cause, HandleError, StartError};
 pub use handle::{DoubleHandle, KubeletConfig, NodeSpec};
+pub use node_faults::{OUT_OF_SERVICE, UNREACHABLE};
 pub use resource::{RESOURCES, ResourceDef};
 pub use validate::parse_quantity;
 
@@ -197,6 +225,7 @@ impl KubeDouble {
             control: control.clone(),
             kubernetes_version: config.kubernetes_version.clone(),
             scheduler: Arc::default(),
+            kubelet: Arc::default(),
         };
         for ns in &config.namespaces {
             handle
@@ -211,6 +240,7 @@ impl KubeDouble {
                 bookmark_interval: config.bookmark_interval,
                 default_watch_timeout: config.default_watch_timeout,
             }),
+            handle: handle.clone(),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -1319,6 +1319,23 @@ impl Store {
         subresource: &str,
         f: impl FnOnce(&mut Value),
     ) -> Result<Arc<Stored>, ApiError> {
+        self.try_mutate(res, ns, name, manager, subresource, |v| {
+            f(v);
+            Ok(())
+        })
+    }
+
+    /// [`Store::mutate`] with a change that may refuse (e.g. binding a pod that
+    /// is already bound), decided under the same lock as the write.
+    pub fn try_mutate(
+        &self,
+        res: &'static ResourceDef,
+        ns: &str,
+        name: &str,
+        manager: &str,
+        subresource: &str,
+        f: impl FnOnce(&mut Value) -> Result<(), ApiError>,
+    ) -> Result<Arc<Stored>, ApiError> {
         let mut inner = self.write();
         let key = key_for(res, ns, name);
         let old = inner
@@ -1326,7 +1343,7 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(res, name))?;
         let old_v = old.value();
         let mut new = old_v.clone();
-        f(&mut new);
+        f(&mut new)?;
         let api_version = res.api_version();
         let now = now();
         patch::record_update(

@@ -6,6 +6,8 @@ mod crud;
 mod discovery;
 mod faults;
 mod kubectl;
+mod kubelet_faults;
+mod node_faults;
 mod patch;
 mod pvc;
 mod robustness;
