@@ -351,6 +351,7 @@ impl DoubleHandle {
             },
         )?;
         let value = out.value();
+        self.select_node_for_claims(&value, node);
         let msg = format!("Successfully assigned {namespace}/{name} to {node}");
         // Losing the event (e.g. its namespace went) does not undo the binding.
         let _ = self.record_event(
@@ -603,10 +604,14 @@ impl DoubleHandle {
                             && e.object.attrs.deleting
                             && !e.previous.as_ref().is_some_and(|p| p.attrs.deleting)
                     };
-                    for e in events
-                        .iter()
-                        .filter(|e| e.kind == EventType::Added || started_deleting(e))
-                    {
+                    // Claims changed (a selected node, a larger request): the
+                    // volume controllers look again.
+                    let claim_changed = |e: &&Arc<crate::store::Event>| {
+                        e.kind == EventType::Modified && std::ptr::eq(e.res, pvcs)
+                    };
+                    for e in events.iter().filter(|e| {
+                        e.kind == EventType::Added || started_deleting(e) || claim_changed(e)
+                    }) {
                         let kind = if std::ptr::eq(e.res, pods) {
                             WorkKind::Pod
                         } else if std::ptr::eq(e.res, pvcs) {
@@ -825,17 +830,7 @@ impl DoubleHandle {
     }
 
     fn bind_claim(&self, ns: &str, name: &str) {
-        let pvcs = resource::core_resource("persistentvolumeclaims");
-        let _ = self.store.mutate(pvcs, ns, name, "kube-controller-manager", "status", |pvc| {
-            if pvc.pointer("/status/phase") != Some(&json!("Pending")) {
-                return;
-            }
-            let uid = pvc.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_owned();
-            let storage = pvc.pointer("/spec/resources/requests/storage").cloned().unwrap_or(json!("1Gi"));
-            let modes = pvc.pointer("/spec/accessModes").cloned().unwrap_or(json!([]));
-            pvc["spec"]["volumeName"] = json!(format!("pvc-{uid}"));
-            pvc["status"] = json!({"phase": "Bound", "accessModes": modes, "capacity": {"storage": storage}});
-        });
+        self.provision_claim(ns, name);
     }
 }
 

@@ -28,7 +28,8 @@
 //! - core/v1 `namespaces`, `nodes`, `pods`, `persistentvolumeclaims`, `events`,
 //!   `services`, `configmaps`, `secrets`, `serviceaccounts`; `coordination.k8s.io/v1`
 //!   `leases`; `events.k8s.io/v1` `events` (what kube's event `Recorder` writes);
-//!   `apps/v1` `deployments`; `rbac.authorization.k8s.io/v1` roles, cluster roles
+//!   `apps/v1` `deployments`; `storage.k8s.io/v1` `storageclasses`;
+//!   `rbac.authorization.k8s.io/v1` roles, cluster roles
 //!   and their bindings (stored, never enforced). All at the real namespaced and
 //!   cluster-scoped paths, with `/status` for namespaces, nodes, pods, PVCs,
 //!   services and deployments, and `pods/NAME/binding` (create only; 409
@@ -109,8 +110,17 @@
 //!   in the background). No owner-reference garbage collection.
 //! - PVCs get the `kubernetes.io/pvc-protection` finalizer and are kept while a pod
 //!   that is not `Succeeded`/`Failed` in their namespace mounts them, like the
-//!   pvc-protection controller. Nothing provisions volumes; the stand-in kubelet
-//!   ([`DoubleHandle::run_kubelet`]) marks claims `Bound`.
+//!   pvc-protection controller. A claim's spec is immutable but for a bound
+//!   claim's storage request, which may not shrink (422, `field can not be less
+//!   than previous value`) and may only grow when its StorageClass has
+//!   `allowVolumeExpansion: true` (the `PersistentVolumeClaimResize` plugin's 403
+//!   otherwise); a claim without `storageClassName` gets the default class
+//!   ([`DoubleHandle::add_storage_class`], `DefaultStorageClass`). Nothing
+//!   provisions volumes; the stand-in kubelet ([`DoubleHandle::run_kubelet`])
+//!   marks claims `Bound` (no PersistentVolume objects), a `WaitForFirstConsumer`
+//!   claim only once a pod using it is bound to a node (until then `Pending` with a
+//!   `WaitForFirstConsumer` Event), and sets a grown claim's capacity at once.
+//!   A claim whose class does not exist binds like an `Immediate` one.
 //! - Validation covers names, labels, quantities (a malformed quantity is a 400
 //!   `BadRequest` decode error as on a real server; a negative request or a request
 //!   over its limit is 422 `Invalid`), pods (containers, images, volumes), PVCs,
@@ -131,6 +141,7 @@
 //! - `events.k8s.io/v1` and core/v1 events are stored apart (the real server
 //!   serves one storage under both).
 
+mod admission;
 mod control;
 mod error;
 mod events;
@@ -144,6 +155,7 @@ mod patch;
 mod resource;
 mod selector;
 mod server;
+mod storage;
 mod store;
 mod table;
 mod validate;
@@ -153,11 +165,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use admission::DEFAULT_CLASS_ANNOTATION;
 pub use control::{FailureMode, Verb};
 pub use error::{ApiError, Cause, HandleError, StartError};
 pub use handle::{DoubleHandle, KubeletConfig, NodeSpec};
 pub use node_faults::{OUT_OF_SERVICE, UNREACHABLE};
 pub use resource::{RESOURCES, ResourceDef};
+pub use storage::SELECTED_NODE;
 pub use validate::parse_quantity;
 
 /// How to start the double.

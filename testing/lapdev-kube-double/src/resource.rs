@@ -257,6 +257,16 @@ pub static RESOURCES: &[ResourceDef] = &[
         &[],
     ),
     grouped(
+        "storage.k8s.io",
+        "storageclasses",
+        "storageclass",
+        "StorageClass",
+        false,
+        &["sc"],
+        false,
+        &[],
+    ),
+    grouped(
         "rbac.authorization.k8s.io",
         "roles",
         "role",

@@ -324,6 +324,10 @@ fn apply_defaults(res: &ResourceDef, obj: &mut Value, old: Option<&Value>) {
             }
         }
         "secrets" => set_if_missing(obj, "type", json!("Opaque")),
+        "storageclasses" => {
+            set_if_missing(obj, "reclaimPolicy", json!("Delete"));
+            set_if_missing(obj, "volumeBindingMode", json!("Immediate"));
+        }
         "namespaces" => {
             let name = meta_str(obj, "name").unwrap_or("").to_owned();
             let meta = meta_mut(obj);
@@ -341,6 +345,18 @@ fn ns_range<'a>(table: &'a Table, ns: &'a str) -> impl Iterator<Item = (&'a Key,
     table
         .range((ns.to_owned(), String::new())..)
         .take_while(move |((n, _), _)| n == ns)
+}
+
+impl crate::admission::Lookup for Inner {
+    fn get(&self, res: &'static ResourceDef, ns: &str, name: &str) -> Option<Value> {
+        Inner::get(self, res, &key_for(res, ns, name)).map(|s| s.value())
+    }
+
+    fn all(&self, res: &'static ResourceDef) -> Vec<Value> {
+        self.table(res)
+            .map(|t| t.values().map(|s| s.value()).collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Inner {
@@ -714,6 +730,7 @@ impl Store {
         if !ctx.typed {
             validate::prune_unknown(res, &mut obj);
         }
+        crate::admission::mutate_create(res, &mut obj, inner);
         validate::validate(res, &obj)?;
         if res.namespaced
             && inner
@@ -1001,6 +1018,7 @@ impl Store {
         }
         validate::validate(res, &new)?;
         validate::validate_update(res, old, &new)?;
+        crate::admission::validate_update(res, old, &new, inner)?;
         if old.pointer("/metadata/deletionTimestamp").is_some() {
             let before = finalizers(old);
             let added: Vec<String> = finalizers(&new)

@@ -12,6 +12,7 @@ mod patch;
 mod pvc;
 mod robustness;
 mod scale;
+mod storage;
 mod watch;
 
 use k8s_openapi::api::core::v1::Pod;
