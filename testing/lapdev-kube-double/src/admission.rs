@@ -1,7 +1,8 @@
 //! Admission plugins that look at other objects: `DefaultStorageClass`
-//! (mutating: a claim without a class gets the default one) and
+//! (mutating: a claim without a class gets the default one),
 //! `PersistentVolumeClaimResize` (validating: a claim may only grow when its
-//! StorageClass allows volume expansion). They run where the real API server
+//! StorageClass allows volume expansion) and `PodSecurity` (validating: pods
+//! against their namespace's enforced level, see [`crate::pod_security`]). They run where the real API server
 //! runs them: mutating before validation, validating after it.
 
 use serde_json::{Value, json};
@@ -67,6 +68,41 @@ fn default_storage_class(obj: &mut Value, store: &dyn Lookup) {
         .and_then(Value::as_str)
     {
         spec.insert("storageClassName".to_owned(), json!(name));
+    }
+}
+
+/// Validating admission on create.
+pub(crate) fn validate_create(
+    res: &ResourceDef,
+    obj: &Value,
+    store: &dyn Lookup,
+) -> Result<(), ApiError> {
+    if !(res.group.is_empty() && res.plural == "pods") {
+        return Ok(());
+    }
+    let ns = obj
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let labels = store
+        .get(resource::core_resource("namespaces"), "", ns)
+        .and_then(|n| n.pointer("/metadata/labels").cloned())
+        .and_then(|l| l.as_object().cloned())
+        .unwrap_or_default();
+    match crate::pod_security::check(obj, &labels) {
+        None => Ok(()),
+        Some(why) => {
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            Err(ApiError {
+                code: 403,
+                reason: "Forbidden",
+                message: format!("{} \"{name}\" is forbidden: {why}", res.qualified()),
+                details: Some(json!({"name": name, "kind": res.plural})),
+            })
+        }
     }
 }
 

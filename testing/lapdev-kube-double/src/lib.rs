@@ -127,9 +127,15 @@
 //!   services, and the immutability of pod and PVC specs. Fields the
 //!   Kubernetes type does not have are dropped on write, as the real decoder drops
 //!   them, and `fieldValidation=Strict` refuses them (400, `strict decoding error`);
-//!   both follow the k8s-openapi `v1_33` types. No admission plugins
-//!   other than namespace existence and pvc-protection; no service account
-//!   token injection; no scheduler or controllers unless the stand-in kubelet runs.
+//!   both follow the k8s-openapi `v1_33` types. Admission plugins: namespace
+//!   existence, pvc-protection, `DefaultStorageClass`,
+//!   `PersistentVolumeClaimResize`, and `PodSecurity` on pod create (the
+//!   namespace label [`ENFORCE_LABEL`] `baseline`/`restricted`, with the real
+//!   403 message; host namespaces and ports, privileged, capabilities, volume
+//!   types, allowPrivilegeEscalation, runAsNonRoot, runAsUser 0 and seccomp are
+//!   checked; AppArmor, SELinux, procMount and sysctls, the `warn`/`audit` modes
+//!   and exemptions are not). No quota, limit ranges or service account token
+//!   injection; no scheduler or controllers unless the stand-in kubelet runs.
 //!   Its scheduler places a pod on a Ready, uncordoned node whose allocatable CPU
 //!   and memory still fit the pod's requests (spreading pods in turn), and otherwise
 //!   leaves it `Pending` with `PodScheduled=False`/`Unschedulable` and a
@@ -152,6 +158,7 @@ mod node_faults;
 mod object;
 mod openapi;
 mod patch;
+mod pod_security;
 mod resource;
 mod selector;
 mod server;
@@ -170,6 +177,7 @@ pub use control::{FailureMode, Verb};
 pub use error::{ApiError, Cause, HandleError, StartError};
 pub use handle::{DoubleHandle, KubeletConfig, NodeSpec};
 pub use node_faults::{OUT_OF_SERVICE, UNREACHABLE};
+pub use pod_security::{ENFORCE_LABEL, ENFORCE_VERSION_LABEL};
 pub use resource::{RESOURCES, ResourceDef};
 pub use storage::SELECTED_NODE;
 pub use validate::parse_quantity;

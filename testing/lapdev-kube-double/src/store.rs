@@ -732,6 +732,7 @@ impl Store {
         }
         crate::admission::mutate_create(res, &mut obj, inner);
         validate::validate(res, &obj)?;
+        crate::admission::validate_create(res, &obj, inner)?;
         if res.namespaced
             && inner
                 .get(

@@ -9,6 +9,7 @@ mod kubectl;
 mod kubelet_faults;
 mod node_faults;
 mod patch;
+mod pod_security;
 mod pvc;
 mod robustness;
 mod scale;
