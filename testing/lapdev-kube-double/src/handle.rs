@@ -82,6 +82,8 @@ pub struct DoubleHandle {
     pub(crate) scheduler: Arc<std::sync::Mutex<()>>,
     /// What the stand-in kubelets are told to fail, and which nodes lost theirs.
     pub(crate) kubelet: Arc<std::sync::Mutex<crate::kubelet_faults::KubeletState>>,
+    /// ServiceAccount tokens and whether RBAC is enforced.
+    pub(crate) auth: Arc<crate::rbac::Auth>,
 }
 
 fn resource_of<K: kube::Resource<DynamicType = ()>>() -> Result<&'static ResourceDef, HandleError> {
@@ -460,6 +462,21 @@ impl DoubleHandle {
             Err(e) if e.code == 409 => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Enforces authentication and RBAC from now on (see the crate docs):
+    /// requests with a ServiceAccount token from
+    /// [`DoubleHandle::service_account_token`] are authorised from the stored
+    /// Roles, ClusterRoles and their bindings; unknown tokens get 401; requests
+    /// without a token or with the admin kubeconfig's stay cluster-admin.
+    pub fn enable_rbac(&self) {
+        self.auth.enable();
+    }
+
+    /// A bearer token that authenticates as `system:serviceaccount:NS:NAME`
+    /// (valid while the ServiceAccount object exists).
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        self.auth.issue(namespace, name)
     }
 
     /// The next `n` API requests fail with `code` (e.g. 500, 503) and its `Status`.

@@ -30,8 +30,8 @@
 //!   `leases`; `events.k8s.io/v1` `events` (what kube's event `Recorder` writes);
 //!   `apps/v1` `deployments`; `storage.k8s.io/v1` `storageclasses`;
 //!   `rbac.authorization.k8s.io/v1` roles, cluster roles
-//!   and their bindings (stored, never enforced). All at the real namespaced and
-//!   cluster-scoped paths, with `/status` for namespaces, nodes, pods, PVCs,
+//!   and their bindings (enforced once RBAC is enabled, see below). All at the
+//!   real namespaced and cluster-scoped paths, with `/status` for namespaces, nodes, pods, PVCs,
 //!   services and deployments, and `pods/NAME/binding` (create only; 409
 //!   `Conflict` for a pod already bound elsewhere or being deleted).
 //! - A minimal `/openapi/v3` (operations and parameters, no schemas), enough for
@@ -72,8 +72,18 @@
 //!
 //! # What is simplified compared to a real API server
 //!
-//! - No authentication or authorization: every request is allowed unless a test
-//!   denies a verb with [`DoubleHandle::deny`]. Plain HTTP only, no TLS.
+//! - Authentication and authorization are off unless a test calls
+//!   [`DoubleHandle::enable_rbac`]: then ServiceAccount tokens
+//!   ([`DoubleHandle::service_account_token`],
+//!   [`KubeDouble::service_account_kubeconfig`],
+//!   [`KubeDouble::service_account_client`]) are authorised from the stored
+//!   Roles, ClusterRoles and bindings (verbs incl. `*`, API groups, resources
+//!   with subresources such as `pods/binding`, `resourceNames`), denials are the
+//!   RBAC authorizer's 403 and unknown tokens 401; requests without a token or
+//!   with the admin kubeconfig's stay cluster-admin. No bootstrap roles but
+//!   open discovery, no role aggregation, no escalation checks, no
+//!   impersonation; tokens are opaque strings, not JWTs. A test can also deny a
+//!   verb with [`DoubleHandle::deny`]. Plain HTTP only, no TLS.
 //! - JSON only; protobuf and CBOR are not offered. Aggregated discovery
 //!   (`apidiscovery.k8s.io`) and OpenAPI documents are not served; clients fall
 //!   back to legacy discovery as they do with older servers.
@@ -159,6 +169,7 @@ mod object;
 mod openapi;
 mod patch;
 mod pod_security;
+mod rbac;
 mod resource;
 mod selector;
 mod server;
@@ -248,6 +259,7 @@ impl KubeDouble {
             kubernetes_version: config.kubernetes_version.clone(),
             scheduler: Arc::default(),
             kubelet: Arc::default(),
+            auth: Arc::default(),
         };
         for ns in &config.namespaces {
             handle
@@ -314,11 +326,50 @@ impl KubeDouble {
             .map_err(|e| StartError::WriteKubeconfig(e, path.to_owned()))
     }
 
+    /// A kubeconfig (YAML) whose user is the ServiceAccount `namespace/name`,
+    /// with a new token from [`DoubleHandle::service_account_token`]; RBAC
+    /// applies to it once [`DoubleHandle::enable_rbac`] was called.
+    pub fn service_account_kubeconfig_yaml(&self, namespace: &str, name: &str) -> String {
+        let token = self.handle.service_account_token(namespace, name);
+        kubeconfig::render_with_token(&self.url(), &token)
+    }
+
+    /// Writes [`KubeDouble::service_account_kubeconfig_yaml`] to a file in the
+    /// system's temporary directory and returns its path (e.g. for `KUBECONFIG`
+    /// of a manager process that runs as that ServiceAccount).
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<std::path::PathBuf, StartError> {
+        let path = std::env::temp_dir().join(format!(
+            "lapdev-kube-double-{}-{namespace}-{name}-{}.kubeconfig",
+            self.addr.port(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&path, self.service_account_kubeconfig_yaml(namespace, name))
+            .map_err(|e| StartError::WriteKubeconfig(e, path.clone()))?;
+        Ok(path)
+    }
+
+    /// A `kube::Client` that acts as the ServiceAccount `namespace/name`.
+    pub async fn service_account_client(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<kube::Client, StartError> {
+        Self::client_from(&self.service_account_kubeconfig_yaml(namespace, name)).await
+    }
+
     /// A `kube::Client` built from the generated kubeconfig through kube's own
     /// config path (`Kubeconfig` → `Config` → `Client`), as an application would.
     pub async fn client(&self) -> Result<kube::Client, StartError> {
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())
-            .map_err(StartError::LoadKubeconfig)?;
+        Self::client_from(&self.kubeconfig_yaml()).await
+    }
+
+    async fn client_from(yaml: &str) -> Result<kube::Client, StartError> {
+        let kubeconfig =
+            kube::config::Kubeconfig::from_yaml(yaml).map_err(StartError::LoadKubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
             .map_err(StartError::LoadKubeconfig)?;

@@ -188,6 +188,8 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
     let Ok(Route::Resource(target)) = route else {
         st.control.count_non_resource();
         st.control.gate(None, None).await?;
+        // Discovery is open to every authenticated caller (`system:discovery`).
+        st.handle.auth.authenticate(req.headers(), &st.store)?;
         let route = route?;
         if method != Method::GET {
             return Err(ApiError::method_not_allowed(method.as_str()));
@@ -225,6 +227,18 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
     };
     st.control.count(verb, &rbac_resource);
     st.control.gate(Some(verb), Some(&rbac_resource)).await?;
+    let caller = st.handle.auth.authenticate(req.headers(), &st.store)?;
+    crate::rbac::authorize(
+        &st.store,
+        &caller,
+        &crate::rbac::Attributes {
+            verb: verb.as_str(),
+            res: target.res,
+            sub: target.sub.as_deref(),
+            name: target.name.as_deref(),
+            namespace: target.ns.as_deref(),
+        },
+    )?;
     if st.control.is_denied(verb, &rbac_resource) {
         return Err(ApiError::forbidden(
             target.res,

@@ -11,6 +11,7 @@ mod node_faults;
 mod patch;
 mod pod_security;
 mod pvc;
+mod rbac;
 mod robustness;
 mod scale;
 mod storage;
