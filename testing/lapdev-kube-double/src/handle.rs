@@ -731,7 +731,7 @@ impl DoubleHandle {
                 .scheduler
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match self.schedule(&stored.attrs, pick) {
+            match self.schedule(&stored, pick) {
                 Ok(node) => {
                     if self.bind_pod(ns, name, &node).is_err() {
                         return;
@@ -772,78 +772,6 @@ impl DoubleHandle {
             }
         }
         let _ = self.set_pod_phase(ns, name, "Running", Vec::new());
-    }
-
-    /// The stand-in scheduler: a Ready, uncordoned node whose allocatable CPU and
-    /// memory, minus the requests of the pods already on it, fit the pod;
-    /// candidates are taken in turn (`pick`) to spread pods. The error is the
-    /// real scheduler's kind of message.
-    pub(crate) fn schedule(
-        &self,
-        pod: &crate::object::Attrs,
-        pick: usize,
-    ) -> Result<String, String> {
-        let pods = resource::core_resource("pods");
-        let nodes_res = resource::core_resource("nodes");
-        let all = LabelSelector::default();
-        let any = FieldSelector::default();
-        let nodes = self
-            .store
-            .list(nodes_res, None, &all, &any, None, None)
-            .items;
-        let mut used: std::collections::HashMap<String, (f64, f64)> =
-            std::collections::HashMap::new();
-        for p in self.store.list(pods, None, &all, &any, None, None).items {
-            let node = p.attrs.field(pods, "spec.nodeName");
-            if !node.is_empty() && !p.attrs.terminated {
-                let entry = used.entry(node.to_owned()).or_default();
-                entry.0 += p.attrs.cpu;
-                entry.1 += p.attrs.memory;
-            }
-        }
-        let (mut cordoned, mut not_ready, mut no_cpu, mut no_memory) = (0, 0, 0, 0);
-        let mut fits = Vec::new();
-        for n in &nodes {
-            let (cpu, memory) = used.get(&n.attrs.name).copied().unwrap_or_default();
-            if n.attrs.field(nodes_res, "spec.unschedulable") == "true" {
-                cordoned += 1;
-            } else if !n.attrs.ready {
-                not_ready += 1;
-            } else if n.attrs.cpu - cpu < pod.cpu - 1e-9 {
-                no_cpu += 1;
-            } else if n.attrs.memory - memory < pod.memory - 1e-9 {
-                no_memory += 1;
-            } else {
-                fits.push(n.attrs.name.clone());
-            }
-        }
-        if let Some(node) = fits.get(pick % fits.len().max(1)) {
-            return Ok(node.clone());
-        }
-        let mut reasons = Vec::new();
-        if no_cpu > 0 {
-            reasons.push(format!("{no_cpu} Insufficient cpu"));
-        }
-        if no_memory > 0 {
-            reasons.push(format!("{no_memory} Insufficient memory"));
-        }
-        if not_ready > 0 {
-            reasons.push(format!(
-                "{not_ready} node(s) had untolerated taint {{node.kubernetes.io/not-ready: }}"
-            ));
-        }
-        if cordoned > 0 {
-            reasons.push(format!("{cordoned} node(s) were unschedulable"));
-        }
-        let detail = if reasons.is_empty() {
-            String::new()
-        } else {
-            format!(" {}.", reasons.join(", "))
-        };
-        if nodes.is_empty() {
-            return Err("no nodes available to schedule pods".to_owned());
-        }
-        Err(format!("0/{} nodes are available:{detail}", nodes.len()))
     }
 
     fn bind_claim(&self, ns: &str, name: &str) {

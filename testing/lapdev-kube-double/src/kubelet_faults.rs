@@ -215,7 +215,7 @@ impl DoubleHandle {
                 .scheduler
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.schedule(&stored.attrs, 0)
+            self.schedule(&stored, 0)
                 .map_err(|why| HandleError::Unschedulable(Self::pod_key(ns, name), why))?
         };
         let bound = self.bind_pod(ns, name, &node)?;

@@ -146,14 +146,21 @@
 //!   checked; AppArmor, SELinux, procMount and sysctls, the `warn`/`audit` modes
 //!   and exemptions are not). No quota, limit ranges or service account token
 //!   injection; no scheduler or controllers unless the stand-in kubelet runs.
-//!   Its scheduler places a pod on a Ready, uncordoned node whose allocatable CPU
-//!   and memory still fit the pod's requests (spreading pods in turn), and otherwise
-//!   leaves it `Pending` with `PodScheduled=False`/`Unschedulable` and a
-//!   `FailedScheduling` Event, retrying when nodes change or pods go; no taints,
-//!   affinity, selectors or preemption. The stand-in kubelet's failures are
+//!   Its scheduler places a pod on a node that passes the real scheduler's
+//!   filters in its order: not cordoned (unless tolerated), no untolerated
+//!   `NoSchedule`/`NoExecute` taint (a not-Ready node without one counts as
+//!   tainted `node.kubernetes.io/not-ready`), `nodeSelector` and required node
+//!   affinity (e.g. `kubernetes.io/arch`), and allocatable CPU and memory that
+//!   still fit the pod's requests (spreading pods in turn); otherwise it leaves
+//!   the pod `Pending` with `PodScheduled=False`/`Unschedulable` and a
+//!   `FailedScheduling` Event with the real message (`0/3 nodes are available:
+//!   ...`, without the preemption part), retrying when nodes change or pods go.
+//!   No preferred affinity, pod (anti-)affinity, topology spread, host ports,
+//!   volume topology or preemption, and no `DefaultTolerationSeconds`
+//!   tolerations are added to pods. The stand-in kubelet's failures are
 //!   played by the test (each retry is a call, not a timer), and it writes the
 //!   Events of failures only, not `Pulling`/`Created`/`Started` of every start.
-//!   Nothing garbage-collects pods of removed nodes or owner references.
+//!   No owner-reference garbage collection.
 //! - `events.k8s.io/v1` and core/v1 events are stored apart (the real server
 //!   serves one storage under both).
 
@@ -171,6 +178,7 @@ mod patch;
 mod pod_security;
 mod rbac;
 mod resource;
+mod scheduler;
 mod selector;
 mod server;
 mod storage;

@@ -14,6 +14,7 @@ mod pvc;
 mod rbac;
 mod robustness;
 mod scale;
+mod scheduling;
 mod storage;
 mod watch;
 
