@@ -142,9 +142,8 @@ impl DoubleHandle {
             serde_json::json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"});
         let mut fits = Vec::new();
         for n in &nodes {
-            let node = n.value();
             let name = &n.attrs.name;
-            let mut taints: Vec<Value> = list(&node, "/spec/taints").into_iter().cloned().collect();
+            let mut taints = n.attrs.taints.clone();
             let lifecycle_tainted = taints.iter().any(|t| {
                 matches!(
                     str_at(t, "key"),
