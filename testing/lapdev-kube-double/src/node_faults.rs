@@ -88,6 +88,8 @@ impl DoubleHandle {
     /// collector). [`DoubleHandle::set_node_ready`] with `true` brings it back.
     pub fn set_node_lost(&self, name: &str) -> Result<Node, HandleError> {
         let nodes = resource::core_resource("nodes");
+        // A node that does not exist has no kubelet to lose: 404.
+        self.store.get(nodes, "", name)?;
         self.kubelet_lock().lost_nodes.insert(name.to_owned());
         let out = self
             .store

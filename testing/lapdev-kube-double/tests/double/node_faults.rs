@@ -44,6 +44,8 @@ async fn two_nodes() -> (KubeDouble, Api<Pod>, Api<Node>) {
 async fn a_lost_node_reports_unknown_and_is_tainted() {
     let (double, pods, nodes) = two_nodes().await;
     running_on(&double, &pods, "ws", "n1").await;
+    assert!(double.set_node_lost("missing").is_err());
+    assert!(!double.is_node_lost("missing"));
     double.set_node_lost("n1").unwrap();
     assert!(double.is_node_lost("n1"));
     let n = nodes.get("n1").await.unwrap();
