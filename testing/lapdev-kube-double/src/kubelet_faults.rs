@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 use crate::error::HandleError;
 use crate::events::{Kind, Source};
-use crate::handle::{DoubleHandle, kubelet_status, now, set_condition};
+use crate::handle::{DoubleHandle, now, set_condition};
+use crate::kubelet::kubelet_status;
 use crate::resource;
 
 /// Longest crash-loop back-off of a real kubelet (5 minutes).

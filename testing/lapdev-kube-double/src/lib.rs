@@ -170,6 +170,7 @@ mod error;
 mod events;
 mod handle;
 mod kubeconfig;
+mod kubelet;
 mod kubelet_faults;
 mod node_faults;
 mod object;
