@@ -253,6 +253,17 @@ impl ApiError {
         )
     }
 
+    /// 403 `Forbidden`: the double's own refusal to run a local process for
+    /// `pods/exec` unless a test or the dev binary enabled it.
+    pub fn local_exec_off() -> Self {
+        Self::new(
+            403,
+            "Forbidden",
+            "exec is off in the Kubernetes API double: it would run the command as a local process on this machine; enable it with DoubleHandle::enable_local_exec, Config::local_exec or the dev binary's --allow-local-exec",
+        )
+        .with_details(json!({"group": "", "kind": "pods/exec"}))
+    }
+
     /// 401 `Unauthorized`: a bearer token the API server does not know.
     pub fn unauthorized() -> Self {
         Self::new(401, "Unauthorized", "Unauthorized")

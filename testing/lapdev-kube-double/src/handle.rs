@@ -85,6 +85,8 @@ pub struct DoubleHandle {
     pub(crate) kubelet: Arc<std::sync::Mutex<crate::kubelet_faults::KubeletState>>,
     /// ServiceAccount tokens and whether RBAC is enforced.
     pub(crate) auth: Arc<crate::rbac::Auth>,
+    /// Local exec, the exec protocols offered and the pods' registered ports.
+    pub(crate) streams: Arc<crate::stream::Streams>,
 }
 
 fn resource_of<K: kube::Resource<DynamicType = ()>>() -> Result<&'static ResourceDef, HandleError> {
@@ -478,6 +480,53 @@ impl DoubleHandle {
     /// (valid while the ServiceAccount object exists).
     pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
         self.auth.issue(namespace, name)
+    }
+
+    /// Lets `pods/exec` run commands as local processes (in a scratch
+    /// directory per pod, see [`DoubleHandle::scratch_dir`]); until then exec
+    /// answers 403. The double has no authentication of its own: whoever
+    /// reaches its port can then run any command as this process's user.
+    pub fn enable_local_exec(&self) {
+        self.streams.set_local_exec(true);
+    }
+
+    /// Turns local exec off again (403 for new exec requests).
+    pub fn disable_local_exec(&self) {
+        self.streams.set_local_exec(false);
+    }
+
+    /// Whether exec offers `v5.channel.k8s.io` (default `true`, as API
+    /// servers from 1.30 do); `false` plays an older server that only speaks
+    /// `v4.channel.k8s.io`, which has no way to close stdin alone.
+    pub fn set_exec_v5(&self, offered: bool) {
+        self.streams.set_offer_v5(offered);
+    }
+
+    /// Makes `pods/portforward` to `remote_port` of pod `namespace/pod` connect
+    /// to `local_addr` (e.g. a loopback server the test runs). Unregistered
+    /// ports, and registered ones nothing listens on, get the kubelet's
+    /// `connection refused` error on the port's error channel.
+    pub fn register_pod_port(
+        &self,
+        namespace: &str,
+        pod: &str,
+        remote_port: u16,
+        local_addr: std::net::SocketAddr,
+    ) {
+        self.streams
+            .register_port(namespace, pod, remote_port, local_addr);
+    }
+
+    /// Forgets a port registered with [`DoubleHandle::register_pod_port`].
+    pub fn unregister_pod_port(&self, namespace: &str, pod: &str, remote_port: u16) {
+        self.streams.unregister_port(namespace, pod, remote_port);
+    }
+
+    /// The working directory of commands exec'd in pod `namespace/pod` (under
+    /// the double's own temporary directory, created on first exec, removed
+    /// when the [`crate::KubeDouble`] is dropped).
+    pub fn scratch_dir(&self, namespace: &str, pod: &str) -> std::path::PathBuf {
+        self.streams.scratch_dir(namespace, pod)
     }
 
     /// The next `n` API requests fail with `code` (e.g. 500, 503) and its `Status`.

@@ -184,6 +184,7 @@ mod selector;
 mod server;
 mod storage;
 mod store;
+mod stream;
 mod table;
 mod validate;
 
@@ -220,6 +221,9 @@ pub struct Config {
     /// Whether deleting a pod bound to a node waits for its kubelet (as on a
     /// real cluster); when `false`, every pod is deleted at once.
     pub graceful_pod_deletion: bool,
+    /// Whether `pods/exec` runs commands as local processes from the start
+    /// (see [`DoubleHandle::enable_local_exec`]); off by default.
+    pub local_exec: bool,
 }
 
 impl Default for Config {
@@ -234,6 +238,7 @@ impl Default for Config {
                 .map(str::to_owned)
                 .to_vec(),
             graceful_pod_deletion: true,
+            local_exec: false,
         }
     }
 }
@@ -269,6 +274,7 @@ impl KubeDouble {
             scheduler: Arc::default(),
             kubelet: Arc::default(),
             auth: Arc::default(),
+            streams: Arc::new(stream::Streams::new(config.local_exec)),
         };
         for ns in &config.namespaces {
             handle
@@ -410,5 +416,8 @@ impl Drop for KubeDouble {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        // Exec's scratch directories; a process still running there keeps
+        // what it has open, as on any Unix file system.
+        let _ = std::fs::remove_dir_all(&self.handle.streams.scratch_root);
     }
 }

@@ -82,6 +82,17 @@ impl ResourceDef {
                 "kind": "Binding",
                 "verbs": ["create"],
             }));
+            // The real server lists both verbs for the streaming subresources
+            // (GET for WebSocket, POST for SPDY).
+            for sub in ["pods/exec", "pods/portforward"] {
+                out.push(json!({
+                    "name": sub,
+                    "singularName": "",
+                    "namespaced": true,
+                    "kind": if sub == "pods/exec" { "PodExecOptions" } else { "PodPortForwardOptions" },
+                    "verbs": ["create", "get"],
+                }));
+            }
         }
         out
     }

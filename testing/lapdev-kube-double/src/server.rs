@@ -165,6 +165,11 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Result<Route, Ap
         [name, "binding"] if std::ptr::eq(res, resource::core_resource("pods")) => {
             (Some(nonempty(name)?), Some("binding".to_owned()))
         }
+        [name, sub @ ("exec" | "portforward")]
+            if std::ptr::eq(res, resource::core_resource("pods")) && ns.is_some() =>
+        {
+            (Some(nonempty(name)?), Some((*sub).to_owned()))
+        }
         _ => return Err(ApiError::path_not_found()),
     };
     Ok(Route::Resource(Target { res, ns, name, sub }))
@@ -201,7 +206,14 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
         (&Method::GET, true) => Verb::Get,
         (&Method::GET, false) => Verb::List,
         (&Method::POST, false) => Verb::Create,
-        (&Method::POST, true) if target.sub.as_deref() == Some("binding") => Verb::Create,
+        (&Method::POST, true)
+            if matches!(
+                target.sub.as_deref(),
+                Some("binding" | "exec" | "portforward")
+            ) =>
+        {
+            Verb::Create
+        }
         (&Method::PUT, true) => Verb::Update,
         (&Method::PATCH, true) => Verb::Patch,
         (&Method::DELETE, true) => Verb::Delete,
@@ -211,10 +223,13 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
             return Err(ApiError::method_not_allowed(method.as_str()));
         }
     };
-    // `status` only answers get, update and patch; `binding` only create.
+    // `status` only answers get, update and patch; `binding` only create;
+    // `exec` and `portforward` get (a WebSocket upgrade, which API servers
+    // before 1.35 authorise as `get`) and create (POST, SPDY).
     let allowed = match target.sub.as_deref() {
         None => true,
         Some("binding") => verb == Verb::Create,
+        Some("exec" | "portforward") => matches!(verb, Verb::Get | Verb::Create),
         Some(_) => matches!(verb, Verb::Get | Verb::Update | Verb::Patch),
     };
     if !allowed {
@@ -246,6 +261,20 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
             verb.as_str(),
             target.ns.as_deref(),
         ));
+    }
+    if let (Some(sub @ ("exec" | "portforward")), Some(ns), Some(name)) =
+        (target.sub.as_deref(), target.ns.as_deref(), target.name.as_deref())
+    {
+        let call = crate::stream::Call {
+            kind: if sub == "exec" {
+                crate::stream::Kind::Exec
+            } else {
+                crate::stream::Kind::PortForward
+            },
+            namespace: ns,
+            pod: name,
+        };
+        return crate::stream::serve(st, call, req).await;
     }
     let headers = req.headers().clone();
     let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
