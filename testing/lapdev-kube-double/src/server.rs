@@ -262,9 +262,11 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
             target.ns.as_deref(),
         ));
     }
-    if let (Some(sub @ ("exec" | "portforward")), Some(ns), Some(name)) =
-        (target.sub.as_deref(), target.ns.as_deref(), target.name.as_deref())
-    {
+    if let (Some(sub @ ("exec" | "portforward")), Some(ns), Some(name)) = (
+        target.sub.as_deref(),
+        target.ns.as_deref(),
+        target.name.as_deref(),
+    ) {
         let call = crate::stream::Call {
             kind: if sub == "exec" {
                 crate::stream::Kind::Exec

@@ -42,7 +42,12 @@ impl Options {
         pod: &Value,
         name: &str,
     ) -> Result<Self, ApiError> {
-        let get = |k: &str| query.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            query
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         let flag = |k: &str| get(k).is_some_and(is_true);
         let command: Vec<String> = query
             .iter()
@@ -235,7 +240,9 @@ impl Session {
 
 fn exit_failure(message: &str) -> Value {
     let mut status = exit_status(&[], 126);
-    status["message"] = json!(format!("command terminated with non-zero exit code: {message}"));
+    status["message"] = json!(format!(
+        "command terminated with non-zero exit code: {message}"
+    ));
     status
 }
 
@@ -248,7 +255,11 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 }
 
 /// Copies one output of the process to its channel.
-async fn pump(channel: u8, mut reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>, tx: mpsc::Sender<Message>) {
+async fn pump(
+    channel: u8,
+    mut reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    tx: mpsc::Sender<Message>,
+) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match reader.read(&mut buf).await {

@@ -119,8 +119,7 @@ impl Streams {
     }
 
     pub(crate) fn unregister_port(&self, ns: &str, pod: &str, port: u16) {
-        self.ports()
-            .remove(&(ns.to_owned(), pod.to_owned(), port));
+        self.ports().remove(&(ns.to_owned(), pod.to_owned(), port));
     }
 
     fn port(&self, ns: &str, pod: &str, port: u16) -> Option<SocketAddr> {
@@ -169,7 +168,11 @@ fn choose(offered: &[String], supported: &[&'static str]) -> Result<&'static str
 }
 
 /// Serves `pods/NAME/exec` or `pods/NAME/portforward` (after counting and RBAC).
-pub(crate) async fn serve(st: &AppState, call: Call<'_>, req: Request) -> Result<Response, ApiError> {
+pub(crate) async fn serve(
+    st: &AppState,
+    call: Call<'_>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let pods = resource::core_resource("pods");
     let pod = st.store.get(pods, call.namespace, call.pod)?.value();
     let query = query_pairs(&req);
@@ -238,7 +241,9 @@ async fn upgrade(req: Request, is_upgrade: bool) -> Result<WebSocketUpgrade, Api
     let (mut parts, _body) = req.into_parts();
     WebSocketUpgrade::from_request_parts(&mut parts, &())
         .await
-        .map_err(|e| ApiError::bad_request(format!("unable to upgrade connection: {}", e.body_text())))
+        .map_err(|e| {
+            ApiError::bad_request(format!("unable to upgrade connection: {}", e.body_text()))
+        })
 }
 
 fn accept<F, Fut>(upgrade: WebSocketUpgrade, protocol: &'static str, run: F) -> Response

@@ -112,7 +112,13 @@ impl Session {
             let (read, write) = conn.into_split();
             writers.push(Some(write));
             open += 1;
-            readers.push(tokio::spawn(pump(i, data, read, tx.clone(), done_tx.clone())));
+            readers.push(tokio::spawn(pump(
+                i,
+                data,
+                read,
+                tx.clone(),
+                done_tx.clone(),
+            )));
         }
         drop(done_tx);
         while open > 0 {

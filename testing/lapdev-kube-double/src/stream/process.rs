@@ -132,4 +132,3 @@ fn not_started(program: &str, why: &str) -> String {
         "OCI runtime exec failed: exec failed: unable to start container process: exec: \"{program}\": {why}: unknown"
     )
 }
-

@@ -2,7 +2,7 @@
 //! a channel byte and its payload; one task owns the sending half so that
 //! readers of several sources never block each other.
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -42,7 +42,13 @@ async fn drain(mut rx: mpsc::Receiver<Message>, mut sink: SplitSink<WebSocket, M
             return;
         }
     }
-    let _ = sink.send(Message::Close(None)).await;
+    // A normal closure with its code: client-go reports a close without
+    // one (1005) as an error.
+    let close = CloseFrame {
+        code: close_code::NORMAL,
+        reason: "".into(),
+    };
+    let _ = sink.send(Message::Close(Some(close))).await;
     let _ = sink.close().await;
 }
 

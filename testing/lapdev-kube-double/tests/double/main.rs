@@ -4,12 +4,14 @@
 mod binary;
 mod crud;
 mod discovery;
+mod exec;
 mod faults;
 mod kubectl;
 mod kubelet_faults;
 mod node_faults;
 mod patch;
 mod pod_security;
+mod portforward;
 mod pvc;
 mod rbac;
 mod robustness;
