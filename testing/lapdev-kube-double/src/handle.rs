@@ -517,6 +517,14 @@ impl DoubleHandle {
             .register_port(namespace, pod, remote_port, local_addr);
     }
 
+    /// Makes port-forward to a port nobody registered connect to the same
+    /// port on `host` (e.g. `127.0.0.1`), for every pod; `None` (the default)
+    /// turns this off. For end-to-end runs where pods are created by the
+    /// system under test, so their names are not known up front.
+    pub fn forward_unregistered_ports(&self, host: Option<std::net::IpAddr>) {
+        self.streams.set_unregistered(host);
+    }
+
     /// Forgets a port registered with [`DoubleHandle::register_pod_port`].
     pub fn unregister_pod_port(&self, namespace: &str, pod: &str, remote_port: u16) {
         self.streams.unregister_port(namespace, pod, remote_port);

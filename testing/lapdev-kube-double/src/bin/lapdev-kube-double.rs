@@ -55,6 +55,18 @@ struct Args {
     /// Watch events kept for watches that resume from a resourceVersion.
     #[arg(long, default_value_t = 100_000)]
     history: usize,
+    /// Let `kubectl exec` / `pods/exec` run the command as a LOCAL process on
+    /// this machine, as the user running this binary, in a scratch directory
+    /// per pod. The API has no authentication: anyone who reaches the listen
+    /// address can then run arbitrary commands here. Off by default (exec
+    /// answers 403).
+    #[arg(long, env = "LAPDEV_KUBE_DOUBLE_ALLOW_LOCAL_EXEC")]
+    allow_local_exec: bool,
+    /// Let `pods/portforward` to any pod's port P connect to P on this host
+    /// address (e.g. 127.0.0.1). Anyone who reaches the listen address can
+    /// then reach that host's ports. Off by default (connection refused).
+    #[arg(long, env = "LAPDEV_KUBE_DOUBLE_FORWARD_PORTS_TO")]
+    forward_ports_to: Option<std::net::IpAddr>,
 }
 
 #[tokio::main]
@@ -68,10 +80,18 @@ async fn main() -> anyhow::Result<()> {
     let double = KubeDouble::start_with(Config {
         listen: args.listen,
         history: args.history,
+        local_exec: args.allow_local_exec,
         ..Config::default()
     })
     .await
     .with_context(|| format!("starting the Kubernetes API double on {}", args.listen))?;
+    double.forward_unregistered_ports(args.forward_ports_to);
+    if args.allow_local_exec {
+        tracing::warn!(
+            listen = %args.listen,
+            "local exec is ON: anyone who reaches this address can run commands on this machine"
+        );
+    }
     let mut node_names = Vec::new();
     for i in 0..args.nodes {
         let name = format!("double-node-{i}");

@@ -37,7 +37,7 @@ mod process;
 mod socket;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +57,9 @@ use crate::server::AppState;
 pub(crate) const V5: &str = "v5.channel.k8s.io";
 /// The exec subprotocol whose channel 3 carries a JSON `Status`.
 pub(crate) const V4: &str = "v4.channel.k8s.io";
+
+/// The answer to SPDY, and to SPDY tunnelled in a WebSocket (kubectl port-forward).
+const NO_SPDY: &str = "Upgrade request required: the Kubernetes API double serves pods/exec and pods/portforward over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only, not SPDY (kubectl port-forward needs SPDY)";
 
 /// Which streaming subresource a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +85,8 @@ pub(crate) struct Streams {
     offer_v5: AtomicBool,
     /// (namespace, pod, port) → the loopback address that plays it.
     ports: Mutex<HashMap<(String, String, u16), SocketAddr>>,
+    /// Where a port nobody registered goes (the same port on this host), if anywhere.
+    unregistered: Mutex<Option<IpAddr>>,
     /// Where the per-pod scratch directories live; removed when the double stops.
     pub(crate) scratch_root: PathBuf,
 }
@@ -92,6 +97,7 @@ impl Streams {
             local_exec: AtomicBool::new(local_exec),
             offer_v5: AtomicBool::new(true),
             ports: Mutex::default(),
+            unregistered: Mutex::default(),
             scratch_root: std::env::temp_dir().join(format!(
                 "lapdev-kube-double-{}",
                 uuid::Uuid::new_v4().simple()
@@ -122,10 +128,24 @@ impl Streams {
         self.ports().remove(&(ns.to_owned(), pod.to_owned(), port));
     }
 
+    pub(crate) fn set_unregistered(&self, host: Option<IpAddr>) {
+        *self
+            .unregistered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = host;
+    }
+
     fn port(&self, ns: &str, pod: &str, port: u16) -> Option<SocketAddr> {
-        self.ports()
+        let registered = self
+            .ports()
             .get(&(ns.to_owned(), pod.to_owned(), port))
-            .copied()
+            .copied();
+        registered.or_else(|| {
+            self.unregistered
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .map(|ip| SocketAddr::new(ip, port))
+        })
     }
 
     /// The scratch directory of a pod (not created here).
@@ -204,10 +224,14 @@ pub(crate) async fn serve(
             Ok(accept(upgrade, protocol, move |ws| session.run(ws)))
         }
         Kind::PortForward => {
+            let supported = [V4, "channel.k8s.io", "portforward.k8s.io"];
+            if !is_upgrade || choose(&offered, &supported).is_err() {
+                return Err(ApiError::bad_request(NO_SPDY));
+            }
             let ports = portforward::parse_ports(&query)?;
             no_host_check(&pod, call.pod)?;
             let upgrade = upgrade(req, is_upgrade).await?;
-            let protocol = choose(&offered, &[V4, "channel.k8s.io", "portforward.k8s.io"])?;
+            let protocol = choose(&offered, &supported)?;
             let targets = ports
                 .iter()
                 .map(|p| streams.port(call.namespace, call.pod, *p))
@@ -235,8 +259,8 @@ pub(crate) fn no_host_check(pod: &Value, name: &str) -> Result<(), ApiError> {
 
 async fn upgrade(req: Request, is_upgrade: bool) -> Result<WebSocketUpgrade, ApiError> {
     if !is_upgrade {
-        // POST is the SPDY path, which the double does not speak.
-        return Err(ApiError::bad_request("Upgrade request required"));
+        // POST is the SPDY path (kubectl's fallback), which the double does not speak.
+        return Err(ApiError::bad_request(NO_SPDY));
     }
     let (mut parts, _body) = req.into_parts();
     WebSocketUpgrade::from_request_parts(&mut parts, &())

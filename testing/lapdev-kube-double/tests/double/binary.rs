@@ -1,5 +1,5 @@
 //! The dev binary: says what it is, serves the API, writes a kubeconfig, seeds
-//! nodes and starts new pods.
+//! nodes, starts new pods and (when allowed) runs `kubectl exec` locally.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +16,8 @@ fn help_says_it_is_not_a_cluster() {
         "{help}"
     );
     assert!(help.contains("NOT a Kubernetes cluster"), "{help}");
+    assert!(help.contains("--allow-local-exec"), "{help}");
+    assert!(help.contains("run arbitrary commands here"), "{help}");
 }
 
 /// Kills the child when the test ends, however it ends.
@@ -48,6 +50,7 @@ fn serves_seeds_nodes_and_runs_pods() {
                 "3",
                 "--kubelet-delay-ms",
                 "50",
+                "--allow-local-exec",
             ])
             .arg("--kubeconfig-out")
             .arg(&kubeconfig)
@@ -85,6 +88,14 @@ fn serves_seeds_nodes_and_runs_pods() {
         "--timeout=10s",
     ]);
     assert!(running.0, "{}", running.1);
+    let exec = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["exec", "ws", "--", "sh", "-c", "echo local; exit 4"])
+        .output()
+        .unwrap();
+    assert_eq!(exec.status.code(), Some(4), "{exec:?}");
+    assert_eq!(exec.stdout, b"local\n");
     let (_, background) = kubectl(&["get", "pods", "-n", "background", "--no-headers"]);
     assert_eq!(
         background.lines().filter(|l| l.contains("Running")).count(),

@@ -160,3 +160,34 @@ async fn port_forward_errors_and_rbac() {
         s.message
     );
 }
+
+#[tokio::test]
+async fn unregistered_ports_can_go_to_the_same_port_on_a_host() {
+    let (double, pods) = running_box().await;
+    let addr = echo_server().await;
+    double.forward_unregistered_ports(Some(addr.ip()));
+    let back = round_trip(&pods, addr.port(), b"any pod, same port".to_vec()).await;
+    assert_eq!(back, b"any pod, same port");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_port_forward_is_refused_with_a_clear_message() {
+    // kubectl asks for SPDY (tunnelled in a WebSocket, then plain): not served.
+    let (double, _pods) = running_box().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    double.write_kubeconfig(&kubeconfig).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["port-forward", "pod/box", "0:8080"])
+            .output()
+            .expect("kubectl is installed")
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not SPDY"), "{stderr}");
+}
