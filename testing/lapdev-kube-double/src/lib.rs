@@ -34,6 +34,24 @@
 //!   real namespaced and cluster-scoped paths, with `/status` for namespaces, nodes, pods, PVCs,
 //!   services and deployments, and `pods/NAME/binding` (create only; 409
 //!   `Conflict` for a pod already bound elsewhere or being deleted).
+//! - `pods/NAME/exec` and `pods/NAME/portforward` over the WebSocket
+//!   subprotocols kube's `ws` feature and `kubectl exec` use (module `stream`):
+//!   exec with `v5.channel.k8s.io` (stdin end-of-input) or `v4.channel.k8s.io`
+//!   (exit code in the channel-3 `Status`: `NonZeroExitCode` with an
+//!   `ExitCode` cause), resize on channel 4, a pseudo-terminal for `tty=true`;
+//!   the command runs as a LOCAL process in a per-pod scratch directory
+//!   ([`DoubleHandle::scratch_dir`]), and only once a test enables it
+//!   ([`DoubleHandle::enable_local_exec`], [`Config::local_exec`], the dev
+//!   binary's `--allow-local-exec`): otherwise 403. Port-forward
+//!   (`v4.channel.k8s.io`) connects to the address a test registered for the
+//!   pod's port ([`DoubleHandle::register_pod_port`], or
+//!   [`DoubleHandle::forward_unregistered_ports`]); a port nothing listens on
+//!   gets the kubelet's `connection refused` message on its error channel.
+//!   RBAC sees them as `pods/exec` and `pods/portforward`, verb `get` for the
+//!   WebSocket upgrade (what API servers before 1.35 check; 1.35 asks for
+//!   `create` too) and `create` for POST. SPDY is not spoken: POST answers 400,
+//!   so `kubectl port-forward` (SPDY tunnelled in a WebSocket since 1.31, then
+//!   plain SPDY) does not work; `kubectl exec` does.
 //! - A minimal `/openapi/v3` (operations and parameters, no schemas), enough for
 //!   `kubectl apply` (client- and server-side) to leave validation to the server.
 //! - get, list (`labelSelector` with equality and set-based requirements,
@@ -163,6 +181,18 @@
 //!   No owner-reference garbage collection.
 //! - `events.k8s.io/v1` and core/v1 events are stored apart (the real server
 //!   serves one storage under both).
+//! - Exec has no container: the command runs on this machine as this
+//!   process's user, with its environment (plus `TERM=xterm` on a TTY), in a
+//!   scratch directory; no image, namespaces or limits. A TTY's stdin
+//!   end-of-input is a Ctrl-D typed on the terminal. A client that leaves
+//!   kills the command. Exec on a bound pod whose container is not running
+//!   is upgraded and then answered on the status channel with the
+//!   `InternalError` the real stream translator relays (`unable to upgrade
+//!   connection: container not found ("main")`); port-forward to a pod that
+//!   is not `Running` gets a `failed to find sandbox` error per port.
+//!   `v5.channel.k8s.io` can be withdrawn to play an API server before 1.30
+//!   ([`DoubleHandle::set_exec_v5`]). Base64 channel protocols and
+//!   `pods/attach` are not served.
 
 mod admission;
 mod control;

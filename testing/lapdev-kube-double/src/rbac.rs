@@ -17,6 +17,11 @@
 //! `system:discovery` role); no other bootstrap roles exist, aggregated
 //! ClusterRoles are not aggregated, and creating roles is not checked for
 //! privilege escalation.
+//!
+//! `pods/exec` and `pods/portforward` are authorised as the WebSocket upgrade
+//! (a GET) is on API servers before 1.35, which is what clusters in the field
+//! run: verb `get`; a POST (SPDY) is `create`. From 1.35 the upgrade needs
+//! `create` as well; a Role meant for both grants `get` and `create`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
