@@ -206,6 +206,7 @@ impl Session {
             Err(e) => return exit_failure(&e),
         };
         let mut child = spawned.child;
+        let mut group = spawned.group;
         let readers: Vec<_> = spawned
             .outputs
             .into_iter()
@@ -216,9 +217,12 @@ impl Session {
                 Ok(s) => exit_code(s),
                 Err(_) => 1,
             };
+            // What the command left in the background goes with it (a real
+            // container would keep it until the pod stops); its outputs then close.
+            group.kill();
             for mut r in readers {
-                // A background child may keep an output open after the
-                // command ended: its output is not waited for long.
+                // Bounded all the same: a process that left the group may
+                // still hold an output open.
                 if tokio::time::timeout(Duration::from_secs(2), &mut r)
                     .await
                     .is_err()

@@ -57,6 +57,38 @@ pub(crate) struct Spawned {
     pub child: Child,
     pub input: Input,
     pub outputs: Vec<Output>,
+    /// Kills the command's process group when dropped.
+    pub group: Group,
+}
+
+/// The process group the command leads (its own, on pipes or a pty): what
+/// it started in the background goes with it when the session ends, so an
+/// exec leaves nothing running behind.
+pub(crate) struct Group(Option<rustix::process::Pid>);
+
+impl Group {
+    fn of(child: &Child) -> Self {
+        Self(
+            child
+                .id()
+                .and_then(|id| i32::try_from(id).ok())
+                .and_then(rustix::process::Pid::from_raw),
+        )
+    }
+
+    /// Kills every process left in the group.
+    pub(crate) fn kill(&mut self) {
+        if let Some(pid) = self.0.take() {
+            // ESRCH: the group is already gone.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// What to start and which streams the client asked for.
@@ -95,10 +127,13 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, String> {
         }
         // Kept without stdin too: resizes go through it.
         let input = Input::Pty(write);
+        // pty-process makes the child a session (and group) leader.
+        let group = Group::of(&child);
         return Ok(Spawned {
             child,
             input,
             outputs,
+            group,
         });
     }
     let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
@@ -108,6 +143,7 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, String> {
         .stdin(pipe(plan.stdin))
         .stdout(pipe(plan.stdout))
         .stderr(pipe(plan.stderr))
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| not_started(program, &e.to_string()))?;
@@ -119,10 +155,12 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> Result<Spawned, String> {
         outputs.push((2, Box::new(err)));
     }
     let input = child.stdin.take().map_or(Input::None, Input::Pipe);
+    let group = Group::of(&child);
     Ok(Spawned {
         child,
         input,
         outputs,
+        group,
     })
 }
 

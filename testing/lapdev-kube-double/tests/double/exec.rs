@@ -284,9 +284,13 @@ pub async fn service_account(double: &KubeDouble, rules: serde_json::Value) -> k
 #[tokio::test]
 async fn rbac_authorises_the_upgrade_as_get_on_pods_exec() {
     let (double, _) = running_box().await;
+    // `create` alone does not open a WebSocket on servers before 1.35.
     let sa = service_account(
         &double,
-        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]),
+        json!([
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]},
+        ]),
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(sa, "default");
@@ -364,4 +368,99 @@ async fn kubectl_exec_keeps_streams_apart_and_exits_with_the_code() {
     );
     assert!(cat.status.success(), "{cat:?}");
     assert_eq!(cat.stdout, b"piped through\n");
+}
+
+#[tokio::test]
+async fn a_post_is_authorised_as_create_and_told_there_is_no_spdy() {
+    use tower::ServiceExt;
+    let (double, _) = running_box().await;
+    let sa = service_account(
+        &double,
+        json!([{"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get"]}]),
+    )
+    .await;
+    drop(sa); // the token below is a second one for the same account
+    let token = double.service_account_token("default", "manager");
+    let post = |token: &str| {
+        http::Request::post("/api/v1/namespaces/default/pods/box/exec?command=true&stdout=true")
+            .header("authorization", format!("Bearer {token}"))
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let res = double.router().oneshot(post(&token)).await.unwrap();
+    assert_eq!(res.status(), 403);
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&body).contains("cannot create resource \\\"pods/exec\\\""),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // The admin passes RBAC and learns that SPDY is not spoken.
+    let res = double.router().oneshot(post("")).await.unwrap();
+    assert_eq!(res.status(), 400);
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("not SPDY"));
+    assert_eq!(double.request_count_for(Verb::Create, "pods/exec"), 2);
+}
+
+/// Whether a process is gone (or only a zombie waiting for its reaper).
+fn gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+async fn until_gone(pid: &str) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !gone(pid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("process {pid} is still running"));
+}
+
+#[tokio::test]
+async fn an_exec_leaves_nothing_running_behind() {
+    let (_double, pods) = running_box().await;
+    // The command ends while a background child holds its stdout: the
+    // session still ends, and the child goes with it.
+    let p = pods
+        .exec("box", sh("sleep 600 & echo $!"), &AttachParams::default())
+        .await
+        .unwrap();
+    let (out, _, status) = tokio::time::timeout(Duration::from_secs(30), finish(p))
+        .await
+        .expect("the exec ends with its command");
+    assert!(is_success(&status));
+    until_gone(String::from_utf8(out).unwrap().trim()).await;
+
+    // The client goes away mid-command: the command and its children go too.
+    let mut p = pods
+        .exec(
+            "box",
+            sh("sleep 600 & echo $!; wait"),
+            &AttachParams::default(),
+        )
+        .await
+        .unwrap();
+    let mut stdout = p.stdout().unwrap();
+    let mut line = Vec::new();
+    while !line.ends_with(b"\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(stdout.read(&mut byte).await.unwrap(), 1);
+        line.push(byte[0]);
+    }
+    let pid = String::from_utf8(line).unwrap().trim().to_owned();
+    assert!(!gone(&pid));
+    p.abort();
+    drop(p);
+    until_gone(&pid).await;
 }
