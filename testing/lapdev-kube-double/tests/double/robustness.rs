@@ -185,9 +185,17 @@ async fn malformed_input_is_answered_with_a_status() {
             b"",
             400,
         ),
+        // exec without a command (or a host for the pod) is refused before any upgrade.
         (
             "GET",
             "/api/v1/namespaces/default/pods/p/exec",
+            json,
+            b"",
+            400,
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/pods/p/attach",
             json,
             b"",
             404,
