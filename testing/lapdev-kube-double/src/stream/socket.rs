@@ -37,8 +37,17 @@ pub(crate) fn split(ws: WebSocket) -> (SplitStream<WebSocket>, Outgoing) {
 
 async fn drain(mut rx: mpsc::Receiver<Message>, mut sink: SplitSink<WebSocket, Message>) {
     while let Some(msg) = rx.recv().await {
-        if sink.send(msg).await.is_err() {
-            // The client went away; the sources notice when their sends fail.
+        // Write what is queued, then flush once the queue is empty (never
+        // per frame, never on a timer).
+        let mut next = Some(msg);
+        while let Some(msg) = next {
+            if sink.feed(msg).await.is_err() {
+                // The client went away; the sources notice when their sends fail.
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if sink.flush().await.is_err() {
             return;
         }
     }
