@@ -29,6 +29,12 @@ pub(crate) fn parse_ports(query: &[(String, String)]) -> Result<Vec<u16>, ApiErr
             }
         }
     }
+    // Two channels per port, numbered by one byte.
+    if ports.len() > 128 {
+        return Err(ApiError::bad_request(
+            "the number of ports cannot be more than 128",
+        ));
+    }
     if ports.is_empty() {
         return Err(ApiError::bad_request(
             "at least one port must be specified (query parameter \"ports\")",

@@ -191,3 +191,28 @@ async fn kubectl_port_forward_is_refused_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not SPDY"), "{stderr}");
 }
+
+#[tokio::test]
+async fn bad_port_lists_are_refused_before_the_upgrade() {
+    use tower::ServiceExt;
+    let (double, _pods) = running_box().await;
+    let many: Vec<String> = (1..=129).map(|p| p.to_string()).collect();
+    for query in [
+        "ports=0",
+        "ports=http",
+        &format!("ports={}", many.join(",")),
+    ] {
+        let req = http::Request::get(format!(
+            "/api/v1/namespaces/default/pods/box/portforward?{query}"
+        ))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-protocol", "v4.channel.k8s.io")
+        .body(axum::body::Body::empty())
+        .unwrap();
+        let res = double.router().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 400, "{query}");
+    }
+}
