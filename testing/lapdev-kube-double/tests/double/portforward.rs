@@ -197,11 +197,18 @@ async fn bad_port_lists_are_refused_before_the_upgrade() {
     use tower::ServiceExt;
     let (double, _pods) = running_box().await;
     let many: Vec<String> = (1..=129).map(|p| p.to_string()).collect();
-    for query in [
-        "ports=0",
-        "ports=http",
-        &format!("ports={}", many.join(",")),
-    ] {
+    let cases = [
+        ("ports=0".to_owned(), "port must be in the range 1-65535"),
+        (
+            "ports=http".to_owned(),
+            "unable to parse \\\"http\\\" as a port",
+        ),
+        (
+            format!("ports={}", many.join(",")),
+            "the number of ports cannot be more than 128",
+        ),
+    ];
+    for (query, message) in cases {
         let req = http::Request::get(format!(
             "/api/v1/namespaces/default/pods/box/portforward?{query}"
         ))
@@ -214,5 +221,10 @@ async fn bad_port_lists_are_refused_before_the_upgrade() {
         .unwrap();
         let res = double.router().oneshot(req).await.unwrap();
         assert_eq!(res.status(), 400, "{query}");
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains(message), "{query}: {body}");
     }
 }
