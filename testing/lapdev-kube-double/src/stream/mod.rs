@@ -225,7 +225,8 @@ pub(crate) async fn serve(
         }
         Kind::PortForward => {
             let supported = [V4, "channel.k8s.io", "portforward.k8s.io"];
-            if !is_upgrade || choose(&offered, &supported).is_err() {
+            let spdy = offered.iter().any(|p| p.starts_with("SPDY/"));
+            if !is_upgrade || (spdy && choose(&offered, &supported).is_err()) {
                 return Err(ApiError::bad_request(NO_SPDY));
             }
             let ports = portforward::parse_ports(&query)?;
