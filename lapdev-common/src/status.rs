@@ -136,19 +136,15 @@ string_enum! {
     /// How locked down a cluster's workspace pods are, chosen per cluster by an
     /// admin. The workspace namespace's Pod Security label (`pod-security.kubernetes.io/enforce`)
     /// follows it, so the install manifest carries it.
+    #[derive(Default)]
     pub enum SecurityProfile {
         /// Pod Security `baseline`: root allowed, the runtime's default capabilities,
         /// privilege escalation allowed (so `sudo` and `apt` work in common dev images).
+        #[default]
         Baseline => "baseline",
         /// Pod Security `restricted`: non-root, all capabilities dropped, no privilege
         /// escalation, `RuntimeDefault` seccomp.
         Restricted => "restricted",
-    }
-}
-
-impl Default for SecurityProfile {
-    fn default() -> Self {
-        SecurityProfile::Baseline
     }
 }
 
