@@ -226,6 +226,38 @@ impl ApiError {
         )
     }
 
+    /// 403 `Forbidden` from the RBAC authorizer for `user`; `resource` is the
+    /// plural with its subresource (`pods/exec`), as the real message names it.
+    pub fn rbac_forbidden(
+        user: &str,
+        res: &ResourceDef,
+        name: Option<&str>,
+        resource: &str,
+        verb: &str,
+        namespace: Option<&str>,
+    ) -> Self {
+        let subject = match name {
+            Some(n) => format!("{} \"{n}\"", res.qualified()),
+            None => res.qualified(),
+        };
+        let scope = match namespace {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_owned(),
+        };
+        let message = format!(
+            "{subject} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}",
+            res.group
+        );
+        Self::new(403, "Forbidden", message).with_details(
+            json!({"name": name.unwrap_or(""), "group": res.group, "kind": res.plural}),
+        )
+    }
+
+    /// 401 `Unauthorized`: a bearer token the API server does not know.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
     /// 410 `Expired`: a watch or continue token older than the retained history.
     pub fn expired(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)
@@ -370,4 +402,14 @@ pub enum HandleError {
     /// An object read back from the double did not deserialise into the asked type.
     #[error("deserialising the object from the double")]
     Deserialize(#[source] serde_json::Error),
+    /// The stand-in kubelet was asked to fail a pod that is on no node, and the
+    /// stand-in scheduler found none for it (the scheduler's message).
+    #[error("pod {0} is not bound to a node and none fits it: {1}")]
+    Unschedulable(String, String),
+    /// [`crate::DoubleHandle::kubelet_retry`] on a pod the stand-in kubelet is not failing.
+    #[error("the stand-in kubelet is not failing pod {0}")]
+    NotFailing(String),
+    /// A volume attach failure for a pod that mounts no PersistentVolumeClaim.
+    #[error("pod {0} mounts no PersistentVolumeClaim")]
+    NoClaim(String),
 }

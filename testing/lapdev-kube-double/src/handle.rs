@@ -80,6 +80,10 @@ pub struct DoubleHandle {
     pub(crate) kubernetes_version: String,
     /// Makes the stand-in scheduler place one pod at a time, as the real one does.
     pub(crate) scheduler: Arc<std::sync::Mutex<()>>,
+    /// What the stand-in kubelets are told to fail, and which nodes lost theirs.
+    pub(crate) kubelet: Arc<std::sync::Mutex<crate::kubelet_faults::KubeletState>>,
+    /// ServiceAccount tokens and whether RBAC is enforced.
+    pub(crate) auth: Arc<crate::rbac::Auth>,
 }
 
 fn resource_of<K: kube::Resource<DynamicType = ()>>() -> Result<&'static ResourceDef, HandleError> {
@@ -91,15 +95,15 @@ fn resource_of<K: kube::Resource<DynamicType = ()>>() -> Result<&'static Resourc
     })
 }
 
-fn to_typed<K: DeserializeOwned>(v: &Stored) -> Result<K, HandleError> {
+pub(crate) fn to_typed<K: DeserializeOwned>(v: &Stored) -> Result<K, HandleError> {
     serde_json::from_slice(&v.json()).map_err(HandleError::Deserialize)
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     crate::store::now()
 }
 
-fn set_condition(conditions: &mut Vec<Value>, ty: &str, status: &str) {
+pub(crate) fn set_condition(conditions: &mut Vec<Value>, ty: &str, status: &str) {
     let when = now();
     match conditions.iter_mut().find(|c| c.get("type") == Some(&json!(ty))) {
         Some(c) if c.get("status") == Some(&json!(status)) => {}
@@ -174,7 +178,9 @@ impl DoubleHandle {
         to_typed(&out)
     }
 
-    /// Removes a node (as deleting the Node object would).
+    /// Removes a node (as deleting the Node object would); the pod garbage
+    /// collector then force-deletes the pods bound to it (see
+    /// [`DoubleHandle::set_pod_gc`]).
     pub fn remove_node(&self, name: &str) -> Result<(), HandleError> {
         self.store.delete(
             resource::core_resource("nodes"),
@@ -183,13 +189,22 @@ impl DoubleHandle {
             &Preconditions::default(),
             &WriteCtx::by("kube-controller-manager"),
         )?;
+        self.kubelet_lock().lost_nodes.remove(name);
+        self.collect_pod_garbage(name);
         Ok(())
     }
 
     /// Sets a node's `Ready` condition, as its kubelet (or the node lifecycle
-    /// controller, for a node that stopped reporting) would.
+    /// controller, for a node that stopped reporting) would. `true` also brings
+    /// back a node lost with [`DoubleHandle::set_node_lost`]: all its conditions
+    /// are reported again, the unreachable taints go, and its stand-in kubelet
+    /// runs again (finishing the graceful deletions that waited for it).
     pub fn set_node_ready(&self, name: &str, ready: bool) -> Result<Node, HandleError> {
-        let status = if ready { "True" } else { "Unknown" };
+        if ready {
+            self.node_back(name)?;
+            return self.get("", name);
+        }
+        let status = "Unknown";
         let out = self.store.mutate(
             resource::core_resource("nodes"),
             "",
@@ -264,18 +279,59 @@ impl DoubleHandle {
             &pre,
             &WriteCtx::by("kubelet"),
         )?;
-        Ok(matches!(out, Deleted::Gone(_)))
+        match out {
+            Deleted::Gone(pod) => {
+                if let Some(uid) = pod.value().pointer("/metadata/uid").and_then(Value::as_str) {
+                    self.forget_fault(uid);
+                }
+                Ok(true)
+            }
+            Deleted::Pending(_) => Ok(false),
+        }
     }
 
-    /// Binds a pod to a node (the scheduler's `pods/binding`).
+    /// Binds a pod to a node, as the scheduler's `POST pods/NAME/binding` does:
+    /// 409 `Conflict` when the pod is already bound (to another node) or is
+    /// being deleted.
     pub fn bind_pod(&self, namespace: &str, name: &str, node: &str) -> Result<Pod, HandleError> {
-        let out = self.store.mutate(
+        Ok(self.bind(namespace, name, node, "kube-scheduler")?)
+    }
+
+    /// The binding subresource's work (shared by the API and the handle).
+    pub(crate) fn bind(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+        manager: &str,
+    ) -> Result<Pod, ApiError> {
+        let conflict = |why: String| ApiError {
+            code: 409,
+            reason: "Conflict",
+            message: format!("Operation cannot be fulfilled on pods/binding \"{name}\": {why}"),
+            details: Some(json!({"name": name, "kind": "pods/binding"})),
+        };
+        let out = self.store.try_mutate(
             resource::core_resource("pods"),
             namespace,
             name,
-            "kube-scheduler",
+            manager,
             "",
             |pod| {
+                if pod.pointer("/metadata/deletionTimestamp").is_some() {
+                    return Err(conflict(format!(
+                        "pod {name} is being deleted, cannot be assigned to a host"
+                    )));
+                }
+                match pod.pointer("/spec/nodeName").and_then(Value::as_str) {
+                    Some(n) if n == node => return Ok(()),
+                    Some(n) if !n.is_empty() => {
+                        return Err(conflict(format!(
+                            "pod {name} is already assigned to node \"{n}\""
+                        )));
+                    }
+                    _ => {}
+                }
                 pod["spec"]["nodeName"] = json!(node);
                 let status = &mut pod["status"];
                 let mut list = status
@@ -293,9 +349,22 @@ impl DoubleHandle {
                     c.remove("message");
                 }
                 status["conditions"] = json!(list);
+                Ok(())
             },
         )?;
-        to_typed(&out)
+        let value = out.value();
+        self.select_node_for_claims(&value, node);
+        let msg = format!("Successfully assigned {namespace}/{name} to {node}");
+        // Losing the event (e.g. its namespace went) does not undo the binding.
+        let _ = self.record_event(
+            &value,
+            crate::events::Source::SCHEDULER,
+            crate::events::Kind::Normal,
+            "Scheduled",
+            &msg,
+            None,
+        );
+        serde_json::from_value(value).map_err(|e| ApiError::internal(e.to_string()))
     }
 
     /// Stores a pod that is already bound to `spec.nodeName` and `Running`, as if
@@ -393,6 +462,21 @@ impl DoubleHandle {
             Err(e) if e.code == 409 => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Enforces authentication and RBAC from now on (see the crate docs):
+    /// requests with a ServiceAccount token from
+    /// [`DoubleHandle::service_account_token`] are authorised from the stored
+    /// Roles, ClusterRoles and their bindings; unknown tokens get 401; requests
+    /// without a token or with the admin kubeconfig's stay cluster-admin.
+    pub fn enable_rbac(&self) {
+        self.auth.enable();
+    }
+
+    /// A bearer token that authenticates as `system:serviceaccount:NS:NAME`
+    /// (valid while the ServiceAccount object exists).
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        self.auth.issue(namespace, name)
     }
 
     /// The next `n` API requests fail with `code` (e.g. 500, 503) and its `Status`.
@@ -517,6 +601,19 @@ impl DoubleHandle {
                     if freed {
                         pending.extend(self.unscheduled_pods());
                     }
+                    for e in events.iter().filter(|e| std::ptr::eq(e.res, nodes)) {
+                        let node = &e.object.attrs.name;
+                        // Deleted or out of service: the pod garbage collector's turn.
+                        self.collect_pod_garbage(node);
+                        let was_ready = e.previous.as_ref().is_some_and(|p| p.attrs.ready);
+                        if e.kind == EventType::Modified && e.object.attrs.ready && !was_ready {
+                            // A node (and its kubelet) came back: it finishes
+                            // what waited for it.
+                            for (ns, name) in self.pods_on_node(node) {
+                                pending.push((WorkKind::Pod, ns, name));
+                            }
+                        }
+                    }
                     // New pods and claims, and pods whose deletion began.
                     let started_deleting = |e: &&Arc<crate::store::Event>| {
                         e.kind == EventType::Modified
@@ -524,10 +621,14 @@ impl DoubleHandle {
                             && e.object.attrs.deleting
                             && !e.previous.as_ref().is_some_and(|p| p.attrs.deleting)
                     };
-                    for e in events
-                        .iter()
-                        .filter(|e| e.kind == EventType::Added || started_deleting(e))
-                    {
+                    // Claims changed (a selected node, a larger request): the
+                    // volume controllers look again.
+                    let claim_changed = |e: &&Arc<crate::store::Event>| {
+                        e.kind == EventType::Modified && std::ptr::eq(e.res, pvcs)
+                    };
+                    for e in events.iter().filter(|e| {
+                        e.kind == EventType::Added || started_deleting(e) || claim_changed(e)
+                    }) {
                         let kind = if std::ptr::eq(e.res, pods) {
                             WorkKind::Pod
                         } else if std::ptr::eq(e.res, pvcs) {
@@ -599,12 +700,29 @@ impl DoubleHandle {
         let Ok(stored) = self.store.get(pods, ns, name) else {
             return;
         };
+        let node = stored.attrs.field(pods, "spec.nodeName").to_owned();
+        let lost = !node.is_empty() && self.is_node_lost(&node);
         if stored.attrs.deleting {
-            // The containers "stopped": confirm the deletion, as the kubelet does.
-            let _ = self.terminate_pod(ns, name);
+            if lost {
+                // No kubelet confirms: the deletion waits for a force delete,
+                // or for the pod garbage collector.
+                self.collect_pod_garbage(&node);
+            } else {
+                // The containers "stopped": confirm the deletion, as the kubelet does.
+                let _ = self.terminate_pod(ns, name);
+            }
             return;
         }
-        if !selector.matches(&stored.attrs) || stored.attrs.field(pods, "status.phase") != "Pending"
+        let uid = stored
+            .value()
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        if lost
+            || self.fault_of(&uid).is_some()
+            || !selector.matches(&stored.attrs)
+            || stored.attrs.field(pods, "status.phase") != "Pending"
         {
             return;
         }
@@ -613,7 +731,7 @@ impl DoubleHandle {
                 .scheduler
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match self.schedule(&stored.attrs, pick) {
+            match self.schedule(&stored, pick) {
                 Ok(node) => {
                     if self.bind_pod(ns, name, &node).is_err() {
                         return;
@@ -639,6 +757,16 @@ impl DoubleHandle {
                             }
                             status["conditions"] = json!(list);
                         });
+                    if let Ok(pod) = self.store.get(pods, ns, name) {
+                        let _ = self.record_event(
+                            &pod.value(),
+                            crate::events::Source::SCHEDULER,
+                            crate::events::Kind::Warning,
+                            "FailedScheduling",
+                            &message,
+                            None,
+                        );
+                    }
                     return;
                 }
             }
@@ -646,88 +774,13 @@ impl DoubleHandle {
         let _ = self.set_pod_phase(ns, name, "Running", Vec::new());
     }
 
-    /// The stand-in scheduler: a Ready, uncordoned node whose allocatable CPU and
-    /// memory, minus the requests of the pods already on it, fit the pod;
-    /// candidates are taken in turn (`pick`) to spread pods. The error is the
-    /// real scheduler's kind of message.
-    fn schedule(&self, pod: &crate::object::Attrs, pick: usize) -> Result<String, String> {
-        let pods = resource::core_resource("pods");
-        let nodes_res = resource::core_resource("nodes");
-        let all = LabelSelector::default();
-        let any = FieldSelector::default();
-        let nodes = self
-            .store
-            .list(nodes_res, None, &all, &any, None, None)
-            .items;
-        let mut used: std::collections::HashMap<String, (f64, f64)> =
-            std::collections::HashMap::new();
-        for p in self.store.list(pods, None, &all, &any, None, None).items {
-            let node = p.attrs.field(pods, "spec.nodeName");
-            if !node.is_empty() && !p.attrs.terminated {
-                let entry = used.entry(node.to_owned()).or_default();
-                entry.0 += p.attrs.cpu;
-                entry.1 += p.attrs.memory;
-            }
-        }
-        let (mut cordoned, mut not_ready, mut no_cpu, mut no_memory) = (0, 0, 0, 0);
-        let mut fits = Vec::new();
-        for n in &nodes {
-            let (cpu, memory) = used.get(&n.attrs.name).copied().unwrap_or_default();
-            if n.attrs.field(nodes_res, "spec.unschedulable") == "true" {
-                cordoned += 1;
-            } else if !n.attrs.ready {
-                not_ready += 1;
-            } else if n.attrs.cpu - cpu < pod.cpu - 1e-9 {
-                no_cpu += 1;
-            } else if n.attrs.memory - memory < pod.memory - 1e-9 {
-                no_memory += 1;
-            } else {
-                fits.push(n.attrs.name.clone());
-            }
-        }
-        if let Some(node) = fits.get(pick % fits.len().max(1)) {
-            return Ok(node.clone());
-        }
-        let mut reasons = Vec::new();
-        if no_cpu > 0 {
-            reasons.push(format!("{no_cpu} Insufficient cpu"));
-        }
-        if no_memory > 0 {
-            reasons.push(format!("{no_memory} Insufficient memory"));
-        }
-        if not_ready > 0 {
-            reasons.push(format!(
-                "{not_ready} node(s) had untolerated taint {{node.kubernetes.io/not-ready: }}"
-            ));
-        }
-        if cordoned > 0 {
-            reasons.push(format!("{cordoned} node(s) were unschedulable"));
-        }
-        let detail = if reasons.is_empty() {
-            String::new()
-        } else {
-            format!(" {}.", reasons.join(", "))
-        };
-        Err(format!("0/{} nodes are available:{detail}", nodes.len()))
-    }
-
     fn bind_claim(&self, ns: &str, name: &str) {
-        let pvcs = resource::core_resource("persistentvolumeclaims");
-        let _ = self.store.mutate(pvcs, ns, name, "kube-controller-manager", "status", |pvc| {
-            if pvc.pointer("/status/phase") != Some(&json!("Pending")) {
-                return;
-            }
-            let uid = pvc.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_owned();
-            let storage = pvc.pointer("/spec/resources/requests/storage").cloned().unwrap_or(json!("1Gi"));
-            let modes = pvc.pointer("/spec/accessModes").cloned().unwrap_or(json!([]));
-            pvc["spec"]["volumeName"] = json!(format!("pvc-{uid}"));
-            pvc["status"] = json!({"phase": "Bound", "accessModes": modes, "capacity": {"storage": storage}});
-        });
+        self.provision_claim(ns, name);
     }
 }
 
 /// What the kubelet reports for a pod entering `phase`.
-fn kubelet_status(pod: &mut Value, phase: &str) {
+pub(crate) fn kubelet_status(pod: &mut Value, phase: &str) {
     let n = pod
         .pointer("/metadata/uid")
         .and_then(Value::as_str)

@@ -28,10 +28,12 @@
 //! - core/v1 `namespaces`, `nodes`, `pods`, `persistentvolumeclaims`, `events`,
 //!   `services`, `configmaps`, `secrets`, `serviceaccounts`; `coordination.k8s.io/v1`
 //!   `leases`; `events.k8s.io/v1` `events` (what kube's event `Recorder` writes);
-//!   `apps/v1` `deployments`; `rbac.authorization.k8s.io/v1` roles, cluster roles
-//!   and their bindings (stored, never enforced). All at the real namespaced and
-//!   cluster-scoped paths, with `/status` for namespaces, nodes, pods, PVCs,
-//!   services and deployments.
+//!   `apps/v1` `deployments`; `storage.k8s.io/v1` `storageclasses`;
+//!   `rbac.authorization.k8s.io/v1` roles, cluster roles
+//!   and their bindings (enforced once RBAC is enabled, see below). All at the
+//!   real namespaced and cluster-scoped paths, with `/status` for namespaces, nodes, pods, PVCs,
+//!   services and deployments, and `pods/NAME/binding` (create only; 409
+//!   `Conflict` for a pod already bound elsewhere or being deleted).
 //! - A minimal `/openapi/v3` (operations and parameters, no schemas), enough for
 //!   `kubectl apply` (client- and server-side) to leave validation to the server.
 //! - get, list (`labelSelector` with equality and set-based requirements,
@@ -47,6 +49,22 @@
 //!   ([`DoubleHandle::run_kubelet`]), failures for every request or the next few
 //!   (optionally only for one verb/resource), hanging, latency, dropped watches,
 //!   403 denials per verb and resource, request counts per verb.
+//! - A stand-in kubelet that fails pods as real kubelets do, with their status,
+//!   container statuses and core/v1 Events (`involvedObject`, `source`, `count`
+//!   and `lastTimestamp` counted up on repeats, selectable by
+//!   `involvedObject.name`/`involvedObject.uid`):
+//!   [`DoubleHandle::kubelet_fail_image_pull`] (`ErrImagePull` and
+//!   `ImagePullBackOff` alternating on each [`DoubleHandle::kubelet_retry`]),
+//!   [`DoubleHandle::kubelet_fail_invalid_image`], [`DoubleHandle::kubelet_crash_loop`]
+//!   (`CrashLoopBackOff`, `lastState.terminated` `OOMKilled` or `Error`, back-off
+//!   10s doubling to 5m0s), [`DoubleHandle::kubelet_evict`],
+//!   [`DoubleHandle::kubelet_fail_volume_attach`] (`FailedAttachVolume`,
+//!   `FailedMount`), and [`DoubleHandle::kubelet_recover`].
+//! - Lost nodes ([`DoubleHandle::set_node_lost`]: conditions `Unknown`,
+//!   unreachable taints, graceful pod deletion that never completes), taints
+//!   ([`DoubleHandle::taint_node`], e.g. [`OUT_OF_SERVICE`]), and the pod garbage
+//!   collector ([`DoubleHandle::set_pod_gc`]). The stand-in scheduler records
+//!   `Scheduled` and `FailedScheduling` Events.
 //!
 //! Note that kube's default client retries 429, 503 and 504 answers (up to 15
 //! times, with exponential backoff from 5 ms): a test that wants the caller to see
@@ -54,8 +72,18 @@
 //!
 //! # What is simplified compared to a real API server
 //!
-//! - No authentication or authorization: every request is allowed unless a test
-//!   denies a verb with [`DoubleHandle::deny`]. Plain HTTP only, no TLS.
+//! - Authentication and authorization are off unless a test calls
+//!   [`DoubleHandle::enable_rbac`]: then ServiceAccount tokens
+//!   ([`DoubleHandle::service_account_token`],
+//!   [`KubeDouble::service_account_kubeconfig`],
+//!   [`KubeDouble::service_account_client`]) are authorised from the stored
+//!   Roles, ClusterRoles and bindings (verbs incl. `*`, API groups, resources
+//!   with subresources such as `pods/binding`, `resourceNames`), denials are the
+//!   RBAC authorizer's 403 and unknown tokens 401; requests without a token or
+//!   with the admin kubeconfig's stay cluster-admin. No bootstrap roles but
+//!   open discovery, no role aggregation, no escalation checks, no
+//!   impersonation; tokens are opaque strings, not JWTs. A test can also deny a
+//!   verb with [`DoubleHandle::deny`]. Plain HTTP only, no TLS.
 //! - JSON only; protobuf and CBOR are not offered. Aggregated discovery
 //!   (`apidiscovery.k8s.io`) and OpenAPI documents are not served; clients fall
 //!   back to legacy discovery as they do with older servers.
@@ -80,43 +108,80 @@
 //!   finished gets `deletionTimestamp` and `deletionGracePeriodSeconds` (its
 //!   `terminationGracePeriodSeconds`, or the request's `gracePeriodSeconds`) and
 //!   stays (its name taken) until its kubelet confirms with a grace-0 delete: the
-//!   stand-in kubelet does that after its delay, a test with
+//!   stand-in kubelet does that after its delay (never on a node lost with
+//!   [`DoubleHandle::set_node_lost`]), a test with
 //!   [`DoubleHandle::terminate_pod`] ([`Config::graceful_pod_deletion`] turns
-//!   this off). Unbound or finished pods, and grace 0, go at once. Other objects are deleted at once unless finalizers hold them
+//!   this off). The pod garbage collector force-deletes the pods of a deleted
+//!   node and the terminating pods of an out-of-service node at once (the real
+//!   one runs every 20 s and waits 40 s before deleting orphans); the taint
+//!   manager's `NoExecute` evictions (after 300 s of `unreachable`) are not modelled. Unbound or finished pods, and grace 0, go at once. Other objects are deleted at once unless finalizers hold them
 //!   (`deletionTimestamp` until the last finalizer is removed). Deleting a
 //!   namespace removes its contents at once (the real namespace controller does it
 //!   in the background). No owner-reference garbage collection.
 //! - PVCs get the `kubernetes.io/pvc-protection` finalizer and are kept while a pod
 //!   that is not `Succeeded`/`Failed` in their namespace mounts them, like the
-//!   pvc-protection controller. Nothing provisions volumes; the stand-in kubelet
-//!   ([`DoubleHandle::run_kubelet`]) marks claims `Bound`.
+//!   pvc-protection controller. A claim's spec is immutable but for a bound
+//!   claim's storage request, which may not shrink (422, `field can not be less
+//!   than previous value`) and may only grow when its StorageClass has
+//!   `allowVolumeExpansion: true` (the `PersistentVolumeClaimResize` plugin's 403
+//!   otherwise); a claim without `storageClassName` gets the default class
+//!   ([`DoubleHandle::add_storage_class`], `DefaultStorageClass`). Nothing
+//!   provisions volumes; the stand-in kubelet ([`DoubleHandle::run_kubelet`])
+//!   marks claims `Bound` (no PersistentVolume objects), a `WaitForFirstConsumer`
+//!   claim only once a pod using it is bound to a node (until then `Pending` with a
+//!   `WaitForFirstConsumer` Event), and sets a grown claim's capacity at once.
+//!   A claim whose class does not exist binds like an `Immediate` one.
 //! - Validation covers names, labels, quantities (a malformed quantity is a 400
 //!   `BadRequest` decode error as on a real server; a negative request or a request
 //!   over its limit is 422 `Invalid`), pods (containers, images, volumes), PVCs,
 //!   services, and the immutability of pod and PVC specs. Fields the
 //!   Kubernetes type does not have are dropped on write, as the real decoder drops
 //!   them, and `fieldValidation=Strict` refuses them (400, `strict decoding error`);
-//!   both follow the k8s-openapi `v1_33` types. No admission plugins
-//!   other than namespace existence and pvc-protection; no service account
-//!   token injection; no scheduler or controllers unless the stand-in kubelet runs.
-//!   Its scheduler places a pod on a Ready, uncordoned node whose allocatable CPU
-//!   and memory still fit the pod's requests (spreading pods in turn), and otherwise
-//!   leaves it `Pending` with `PodScheduled=False`/`Unschedulable`, retrying when
-//!   nodes change or pods go; no taints, affinity, selectors or preemption.
-//!   Nothing garbage-collects pods of removed nodes or owner references.
+//!   both follow the k8s-openapi `v1_33` types. Admission plugins: namespace
+//!   existence, pvc-protection, `DefaultStorageClass`,
+//!   `PersistentVolumeClaimResize`, and `PodSecurity` on pod create (the
+//!   namespace label [`ENFORCE_LABEL`] `baseline`/`restricted`, with the real
+//!   403 message; host namespaces and ports, privileged, capabilities, volume
+//!   types, allowPrivilegeEscalation, runAsNonRoot, runAsUser 0 and seccomp are
+//!   checked; AppArmor, SELinux, procMount and sysctls, the `warn`/`audit` modes
+//!   and exemptions are not). No quota, limit ranges or service account token
+//!   injection; no scheduler or controllers unless the stand-in kubelet runs.
+//!   Its scheduler places a pod on a node that passes the real scheduler's
+//!   filters in its order: not cordoned (unless tolerated), no untolerated
+//!   `NoSchedule`/`NoExecute` taint (a not-Ready node without one counts as
+//!   tainted `node.kubernetes.io/not-ready`), `nodeSelector` and required node
+//!   affinity (e.g. `kubernetes.io/arch`), and allocatable CPU and memory that
+//!   still fit the pod's requests (spreading pods in turn); otherwise it leaves
+//!   the pod `Pending` with `PodScheduled=False`/`Unschedulable` and a
+//!   `FailedScheduling` Event with the real message (`0/3 nodes are available:
+//!   ...`, without the preemption part), retrying when nodes change or pods go.
+//!   No preferred affinity, pod (anti-)affinity, topology spread, host ports,
+//!   volume topology or preemption, and no `DefaultTolerationSeconds`
+//!   tolerations are added to pods. The stand-in kubelet's failures are
+//!   played by the test (each retry is a call, not a timer), and it writes the
+//!   Events of failures only, not `Pulling`/`Created`/`Started` of every start.
+//!   No owner-reference garbage collection.
 //! - `events.k8s.io/v1` and core/v1 events are stored apart (the real server
 //!   serves one storage under both).
 
+mod admission;
 mod control;
 mod error;
+mod events;
 mod handle;
 mod kubeconfig;
+mod kubelet_faults;
+mod node_faults;
 mod object;
 mod openapi;
 mod patch;
+mod pod_security;
+mod rbac;
 mod resource;
+mod scheduler;
 mod selector;
 mod server;
+mod storage;
 mod store;
 mod table;
 mod validate;
@@ -126,10 +191,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use admission::DEFAULT_CLASS_ANNOTATION;
 pub use control::{FailureMode, Verb};
 pub use error::{ApiError, Cause, HandleError, StartError};
 pub use handle::{DoubleHandle, KubeletConfig, NodeSpec};
+pub use node_faults::{OUT_OF_SERVICE, UNREACHABLE};
+pub use pod_security::{ENFORCE_LABEL, ENFORCE_VERSION_LABEL};
 pub use resource::{RESOURCES, ResourceDef};
+pub use storage::SELECTED_NODE;
 pub use validate::parse_quantity;
 
 /// How to start the double.
@@ -197,6 +266,8 @@ impl KubeDouble {
             control: control.clone(),
             kubernetes_version: config.kubernetes_version.clone(),
             scheduler: Arc::default(),
+            kubelet: Arc::default(),
+            auth: Arc::default(),
         };
         for ns in &config.namespaces {
             handle
@@ -211,6 +282,7 @@ impl KubeDouble {
                 bookmark_interval: config.bookmark_interval,
                 default_watch_timeout: config.default_watch_timeout,
             }),
+            handle: handle.clone(),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -262,11 +334,50 @@ impl KubeDouble {
             .map_err(|e| StartError::WriteKubeconfig(e, path.to_owned()))
     }
 
+    /// A kubeconfig (YAML) whose user is the ServiceAccount `namespace/name`,
+    /// with a new token from [`DoubleHandle::service_account_token`]; RBAC
+    /// applies to it once [`DoubleHandle::enable_rbac`] was called.
+    pub fn service_account_kubeconfig_yaml(&self, namespace: &str, name: &str) -> String {
+        let token = self.handle.service_account_token(namespace, name);
+        kubeconfig::render_with_token(&self.url(), &token)
+    }
+
+    /// Writes [`KubeDouble::service_account_kubeconfig_yaml`] to a file in the
+    /// system's temporary directory and returns its path (e.g. for `KUBECONFIG`
+    /// of a manager process that runs as that ServiceAccount).
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<std::path::PathBuf, StartError> {
+        let path = std::env::temp_dir().join(format!(
+            "lapdev-kube-double-{}-{namespace}-{name}-{}.kubeconfig",
+            self.addr.port(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&path, self.service_account_kubeconfig_yaml(namespace, name))
+            .map_err(|e| StartError::WriteKubeconfig(e, path.clone()))?;
+        Ok(path)
+    }
+
+    /// A `kube::Client` that acts as the ServiceAccount `namespace/name`.
+    pub async fn service_account_client(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<kube::Client, StartError> {
+        Self::client_from(&self.service_account_kubeconfig_yaml(namespace, name)).await
+    }
+
     /// A `kube::Client` built from the generated kubeconfig through kube's own
     /// config path (`Kubeconfig` → `Config` → `Client`), as an application would.
     pub async fn client(&self) -> Result<kube::Client, StartError> {
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())
-            .map_err(StartError::LoadKubeconfig)?;
+        Self::client_from(&self.kubeconfig_yaml()).await
+    }
+
+    async fn client_from(yaml: &str) -> Result<kube::Client, StartError> {
+        let kubeconfig =
+            kube::config::Kubeconfig::from_yaml(yaml).map_err(StartError::LoadKubeconfig)?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
             .map_err(StartError::LoadKubeconfig)?;

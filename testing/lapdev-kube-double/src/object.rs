@@ -40,6 +40,8 @@ pub struct Attrs {
     pub memory: f64,
     /// For nodes: whether the `Ready` condition is `True`.
     pub ready: bool,
+    /// For nodes: `spec.taints`, so the scheduler need not parse every node.
+    pub taints: Vec<Value>,
 }
 
 fn quantity(v: Option<&Value>) -> f64 {
@@ -135,7 +137,13 @@ impl Attrs {
         let mut claims = Vec::new();
         let mut terminated = false;
         let (mut cpu, mut memory, mut ready) = (0.0, 0.0, false);
+        let mut taints = Vec::new();
         if res.plural == "nodes" && res.group.is_empty() {
+            taints = obj
+                .pointer("/spec/taints")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             cpu = quantity(obj.pointer("/status/allocatable/cpu"));
             memory = quantity(obj.pointer("/status/allocatable/memory"));
             ready = obj
@@ -183,6 +191,7 @@ impl Attrs {
             cpu,
             memory,
             ready,
+            taints,
         }
     }
 }

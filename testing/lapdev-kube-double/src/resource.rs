@@ -74,6 +74,15 @@ impl ResourceDef {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if self.group.is_empty() && self.plural == "pods" {
+            out.push(json!({
+                "name": "pods/binding",
+                "singularName": "",
+                "namespaced": true,
+                "kind": "Binding",
+                "verbs": ["create"],
+            }));
+        }
         out
     }
 }
@@ -245,6 +254,16 @@ pub static RESOURCES: &[ResourceDef] = &[
         true,
         &["deploy"],
         true,
+        &[],
+    ),
+    grouped(
+        "storage.k8s.io",
+        "storageclasses",
+        "storageclass",
+        "StorageClass",
+        false,
+        &["sc"],
+        false,
         &[],
     ),
     grouped(

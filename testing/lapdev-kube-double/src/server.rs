@@ -49,6 +49,15 @@ pub struct AppState {
     pub control: Arc<Control>,
     /// Settings.
     pub settings: Arc<ServerSettings>,
+    /// The cluster parts that are not the API (scheduler, kubelets), which
+    /// some requests reach (e.g. `pods/binding`).
+    pub handle: crate::handle::DoubleHandle,
+}
+
+impl AppState {
+    fn handle(&self) -> &crate::handle::DoubleHandle {
+        &self.handle
+    }
 }
 
 /// The router serving the whole API.
@@ -153,6 +162,9 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Result<Route, Ap
         [] => (None, None),
         [name] => (Some(nonempty(name)?), None),
         [name, "status"] if res.has_status => (Some(nonempty(name)?), Some("status".to_owned())),
+        [name, "binding"] if std::ptr::eq(res, resource::core_resource("pods")) => {
+            (Some(nonempty(name)?), Some("binding".to_owned()))
+        }
         _ => return Err(ApiError::path_not_found()),
     };
     Ok(Route::Resource(Target { res, ns, name, sub }))
@@ -176,6 +188,8 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
     let Ok(Route::Resource(target)) = route else {
         st.control.count_non_resource();
         st.control.gate(None, None).await?;
+        // Discovery is open to every authenticated caller (`system:discovery`).
+        st.handle.auth.authenticate(req.headers(), &st.store)?;
         let route = route?;
         if method != Method::GET {
             return Err(ApiError::method_not_allowed(method.as_str()));
@@ -187,6 +201,7 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
         (&Method::GET, true) => Verb::Get,
         (&Method::GET, false) => Verb::List,
         (&Method::POST, false) => Verb::Create,
+        (&Method::POST, true) if target.sub.as_deref() == Some("binding") => Verb::Create,
         (&Method::PUT, true) => Verb::Update,
         (&Method::PATCH, true) => Verb::Patch,
         (&Method::DELETE, true) => Verb::Delete,
@@ -196,8 +211,13 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
             return Err(ApiError::method_not_allowed(method.as_str()));
         }
     };
-    // A subresource only answers get, update and patch.
-    if target.sub.is_some() && !matches!(verb, Verb::Get | Verb::Update | Verb::Patch) {
+    // `status` only answers get, update and patch; `binding` only create.
+    let allowed = match target.sub.as_deref() {
+        None => true,
+        Some("binding") => verb == Verb::Create,
+        Some(_) => matches!(verb, Verb::Get | Verb::Update | Verb::Patch),
+    };
+    if !allowed {
         st.control.count_non_resource();
         return Err(ApiError::method_not_allowed(method.as_str()));
     }
@@ -207,6 +227,18 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
     };
     st.control.count(verb, &rbac_resource);
     st.control.gate(Some(verb), Some(&rbac_resource)).await?;
+    let caller = st.handle.auth.authenticate(req.headers(), &st.store)?;
+    crate::rbac::authorize(
+        &st.store,
+        &caller,
+        &crate::rbac::Attributes {
+            verb: verb.as_str(),
+            res: target.res,
+            sub: target.sub.as_deref(),
+            name: target.name.as_deref(),
+            namespace: target.ns.as_deref(),
+        },
+    )?;
     if st.control.is_denied(verb, &rbac_resource) {
         return Err(ApiError::forbidden(
             target.res,
@@ -231,6 +263,7 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
         }
         Verb::List => list(st, &target, &q, &format),
         Verb::Watch => watch(st, &target, &q, &format),
+        Verb::Create if sub == "binding" => bind(st, ns, name, &body, &headers, &q),
         Verb::Create => {
             let obj = parse_body(&body, &headers, res)?;
             let out = st.store.create(res, ns, obj, &write_ctx(&q, &headers)?)?;
@@ -284,6 +317,57 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, ApiError> {
             Ok(list_response(res, rv, None, None, &items))
         }
     }
+}
+
+/// `POST pods/NAME/binding`: the scheduler's way of putting a pod on a node.
+fn bind(
+    st: &AppState,
+    ns: &str,
+    name: &str,
+    body: &[u8],
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let res = resource::core_resource("pods");
+    let binding: Value = parse_body(body, headers, res)?;
+    if let Some(n) = binding.pointer("/metadata/name").and_then(Value::as_str)
+        && n != name
+    {
+        return Err(ApiError::bad_request(
+            "name in URL does not match name in Binding object",
+        ));
+    }
+    let kind = binding.pointer("/target/kind").and_then(Value::as_str);
+    if kind.is_some_and(|k| !k.is_empty() && k != "Node") {
+        return Err(ApiError::invalid(
+            res,
+            name,
+            &[crate::error::Cause::invalid(
+                "target.kind",
+                kind.unwrap_or(""),
+                "must be empty or 'Node'",
+            )],
+        ));
+    }
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if node.is_empty() {
+        return Err(ApiError::invalid(
+            res,
+            name,
+            &[crate::error::Cause::required("target.name", "")],
+        ));
+    }
+    let ctx = write_ctx(q, headers)?;
+    if !ctx.dry_run {
+        st.handle().bind(ns, name, node, &ctx.manager)?;
+    }
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
 }
 
 /// The registries that answer a delete with the deleted object rather than a

@@ -324,6 +324,10 @@ fn apply_defaults(res: &ResourceDef, obj: &mut Value, old: Option<&Value>) {
             }
         }
         "secrets" => set_if_missing(obj, "type", json!("Opaque")),
+        "storageclasses" => {
+            set_if_missing(obj, "reclaimPolicy", json!("Delete"));
+            set_if_missing(obj, "volumeBindingMode", json!("Immediate"));
+        }
         "namespaces" => {
             let name = meta_str(obj, "name").unwrap_or("").to_owned();
             let meta = meta_mut(obj);
@@ -341,6 +345,18 @@ fn ns_range<'a>(table: &'a Table, ns: &'a str) -> impl Iterator<Item = (&'a Key,
     table
         .range((ns.to_owned(), String::new())..)
         .take_while(move |((n, _), _)| n == ns)
+}
+
+impl crate::admission::Lookup for Inner {
+    fn get(&self, res: &'static ResourceDef, ns: &str, name: &str) -> Option<Value> {
+        Inner::get(self, res, &key_for(res, ns, name)).map(|s| s.value())
+    }
+
+    fn all(&self, res: &'static ResourceDef) -> Vec<Value> {
+        self.table(res)
+            .map(|t| t.values().map(|s| s.value()).collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Inner {
@@ -714,7 +730,9 @@ impl Store {
         if !ctx.typed {
             validate::prune_unknown(res, &mut obj);
         }
+        crate::admission::mutate_create(res, &mut obj, inner);
         validate::validate(res, &obj)?;
+        crate::admission::validate_create(res, &obj, inner)?;
         if res.namespaced
             && inner
                 .get(
@@ -1001,6 +1019,7 @@ impl Store {
         }
         validate::validate(res, &new)?;
         validate::validate_update(res, old, &new)?;
+        crate::admission::validate_update(res, old, &new, inner)?;
         if old.pointer("/metadata/deletionTimestamp").is_some() {
             let before = finalizers(old);
             let added: Vec<String> = finalizers(&new)
@@ -1319,6 +1338,23 @@ impl Store {
         subresource: &str,
         f: impl FnOnce(&mut Value),
     ) -> Result<Arc<Stored>, ApiError> {
+        self.try_mutate(res, ns, name, manager, subresource, |v| {
+            f(v);
+            Ok(())
+        })
+    }
+
+    /// [`Store::mutate`] with a change that may refuse (e.g. binding a pod that
+    /// is already bound), decided under the same lock as the write.
+    pub fn try_mutate(
+        &self,
+        res: &'static ResourceDef,
+        ns: &str,
+        name: &str,
+        manager: &str,
+        subresource: &str,
+        f: impl FnOnce(&mut Value) -> Result<(), ApiError>,
+    ) -> Result<Arc<Stored>, ApiError> {
         let mut inner = self.write();
         let key = key_for(res, ns, name);
         let old = inner
@@ -1326,7 +1362,7 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(res, name))?;
         let old_v = old.value();
         let mut new = old_v.clone();
-        f(&mut new);
+        f(&mut new)?;
         let api_version = res.api_version();
         let now = now();
         patch::record_update(

@@ -288,7 +288,7 @@ fn check_types(res: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
 }
 
 fn with_type(res: &ResourceDef, obj: &Value, v: &mut impl TypedCheck) -> Result<(), ApiError> {
-    use k8s_openapi::api::{apps, coordination, core::v1 as core, events, rbac};
+    use k8s_openapi::api::{apps, coordination, core::v1 as core, events, rbac, storage};
     match (res.group, res.plural) {
         ("", "namespaces") => v.check::<core::Namespace>(res, obj),
         ("", "nodes") => v.check::<core::Node>(res, obj),
@@ -302,6 +302,7 @@ fn with_type(res: &ResourceDef, obj: &Value, v: &mut impl TypedCheck) -> Result<
         ("coordination.k8s.io", "leases") => v.check::<coordination::v1::Lease>(res, obj),
         ("events.k8s.io", "events") => v.check::<events::v1::Event>(res, obj),
         ("apps", "deployments") => v.check::<apps::v1::Deployment>(res, obj),
+        ("storage.k8s.io", "storageclasses") => v.check::<storage::v1::StorageClass>(res, obj),
         ("rbac.authorization.k8s.io", "roles") => v.check::<rbac::v1::Role>(res, obj),
         ("rbac.authorization.k8s.io", "rolebindings") => v.check::<rbac::v1::RoleBinding>(res, obj),
         ("rbac.authorization.k8s.io", "clusterroles") => v.check::<rbac::v1::ClusterRole>(res, obj),
@@ -533,6 +534,7 @@ pub fn validate(res: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
         "pods" => validate_pod(obj, &mut causes),
         "persistentvolumeclaims" => validate_pvc(obj, &mut causes),
         "services" => validate_service(obj, &mut causes),
+        "storageclasses" => validate_storage_class(obj, &mut causes),
         _ => {}
     }
     if causes.is_empty() {
@@ -561,6 +563,83 @@ fn without_images(spec: &Value) -> Value {
     spec
 }
 
+/// A PVC's spec is immutable but for its storage request, which only a bound
+/// claim may change, and only upwards (as `ValidatePersistentVolumeClaimUpdate`).
+fn pvc_update(old: &Value, old_spec: &Value, new_spec: &Value) -> Option<Cause> {
+    let bound = old.pointer("/status/phase").and_then(Value::as_str) == Some("Bound");
+    let strip = |s: &Value| {
+        let mut s = s.clone();
+        if bound
+            && let Some(r) = s
+                .pointer_mut("/resources/requests")
+                .and_then(Value::as_object_mut)
+        {
+            r.remove("storage");
+        }
+        // The binder sets `volumeName` once; the double's binder writes past validation.
+        if let Some(o) = s.as_object_mut() {
+            o.remove("volumeName");
+        }
+        s
+    };
+    if strip(old_spec) != strip(new_spec) {
+        return Some(Cause::forbidden(
+            "spec",
+            "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
+        ));
+    }
+    let storage = |s: &Value| {
+        s.pointer("/resources/requests/storage")
+            .and_then(quantity_of)
+    };
+    match (storage(old_spec), storage(new_spec)) {
+        (Some(before), Some(after)) if after < before => Some(Cause::forbidden(
+            "spec.resources.requests.storage",
+            "field can not be less than previous value",
+        )),
+        _ => None,
+    }
+}
+
+/// A StorageClass keeps its provisioner, parameters, reclaim policy and binding mode.
+fn storage_class_update(old: &Value, new: &Value) -> Option<Cause> {
+    for field in ["parameters", "provisioner", "reclaimPolicy"] {
+        if old.get(field) != new.get(field) {
+            return Some(Cause::forbidden(
+                field,
+                &format!("updates to {field} are forbidden."),
+            ));
+        }
+    }
+    (old.get("volumeBindingMode") != new.get("volumeBindingMode"))
+        .then(|| Cause::forbidden("volumeBindingMode", "field is immutable"))
+}
+
+fn validate_storage_class(obj: &Value, causes: &mut Vec<Cause>) {
+    if str_at(obj, "provisioner").is_empty() {
+        causes.push(Cause::required("provisioner", ""));
+    }
+    let supported = |field: &str, values: &[&str]| {
+        let v = str_at(obj, field);
+        (!v.is_empty() && !values.contains(&v)).then(|| {
+            let list: Vec<String> = values.iter().map(|v| format!("\"{v}\"")).collect();
+            Cause {
+                reason: "FieldValueNotSupported",
+                field: field.to_owned(),
+                message: format!(
+                    "Unsupported value: \"{v}\": supported values: {}",
+                    list.join(", ")
+                ),
+            }
+        })
+    };
+    causes.extend(supported("reclaimPolicy", &["Delete", "Retain"]));
+    causes.extend(supported(
+        "volumeBindingMode",
+        &["Immediate", "WaitForFirstConsumer"],
+    ));
+}
+
 /// Checks an update against the fields the real server keeps immutable.
 pub fn validate_update(res: &ResourceDef, old: &Value, new: &Value) -> Result<(), ApiError> {
     let name = new
@@ -575,27 +654,8 @@ pub fn validate_update(res: &ResourceDef, old: &Value, new: &Value) -> Result<()
             "spec",
             "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
         )),
-        "persistentvolumeclaims" => {
-            let strip = |s: &Value| {
-                let mut s = s.clone();
-                if let Some(r) = s
-                    .pointer_mut("/resources/requests")
-                    .and_then(Value::as_object_mut)
-                {
-                    r.remove("storage");
-                }
-                if let Some(o) = s.as_object_mut() {
-                    o.remove("volumeName");
-                }
-                s
-            };
-            (strip(old_spec) != strip(new_spec)).then(|| {
-                Cause::forbidden(
-                    "spec",
-                    "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
-                )
-            })
-        }
+        "persistentvolumeclaims" => pvc_update(old, old_spec, new_spec),
+        "storageclasses" => storage_class_update(old, new),
         _ => None,
     };
     match cause {

@@ -6,10 +6,16 @@ mod crud;
 mod discovery;
 mod faults;
 mod kubectl;
+mod kubelet_faults;
+mod node_faults;
 mod patch;
+mod pod_security;
 mod pvc;
+mod rbac;
 mod robustness;
 mod scale;
+mod scheduling;
+mod storage;
 mod watch;
 
 use k8s_openapi::api::core::v1::Pod;
