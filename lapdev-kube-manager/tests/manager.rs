@@ -179,7 +179,13 @@ async fn workspace_lifecycle_through_the_tunnel() {
     assert_eq!(sc.allow_privilege_escalation, None);
     assert_eq!(sc.capabilities, None);
     assert_eq!((c.tty, c.stdin), (Some(true), Some(true)));
-    let psc = pods[0].spec.as_ref().unwrap().security_context.as_ref().unwrap();
+    let psc = pods[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .security_context
+        .as_ref()
+        .unwrap();
     assert_eq!(psc.fs_group, Some(1000));
 
     // The kubelet starts it: running reaches the server.
