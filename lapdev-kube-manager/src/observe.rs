@@ -24,7 +24,7 @@
 //! | 13 | claim `Pending` and the pod is scheduled, or the scheduler says the claim is unbound | `creating` | `WaitingForVolume` | the provisioner's warning, if any |
 //! | 14 | `PodScheduled=False` `Unschedulable`, with a `TriggeredScaleUp` Event | `creating` | `WaitingForScaleUp` | the autoscaler's message |
 //! | 15 | `PodScheduled=False` `Unschedulable` | `creating` | `Unschedulable` | the scheduler's message |
-//! | 16 | `FailedAttachVolume`/`FailedMount` Events on the pod | `creating` | `VolumeAttachFailing` | the latest such Event |
+//! | 16 | `FailedAttachVolume`/`FailedMount` Events on the pod | `creating` | `VolumeAttachFailing` | the attach failure, else the mount failure |
 //! | 17 | container waiting `ErrImagePull` or `ImagePullBackOff` | `creating` | `ImagePullFailing` | the pull error |
 //! | 18 | container waiting for another reason (not `ContainerCreating`) | `creating` | — | reason and message |
 //! | 19 | anything else (pending, running but not ready) | `creating` | — | — |
@@ -795,11 +795,14 @@ fn pending(pod: &PodFacts, input: &Input<'_>) -> Observed {
     }
     let waiting = pod.container.waiting.as_ref();
     // Row 16.
+    // The attach failure is the cause when both are there (the kubelet's
+    // `FailedMount` then only says it timed out waiting), and a fixed
+    // preference keeps the message from flipping as both Events repeat.
+    let attach =
+        || latest(pod_events(pod, input.events).filter(|e| e.reason == "FailedAttachVolume"));
+    let mount = || latest(pod_events(pod, input.events).filter(|e| e.reason == "FailedMount"));
     if !pod.container.started
-        && let Some(e) = latest(
-            pod_events(pod, input.events)
-                .filter(|e| e.reason == "FailedAttachVolume" || e.reason == "FailedMount"),
-        )
+        && let Some(e) = attach().or_else(mount)
     {
         return Observed::with(
             Creating,

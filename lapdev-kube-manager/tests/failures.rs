@@ -484,3 +484,74 @@ async fn a_role_without_events_is_degraded_with_a_bounded_request_rate_and_keeps
     );
     assert!(degraded(&server.recorded()));
 }
+
+#[tokio::test]
+async fn kubelet_failures_are_reported_with_their_reasons() {
+    let double = double().await;
+    let h = double.handle();
+    let _kubelet = h.run_kubelet(claims_only());
+    let server = FakeServer::start(any_addr()).await;
+    let _manager = ManagerProcess::spawn_with(
+        &double,
+        &server.url(),
+        TOKEN,
+        &[("LAPDEV_WORKSPACE_START_DEADLINE_SECS", "3")],
+    );
+    server
+        .wait_for("snapshot", WAIT, |r| !r.snapshots.is_empty())
+        .await;
+    let rpc = server.manager();
+    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    for id in &ids {
+        rpc.create_workspace(spec(*id)).await.unwrap();
+    }
+    eventually("claims bound", WAIT, || async {
+        h.list::<PersistentVolumeClaim>()
+            .unwrap()
+            .iter()
+            .all(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+    })
+    .await;
+    let pod = |i: usize| format!("ws-{}", ids[i]);
+    h.kubelet_fail_volume_attach(NAMESPACE, &pod(0)).unwrap();
+    h.kubelet_crash_loop(NAMESPACE, &pod(1), true).unwrap();
+    h.kubelet_fail_invalid_image(NAMESPACE, &pod(2)).unwrap();
+    h.kubelet_fail_image_pull(NAMESPACE, &pod(3)).unwrap();
+    let reason_of = |r: &Recorded, i: usize| of(r, ids[i]).last().and_then(|s| s.reason.clone());
+    let r = server
+        .wait_for("every failure reported", WAIT, |r| {
+            reason_of(r, 0) == Some(WorkspaceReason::VolumeAttachFailing)
+                && reason_of(r, 1) == Some(WorkspaceReason::OOMKilled)
+                && reason_of(r, 2) == Some(WorkspaceReason::InvalidImage)
+        })
+        .await;
+    let last = |i: usize| of(&r, ids[i]).pop().unwrap();
+    // Only the Events say the volume does not attach.
+    assert_eq!(last(0).status, WorkspaceStatus::Creating);
+    assert!(last(0).message.unwrap().contains("FailedAttachVolume"));
+    assert_eq!(last(1).status, WorkspaceStatus::Failed);
+    assert_eq!(last(2).status, WorkspaceStatus::Failed);
+    // The crash loop's growing back-off is not a new report.
+    let before = of(&r, ids[1]).len();
+    for _ in 0..3 {
+        h.kubelet_crash_loop(NAMESPACE, &pod(1), true).unwrap();
+    }
+    // No progress for the start deadline: failed for good.
+    let r = server
+        .wait_for("start deadline", WAIT, |r| {
+            reason_of(r, 3) == Some(WorkspaceReason::StartDeadlineExceeded)
+        })
+        .await;
+    let timed_out = of(&r, ids[3]).pop().unwrap();
+    assert_eq!(timed_out.status, WorkspaceStatus::Failed);
+    assert!(timed_out.message.unwrap().contains("cannot pull image"));
+    // The crash-looping pod's restarts made no report: the watch delivers its
+    // changes in order, so once running is reported every restart was seen.
+    h.kubelet_recover(NAMESPACE, &pod(1)).unwrap();
+    let r = server
+        .wait_for("recovered", WAIT, |r| {
+            last_is(r, ids[1], WorkspaceStatus::Running)
+        })
+        .await;
+    assert_eq!(of(&r, ids[1]).len(), before + 1, "{:#?}", of(&r, ids[1]));
+}

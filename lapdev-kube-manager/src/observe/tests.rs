@@ -454,7 +454,7 @@ fn row_16_volume_attach_failing() {
                 EventObject::Pod,
                 "FailedMount",
                 "MountVolume.SetUp failed for volume \"home\"",
-                minutes(0),
+                minutes(2),
             ),
             event(
                 EventObject::Pod,
@@ -466,6 +466,7 @@ fn row_16_volume_attach_failing() {
         ..with_pod(p.clone())
     });
     assert_row(&o, S::Creating, Some(R::VolumeAttachFailing));
+    // The attach failure is the cause, even when the mount failure is newer.
     assert!(o.message.unwrap().contains("FailedAttachVolume"));
     // Events of an earlier pod of the same name do not count.
     let mut old = event(EventObject::Pod, "FailedMount", "old", minutes(0));
