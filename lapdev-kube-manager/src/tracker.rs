@@ -141,7 +141,7 @@ struct Inner {
     nodes: Keyed<String, NodeSummary>,
     version: Option<String>,
     /// What is wrong with the Kubernetes side, by source.
-    errors: BTreeMap<&'static str, String>,
+    errors: BTreeMap<&'static str, SourceError>,
 }
 
 impl Inner {
@@ -195,6 +195,12 @@ impl Inner {
     }
 }
 
+/// A source's last error and when it was last seen.
+struct SourceError {
+    reason: String,
+    seen: std::time::Instant,
+}
+
 /// The Kubernetes side's health: `None` when fine, else the reason.
 pub type KubeHealth = Option<String>;
 
@@ -229,22 +235,27 @@ impl std::fmt::Debug for Tracker {
     }
 }
 
-/// Only a change of these is reported (not `observed_at`).
+/// Only a change of these is reported: not `observed_at`, and not the node
+/// alone (binding is no news; the node travels with the next change and in
+/// every snapshot). The pod's name only changes with the status.
 fn same(a: &WorkspaceObservation, b: &WorkspaceObservation) -> bool {
     a.status == b.status
         && a.reason == b.reason
         && a.message == b.message
         && a.pod_name == b.pod_name
-        && a.node_name == b.node_name
 }
 
 impl Tracker {
     /// An empty tracker: not synced, degraded until the first probe succeeds.
     pub fn new(identity: ManagerIdentity, config: ObserveConfig) -> Arc<Self> {
         let mut inner = Inner::default();
-        inner
-            .errors
-            .insert("kubernetes API", "not reached yet".to_owned());
+        inner.errors.insert(
+            PROBE_SOURCE,
+            SourceError {
+                reason: "not reached yet".to_owned(),
+                seen: std::time::Instant::now(),
+            },
+        );
         Arc::new(Self {
             inner: Mutex::new(inner),
             identity,
@@ -371,7 +382,10 @@ impl Tracker {
         let pod = inner.pods.map.get(&id);
         let claim = inner.pvcs.map.get(&id);
         let obs = inner.observe(id, pod, claim, &self.config, now);
-        if inner.current.get(&id).is_some_and(|o| same(o, &obs)) {
+        if let Some(o) = inner.current.get_mut(&id)
+            && same(o, &obs)
+        {
+            o.node_name = obs.node_name;
             return false;
         }
         if obs.status == WorkspaceStatus::Deleted {
@@ -528,10 +542,14 @@ impl Tracker {
     /// source recovers.
     pub fn set_error(&self, source: &'static str, reason: String) {
         let mut inner = self.lock();
-        if inner.errors.get(source) == Some(&reason) {
+        let seen = std::time::Instant::now();
+        if let Some(e) = inner.errors.get_mut(source)
+            && e.reason == reason
+        {
+            e.seen = seen;
             return;
         }
-        inner.errors.insert(source, reason);
+        inner.errors.insert(source, SourceError { reason, seen });
         self.publish_health(&inner);
     }
 
@@ -539,6 +557,21 @@ impl Tracker {
     pub fn clear_error(&self, source: &'static str) {
         let mut inner = self.lock();
         if inner.errors.remove(source).is_some() {
+            self.publish_health(&inner);
+        }
+    }
+
+    /// Forgets watcher errors not seen again for `quiet`. A watcher that gets
+    /// past its failing call (a watch that starts again) says nothing until an
+    /// object changes, while a failing one fails again within its back-off cap;
+    /// so silence longer than the cap (plus a call's timeout) means it works.
+    pub fn expire_errors(&self, quiet: std::time::Duration) {
+        let mut inner = self.lock();
+        let before = inner.errors.len();
+        inner
+            .errors
+            .retain(|source, e| *source == PROBE_SOURCE || e.seen.elapsed() < quiet);
+        if inner.errors.len() != before {
             self.publish_health(&inner);
         }
     }
@@ -571,7 +604,7 @@ impl Tracker {
                 inner
                     .errors
                     .iter()
-                    .map(|(s, r)| format!("{s}: {r}"))
+                    .map(|(s, e)| format!("{s}: {}", e.reason))
                     .collect::<Vec<_>>()
                     .join("; "),
             )

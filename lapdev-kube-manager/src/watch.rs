@@ -11,7 +11,10 @@
 //! before each LIST, so a persistent 401/403/500 costs one request per
 //! `retry_cap`, not several a second. While a watcher fails the manager reports
 //! `degraded` with the error; a 403 names the permission the installed
-//! manifest lacks ("re-apply the manifest: missing events list"). A routine
+//! manifest lacks ("re-apply the manifest: missing events list"). The error
+//! clears when the watcher delivers data, or when it has not failed again for
+//! twice its cap (a watch that starts again delivers nothing until an object
+//! changes; a failing one fails again within the cap). A routine
 //! relist (410 Gone: the watch's resource version expired) is neither an error
 //! nor a reason to wait.
 
@@ -317,6 +320,7 @@ async fn tick_loop(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        tracker.expire_errors(settings.retry_cap * 2 + settings.timeout);
         for stuck in tracker.tick() {
             force_delete(
                 &pods,

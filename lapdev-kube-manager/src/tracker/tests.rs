@@ -219,4 +219,14 @@ fn health_and_info() {
     assert!(t.health().borrow().is_some());
     t.clear_error("watching workspace events");
     assert!(t.health().borrow().is_none());
+    // An error not seen again for a while is forgotten; the probe's is not.
+    t.set_error("watching nodes", "connection reset".into());
+    t.expire_errors(std::time::Duration::from_secs(3600));
+    assert!(t.health().borrow().is_some(), "seen just now");
+    t.probe_failed("no answer".into());
+    t.expire_errors(std::time::Duration::ZERO);
+    assert_eq!(
+        t.health().borrow().as_deref(),
+        Some("kubernetes API: no answer")
+    );
 }
