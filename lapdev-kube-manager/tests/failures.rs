@@ -555,3 +555,50 @@ async fn kubelet_failures_are_reported_with_their_reasons() {
         .await;
     assert_eq!(of(&r, ids[1]).len(), before + 1, "{:#?}", of(&r, ids[1]));
 }
+
+#[tokio::test]
+async fn a_routine_relist_is_not_degraded() {
+    let double = double().await;
+    let h = double.handle();
+    let server = FakeServer::start(any_addr()).await;
+    let _manager = ManagerProcess::spawn(&double, &server.url(), TOKEN);
+    server
+        .wait_for("snapshot and a healthy heartbeat", WAIT, |r| {
+            !r.snapshots.is_empty() && r.heartbeats.last() == Some(&ManagerHealth::Ok)
+        })
+        .await;
+    let id = Uuid::new_v4();
+    server.manager().create_workspace(spec(id)).await.unwrap();
+    server
+        .wait_for("creating", WAIT, |r| !of(r, id).is_empty())
+        .await;
+    let heartbeats = server.recorded().heartbeats.len();
+    // Something else is written, the history is compacted past it and the
+    // watches end: resuming from what the watchers saw last is 410 Gone, so
+    // they relist.
+    h.create_namespace("elsewhere").unwrap();
+    h.reset_request_counts();
+    h.compact();
+    h.drop_watches();
+    eventually("the workspace watchers relisted", WAIT, || async {
+        ["pods", "persistentvolumeclaims"]
+            .iter()
+            .all(|r| h.request_count_for(Verb::List, r) >= 1)
+    })
+    .await;
+    // A heartbeat after the relists: a degraded state would have been sent at
+    // once (the health changed) and before it.
+    let n = server.recorded().heartbeats.len();
+    let r = server
+        .wait_for("a heartbeat after the relists", WAIT, |r| {
+            r.heartbeats.len() > n
+        })
+        .await;
+    assert!(
+        r.heartbeats[heartbeats..]
+            .iter()
+            .all(|h| *h == ManagerHealth::Ok),
+        "{:?}",
+        &r.heartbeats[heartbeats..]
+    );
+}
