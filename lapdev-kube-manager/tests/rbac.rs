@@ -12,7 +12,7 @@ use common::fake_server::{FakeServer, Recorded, TOKEN};
 use common::{ManagerProcess, NAMESPACE, spec};
 use k8s_openapi::api::core::v1::Pod;
 use lapdev_common::status::{SecurityProfile, WorkspaceStatus};
-use lapdev_kube::manifest::{ManifestParams, manager_manifest};
+use lapdev_kube::manifest::{MANIFEST_REVISION, ManifestParams, manager_manifest};
 use lapdev_kube_double::{KubeDouble, KubeletConfig, NodeSpec};
 use lapdev_kube_rpc::ManagerHealth;
 use uuid::Uuid;
@@ -64,13 +64,18 @@ async fn lifecycle_as_the_service_account(profile: SecurityProfile) {
         kubeconfig,
         &server.url(),
         TOKEN,
-        &[("LAPDEV_SECURITY_PROFILE", profile.as_str())],
+        &[
+            ("LAPDEV_SECURITY_PROFILE", profile.as_str()),
+            ("LAPDEV_MANIFEST_REVISION", MANIFEST_REVISION),
+        ],
     );
     server
         .wait_for("snapshot and a healthy heartbeat", WAIT, |r| {
             !r.snapshots.is_empty() && r.heartbeats.last() == Some(&ManagerHealth::Ok)
         })
         .await;
+    let info = server.recorded().infos.last().cloned().unwrap();
+    assert_eq!(info.manifest_revision.as_deref(), Some(MANIFEST_REVISION));
     let rpc = server.manager();
     let id = Uuid::new_v4();
     rpc.create_workspace(spec(id)).await.unwrap();
