@@ -194,22 +194,25 @@ impl Workspaces {
                 .await?
                 .filter(|p| uid.is_none() || p.metadata.uid == uid);
             let Some(pod) = pod else { return Ok(None) };
-            self.force_if_due(&pod).await;
+            // Its node is lost and the force-deletion is not due yet: waiting
+            // here cannot help; the answer says until when.
+            if self.force_if_due(&pod).await == Some(false) {
+                return Ok(Some(pod));
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(Some(pod));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    /// Force-deletes a terminating pod whose node is lost, when due.
-    async fn force_if_due(&self, pod: &Pod) -> bool {
-        if pod.metadata.deletion_timestamp.is_none() {
-            return false;
-        }
+    /// Force-deletes a terminating pod whose node is lost, when due: `None`
+    /// when its node is fine, else whether it was force-deleted now.
+    async fn force_if_due(&self, pod: &Pod) -> Option<bool> {
+        pod.metadata.deletion_timestamp.as_ref()?;
         let facts = PodFacts::from_pod(pod);
         match self.tracker.force_delete_due(&facts) {
-            ForceDelete::Now(why) => {
+            ForceDelete::Now(why) => Some(
                 force_delete(
                     &self.pods,
                     &facts.name,
@@ -217,9 +220,10 @@ impl Workspaces {
                     &why,
                     self.timeout,
                 )
-                .await
-            }
-            _ => false,
+                .await,
+            ),
+            ForceDelete::At(_) => Some(false),
+            ForceDelete::No => None,
         }
     }
 
@@ -332,7 +336,7 @@ impl Workspaces {
         }
         let left = self.get_pod(name).await?;
         match left {
-            Some(p) if self.force_if_due(&p).await => self.get_pod(name).await,
+            Some(p) if self.force_if_due(&p).await == Some(true) => self.get_pod(name).await,
             other => Ok(other),
         }
     }

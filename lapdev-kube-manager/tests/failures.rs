@@ -261,6 +261,14 @@ async fn stop_and_delete_on_a_lost_node_finish_after_the_threshold_not_before() 
     let pods = h.list::<Pod>().unwrap();
     assert_eq!(pods.len(), 2);
     assert!(pods.iter().all(|p| p.metadata.deletion_timestamp.is_some()));
+    // A start meanwhile cannot replace the pod yet, and says until when.
+    match rpc.start_workspace(spec(a)).await {
+        Err(lapdev_hrpc::CallError::Service(e)) => {
+            assert_eq!(e.code, lapdev_hrpc::Code::Unavailable, "{e:?}");
+            assert!(e.message.contains("force-deleted at"), "{e:?}");
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
     // ...and they go only once the node has been lost for the threshold.
     let r = server
         .wait_for("stopped and deleted", WAIT, |r| {
