@@ -31,6 +31,8 @@ pub struct NodeSummary {
     pub provider: Option<CloudProvider>,
     /// The node's region label.
     pub region: Option<String>,
+    /// Whether the node is Ready, and out-of-service taint (for lost nodes).
+    pub health: crate::observe::NodeHealth,
 }
 
 /// A node reported a quantity that is not one.
@@ -109,6 +111,7 @@ pub fn summarize_node(node: &Node) -> (NodeSummary, Vec<NodeQuantityError>) {
             memory_allocatable_bytes,
             provider,
             region,
+            health: crate::observe::NodeHealth::from_node(node),
         },
         errors,
     )

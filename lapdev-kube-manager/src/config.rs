@@ -11,6 +11,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use lapdev_common::status::SecurityProfile;
+
+use crate::objects::{CpuLimit, WorkspaceSettings};
+use crate::observe::ObserveConfig;
 
 /// Where the manager's own namespace is written in a pod.
 const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
@@ -60,8 +64,68 @@ pub struct Config {
     #[arg(long, env = "LAPDEV_MANAGER_NAMESPACE")]
     pub manager_namespace: Option<String>,
 
+    /// The cluster's security profile for workspace pods: `baseline` (root
+    /// allowed, default capabilities, `sudo` works) or `restricted` (non-root,
+    /// all capabilities dropped, no privilege escalation). The install manifest
+    /// sets it together with the namespace's Pod Security label.
+    #[arg(long, env = "LAPDEV_SECURITY_PROFILE", default_value = "baseline")]
+    pub security_profile: SecurityProfile,
+
+    /// The revision of the install manifest this manager was deployed from,
+    /// reported in the cluster info.
+    #[arg(long, env = "LAPDEV_MANIFEST_REVISION")]
+    pub manifest_revision: Option<String>,
+
+    /// The workspace pods' `fsGroup`: the home volume is writable by this group.
+    #[arg(long, env = "LAPDEV_WORKSPACE_FS_GROUP", default_value_t = 1000)]
+    pub workspace_fs_group: i64,
+
+    /// CPU limit of workspace containers: `none` (default), a factor of the
+    /// request (`2x`), or a quantity (`4`, `3500m`).
+    #[arg(long, env = "LAPDEV_WORKSPACE_CPU_LIMIT", default_value = "none")]
+    pub workspace_cpu_limit: CpuLimit,
+
+    /// `ephemeral-storage` request of workspace pods.
+    #[arg(long, env = "LAPDEV_WORKSPACE_EPHEMERAL_STORAGE_REQUEST", default_value = "2Gi", value_parser = storage_quantity)]
+    pub workspace_ephemeral_storage_request: String,
+
+    /// `ephemeral-storage` limit of workspace pods.
+    #[arg(long, env = "LAPDEV_WORKSPACE_EPHEMERAL_STORAGE_LIMIT", default_value = "8Gi", value_parser = storage_quantity)]
+    pub workspace_ephemeral_storage_limit: String,
+
+    /// A start that makes no progress (scheduled, image pulled, container
+    /// started) for this many seconds is `failed` (`StartDeadlineExceeded`).
+    #[arg(
+        long,
+        env = "LAPDEV_WORKSPACE_START_DEADLINE_SECS",
+        default_value_t = 600.0
+    )]
+    pub workspace_start_deadline_secs: f64,
+
+    /// A pod whose deletion is stuck on a node that has not been Ready for this
+    /// many seconds is force-deleted (sooner when the node is removed or
+    /// tainted out-of-service).
+    #[arg(
+        long,
+        env = "LAPDEV_NODE_LOST_FORCE_DELETE_SECS",
+        default_value_t = 300.0
+    )]
+    pub node_lost_force_delete_secs: f64,
+
+    /// Longest wait before a failed watch is retried, in seconds.
+    #[arg(long, env = "LAPDEV_WATCH_RETRY_MAX_SECS", default_value_t = 30.0)]
+    pub watch_retry_max_secs: f64,
+
+    /// Kubernetes API requests per second the manager allows itself (sustained).
+    #[arg(long, env = "LAPDEV_KUBE_QPS", default_value_t = 20.0)]
+    pub kube_qps: f64,
+
+    /// Kubernetes API requests the manager may make at once above the rate.
+    #[arg(long, env = "LAPDEV_KUBE_BURST", default_value_t = 40)]
+    pub kube_burst: u32,
+
     /// Run workspace containers as this user id (and require non-root). Unset:
-    /// the image's own user.
+    /// the image's own user (`restricted`: the fsGroup's id).
     #[arg(long, env = "LAPDEV_WORKSPACE_RUN_AS_USER")]
     pub workspace_run_as_user: Option<i64>,
 
@@ -155,6 +219,53 @@ impl Config {
     }
 }
 
+impl Config {
+    /// How workspace objects are built.
+    pub fn workspace_settings(&self) -> WorkspaceSettings {
+        WorkspaceSettings {
+            namespace: self.workspace_namespace.clone(),
+            security_profile: self.security_profile,
+            run_as_user: self.workspace_run_as_user,
+            run_as_non_root: self.workspace_run_as_non_root,
+            fs_group: self.workspace_fs_group,
+            storage_class: self.workspace_storage_class.clone(),
+            cpu_limit: self.workspace_cpu_limit,
+            ephemeral_storage_request: self.workspace_ephemeral_storage_request.clone(),
+            ephemeral_storage_limit: self.workspace_ephemeral_storage_limit.clone(),
+        }
+    }
+
+    /// The deadlines of observations.
+    pub fn observe_config(&self) -> ObserveConfig {
+        ObserveConfig {
+            start_deadline: secs(self.workspace_start_deadline_secs, 600.0),
+            node_lost_after: secs(self.node_lost_force_delete_secs, 300.0),
+        }
+    }
+
+    /// The watchers' retry cap.
+    pub fn watch_retry_max(&self) -> Duration {
+        secs(self.watch_retry_max_secs, 30.0)
+    }
+
+    /// How often time-dependent observations are re-evaluated: a tenth of the
+    /// shortest deadline, between 100 ms and 5 s.
+    pub fn tick(&self) -> Duration {
+        let o = self.observe_config();
+        (o.start_deadline.min(o.node_lost_after) / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+}
+
+fn storage_quantity(s: &str) -> Result<String, String> {
+    match lapdev_common::quantity::parse_bytes(s) {
+        Ok(b) if b > 0 => Ok(s.trim().to_owned()),
+        _ => Err(format!(
+            "{s:?} is not a positive storage quantity (e.g. 2Gi)"
+        )),
+    }
+}
+
 fn secs(v: f64, default: f64) -> Duration {
     Duration::try_from_secs_f64(v)
         .ok()
@@ -187,6 +298,62 @@ mod tests {
         assert_eq!(c.tunnel_url(), "https://lapdev.example.com/rpc/_tunnel");
         assert_eq!(c.reconnect_max(), Duration::from_secs(30));
         assert!(c.server_ca_pem().unwrap().is_none());
+        let w = c.workspace_settings();
+        assert_eq!(w, WorkspaceSettings::default());
+        assert_eq!(c.observe_config(), ObserveConfig::default());
+        assert_eq!(c.watch_retry_max(), Duration::from_secs(30));
+        assert_eq!(c.tick(), Duration::from_secs(5));
+        assert_eq!(c.manifest_revision, None);
+    }
+
+    #[test]
+    fn workspace_settings_from_flags() {
+        let c = parse(&[
+            "--server-url",
+            "http://s",
+            "--cluster-token",
+            "t",
+            "--security-profile",
+            "restricted",
+            "--workspace-fs-group",
+            "2000",
+            "--workspace-cpu-limit",
+            "2x",
+            "--workspace-ephemeral-storage-limit",
+            "10Gi",
+            "--node-lost-force-delete-secs",
+            "2",
+            "--manifest-revision",
+            "3",
+        ]);
+        let w = c.workspace_settings();
+        assert_eq!(w.security_profile, SecurityProfile::Restricted);
+        assert_eq!(w.fs_group, 2000);
+        assert_eq!(w.cpu_limit, CpuLimit::Times(2.0));
+        assert_eq!(w.ephemeral_storage_limit, "10Gi");
+        assert_eq!(c.observe_config().node_lost_after, Duration::from_secs(2));
+        assert_eq!(c.tick(), Duration::from_millis(200));
+        assert_eq!(c.manifest_revision.as_deref(), Some("3"));
+        let bad = Config::try_parse_from([
+            "m",
+            "--server-url",
+            "http://s",
+            "--cluster-token",
+            "t",
+            "--workspace-ephemeral-storage-request",
+            "lots",
+        ]);
+        assert!(bad.is_err());
+        let bad = Config::try_parse_from([
+            "m",
+            "--server-url",
+            "http://s",
+            "--cluster-token",
+            "t",
+            "--security-profile",
+            "privileged",
+        ]);
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -89,7 +89,6 @@ impl KubeCallError {
                 (400 | 422, _) => Code::InvalidArgument,
                 (410, _) => Code::Aborted,
                 (429, _) => Code::ResourceExhausted,
-                (504, _) => Code::DeadlineExceeded,
                 (500..=599, _) => Code::Unavailable,
                 _ => Code::Internal,
             },
@@ -110,30 +109,129 @@ impl From<KubeCallError> for HrpcError {
                 cause = c.source();
             }
         }
+        let retryable = e.is_retryable();
         let mut err = HrpcError::new(e.code(), message);
-        if let KubeCallError::Api { code, reason, .. } = &e {
-            err = err.with_details(serde_json::json!({
-                "kubernetes_code": code,
-                "kubernetes_reason": reason,
-            }));
+        match &e {
+            KubeCallError::Api { code, reason, .. } => {
+                err = err.with_details(serde_json::json!({
+                    "kubernetes_code": code,
+                    "kubernetes_reason": reason,
+                    "retryable": retryable,
+                }));
+            }
+            _ => {
+                err = err.with_details(serde_json::json!({ "retryable": retryable }));
+            }
         }
         err
     }
 }
 
-/// Runs a Kubernetes call with a timeout, classifying its failure.
-pub async fn call<T>(
-    action: impl FnOnce() -> String,
+/// How command calls to the Kubernetes API are retried: a few attempts with
+/// growing, jittered delays, and only for failures that say "try again"
+/// (429, 5xx, no connection). kube's own retry layer is turned off, so a
+/// throttled call fails within a bounded time with the cause, instead of
+/// retrying silently past the conductor's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all (1: no retry).
+    pub attempts: u32,
+    /// The first delay.
+    pub initial: Duration,
+    /// The longest delay.
+    pub cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            initial: Duration::from_millis(200),
+            cap: Duration::from_secs(2),
+        }
+    }
+}
+
+impl KubeCallError {
+    /// Whether trying the same call again may succeed: throttled (429), a
+    /// server error (5xx), or no answer at all. A timeout is not retried (the
+    /// call may have taken effect, and the time is spent).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            KubeCallError::Api { code, .. } => *code == 429 || (500..=599).contains(code),
+            KubeCallError::Unreachable { .. } => true,
+            KubeCallError::Timeout { .. } => false,
+        }
+    }
+}
+
+/// Runs a Kubernetes call with a timeout per attempt and bounded retries of
+/// retryable failures (see [`RetryPolicy`]), classifying the final failure.
+pub async fn call<T, Fut>(
+    action: impl Fn() -> String,
     timeout: Duration,
-    fut: impl Future<Output = Result<T, kube::Error>>,
-) -> Result<T, KubeCallError> {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(KubeCallError::from_kube(action(), e)),
-        Err(_) => Err(KubeCallError::Timeout {
-            action: action(),
-            timeout,
-        }),
+    mut make: impl FnMut() -> Fut,
+) -> Result<T, KubeCallError>
+where
+    Fut: Future<Output = Result<T, kube::Error>>,
+{
+    call_with(&RetryPolicy::default(), action, timeout, &mut make).await
+}
+
+/// [`call`] with an explicit policy.
+pub async fn call_with<T, Fut>(
+    policy: &RetryPolicy,
+    action: impl Fn() -> String,
+    timeout: Duration,
+    make: &mut impl FnMut() -> Fut,
+) -> Result<T, KubeCallError>
+where
+    Fut: Future<Output = Result<T, kube::Error>>,
+{
+    let mut backoff = crate::backoff::Backoff::new(policy.initial, policy.cap);
+    let mut attempt = 1;
+    loop {
+        let err = match tokio::time::timeout(timeout, make()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => KubeCallError::from_kube(action(), e),
+            Err(_) => KubeCallError::Timeout {
+                action: action(),
+                timeout,
+            },
+        };
+        if !err.is_retryable() || attempt >= policy.attempts.max(1) {
+            if attempt > 1 {
+                metrics::counter!("lapdev_manager_kube_retries_exhausted_total").increment(1);
+                return Err(err.after_attempts(attempt));
+            }
+            return Err(err);
+        }
+        metrics::counter!("lapdev_manager_kube_retries_total").increment(1);
+        tokio::time::sleep(backoff.next_delay()).await;
+        attempt += 1;
+    }
+}
+
+impl KubeCallError {
+    fn after_attempts(self, attempts: u32) -> Self {
+        match self {
+            KubeCallError::Api {
+                action,
+                code,
+                reason,
+                message,
+            } => KubeCallError::Api {
+                action: format!("{action} ({attempts} attempts)"),
+                code,
+                reason,
+                message,
+            },
+            KubeCallError::Unreachable { action, source } => KubeCallError::Unreachable {
+                action: format!("{action} ({attempts} attempts)"),
+                source,
+            },
+            t => t,
+        }
     }
 }
 

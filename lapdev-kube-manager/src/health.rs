@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 use crate::manager::Connection;
-use crate::watch::KubeHealth;
+use crate::tracker::KubeHealth;
 
 /// What the endpoints read.
 #[derive(Clone)]

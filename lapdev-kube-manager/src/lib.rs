@@ -3,9 +3,14 @@
 //!
 //! - [`config`]: flags and environment.
 //! - [`cluster_info`]: nodes → [`lapdev_common::kube::KubeClusterInfo`] (pure).
-//! - [`workspace`]: a workspace's objects (pure builders) and the commands on them.
-//! - [`watch`]: watchers on workspace pods, claims and nodes, the API probe, and
-//!   the [`watch::Tracker`] they feed.
+//! - [`objects`]: a workspace's objects (pure builders), the security profiles.
+//! - [`observe`]: pod, claim, Events and node → status, reason, message (pure;
+//!   the mapping table is in its docs).
+//! - [`workspace`]: the commands on a workspace's objects.
+//! - [`watch`]: watchers on workspace pods, claims, Events and nodes, the API
+//!   probe, the tick that force-deletes pods stuck on lost nodes.
+//! - [`tracker`]: the compact state they feed, from which reports are made.
+//! - [`ratelimit`]: the client-side request rate limit of the Kubernetes client.
 //! - [`rpc`]: the `KubeManagerRpc` implementation served down the tunnel.
 //! - [`manager`]: the connection loop (tunnel, reports, heartbeats, backoff).
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
@@ -19,6 +24,10 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod manager;
+pub mod objects;
+pub mod observe;
+pub mod ratelimit;
 pub mod rpc;
+pub mod tracker;
 pub mod watch;
 pub mod workspace;

@@ -11,9 +11,11 @@ use lapdev_kube_manager::cluster_info::ManagerIdentity;
 use lapdev_kube_manager::config::{Config, LogFormat};
 use lapdev_kube_manager::health::{self, HealthState};
 use lapdev_kube_manager::manager::{Connection, Manager, ServerSettings};
+use lapdev_kube_manager::ratelimit::RateLimitLayer;
 use lapdev_kube_manager::rpc::ManagerRpc;
-use lapdev_kube_manager::watch::{self, Tracker, WatchSettings};
-use lapdev_kube_manager::workspace::{WorkspaceSettings, Workspaces};
+use lapdev_kube_manager::tracker::Tracker;
+use lapdev_kube_manager::watch::{self, WatchSettings};
+use lapdev_kube_manager::workspace::Workspaces;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
@@ -51,42 +53,40 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
 
-    let kube_config = kube::Config::infer()
+    let mut kube_config = kube::Config::infer()
         .await
         .context("finding the Kubernetes API (in-cluster service account or KUBECONFIG)")?;
-    let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
+    // Command calls retry by themselves, bounded and classified
+    // (`error::call`); kube's own retries of 429/503/504 would hide throttling
+    // past the conductor's deadline.
+    kube_config.default_retry = false;
+    let client = kube::client::ClientBuilder::try_from(kube_config)
+        .context("building the Kubernetes client")?
+        .with_layer(&RateLimitLayer::new(config.kube_qps, config.kube_burst))
+        .build();
 
     let identity = ManagerIdentity {
         manager_version: env!("CARGO_PKG_VERSION").to_owned(),
         manager_namespace: config.manager_namespace(),
         workspace_namespace: config.workspace_namespace.clone(),
-        manifest_revision: None,
+        manifest_revision: config.manifest_revision.clone(),
     };
-    let tracker = Tracker::new(identity);
+    let tracker = Tracker::new(identity, config.observe_config());
+    let settings = config.workspace_settings();
     let watchers = watch::spawn(
         client.clone(),
         tracker.clone(),
         WatchSettings {
-            namespace: config.workspace_namespace.clone(),
+            workspace: settings.clone(),
             probe_interval: config.kube_probe_interval(),
             timeout: config.kube_timeout(),
-            retry_cap: config
-                .reconnect_max()
-                .min(std::time::Duration::from_secs(10)),
+            retry_cap: config.watch_retry_max(),
+            tick: config.tick(),
         },
         shutdown.clone(),
     );
 
-    let workspaces = Workspaces::new(
-        client,
-        WorkspaceSettings {
-            namespace: config.workspace_namespace.clone(),
-            run_as_user: config.workspace_run_as_user,
-            run_as_non_root: config.workspace_run_as_non_root,
-            storage_class: config.workspace_storage_class.clone(),
-        },
-        config.kube_timeout(),
-    );
+    let workspaces = Workspaces::new(client, settings, config.kube_timeout(), tracker.clone());
     let router = ManagerRpc::new(workspaces, tracker.clone()).into_router();
     let connection = Arc::new(Connection::default());
     let manager = Manager::new(
@@ -110,6 +110,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         listen = %listener.local_addr().unwrap_or(config.listen),
         server = %config.server_url,
         namespace = %config.workspace_namespace,
+        security_profile = %config.security_profile,
         "lapdev-kube-manager starting"
     );
     let app = health::app(HealthState {

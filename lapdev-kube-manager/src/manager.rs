@@ -24,7 +24,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::watch::{Tracker, error_chain};
+use crate::tracker::Tracker;
+use crate::watch::error_chain;
 
 /// Most workspaces sent in one snapshot call (a snapshot may take several).
 const SNAPSHOT_CHUNK: usize = 2_000;

@@ -10,7 +10,7 @@ use lapdev_hrpc::HrpcError;
 use lapdev_kube_rpc::{KubeManagerRpc, WorkspaceObservation};
 use uuid::Uuid;
 
-use crate::watch::Tracker;
+use crate::tracker::Tracker;
 use crate::workspace::Workspaces;
 
 /// Runs commands with [`Workspaces`] and answers reads from the [`Tracker`].

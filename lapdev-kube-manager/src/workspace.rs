@@ -1,27 +1,29 @@
-//! Workspaces in the cluster: the objects a workspace is made of (pure builders,
-//! [`home_pvc`] and [`workspace_pod`]) and the commands that apply and delete them
-//! ([`Workspaces`]).
+//! Workspace commands against the cluster ([`Workspaces`]); the objects
+//! themselves are built in [`crate::objects`] (re-exported here).
 //!
 //! A workspace is a `PersistentVolumeClaim` (`ws-<id>-home`) and a `Pod`
 //! (`ws-<id>`) in the workspace namespace. Names are derived from the workspace
-//! id only, so every command is idempotent: create and start are server-side
-//! apply with the field manager [`FIELD_MANAGER`] (applying twice changes
-//! nothing), stop deletes the pod and keeps the claim, delete removes both and
-//! treats "already gone" as success.
+//! id only, so every command is idempotent:
+//! - create and start make the claim when it is absent and never write it again
+//!   (its size may have been expanded by hand, its class may differ from
+//!   today's setting: re-applying would be refused with a 422 for ever); they
+//!   make the pod when it is absent, replace a pod that has ended (`Failed`,
+//!   `Succeeded`, evicted: the repair path), wait for one that is still
+//!   terminating, and leave a live pod alone, even an outdated one;
+//! - stop deletes the pod and keeps the claim; delete removes both; "already
+//!   gone" is success;
+//! - a pod whose deletion is stuck on a lost node is force-deleted once that is
+//!   safe (see [`crate::observe::force_delete_due`]); until then the answer
+//!   says `NodeLost` and when.
+//!
+//! Every Kubernetes call has a timeout and bounded retries of retryable
+//! failures ([`crate::error::call`]).
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, SeccompProfile,
-    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use lapdev_common::kube::WorkspaceSpec;
 use lapdev_common::status::WorkspaceStatus;
@@ -30,215 +32,16 @@ use lapdev_kube_rpc::WorkspaceObservation;
 use uuid::Uuid;
 
 use crate::error::{KubeCallError, call};
-use crate::watch::{Claim, PodState, observe};
+use crate::observe::{ForceDelete, PodFacts};
+use crate::tracker::Tracker;
+use crate::watch::force_delete;
 
-/// The field manager of every server-side apply.
-pub const FIELD_MANAGER: &str = "lapdev-kube-manager";
-/// `app.kubernetes.io/managed-by` on every object the manager creates.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-/// Its value.
-pub const MANAGED_BY: &str = "lapdev";
-/// The label carrying the workspace id; the watchers select on it.
-pub const WORKSPACE_ID_LABEL: &str = "lapdev.dev/workspace-id";
-/// The annotation carrying the workspace's user-facing name.
-pub const WORKSPACE_NAME_ANNOTATION: &str = "lapdev.dev/workspace-name";
-/// The workspace container's name.
-pub const CONTAINER_NAME: &str = "workspace";
-/// Where the home volume is mounted.
-pub const HOME_MOUNT_PATH: &str = "/home/lapdev";
-
-/// The pod's name for a workspace.
-pub fn pod_name(id: Uuid) -> String {
-    format!("ws-{id}")
-}
-
-/// The home volume claim's name for a workspace.
-pub fn pvc_name(id: Uuid) -> String {
-    format!("ws-{id}-home")
-}
-
-/// The workspace id of a labelled object.
-pub fn workspace_id_of(meta: &ObjectMeta) -> Option<Uuid> {
-    meta.labels.as_ref()?.get(WORKSPACE_ID_LABEL)?.parse().ok()
-}
-
-/// How workspace pods and volumes are set up, beyond what a spec says.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WorkspaceSettings {
-    /// Namespace of workspaces.
-    pub namespace: String,
-    /// Run the container as this uid (implies non-root).
-    pub run_as_user: Option<i64>,
-    /// Require a non-root user even when no uid is set (the image must declare one).
-    pub run_as_non_root: bool,
-    /// Storage class of the home volume; `None`: the cluster's default.
-    pub storage_class: Option<String>,
-}
-
-/// A spec the manager refuses before calling Kubernetes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SpecError {
-    /// No image.
-    #[error("the workspace image is empty")]
-    EmptyImage,
-    /// An image reference no registry can serve (it has whitespace in it).
-    #[error("invalid image {0:?}: an image reference has no whitespace")]
-    InvalidImage(String),
-    /// A resource amount that is zero or negative.
-    #[error("{0} must be positive")]
-    NotPositive(&'static str),
-}
-
-impl From<SpecError> for HrpcError {
-    fn from(e: SpecError) -> Self {
-        HrpcError::invalid_argument(e.to_string())
-    }
-}
-
-/// Checks what Kubernetes would otherwise refuse less clearly.
-pub fn validate(spec: &WorkspaceSpec) -> Result<(), SpecError> {
-    if spec.image.trim().is_empty() {
-        return Err(SpecError::EmptyImage);
-    }
-    if spec.image.chars().any(char::is_whitespace) {
-        return Err(SpecError::InvalidImage(spec.image.clone()));
-    }
-    for (name, v) in [
-        ("cpu_millis", spec.cpu_millis),
-        ("memory_bytes", spec.memory_bytes),
-        ("storage_bytes", spec.storage_bytes),
-    ] {
-        if v <= 0 {
-            return Err(SpecError::NotPositive(name));
-        }
-    }
-    Ok(())
-}
-
-fn labels(id: Uuid) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
-        (WORKSPACE_ID_LABEL.to_owned(), id.to_string()),
-        (
-            "app.kubernetes.io/name".to_owned(),
-            "lapdev-workspace".to_owned(),
-        ),
-    ])
-}
-
-fn meta(name: String, spec: &WorkspaceSpec, settings: &WorkspaceSettings) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: Some(settings.namespace.clone()),
-        labels: Some(labels(spec.workspace_id)),
-        annotations: Some(BTreeMap::from([(
-            WORKSPACE_NAME_ANNOTATION.to_owned(),
-            spec.name.clone(),
-        )])),
-        ..Default::default()
-    }
-}
-
-/// The workspace's home volume claim.
-pub fn home_pvc(spec: &WorkspaceSpec, settings: &WorkspaceSettings) -> PersistentVolumeClaim {
-    PersistentVolumeClaim {
-        metadata: meta(pvc_name(spec.workspace_id), spec, settings),
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-            storage_class_name: settings.storage_class.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_owned(),
-                    Quantity(spec.storage_bytes.to_string()),
-                )])),
-                limits: None,
-            }),
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
-
-/// The workspace's pod: the image with CPU and memory requested and limited,
-/// the home volume mounted, and privileges dropped (no privilege escalation,
-/// no capabilities, `RuntimeDefault` seccomp, no service account token).
-pub fn workspace_pod(spec: &WorkspaceSpec, settings: &WorkspaceSettings) -> Pod {
-    let resources: BTreeMap<String, Quantity> = BTreeMap::from([
-        ("cpu".to_owned(), Quantity(format!("{}m", spec.cpu_millis))),
-        ("memory".to_owned(), Quantity(spec.memory_bytes.to_string())),
-    ]);
-    let run_as_non_root = settings.run_as_non_root || settings.run_as_user.is_some();
-    let seccomp = || SeccompProfile {
-        type_: "RuntimeDefault".to_owned(),
-        localhost_profile: None,
-    };
-    let env: Vec<EnvVar> = spec
-        .env
-        .iter()
-        .map(|(k, v)| EnvVar {
-            name: k.clone(),
-            value: Some(v.clone()),
-            value_from: None,
-        })
-        .collect();
-    Pod {
-        metadata: meta(pod_name(spec.workspace_id), spec, settings),
-        spec: Some(PodSpec {
-            restart_policy: Some("Always".to_owned()),
-            automount_service_account_token: Some(false),
-            enable_service_links: Some(false),
-            termination_grace_period_seconds: Some(30),
-            hostname: Some("workspace".to_owned()),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: run_as_non_root.then_some(true),
-                run_as_user: settings.run_as_user,
-                run_as_group: settings.run_as_user,
-                fs_group: settings.run_as_user,
-                seccomp_profile: Some(seccomp()),
-                ..Default::default()
-            }),
-            containers: vec![Container {
-                name: CONTAINER_NAME.to_owned(),
-                image: Some(spec.image.clone()),
-                image_pull_policy: Some("IfNotPresent".to_owned()),
-                env: (!env.is_empty()).then_some(env),
-                resources: Some(ResourceRequirements {
-                    requests: Some(resources.clone()),
-                    limits: Some(resources),
-                    claims: None,
-                }),
-                security_context: Some(SecurityContext {
-                    allow_privilege_escalation: Some(false),
-                    privileged: Some(false),
-                    capabilities: Some(Capabilities {
-                        add: None,
-                        drop: Some(vec!["ALL".to_owned()]),
-                    }),
-                    run_as_non_root: run_as_non_root.then_some(true),
-                    run_as_user: settings.run_as_user,
-                    seccomp_profile: Some(seccomp()),
-                    ..Default::default()
-                }),
-                volume_mounts: Some(vec![VolumeMount {
-                    name: "home".to_owned(),
-                    mount_path: HOME_MOUNT_PATH.to_owned(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }],
-            volumes: Some(vec![Volume {
-                name: "home".to_owned(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: pvc_name(spec.workspace_id),
-                    read_only: None,
-                }),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
-    }
-}
+pub use crate::objects::{
+    CONTAINER_NAME, CpuLimit, FIELD_MANAGER, HOME_MOUNT_PATH, MANAGED_BY, MANAGED_BY_LABEL,
+    POD_HASH_ANNOTATION, SPEC_ANNOTATION, SpecError, WORKSPACE_ID_LABEL, WORKSPACE_NAME_ANNOTATION,
+    WorkspaceSettings, home_pvc, object_of_name, outdated, pod_name, pvc_name, validate,
+    workspace_id_of, workspace_pod,
+};
 
 /// Runs workspace commands against the cluster.
 #[derive(Clone)]
@@ -247,31 +50,31 @@ pub struct Workspaces {
     pvcs: Api<PersistentVolumeClaim>,
     settings: WorkspaceSettings,
     timeout: Duration,
+    tracker: Arc<Tracker>,
 }
 
-fn observation(
-    id: Uuid,
-    (status, message, pod_name): (WorkspaceStatus, Option<String>, Option<String>),
-) -> WorkspaceObservation {
-    WorkspaceObservation {
-        workspace_id: id,
-        status,
-        message,
-        pod_name,
-        node_name: None,
-        reason: None,
-        observed_at: Utc::now(),
-    }
+fn ended(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Failed" | "Succeeded")
+    )
 }
 
 impl Workspaces {
-    /// Commands in `settings.namespace`, each Kubernetes call bounded by `timeout`.
-    pub fn new(client: Client, settings: WorkspaceSettings, timeout: Duration) -> Self {
+    /// Commands in `settings.namespace`, each Kubernetes call bounded by
+    /// `timeout`; observations are made with what `tracker` knows (Events, nodes).
+    pub fn new(
+        client: Client,
+        settings: WorkspaceSettings,
+        timeout: Duration,
+        tracker: Arc<Tracker>,
+    ) -> Self {
         Self {
             pods: Api::namespaced(client.clone(), &settings.namespace),
             pvcs: Api::namespaced(client, &settings.namespace),
             settings,
             timeout,
+            tracker,
         }
     }
 
@@ -280,139 +83,250 @@ impl Workspaces {
         &self.settings
     }
 
-    /// Applies the claim and the pod (create and start are the same).
+    /// Creates what is missing (create and start are the same): the claim if
+    /// absent, the pod if absent or ended.
     pub async fn apply(&self, spec: &WorkspaceSpec) -> Result<WorkspaceObservation, HrpcError> {
-        validate(spec)?;
+        crate::objects::validate(spec)?;
         let id = spec.workspace_id;
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        let pvc = home_pvc(spec, &self.settings);
-        let name = pvc_name(id);
-        call(
-            || format!("applying persistentvolumeclaim {name}"),
-            self.timeout,
-            self.pvcs.patch(&name, &params, &Patch::Apply(&pvc)),
-        )
-        .await?;
-        let pod = workspace_pod(spec, &self.settings);
+        let claim = self.ensure_claim(spec).await?;
         let name = pod_name(id);
-        self.wait_for_termination(&name).await?;
-        let applied = call(
-            || format!("applying pod {name}"),
+        if let Some(existing) = self.get_pod(&name).await? {
+            let uid = existing.metadata.uid.clone();
+            if existing.metadata.deletion_timestamp.is_some() {
+                // A start right after a stop finds the old pod still terminating.
+                if let Some(left) = self.wait_gone(&name, uid).await? {
+                    return Err(self.still_terminating(id, &left, Some(&claim)));
+                }
+            } else if ended(&existing) {
+                // Repair: an ended pod never runs again; replace it. Its
+                // containers have stopped, so nothing is cut short.
+                tracing::info!(workspace_id = %id, pod = %name, "replacing a pod that has ended");
+                self.delete_pod_now(&name, uid.clone()).await?;
+                if let Some(left) = self.wait_gone(&name, uid).await? {
+                    return Err(self.still_terminating(id, &left, Some(&claim)));
+                }
+            } else {
+                // Live (maybe outdated): never replaced by a command.
+                return Ok(self.tracker.observe_pod(id, Some(&existing), Some(&claim)));
+            }
+        }
+        let pod = workspace_pod(spec, &self.settings);
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        let created = match call(
+            || format!("creating pod {name}"),
             self.timeout,
-            self.pods.patch(&name, &params, &Patch::Apply(&pod)),
+            || self.pods.create(&params, &pod),
         )
-        .await?;
-        Ok(observation(
-            id,
-            observe(Some(&PodState::from_pod(&applied)), Claim::Present),
-        ))
+        .await
+        {
+            Ok(p) => p,
+            // Made by a retried call or a concurrent command: read it.
+            Err(e) if e.api_code() == Some(409) => self
+                .get_pod(&name)
+                .await?
+                .ok_or_else(|| HrpcError::from(e))?,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(self.tracker.observe_pod(id, Some(&created), Some(&claim)))
     }
 
-    /// A start right after a stop finds the old pod still terminating; applying
-    /// to it would change nothing and the workspace would end up stopped. Waits
-    /// (bounded by the call timeout) until it is gone.
-    async fn wait_for_termination(&self, name: &str) -> Result<(), HrpcError> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        loop {
-            let pod = call(
-                || format!("reading pod {name}"),
-                self.timeout,
-                self.pods.get_opt(name),
-            )
-            .await?;
-            if pod
-                .as_ref()
-                .is_none_or(|p| p.metadata.deletion_timestamp.is_none())
-            {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(HrpcError::unavailable(format!(
-                    "pod {name} is still terminating from the last stop; try again"
+    fn still_terminating(
+        &self,
+        id: Uuid,
+        pod: &Pod,
+        claim: Option<&PersistentVolumeClaim>,
+    ) -> HrpcError {
+        let obs = self.tracker.observe_pod(id, Some(pod), claim);
+        let mut message = format!(
+            "pod {} is still terminating from the last stop; try again",
+            pod_name(id)
+        );
+        if let Some(m) = obs.message {
+            message.push_str(": ");
+            message.push_str(&m);
+        }
+        HrpcError::unavailable(message)
+    }
+
+    /// The claim: read, or created when absent. Never written over.
+    async fn ensure_claim(&self, spec: &WorkspaceSpec) -> Result<PersistentVolumeClaim, HrpcError> {
+        let name = pvc_name(spec.workspace_id);
+        if let Some(c) = self.get_claim(&name).await? {
+            if c.metadata.deletion_timestamp.is_some() {
+                return Err(HrpcError::failed_precondition(format!(
+                    "the volume {name} is being deleted"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Ok(c);
+        }
+        let pvc = home_pvc(spec, &self.settings);
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        match call(
+            || format!("creating persistentvolumeclaim {name}"),
+            self.timeout,
+            || self.pvcs.create(&params, &pvc),
+        )
+        .await
+        {
+            Ok(c) => Ok(c),
+            Err(e) if e.api_code() == Some(409) => Ok(self
+                .get_claim(&name)
+                .await?
+                .ok_or_else(|| HrpcError::from(e))?),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Waits (bounded by the call timeout) until the pod with `uid` is gone,
+    /// force-deleting it when it is stuck on a lost node and that is due.
+    /// Returns the pod if it is still there.
+    async fn wait_gone(&self, name: &str, uid: Option<String>) -> Result<Option<Pod>, HrpcError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let pod = self
+                .get_pod(name)
+                .await?
+                .filter(|p| uid.is_none() || p.metadata.uid == uid);
+            let Some(pod) = pod else { return Ok(None) };
+            // Its node is lost and the force-deletion is not due yet: waiting
+            // here cannot help; the answer says until when.
+            if self.force_if_due(&pod).await == Some(false) {
+                return Ok(Some(pod));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Some(pod));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Force-deletes a terminating pod whose node is lost, when due: `None`
+    /// when its node is fine, else whether it was force-deleted now.
+    async fn force_if_due(&self, pod: &Pod) -> Option<bool> {
+        pod.metadata.deletion_timestamp.as_ref()?;
+        let facts = PodFacts::from_pod(pod);
+        match self.tracker.force_delete_due(&facts) {
+            ForceDelete::Now(why) => Some(
+                force_delete(
+                    &self.pods,
+                    &facts.name,
+                    facts.uid.clone(),
+                    &why,
+                    self.timeout,
+                )
+                .await,
+            ),
+            ForceDelete::At(_) => Some(false),
+            ForceDelete::No => None,
         }
     }
 
     /// Deletes the pod and keeps the claim.
     pub async fn stop(&self, id: Uuid) -> Result<WorkspaceObservation, HrpcError> {
-        let name = pod_name(id);
-        let still_there = self.delete_pod(&name).await?;
-        let pvc = self.claim(id).await?;
-        Ok(match still_there {
-            Some(pod) => observation(id, observe(Some(&pod), pvc)),
-            None => observation(id, observe(None, pvc)),
-        })
+        let pod = self.delete_pod(&pod_name(id)).await?;
+        let claim = self.get_claim(&pvc_name(id)).await?;
+        Ok(self.tracker.observe_pod(id, pod.as_ref(), claim.as_ref()))
     }
 
     /// Deletes the pod and the claim.
     pub async fn delete(&self, id: Uuid) -> Result<WorkspaceObservation, HrpcError> {
         let pod = self.delete_pod(&pod_name(id)).await?;
         let name = pvc_name(id);
-        let pvc = call(
+        let params = DeleteParams::default();
+        let deleted = call(
             || format!("deleting persistentvolumeclaim {name}"),
             self.timeout,
-            self.pvcs.delete(&name, &DeleteParams::default()),
+            || self.pvcs.delete(&name, &params),
         )
         .await;
-        let pvc_left = match pvc {
+        let claim = match deleted {
             // Still there while a finalizer (pvc-protection) holds it.
-            Ok(_) => self.claim(id).await? != Claim::Absent,
-            Err(e) if e.is_not_found() => false,
+            Ok(_) => self.get_claim(&name).await?,
+            Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e.into()),
         };
-        if pod.is_some() || pvc_left {
-            return Ok(observation(
-                id,
-                (WorkspaceStatus::Deleting, None, pod.map(|p| p.name)),
-            ));
+        let mut obs = self.tracker.observe_pod(id, pod.as_ref(), claim.as_ref());
+        if matches!(
+            obs.status,
+            WorkspaceStatus::Stopping | WorkspaceStatus::Stopped
+        ) {
+            obs.status = WorkspaceStatus::Deleting;
         }
-        Ok(observation(id, (WorkspaceStatus::Deleted, None, None)))
+        Ok(obs)
     }
 
     /// The workspace's status, read now.
     pub async fn status(&self, id: Uuid) -> Result<WorkspaceObservation, HrpcError> {
-        let name = pod_name(id);
-        let pod = call(
-            || format!("reading pod {name}"),
-            self.timeout,
-            self.pods.get_opt(&name),
-        )
-        .await?;
-        let pvc = self.claim(id).await?;
-        if pod.is_none() && pvc == Claim::Absent {
+        let pod = self.get_pod(&pod_name(id)).await?;
+        let claim = self.get_claim(&pvc_name(id)).await?;
+        if pod.is_none() && claim.is_none() {
             return Err(HrpcError::not_found(format!(
                 "the cluster has nothing of workspace {id}"
             )));
         }
-        Ok(observation(
-            id,
-            observe(pod.as_ref().map(PodState::from_pod).as_ref(), pvc),
-        ))
+        Ok(self.tracker.observe_pod(id, pod.as_ref(), claim.as_ref()))
     }
 
-    async fn claim(&self, id: Uuid) -> Result<Claim, KubeCallError> {
-        let name = pvc_name(id);
-        Ok(call(
+    async fn get_pod(&self, name: &str) -> Result<Option<Pod>, KubeCallError> {
+        call(
+            || format!("reading pod {name}"),
+            self.timeout,
+            || self.pods.get_opt(name),
+        )
+        .await
+    }
+
+    async fn get_claim(&self, name: &str) -> Result<Option<PersistentVolumeClaim>, KubeCallError> {
+        call(
             || format!("reading persistentvolumeclaim {name}"),
             self.timeout,
-            self.pvcs.get_opt(&name),
+            || self.pvcs.get_opt(name),
         )
-        .await?
-        .as_ref()
-        .map_or(Claim::Absent, Claim::of))
+        .await
     }
 
-    /// Deletes a pod; the pod if it is still there (terminating), `None` if gone.
+    /// Deletes an ended pod at once (grace 0: its containers have stopped).
+    async fn delete_pod_now(&self, name: &str, uid: Option<String>) -> Result<(), KubeCallError> {
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: uid.map(|uid| kube::api::Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match call(
+            || format!("deleting ended pod {name}"),
+            self.timeout,
+            || self.pods.delete(name, &params),
+        )
+        .await
+        {
+            Ok(_) => Ok(()),
+            // Gone already, or replaced by another pod of that name.
+            Err(e) if e.is_not_found() || e.api_code() == Some(409) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a pod gracefully; returns the pod if it is still there
+    /// (terminating), `None` if gone. A pod stuck on a lost node is
+    /// force-deleted when due.
     ///
     /// The delete's answer does not say which (API servers return the object in
     /// both cases), so the pod is read back.
-    async fn delete_pod(&self, name: &str) -> Result<Option<PodState>, KubeCallError> {
+    async fn delete_pod(&self, name: &str) -> Result<Option<Pod>, KubeCallError> {
+        let params = DeleteParams::default();
         match call(
             || format!("deleting pod {name}"),
             self.timeout,
-            self.pods.delete(name, &DeleteParams::default()),
+            || self.pods.delete(name, &params),
         )
         .await
         {
@@ -420,159 +334,10 @@ impl Workspaces {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         }
-        let left = call(
-            || format!("reading pod {name}"),
-            self.timeout,
-            self.pods.get_opt(name),
-        )
-        .await?;
-        Ok(left.map(|p| PodState::from_pod(&p)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec() -> WorkspaceSpec {
-        WorkspaceSpec {
-            workspace_id: "6f1c1d52-3f7a-4a55-9a35-0f2f6c1e2b7d".parse().unwrap(),
-            name: "My workspace / with spaces".into(),
-            image: "ghcr.io/lapdev/workspace:latest".into(),
-            cpu_millis: 1500,
-            memory_bytes: 4 << 30,
-            storage_bytes: 10 << 30,
-            env: BTreeMap::from([("EDITOR".into(), "vim".into())]),
+        let left = self.get_pod(name).await?;
+        match left {
+            Some(p) if self.force_if_due(&p).await == Some(true) => self.get_pod(name).await,
+            other => Ok(other),
         }
-    }
-
-    fn settings() -> WorkspaceSettings {
-        WorkspaceSettings {
-            namespace: "lapdev-workspaces".into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn names_are_deterministic_valid_dns_labels() {
-        let id = spec().workspace_id;
-        assert_eq!(pod_name(id), "ws-6f1c1d52-3f7a-4a55-9a35-0f2f6c1e2b7d");
-        assert_eq!(pvc_name(id), "ws-6f1c1d52-3f7a-4a55-9a35-0f2f6c1e2b7d-home");
-        for n in [pod_name(id), pvc_name(id)] {
-            assert!(n.len() <= 63);
-            assert!(
-                n.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            );
-        }
-    }
-
-    #[test]
-    fn the_pod_drops_privileges_and_carries_the_labels() {
-        let pod = workspace_pod(&spec(), &settings());
-        let v = serde_json::to_value(&pod).unwrap();
-        assert_eq!(v["metadata"]["namespace"], "lapdev-workspaces");
-        assert_eq!(v["metadata"]["labels"][MANAGED_BY_LABEL], "lapdev");
-        assert_eq!(
-            v["metadata"]["labels"][WORKSPACE_ID_LABEL],
-            spec().workspace_id.to_string()
-        );
-        assert_eq!(
-            v["metadata"]["annotations"][WORKSPACE_NAME_ANNOTATION],
-            "My workspace / with spaces"
-        );
-        let c = &v["spec"]["containers"][0];
-        assert_eq!(c["image"], "ghcr.io/lapdev/workspace:latest");
-        assert_eq!(c["resources"]["requests"]["cpu"], "1500m");
-        assert_eq!(c["resources"]["limits"]["memory"], (4i64 << 30).to_string());
-        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
-        assert_eq!(c["securityContext"]["privileged"], false);
-        assert_eq!(
-            c["securityContext"]["capabilities"]["drop"],
-            serde_json::json!(["ALL"])
-        );
-        assert_eq!(
-            c["securityContext"]["seccompProfile"]["type"],
-            "RuntimeDefault"
-        );
-        // The image's own user unless configured.
-        assert!(c["securityContext"].get("runAsNonRoot").is_none());
-        assert_eq!(c["env"][0]["name"], "EDITOR");
-        assert_eq!(c["volumeMounts"][0]["mountPath"], HOME_MOUNT_PATH);
-        assert_eq!(v["spec"]["automountServiceAccountToken"], false);
-        assert_eq!(
-            v["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
-            pvc_name(spec().workspace_id)
-        );
-        // Round-trips through the quantity parser the server uses.
-        assert_eq!(
-            lapdev_common::quantity::parse_cpu_millis(
-                c["resources"]["limits"]["cpu"].as_str().unwrap()
-            ),
-            Ok(1500)
-        );
-    }
-
-    #[test]
-    fn non_root_is_configurable() {
-        let s = WorkspaceSettings {
-            run_as_user: Some(1000),
-            ..settings()
-        };
-        let v = serde_json::to_value(workspace_pod(&spec(), &s)).unwrap();
-        assert_eq!(v["spec"]["securityContext"]["runAsNonRoot"], true);
-        assert_eq!(v["spec"]["securityContext"]["runAsUser"], 1000);
-        assert_eq!(v["spec"]["securityContext"]["fsGroup"], 1000);
-        assert_eq!(
-            v["spec"]["containers"][0]["securityContext"]["runAsUser"],
-            1000
-        );
-        let s = WorkspaceSettings {
-            run_as_non_root: true,
-            ..settings()
-        };
-        let v = serde_json::to_value(workspace_pod(&spec(), &s)).unwrap();
-        assert_eq!(v["spec"]["securityContext"]["runAsNonRoot"], true);
-        assert!(v["spec"]["securityContext"].get("runAsUser").is_none());
-    }
-
-    #[test]
-    fn the_claim_asks_for_the_storage() {
-        let s = WorkspaceSettings {
-            storage_class: Some("fast".into()),
-            ..settings()
-        };
-        let v = serde_json::to_value(home_pvc(&spec(), &s)).unwrap();
-        assert_eq!(v["metadata"]["name"], pvc_name(spec().workspace_id));
-        assert_eq!(v["metadata"]["labels"][MANAGED_BY_LABEL], "lapdev");
-        assert_eq!(
-            v["spec"]["resources"]["requests"]["storage"],
-            (10i64 << 30).to_string()
-        );
-        assert_eq!(v["spec"]["storageClassName"], "fast");
-        assert_eq!(
-            v["spec"]["accessModes"],
-            serde_json::json!(["ReadWriteOnce"])
-        );
-    }
-
-    #[test]
-    fn bad_specs_are_refused_before_kubernetes() {
-        let mut s = spec();
-        s.image = " ".into();
-        assert_eq!(validate(&s), Err(SpecError::EmptyImage));
-        s.image = "not an image".into();
-        assert!(matches!(validate(&s), Err(SpecError::InvalidImage(_))));
-        let mut s = spec();
-        s.cpu_millis = 0;
-        assert_eq!(validate(&s), Err(SpecError::NotPositive("cpu_millis")));
-        assert!(validate(&spec()).is_ok());
-    }
-
-    #[test]
-    fn workspace_ids_come_from_the_label() {
-        let pod = workspace_pod(&spec(), &settings());
-        assert_eq!(workspace_id_of(&pod.metadata), Some(spec().workspace_id));
-        assert_eq!(workspace_id_of(&ObjectMeta::default()), None);
     }
 }

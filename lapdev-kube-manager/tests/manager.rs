@@ -174,12 +174,19 @@ async fn workspace_lifecycle_through_the_tunnel() {
     assert_eq!(labels["app.kubernetes.io/managed-by"], "lapdev");
     assert_eq!(labels["lapdev.dev/workspace-id"], id.to_string());
     let c = &pods[0].spec.as_ref().unwrap().containers[0];
+    // The baseline profile: sudo works, the runtime's default capabilities.
     let sc = c.security_context.as_ref().unwrap();
-    assert_eq!(sc.allow_privilege_escalation, Some(false));
-    assert_eq!(
-        sc.capabilities.as_ref().unwrap().drop.as_deref(),
-        Some(&["ALL".to_owned()][..])
-    );
+    assert_eq!(sc.allow_privilege_escalation, None);
+    assert_eq!(sc.capabilities, None);
+    assert_eq!((c.tty, c.stdin), (Some(true), Some(true)));
+    let psc = pods[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .security_context
+        .as_ref()
+        .unwrap();
+    assert_eq!(psc.fs_group, Some(1000));
 
     // The kubelet starts it: running reaches the server.
     let running = |r: &common::fake_server::Recorded| {
@@ -413,11 +420,11 @@ async fn refused_commands_come_back_as_readable_errors() {
     let rpc = server.manager();
 
     // RBAC says no.
-    h.deny(Verb::Patch, "pods");
+    h.deny(Verb::Create, "pods");
     match rpc.create_workspace(spec(Uuid::new_v4())).await {
         Err(CallError::Service(e)) => {
             assert_eq!(e.code, Code::PermissionDenied, "{e:?}");
-            assert!(e.message.contains("applying pod"), "{}", e.message);
+            assert!(e.message.contains("creating pod"), "{}", e.message);
             assert!(
                 e.message.to_lowercase().contains("forbidden"),
                 "{}",
@@ -426,7 +433,7 @@ async fn refused_commands_come_back_as_readable_errors() {
         }
         other => panic!("expected permission_denied, got {other:?}"),
     }
-    h.allow(Verb::Patch, "pods");
+    h.allow(Verb::Create, "pods");
 
     // An image no registry can serve.
     let mut bad = spec(Uuid::new_v4());
@@ -444,16 +451,44 @@ async fn refused_commands_come_back_as_readable_errors() {
         (403, Code::PermissionDenied),
         (409, Code::Aborted),
     ] {
-        h.fail_next_matching(1, code, Some(Verb::Patch), Some("pods"));
+        h.fail_next_matching(1, code, Some(Verb::Create), Some("pods"));
         match rpc.create_workspace(spec(Uuid::new_v4())).await {
             Err(CallError::Service(e)) => {
                 assert_eq!(e.code, expected, "{e:?}");
-                assert!(e.message.contains("applying pod ws-"), "{}", e.message);
+                assert!(e.message.contains("creating pod ws-"), "{}", e.message);
                 assert!(e.message.contains(&format!("HTTP {code}")), "{}", e.message);
             }
             other => panic!("expected an error for {code}, got {other:?}"),
         }
     }
+    // Throttling and server errors are retried a bounded number of times,
+    // then reported as retryable with the cause.
+    h.fail_next_matching(2, 503, Some(Verb::Create), Some("pods"));
+    let id = Uuid::new_v4();
+    assert_eq!(
+        rpc.create_workspace(spec(id)).await.unwrap().workspace_id,
+        id,
+        "two 503s are retried"
+    );
+    for (code, expected) in [(429, Code::ResourceExhausted), (500, Code::Unavailable)] {
+        h.reset_request_counts();
+        h.fail_next_matching(3, code, Some(Verb::Create), Some("pods"));
+        match rpc.create_workspace(spec(Uuid::new_v4())).await {
+            Err(CallError::Service(e)) => {
+                assert_eq!(e.code, expected, "{e:?}");
+                assert!(e.message.contains("3 attempts"), "{}", e.message);
+                assert!(e.message.contains(&format!("HTTP {code}")), "{}", e.message);
+                assert_eq!(e.details.as_ref().unwrap()["retryable"], true, "{e:?}");
+            }
+            other => panic!("expected an error for {code}, got {other:?}"),
+        }
+        assert_eq!(
+            h.request_count_for(Verb::Create, "pods"),
+            3,
+            "bounded retries"
+        );
+    }
+
     // A spec refused before Kubernetes.
     let mut zero = spec(Uuid::new_v4());
     zero.cpu_millis = 0;

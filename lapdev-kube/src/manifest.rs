@@ -72,7 +72,7 @@ pub const ENV_MANIFEST_REVISION: &str = "LAPDEV_MANIFEST_REVISION";
 /// The revision of the manifest this build renders. Bump it whenever the
 /// rendered objects change in a way an installed cluster should re-apply
 /// (RBAC rules, env contract, namespace labels).
-pub const MANIFEST_REVISION: &str = "2";
+pub const MANIFEST_REVISION: &str = "3";
 
 /// Longest accepted cluster name, in characters.
 pub const MAX_CLUSTER_NAME_CHARS: usize = 253;
@@ -747,11 +747,19 @@ fn build(params: &ManifestParams) -> ManagerManifest {
         },
         role: Role {
             metadata: meta(MANAGER_NAME, Some(workspace_ns)),
-            rules: Some(vec![rule(
-                "",
-                &["pods", "persistentvolumeclaims"],
-                &["create", "get", "list", "watch", "patch", "delete"],
-            )]),
+            rules: Some(vec![
+                // Workspace pods and home volumes: created when absent (never
+                // patched), read, watched, deleted.
+                rule(
+                    "",
+                    &["pods", "persistentvolumeclaims"],
+                    &["create", "get", "list", "watch", "delete"],
+                ),
+                // Read only: volume attach and mount failures and the cluster
+                // autoscaler's scale-up decisions exist only as Events, so the
+                // manager reads them to say why a workspace is not starting.
+                rule("", &["events"], &["get", "list", "watch"]),
+            ]),
         },
         role_binding: RoleBinding {
             metadata: meta(MANAGER_NAME, Some(workspace_ns)),

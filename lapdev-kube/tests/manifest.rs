@@ -586,7 +586,7 @@ fn the_manager_pod_satisfies_the_restricted_pod_security_standard() {
                 "name": "lapdev-kube-manager", "key": "LAPDEV_SERVER_CA", "optional": true}}},
             {"name": "LAPDEV_WORKSPACE_NAMESPACE", "value": "lapdev-workspaces"},
             {"name": "LAPDEV_SECURITY_PROFILE", "value": "baseline"},
-            {"name": "LAPDEV_MANIFEST_REVISION", "value": "2"},
+            {"name": "LAPDEV_MANIFEST_REVISION", "value": "3"},
         ])
     );
     assert!(c.get("envFrom").is_none());
@@ -606,7 +606,8 @@ fn rbac_is_exactly_what_the_manager_needs() {
         role["rules"],
         json!([
             {"apiGroups": [""], "resources": ["pods", "persistentvolumeclaims"],
-             "verbs": ["create", "get", "list", "watch", "patch", "delete"]},
+             "verbs": ["create", "get", "list", "watch", "delete"]},
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
         ])
     );
     let subjects = json!([{"kind": "ServiceAccount", "name": "lapdev-kube-manager",
