@@ -14,12 +14,15 @@
 //! With the `test-support` feature, [`test_support`] creates and drops throwaway
 //! databases for tests of this and other crates.
 
+mod audit;
 mod cluster;
 pub mod crypto;
 mod db;
 pub mod entities;
 mod error;
 mod org;
+mod pat;
+mod people;
 mod provider;
 #[cfg(feature = "test-support")]
 pub mod test_support;
@@ -27,11 +30,14 @@ mod token;
 mod util;
 mod workspace;
 
+pub use audit::{AuditEntry, AuditQuery, MAX_AUDIT_PAGE, NewAuditEntry};
 pub use cluster::{Cluster, ClusterInfoUpdate, NewCluster, ResourceRequests};
 pub use crypto::{CredentialError, CredentialKey, ProviderCredential};
 pub use db::{ConnectConfig, Db, connect};
 pub use error::{DbError, DbResult, EntityKind, TokenRejection};
 pub use org::{NewUser, Organization, User};
+pub use pat::{CreatedPat, PersonalAccessToken, VerifiedPat};
+pub use people::{SignInCandidate, UserChange};
 pub use provider::{NewProvider, Provider};
 pub use token::{
     ClusterToken, ClusterTokenSecret, CreatedClusterToken, NewClusterToken, VerifiedClusterToken,
