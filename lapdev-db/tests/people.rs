@@ -99,7 +99,10 @@ async fn first_user_becomes_owner(test: TestDatabase) {
         .unwrap();
     }
     Migrator::up(db.connection(), None).await.unwrap();
-    assert_eq!(Migrator::get_applied_migrations(conn).await.unwrap().len() as u32, total);
+    assert_eq!(
+        Migrator::get_applied_migrations(conn).await.unwrap().len() as u32,
+        total
+    );
     assert_eq!(db.get_user(org, first).await.unwrap().role, Role::Owner);
     assert_eq!(db.get_user(org, second).await.unwrap().role, Role::Member);
 }
@@ -133,7 +136,12 @@ async fn tokens_roles_and_disabling() {
         .unwrap();
     // The last owner can be neither demoted nor disabled.
     let refused = db
-        .change_user(org.id, owner.id, UserChange::SetRole(Role::Member), oe(org.id, "x"))
+        .change_user(
+            org.id,
+            owner.id,
+            UserChange::SetRole(Role::Member),
+            oe(org.id, "x"),
+        )
         .await;
     assert!(matches!(refused, Err(DbError::InvalidInput { .. })));
     let dev = db
@@ -161,13 +169,20 @@ async fn tokens_roles_and_disabling() {
     assert!(!format!("{token:?}").contains(&token.secret));
     let verified = db.verify_pat(&token.secret).await.unwrap();
     assert_eq!(verified.user_id, dev.id);
-    assert!(db.list_pats(org.id, dev.id).await.unwrap()[0]
-        .last_used_at
-        .is_some());
+    assert!(
+        db.list_pats(org.id, dev.id).await.unwrap()[0]
+            .last_used_at
+            .is_some()
+    );
     // Disabling revokes every token in the same transaction.
-    db.change_user(org.id, dev.id, UserChange::Disable, oe(org.id, "user.disable"))
-        .await
-        .unwrap();
+    db.change_user(
+        org.id,
+        dev.id,
+        UserChange::Disable,
+        oe(org.id, "user.disable"),
+    )
+    .await
+    .unwrap();
     assert!(matches!(
         db.verify_pat(&token.secret).await,
         Err(DbError::InvalidToken(TokenRejection::Revoked))
@@ -205,6 +220,9 @@ async fn tokens_roles_and_disabling() {
         .map(|e| e.entry.action)
         .collect();
     for action in ["user.create", "token.create", "user.disable"] {
-        assert!(actions.iter().any(|a| a == action), "{action} in {actions:?}");
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} in {actions:?}"
+        );
     }
 }
