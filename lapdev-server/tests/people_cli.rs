@@ -10,7 +10,13 @@ use std::process::{Command, Output, Stdio};
 use common::TestServer;
 use serde_json::Value;
 
-fn lapdev(t: &TestServer, config: &std::path::Path, token: Option<&str>, args: &[&str], stdin: &str) -> Output {
+fn lapdev(
+    t: &TestServer,
+    config: &std::path::Path,
+    token: Option<&str>,
+    args: &[&str],
+    stdin: &str,
+) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lapdev"));
     cmd.args(args)
         .env("LAPDEV_SERVER", t.base())
@@ -54,7 +60,16 @@ async fn login_tokens_users_and_audit_from_the_cli() {
         &t,
         &owner_cfg,
         owner,
-        &["user", "create", "mel", "--role", "member", "--password-stdin", "-o", "json"],
+        &[
+            "user",
+            "create",
+            "mel",
+            "--role",
+            "member",
+            "--password-stdin",
+            "-o",
+            "json",
+        ],
         "mel-password\n",
     ));
     assert_eq!(created["role"], "member");
@@ -84,24 +99,47 @@ async fn login_tokens_users_and_audit_from_the_cli() {
     }
     // Later commands use the stored token.
     let me = json(&lapdev(&t, &mel_cfg, None, &["whoami", "-o", "json"], ""));
-    assert_eq!((me["name"].as_str(), me["role"].as_str()), (Some("mel"), Some("member")));
+    assert_eq!(
+        (me["name"].as_str(), me["role"].as_str()),
+        (Some("mel"), Some("member"))
+    );
 
     let token = json(&lapdev(
         &t,
         &mel_cfg,
         None,
-        &["token", "create", "ci", "--expires-in-days", "7", "-o", "json"],
+        &[
+            "token",
+            "create",
+            "ci",
+            "--expires-in-days",
+            "7",
+            "-o",
+            "json",
+        ],
         "",
     ));
     let secret = token["token"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("lapdev_pat_"));
-    let list = json(&lapdev(&t, &mel_cfg, None, &["token", "list", "-o", "json"], ""));
+    let list = json(&lapdev(
+        &t,
+        &mel_cfg,
+        None,
+        &["token", "list", "-o", "json"],
+        "",
+    ));
     assert_eq!(list.as_array().unwrap().len(), 2);
     json(&lapdev(
         &t,
         &mel_cfg,
         None,
-        &["token", "revoke", token["id"].as_str().unwrap(), "-o", "json"],
+        &[
+            "token",
+            "revoke",
+            token["id"].as_str().unwrap(),
+            "-o",
+            "json",
+        ],
         "",
     ));
     let refused = lapdev(&t, &mel_cfg, Some(&secret), &["whoami"], "");
