@@ -37,6 +37,7 @@ fn server_config(data_dir: std::path::PathBuf, database_url: String) -> ServerCo
         heartbeat_interval_secs: 1,
         admin_token_days: 1,
         max_token_days: 365,
+        trusted_proxies: Vec::new(),
     }
 }
 

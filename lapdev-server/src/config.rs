@@ -117,6 +117,10 @@ pub struct ServerConfig {
     /// The longest a personal access token may live, in days.
     #[arg(long, env = "LAPDEV_MAX_TOKEN_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=3650))]
     pub max_token_days: u64,
+    /// Proxies whose `x-forwarded-for` is believed (comma-separated addresses);
+    /// from any other peer the socket's address is the client's.
+    #[arg(long, env = "LAPDEV_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl ServerConfig {

@@ -232,7 +232,8 @@ impl Server {
             secrets.encryption_key.clone(),
         )
         .with_conductor(conductor.clone());
-        let auth = auth::AuthState::new(db.clone(), secrets.jwt.clone());
+        let auth = auth::AuthState::new(db.clone(), secrets.jwt.clone())
+            .with_trusted_proxies(config.trusted_proxies.clone());
         let people = auth::service::PeopleService::new(
             db.clone(),
             auth.clone(),

@@ -17,7 +17,7 @@
 //! untouched; they have their own authentication or none to give.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -80,6 +80,7 @@ pub struct AuthState {
     pub jwt: JwtKeys,
     /// Verified tokens and users.
     pub cache: Arc<AuthCache>,
+    trusted_proxies: Arc<Vec<IpAddr>>,
     methods: Arc<HashMap<&'static str, Option<&'static str>>>,
 }
 
@@ -90,6 +91,12 @@ impl std::fmt::Debug for AuthState {
 }
 
 impl AuthState {
+    /// Believe `x-forwarded-for` from these peers (`--trusted-proxies`).
+    pub fn with_trusted_proxies(mut self, proxies: Vec<IpAddr>) -> Self {
+        self.trusted_proxies = Arc::new(proxies);
+        self
+    }
+
     /// The layer's state for [`ADMIN_SERVICES`].
     pub fn new(db: Db, jwt: JwtKeys) -> Self {
         let methods = ADMIN_SERVICES
@@ -101,6 +108,7 @@ impl AuthState {
             db,
             jwt,
             cache: Arc::new(AuthCache::default()),
+            trusted_proxies: Arc::new(Vec::new()),
             methods: Arc::new(methods),
         }
     }
@@ -195,11 +203,46 @@ impl
     }
 }
 
+/// The client's address as [`authorize`] worked it out (see [`client_ip`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
 /// The client's address, when the server was given one.
 pub fn source_addr(extensions: &http::Extensions) -> Option<String> {
     extensions
-        .get::<ConnectInfo<ClientAddr>>()
-        .map(|c| c.0.0.ip().to_string())
+        .get::<ClientIp>()
+        .map(|c| c.0)
+        .or_else(|| {
+            extensions
+                .get::<ConnectInfo<ClientAddr>>()
+                .map(|c| c.0.0.ip())
+        })
+        .map(|ip| ip.to_string())
+}
+
+/// The client's address: the socket's peer, unless that peer is a trusted
+/// proxy; then the last `x-forwarded-for` hop that is not itself a trusted proxy
+/// (walking from the right, so a client cannot forge its way past the proxies).
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let Some(header) = forwarded_for else {
+        return peer;
+    };
+    let mut client = peer;
+    for hop in header.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted.contains(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
 }
 
 /// The role `path` needs: `Ok(None)` for public methods, `Err` when the method
@@ -217,7 +260,23 @@ fn required_role(declared: Option<&'static str>, path: &str) -> Result<Option<Ro
 }
 
 /// axum middleware: see the module docs.
-pub async fn authorize(State(auth): State<AuthState>, request: Request, next: Next) -> Response {
+pub async fn authorize(
+    State(auth): State<AuthState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if let Some(peer) = request
+        .extensions()
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|c| c.0.0.ip())
+    {
+        let forwarded = request
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let ip = client_ip(peer, forwarded, &auth.trusted_proxies);
+        request.extensions_mut().insert(ClientIp(ip));
+    }
     let full = request.uri().path().to_owned();
     let path = full.strip_prefix("/rpc").unwrap_or(&full);
     let Some(&declared) = auth.methods.get(path) else {
@@ -245,7 +304,6 @@ pub async fn authorize(State(auth): State<AuthState>, request: Request, next: Ne
         .into_response();
     }
     let audited = AUDITED.iter().find(|(p, _)| *p == path).map(|(_, a)| *a);
-    let mut request = request;
     request.extensions_mut().insert(AdminIdentity {
         user_id: caller.user_id,
         organization_id: caller.organization_id,
@@ -363,6 +421,27 @@ mod tests {
             Some("c")
         );
         assert_eq!(target_of(b"not json"), None);
+    }
+
+    #[test]
+    fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let proxies = [ip("10.0.0.1"), ip("10.0.0.2")];
+        // Not a proxy: its own header is ignored.
+        assert_eq!(
+            client_ip(ip("1.2.3.4"), Some("9.9.9.9"), &proxies),
+            ip("1.2.3.4")
+        );
+        // Through two proxies; the leftmost entry was forged by the client.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("6.6.6.6, 5.6.7.8, 10.0.0.2"), &proxies),
+            ip("5.6.7.8")
+        );
+        assert_eq!(client_ip(ip("10.0.0.1"), None, &proxies), ip("10.0.0.1"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("garbage"), &proxies),
+            ip("10.0.0.1")
+        );
     }
 
     #[test]
