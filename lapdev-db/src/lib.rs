@@ -11,6 +11,11 @@
 //! Statuses are stored as the strings of `lapdev_common::status`; reading back an
 //! unknown string is [`DbError::CorruptValue`], never a silent default.
 //!
+//! People: users carry a [`lapdev_common::role::Role`] and may be disabled
+//! (`people.rs`); personal access tokens store only their SHA-256 (`pat.rs`);
+//! the audit log is append-only, enforced by database triggers (`audit.rs`).
+//! Role, user and token changes write their audit row in the same transaction.
+//!
 //! With the `test-support` feature, [`test_support`] creates and drops throwaway
 //! databases for tests of this and other crates.
 
