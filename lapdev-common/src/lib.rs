@@ -1,5 +1,6 @@
 //! Domain types shared by every Lapdev crate: cluster info, statuses, workspace
-//! specs, quantities, the cluster-token format and the HTTP header names.
+//! specs, quantities, roles, the cluster- and personal-token formats and the HTTP
+//! header names.
 //!
 //! This crate does no I/O. It depends on serde and a few small pure crates only, so
 //! the in-cluster manager, the server and the CLI can all share it cheaply.
@@ -8,5 +9,6 @@ pub mod headers;
 pub mod kube;
 pub mod quantity;
 pub mod reason;
+pub mod role;
 pub mod status;
 pub mod token;

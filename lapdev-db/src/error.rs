@@ -25,6 +25,8 @@ pub enum EntityKind {
     ClusterToken,
     /// A `kube_workspace` row.
     Workspace,
+    /// A `personal_access_token` row.
+    PersonalAccessToken,
 }
 
 impl std::fmt::Display for EntityKind {
@@ -36,6 +38,7 @@ impl std::fmt::Display for EntityKind {
             EntityKind::Cluster => "cluster",
             EntityKind::ClusterToken => "cluster token",
             EntityKind::Workspace => "workspace",
+            EntityKind::PersonalAccessToken => "personal access token",
         })
     }
 }

@@ -11,15 +11,23 @@
 //! Statuses are stored as the strings of `lapdev_common::status`; reading back an
 //! unknown string is [`DbError::CorruptValue`], never a silent default.
 //!
+//! People: users carry a [`lapdev_common::role::Role`] and may be disabled
+//! (`people.rs`); personal access tokens store only their SHA-256 (`pat.rs`);
+//! the audit log is append-only, enforced by database triggers (`audit.rs`).
+//! Role, user and token changes write their audit row in the same transaction.
+//!
 //! With the `test-support` feature, [`test_support`] creates and drops throwaway
 //! databases for tests of this and other crates.
 
+mod audit;
 mod cluster;
 pub mod crypto;
 mod db;
 pub mod entities;
 mod error;
 mod org;
+mod pat;
+mod people;
 mod provider;
 #[cfg(feature = "test-support")]
 pub mod test_support;
@@ -27,11 +35,14 @@ mod token;
 mod util;
 mod workspace;
 
+pub use audit::{AuditEntry, AuditQuery, MAX_AUDIT_PAGE, NewAuditEntry};
 pub use cluster::{Cluster, ClusterInfoUpdate, NewCluster, ResourceRequests};
 pub use crypto::{CredentialError, CredentialKey, ProviderCredential};
 pub use db::{ConnectConfig, Db, connect};
 pub use error::{DbError, DbResult, EntityKind, TokenRejection};
 pub use org::{NewUser, Organization, User};
+pub use pat::{CreatedPat, PersonalAccessToken, VerifiedPat};
+pub use people::{SignInCandidate, UserChange};
 pub use provider::{NewProvider, Provider};
 pub use token::{
     ClusterToken, ClusterTokenSecret, CreatedClusterToken, NewClusterToken, VerifiedClusterToken,

@@ -1,6 +1,8 @@
-//! Organisations and users: enough to scope every other row and to name JWT subjects.
+//! Organisations and users: enough to scope every other row and to name token
+//! subjects. Roles, disabling and passwords: `people.rs`.
 
 use chrono::{DateTime, Utc};
+use lapdev_common::role::Role;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
 };
@@ -8,7 +10,7 @@ use uuid::Uuid;
 
 use crate::db::{Db, now};
 use crate::entities::{organization, user};
-use crate::error::{DbError, DbResult, EntityKind, unique_violation};
+use crate::error::{DbError, DbResult, EntityKind, parse_stored, unique_violation};
 use crate::util::{check_name, tz, utc};
 
 /// A tenant.
@@ -35,6 +37,10 @@ pub struct User {
     pub name: String,
     /// Contact address, if known.
     pub email: Option<String>,
+    /// What they may do in the organisation.
+    pub role: Role,
+    /// When they were disabled: their tokens are refused from then on.
+    pub disabled_at: Option<DateTime<Utc>>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.
@@ -61,16 +67,20 @@ impl From<organization::Model> for Organization {
     }
 }
 
-impl From<user::Model> for User {
-    fn from(m: user::Model) -> Self {
-        User {
+impl TryFrom<user::Model> for User {
+    type Error = DbError;
+
+    fn try_from(m: user::Model) -> DbResult<Self> {
+        Ok(User {
             id: m.id,
             organization_id: m.organization_id,
             name: m.name,
             email: m.email,
+            role: parse_stored("user", "role", &m.role)?,
+            disabled_at: m.disabled_at.map(utc),
             created_at: utc(m.created_at),
             updated_at: utc(m.updated_at),
-        }
+        })
     }
 }
 
@@ -114,7 +124,7 @@ impl Db {
             .collect())
     }
 
-    /// Creates a user in `org_id`.
+    /// Creates a `member` in `org_id`.
     pub async fn create_user(&self, org_id: Uuid, new: NewUser) -> DbResult<User> {
         check_name("user name", &new.name)?;
         self.get_organization(org_id).await?;
@@ -127,11 +137,15 @@ impl Db {
             created_at: Set(at),
             updated_at: Set(at),
             deleted_at: Set(None),
+            // The least power; `Db::create_user_with_role` (people.rs) gives more.
+            role: Set(Role::Member.as_str().to_owned()),
+            disabled_at: Set(None),
+            password_hash: Set(None),
         }
         .insert(&self.conn)
         .await
         .map_err(unique_violation(EntityKind::User, &new.name))?;
-        Ok(model.into())
+        model.try_into()
     }
 
     /// A live user of `org_id` by id.
@@ -141,8 +155,8 @@ impl Db {
             .filter(user::Column::DeletedAt.is_null())
             .one(&self.conn)
             .await?
-            .map(User::from)
-            .ok_or_else(|| DbError::not_found(EntityKind::User, user_id))
+            .ok_or_else(|| DbError::not_found(EntityKind::User, user_id))?
+            .try_into()
     }
 
     /// A live user of `org_id` by name.
@@ -153,20 +167,20 @@ impl Db {
             .filter(user::Column::DeletedAt.is_null())
             .one(&self.conn)
             .await?
-            .map(User::from)
-            .ok_or_else(|| DbError::not_found(EntityKind::User, name))
+            .ok_or_else(|| DbError::not_found(EntityKind::User, name))?
+            .try_into()
     }
 
     /// The live users of `org_id`, by name.
     pub async fn list_users(&self, org_id: Uuid) -> DbResult<Vec<User>> {
-        Ok(user::Entity::find()
+        user::Entity::find()
             .filter(user::Column::OrganizationId.eq(org_id))
             .filter(user::Column::DeletedAt.is_null())
             .order_by_asc(user::Column::Name)
             .all(&self.conn)
             .await?
             .into_iter()
-            .map(User::from)
-            .collect())
+            .map(User::try_from)
+            .collect()
     }
 }

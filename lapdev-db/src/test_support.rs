@@ -232,3 +232,10 @@ pub async fn seed_placed_workspaces(
     }
     Ok(())
 }
+
+/// Runs raw SQL on `db` (tests that break the database on purpose, e.g. to see
+/// that a failed audit write loses no action), so test crates need no sea-orm.
+pub async fn execute_sql(db: &Db, sql: &str) -> Result<(), sea_orm::DbErr> {
+    use sea_orm::ConnectionTrait as _;
+    db.connection().execute_unprepared(sql).await.map(|_| ())
+}

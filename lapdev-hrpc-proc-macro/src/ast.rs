@@ -31,7 +31,10 @@ pub(crate) struct Service {
 
 /// One method of the service.
 pub(crate) struct Method {
+    /// The method's attributes without `#[hrpc(...)]`, which the macro consumes.
     pub attrs: Vec<Attribute>,
+    /// `#[hrpc(role = "...")]`: the role a caller needs.
+    pub role: Option<String>,
     pub ident: Ident,
     /// The `Context` argument, when the method asks for one.
     pub context: Option<Arg>,
@@ -244,11 +247,19 @@ impl Method {
                 None
             }
         };
+        let (attrs, role) = match hrpc_attrs(&f.attrs) {
+            Ok(parts) => parts,
+            Err(e) => {
+                errors.push(e);
+                (Vec::new(), None)
+            }
+        };
         errors.finish()?;
         let (ok, err, output) = result
             .ok_or_else(|| syn::Error::new(Span::call_site(), "internal: missing return type"))?;
         Ok(Method {
-            attrs: f.attrs.clone(),
+            attrs,
+            role,
             ident: sig.ident.clone(),
             context,
             args,
@@ -257,6 +268,35 @@ impl Method {
             output,
         })
     }
+}
+
+/// Splits `#[hrpc(role = "...")]` off a method's attributes. It may appear once;
+/// the role must be a non-empty string literal.
+fn hrpc_attrs(attrs: &[Attribute]) -> syn::Result<(Vec<Attribute>, Option<String>)> {
+    let mut kept = Vec::new();
+    let mut role: Option<String> = None;
+    for attr in attrs {
+        if !attr.path().is_ident("hrpc") {
+            kept.push(attr.clone());
+            continue;
+        }
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("role") {
+                let lit: syn::LitStr = meta.value()?.parse()?;
+                if lit.value().is_empty() {
+                    return Err(syn::Error::new_spanned(&lit, "the role cannot be empty"));
+                }
+                if role.is_some() {
+                    return Err(meta.error("the role is declared twice"));
+                }
+                role = Some(lit.value());
+                Ok(())
+            } else {
+                Err(meta.error("unknown #[hrpc] option; expected `role = \"...\"`"))
+            }
+        })?;
+    }
+    Ok((kept, role))
 }
 
 /// Whether `ty` is the request context (`Context` or a path ending in it).

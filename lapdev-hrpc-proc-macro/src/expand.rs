@@ -83,8 +83,12 @@ fn descriptor(service: &Service) -> TokenStream {
     let methods = service.methods.iter().map(|m| {
         let method = m.ident.to_string();
         let path = format!("/{name}/{method}");
+        let role = match &m.role {
+            Some(r) => quote!(::core::option::Option::Some(#r)),
+            None => quote!(::core::option::Option::None),
+        };
         quote! {
-            ::lapdev_hrpc::MethodDescriptor { name: #method, path: #path }
+            ::lapdev_hrpc::MethodDescriptor { name: #method, path: #path, role: #role }
         }
     });
     quote! {

@@ -2,7 +2,8 @@
 //!
 //! Emitting the trait keeps every other use of it compiling, so the user sees the
 //! one message that matters. Argument patterns are replaced by `_` first, because
-//! rustc would reject them in a bodiless method a second time.
+//! rustc would reject them in a bodiless method a second time, and `#[hrpc]`
+//! method attributes are dropped.
 
 use proc_macro2::TokenStream;
 use quote::ToTokens as _;
@@ -15,6 +16,9 @@ pub(crate) fn expand(input: TokenStream, error: syn::Error) -> TokenStream {
         Ok(syn::Item::Trait(mut item)) => {
             for trait_item in &mut item.items {
                 if let syn::TraitItem::Fn(f) = trait_item {
+                    // `#[hrpc(...)]` is consumed by the macro; left in place it
+                    // would be a second, confusing error.
+                    f.attrs.retain(|a| !a.path().is_ident("hrpc"));
                     for input in &mut f.sig.inputs {
                         if let syn::FnArg::Typed(arg) = input
                             && !matches!(&*arg.pat, syn::Pat::Ident(_))

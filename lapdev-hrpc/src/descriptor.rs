@@ -16,6 +16,11 @@ pub struct MethodDescriptor {
     pub name: &'static str,
     /// Its path below the service mount point: `/{Service}/{method}`.
     pub path: &'static str,
+    /// The role a caller needs, as declared with `#[hrpc(role = "...")]` on the
+    /// method; `None` when it declares none. HRPC attaches no meaning to the
+    /// string: the server's authorization layer does, and refuses methods that
+    /// declare nothing.
+    pub role: Option<&'static str>,
 }
 
 impl ServiceDescriptor {

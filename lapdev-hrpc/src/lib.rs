@@ -10,7 +10,9 @@
 //! - `FooServer<S>`: wraps any `S: Foo` and becomes an `axum::Router` with the
 //!   methods at `/Foo/{method}` ([`IntoRoutes`], `FooServer::into_router`);
 //! - `FooClient::DESCRIPTOR` / `FooServer::DESCRIPTOR`: a [`ServiceDescriptor`]
-//!   listing the methods and their paths.
+//!   listing the methods, their paths and the role each declares with
+//!   `#[hrpc(role = "...")]` on the method (the macro consumes the attribute;
+//!   what a role means is the server's business).
 //!
 //! ```
 //! use lapdev_hrpc::{Client, Context, HrpcError};

@@ -144,3 +144,23 @@ async fn several_services_share_one_router() {
     let c = EchoClient::new(Client::in_process(router));
     assert_eq!(c.add(2, 3).await.unwrap(), 5);
 }
+
+mod roles {
+    use lapdev_hrpc::HrpcError;
+
+    #[lapdev_hrpc::service]
+    pub trait Guarded {
+        /// Documented and guarded: the doc stays, the attribute is consumed.
+        #[hrpc(role = "admin")]
+        async fn guarded(&self) -> Result<(), HrpcError>;
+
+        async fn open(&self) -> Result<(), HrpcError>;
+    }
+
+    #[test]
+    fn declared_roles_land_in_the_descriptor() {
+        let d = GuardedClient::DESCRIPTOR;
+        assert_eq!(d.method("guarded").unwrap().role, Some("admin"));
+        assert_eq!(d.method("open").unwrap().role, None);
+    }
+}

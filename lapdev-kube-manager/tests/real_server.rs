@@ -36,6 +36,8 @@ fn server_config(data_dir: std::path::PathBuf, database_url: String) -> ServerCo
         manager_image: "ghcr.io/lapdev/lapdev-kube-manager:test".into(),
         heartbeat_interval_secs: 1,
         admin_token_days: 1,
+        max_token_days: 365,
+        trusted_proxies: Vec::new(),
     }
 }
 

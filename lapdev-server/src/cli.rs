@@ -1,4 +1,5 @@
-//! The `lapdev` admin CLI, built on the generated `AdminRpcClient`.
+//! The `lapdev` CLI, built on the generated clients (`AdminRpcClient`, …;
+//! people, tokens and the audit log in `people.rs`).
 //!
 //! Human tables by default, `-o json` for scripts. JSON conventions: lists are
 //! arrays; timestamps RFC 3339 or `null`; clusters are addressed by name, tokens
@@ -14,13 +15,14 @@ use lapdev_hrpc::{CallError, Client, HrpcError};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+pub mod people;
 pub mod provider;
 
 use crate::admin::api::{AdminRpcClient, ClusterView, CreatedCluster, CreatedToken, TokenView};
 use crate::admin::workspaces::{NewWorkspaceRequest, WorkspaceRpcClient, WorkspaceView};
 use lapdev_common::quantity;
 
-/// Lapdev admin CLI: manage clusters, their tokens, and workspaces.
+/// Lapdev CLI: clusters, their tokens, workspaces, people and the audit log.
 #[derive(Debug, Parser)]
 #[command(name = "lapdev", version, about)]
 pub struct Cli {
@@ -32,7 +34,8 @@ pub struct Cli {
         global = true
     )]
     pub server: String,
-    /// Admin token (a JWT; `lapdev-server` prints one on first start).
+    /// Personal access token (`lapdev_pat_…`; the first one is in
+    /// <data-dir>/admin-token). Default: the one `lapdev login` stored.
     #[arg(long, env = "LAPDEV_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// Output format.
@@ -64,6 +67,31 @@ pub enum Command {
     /// Developer workspaces.
     #[command(subcommand)]
     Workspace(WorkspaceCommand),
+    /// Sign in (password, or `--with-token` to paste a token) and store the token.
+    Login {
+        /// User name (asked for when missing).
+        #[arg(long)]
+        user: Option<String>,
+        /// Organisation name (default: the first one).
+        #[arg(long)]
+        organization: Option<String>,
+        /// Read a personal access token from stdin instead of signing in.
+        #[arg(long)]
+        with_token: bool,
+    },
+    /// Revoke and forget the stored token.
+    Logout,
+    /// Who the token belongs to.
+    Whoami,
+    /// Your personal access tokens.
+    #[command(subcommand)]
+    Token(people::PatCommand),
+    /// Users and their roles.
+    #[command(subcommand)]
+    User(people::UserCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(people::AuditCommand),
 }
 
 /// `lapdev workspace …`
@@ -240,8 +268,9 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 fn client(cli: &Cli) -> anyhow::Result<AdminRpcClient> {
-    let token = cli.token.as_deref().context(
-        "no admin token: pass --token or set LAPDEV_TOKEN (lapdev-server prints one on first start and writes it to <data-dir>/admin-token)",
+    let stored = people::stored_token();
+    let token = cli.token.as_deref().or(stored.as_deref()).context(
+        "no token: run `lapdev login`, pass --token or set LAPDEV_TOKEN (the first owner token is in <data-dir>/admin-token)",
     )?;
     let base = format!("{}/rpc", cli.server.trim_end_matches('/'));
     let client =
@@ -266,9 +295,34 @@ fn call_error(e: CallError<HrpcError>) -> anyhow::Error {
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
-    let admin = client(&cli)?;
     let out = cli.output;
+    if let Command::Login {
+        user,
+        organization,
+        with_token,
+    } = cli.command
+    {
+        let base = format!("{}/rpc", cli.server.trim_end_matches('/'));
+        let anonymous = Client::http(&base)
+            .with_context(|| format!("invalid --server {:?}", cli.server))?
+            .with_timeout(Duration::from_secs(60));
+        let api = people::PeopleRpcClient::new(anonymous);
+        return people::login(&api, out, user, organization, with_token).await;
+    }
+    if let Command::Logout = cli.command {
+        let api = client(&cli)
+            .ok()
+            .map(|a| people::PeopleRpcClient::new(a.client().clone()));
+        return people::logout(api.as_ref(), out).await;
+    }
+    let admin = client(&cli)?;
+    let people_api = || people::PeopleRpcClient::new(admin.client().clone());
     match cli.command {
+        Command::Login { .. } | Command::Logout => Ok(()),
+        Command::Whoami => people::whoami(&people_api(), out).await,
+        Command::Token(cmd) => people::token(&people_api(), out, cmd).await,
+        Command::User(cmd) => people::user(&people_api(), out, cmd).await,
+        Command::Audit(cmd) => people::audit(&people_api(), out, cmd).await,
         Command::Cluster(cmd) => cluster(&admin, out, cmd).await,
         Command::Provider(cmd) => provider::run(&admin, out, cmd).await,
         Command::Workspace(cmd) => {

@@ -24,8 +24,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
-    /// Mint a fresh admin token for the first organisation's admin user, print it
-    /// and write it to <data-dir>/admin-token.
+    /// Mint a fresh owner personal access token (`lapdev_pat_…`) for the first
+    /// organisation's owner, print it and write it to <data-dir>/admin-token.
     AdminToken {
         /// How long the token is valid, in days.
         #[arg(long, default_value_t = 30)]
@@ -114,10 +114,23 @@ pub struct ServerConfig {
     /// How long an admin token minted on first start is valid, in days.
     #[arg(long, default_value_t = 30)]
     pub admin_token_days: u64,
+    /// The longest a personal access token may live, in days.
+    #[arg(long, env = "LAPDEV_MAX_TOKEN_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub max_token_days: u64,
+    /// Proxies whose `x-forwarded-for` is believed (comma-separated addresses);
+    /// from any other peer the socket's address is the client's.
+    #[arg(long, env = "LAPDEV_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl ServerConfig {
-    /// The heartbeat interval.
+    /// Password hashes computed at once: half the cores (at least one), so
+    /// sign-ins never take every core from the other RPCs.
+    pub fn password_hash_concurrency(&self) -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2))
+    }
+
+    /// How often managers heartbeat.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_secs(self.heartbeat_interval_secs)
     }

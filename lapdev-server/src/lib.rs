@@ -8,10 +8,13 @@
 //!   (Prometheus);
 //! - `/rpc/KubeClusterRpc/*` and `GET /rpc/_tunnel`: managers, authenticated by
 //!   cluster token;
-//! - `/rpc/AdminRpc/*`: the admin API, authenticated by JWT;
-//! - `/rpc/ProviderRpc/*`: cloud providers and the clusters they manage, same JWT.
+//! - `/rpc/AdminRpc/*`, `/rpc/ProviderRpc/*`, `/rpc/WorkspaceRpc/*`,
+//!   `/rpc/PeopleRpc/*`: the admin API, behind one authorization layer
+//!   ([`auth`]): a personal access token (or a legacy admin JWT), the user's role
+//!   looked up per request, and the role each method declares.
 
 pub mod admin;
+pub mod auth;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
@@ -61,6 +64,10 @@ pub struct AppState {
     pub workspaces: WorkspaceService,
     /// Placement and lifecycle.
     pub conductor: Conductor,
+    /// The authorization layer's state.
+    pub auth: auth::AuthState,
+    /// Users, tokens, sign-in and the audit log.
+    pub people: auth::service::PeopleService,
 }
 
 /// The server's whole HTTP surface.
@@ -79,7 +86,12 @@ pub fn app(state: AppState) -> Router {
         .merge(admin::providers::routes(&state))
         .merge(admin)
         .merge(workspaces)
-        .into_router();
+        .merge(auth::api::PeopleRpcServer::new(state.people.clone()).into_routes())
+        .into_router()
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::authorize,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -187,10 +199,9 @@ impl Server {
                 "marked clusters disconnected until their managers reconnect"
             );
         }
-        let bootstrap =
-            bootstrap::ensure_first_admin(&db, &secrets.jwt, &data_dir, config.admin_token_days)
-                .await
-                .context("creating the first organisation and admin")?;
+        let bootstrap = bootstrap::ensure_first_admin(&db, &data_dir, config.admin_token_days)
+            .await
+            .context("creating the first organisation and owner")?;
 
         let kube = KubeClusterServer::new(
             db.clone(),
@@ -221,7 +232,21 @@ impl Server {
             secrets.encryption_key.clone(),
         )
         .with_conductor(conductor.clone());
+        let auth = auth::AuthState::new(db.clone(), secrets.jwt.clone())
+            .with_trusted_proxies(config.trusted_proxies.clone());
+        let people = auth::service::PeopleService::new(
+            db.clone(),
+            auth.clone(),
+            auth::password::Passwords::new(config.password_hash_concurrency())
+                .context("preparing the password hasher")?,
+            auth::service::TokenPolicy {
+                default_days: 30.min(config.max_token_days),
+                max_days: config.max_token_days,
+            },
+        );
         let state = AppState {
+            auth,
+            people,
             db: db.clone(),
             kube: kube.clone(),
             jwt: secrets.jwt.clone(),
@@ -280,7 +305,7 @@ impl Server {
             _ => None,
         };
         let task = tokio::spawn(async move {
-            let service = router.into_make_service();
+            let service = router.into_make_service_with_connect_info::<auth::layer::ClientAddr>();
             let served = match tls {
                 Some(tls) => {
                     axum::serve(tls::TlsListener::new(listener, tls)?, service)

@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use clap::Parser as _;
 use lapdev_server::config::{Cli, Command, LogFormat};
-use lapdev_server::{Server, bootstrap, datadir::DataDir, load_secrets};
+use lapdev_server::{Server, bootstrap, datadir::DataDir};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -15,7 +15,6 @@ async fn main() -> anyhow::Result<()> {
 
     if let Some(Command::AdminToken { days }) = cli.command {
         let data_dir = DataDir::open(&cli.server.data_dir)?;
-        let secrets = load_secrets(&cli.server, &data_dir)?;
         let url = cli
             .server
             .database_url
@@ -27,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
                 lapdev_server::redact_url(&url)
             )
         })?;
-        let token = bootstrap::mint_admin_token(&db, &secrets.jwt, &data_dir, days).await?;
+        let token = bootstrap::mint_admin_token(&db, &data_dir, days).await?;
         println!("{token}");
         return Ok(());
     }
@@ -43,10 +42,10 @@ async fn main() -> anyhow::Result<()> {
         "lapdev-server listening on {scheme}://{}",
         server.local_addr
     );
-    if let Some(token) = &server.first_admin_token {
+    if server.first_admin_token.is_some() {
         let file = cli.server.data_dir.join(bootstrap::ADMIN_TOKEN_FILE);
         println!(
-            "\nFirst start: created organisation {:?} and user {:?}.\nAdmin token (also written to {}):\n\n{token}\n\nUse it with the CLI:\n  export LAPDEV_SERVER={scheme}://{}\n  export LAPDEV_TOKEN=$(cat {})\n  lapdev cluster list\n",
+            "\nFirst start: created organisation {:?} and its owner {:?}.\nAn owner personal access token was written to {} (mode 0600).\nUse it with the CLI:\n  export LAPDEV_SERVER={scheme}://{}\n  export LAPDEV_TOKEN=$(cat {})\n  lapdev cluster list\n",
             bootstrap::DEFAULT_ORGANIZATION,
             bootstrap::ADMIN_USER,
             file.display(),

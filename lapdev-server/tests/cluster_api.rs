@@ -241,9 +241,21 @@ async fn admin_calls_need_a_valid_jwt() {
         admin_client(&base, "garbage").list_clusters(false).await,
         "garbage",
     );
-    // A valid token of the server's own keys works.
-    let good = keys
+    // A valid token of the server's own keys naming a user who does not exist is
+    // refused: the role comes from the user's row, never from the token.
+    let nobody = keys
         .mint(uuid::Uuid::new_v4(), org, Duration::from_secs(60))
+        .unwrap();
+    assert_unauthenticated(
+        admin_client(&base, &nobody).list_clusters(false).await,
+        "unknown user",
+    );
+    // One naming a real user works.
+    let db = &t.server.state.db;
+    let real_org = db.list_organizations().await.unwrap()[0].id;
+    let owner = db.get_user_by_name(real_org, "admin").await.unwrap();
+    let good = keys
+        .mint(owner.id, real_org, Duration::from_secs(60))
         .unwrap();
     assert!(
         admin_client(&base, &good)
@@ -266,12 +278,21 @@ async fn another_organisations_cluster_is_not_found() {
 
     let db = &t.server.state.db;
     let other = db.create_organization("other").await.unwrap();
+    // An admin of her own organisation: she may call everything, and sees none
+    // of ours.
     let user = db
-        .create_user(
+        .create_user_with_role(
             other.id,
             lapdev_db::NewUser {
                 name: "eve".into(),
                 email: None,
+            },
+            lapdev_common::role::Role::Admin,
+            lapdev_db::NewAuditEntry {
+                organization_id: Some(other.id),
+                action: "user.create".into(),
+                outcome: "success".into(),
+                ..Default::default()
             },
         )
         .await

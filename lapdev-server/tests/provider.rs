@@ -52,6 +52,8 @@ async fn start_in(data_dir: &std::path::Path) -> (Server, ProviderRpcClient, Adm
         manager_image: "ghcr.io/lapdev/lapdev-kube-manager:test".into(),
         heartbeat_interval_secs: 10,
         admin_token_days: 1,
+        max_token_days: 365,
+        trusted_proxies: Vec::new(),
     })
     .await
     .unwrap();

@@ -2,9 +2,11 @@
 
 pub mod prelude;
 
+pub mod audit_log;
 pub mod k8s_provider;
 pub mod kube_cluster;
 pub mod kube_cluster_token;
 pub mod kube_workspace;
 pub mod organization;
+pub mod personal_access_token;
 pub mod user;

@@ -13,6 +13,9 @@ pub struct Model {
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
     pub deleted_at: Option<DateTimeWithTimeZone>,
+    pub role: String,
+    pub disabled_at: Option<DateTimeWithTimeZone>,
+    pub password_hash: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -23,6 +26,8 @@ pub enum Relation {
     KubeClusterToken,
     #[sea_orm(has_many = "super::kube_workspace::Entity")]
     KubeWorkspace,
+    #[sea_orm(has_many = "super::personal_access_token::Entity")]
+    PersonalAccessToken,
     #[sea_orm(
         belongs_to = "super::organization::Entity",
         from = "Column::OrganizationId",
@@ -48,6 +53,12 @@ impl Related<super::kube_cluster_token::Entity> for Entity {
 impl Related<super::kube_workspace::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::KubeWorkspace.def()
+    }
+}
+
+impl Related<super::personal_access_token::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::PersonalAccessToken.def()
     }
 }
 

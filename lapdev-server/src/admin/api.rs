@@ -92,6 +92,7 @@ pub struct ProviderView {
 #[lapdev_hrpc::service]
 pub trait AdminRpc {
     /// Registers a cluster; returns its first token and install manifest.
+    #[hrpc(role = "admin")]
     async fn create_cluster(
         &self,
         ctx: Context,
@@ -100,6 +101,7 @@ pub trait AdminRpc {
     ) -> Result<CreatedCluster, HrpcError>;
 
     /// The organisation's clusters, by name.
+    #[hrpc(role = "member")]
     async fn list_clusters(
         &self,
         ctx: Context,
@@ -107,12 +109,15 @@ pub trait AdminRpc {
     ) -> Result<Vec<ClusterView>, HrpcError>;
 
     /// One cluster by name.
+    #[hrpc(role = "member")]
     async fn get_cluster(&self, ctx: Context, name: String) -> Result<ClusterView, HrpcError>;
 
     /// Soft-deletes a cluster: its tokens stop working and its manager is cut off.
+    #[hrpc(role = "admin")]
     async fn delete_cluster(&self, ctx: Context, name: String) -> Result<(), HrpcError>;
 
     /// Stops (`true`) or resumes placing workspaces on a cluster.
+    #[hrpc(role = "admin")]
     async fn set_cluster_cordoned(
         &self,
         ctx: Context,
@@ -122,6 +127,7 @@ pub trait AdminRpc {
 
     /// A new token for a cluster (at most two live ones, for rotation) and a
     /// manifest carrying it.
+    #[hrpc(role = "admin")]
     async fn create_cluster_token(
         &self,
         ctx: Context,
@@ -131,6 +137,7 @@ pub trait AdminRpc {
     ) -> Result<CreatedToken, HrpcError>;
 
     /// A cluster's tokens (metadata only).
+    #[hrpc(role = "admin")]
     async fn list_cluster_tokens(
         &self,
         ctx: Context,
@@ -138,6 +145,7 @@ pub trait AdminRpc {
     ) -> Result<Vec<TokenView>, HrpcError>;
 
     /// Revokes a token at once; a tunnel it opened is closed.
+    #[hrpc(role = "admin")]
     async fn revoke_cluster_token(
         &self,
         ctx: Context,

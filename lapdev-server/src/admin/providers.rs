@@ -97,6 +97,7 @@ pub trait ProviderRpc {
     /// Registers a provider. The credential's shape is checked first; with
     /// `validate`, the credentials are also tried against the API (a provider that
     /// cannot be reached is still added, with a warning).
+    #[hrpc(role = "admin")]
     async fn create_provider(
         &self,
         ctx: Context,
@@ -108,15 +109,19 @@ pub trait ProviderRpc {
     ) -> Result<CreatedProvider, HrpcError>;
 
     /// The organisation's providers.
+    #[hrpc(role = "admin")]
     async fn list_providers(&self, ctx: Context) -> Result<Vec<ProviderView>, HrpcError>;
 
     /// One provider by name.
+    #[hrpc(role = "admin")]
     async fn get_provider(&self, ctx: Context, name: String) -> Result<ProviderView, HrpcError>;
 
     /// Deletes a provider (refused while clusters refer to it).
+    #[hrpc(role = "admin")]
     async fn delete_provider(&self, ctx: Context, name: String) -> Result<(), HrpcError>;
 
     /// The clusters the provider has, in every location.
+    #[hrpc(role = "admin")]
     async fn list_provider_clusters(
         &self,
         ctx: Context,
@@ -126,6 +131,7 @@ pub trait ProviderRpc {
     /// Imports one of the provider's clusters as a Lapdev cluster (named `name`, or
     /// like the provider's cluster). With `install`, the manager is installed
     /// into it right away.
+    #[hrpc(role = "admin")]
     async fn import_cluster(
         &self,
         ctx: Context,
@@ -139,6 +145,7 @@ pub trait ProviderRpc {
     /// Creates a cluster through the provider; returns at once with the cluster
     /// `provisioning`. It becomes `pending` when the provider has it running and
     /// the manager is installed, then `connected` when the manager reports.
+    #[hrpc(role = "admin")]
     async fn create_cluster(
         &self,
         ctx: Context,
@@ -151,6 +158,7 @@ pub trait ProviderRpc {
     /// Deletes a cluster. A provider-managed one is deleted in the provider too
     /// and needs `confirm` (or `keep_in_provider` to only forget it here); it is
     /// `deleting` until the provider is done, then gone.
+    #[hrpc(role = "admin")]
     async fn delete_cluster(
         &self,
         ctx: Context,
@@ -160,6 +168,7 @@ pub trait ProviderRpc {
     ) -> Result<Option<ManagedClusterView>, HrpcError>;
 
     /// A cluster with its provider's details and last provider failure.
+    #[hrpc(role = "admin")]
     async fn get_managed_cluster(
         &self,
         ctx: Context,

@@ -1,5 +1,9 @@
-//! `WorkspaceRpc`: the workspace half of the admin API (JWT, organisation-scoped),
+//! `WorkspaceRpc`: the workspace half of the admin API (organisation-scoped),
 //! on top of the conductor. Workspaces are addressed by name.
+//!
+//! Members see and act on their own workspaces only: another user's workspace
+//! is `not_found` to them, exactly like one that does not exist. Admins and
+//! owners see every workspace of the organisation.
 
 use chrono::{DateTime, Utc};
 use lapdev_common::status::{DesiredState, WorkspaceStatus};
@@ -10,6 +14,7 @@ use lapdev_kube::db_error;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::jwt::AdminIdentity;
 
 /// A workspace as the admin API shows it.
@@ -56,6 +61,7 @@ pub trait WorkspaceRpc {
     /// Creates a workspace and places it on a cluster; it then starts in the
     /// background (watch `get_workspace`). Fails at once, saying why in numbers,
     /// when no cluster can take it.
+    #[hrpc(role = "member")]
     async fn create_workspace(
         &self,
         ctx: Context,
@@ -63,6 +69,7 @@ pub trait WorkspaceRpc {
     ) -> Result<WorkspaceView, HrpcError>;
 
     /// The organisation's workspaces, by name.
+    #[hrpc(role = "member")]
     async fn list_workspaces(
         &self,
         ctx: Context,
@@ -70,16 +77,20 @@ pub trait WorkspaceRpc {
     ) -> Result<Vec<WorkspaceView>, HrpcError>;
 
     /// One workspace by name (a deleted one too, so its end can be seen).
+    #[hrpc(role = "member")]
     async fn get_workspace(&self, ctx: Context, name: String) -> Result<WorkspaceView, HrpcError>;
 
     /// Asks for the workspace to be stopped (its volume is kept).
+    #[hrpc(role = "member")]
     async fn stop_workspace(&self, ctx: Context, name: String) -> Result<WorkspaceView, HrpcError>;
 
     /// Asks for a stopped workspace to run again.
+    #[hrpc(role = "member")]
     async fn start_workspace(&self, ctx: Context, name: String)
     -> Result<WorkspaceView, HrpcError>;
 
     /// Asks for the workspace and everything it owns to be deleted.
+    #[hrpc(role = "member")]
     async fn delete_workspace(
         &self,
         ctx: Context,
@@ -145,11 +156,33 @@ impl WorkspaceService {
             .get_workspace_by_name(who.organization_id, name)
             .await
             .map_err(db_error)?;
+        let ws = visible(ctx, ws, name)?;
         let ws = self
             .conductor
             .set_desired_state(who.organization_id, ws.id, desired)
             .await?;
         self.view(who, ws).await
+    }
+}
+
+/// The owner a caller is restricted to: `None` for admins and owners. Without a
+/// [`Caller`] (the authorization layer did not run) the caller sees only their own.
+fn only_owner(ctx: &Context) -> Result<Option<Uuid>, HrpcError> {
+    match ctx.extension::<Caller>() {
+        Some(c) if c.sees_all_workspaces() => Ok(None),
+        Some(c) => Ok(Some(c.user_id)),
+        None => Ok(Some(who(ctx)?.user_id)),
+    }
+}
+
+/// `ws` if the caller may see it, else `not_found` (never `permission_denied`,
+/// which would confirm that the name exists).
+fn visible(ctx: &Context, ws: Workspace, name: &str) -> Result<Workspace, HrpcError> {
+    match only_owner(ctx)? {
+        Some(owner) if ws.owner_id != owner => Err(HrpcError::not_found(format!(
+            "workspace {name:?} not found"
+        ))),
+        _ => Ok(ws),
     }
 }
 
@@ -199,8 +232,12 @@ impl WorkspaceRpc for WorkspaceService {
             self.db.list_workspaces(who.organization_id).await
         }
         .map_err(db_error)?;
+        let owner = only_owner(&ctx)?;
         let mut views = Vec::with_capacity(list.len());
-        for ws in list {
+        for ws in list
+            .into_iter()
+            .filter(|w| owner.is_none_or(|o| w.owner_id == o))
+        {
             views.push(self.view(who, ws).await?);
         }
         Ok(views)
@@ -213,6 +250,7 @@ impl WorkspaceRpc for WorkspaceService {
             .find_workspace_by_name_including_deleted(who.organization_id, &name)
             .await
             .map_err(db_error)?;
+        let ws = visible(&ctx, ws, &name)?;
         self.view(who, ws).await
     }
 

@@ -49,6 +49,8 @@ pub fn config(data_dir: PathBuf, database_url: Option<String>) -> ServerConfig {
         manager_image: "ghcr.io/lapdev/lapdev-kube-manager:test".into(),
         heartbeat_interval_secs: 10,
         admin_token_days: 1,
+        max_token_days: 365,
+        trusted_proxies: Vec::new(),
     }
 }
 

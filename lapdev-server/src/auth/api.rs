@@ -1,0 +1,180 @@
+//! `PeopleRpc`: sign-in, the caller's own identity and personal access tokens,
+//! users and roles (owners), and the audit log (owners and admins). Behind the
+//! authorization layer like every admin service; each method declares its role.
+
+use chrono::{DateTime, Utc};
+use lapdev_common::role::Role;
+use lapdev_hrpc::{Context, HrpcError};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A user as the API shows it (never a password hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserView {
+    pub id: Uuid,
+    pub name: String,
+    pub email: Option<String>,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A personal access token's metadata (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatView {
+    pub id: Uuid,
+    pub name: String,
+    pub display_prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A new token, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedPatView {
+    pub token: PatView,
+    /// The plaintext. It is not stored and cannot be shown again.
+    pub token_secret: String,
+}
+
+/// What a successful sign-in returns: a new token for the signed-in user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedIn {
+    pub user: UserView,
+    pub token: CreatedPatView,
+}
+
+/// One audit row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditView {
+    pub id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    pub actor_id: Option<Uuid>,
+    pub actor: Option<String>,
+    pub action: String,
+    pub target: Option<String>,
+    pub outcome: String,
+    pub source_addr: Option<String>,
+    pub request_id: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// A page of audit rows, newest first; pass `next` as `before` for the next page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub entries: Vec<AuditView>,
+    /// The cursor of the next page, when there may be one.
+    pub next: Option<String>,
+}
+
+/// Filters of `list_audit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditFilter {
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub actor: Option<String>,
+    #[serde(default)]
+    pub action: Option<String>,
+    /// The `next` of the previous page.
+    #[serde(default)]
+    pub before: Option<String>,
+    /// Rows per page (default 100, at most 500).
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+/// People: identity, tokens, users, audit.
+#[lapdev_hrpc::service]
+pub trait PeopleRpc {
+    /// Signs in with a password and returns a new personal access token. Failed
+    /// attempts slow down per user and per client address.
+    #[hrpc(role = "public")]
+    async fn sign_in(
+        &self,
+        ctx: Context,
+        organization: Option<String>,
+        user: String,
+        password: String,
+        token_name: Option<String>,
+    ) -> Result<SignedIn, HrpcError>;
+
+    /// Who the caller is.
+    #[hrpc(role = "member")]
+    async fn whoami(&self, ctx: Context) -> Result<UserView, HrpcError>;
+
+    /// A new personal access token for the caller (default 30 days, at most the
+    /// server's maximum).
+    #[hrpc(role = "member")]
+    async fn create_token(
+        &self,
+        ctx: Context,
+        name: String,
+        expires_in_days: Option<u64>,
+    ) -> Result<CreatedPatView, HrpcError>;
+
+    /// The caller's tokens.
+    #[hrpc(role = "member")]
+    async fn list_tokens(&self, ctx: Context) -> Result<Vec<PatView>, HrpcError>;
+
+    /// Revokes one of the caller's tokens; it is refused from the next call on.
+    #[hrpc(role = "member")]
+    async fn revoke_token(&self, ctx: Context, token_id: Uuid) -> Result<(), HrpcError>;
+
+    /// Creates a user with a role and, optionally, a password.
+    #[hrpc(role = "owner")]
+    async fn create_user(
+        &self,
+        ctx: Context,
+        name: String,
+        email: Option<String>,
+        role: Role,
+        password: Option<String>,
+    ) -> Result<UserView, HrpcError>;
+
+    /// The organisation's users.
+    #[hrpc(role = "admin")]
+    async fn list_users(&self, ctx: Context) -> Result<Vec<UserView>, HrpcError>;
+
+    /// One user by name.
+    #[hrpc(role = "admin")]
+    async fn get_user(&self, ctx: Context, name: String) -> Result<UserView, HrpcError>;
+
+    /// Changes a user's role (the last owner cannot be demoted).
+    #[hrpc(role = "owner")]
+    async fn set_user_role(
+        &self,
+        ctx: Context,
+        name: String,
+        role: Role,
+    ) -> Result<UserView, HrpcError>;
+
+    /// Disables (revoking every token at once) or re-enables a user. Their
+    /// workspaces are kept as they are.
+    #[hrpc(role = "owner")]
+    async fn set_user_disabled(
+        &self,
+        ctx: Context,
+        name: String,
+        disabled: bool,
+    ) -> Result<UserView, HrpcError>;
+
+    /// Sets a user's password.
+    #[hrpc(role = "owner")]
+    async fn set_user_password(
+        &self,
+        ctx: Context,
+        name: String,
+        password: String,
+    ) -> Result<(), HrpcError>;
+
+    /// Deletes a user (soft) and revokes their tokens; workspaces are kept.
+    #[hrpc(role = "owner")]
+    async fn delete_user(&self, ctx: Context, name: String) -> Result<(), HrpcError>;
+
+    /// The organisation's audit log, newest first, paginated.
+    #[hrpc(role = "admin")]
+    async fn list_audit(&self, ctx: Context, filter: AuditFilter) -> Result<AuditPage, HrpcError>;
+}

@@ -1,0 +1,455 @@
+//! The one authorization layer in front of every admin service.
+//!
+//! For a request to a method listed in [`ADMIN_SERVICES`]:
+//! 1. the method's declared role comes from its descriptor (`#[hrpc(role)]`);
+//!    `public` passes without identity, no role (or an unknown one) is refused:
+//!    deny by default;
+//! 2. the bearer token is verified: a personal access token (`lapdev_pat_…`,
+//!    cached briefly) or a legacy admin JWT, which names only the user;
+//! 3. the user's role and state are looked up (cached briefly, the cache dropped
+//!    on every change): a disabled or deleted user is `unauthenticated`, a role
+//!    below the declared one is `permission_denied` naming the role needed;
+//! 4. [`Caller`] (and, for older handlers, `AdminIdentity`) go into the request
+//!    extensions; handlers read them from `Context`, never from headers;
+//! 5. audited mutations get their audit row after the call, in the background.
+//!
+//! Requests to other paths (managers, the tunnel, unknown methods) pass through
+//! untouched; they have their own authentication or none to give.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use lapdev_common::role::{PAT_PREFIX, PUBLIC, Role};
+use lapdev_db::{Db, DbError, NewAuditEntry};
+use lapdev_hrpc::{HrpcError, ServiceDescriptor};
+use lapdev_kube::db_error;
+use sha2::{Digest as _, Sha256};
+
+use super::audit::record_in_background;
+use super::principal::{AuthCache, Caller};
+use crate::admin::api::AdminRpcClient;
+use crate::admin::providers::ProviderRpcClient;
+use crate::admin::workspaces::WorkspaceRpcClient;
+use crate::auth::api::PeopleRpcClient;
+use crate::jwt::{AdminIdentity, JwtKeys};
+
+/// Every service behind this layer. The role-matrix test walks these, so a
+/// method without a declared role fails it.
+pub const ADMIN_SERVICES: &[ServiceDescriptor] = &[
+    AdminRpcClient::DESCRIPTOR,
+    ProviderRpcClient::DESCRIPTOR,
+    WorkspaceRpcClient::DESCRIPTOR,
+    PeopleRpcClient::DESCRIPTOR,
+];
+
+/// Methods whose calls are audited by this layer, and the action they record.
+/// People changes (users, roles, tokens, sign-in) write their own rows in their
+/// own transactions instead.
+const AUDITED: &[(&str, &str)] = &[
+    ("/AdminRpc/create_cluster", "cluster.create"),
+    ("/AdminRpc/delete_cluster", "cluster.delete"),
+    ("/AdminRpc/set_cluster_cordoned", "cluster.cordon"),
+    ("/AdminRpc/create_cluster_token", "cluster_token.create"),
+    ("/AdminRpc/revoke_cluster_token", "cluster_token.revoke"),
+    ("/ProviderRpc/create_provider", "provider.create"),
+    ("/ProviderRpc/delete_provider", "provider.delete"),
+    ("/ProviderRpc/import_cluster", "cluster.import"),
+    ("/ProviderRpc/create_cluster", "cluster.create"),
+    ("/ProviderRpc/delete_cluster", "cluster.delete"),
+    ("/WorkspaceRpc/create_workspace", "workspace.create"),
+    ("/WorkspaceRpc/stop_workspace", "workspace.stop"),
+    ("/WorkspaceRpc/start_workspace", "workspace.start"),
+    ("/WorkspaceRpc/delete_workspace", "workspace.delete"),
+];
+
+/// Bodies of audited calls are read up to this size to name the target; larger
+/// ones are refused here as the HRPC router would refuse them.
+const MAX_AUDITED_BODY: usize = 4 * 1024 * 1024;
+
+/// What the layer needs: the database, the JWT keys, the cache and the method
+/// table.
+#[derive(Clone)]
+pub struct AuthState {
+    /// The database.
+    pub db: Db,
+    /// Legacy admin JWTs.
+    pub jwt: JwtKeys,
+    /// Verified tokens and users.
+    pub cache: Arc<AuthCache>,
+    trusted_proxies: Arc<Vec<IpAddr>>,
+    methods: Arc<HashMap<&'static str, Option<&'static str>>>,
+}
+
+impl std::fmt::Debug for AuthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthState").finish_non_exhaustive()
+    }
+}
+
+impl AuthState {
+    /// Believe `x-forwarded-for` from these peers (`--trusted-proxies`).
+    pub fn with_trusted_proxies(mut self, proxies: Vec<IpAddr>) -> Self {
+        self.trusted_proxies = Arc::new(proxies);
+        self
+    }
+
+    /// The layer's state for [`ADMIN_SERVICES`].
+    pub fn new(db: Db, jwt: JwtKeys) -> Self {
+        let methods = ADMIN_SERVICES
+            .iter()
+            .flat_map(|s| s.methods.iter())
+            .map(|m| (m.path, m.role))
+            .collect();
+        Self {
+            db,
+            jwt,
+            cache: Arc::new(AuthCache::default()),
+            trusted_proxies: Arc::new(Vec::new()),
+            methods: Arc::new(methods),
+        }
+    }
+
+    /// Who presents `token`, with their role as of now.
+    pub async fn authenticate(&self, token: &str) -> Result<Caller, HrpcError> {
+        let (user_id, organization_id, token_id) = if token.starts_with(PAT_PREFIX) {
+            let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            let pat = match self.cache.pat(&key) {
+                Some(p) => p,
+                None => {
+                    let generation = self.cache.generation();
+                    let p = self.db.verify_pat(token).await.map_err(|e| match e {
+                        DbError::InvalidToken(r) => {
+                            HrpcError::unauthenticated(format!("personal access token {r}"))
+                        }
+                        other => db_error(other),
+                    })?;
+                    self.cache.put_pat(key, p, generation);
+                    p
+                }
+            };
+            (pat.user_id, pat.organization_id, Some(pat.token_id))
+        } else {
+            let id = self
+                .jwt
+                .verify(token)
+                .map_err(|e| HrpcError::unauthenticated(e.to_string()))?;
+            (id.user_id, id.organization_id, None)
+        };
+        let user = match self.cache.user(user_id) {
+            Some(u) => u,
+            None => {
+                let generation = self.cache.generation();
+                let u = self
+                    .db
+                    .get_user(organization_id, user_id)
+                    .await
+                    .map_err(|e| match e {
+                        DbError::NotFound { .. } => {
+                            HrpcError::unauthenticated("the token's user no longer exists")
+                        }
+                        other => db_error(other),
+                    })?;
+                self.cache.put_user(u.clone(), generation);
+                u
+            }
+        };
+        if user.disabled_at.is_some() {
+            return Err(HrpcError::unauthenticated("this user is disabled"));
+        }
+        Ok(Caller {
+            user_id,
+            name: user.name,
+            organization_id,
+            role: user.role,
+            token_id,
+        })
+    }
+}
+
+/// The bearer token of `headers` (scheme case-insensitive).
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The client's address as the socket saw it, for plain and TLS listeners alike
+/// (served with `into_make_service_with_connect_info::<ClientAddr>()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
+    for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// The client's address as [`authorize`] worked it out (see [`client_ip`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// The client's address, when the server was given one.
+pub fn source_addr(extensions: &http::Extensions) -> Option<String> {
+    extensions
+        .get::<ClientIp>()
+        .map(|c| c.0)
+        .or_else(|| {
+            extensions
+                .get::<ConnectInfo<ClientAddr>>()
+                .map(|c| c.0.0.ip())
+        })
+        .map(|ip| ip.to_string())
+}
+
+/// The client's address: the socket's peer, unless that peer is a trusted
+/// proxy; then the last `x-forwarded-for` hop that is not itself a trusted proxy
+/// (walking from the right, so a client cannot forge its way past the proxies).
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let Some(header) = forwarded_for else {
+        return peer;
+    };
+    let mut client = peer;
+    for hop in header.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted.contains(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// The role `path` needs: `Ok(None)` for public methods, `Err` when the method
+/// declares nothing usable (refused).
+fn required_role(declared: Option<&'static str>, path: &str) -> Result<Option<Role>, HrpcError> {
+    match declared {
+        Some(PUBLIC) => Ok(None),
+        Some(r) => r.parse::<Role>().map(Some).map_err(|_| {
+            HrpcError::permission_denied(format!("{path} declares an unknown role {r:?}"))
+        }),
+        None => Err(HrpcError::permission_denied(format!(
+            "{path} declares no role, so nobody may call it"
+        ))),
+    }
+}
+
+/// axum middleware: see the module docs.
+pub async fn authorize(
+    State(auth): State<AuthState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if let Some(peer) = request
+        .extensions()
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|c| c.0.0.ip())
+    {
+        let forwarded = request
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let ip = client_ip(peer, forwarded, &auth.trusted_proxies);
+        request.extensions_mut().insert(ClientIp(ip));
+    }
+    let full = request.uri().path().to_owned();
+    let path = full.strip_prefix("/rpc").unwrap_or(&full);
+    let Some(&declared) = auth.methods.get(path) else {
+        return next.run(request).await;
+    };
+    let required = match required_role(declared, path) {
+        Ok(Some(r)) => r,
+        Ok(None) => return next.run(request).await,
+        Err(e) => return e.into_response(),
+    };
+    let Some(token) = bearer(request.headers()) else {
+        return HrpcError::unauthenticated("missing `authorization: Bearer <token>` header")
+            .into_response();
+    };
+    let caller = match auth.authenticate(token).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if !caller.role.allows(required) {
+        return HrpcError::permission_denied(format!(
+            "this call needs the {required} role; you are {}",
+            caller.role
+        ))
+        .with_details(serde_json::json!({ "required_role": required }))
+        .into_response();
+    }
+    let audited = AUDITED.iter().find(|(p, _)| *p == path).map(|(_, a)| *a);
+    request.extensions_mut().insert(AdminIdentity {
+        user_id: caller.user_id,
+        organization_id: caller.organization_id,
+    });
+    request.extensions_mut().insert(caller.clone());
+    let Some(action) = audited else {
+        return next.run(request).await;
+    };
+
+    let source = source_addr(request.extensions());
+    let request_id = request
+        .headers()
+        .get(lapdev_hrpc::protocol::REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_AUDITED_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return HrpcError::new(
+                lapdev_hrpc::Code::ResourceExhausted,
+                "request body is too large",
+            )
+            .into_response();
+        }
+    };
+    let target = target_of(&bytes);
+    let response = next
+        .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await;
+    let status = response.status();
+    let outcome = if status.is_success() {
+        "success"
+    } else if status == http::StatusCode::FORBIDDEN {
+        "denied"
+    } else {
+        "failure"
+    };
+    record_in_background(
+        &auth.db,
+        NewAuditEntry {
+            organization_id: Some(caller.organization_id),
+            actor_id: Some(caller.user_id),
+            actor_name: Some(caller.name),
+            action: action.to_owned(),
+            target,
+            outcome: outcome.to_owned(),
+            source_addr: source,
+            request_id,
+            detail: (!status.is_success()).then(|| status.as_u16().to_string()),
+        },
+    );
+    response
+}
+
+/// The name of what an audited call acts on, from its JSON arguments.
+fn target_of(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+    for key in ["name", "cluster", "workspace", "token_id"] {
+        match v.get(key) {
+            Some(serde_json::Value::Object(o)) => {
+                if let Some(n) = o.get("name").and_then(text) {
+                    return Some(n);
+                }
+            }
+            Some(other) => {
+                if let Some(n) = text(other) {
+                    return Some(n);
+                }
+            }
+            None => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undeclared_and_unknown_roles_are_refused() {
+        assert!(required_role(None, "/X/y").is_err());
+        assert!(required_role(Some("root"), "/X/y").is_err());
+        assert_eq!(required_role(Some("public"), "/X/y").unwrap(), None);
+        assert_eq!(
+            required_role(Some("admin"), "/X/y").unwrap(),
+            Some(Role::Admin)
+        );
+    }
+
+    #[test]
+    fn every_audited_method_exists() {
+        for (path, _) in AUDITED {
+            assert!(
+                ADMIN_SERVICES
+                    .iter()
+                    .flat_map(|s| s.methods.iter())
+                    .any(|m| m.path == *path),
+                "{path} is audited but no service has it"
+            );
+        }
+    }
+
+    #[test]
+    fn targets_come_from_the_arguments() {
+        assert_eq!(target_of(br#"{"name":"a"}"#).as_deref(), Some("a"));
+        assert_eq!(
+            target_of(br#"{"workspace":{"name":"w"}}"#).as_deref(),
+            Some("w")
+        );
+        assert_eq!(
+            target_of(br#"{"cluster":"c","token_id":"t"}"#).as_deref(),
+            Some("c")
+        );
+        assert_eq!(target_of(b"not json"), None);
+    }
+
+    #[test]
+    fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let proxies = [ip("10.0.0.1"), ip("10.0.0.2")];
+        // Not a proxy: its own header is ignored.
+        assert_eq!(
+            client_ip(ip("1.2.3.4"), Some("9.9.9.9"), &proxies),
+            ip("1.2.3.4")
+        );
+        // Through two proxies; the leftmost entry was forged by the client.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("6.6.6.6, 5.6.7.8, 10.0.0.2"), &proxies),
+            ip("5.6.7.8")
+        );
+        assert_eq!(client_ip(ip("10.0.0.1"), None, &proxies), ip("10.0.0.1"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("garbage"), &proxies),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, "bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(http::header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+}

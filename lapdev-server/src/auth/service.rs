@@ -1,0 +1,513 @@
+//! The implementation of [`PeopleRpc`].
+//!
+//! Role, user and token changes write their audit row in the same transaction
+//! (`lapdev_db`) and then clear the authorization cache, so the change holds
+//! from the very next call. Failed sign-ins are audited at most
+//! [`FAILED_SIGN_IN_AUDITS_PER_MINUTE`] times a minute, so the audit table is no
+//! target for filling up.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use lapdev_common::role::Role;
+use lapdev_db::{
+    AuditQuery, Db, DbError, NewAuditEntry, NewUser, PersonalAccessToken, User, UserChange,
+};
+use lapdev_hrpc::{Context, HrpcError};
+use lapdev_kube::db_error;
+use uuid::Uuid;
+
+use super::api::{
+    AuditFilter, AuditPage, AuditView, CreatedPatView, PatView, PeopleRpc, SignedIn, UserView,
+};
+use super::audit::record_now;
+use super::layer::{AuthState, source_addr};
+use super::password::{Passwords, SlowDown};
+use super::principal::Caller;
+
+/// Audit rows for failed sign-ins, at most, per minute.
+pub const FAILED_SIGN_IN_AUDITS_PER_MINUTE: u32 = 60;
+
+/// Token lifetimes.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenPolicy {
+    /// When the caller does not say.
+    pub default_days: u64,
+    /// The most a token may live.
+    pub max_days: u64,
+}
+
+/// The people service.
+#[derive(Clone)]
+pub struct PeopleService {
+    db: Db,
+    auth: AuthState,
+    passwords: Passwords,
+    slow: Arc<SlowDown>,
+    failed_audits: Arc<Mutex<(Instant, u32)>>,
+    policy: TokenPolicy,
+}
+
+impl std::fmt::Debug for PeopleService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeopleService").finish_non_exhaustive()
+    }
+}
+
+fn caller(ctx: &Context) -> Result<Caller, HrpcError> {
+    ctx.extension::<Caller>()
+        .cloned()
+        .ok_or_else(|| HrpcError::unauthenticated("no caller on this request"))
+}
+
+fn audit(ctx: &Context, who: &Caller, action: &str, target: Option<String>) -> NewAuditEntry {
+    NewAuditEntry {
+        organization_id: Some(who.organization_id),
+        actor_id: Some(who.user_id),
+        actor_name: Some(who.name.clone()),
+        action: action.to_owned(),
+        target,
+        outcome: "success".to_owned(),
+        source_addr: source_addr(ctx.extensions()),
+        request_id: Some(ctx.request_id().to_owned()),
+        detail: None,
+    }
+}
+
+/// A repository error as the people API answers it: the last-owner guard is a
+/// precondition, not bad input.
+fn people_error(e: DbError) -> HrpcError {
+    match e {
+        DbError::InvalidInput {
+            field: "user",
+            reason,
+        } => HrpcError::failed_precondition(reason)
+            .with_details(serde_json::json!({"field": "name"})),
+        DbError::InvalidInput { field, reason } => {
+            HrpcError::invalid_argument(format!("invalid {field}: {reason}"))
+                .with_details(serde_json::json!({ "field": field }))
+        }
+        other => db_error(other),
+    }
+}
+
+/// The view of a user.
+pub fn user_view(u: User) -> UserView {
+    UserView {
+        id: u.id,
+        disabled: u.disabled_at.is_some(),
+        name: u.name,
+        email: u.email,
+        role: u.role,
+        created_at: u.created_at,
+    }
+}
+
+fn pat_view(t: PersonalAccessToken) -> PatView {
+    PatView {
+        id: t.id,
+        name: t.name,
+        display_prefix: t.display_prefix,
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        last_used_at: t.last_used_at,
+        revoked_at: t.revoked_at,
+    }
+}
+
+impl PeopleService {
+    /// A service on the database and the authorization layer's state.
+    pub fn new(db: Db, auth: AuthState, passwords: Passwords, policy: TokenPolicy) -> Self {
+        Self {
+            db,
+            auth,
+            passwords,
+            slow: Arc::new(SlowDown::default()),
+            failed_audits: Arc::new(Mutex::new((Instant::now(), 0))),
+            policy,
+        }
+    }
+
+    fn expiry(&self, days: Option<u64>) -> Result<DateTime<Utc>, HrpcError> {
+        let days = days.unwrap_or(self.policy.default_days);
+        if days == 0 || days > self.policy.max_days {
+            return Err(HrpcError::invalid_argument(format!(
+                "expires_in_days must be between 1 and {}",
+                self.policy.max_days
+            ))
+            .with_details(serde_json::json!({"field": "expires_in_days"})));
+        }
+        Ok(Utc::now()
+            + chrono::Duration::days(i64::try_from(days).unwrap_or(i64::MAX / 86_400_000)))
+    }
+
+    async fn user_named(&self, who: &Caller, name: &str) -> Result<User, HrpcError> {
+        self.db
+            .get_user_by_name(who.organization_id, name)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn change(
+        &self,
+        ctx: &Context,
+        name: &str,
+        change: UserChange,
+        action: &str,
+        detail: Option<String>,
+    ) -> Result<UserView, HrpcError> {
+        let who = caller(ctx)?;
+        let user = self.user_named(&who, name).await?;
+        let entry = NewAuditEntry {
+            detail,
+            ..audit(ctx, &who, action, Some(name.to_owned()))
+        };
+        let changed = self
+            .db
+            .change_user(who.organization_id, user.id, change, entry)
+            .await
+            .map_err(people_error)?;
+        self.auth.cache.clear();
+        Ok(user_view(changed))
+    }
+
+    fn may_audit_failure(&self) -> bool {
+        let mut window = self.failed_audits.lock().unwrap_or_else(|e| e.into_inner());
+        if window.0.elapsed() >= Duration::from_secs(60) {
+            *window = (Instant::now(), 0);
+        }
+        window.1 += 1;
+        window.1 <= FAILED_SIGN_IN_AUDITS_PER_MINUTE
+    }
+
+    async fn organization_id(&self, name: Option<&str>) -> Result<Option<Uuid>, HrpcError> {
+        let orgs = self.db.list_organizations().await.map_err(db_error)?;
+        Ok(match name {
+            Some(n) => orgs.into_iter().find(|o| o.name == n).map(|o| o.id),
+            None => orgs.into_iter().next().map(|o| o.id),
+        })
+    }
+}
+
+impl PeopleRpc for PeopleService {
+    async fn sign_in(
+        &self,
+        ctx: Context,
+        organization: Option<String>,
+        user: String,
+        password: String,
+        token_name: Option<String>,
+    ) -> Result<SignedIn, HrpcError> {
+        let source = source_addr(ctx.extensions());
+        let org_id = self.organization_id(organization.as_deref()).await?;
+        let user_key = format!("user:{}:{user}", org_id.unwrap_or_default());
+        let addr_key = format!("addr:{}", source.as_deref().unwrap_or("unknown"));
+        let delay = self.slow.delay(&user_key).max(self.slow.delay(&addr_key));
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let candidate = match org_id {
+            Some(org) => self
+                .db
+                .find_sign_in_candidate(org, &user)
+                .await
+                .map_err(db_error)?,
+            None => None,
+        };
+        let hash = candidate.as_ref().and_then(|c| c.password_hash.clone());
+        let matches = self.passwords.verify(password, hash).await.map_err(|e| {
+            tracing::error!(error = %e, "password verification failed");
+            HrpcError::unavailable("sign-in is unavailable")
+        })?;
+        let signed_in = candidate.filter(|c| matches && c.user.disabled_at.is_none());
+        let Some(candidate) = signed_in else {
+            self.slow.failed(&user_key);
+            self.slow.failed(&addr_key);
+            if self.may_audit_failure() {
+                record_now(
+                    &self.db,
+                    NewAuditEntry {
+                        organization_id: org_id,
+                        actor_name: Some(user.clone()),
+                        action: "auth.sign_in".into(),
+                        target: Some(user),
+                        outcome: "failure".into(),
+                        source_addr: source,
+                        request_id: Some(ctx.request_id().to_owned()),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            }
+            return Err(HrpcError::unauthenticated("wrong user name or password"));
+        };
+        self.slow.succeeded(&user_key);
+        self.slow.succeeded(&addr_key);
+        let u = candidate.user;
+        let who = Caller {
+            user_id: u.id,
+            name: u.name.clone(),
+            organization_id: u.organization_id,
+            role: u.role,
+            token_id: None,
+        };
+        let name = token_name.unwrap_or_else(|| "sign-in".to_owned());
+        let created = self
+            .db
+            .create_pat(
+                u.organization_id,
+                u.id,
+                &name,
+                self.expiry(None)?,
+                audit(&ctx, &who, "auth.sign_in", Some(u.name.clone())),
+            )
+            .await
+            .map_err(people_error)?;
+        Ok(SignedIn {
+            user: user_view(u),
+            token: CreatedPatView {
+                token: pat_view(created.token),
+                token_secret: created.secret,
+            },
+        })
+    }
+
+    async fn whoami(&self, ctx: Context) -> Result<UserView, HrpcError> {
+        let who = caller(&ctx)?;
+        let u = self
+            .db
+            .get_user(who.organization_id, who.user_id)
+            .await
+            .map_err(db_error)?;
+        Ok(user_view(u))
+    }
+
+    async fn create_token(
+        &self,
+        ctx: Context,
+        name: String,
+        expires_in_days: Option<u64>,
+    ) -> Result<CreatedPatView, HrpcError> {
+        let who = caller(&ctx)?;
+        let expires_at = self.expiry(expires_in_days)?;
+        let created = self
+            .db
+            .create_pat(
+                who.organization_id,
+                who.user_id,
+                &name,
+                expires_at,
+                audit(&ctx, &who, "token.create", Some(name.clone())),
+            )
+            .await
+            .map_err(people_error)?;
+        Ok(CreatedPatView {
+            token: pat_view(created.token),
+            token_secret: created.secret,
+        })
+    }
+
+    async fn list_tokens(&self, ctx: Context) -> Result<Vec<PatView>, HrpcError> {
+        let who = caller(&ctx)?;
+        let list = self
+            .db
+            .list_pats(who.organization_id, who.user_id)
+            .await
+            .map_err(db_error)?;
+        Ok(list.into_iter().map(pat_view).collect())
+    }
+
+    async fn revoke_token(&self, ctx: Context, token_id: Uuid) -> Result<(), HrpcError> {
+        let who = caller(&ctx)?;
+        self.db
+            .revoke_pat(
+                who.organization_id,
+                who.user_id,
+                token_id,
+                audit(&ctx, &who, "token.revoke", Some(token_id.to_string())),
+            )
+            .await
+            .map_err(people_error)?;
+        self.auth.cache.clear();
+        Ok(())
+    }
+
+    async fn create_user(
+        &self,
+        ctx: Context,
+        name: String,
+        email: Option<String>,
+        role: Role,
+        password: Option<String>,
+    ) -> Result<UserView, HrpcError> {
+        let who = caller(&ctx)?;
+        let hash = match password {
+            Some(p) if p.len() < 8 => {
+                return Err(HrpcError::invalid_argument(
+                    "the password must have at least 8 characters",
+                )
+                .with_details(serde_json::json!({"field": "password"})));
+            }
+            Some(p) => Some(self.passwords.hash(p).await.map_err(|e| {
+                tracing::error!(error = %e, "password hashing failed");
+                HrpcError::internal("could not hash the password")
+            })?),
+            None => None,
+        };
+        let entry = NewAuditEntry {
+            detail: Some(format!("role={role}")),
+            ..audit(&ctx, &who, "user.create", Some(name.clone()))
+        };
+        let user = self
+            .db
+            .create_user_with_role(who.organization_id, NewUser { name, email }, role, entry)
+            .await
+            .map_err(people_error)?;
+        if hash.is_some() {
+            self.db
+                .set_password_hash(who.organization_id, user.id, hash)
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(user_view(user))
+    }
+
+    async fn list_users(&self, ctx: Context) -> Result<Vec<UserView>, HrpcError> {
+        let who = caller(&ctx)?;
+        let users = self
+            .db
+            .list_users(who.organization_id)
+            .await
+            .map_err(db_error)?;
+        Ok(users.into_iter().map(user_view).collect())
+    }
+
+    async fn get_user(&self, ctx: Context, name: String) -> Result<UserView, HrpcError> {
+        let who = caller(&ctx)?;
+        Ok(user_view(self.user_named(&who, &name).await?))
+    }
+
+    async fn set_user_role(
+        &self,
+        ctx: Context,
+        name: String,
+        role: Role,
+    ) -> Result<UserView, HrpcError> {
+        self.change(
+            &ctx,
+            &name,
+            UserChange::SetRole(role),
+            "user.set_role",
+            Some(format!("role={role}")),
+        )
+        .await
+    }
+
+    async fn set_user_disabled(
+        &self,
+        ctx: Context,
+        name: String,
+        disabled: bool,
+    ) -> Result<UserView, HrpcError> {
+        let (change, action) = if disabled {
+            (UserChange::Disable, "user.disable")
+        } else {
+            (UserChange::Enable, "user.enable")
+        };
+        self.change(&ctx, &name, change, action, None).await
+    }
+
+    async fn set_user_password(
+        &self,
+        ctx: Context,
+        name: String,
+        password: String,
+    ) -> Result<(), HrpcError> {
+        let who = caller(&ctx)?;
+        if password.len() < 8 {
+            return Err(HrpcError::invalid_argument(
+                "the password must have at least 8 characters",
+            )
+            .with_details(serde_json::json!({"field": "password"})));
+        }
+        let user = self.user_named(&who, &name).await?;
+        let hash = self.passwords.hash(password).await.map_err(|e| {
+            tracing::error!(error = %e, "password hashing failed");
+            HrpcError::internal("could not hash the password")
+        })?;
+        self.db
+            .set_password_hash(who.organization_id, user.id, Some(hash))
+            .await
+            .map_err(db_error)?;
+        record_now(&self.db, audit(&ctx, &who, "user.set_password", Some(name))).await;
+        Ok(())
+    }
+
+    async fn delete_user(&self, ctx: Context, name: String) -> Result<(), HrpcError> {
+        self.change(&ctx, &name, UserChange::Delete, "user.delete", None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn list_audit(&self, ctx: Context, filter: AuditFilter) -> Result<AuditPage, HrpcError> {
+        let who = caller(&ctx)?;
+        let before = match filter.before.as_deref() {
+            Some(cursor) => Some(parse_cursor(cursor).ok_or_else(|| {
+                HrpcError::invalid_argument("malformed page cursor")
+                    .with_details(serde_json::json!({"field": "before"}))
+            })?),
+            None => None,
+        };
+        let limit = filter
+            .limit
+            .unwrap_or(100)
+            .clamp(1, lapdev_db::MAX_AUDIT_PAGE);
+        let rows = self
+            .db
+            .list_audit(
+                who.organization_id,
+                &AuditQuery {
+                    since: filter.since,
+                    before,
+                    actor: filter.actor,
+                    action: filter.action,
+                    limit,
+                },
+            )
+            .await
+            .map_err(db_error)?;
+        let next = (rows.len() as u64 == limit)
+            .then(|| {
+                rows.last()
+                    .map(|r| format!("{}|{}", r.occurred_at.to_rfc3339(), r.id))
+            })
+            .flatten();
+        Ok(AuditPage {
+            entries: rows
+                .into_iter()
+                .map(|r| AuditView {
+                    id: r.id,
+                    occurred_at: r.occurred_at,
+                    actor_id: r.entry.actor_id,
+                    actor: r.entry.actor_name,
+                    action: r.entry.action,
+                    target: r.entry.target,
+                    outcome: r.entry.outcome,
+                    source_addr: r.entry.source_addr,
+                    request_id: r.entry.request_id,
+                    detail: r.entry.detail,
+                })
+                .collect(),
+            next,
+        })
+    }
+}
+
+fn parse_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let (at, id) = cursor.split_once('|')?;
+    Some((
+        DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
+        id.parse().ok()?,
+    ))
+}
