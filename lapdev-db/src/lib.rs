@@ -14,6 +14,7 @@
 //! With the `test-support` feature, [`test_support`] creates and drops throwaway
 //! databases for tests of this and other crates.
 
+pub mod changes;
 mod cluster;
 pub mod crypto;
 mod db;
@@ -27,6 +28,7 @@ mod token;
 mod util;
 mod workspace;
 
+pub use changes::{Change, WorkspaceChange};
 pub use cluster::{Cluster, ClusterInfoUpdate, NewCluster, ResourceRequests};
 pub use crypto::{CredentialError, CredentialKey, ProviderCredential};
 pub use db::{ConnectConfig, Db, connect};
@@ -36,4 +38,6 @@ pub use provider::{NewProvider, Provider};
 pub use token::{
     ClusterToken, ClusterTokenSecret, CreatedClusterToken, NewClusterToken, VerifiedClusterToken,
 };
-pub use workspace::{NewWorkspace, Workspace, WorkspaceTransition, workspace_transition_allowed};
+pub use workspace::{
+    Backoff, NewWorkspace, Workspace, WorkspaceTransition, workspace_transition_allowed,
+};
