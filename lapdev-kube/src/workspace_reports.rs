@@ -11,10 +11,18 @@
 //! A `deleted` report ends the workspace when its user asked for that (the row is
 //! soft-deleted); otherwise its objects vanished behind Lapdev's back, which is
 //! recorded as `failed` so the conductor re-creates them (`deleted` is final).
+//!
+//! A report is written only when status, reason or message differ from what is
+//! stored (or a pod name is new): the manager normalises the kubelet's retry
+//! messages, so a pod in image-pull back-off costs no database writes. A report
+//! that newly says `failed` makes the workspace due for the conductor at once
+//! (`next_attempt_at` cleared, attempt count kept), so a self-repair is announced
+//! without waiting for a recheck timer; the repair itself still waits out the
+//! persisted backoff.
 
 use lapdev_common::status::{DesiredState, WorkspaceStatus};
 use lapdev_db::{
-    Db, DbError, DbResult, EntityKind, WorkspaceTransition, workspace_transition_allowed,
+    Backoff, Db, DbError, DbResult, EntityKind, WorkspaceTransition, workspace_transition_allowed,
 };
 use lapdev_kube_rpc::WorkspaceObservation;
 
@@ -59,13 +67,8 @@ pub async fn record(
             // Not asked for: the objects vanished (deleted by hand, a lost
             // namespace). `deleted` is final, so record a failure the conductor
             // repairs instead.
-            let change = WorkspaceTransition {
-                status: WorkspaceStatus::Failed,
-                status_message: Some(
-                    "the cluster no longer has any of the workspace's objects".to_owned(),
-                ),
-                pod_name: None,
-            };
+            let change = WorkspaceTransition::to(WorkspaceStatus::Failed)
+                .message("the cluster no longer has any of the workspace's objects");
             if current.status == WorkspaceStatus::Failed
                 || !workspace_transition_allowed(current.status, WorkspaceStatus::Failed)
             {
@@ -86,6 +89,7 @@ pub async fn record(
             }
         }
         let unchanged = current.status == report.status
+            && current.status_reason == report.reason
             && current.status_message == report.message
             && (report.pod_name.is_none() || current.pod_name == report.pod_name);
         if unchanged {
@@ -100,10 +104,16 @@ pub async fn record(
             );
             return Ok(());
         }
+        let newly_failed =
+            report.status == WorkspaceStatus::Failed && current.status != WorkspaceStatus::Failed;
         let change = WorkspaceTransition {
-            status: report.status,
             status_message: report.message.clone(),
             pod_name: report.pod_name.clone(),
+            backoff: newly_failed.then_some(Backoff {
+                attempts: current.repair_attempts,
+                next_attempt_at: None,
+            }),
+            ..WorkspaceTransition::to(report.status).reason(report.reason.clone())
         };
         match db
             .transition_workspace(

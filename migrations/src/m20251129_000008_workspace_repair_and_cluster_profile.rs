@@ -72,10 +72,30 @@ impl MigrationTrait for Migration {
                 )
                 .await?;
         }
+        // The conductor looks for tombstones every round; there are few of them, so
+        // a partial index keeps that lookup from scanning the table.
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_kube_workspace_forgotten")
+                    .table(KubeWorkspace::Table)
+                    .col(KubeWorkspace::ClusterId)
+                    .and_where(Expr::col(KubeWorkspace::ForgottenAt).is_not_null())
+                    .to_owned(),
+            )
+            .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("ix_kube_workspace_forgotten")
+                    .table(KubeWorkspace::Table)
+                    .to_owned(),
+            )
+            .await?;
         for column in [KubeCluster::ManifestRevision, KubeCluster::SecurityProfile] {
             manager
                 .alter_table(
