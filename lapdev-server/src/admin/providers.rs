@@ -416,6 +416,7 @@ impl ProviderService {
         let params = ManifestParams {
             server_ca_pem: self.inner.manifest.server_ca_pem.clone(),
             image: self.inner.manifest.image.clone(),
+            security_profile: cluster.security_profile,
             ..ManifestParams::new(
                 &self.inner.manifest.server_url,
                 token.secret.expose(),
@@ -808,6 +809,7 @@ impl ProviderRpc for ProviderService {
                     external_id: Some(remote.external_id.clone()),
                     declared_region: Some(remote.location.clone()),
                     labels: Default::default(),
+                    security_profile: Default::default(),
                 },
             )
             .await
@@ -898,6 +900,7 @@ impl ProviderRpc for ProviderService {
                     external_id: op.target.clone(),
                     declared_region: Some(location.clone()),
                     labels: Default::default(),
+                    security_profile: Default::default(),
                 },
             )
             .await

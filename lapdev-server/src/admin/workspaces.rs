@@ -2,6 +2,7 @@
 //! on top of the conductor. Workspaces are addressed by name.
 
 use chrono::{DateTime, Utc};
+use lapdev_common::reason::WorkspaceReason;
 use lapdev_common::status::{DesiredState, WorkspaceStatus};
 use lapdev_conductor::{Conductor, CreateWorkspace};
 use lapdev_db::{Db, Workspace};
@@ -32,6 +33,14 @@ pub struct WorkspaceView {
     pub pod_name: Option<String>,
     #[serde(default)]
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Why it is in its status, machine-readable (`Evicted`, `ImagePullFailing`,
+    /// `CreateRefused`, `ClusterGone`, …); see `lapdev_common::reason`.
+    #[serde(default)]
+    pub reason: Option<WorkspaceReason>,
+    /// Set while a force-deleted workspace's objects still wait for its cluster's
+    /// manager to reconnect.
+    #[serde(default)]
+    pub forgotten_at: Option<DateTime<Utc>>,
 }
 
 /// What `create_workspace` takes.
@@ -85,6 +94,16 @@ pub trait WorkspaceRpc {
         ctx: Context,
         name: String,
     ) -> Result<WorkspaceView, HrpcError>;
+
+    /// Forgets a workspace whose cluster is disconnected or deleted (`workspace
+    /// delete --force`): it is deleted for its users at once, reason
+    /// `ClusterGone`, and its objects are removed when the cluster's manager
+    /// reconnects. Refused (`invalid_argument`) while the cluster is connected.
+    async fn forget_workspace(
+        &self,
+        ctx: Context,
+        name: String,
+    ) -> Result<WorkspaceView, HrpcError>;
 }
 
 /// The implementation of [`WorkspaceRpc`].
@@ -130,6 +149,8 @@ impl WorkspaceService {
             created_at: ws.created_at,
             pod_name: ws.pod_name,
             deleted_at: ws.deleted_at,
+            reason: ws.status_reason,
+            forgotten_at: ws.forgotten_at,
         })
     }
 
@@ -234,5 +255,23 @@ impl WorkspaceRpc for WorkspaceService {
         name: String,
     ) -> Result<WorkspaceView, HrpcError> {
         self.desire(&ctx, &name, DesiredState::Deleted).await
+    }
+
+    async fn forget_workspace(
+        &self,
+        ctx: Context,
+        name: String,
+    ) -> Result<WorkspaceView, HrpcError> {
+        let who = who(&ctx)?;
+        let ws = self
+            .db
+            .get_workspace_by_name(who.organization_id, &name)
+            .await
+            .map_err(db_error)?;
+        let tomb = self
+            .conductor
+            .forget_workspace(who.organization_id, ws.id)
+            .await?;
+        self.view(who, tomb).await
     }
 }
