@@ -50,7 +50,29 @@ pub async fn record(
         }
         if report.status == WorkspaceStatus::Deleted {
             if current.desired_state == DesiredState::Deleted {
-                // Everything is gone, as asked: the row goes too.
+                // Everything is gone, as asked: the row goes too. A workspace the
+                // conductor has not moved to `deleting` yet (a create was in
+                // flight) passes through it, since `deleted` may not follow every
+                // status directly.
+                let current = if current.status != WorkspaceStatus::Deleted
+                    && !workspace_transition_allowed(current.status, WorkspaceStatus::Deleted)
+                {
+                    match db
+                        .transition_workspace(
+                            identity.organization_id,
+                            report.workspace_id,
+                            current.version,
+                            WorkspaceTransition::to(WorkspaceStatus::Deleting),
+                        )
+                        .await
+                    {
+                        Ok(ws) => ws,
+                        Err(DbError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    current
+                };
                 match db
                     .delete_workspace(
                         identity.organization_id,
@@ -67,8 +89,15 @@ pub async fn record(
             // Not asked for: the objects vanished (deleted by hand, a lost
             // namespace). `deleted` is final, so record a failure the conductor
             // repairs instead.
-            let change = WorkspaceTransition::to(WorkspaceStatus::Failed)
-                .message("the cluster no longer has any of the workspace's objects");
+            let change = WorkspaceTransition {
+                // Newly failed: due for the conductor at once.
+                backoff: Some(Backoff {
+                    attempts: current.repair_attempts,
+                    next_attempt_at: None,
+                }),
+                ..WorkspaceTransition::to(WorkspaceStatus::Failed)
+                    .message("the cluster no longer has any of the workspace's objects")
+            };
             if current.status == WorkspaceStatus::Failed
                 || !workspace_transition_allowed(current.status, WorkspaceStatus::Failed)
             {
