@@ -386,18 +386,21 @@ impl Conductor {
     /// Runs the reconciler until `shutdown` resolves.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        // A cluster that connects may have tombstones to clean up: look at once.
+        // A cluster that connects may have tombstones to clean up, and a
+        // workspace that newly failed may need a repair announced: look at once.
         let mut changes = self.inner.db.subscribe();
         loop {
             self.reconcile_once().await;
+            let next_round = tokio::time::Instant::now() + self.inner.config.reconcile_interval;
             loop {
                 tokio::select! {
                     _ = &mut shutdown => return,
                     _ = self.inner.wake.notified() => break,
-                    _ = tokio::time::sleep(self.inner.config.reconcile_interval) => break,
+                    _ = tokio::time::sleep_until(next_round) => break,
                     change = changes.recv() => match change {
-                        Ok(Change::ClusterChanged { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Ok(change) if wakes(&change) => break,
                         Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => {
                             changes = self.inner.db.subscribe();
                             continue;
@@ -791,6 +794,7 @@ impl Conductor {
         let (next, _) = self.backoff_for(ws.repair_attempts.max(1));
         let change = WorkspaceTransition {
             backoff: Some(next),
+            repair: true,
             ..WorkspaceTransition::to(WorkspaceStatus::Creating)
                 .message(format!(
                     "{what}{detail}; new pod requested (attempt {})",
@@ -1004,6 +1008,18 @@ impl Conductor {
 
 fn workspace_transition_ok(from: WorkspaceStatus, to: WorkspaceStatus) -> bool {
     lapdev_db::workspace_transition_allowed(from, to)
+}
+
+/// Whether a change needs the reconciler now rather than at its next round.
+fn wakes(change: &Change) -> bool {
+    match change {
+        Change::ClusterChanged { .. } => true,
+        Change::Workspace(w) => {
+            w.status == WorkspaceStatus::Failed
+                && w.previous_status != Some(WorkspaceStatus::Failed)
+        }
+        _ => false,
+    }
 }
 
 /// Whether placement may (re)choose a cluster for `ws`: it was never placed, or

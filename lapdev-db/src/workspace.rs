@@ -126,6 +126,9 @@ pub struct WorkspaceTransition {
     /// Record that the workspace now has a volume on its cluster (never un-set;
     /// becoming `running` sets it too).
     pub volume_created: bool,
+    /// This write starts a self-repair (a new pod after the old one ended); it is
+    /// published as such on the change feed.
+    pub repair: bool,
 }
 
 /// The conductor's persisted retry state of one workspace.
@@ -147,6 +150,7 @@ impl WorkspaceTransition {
             reason: None,
             backoff: None,
             volume_created: false,
+            repair: false,
         }
     }
 
@@ -420,11 +424,7 @@ impl Db {
             }),
             None => None,
         };
-        let repair = backoff.is_some_and(|b| {
-            b.attempts > current.repair_attempts
-                && current.status == WorkspaceStatus::Failed
-                && change.status == WorkspaceStatus::Creating
-        });
+        let repair = change.repair;
         if let Some(b) = backoff {
             update = update
                 .col_expr(W::RepairAttempts, Expr::value(b.attempts))

@@ -18,7 +18,9 @@
 //! that newly says `failed` makes the workspace due for the conductor at once
 //! (`next_attempt_at` cleared, attempt count kept), so a self-repair is announced
 //! without waiting for a recheck timer; the repair itself still waits out the
-//! persisted backoff.
+//! persisted backoff. The conductor annotates a failure's message with its retry
+//! plan ("…; new pod in 40 s (attempt 3)"); the same failure reported again (a
+//! snapshot after a reconnect) is not a change and does not undo the annotation.
 
 use lapdev_common::status::{DesiredState, WorkspaceStatus};
 use lapdev_db::{
@@ -119,7 +121,11 @@ pub async fn record(
         }
         let unchanged = current.status == report.status
             && current.status_reason == report.reason
-            && current.status_message == report.message
+            && same_message(
+                current.status,
+                current.status_message.as_deref(),
+                report.message.as_deref(),
+            )
             && (report.pod_name.is_none() || current.pod_name == report.pod_name);
         if unchanged {
             return Ok(());
@@ -157,5 +163,41 @@ pub async fn record(
             Err(DbError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Whether a reported message says nothing new: equal, or a failure the
+/// conductor has annotated with its retry plan.
+fn same_message(status: WorkspaceStatus, stored: Option<&str>, reported: Option<&str>) -> bool {
+    match (stored, reported) {
+        (a, b) if a == b => true,
+        (Some(stored), Some(reported)) => {
+            status == WorkspaceStatus::Failed && stored.contains(&format!("{reported}; "))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_annotated_failure_is_the_same_message() {
+        let failed = WorkspaceStatus::Failed;
+        let annotated = "pod evicted: low memory; new pod in 40 s (attempt 3)";
+        assert!(same_message(failed, Some(annotated), Some("low memory")));
+        assert!(same_message(failed, None, None));
+        assert!(!same_message(
+            failed,
+            Some(annotated),
+            Some("disk pressure")
+        ));
+        assert!(!same_message(failed, Some("a"), None));
+        assert!(!same_message(
+            WorkspaceStatus::Creating,
+            Some(annotated),
+            Some("low memory")
+        ));
     }
 }
