@@ -5,10 +5,13 @@
 //! after `n` attempts is `initial · 2^(n-1)`, capped at `max`, plus up to a quarter
 //! of jitter so that many workspaces failing together do not retry together.
 //!
-//! With the defaults (10 s doubling to 10 min) a workspace that keeps failing costs
-//! at most one manager call and two database writes per attempt, so after the first
-//! hour 1,000 such workspaces cost at most 1,000 / 600 s ≈ 1.7 manager calls and
-//! ≈ 3.3 writes per second.
+//! With the defaults (10 s doubling to 10 min) a workspace whose pod keeps ending
+//! costs, per repair, one manager call (`start_workspace`) and at most four
+//! workspace writes (the manager's `failed` report, the announcement, the request,
+//! the manager's answer); repeated identical reports cost none. Once at the cap
+//! (after about 21 minutes), 1,000 such workspaces cost at most 1,000 / 600 s ≈ 1.7
+//! manager calls and ≈ 6.7 writes per second, where a reconciler without backoff
+//! would call every workspace every 5 s (200 calls per second).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

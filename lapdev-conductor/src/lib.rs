@@ -693,7 +693,11 @@ impl Conductor {
             .connector
             .manager(cluster)
             .map(|m| m.with_timeout(self.inner.config.rpc_timeout))
-            .ok_or_else(|| Failure::new("the cluster's manager is not connected"))
+            .ok_or_else(|| Failure {
+                message: "the cluster's manager is not connected".to_owned(),
+                reason: None,
+                disconnected: true,
+            })
     }
 
     async fn create(&self, ws: &Workspace, cluster: Uuid) -> Result<(), Failure> {
@@ -978,6 +982,22 @@ impl Conductor {
         let Ok(current) = self.inner.db.get_workspace(ws.organization_id, ws.id).await else {
             return;
         };
+        if failure.disconnected {
+            // No call was made, so nothing to back off from: say so (once) and
+            // try again when the manager connects.
+            let message = format!("{}; waiting for it to connect", failure.message);
+            if current.status_message.as_deref() != Some(message.as_str()) {
+                let change = WorkspaceTransition::to(current.status)
+                    .message(message)
+                    .reason(current.status_reason.clone());
+                let _ = self
+                    .inner
+                    .db
+                    .transition_workspace(ws.organization_id, ws.id, current.version, change)
+                    .await;
+            }
+            return;
+        }
         let (next, delay) = self.next_backoff(&current);
         let status = if failure.reason == Some(WorkspaceReason::CreateRefused)
             && workspace_transition_ok(current.status, WorkspaceStatus::Failed)
@@ -1040,6 +1060,9 @@ fn placeable(ws: &Workspace) -> bool {
 struct Failure {
     message: String,
     reason: Option<WorkspaceReason>,
+    /// Nothing was called: the manager is not connected. Retried when it
+    /// connects (the reconciler wakes on cluster changes), not after a backoff.
+    disconnected: bool,
 }
 
 impl Failure {
@@ -1047,6 +1070,7 @@ impl Failure {
         Failure {
             message: message.into(),
             reason: None,
+            disconnected: false,
         }
     }
 
@@ -1054,6 +1078,7 @@ impl Failure {
         Failure {
             message: message.into(),
             reason: Some(WorkspaceReason::CreateRefused),
+            disconnected: false,
         }
     }
 }

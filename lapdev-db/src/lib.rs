@@ -11,6 +11,9 @@
 //! Statuses are stored as the strings of `lapdev_common::status`; reading back an
 //! unknown string is [`DbError::CorruptValue`], never a silent default.
 //!
+//! Every write publishes a [`Change`] on the in-process change feed
+//! ([`Db::subscribe`], module [`changes`]); caches and metrics derive from it.
+//!
 //! With the `test-support` feature, [`test_support`] creates and drops throwaway
 //! databases for tests of this and other crates.
 
