@@ -146,6 +146,8 @@ string_enum! {
     }
 }
 
+// `string_enum!` writes the enum's derives, so `#[derive(Default)]` cannot be added.
+#[allow(clippy::derivable_impls)]
 impl Default for SecurityProfile {
     fn default() -> Self {
         SecurityProfile::Baseline
