@@ -115,6 +115,7 @@ async fn run() {
                 memory_allocatable_bytes: 1600 * GIB,
                 manager_version: "bench".into(),
                 manager_namespace: "lapdev".into(),
+                manifest_revision: None,
             },
         )
         .await

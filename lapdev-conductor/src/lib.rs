@@ -12,24 +12,60 @@
 //!
 //! | desired | observed | step |
 //! |---|---|---|
-//! | running | pending, scheduling, failed (unplaced) | place it, then create |
+//! | running | pending, scheduling, failed (unplaced, or never given a volume) | place it, then create |
+//! | running | failed, reason says the pod ended (`Evicted`, `OOMKilled`, `PodEnded`) | self-repair: announce the retry, then `start_workspace` when it is due |
+//! | running | failed, terminal reason (`InvalidImage`, `StartDeadlineExceeded`) | nothing until the user starts it again |
 //! | running | creating, failed (placed) | `create_workspace` (idempotent) |
 //! | running | stopped | `start_workspace` |
 //! | stopped | creating, running, stopping, failed (placed) | `stop_workspace` |
 //! | deleted | anything placed | `delete_workspace`, then mark deleted |
 //! | deleted | never placed | mark deleted |
 //!
-//! Every call has a deadline. A failure is recorded in the workspace's status
-//! message and retried with capped exponential backoff; the reconciler lists
-//! unsettled workspaces from the database, so anything left mid-way by a crash,
-//! a restart or a manager outage is driven again. Status reports from managers
-//! (`running`, pod failures, …) arrive through the server's `KubeClusterRpc` and
-//! are applied by the database layer's transition rules.
+//! Every call has a deadline. The reconciler lists unsettled workspaces from the
+//! database, so anything left mid-way by a crash, a restart or a manager outage is
+//! driven again. Status reports from managers (`running`, pod failures, …) arrive
+//! through the server's `KubeClusterRpc` and are applied by the database layer's
+//! transition rules.
+//!
+//! # Backoff
+//!
+//! A step that fails, and a call that leaves the workspace unsettled, schedules the
+//! next look at the workspace with capped exponential backoff and jitter
+//! ([`backoff`]). Attempt count and next attempt time are stored in the workspace
+//! row, and the reconciler only lists workspaces that are due, so a restart resets
+//! nothing and lifecycle failures are never retried faster than the backoff allows.
+//! Becoming `running` resets it; so does a new wish of the user.
+//!
+//! # Volumes and placement
+//!
+//! A workspace is placed once. Only a workspace that never had a volume may be
+//! placed again (on another cluster) after its first cluster refused it, and what
+//! the refusing cluster made is deleted first. After the first successful create,
+//! refusals and throttling are retried on the same cluster with backoff (reason
+//! `CreateRefused`): its data lives there. Placement writes through a conditional
+//! update (version, placeable status, no volume, live cluster row locked), so of
+//! the API path and the reconciler, or of two replicas, exactly one places it.
+//!
+//! # Tombstones
+//!
+//! A workspace forgotten while its cluster was unreachable (`workspace delete
+//! --force`) leaves a tombstone; every reconcile round the conductor asks each
+//! connected cluster with tombstones to delete those workspaces' objects, then
+//! clears them ([`Conductor::forget_workspace`]).
+//!
+//! # Placement cache
+//!
+//! Placement works from a per-organisation snapshot of clusters and summed
+//! requests. It reads the database's change feed ([`lapdev_db::changes`]) before
+//! every use: a cluster created, changed or deleted anywhere in the process drops
+//! that organisation's snapshot, so nobody has to remember to invalidate it.
 //!
 //! The conductor reaches managers only through [`ManagerConnector`], which the
 //! server implements with its tunnel registry.
 
+pub mod backoff;
 pub mod placement;
+mod tombstones;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -37,13 +73,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lapdev_common::kube::WorkspaceSpec;
+use lapdev_common::reason::WorkspaceReason;
 use lapdev_common::status::{ClusterStatus, DesiredState, WorkspaceStatus};
-use lapdev_db::{Db, DbError, NewWorkspace, Workspace, WorkspaceTransition};
+use lapdev_db::{Backoff, Change, Db, DbError, NewWorkspace, Workspace, WorkspaceTransition};
 use lapdev_hrpc::{CallError, Code, HrpcError};
 use lapdev_kube_rpc::{KubeManagerRpcClient, WorkspaceObservation};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
+use crate::backoff::Clock;
 use crate::placement::{Candidate, PlacementError, PlacementRequest};
 
 /// How the conductor reaches a cluster's manager.
@@ -67,18 +105,20 @@ pub struct ConductorConfig {
     pub rpc_timeout: Duration,
     /// How often unsettled workspaces are looked at without being woken.
     pub reconcile_interval: Duration,
-    /// First retry delay after a failure; doubles up to `max_backoff`.
+    /// First retry delay after a failure (and first self-repair delay); doubles
+    /// up to `max_backoff`. Persisted in the workspace row.
     pub initial_backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+    /// Where the time comes from (tests move it forward instead of sleeping).
+    pub clock: Clock,
     /// Namespace workspaces are created in.
     pub workspace_namespace: String,
     /// How long placement reuses an organisation's clusters and their summed
     /// requests before reading them again. Placements made meanwhile are added
-    /// to the cached sums, and cluster changes made through the admin API
-    /// invalidate the cache at once ([`Conductor::invalidate`]), so this only
-    /// bounds how late placement sees changes made elsewhere (a manager's new
-    /// capacity, a workspace stopped by its manager).
+    /// to the cached sums, and every cluster change published on the database's
+    /// change feed drops the snapshot at once, so this only bounds how late
+    /// placement sees workspaces stopped or deleted by their managers.
     pub placement_cache_ttl: Duration,
 }
 
@@ -87,8 +127,9 @@ impl Default for ConductorConfig {
         Self {
             rpc_timeout: Duration::from_secs(30),
             reconcile_interval: Duration::from_secs(5),
-            initial_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(60),
+            initial_backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(600),
+            clock: Clock::default(),
             workspace_namespace: "lapdev-workspaces".to_owned(),
             placement_cache_ttl: Duration::from_secs(5),
         }
@@ -165,11 +206,10 @@ struct Snapshot {
     requested: HashMap<Uuid, lapdev_db::ResourceRequests>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    next_attempt: Instant,
-    delay: Duration,
-}
+/// Pauses a placement between its decision and its write (a test seam: it lets a
+/// test interleave two placers deterministically).
+pub type PlacementHook =
+    Arc<dyn Fn(Uuid) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 struct Inner {
     db: Db,
@@ -179,8 +219,10 @@ struct Inner {
     // both keeps concurrent creates from over-committing a cluster. It also
     // guards the per-organisation snapshot placement works from.
     placement: tokio::sync::Mutex<HashMap<Uuid, Snapshot>>,
+    // The database's change feed, drained before the snapshot is used.
+    changes: Mutex<broadcast::Receiver<Change>>,
+    placement_hook: Mutex<Option<PlacementHook>>,
     wake: Notify,
-    backoff: Mutex<HashMap<Uuid, Backoff>>,
     in_flight: Mutex<HashSet<Uuid>>,
     // Clusters that refused a workspace, tried last (or not at all) next time.
     refused: Mutex<HashMap<Uuid, HashSet<Uuid>>>,
@@ -204,25 +246,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What one drive step achieved.
-enum Step {
-    /// Nothing more to do now.
-    Done,
-    /// It failed; retry after backoff.
-    Failed,
-}
-
 impl Conductor {
     /// A conductor on `db`, reaching managers through `connector`.
     pub fn new(db: Db, connector: Arc<dyn ManagerConnector>, config: ConductorConfig) -> Self {
+        let changes = Mutex::new(db.subscribe());
         Self {
             inner: Arc::new(Inner {
                 db,
                 connector,
                 config,
+                changes,
+                placement_hook: Mutex::new(None),
                 placement: tokio::sync::Mutex::new(HashMap::new()),
                 wake: Notify::new(),
-                backoff: Mutex::default(),
                 in_flight: Mutex::default(),
                 refused: Mutex::default(),
             }),
@@ -269,7 +305,7 @@ impl Conductor {
             Err(e) => {
                 // Capacity went between the check and the placement; the user is
                 // told now and the reconciler keeps trying.
-                self.note(&ws, &e.to_string()).await;
+                self.retry_later(&ws, Failure::new(e.to_string())).await;
                 self.inner.wake.notify_one();
                 return Err(e);
             }
@@ -290,10 +326,22 @@ impl Conductor {
         Ok(placement::rank(req, &candidates)?)
     }
 
-    /// Forgets what placement knows about `org_id`'s clusters (call after a
-    /// cluster is created, cordoned, uncordoned or deleted).
+    /// Forgets what placement knows about `org_id`'s clusters. Cluster changes
+    /// written through [`Db`] do this by themselves (the change feed); this is for
+    /// changes the database does not see.
     pub async fn invalidate(&self, org_id: Uuid) {
         self.inner.placement.lock().await.remove(&org_id);
+    }
+
+    /// Installs a [`PlacementHook`], awaited after a placement chose a cluster and
+    /// before it writes the choice.
+    pub fn set_placement_hook(&self, hook: PlacementHook) {
+        *lock(&self.inner.placement_hook) = Some(hook);
+    }
+
+    /// The clock the conductor schedules retries by.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.config.clock
     }
 
     /// Sets what the user wants (`running`, `stopped`, `deleted`) and wakes the
@@ -305,12 +353,32 @@ impl Conductor {
         desired: DesiredState,
     ) -> Result<Workspace, ConductorError> {
         let ws = self.inner.db.get_workspace(org_id, workspace_id).await?;
-        let ws = self
+        let mut ws = self
             .inner
             .db
             .set_workspace_desired_state(org_id, workspace_id, ws.version, desired)
             .await?;
-        lock(&self.inner.backoff).remove(&workspace_id);
+        // Starting a workspace that failed for good is the user's "try again":
+        // the terminal reason no longer holds it back.
+        if desired == DesiredState::Running
+            && ws.status == WorkspaceStatus::Failed
+            && ws
+                .status_reason
+                .as_ref()
+                .is_some_and(WorkspaceReason::is_terminal)
+        {
+            ws = self
+                .inner
+                .db
+                .transition_workspace(
+                    org_id,
+                    workspace_id,
+                    ws.version,
+                    WorkspaceTransition::to(WorkspaceStatus::Failed)
+                        .message("starting again as asked"),
+                )
+                .await?;
+        }
         self.inner.wake.notify_one();
         Ok(ws)
     }
@@ -318,45 +386,54 @@ impl Conductor {
     /// Runs the reconciler until `shutdown` resolves.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        // A cluster that connects may have tombstones to clean up, and a
+        // workspace that newly failed may need a repair announced: look at once.
+        let mut changes = self.inner.db.subscribe();
         loop {
             self.reconcile_once().await;
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = self.inner.wake.notified() => {}
-                _ = tokio::time::sleep(self.inner.config.reconcile_interval) => {}
+            let next_round = tokio::time::Instant::now() + self.inner.config.reconcile_interval;
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = self.inner.wake.notified() => break,
+                    _ = tokio::time::sleep_until(next_round) => break,
+                    change = changes.recv() => match change {
+                        Ok(change) if wakes(&change) => break,
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            changes = self.inner.db.subscribe();
+                            continue;
+                        }
+                    },
+                }
             }
         }
     }
 
-    /// Drives every unsettled workspace one step (concurrently), skipping those
-    /// waiting out a backoff or already being driven. Returns how many were
-    /// driven.
+    /// Drives every unsettled workspace that is due one step (concurrently),
+    /// skipping those already being driven, and cleans up tombstones on connected
+    /// clusters. Returns how many workspaces were driven.
     pub async fn reconcile_once(&self) -> usize {
-        let unsettled = match self.inner.db.list_unsettled_workspaces().await {
+        self.clean_tombstones().await;
+        let now = self.inner.config.clock.now();
+        let unsettled = match self.inner.db.list_unsettled_workspaces(now).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list unsettled workspaces");
                 return 0;
             }
         };
-        let now = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for ws in unsettled {
-            if lock(&self.inner.backoff)
-                .get(&ws.id)
-                .is_some_and(|b| b.next_attempt > now)
-            {
-                continue;
-            }
             if !lock(&self.inner.in_flight).insert(ws.id) {
                 continue;
             }
             let this = self.clone();
             tasks.spawn(async move {
                 let id = ws.id;
-                let step = this.drive(ws).await;
+                this.drive(ws).await;
                 lock(&this.inner.in_flight).remove(&id);
-                this.after(id, step);
             });
         }
         let driven = tasks.len();
@@ -364,35 +441,55 @@ impl Conductor {
         driven
     }
 
-    fn after(&self, id: Uuid, step: Step) {
-        let mut backoff = lock(&self.inner.backoff);
-        match step {
-            Step::Done => {
-                backoff.remove(&id);
-            }
-            Step::Failed => {
-                let delay = backoff
-                    .get(&id)
-                    .map_or(self.inner.config.initial_backoff, |b| {
-                        (b.delay * 2).min(self.inner.config.max_backoff)
-                    });
-                // Jitter of up to a quarter keeps retries of many workspaces apart.
-                let jitter = delay.mul_f64(rand_fraction() * 0.25);
-                backoff.insert(
-                    id,
-                    Backoff {
-                        next_attempt: Instant::now() + delay + jitter,
-                        delay,
-                    },
-                );
-            }
+    /// Makes every waiting workspace due now (an admin's "retry now", and tests).
+    pub async fn clear_backoff(&self) {
+        if let Err(e) = self.inner.db.clear_workspace_backoff().await {
+            tracing::warn!(error = %e, "cannot clear workspace backoff");
         }
     }
 
-    /// Forgets backoff timers so the next round retries everything now (for
-    /// tests and admin "retry now").
-    pub fn clear_backoff(&self) {
-        lock(&self.inner.backoff).clear();
+    /// The persisted backoff for the attempt after `ws`'s last one.
+    fn next_backoff(&self, ws: &Workspace) -> (Backoff, Duration) {
+        self.backoff_for(ws.repair_attempts.saturating_add(1))
+    }
+
+    /// The persisted backoff of attempt number `attempts`.
+    fn backoff_for(&self, attempts: i32) -> (Backoff, Duration) {
+        let delay = backoff::jittered(backoff::delay(
+            self.inner.config.initial_backoff,
+            self.inner.config.max_backoff,
+            attempts,
+        ));
+        let at = self.inner.config.clock.now()
+            + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        (
+            Backoff {
+                attempts,
+                next_attempt_at: Some(at),
+            },
+            delay,
+        )
+    }
+
+    /// Drops the snapshots of organisations whose clusters changed since the
+    /// last look (or all of them, if the feed overflowed).
+    fn apply_changes(&self, snapshots: &mut HashMap<Uuid, Snapshot>) {
+        let mut changes = lock(&self.inner.changes);
+        loop {
+            match changes.try_recv() {
+                Ok(Change::ClusterChanged {
+                    organization_id, ..
+                })
+                | Ok(Change::ClusterDeleted {
+                    organization_id, ..
+                }) => {
+                    snapshots.remove(&organization_id);
+                }
+                Ok(_) => {}
+                Err(broadcast::error::TryRecvError::Lagged(_)) => snapshots.clear(),
+                Err(_) => return,
+            }
+        }
     }
 
     /// The organisation's clusters as placement sees them, from the snapshot
@@ -402,6 +499,7 @@ impl Conductor {
         snapshots: &mut HashMap<Uuid, Snapshot>,
         org_id: Uuid,
     ) -> Result<Vec<Candidate>, ConductorError> {
+        self.apply_changes(snapshots);
         let fresh = snapshots
             .get(&org_id)
             .is_some_and(|s| s.read_at.elapsed() < self.inner.config.placement_cache_ttl);
@@ -440,9 +538,18 @@ impl Conductor {
             .collect())
     }
 
-    /// Chooses a cluster and records the choice (status `creating`).
+    /// Chooses a cluster and records the choice (status `creating`). A
+    /// workspace someone else placed meanwhile is returned as it is.
     async fn place(&self, ws: &Workspace) -> Result<Workspace, ConductorError> {
         let mut snapshots = self.inner.placement.lock().await;
+        let current = self
+            .inner
+            .db
+            .get_workspace(ws.organization_id, ws.id)
+            .await?;
+        if !placeable(&current) {
+            return Ok(current);
+        }
         let req = PlacementRequest {
             cpu_millis: ws.cpu_millis,
             memory_bytes: ws.memory_bytes,
@@ -460,11 +567,6 @@ impl Conductor {
             ranked.sort_by_key(|c| refused.contains(&c.cluster_id));
         }
         let chosen = &ranked[0];
-        let current = self
-            .inner
-            .db
-            .get_workspace(ws.organization_id, ws.id)
-            .await?;
         let current = if current.status == WorkspaceStatus::Pending {
             self.inner
                 .db
@@ -478,7 +580,11 @@ impl Conductor {
         } else {
             current
         };
-        let placed = self
+        let hook = lock(&self.inner.placement_hook).clone();
+        if let Some(hook) = hook {
+            hook(ws.id).await;
+        }
+        let placed = match self
             .inner
             .db
             .place_workspace(
@@ -488,7 +594,25 @@ impl Conductor {
                 chosen.cluster_id,
                 &self.inner.config.workspace_namespace,
             )
-            .await?;
+            .await
+        {
+            Ok(placed) => placed,
+            Err(e @ (DbError::Conflict { .. } | DbError::InvalidTransition { .. })) => {
+                // Another placer (the API path, the reconciler, another replica)
+                // won: its choice stands.
+                let now = self
+                    .inner
+                    .db
+                    .get_workspace(ws.organization_id, ws.id)
+                    .await?;
+                if placeable(&now) {
+                    return Err(e.into());
+                }
+                tracing::debug!(workspace_id = %ws.id, "placed by someone else");
+                return Ok(now);
+            }
+            Err(e) => return Err(e.into()),
+        };
         // The snapshot counts this placement from now on.
         if let Some(snapshot) = snapshots.get_mut(&ws.organization_id) {
             let used = snapshot.requested.entry(chosen.cluster_id).or_default();
@@ -501,23 +625,35 @@ impl Conductor {
         Ok(placed)
     }
 
-    /// One step towards the desired state.
-    async fn drive(&self, ws: Workspace) -> Step {
+    /// One step towards the desired state; a failure is recorded in the row with
+    /// the next attempt's time.
+    async fn drive(&self, ws: Workspace) {
         use DesiredState as D;
         use WorkspaceStatus as S;
+        let reason = ws.status_reason.clone();
         let result = match (ws.desired_state, ws.status, ws.cluster_id) {
             // Reported deleted (or never placed): only the row is left.
             (D::Deleted, S::Deleted, _) | (D::Deleted, _, None) => self.finish_delete(&ws).await,
             (D::Deleted, _, Some(cluster)) => self.delete(&ws, cluster).await,
             (D::Running, S::Running, _) => Ok(()),
+            (D::Running, S::Failed, Some(_))
+                if reason.as_ref().is_some_and(WorkspaceReason::is_terminal) =>
+            {
+                // Retrying the same spec cannot help; the user starts it again.
+                Ok(())
+            }
+            (D::Running, S::Failed, Some(cluster))
+                if reason.as_ref().is_some_and(WorkspaceReason::pod_ended) =>
+            {
+                self.repair(&ws, cluster).await
+            }
             (D::Running, S::Pending | S::Scheduling, _) | (D::Running, S::Failed, None) => {
-                match self.place(&ws).await {
-                    Ok(placed) => match placed.cluster_id {
-                        Some(cluster) => self.create(&placed, cluster).await,
-                        None => Ok(()),
-                    },
-                    Err(e) => Err(e.to_string()),
-                }
+                self.place_and_create(&ws).await
+            }
+            (D::Running, S::Failed, Some(_))
+                if placeable(&ws) && ws.status_reason == Some(WorkspaceReason::CreateRefused) =>
+            {
+                self.place_and_create(&ws).await
             }
             (D::Running, S::Creating | S::Failed, Some(cluster)) => self.create(&ws, cluster).await,
             (D::Running, S::Stopped, Some(cluster)) => self.start(&ws, cluster).await,
@@ -533,93 +669,202 @@ impl Conductor {
                 Ok(())
             }
         };
-        match result {
-            Ok(()) => Step::Done,
-            Err(message) => {
-                tracing::warn!(workspace_id = %ws.id, %message, "workspace step failed; will retry");
-                self.note(&ws, &message).await;
-                Step::Failed
-            }
+        if let Err(failure) = result {
+            tracing::warn!(workspace_id = %ws.id, message = %failure.message, "workspace step failed; will retry");
+            self.retry_later(&ws, failure).await;
         }
     }
 
-    fn manager(&self, cluster: Uuid) -> Result<KubeManagerRpcClient, String> {
+    async fn place_and_create(&self, ws: &Workspace) -> Result<(), Failure> {
+        let placed = self
+            .place(ws)
+            .await
+            .map_err(|e| Failure::new(e.to_string()))?;
+        match placed.cluster_id {
+            Some(cluster) if placed.status == WorkspaceStatus::Creating => {
+                self.create(&placed, cluster).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn manager(&self, cluster: Uuid) -> Result<KubeManagerRpcClient, Failure> {
         self.inner
             .connector
             .manager(cluster)
             .map(|m| m.with_timeout(self.inner.config.rpc_timeout))
-            .ok_or_else(|| "the cluster's manager is not connected; will retry".to_owned())
+            .ok_or_else(|| Failure {
+                message: "the cluster's manager is not connected".to_owned(),
+                reason: None,
+                disconnected: true,
+            })
     }
 
-    async fn create(&self, ws: &Workspace, cluster: Uuid) -> Result<(), String> {
+    async fn create(&self, ws: &Workspace, cluster: Uuid) -> Result<(), Failure> {
         let ws = self.ensure_status(ws, WorkspaceStatus::Creating).await?;
         let manager = self.manager(cluster)?;
         match manager.create_workspace(spec(&ws)).await {
             Ok(obs) => {
                 lock(&self.inner.refused).remove(&ws.id);
-                self.observe(&ws, &obs).await;
+                // From here on the workspace has a volume on this cluster and
+                // never moves.
+                self.observe(&ws, &obs, true).await;
+                self.recheck_later(&ws).await;
                 Ok(())
             }
-            Err(CallError::Service(e)) if refuses(&e) => {
-                // The cluster will not take it: mark it failed there and let the
-                // next round place it on another cluster.
+            Err(CallError::Service(e)) if refuses(&e) && !ws.volume_created => {
+                // A first create the cluster will not take: remove whatever it
+                // made (a volume, say), then let placement try another cluster.
+                if let Err(cleanup) = manager.delete_workspace(ws.id).await {
+                    return Err(Failure::refused(format!(
+                        "the cluster refused the workspace ({}), and removing what it made failed: {}; will retry",
+                        e.message,
+                        describe(cleanup)
+                    )));
+                }
                 lock(&self.inner.refused)
                     .entry(ws.id)
                     .or_default()
                     .insert(cluster);
                 let message = format!("the cluster refused the workspace: {}", e.message);
-                self.set_status(&ws, WorkspaceStatus::Failed, Some(message.clone()))
-                    .await;
+                self.set_status(
+                    &ws,
+                    WorkspaceStatus::Failed,
+                    Some(message.clone()),
+                    Some(WorkspaceReason::CreateRefused),
+                )
+                .await;
+                // The message stays on the workspace (now placed elsewhere, or
+                // failed if nothing else fits) until the next cluster answers.
                 if let Ok(current) = self.inner.db.get_workspace(ws.organization_id, ws.id).await
                     && let Err(e) = self.place(&current).await
                 {
-                    return Err(format!("{message}; {e}"));
+                    return Err(Failure::new(format!("{message}; {e}")));
                 }
-                Err(message)
+                Err(Failure::new(message))
             }
-            Err(e) => Err(describe(e)),
+            Err(e) => Err(call_failure(&ws, e)),
         }
     }
 
-    async fn start(&self, ws: &Workspace, cluster: Uuid) -> Result<(), String> {
+    async fn start(&self, ws: &Workspace, cluster: Uuid) -> Result<(), Failure> {
         let ws = self.ensure_status(ws, WorkspaceStatus::Creating).await?;
         let manager = self.manager(cluster)?;
-        let obs = manager.start_workspace(spec(&ws)).await.map_err(describe)?;
-        self.observe(&ws, &obs).await;
+        let obs = manager
+            .start_workspace(spec(&ws))
+            .await
+            .map_err(|e| call_failure(&ws, e))?;
+        self.observe(&ws, &obs, true).await;
+        self.recheck_later(&ws).await;
         Ok(())
     }
 
-    async fn stop(&self, ws: &Workspace, cluster: Uuid) -> Result<(), String> {
+    /// Self-repair: the pod of a workspace that should run has ended. The first
+    /// look announces when a new pod comes (and schedules it); the look after
+    /// that, when it is due, asks the manager for the new pod.
+    async fn repair(&self, ws: &Workspace, cluster: Uuid) -> Result<(), Failure> {
+        let what = ws.status_reason.as_ref().map_or("pod ended", |r| match r {
+            WorkspaceReason::Evicted => "pod evicted",
+            WorkspaceReason::OOMKilled => "out of memory",
+            _ => "pod ended",
+        });
+        let detail = ws
+            .status_message
+            .as_deref()
+            .and_then(|m| m.split("; new pod").next())
+            .filter(|m| !m.is_empty())
+            .map_or(String::new(), |m| format!(": {m}"));
+        if ws.next_attempt_at.is_none() {
+            let (next, delay) = self.next_backoff(ws);
+            let change = WorkspaceTransition {
+                backoff: Some(next),
+                ..WorkspaceTransition::to(WorkspaceStatus::Failed)
+                    .message(format!(
+                        "{what}{detail}; new pod in {} (attempt {})",
+                        backoff::human(delay),
+                        next.attempts
+                    ))
+                    .reason(ws.status_reason.clone())
+            };
+            self.inner
+                .db
+                .transition_workspace(ws.organization_id, ws.id, ws.version, change)
+                .await
+                .map_err(|e| Failure::new(e.to_string()))?;
+            return Ok(());
+        }
+        // Due: a new pod now. The next look waits for this attempt's delay again,
+        // so a pod that ends again is not replaced any faster.
+        let (next, _) = self.backoff_for(ws.repair_attempts.max(1));
+        let change = WorkspaceTransition {
+            backoff: Some(next),
+            repair: true,
+            ..WorkspaceTransition::to(WorkspaceStatus::Creating)
+                .message(format!(
+                    "{what}{detail}; new pod requested (attempt {})",
+                    ws.repair_attempts.max(1)
+                ))
+                .reason(ws.status_reason.clone())
+        };
+        let ws = self
+            .inner
+            .db
+            .transition_workspace(ws.organization_id, ws.id, ws.version, change)
+            .await
+            .map_err(|e| Failure::new(e.to_string()))?;
+        let manager = self.manager(cluster)?;
+        let obs = manager
+            .start_workspace(spec(&ws))
+            .await
+            .map_err(|e| call_failure(&ws, e))?;
+        self.observe(&ws, &obs, true).await;
+        tracing::info!(workspace_id = %ws.id, attempt = ws.repair_attempts, "workspace repaired with a new pod");
+        Ok(())
+    }
+
+    async fn stop(&self, ws: &Workspace, cluster: Uuid) -> Result<(), Failure> {
         let ws = self.ensure_status(ws, WorkspaceStatus::Stopping).await?;
         let manager = self.manager(cluster)?;
-        let obs = manager.stop_workspace(ws.id).await.map_err(describe)?;
-        self.observe(&ws, &obs).await;
+        let obs = manager
+            .stop_workspace(ws.id)
+            .await
+            .map_err(|e| call_failure(&ws, e))?;
+        self.observe(&ws, &obs, false).await;
+        if obs.status != WorkspaceStatus::Stopped {
+            self.recheck_later(&ws).await;
+        }
         Ok(())
     }
 
-    async fn delete(&self, ws: &Workspace, cluster: Uuid) -> Result<(), String> {
+    async fn delete(&self, ws: &Workspace, cluster: Uuid) -> Result<(), Failure> {
         let ws = self.ensure_status(ws, WorkspaceStatus::Deleting).await?;
         let manager = self.manager(cluster)?;
-        let obs = manager.delete_workspace(ws.id).await.map_err(describe)?;
+        let obs = manager
+            .delete_workspace(ws.id)
+            .await
+            .map_err(|e| call_failure(&ws, e))?;
         if obs.status == WorkspaceStatus::Deleted {
             self.finish_delete(&ws).await
         } else {
-            Err(format!("the manager is still deleting ({})", obs.status))
+            Err(Failure::new(format!(
+                "the manager is still deleting ({})",
+                obs.status
+            )))
         }
     }
 
-    async fn finish_delete(&self, ws: &Workspace) -> Result<(), String> {
+    async fn finish_delete(&self, ws: &Workspace) -> Result<(), Failure> {
         let current = self
             .inner
             .db
             .get_workspace(ws.organization_id, ws.id)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::new(e.to_string()))?;
         self.inner
             .db
             .delete_workspace(ws.organization_id, ws.id, current.version)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::new(e.to_string()))?;
         lock(&self.inner.refused).remove(&ws.id);
         tracing::info!(workspace_id = %ws.id, "workspace deleted");
         Ok(())
@@ -630,13 +875,13 @@ impl Conductor {
         &self,
         ws: &Workspace,
         status: WorkspaceStatus,
-    ) -> Result<Workspace, String> {
+    ) -> Result<Workspace, Failure> {
         let current = self
             .inner
             .db
             .get_workspace(ws.organization_id, ws.id)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::new(e.to_string()))?;
         if current.status == status {
             return Ok(current);
         }
@@ -649,23 +894,29 @@ impl Conductor {
                 WorkspaceTransition::to(status),
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| Failure::new(e.to_string()))
     }
 
     /// Applies what a manager answered, by the database's transition rules; a
-    /// report that raced and lost is ignored (the newer one stands).
-    async fn observe(&self, ws: &Workspace, obs: &WorkspaceObservation) {
+    /// report that raced and lost is ignored (the newer one stands). Nothing is
+    /// written when status, reason and message are what is stored.
+    async fn observe(&self, ws: &Workspace, obs: &WorkspaceObservation, volume_created: bool) {
         for _ in 0..3 {
             let Ok(current) = self.inner.db.get_workspace(ws.organization_id, ws.id).await else {
                 return;
             };
-            if current.status == obs.status && current.status_message == obs.message {
+            if current.status == obs.status
+                && current.status_message == obs.message
+                && current.status_reason == obs.reason
+                && (current.volume_created || !volume_created)
+            {
                 return;
             }
             let change = WorkspaceTransition {
-                status: obs.status,
-                status_message: obs.message.clone(),
                 pod_name: obs.pod_name.clone(),
+                volume_created,
+                status_message: obs.message.clone(),
+                ..WorkspaceTransition::to(obs.status).reason(obs.reason.clone())
             };
             match self
                 .inner
@@ -683,31 +934,89 @@ impl Conductor {
         }
     }
 
-    async fn set_status(&self, ws: &Workspace, status: WorkspaceStatus, message: Option<String>) {
+    async fn set_status(
+        &self,
+        ws: &Workspace,
+        status: WorkspaceStatus,
+        message: Option<String>,
+        reason: Option<WorkspaceReason>,
+    ) {
         let obs = WorkspaceObservation {
             workspace_id: ws.id,
             status,
             message,
             pod_name: None,
             node_name: None,
-            reason: None,
+            reason,
             observed_at: chrono::Utc::now(),
         };
-        self.observe(ws, &obs).await;
+        self.observe(ws, &obs, false).await;
     }
 
-    /// Records why the last step failed, keeping the status.
-    async fn note(&self, ws: &Workspace, message: &str) {
+    /// A call went through but the workspace is not settled yet: look again
+    /// after the next backoff delay rather than every round (the manager's
+    /// reports move it on meanwhile).
+    async fn recheck_later(&self, ws: &Workspace) {
         let Ok(current) = self.inner.db.get_workspace(ws.organization_id, ws.id).await else {
             return;
         };
-        if current.status_message.as_deref() == Some(message) {
+        let settled = matches!(
+            (current.desired_state, current.status),
+            (DesiredState::Running, WorkspaceStatus::Running)
+                | (DesiredState::Stopped, WorkspaceStatus::Stopped)
+        );
+        if settled {
             return;
         }
+        let (next, _) = self.next_backoff(&current);
+        let _ = self
+            .inner
+            .db
+            .set_workspace_backoff(ws.organization_id, ws.id, current.version, next)
+            .await;
+    }
+
+    /// Records why the last step failed and when it is tried again, keeping the
+    /// status (or moving to `failed` for a refusal of a workspace that stays).
+    async fn retry_later(&self, ws: &Workspace, failure: Failure) {
+        let Ok(current) = self.inner.db.get_workspace(ws.organization_id, ws.id).await else {
+            return;
+        };
+        if failure.disconnected {
+            // No call was made, so nothing to back off from: say so (once) and
+            // try again when the manager connects.
+            let message = format!("{}; waiting for it to connect", failure.message);
+            if current.status_message.as_deref() != Some(message.as_str()) {
+                let change = WorkspaceTransition::to(current.status)
+                    .message(message)
+                    .reason(current.status_reason.clone());
+                let _ = self
+                    .inner
+                    .db
+                    .transition_workspace(ws.organization_id, ws.id, current.version, change)
+                    .await;
+            }
+            return;
+        }
+        let (next, delay) = self.next_backoff(&current);
+        let status = if failure.reason == Some(WorkspaceReason::CreateRefused)
+            && workspace_transition_ok(current.status, WorkspaceStatus::Failed)
+        {
+            WorkspaceStatus::Failed
+        } else {
+            current.status
+        };
+        let reason = failure.reason.clone().or(current.status_reason.clone());
         let change = WorkspaceTransition {
-            status: current.status,
-            status_message: Some(message.to_owned()),
-            pod_name: None,
+            backoff: Some(next),
+            ..WorkspaceTransition::to(status)
+                .message(format!(
+                    "{}; retry in {} (attempt {})",
+                    failure.message,
+                    backoff::human(delay),
+                    next.attempts
+                ))
+                .reason(reason)
         };
         let _ = self
             .inner
@@ -715,6 +1024,81 @@ impl Conductor {
             .transition_workspace(ws.organization_id, ws.id, current.version, change)
             .await;
     }
+}
+
+fn workspace_transition_ok(from: WorkspaceStatus, to: WorkspaceStatus) -> bool {
+    lapdev_db::workspace_transition_allowed(from, to)
+}
+
+/// Whether a change needs the reconciler now rather than at its next round.
+fn wakes(change: &Change) -> bool {
+    match change {
+        Change::ClusterChanged { .. } => true,
+        Change::Workspace(w) => {
+            w.status == WorkspaceStatus::Failed
+                && w.previous_status != Some(WorkspaceStatus::Failed)
+        }
+        _ => false,
+    }
+}
+
+/// Whether placement may (re)choose a cluster for `ws`: it was never placed, or
+/// its cluster refused it before it ever had a volume.
+fn placeable(ws: &Workspace) -> bool {
+    !ws.volume_created
+        && match ws.status {
+            WorkspaceStatus::Pending | WorkspaceStatus::Scheduling => true,
+            WorkspaceStatus::Failed => {
+                ws.cluster_id.is_none() || ws.status_reason == Some(WorkspaceReason::CreateRefused)
+            }
+            _ => false,
+        }
+}
+
+/// Why a step failed, for the workspace's message (and reason, when it has one).
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    reason: Option<WorkspaceReason>,
+    /// Nothing was called: the manager is not connected. Retried when it
+    /// connects (the reconciler wakes on cluster changes), not after a backoff.
+    disconnected: bool,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            reason: None,
+            disconnected: false,
+        }
+    }
+
+    fn refused(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            reason: Some(WorkspaceReason::CreateRefused),
+            disconnected: false,
+        }
+    }
+}
+
+/// A failed lifecycle call. For a workspace that already has its volume, a
+/// refusal or throttling by the cluster is shown as `CreateRefused` and retried
+/// there, never elsewhere.
+fn call_failure(ws: &Workspace, e: CallError<HrpcError>) -> Failure {
+    let refused = matches!(&e, CallError::Service(h) if refuses(h) || retryable_refusal(h));
+    let message = describe(e);
+    if refused && ws.volume_created {
+        Failure::refused(format!("the cluster refused the new pod: {message}"))
+    } else {
+        Failure::new(message)
+    }
+}
+
+/// Throttling and server errors of the cluster, as a manager reports them.
+fn retryable_refusal(e: &HrpcError) -> bool {
+    matches!(e.code, Code::Unavailable | Code::Internal | Code::Aborted)
 }
 
 /// Whether the manager's error means "this cluster will not take it" (try
@@ -771,14 +1155,6 @@ fn validate(req: &CreateWorkspace) -> Result<(), ConductorError> {
         return bad("storage must be more than 0");
     }
     Ok(())
-}
-
-/// A number in `[0, 1)` for jitter; not for anything secret.
-fn rand_fraction() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
-    (h.finish() % 10_000) as f64 / 10_000.0
 }
 
 /// Whether a cluster status lets workspaces be placed (for callers that show

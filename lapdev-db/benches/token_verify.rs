@@ -227,6 +227,7 @@ async fn main() {
                     memory_allocatable_bytes: 44 << 30,
                     manager_version: "0.1.0".into(),
                     manager_namespace: "lapdev".into(),
+                    manifest_revision: None,
                 };
                 db.update_cluster_info(org, cluster, &info).await.unwrap();
             }

@@ -5,14 +5,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use lapdev_common::status::{CloudProvider, ClusterStatus, WorkspaceStatus};
+use lapdev_common::status::{CloudProvider, ClusterStatus, SecurityProfile, WorkspaceStatus};
 use sea_orm::sea_query::{Alias, Expr, Func};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr,
+    QueryOrder, QuerySelect, SqlErr, TransactionTrait,
 };
 use uuid::Uuid;
 
+use crate::changes::Change;
 use crate::db::{Db, now};
 use crate::entities::{kube_cluster, kube_workspace};
 use crate::error::{DbError, DbResult, EntityKind, parse_stored, unique_violation};
@@ -72,6 +73,12 @@ pub struct Cluster {
     pub updated_at: DateTime<Utc>,
     /// When it was soft-deleted; `None` for a live cluster.
     pub deleted_at: Option<DateTime<Utc>>,
+    /// The Pod Security profile its workspaces run under (rendered into the
+    /// install manifest).
+    pub security_profile: SecurityProfile,
+    /// The manifest revision the manager says it was installed from (`None` for
+    /// managers that predate revisions, or before the first report).
+    pub manifest_revision: Option<String>,
 }
 
 impl Cluster {
@@ -98,6 +105,8 @@ pub struct NewCluster {
     pub declared_region: Option<String>,
     /// Free-form labels.
     pub labels: BTreeMap<String, String>,
+    /// The Pod Security profile its workspaces run under.
+    pub security_profile: SecurityProfile,
 }
 
 impl NewCluster {
@@ -110,6 +119,7 @@ impl NewCluster {
             external_id: None,
             declared_region: None,
             labels: BTreeMap::new(),
+            security_profile: SecurityProfile::default(),
         }
     }
 }
@@ -137,6 +147,8 @@ pub struct ClusterInfoUpdate {
     pub manager_version: String,
     /// The manager's namespace.
     pub manager_namespace: String,
+    /// The manifest revision the manager was installed from, when it says.
+    pub manifest_revision: Option<String>,
 }
 
 /// Sum of the requests of the workspaces placed on one cluster.
@@ -160,6 +172,8 @@ fn cluster_from_model(m: kube_cluster::Model) -> DbResult<Cluster> {
     })?;
     Ok(Cluster {
         status: parse_stored("kube_cluster", "status", &m.status)?,
+        security_profile: parse_stored("kube_cluster", "security_profile", &m.security_profile)?,
+        manifest_revision: m.manifest_revision,
         cloud_provider: m
             .cloud_provider
             .as_deref()
@@ -245,6 +259,8 @@ impl Db {
             created_at: Set(at),
             updated_at: Set(at),
             deleted_at: Set(None),
+            security_profile: Set(new.security_profile.as_str().to_owned()),
+            manifest_revision: Set(None),
         }
         .insert(&self.conn)
         .await
@@ -261,6 +277,7 @@ impl Db {
             };
             unique_violation(EntityKind::Cluster, &key)(err)
         })?;
+        self.cluster_changed(org_id, model.id);
         cluster_from_model(model)
     }
 
@@ -367,11 +384,38 @@ impl Db {
                     C::ManagerNamespace,
                     Expr::value(Some(info.manager_namespace.clone())),
                 )
+                .col_expr(
+                    C::ManifestRevision,
+                    Expr::value(info.manifest_revision.clone()),
+                )
                 .col_expr(C::LastReportedAt, Expr::value(Some(at)))
                 .col_expr(C::LastSeenAt, Expr::value(Some(at)))
                 .col_expr(C::UpdatedAt, Expr::value(at)),
         )
-        .await
+        .await?;
+        self.cluster_changed(org_id, id);
+        Ok(())
+    }
+
+    /// Sets the Pod Security profile the cluster's workspaces run under. The
+    /// installed manifest changes only when the admin applies the new one.
+    pub async fn set_cluster_security_profile(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        profile: SecurityProfile,
+    ) -> DbResult<()> {
+        use kube_cluster::Column as C;
+        self.update_live_cluster(
+            org_id,
+            id,
+            kube_cluster::Entity::update_many()
+                .col_expr(C::SecurityProfile, Expr::value(profile.as_str()))
+                .col_expr(C::UpdatedAt, Expr::value(tz(now()))),
+        )
+        .await?;
+        self.cluster_changed(org_id, id);
+        Ok(())
     }
 
     /// Marks every live `connected` or `degraded` cluster of every organisation
@@ -411,7 +455,9 @@ impl Db {
                 .col_expr(C::ConnectedAt, Expr::value(Some(at)))
                 .col_expr(C::LastSeenAt, Expr::value(Some(at)));
         }
-        self.update_live_cluster(org_id, id, update).await
+        self.update_live_cluster(org_id, id, update).await?;
+        self.cluster_changed(org_id, id);
+        Ok(())
     }
 
     /// Records that the manager was last heard from at `at` (a flush of
@@ -464,17 +510,31 @@ impl Db {
                 .col_expr(kube_cluster::Column::Cordoned, Expr::value(cordoned))
                 .col_expr(kube_cluster::Column::UpdatedAt, Expr::value(at)),
         )
-        .await
+        .await?;
+        self.cluster_changed(org_id, id);
+        Ok(())
     }
 
     /// Soft-deletes a cluster. Its tokens stop verifying at once. Refused (`InUse`)
     /// while live workspaces are placed on it.
+    ///
+    /// Cannot race a placement onto the cluster: both lock the cluster row (on
+    /// PostgreSQL; SQLite runs one writer at a time) before they check and write,
+    /// so either the placement sees the cluster deleted or this sees the
+    /// workspace placed.
     pub async fn delete_cluster(&self, org_id: Uuid, id: Uuid) -> DbResult<()> {
-        self.get_cluster(org_id, id).await?;
+        let txn = self.conn.begin().await?;
+        kube_cluster::Entity::find_by_id(id)
+            .filter(kube_cluster::Column::OrganizationId.eq(org_id))
+            .filter(kube_cluster::Column::DeletedAt.is_null())
+            .lock_exclusive()
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DbError::not_found(EntityKind::Cluster, id))?;
         let workspaces = kube_workspace::Entity::find()
             .filter(kube_workspace::Column::ClusterId.eq(id))
             .filter(kube_workspace::Column::DeletedAt.is_null())
-            .count(&self.conn)
+            .count(&txn)
             .await?;
         if workspaces > 0 {
             return Err(DbError::InUse {
@@ -485,14 +545,25 @@ impl Db {
             });
         }
         let at = tz(now());
-        self.update_live_cluster(
-            org_id,
-            id,
-            kube_cluster::Entity::update_many()
-                .col_expr(kube_cluster::Column::DeletedAt, Expr::value(Some(at)))
-                .col_expr(kube_cluster::Column::UpdatedAt, Expr::value(at)),
-        )
-        .await
+        kube_cluster::Entity::update_many()
+            .col_expr(kube_cluster::Column::DeletedAt, Expr::value(Some(at)))
+            .col_expr(kube_cluster::Column::UpdatedAt, Expr::value(at))
+            .filter(kube_cluster::Column::Id.eq(id))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        self.changes.publish(Change::ClusterDeleted {
+            organization_id: org_id,
+            cluster_id: id,
+        });
+        Ok(())
+    }
+
+    fn cluster_changed(&self, org_id: Uuid, id: Uuid) {
+        self.changes.publish(Change::ClusterChanged {
+            organization_id: org_id,
+            cluster_id: id,
+        });
     }
 
     /// The summed requests of the live workspaces placed on each of `org_id`'s

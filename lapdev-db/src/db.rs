@@ -10,6 +10,7 @@ use migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 use uuid::Uuid;
 
+use crate::changes::{Change, ChangeFeed};
 use crate::error::{DbError, DbResult};
 
 /// How to open the database.
@@ -40,6 +41,7 @@ impl ConnectConfig {
 pub struct Db {
     pub(crate) conn: DatabaseConnection,
     pub(crate) token_usage: Arc<TokenUsage>,
+    pub(crate) changes: ChangeFeed,
 }
 
 impl std::fmt::Debug for Db {
@@ -75,6 +77,7 @@ impl Db {
         Db {
             conn,
             token_usage: Arc::new(TokenUsage::default()),
+            changes: ChangeFeed::default(),
         }
     }
 
@@ -82,6 +85,12 @@ impl Db {
     /// uses the repository methods instead.
     pub fn connection(&self) -> &DatabaseConnection {
         &self.conn
+    }
+
+    /// A receiver of every change written through this `Db` (and its clones) from
+    /// now on. See [`crate::changes`].
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 
     /// Checks that the database answers (for readiness probes).

@@ -15,11 +15,14 @@
 //! (`people.rs`); personal access tokens store only their SHA-256 (`pat.rs`);
 //! the audit log is append-only, enforced by database triggers (`audit.rs`).
 //! Role, user and token changes write their audit row in the same transaction.
+//! Every write publishes a [`Change`] on the in-process change feed
+//! ([`Db::subscribe`], module [`changes`]); caches and metrics derive from it.
 //!
 //! With the `test-support` feature, [`test_support`] creates and drops throwaway
 //! databases for tests of this and other crates.
 
 mod audit;
+pub mod changes;
 mod cluster;
 pub mod crypto;
 mod db;
@@ -36,6 +39,7 @@ mod util;
 mod workspace;
 
 pub use audit::{AuditEntry, AuditQuery, MAX_AUDIT_PAGE, NewAuditEntry};
+pub use changes::{Change, WorkspaceChange};
 pub use cluster::{Cluster, ClusterInfoUpdate, NewCluster, ResourceRequests};
 pub use crypto::{CredentialError, CredentialKey, ProviderCredential};
 pub use db::{ConnectConfig, Db, connect};
@@ -47,4 +51,6 @@ pub use provider::{NewProvider, Provider};
 pub use token::{
     ClusterToken, ClusterTokenSecret, CreatedClusterToken, NewClusterToken, VerifiedClusterToken,
 };
-pub use workspace::{NewWorkspace, Workspace, WorkspaceTransition, workspace_transition_allowed};
+pub use workspace::{
+    Backoff, NewWorkspace, Workspace, WorkspaceTransition, workspace_transition_allowed,
+};

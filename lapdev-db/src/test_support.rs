@@ -224,6 +224,11 @@ pub async fn seed_placed_workspaces(
                 deleted_at: Set(None),
                 placement_cluster: Set(None),
                 placement_region: Set(None),
+                status_reason: Set(None),
+                repair_attempts: Set(0),
+                next_attempt_at: Set(None),
+                volume_created: Set(true),
+                forgotten_at: Set(None),
             }
         });
         kube_workspace::Entity::insert_many(models)

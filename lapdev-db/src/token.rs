@@ -235,6 +235,11 @@ impl Db {
                 .filter(kube_cluster_token::Column::RevokedAt.is_null())
                 .exec(&self.conn)
                 .await?;
+            self.changes.publish(crate::Change::TokenRevoked {
+                organization_id: org_id,
+                cluster_id: token.cluster_id,
+                token_id,
+            });
         }
         Ok(())
     }

@@ -5,16 +5,27 @@
 //! it read, the `UPDATE` matches only that version and bumps it, and a writer that lost
 //! the race gets `Conflict` (re-read, decide again). Which observed status may follow
 //! which is [`workspace_transition_allowed`].
+//!
+//! Besides status and message, a row carries its machine-readable reason, the
+//! conductor's persisted retry backoff (`repair_attempts`, `next_attempt_at`: a restart
+//! or another replica does not reset them; becoming `running` does), whether it has
+//! had a volume on its cluster (`volume_created`: from then on it is never placed
+//! elsewhere) and a tombstone (`forgotten_at`: force-deleted while its cluster was
+//! unreachable). Every write publishes a [`crate::Change`].
 
 use chrono::{DateTime, Utc};
+use lapdev_common::reason::WorkspaceReason;
 use lapdev_common::status::{DesiredState, WorkspaceStatus};
 use sea_orm::sea_query::{Condition, Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
 };
 use uuid::Uuid;
 
+use crate::changes::{Change, WorkspaceChange};
 use crate::db::{Db, now};
+use crate::entities::kube_cluster;
 use crate::entities::kube_workspace;
 use crate::error::{DbError, DbResult, EntityKind, parse_stored, unique_violation};
 use crate::util::{check_name, check_non_negative, tz, utc};
@@ -62,6 +73,18 @@ pub struct Workspace {
     pub placement_region: Option<String>,
     /// When it was soft-deleted; `None` for a live workspace.
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Why it is in its status, machine-readable (beside `status_message`).
+    pub status_reason: Option<WorkspaceReason>,
+    /// Consecutive lifecycle attempts that did not settle it (the backoff exponent);
+    /// 0 once it runs.
+    pub repair_attempts: i32,
+    /// The conductor does not touch it before this time (persisted backoff).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// It has had a volume on its cluster, so it is never placed elsewhere.
+    pub volume_created: bool,
+    /// Tombstone: force-deleted while its cluster was unreachable; its objects are
+    /// removed when the cluster's manager reconnects, then this is cleared.
+    pub forgotten_at: Option<DateTime<Utc>>,
 }
 
 /// What [`Db::create_workspace`] needs.
@@ -96,16 +119,51 @@ pub struct WorkspaceTransition {
     pub status_message: Option<String>,
     /// A pod name to record; `None` leaves the stored one.
     pub pod_name: Option<String>,
+    /// The new reason (`None` clears it).
+    pub reason: Option<WorkspaceReason>,
+    /// A new backoff; `None` keeps the stored one (becoming `running` resets it).
+    pub backoff: Option<Backoff>,
+    /// Record that the workspace now has a volume on its cluster (never un-set;
+    /// becoming `running` sets it too).
+    pub volume_created: bool,
+    /// This write starts a self-repair (a new pod after the old one ended); it is
+    /// published as such on the change feed.
+    pub repair: bool,
+}
+
+/// The conductor's persisted retry state of one workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Consecutive attempts so far.
+    pub attempts: i32,
+    /// Not before this time.
+    pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
 impl WorkspaceTransition {
-    /// A change to `status` with no message.
+    /// A change to `status` with no message and no reason.
     pub fn to(status: WorkspaceStatus) -> Self {
         WorkspaceTransition {
             status,
             status_message: None,
             pod_name: None,
+            reason: None,
+            backoff: None,
+            volume_created: false,
+            repair: false,
         }
+    }
+
+    /// The same change with a message.
+    pub fn message(mut self, message: impl Into<String>) -> Self {
+        self.status_message = Some(message.into());
+        self
+    }
+
+    /// The same change with a reason.
+    pub fn reason(mut self, reason: Option<WorkspaceReason>) -> Self {
+        self.reason = reason;
+        self
     }
 }
 
@@ -157,6 +215,11 @@ fn workspace_from_model(m: kube_workspace::Model) -> DbResult<Workspace> {
         placement_cluster: m.placement_cluster,
         placement_region: m.placement_region,
         deleted_at: m.deleted_at.map(utc),
+        status_reason: m.status_reason.as_deref().map(WorkspaceReason::parse),
+        repair_attempts: m.repair_attempts,
+        next_attempt_at: m.next_attempt_at.map(utc),
+        volume_created: m.volume_created,
+        forgotten_at: m.forgotten_at.map(utc),
     })
 }
 
@@ -191,11 +254,18 @@ impl Db {
             deleted_at: Set(None),
             placement_cluster: Set(new.placement_cluster),
             placement_region: Set(new.placement_region),
+            status_reason: Set(None),
+            repair_attempts: Set(0),
+            next_attempt_at: Set(None),
+            volume_created: Set(false),
+            forgotten_at: Set(None),
         }
         .insert(&self.conn)
         .await
         .map_err(unique_violation(EntityKind::Workspace, &new.name))?;
-        workspace_from_model(model)
+        let ws = workspace_from_model(model)?;
+        self.publish_workspace(None, &ws, false);
+        Ok(ws)
     }
 
     /// A live workspace of `org_id`.
@@ -290,7 +360,9 @@ impl Db {
     /// their desired state (for the conductor's reconciler after a restart). `failed`
     /// workspaces are included; the reconciler decides whether to retry. A live
     /// `deleted` workspace is unsettled too: it still has to be soft-deleted.
-    pub async fn list_unsettled_workspaces(&self) -> DbResult<Vec<Workspace>> {
+    /// Workspaces whose persisted backoff (`next_attempt_at`) is later than `now` are
+    /// left out: they are not due.
+    pub async fn list_unsettled_workspaces(&self, now: DateTime<Utc>) -> DbResult<Vec<Workspace>> {
         use kube_workspace::Column as W;
         let settled = |desired: DesiredState, status: WorkspaceStatus| {
             Condition::all()
@@ -304,6 +376,11 @@ impl Db {
                     .add(settled(DesiredState::Running, WorkspaceStatus::Running))
                     .add(settled(DesiredState::Stopped, WorkspaceStatus::Stopped))
                     .not(),
+            )
+            .filter(
+                Condition::any()
+                    .add(W::NextAttemptAt.is_null())
+                    .add(W::NextAttemptAt.lte(tz(now))),
             )
             .order_by_asc(W::UpdatedAt)
             .order_by_asc(W::Id)
@@ -330,16 +407,83 @@ impl Db {
         use kube_workspace::Column as W;
         let mut update = kube_workspace::Entity::update_many()
             .col_expr(W::Status, Expr::value(change.status.as_str()))
-            .col_expr(W::StatusMessage, Expr::value(change.status_message));
+            .col_expr(W::StatusMessage, Expr::value(change.status_message))
+            .col_expr(
+                W::StatusReason,
+                Expr::value(change.reason.as_ref().map(|r| r.as_str().to_owned())),
+            );
         if let Some(pod_name) = change.pod_name {
             update = update.col_expr(W::PodName, Expr::value(Some(pod_name)));
         }
+        let backoff = match change.backoff {
+            Some(b) => Some(b),
+            // Running is success: the next failure starts from the first delay.
+            None if change.status == WorkspaceStatus::Running => Some(Backoff {
+                attempts: 0,
+                next_attempt_at: None,
+            }),
+            None => None,
+        };
+        let repair = change.repair;
+        if let Some(b) = backoff {
+            update = update
+                .col_expr(W::RepairAttempts, Expr::value(b.attempts))
+                .col_expr(W::NextAttemptAt, Expr::value(b.next_attempt_at.map(tz)));
+        }
+        if change.volume_created || change.status == WorkspaceStatus::Running {
+            update = update.col_expr(W::VolumeCreated, Expr::value(true));
+        }
+        let ws = self
+            .update_workspace_versioned(org_id, id, expected_version, update)
+            .await?;
+        self.publish_workspace(Some(current.status), &ws, repair);
+        Ok(ws)
+    }
+
+    /// Sets the persisted backoff without changing anything else (a lifecycle
+    /// call that did not settle the workspace, or an admin's "retry now").
+    pub async fn set_workspace_backoff(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        backoff: Backoff,
+    ) -> DbResult<Workspace> {
+        use kube_workspace::Column as W;
+        let update = kube_workspace::Entity::update_many()
+            .col_expr(W::RepairAttempts, Expr::value(backoff.attempts))
+            .col_expr(
+                W::NextAttemptAt,
+                Expr::value(backoff.next_attempt_at.map(tz)),
+            );
         self.update_workspace_versioned(org_id, id, expected_version, update)
             .await
     }
 
+    /// Makes every waiting workspace due now (keeping the attempt counts), for an
+    /// admin's "retry now" and for tests. Returns how many rows changed.
+    pub async fn clear_workspace_backoff(&self) -> DbResult<u64> {
+        use kube_workspace::Column as W;
+        let result = kube_workspace::Entity::update_many()
+            .col_expr(
+                W::NextAttemptAt,
+                Expr::value(Option::<sea_orm::prelude::DateTimeWithTimeZone>::None),
+            )
+            .filter(W::NextAttemptAt.is_not_null())
+            .filter(W::DeletedAt.is_null())
+            .exec(&self.conn)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
     /// Records the scheduler's choice: the workspace goes to `creating` on `cluster_id`
     /// (a live cluster of the same organisation) in `namespace`.
+    ///
+    /// Exactly one placement wins: the `UPDATE` matches only the version the caller
+    /// read, only a workspace that may be placed (`scheduling`, or `failed` and
+    /// never given a volume) and only while the cluster row, locked for the
+    /// statement's transaction, is live. A workspace that has had a volume is never
+    /// placed again (`InvalidInput`); a lost race is `Conflict`.
     pub async fn place_workspace(
         &self,
         org_id: Uuid,
@@ -351,16 +495,45 @@ impl Db {
         check_name("namespace", namespace)?;
         let current = self.get_workspace(org_id, id).await?;
         check_version(&current, expected_version)?;
-        check_transition(&current, WorkspaceStatus::Creating)?;
-        self.get_cluster(org_id, cluster_id).await?;
+        check_placeable(&current)?;
         use kube_workspace::Column as W;
-        let update = kube_workspace::Entity::update_many()
+        let txn = self.conn.begin().await?;
+        // Shared lock: placements onto one cluster run side by side, but a cluster
+        // deletion (which locks the row exclusively) waits for them, and they for it.
+        kube_cluster::Entity::find_by_id(cluster_id)
+            .filter(kube_cluster::Column::OrganizationId.eq(org_id))
+            .filter(kube_cluster::Column::DeletedAt.is_null())
+            .lock_shared()
+            .one(&txn)
+            .await?
+            .ok_or_else(|| DbError::not_found(EntityKind::Cluster, cluster_id))?;
+        let result = kube_workspace::Entity::update_many()
             .col_expr(W::ClusterId, Expr::value(Some(cluster_id)))
             .col_expr(W::Namespace, Expr::value(Some(namespace.to_owned())))
             .col_expr(W::Status, Expr::value(WorkspaceStatus::Creating.as_str()))
-            .col_expr(W::StatusMessage, Expr::value(Option::<String>::None));
-        self.update_workspace_versioned(org_id, id, expected_version, update)
-            .await
+            .col_expr(W::StatusMessage, Expr::value(Option::<String>::None))
+            .col_expr(W::StatusReason, Expr::value(Option::<String>::None))
+            .col_expr(W::Version, Expr::col(W::Version).add(1))
+            .col_expr(W::UpdatedAt, Expr::value(tz(now())))
+            .filter(W::Id.eq(id))
+            .filter(W::OrganizationId.eq(org_id))
+            .filter(W::Version.eq(expected_version))
+            .filter(W::DeletedAt.is_null())
+            .filter(W::VolumeCreated.eq(false))
+            .filter(W::Status.is_in([
+                WorkspaceStatus::Scheduling.as_str(),
+                WorkspaceStatus::Failed.as_str(),
+            ]))
+            .exec(&txn)
+            .await?;
+        if result.rows_affected == 0 {
+            drop(txn);
+            return Err(self.lost_race(org_id, id, expected_version).await);
+        }
+        txn.commit().await?;
+        let ws = self.get_workspace(org_id, id).await?;
+        self.publish_workspace(Some(current.status), &ws, false);
+        Ok(ws)
     }
 
     /// Sets what the user wants. Once `deleted` is asked for, it cannot be taken back.
@@ -379,12 +552,20 @@ impl Db {
                 reason: "a workspace being deleted cannot be revived",
             });
         }
-        let update = kube_workspace::Entity::update_many().col_expr(
-            kube_workspace::Column::DesiredState,
-            Expr::value(desired.as_str()),
-        );
-        self.update_workspace_versioned(org_id, id, expected_version, update)
-            .await
+        use kube_workspace::Column as W;
+        // A new wish is acted on at once: the backoff of the old one does not apply.
+        let update = kube_workspace::Entity::update_many()
+            .col_expr(W::DesiredState, Expr::value(desired.as_str()))
+            .col_expr(W::RepairAttempts, Expr::value(0))
+            .col_expr(
+                W::NextAttemptAt,
+                Expr::value(Option::<sea_orm::prelude::DateTimeWithTimeZone>::None),
+            );
+        let ws = self
+            .update_workspace_versioned(org_id, id, expected_version, update)
+            .await?;
+        self.publish_workspace(Some(current.status), &ws, false);
+        Ok(ws)
     }
 
     /// Marks the workspace `deleted` and soft-deletes it, freeing its name. Allowed from
@@ -418,7 +599,129 @@ impl Db {
         if result.rows_affected == 0 {
             return Err(self.lost_race(org_id, id, expected_version).await);
         }
+        self.publish_deleted(&current, None);
         Ok(())
+    }
+
+    /// Forgets a workspace whose cluster is unreachable or gone: it becomes
+    /// `deleted` (reason `ClusterGone`) and soft-deleted at once, freeing its name,
+    /// and keeps a tombstone (`forgotten_at`) so that its objects are removed when
+    /// the cluster's manager reconnects. Returns the tombstone.
+    pub async fn forget_workspace(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+    ) -> DbResult<Workspace> {
+        let current = self.get_workspace(org_id, id).await?;
+        check_version(&current, expected_version)?;
+        use kube_workspace::Column as W;
+        let at = tz(now());
+        // Only a placed workspace can have objects somewhere; an unplaced one is
+        // simply deleted.
+        let tombstone = current.cluster_id.map(|_| at);
+        let result = kube_workspace::Entity::update_many()
+            .col_expr(W::Status, Expr::value(WorkspaceStatus::Deleted.as_str()))
+            .col_expr(W::DesiredState, Expr::value(DesiredState::Deleted.as_str()))
+            .col_expr(
+                W::StatusReason,
+                Expr::value(Some(WorkspaceReason::ClusterGone.as_str())),
+            )
+            .col_expr(
+                W::StatusMessage,
+                Expr::value(Some(
+                    "forgotten while its cluster was unreachable; its objects are removed \
+                     when the cluster's manager reconnects"
+                        .to_owned(),
+                )),
+            )
+            .col_expr(W::ForgottenAt, Expr::value(tombstone))
+            .col_expr(W::DeletedAt, Expr::value(Some(at)))
+            .col_expr(W::UpdatedAt, Expr::value(at))
+            .col_expr(W::Version, Expr::col(W::Version).add(1))
+            .filter(W::Id.eq(id))
+            .filter(W::OrganizationId.eq(org_id))
+            .filter(W::Version.eq(expected_version))
+            .filter(W::DeletedAt.is_null())
+            .exec(&self.conn)
+            .await?;
+        if result.rows_affected == 0 {
+            return Err(self.lost_race(org_id, id, expected_version).await);
+        }
+        let ws = kube_workspace::Entity::find_by_id(id)
+            .one(&self.conn)
+            .await?
+            .ok_or_else(|| DbError::not_found(EntityKind::Workspace, id))
+            .and_then(workspace_from_model)?;
+        self.publish_deleted(&current, Some(WorkspaceReason::ClusterGone));
+        Ok(ws)
+    }
+
+    /// Tombstones of `cluster_id` (any organisation): workspaces forgotten while
+    /// the cluster was unreachable whose objects are still to be removed.
+    pub async fn list_forgotten_workspaces(&self, cluster_id: Uuid) -> DbResult<Vec<Workspace>> {
+        use kube_workspace::Column as W;
+        kube_workspace::Entity::find()
+            .filter(W::ClusterId.eq(cluster_id))
+            .filter(W::ForgottenAt.is_not_null())
+            .order_by_asc(W::ForgottenAt)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(workspace_from_model)
+            .collect()
+    }
+
+    /// The clusters that have tombstones, for the conductor's cleanup round.
+    pub async fn clusters_with_forgotten_workspaces(&self) -> DbResult<Vec<Uuid>> {
+        use kube_workspace::Column as W;
+        let ids: Vec<Option<Uuid>> = kube_workspace::Entity::find()
+            .select_only()
+            .column(W::ClusterId)
+            .distinct()
+            .filter(W::ForgottenAt.is_not_null())
+            .into_tuple()
+            .all(&self.conn)
+            .await?;
+        Ok(ids.into_iter().flatten().collect())
+    }
+
+    /// Clears a tombstone once the cluster's manager removed the objects.
+    pub async fn clear_forgotten(&self, id: Uuid) -> DbResult<()> {
+        use kube_workspace::Column as W;
+        kube_workspace::Entity::update_many()
+            .col_expr(
+                W::ForgottenAt,
+                Expr::value(Option::<sea_orm::prelude::DateTimeWithTimeZone>::None),
+            )
+            .filter(W::Id.eq(id))
+            .exec(&self.conn)
+            .await?;
+        Ok(())
+    }
+
+    fn publish_workspace(&self, previous: Option<WorkspaceStatus>, ws: &Workspace, repair: bool) {
+        self.changes.publish(Change::Workspace(WorkspaceChange {
+            organization_id: ws.organization_id,
+            workspace_id: ws.id,
+            cluster_id: ws.cluster_id,
+            previous_status: previous,
+            status: ws.status,
+            reason: ws.status_reason.clone(),
+            repair,
+        }));
+    }
+
+    fn publish_deleted(&self, before: &Workspace, reason: Option<WorkspaceReason>) {
+        self.changes.publish(Change::Workspace(WorkspaceChange {
+            organization_id: before.organization_id,
+            workspace_id: before.id,
+            cluster_id: before.cluster_id,
+            previous_status: Some(before.status),
+            status: WorkspaceStatus::Deleted,
+            reason,
+            repair: false,
+        }));
     }
 
     /// Applies `update` to the live workspace if its version is still `expected_version`,
@@ -478,6 +781,27 @@ fn check_version(current: &Workspace, expected_version: i64) -> DbResult<()> {
             entity: EntityKind::Workspace,
             id: current.id,
             expected_version,
+        });
+    }
+    Ok(())
+}
+
+/// Whether placement may (re)choose a cluster for `current`.
+fn check_placeable(current: &Workspace) -> DbResult<()> {
+    if current.volume_created {
+        return Err(DbError::InvalidInput {
+            field: "cluster_id",
+            reason: "the workspace has a volume on its cluster and never moves",
+        });
+    }
+    if !matches!(
+        current.status,
+        WorkspaceStatus::Scheduling | WorkspaceStatus::Failed
+    ) {
+        return Err(DbError::InvalidTransition {
+            id: current.id,
+            from: current.status,
+            to: WorkspaceStatus::Creating,
         });
     }
     Ok(())

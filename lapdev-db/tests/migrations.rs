@@ -156,3 +156,85 @@ async fn foreign_keys_are_enforced(test: TestDatabase) {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn workspaces_placed_before_migration_8_keep_their_volume_postgres() {
+    placed_rows_are_marked_as_having_a_volume(TestDatabase::empty_postgres().await).await;
+}
+
+#[tokio::test]
+async fn workspaces_placed_before_migration_8_keep_their_volume_sqlite() {
+    placed_rows_are_marked_as_having_a_volume(TestDatabase::empty_sqlite().await).await;
+}
+
+/// Rows that existed before `volume_created` did: a placed workspace may have a
+/// volume, so the migration marks it (it must never be moved); an unplaced one
+/// has none.
+async fn placed_rows_are_marked_as_having_a_volume(test: TestDatabase) {
+    use lapdev_common::status::{DesiredState, WorkspaceStatus};
+    let conn = test.db().connection();
+    Migrator::up(conn, None).await.unwrap();
+    let db = test.db();
+    let org = db.create_organization("acme").await.unwrap().id;
+    let user = db
+        .create_user(
+            org,
+            lapdev_db::NewUser {
+                name: "dev".into(),
+                email: None,
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+    let cluster = db
+        .create_cluster(org, lapdev_db::NewCluster::named("c1"))
+        .await
+        .unwrap()
+        .id;
+    let new = |name: &str| lapdev_db::NewWorkspace {
+        owner_id: user,
+        name: name.into(),
+        image: "img".into(),
+        cpu_millis: 1,
+        memory_bytes: 1,
+        storage_bytes: 1,
+        desired_state: DesiredState::Running,
+        placement_cluster: None,
+        placement_region: None,
+    };
+    let placed = db.create_workspace(org, new("placed")).await.unwrap();
+    let placed = db
+        .transition_workspace(
+            org,
+            placed.id,
+            placed.version,
+            lapdev_db::WorkspaceTransition::to(WorkspaceStatus::Scheduling),
+        )
+        .await
+        .unwrap();
+    db.place_workspace(org, placed.id, placed.version, cluster, "ns")
+        .await
+        .unwrap();
+    let unplaced = db.create_workspace(org, new("unplaced")).await.unwrap();
+
+    // Back to the schema before migration 8, and up again.
+    Migrator::down(conn, Some(1)).await.unwrap();
+    Migrator::up(conn, None).await.unwrap();
+    assert!(
+        db.get_workspace(org, placed.id)
+            .await
+            .unwrap()
+            .volume_created
+    );
+    assert!(
+        !db.get_workspace(org, unplaced.id)
+            .await
+            .unwrap()
+            .volume_created
+    );
+    assert_eq!(
+        db.get_cluster(org, cluster).await.unwrap().security_profile,
+        lapdev_common::status::SecurityProfile::Baseline
+    );
+}

@@ -99,6 +99,7 @@ fn info() -> ClusterInfoUpdate {
         memory_allocatable_bytes: 44 << 30,
         manager_version: "0.1.0".into(),
         manager_namespace: "lapdev".into(),
+        manifest_revision: None,
     }
 }
 
@@ -871,9 +872,8 @@ async fn workspaces(db: Db) {
             created.id,
             3,
             WorkspaceTransition {
-                status: WorkspaceStatus::Running,
-                status_message: Some("pod ready".into()),
                 pod_name: Some("ws-dev-0".into()),
+                ..WorkspaceTransition::to(WorkspaceStatus::Running).message("pod ready")
             },
         )
         .await
@@ -1332,7 +1332,7 @@ async fn unsettled_workspaces(db: Db) {
     db.delete_workspace(acme.id, deleted.id, 1).await.unwrap();
 
     let mut ids: Vec<_> = db
-        .list_unsettled_workspaces()
+        .list_unsettled_workspaces(chrono::Utc::now())
         .await
         .unwrap()
         .into_iter()

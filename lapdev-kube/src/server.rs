@@ -433,6 +433,7 @@ impl KubeClusterRpc for KubeClusterServer {
             memory_allocatable_bytes: info.memory_allocatable_bytes,
             manager_version: info.manager_version,
             manager_namespace: info.manager_namespace,
+            manifest_revision: info.manifest_revision,
         };
         self.inner
             .db

@@ -11,10 +11,20 @@
 //! A `deleted` report ends the workspace when its user asked for that (the row is
 //! soft-deleted); otherwise its objects vanished behind Lapdev's back, which is
 //! recorded as `failed` so the conductor re-creates them (`deleted` is final).
+//!
+//! A report is written only when status, reason or message differ from what is
+//! stored (or a pod name is new): the manager normalises the kubelet's retry
+//! messages, so a pod in image-pull back-off costs no database writes. A report
+//! that newly says `failed` makes the workspace due for the conductor at once
+//! (`next_attempt_at` cleared, attempt count kept), so a self-repair is announced
+//! without waiting for a recheck timer; the repair itself still waits out the
+//! persisted backoff. The conductor annotates a failure's message with its retry
+//! plan ("…; new pod in 40 s (attempt 3)"); the same failure reported again (a
+//! snapshot after a reconnect) is not a change and does not undo the annotation.
 
 use lapdev_common::status::{DesiredState, WorkspaceStatus};
 use lapdev_db::{
-    Db, DbError, DbResult, EntityKind, WorkspaceTransition, workspace_transition_allowed,
+    Backoff, Db, DbError, DbResult, EntityKind, WorkspaceTransition, workspace_transition_allowed,
 };
 use lapdev_kube_rpc::WorkspaceObservation;
 
@@ -42,7 +52,29 @@ pub async fn record(
         }
         if report.status == WorkspaceStatus::Deleted {
             if current.desired_state == DesiredState::Deleted {
-                // Everything is gone, as asked: the row goes too.
+                // Everything is gone, as asked: the row goes too. A workspace the
+                // conductor has not moved to `deleting` yet (a create was in
+                // flight) passes through it, since `deleted` may not follow every
+                // status directly.
+                let current = if current.status != WorkspaceStatus::Deleted
+                    && !workspace_transition_allowed(current.status, WorkspaceStatus::Deleted)
+                {
+                    match db
+                        .transition_workspace(
+                            identity.organization_id,
+                            report.workspace_id,
+                            current.version,
+                            WorkspaceTransition::to(WorkspaceStatus::Deleting),
+                        )
+                        .await
+                    {
+                        Ok(ws) => ws,
+                        Err(DbError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    current
+                };
                 match db
                     .delete_workspace(
                         identity.organization_id,
@@ -60,11 +92,13 @@ pub async fn record(
             // namespace). `deleted` is final, so record a failure the conductor
             // repairs instead.
             let change = WorkspaceTransition {
-                status: WorkspaceStatus::Failed,
-                status_message: Some(
-                    "the cluster no longer has any of the workspace's objects".to_owned(),
-                ),
-                pod_name: None,
+                // Newly failed: due for the conductor at once.
+                backoff: Some(Backoff {
+                    attempts: current.repair_attempts,
+                    next_attempt_at: None,
+                }),
+                ..WorkspaceTransition::to(WorkspaceStatus::Failed)
+                    .message("the cluster no longer has any of the workspace's objects")
             };
             if current.status == WorkspaceStatus::Failed
                 || !workspace_transition_allowed(current.status, WorkspaceStatus::Failed)
@@ -86,7 +120,12 @@ pub async fn record(
             }
         }
         let unchanged = current.status == report.status
-            && current.status_message == report.message
+            && current.status_reason == report.reason
+            && same_message(
+                current.status,
+                current.status_message.as_deref(),
+                report.message.as_deref(),
+            )
             && (report.pod_name.is_none() || current.pod_name == report.pod_name);
         if unchanged {
             return Ok(());
@@ -100,10 +139,16 @@ pub async fn record(
             );
             return Ok(());
         }
+        let newly_failed =
+            report.status == WorkspaceStatus::Failed && current.status != WorkspaceStatus::Failed;
         let change = WorkspaceTransition {
-            status: report.status,
             status_message: report.message.clone(),
             pod_name: report.pod_name.clone(),
+            backoff: newly_failed.then_some(Backoff {
+                attempts: current.repair_attempts,
+                next_attempt_at: None,
+            }),
+            ..WorkspaceTransition::to(report.status).reason(report.reason.clone())
         };
         match db
             .transition_workspace(
@@ -118,5 +163,41 @@ pub async fn record(
             Err(DbError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Whether a reported message says nothing new: equal, or a failure the
+/// conductor has annotated with its retry plan.
+fn same_message(status: WorkspaceStatus, stored: Option<&str>, reported: Option<&str>) -> bool {
+    match (stored, reported) {
+        (a, b) if a == b => true,
+        (Some(stored), Some(reported)) => {
+            status == WorkspaceStatus::Failed && stored.contains(&format!("{reported}; "))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_annotated_failure_is_the_same_message() {
+        let failed = WorkspaceStatus::Failed;
+        let annotated = "pod evicted: low memory; new pod in 40 s (attempt 3)";
+        assert!(same_message(failed, Some(annotated), Some("low memory")));
+        assert!(same_message(failed, None, None));
+        assert!(!same_message(
+            failed,
+            Some(annotated),
+            Some("disk pressure")
+        ));
+        assert!(!same_message(failed, Some("a"), None));
+        assert!(!same_message(
+            WorkspaceStatus::Creating,
+            Some(annotated),
+            Some("low memory")
+        ));
     }
 }

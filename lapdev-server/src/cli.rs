@@ -143,9 +143,17 @@ pub enum WorkspaceCommand {
         name: String,
     },
     /// Delete a workspace and everything it owns.
+    ///
+    /// With --force, a workspace whose cluster is disconnected or deleted is
+    /// forgotten at once (reason ClusterGone): it disappears for users, and its
+    /// objects are removed when the cluster's manager reconnects.
     Delete {
         /// Workspace name.
         name: String,
+        /// Forget it without its cluster's help (only while the cluster is
+        /// disconnected or deleted).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -160,6 +168,10 @@ pub enum ClusterCommand {
         /// Region to place by until the manager reports one.
         #[arg(long)]
         region: Option<String>,
+        /// Pod Security profile of its workspaces: `baseline` (root allowed,
+        /// sudo works) or `restricted` (non-root, no capabilities, no escalation).
+        #[arg(long, value_parser = ["baseline", "restricted"])]
+        security_profile: Option<String>,
         /// Write the install manifest (YAML, carries the token) to this file.
         #[arg(long)]
         manifest_out: Option<PathBuf>,
@@ -179,6 +191,13 @@ pub enum ClusterCommand {
         name: String,
     },
     /// Delete a cluster: its tokens stop working and its manager is cut off.
+    ///
+    /// A cluster with workspaces is refused unless --force, which first forgets
+    /// every workspace on it (listing them): if its manager is connected their
+    /// objects are removed now; otherwise they stay in the cluster, since a
+    /// deleted cluster's manager never reconnects. A provider-managed cluster
+    /// needs --yes (deleted in the provider too, with everything in it) or
+    /// --keep-in-provider (only removed from Lapdev).
     Delete {
         /// Cluster name.
         name: String,
@@ -188,6 +207,22 @@ pub enum ClusterCommand {
         /// Only remove a provider-managed cluster from Lapdev; keep it in the provider.
         #[arg(long)]
         keep_in_provider: bool,
+        /// Forget the cluster's workspaces first (they are listed).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Change a cluster's settings.
+    Set {
+        /// Cluster name.
+        name: String,
+        /// Pod Security profile of its workspaces (`baseline` or `restricted`);
+        /// applies once the new manifest is applied, and to each workspace at its
+        /// next start.
+        #[arg(long, value_parser = ["baseline", "restricted"])]
+        security_profile: String,
+        /// Write a new install manifest (with a new token) to this file.
+        #[arg(long)]
+        manifest_out: Option<PathBuf>,
     },
     /// Stop placing new workspaces on a cluster.
     Cordon {
@@ -369,13 +404,15 @@ async fn workspace(
                 }
                 Output::Table => print_table(
                     &[
-                        "NAME", "STATUS", "DESIRED", "CLUSTER", "CPU", "MEMORY", "IMAGE", "MESSAGE",
+                        "NAME", "STATUS", "REASON", "DESIRED", "CLUSTER", "CPU", "MEMORY", "IMAGE",
+                        "MESSAGE",
                     ],
                     list.iter()
                         .map(|w| {
                             vec![
                                 w.name.clone(),
                                 w.status.to_string(),
+                                w.reason.as_ref().map_or("-".into(), ToString::to_string),
                                 w.desired_state.to_string(),
                                 w.cluster.clone().unwrap_or_else(|| "-".into()),
                                 format!("{}m", w.cpu_millis),
@@ -391,8 +428,11 @@ async fn workspace(
         WorkspaceCommand::Get { name } => api.get_workspace(name).await.map_err(call_error)?,
         WorkspaceCommand::Stop { name } => api.stop_workspace(name).await.map_err(call_error)?,
         WorkspaceCommand::Start { name } => api.start_workspace(name).await.map_err(call_error)?,
-        WorkspaceCommand::Delete { name } => {
+        WorkspaceCommand::Delete { name, force: false } => {
             api.delete_workspace(name).await.map_err(call_error)?
+        }
+        WorkspaceCommand::Delete { name, force: true } => {
+            api.forget_workspace(name).await.map_err(call_error)?
         }
     };
     match out {
@@ -408,6 +448,7 @@ pub fn workspace_json(w: &WorkspaceView) -> Value {
         "name": w.name,
         "cluster": w.cluster,
         "status": w.status,
+        "reason": w.reason,
         "desired_state": w.desired_state,
         "message": w.message,
         "image": w.image,
@@ -416,6 +457,7 @@ pub fn workspace_json(w: &WorkspaceView) -> Value {
         "storage_bytes": w.storage_bytes,
         "created_at": w.created_at,
         "deleted_at": w.deleted_at,
+        "forgotten_at": w.forgotten_at,
     })
 }
 
@@ -440,11 +482,13 @@ async fn cluster(admin: &AdminRpcClient, out: Output, cmd: ClusterCommand) -> an
         ClusterCommand::Create {
             name,
             region,
+            security_profile,
             manifest_out,
             token_out,
         } => {
+            let profile = security_profile.as_deref().map(parse_profile).transpose()?;
             let created = admin
-                .create_cluster(name, region)
+                .create_cluster(name, region, profile)
                 .await
                 .map_err(call_error)?;
             if let Some(path) = &manifest_out {
@@ -472,7 +516,57 @@ async fn cluster(admin: &AdminRpcClient, out: Output, cmd: ClusterCommand) -> an
             name,
             yes,
             keep_in_provider,
-        } => provider::delete_cluster(admin, out, name, yes, keep_in_provider).await,
+            force,
+        } => {
+            if force {
+                let forgotten = admin
+                    .forget_cluster_workspaces(name.clone())
+                    .await
+                    .map_err(call_error)?;
+                if out == Output::Table {
+                    for w in &forgotten {
+                        println!("workspace {w} forgotten");
+                    }
+                }
+            }
+            provider::delete_cluster(admin, out, name, yes, keep_in_provider).await
+        }
+        ClusterCommand::Set {
+            name,
+            security_profile,
+            manifest_out,
+        } => {
+            let c = admin
+                .set_cluster_security_profile(name.clone(), parse_profile(&security_profile)?)
+                .await
+                .map_err(call_error)?;
+            match &manifest_out {
+                Some(path) => {
+                    let created = admin
+                        .create_cluster_token(name, "manifest".to_owned(), None)
+                        .await
+                        .map_err(call_error)?;
+                    write_private(path, created.manifest.as_bytes())?;
+                    if out == Output::Table {
+                        println!(
+                            "security profile {}; apply the new manifest: kubectl apply -f {}",
+                            c.security_profile,
+                            path.display()
+                        );
+                        return Ok(());
+                    }
+                }
+                None if out == Output::Table => {
+                    println!(
+                        "security profile {}; get a manifest that applies it with: lapdev cluster manifest {name} --manifest-out FILE",
+                        c.security_profile
+                    );
+                    return Ok(());
+                }
+                None => {}
+            }
+            print_cluster(out, &c)
+        }
         ClusterCommand::Cordon { name } => {
             let c = admin
                 .set_cluster_cordoned(name, true)
@@ -588,6 +682,11 @@ async fn token(admin: &AdminRpcClient, out: Output, cmd: TokenCommand) -> anyhow
     }
 }
 
+fn parse_profile(s: &str) -> anyhow::Result<lapdev_common::status::SecurityProfile> {
+    s.parse()
+        .map_err(|e| anyhow::anyhow!("--security-profile {s:?}: {e}"))
+}
+
 /// A cluster as `-o json` prints it.
 pub fn cluster_json(c: &ClusterView) -> Value {
     json!({
@@ -603,6 +702,8 @@ pub fn cluster_json(c: &ClusterView) -> Value {
         "provider": c.provider,
         "region": c.region,
         "manager_version": c.manager_version,
+        "manifest_revision": c.manifest_revision,
+        "security_profile": c.security_profile,
         "last_reported_at": c.last_reported_at,
         "cordoned": c.cordoned,
         "created_at": c.created_at,

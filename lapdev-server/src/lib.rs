@@ -21,6 +21,7 @@ pub mod config;
 pub mod connector;
 pub mod datadir;
 pub mod jwt;
+pub mod lifecycle_metrics;
 pub mod metrics;
 pub mod tls;
 
@@ -289,6 +290,16 @@ impl Server {
             })
         };
 
+        let lifecycle = {
+            let db = db.clone();
+            let mut rx = shutdown_rx.clone();
+            tokio::spawn(async move {
+                lifecycle_metrics::run(db, async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await;
+            })
+        };
         let reconciler = {
             let mut rx = shutdown_rx.clone();
             tokio::spawn(async move {
@@ -322,6 +333,7 @@ impl Server {
             let _ = sweeper.await;
             let _ = flusher.await;
             let _ = reconciler.await;
+            let _ = lifecycle.await;
             served.context("serving HTTP")
         });
         Ok(Server {

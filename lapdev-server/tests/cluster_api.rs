@@ -15,7 +15,7 @@ async fn a_manager_reports_and_the_admin_api_shows_it() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
     let created = admin
-        .create_cluster("prod-eu".into(), Some("europe-west4".into()))
+        .create_cluster("prod-eu".into(), Some("europe-west4".into()), None)
         .await
         .unwrap();
     assert_eq!(created.cluster.status, ClusterStatus::Pending);
@@ -61,7 +61,7 @@ fn assert_unauthenticated<T: std::fmt::Debug>(
 async fn bad_cluster_tokens_are_401_with_an_hrpc_body() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
-    let created = admin.create_cluster("c1".into(), None).await.unwrap();
+    let created = admin.create_cluster("c1".into(), None, None).await.unwrap();
 
     // Missing header: a raw request, so nothing adds one.
     let response = reqwest_free_post(&t.base(), "/rpc/KubeClusterRpc/heartbeat", &[]).await;
@@ -142,8 +142,8 @@ async fn reqwest_free_post(base: &str, path: &str, headers: &[(&str, &str)]) -> 
 async fn a_token_only_ever_writes_its_own_cluster() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
-    let a = admin.create_cluster("a".into(), None).await.unwrap();
-    admin.create_cluster("b".into(), None).await.unwrap();
+    let a = admin.create_cluster("a".into(), None, None).await.unwrap();
+    admin.create_cluster("b".into(), None, None).await.unwrap();
 
     t.cluster_client(&a.token_secret)
         .report_cluster_info(sample_info())
@@ -160,7 +160,10 @@ async fn a_token_only_ever_writes_its_own_cluster() {
 async fn silent_clusters_become_disconnected() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
-    let created = admin.create_cluster("quiet".into(), None).await.unwrap();
+    let created = admin
+        .create_cluster("quiet".into(), None, None)
+        .await
+        .unwrap();
     let manager = t.cluster_client(&created.token_secret);
     manager.report_cluster_info(sample_info()).await.unwrap();
     manager.heartbeat(ManagerHealth::Ok).await.unwrap();
@@ -274,7 +277,10 @@ fn base64_decode(s: &str) -> Vec<u8> {
 #[tokio::test]
 async fn another_organisations_cluster_is_not_found() {
     let t = TestServer::postgres().await;
-    t.admin().create_cluster("mine".into(), None).await.unwrap();
+    t.admin()
+        .create_cluster("mine".into(), None, None)
+        .await
+        .unwrap();
 
     let db = &t.server.state.db;
     let other = db.create_organization("other").await.unwrap();
@@ -327,8 +333,11 @@ async fn another_organisations_cluster_is_not_found() {
 async fn cluster_admin_lifecycle() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
-    let created = admin.create_cluster("life".into(), None).await.unwrap();
-    match admin.create_cluster("life".into(), None).await {
+    let created = admin
+        .create_cluster("life".into(), None, None)
+        .await
+        .unwrap();
+    match admin.create_cluster("life".into(), None, None).await {
         Err(CallError::Service(e)) => assert_eq!(e.code, Code::AlreadyExists),
         other => panic!("expected already_exists, got {other:?}"),
     }
@@ -385,14 +394,20 @@ async fn cluster_admin_lifecycle() {
         "deleted cluster",
     );
     // The name is free again.
-    admin.create_cluster("life".into(), None).await.unwrap();
+    admin
+        .create_cluster("life".into(), None, None)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn the_embedded_default_works_end_to_end() {
     let t = TestServer::embedded().await;
     let admin = t.admin();
-    let created = admin.create_cluster("local".into(), None).await.unwrap();
+    let created = admin
+        .create_cluster("local".into(), None, None)
+        .await
+        .unwrap();
     t.cluster_client(&created.token_secret)
         .report_cluster_info(sample_info())
         .await
@@ -408,7 +423,7 @@ async fn the_embedded_default_works_end_to_end() {
 async fn a_restart_forgets_connections_and_refuses_a_wrong_encryption_key() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
-    let created = admin.create_cluster("c".into(), None).await.unwrap();
+    let created = admin.create_cluster("c".into(), None, None).await.unwrap();
     let org = t.server.state.db.list_organizations().await.unwrap()[0].id;
     t.server
         .state

@@ -23,6 +23,8 @@ use serde_json::{Value, json};
 /// A method missing here (or declared differently) fails the matrix.
 const EXPECTED: &[(&str, &str)] = &[
     ("/AdminRpc/create_cluster", "admin"),
+    ("/AdminRpc/set_cluster_security_profile", "admin"),
+    ("/AdminRpc/forget_cluster_workspaces", "admin"),
     ("/AdminRpc/list_clusters", "member"),
     ("/AdminRpc/get_cluster", "member"),
     ("/AdminRpc/delete_cluster", "admin"),
@@ -45,6 +47,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("/WorkspaceRpc/stop_workspace", "member"),
     ("/WorkspaceRpc/start_workspace", "member"),
     ("/WorkspaceRpc/delete_workspace", "member"),
+    ("/WorkspaceRpc/forget_workspace", "member"),
     ("/PeopleRpc/sign_in", "public"),
     ("/PeopleRpc/whoami", "member"),
     ("/PeopleRpc/create_token", "member"),

@@ -35,7 +35,10 @@ fn json(out: Output) -> Value {
 async fn workspace_lifecycle_through_the_cli() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
-    let created = admin.create_cluster("dev".into(), None).await.unwrap();
+    let created = admin
+        .create_cluster("dev".into(), None, None)
+        .await
+        .unwrap();
     let manager_api = t.cluster_client(&created.token_secret);
     manager_api
         .report_cluster_info(sample_info())
@@ -182,7 +185,10 @@ async fn workspace_lifecycle_through_the_cli() {
 async fn deleted_reports_end_wanted_deletions_and_flag_unwanted_ones() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
-    let created = admin.create_cluster("dev".into(), None).await.unwrap();
+    let created = admin
+        .create_cluster("dev".into(), None, None)
+        .await
+        .unwrap();
     let manager_api = t.cluster_client(&created.token_secret);
     manager_api
         .report_cluster_info(sample_info())

@@ -22,6 +22,7 @@ mod m20251126_000004_create_kube_cluster;
 mod m20251126_000005_create_kube_cluster_token;
 mod m20251126_000006_create_kube_workspace;
 mod m20251126_000007_add_workspace_placement_constraints;
+mod m20251129_000008_workspace_repair_and_cluster_profile;
 mod m20251129_000009_people;
 
 /// Every migration, in the order they run.
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20251126_000005_create_kube_cluster_token::Migration),
             Box::new(m20251126_000006_create_kube_workspace::Migration),
             Box::new(m20251126_000007_add_workspace_placement_constraints::Migration),
+            Box::new(m20251129_000008_workspace_repair_and_cluster_profile::Migration),
             Box::new(m20251129_000009_people::Migration),
         ]
     }

@@ -27,6 +27,12 @@ pub struct Model {
     pub deleted_at: Option<DateTimeWithTimeZone>,
     pub placement_cluster: Option<String>,
     pub placement_region: Option<String>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub status_reason: Option<String>,
+    pub repair_attempts: i32,
+    pub next_attempt_at: Option<DateTimeWithTimeZone>,
+    pub volume_created: bool,
+    pub forgotten_at: Option<DateTimeWithTimeZone>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -8,7 +8,7 @@
 //! new fields get a default.
 
 use chrono::{DateTime, Utc};
-use lapdev_common::status::{CloudProvider, ClusterStatus, K8sProviderKind};
+use lapdev_common::status::{CloudProvider, ClusterStatus, K8sProviderKind, SecurityProfile};
 use lapdev_hrpc::{Context, HrpcError};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -42,6 +42,14 @@ pub struct ClusterView {
     pub created_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub deleted_at: Option<DateTime<Utc>>,
+    /// The Pod Security profile its workspaces run under (what its manifest
+    /// renders).
+    #[serde(default)]
+    pub security_profile: SecurityProfile,
+    /// The manifest revision its manager says it was installed from (`None` for
+    /// managers that predate revisions).
+    #[serde(default)]
+    pub manifest_revision: Option<String>,
 }
 
 /// A cluster token's metadata (never the secret).
@@ -92,13 +100,37 @@ pub struct ProviderView {
 #[lapdev_hrpc::service]
 pub trait AdminRpc {
     /// Registers a cluster; returns its first token and install manifest.
+    /// `security_profile` defaults to `baseline` (absent for older clients).
     #[hrpc(role = "admin")]
     async fn create_cluster(
         &self,
         ctx: Context,
         name: String,
         region: Option<String>,
+        security_profile: Option<SecurityProfile>,
     ) -> Result<CreatedCluster, HrpcError>;
+
+    /// Changes the Pod Security profile of a cluster's workspaces. It takes effect
+    /// when the admin applies a new manifest (`create_cluster_token` renders one)
+    /// and, for each workspace, at its next start.
+    #[hrpc(role = "admin")]
+    async fn set_cluster_security_profile(
+        &self,
+        ctx: Context,
+        name: String,
+        security_profile: SecurityProfile,
+    ) -> Result<ClusterView, HrpcError>;
+
+    /// Forgets every workspace on a cluster (for `cluster delete --force`): each
+    /// becomes a tombstone, deleted for its users at once. If the cluster's
+    /// manager is connected its objects are removed now; otherwise when it
+    /// reconnects. Returns the forgotten workspaces' names.
+    #[hrpc(role = "admin")]
+    async fn forget_cluster_workspaces(
+        &self,
+        ctx: Context,
+        name: String,
+    ) -> Result<Vec<String>, HrpcError>;
 
     /// The organisation's clusters, by name.
     #[hrpc(role = "member")]

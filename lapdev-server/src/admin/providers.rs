@@ -425,6 +425,7 @@ impl ProviderService {
         let params = ManifestParams {
             server_ca_pem: self.inner.manifest.server_ca_pem.clone(),
             image: self.inner.manifest.image.clone(),
+            security_profile: cluster.security_profile,
             ..ManifestParams::new(
                 &self.inner.manifest.server_url,
                 token.secret.expose(),
@@ -817,6 +818,7 @@ impl ProviderRpc for ProviderService {
                     external_id: Some(remote.external_id.clone()),
                     declared_region: Some(remote.location.clone()),
                     labels: Default::default(),
+                    security_profile: Default::default(),
                 },
             )
             .await
@@ -907,6 +909,7 @@ impl ProviderRpc for ProviderService {
                     external_id: op.target.clone(),
                     declared_region: Some(location.clone()),
                     labels: Default::default(),
+                    security_profile: Default::default(),
                 },
             )
             .await

@@ -8,6 +8,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use lapdev_common::status::CloudProvider;
+use lapdev_common::status::SecurityProfile;
 use lapdev_db::{Cluster, ClusterToken, CredentialKey, Db, NewCluster, NewClusterToken};
 use lapdev_hrpc::{Context, HrpcError};
 use lapdev_kube::db_error;
@@ -65,17 +66,11 @@ impl AdminService {
         }
     }
 
-    /// Tells `conductor` about cluster changes made here (so placement sees a
-    /// cordon at once).
+    /// The conductor that forgets workspaces for `cluster delete --force`.
+    /// (Placement learns of cluster changes through the database's change feed.)
     pub fn with_conductor(mut self, conductor: lapdev_conductor::Conductor) -> Self {
         self.conductor = Some(conductor);
         self
-    }
-
-    async fn clusters_changed(&self, who: AdminIdentity) {
-        if let Some(c) = &self.conductor {
-            c.invalidate(who.organization_id).await;
-        }
     }
 
     /// What install manifests are rendered with (the provider service installs
@@ -93,6 +88,7 @@ impl AdminService {
         let params = ManifestParams {
             server_ca_pem: self.manifest.server_ca_pem.clone(),
             image: self.manifest.image.clone(),
+            security_profile: cluster.security_profile,
             ..ManifestParams::new(&self.manifest.server_url, token, &cluster.name)
         };
         render_manifest(&params).map_err(|e| {
@@ -190,6 +186,8 @@ pub fn cluster_view(c: Cluster) -> ClusterView {
         last_seen_at: c.last_seen_at,
         created_at: Some(c.created_at),
         deleted_at: c.deleted_at,
+        security_profile: c.security_profile,
+        manifest_revision: c.manifest_revision,
         name: c.name,
     }
 }
@@ -212,6 +210,7 @@ impl AdminRpc for AdminService {
         ctx: Context,
         name: String,
         region: Option<String>,
+        security_profile: Option<SecurityProfile>,
     ) -> Result<CreatedCluster, HrpcError> {
         let who = who(&ctx)?;
         let cluster = self
@@ -220,12 +219,12 @@ impl AdminRpc for AdminService {
                 who.organization_id,
                 NewCluster {
                     declared_region: region,
+                    security_profile: security_profile.unwrap_or_default(),
                     ..NewCluster::named(name)
                 },
             )
             .await
             .map_err(db_error)?;
-        self.clusters_changed(who).await;
         let created = self
             .new_token(who, &cluster, "initial".to_owned(), None)
             .await?;
@@ -276,8 +275,42 @@ impl AdminRpc for AdminService {
             .await
             .map_err(db_error)?;
         self.kube.cluster_deleted(cluster.id);
-        self.clusters_changed(who).await;
         Ok(())
+    }
+
+    async fn set_cluster_security_profile(
+        &self,
+        ctx: Context,
+        name: String,
+        security_profile: SecurityProfile,
+    ) -> Result<ClusterView, HrpcError> {
+        let who = who(&ctx)?;
+        let cluster = self.cluster(who, &name).await?;
+        self.db
+            .set_cluster_security_profile(who.organization_id, cluster.id, security_profile)
+            .await
+            .map_err(db_error)?;
+        Ok(cluster_view(self.cluster(who, &name).await?))
+    }
+
+    async fn forget_cluster_workspaces(
+        &self,
+        ctx: Context,
+        name: String,
+    ) -> Result<Vec<String>, HrpcError> {
+        let who = who(&ctx)?;
+        let cluster = self.cluster(who, &name).await?;
+        let conductor = self
+            .conductor
+            .as_ref()
+            .ok_or_else(|| HrpcError::unavailable("workspaces are not served here"))?;
+        let forgotten = conductor
+            .forget_cluster_workspaces(who.organization_id, cluster.id)
+            .await?;
+        // With the manager connected, its objects go now, before the cluster (and
+        // with it the manager's access) is deleted.
+        conductor.clean_tombstones().await;
+        Ok(forgotten.into_iter().map(|w| w.name).collect())
     }
 
     async fn set_cluster_cordoned(
@@ -292,7 +325,6 @@ impl AdminRpc for AdminService {
             .set_cluster_cordoned(who.organization_id, cluster.id, cordoned)
             .await
             .map_err(db_error)?;
-        self.clusters_changed(who).await;
         Ok(cluster_view(self.cluster(who, &name).await?))
     }
 

@@ -6,6 +6,7 @@
 //! owners see every workspace of the organisation.
 
 use chrono::{DateTime, Utc};
+use lapdev_common::reason::WorkspaceReason;
 use lapdev_common::status::{DesiredState, WorkspaceStatus};
 use lapdev_conductor::{Conductor, CreateWorkspace};
 use lapdev_db::{Db, Workspace};
@@ -37,6 +38,14 @@ pub struct WorkspaceView {
     pub pod_name: Option<String>,
     #[serde(default)]
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Why it is in its status, machine-readable (`Evicted`, `ImagePullFailing`,
+    /// `CreateRefused`, `ClusterGone`, …); see `lapdev_common::reason`.
+    #[serde(default)]
+    pub reason: Option<WorkspaceReason>,
+    /// Set while a force-deleted workspace's objects still wait for its cluster's
+    /// manager to reconnect.
+    #[serde(default)]
+    pub forgotten_at: Option<DateTime<Utc>>,
 }
 
 /// What `create_workspace` takes.
@@ -96,6 +105,17 @@ pub trait WorkspaceRpc {
         ctx: Context,
         name: String,
     ) -> Result<WorkspaceView, HrpcError>;
+
+    /// Forgets a workspace whose cluster is disconnected or deleted (`workspace
+    /// delete --force`): it is deleted for its users at once, reason
+    /// `ClusterGone`, and its objects are removed when the cluster's manager
+    /// reconnects. Refused (`invalid_argument`) while the cluster is connected.
+    #[hrpc(role = "member")]
+    async fn forget_workspace(
+        &self,
+        ctx: Context,
+        name: String,
+    ) -> Result<WorkspaceView, HrpcError>;
 }
 
 /// The implementation of [`WorkspaceRpc`].
@@ -141,6 +161,8 @@ impl WorkspaceService {
             created_at: ws.created_at,
             pod_name: ws.pod_name,
             deleted_at: ws.deleted_at,
+            reason: ws.status_reason,
+            forgotten_at: ws.forgotten_at,
         })
     }
 
@@ -272,5 +294,24 @@ impl WorkspaceRpc for WorkspaceService {
         name: String,
     ) -> Result<WorkspaceView, HrpcError> {
         self.desire(&ctx, &name, DesiredState::Deleted).await
+    }
+
+    async fn forget_workspace(
+        &self,
+        ctx: Context,
+        name: String,
+    ) -> Result<WorkspaceView, HrpcError> {
+        let who = who(&ctx)?;
+        let ws = self
+            .db
+            .get_workspace_by_name(who.organization_id, &name)
+            .await
+            .map_err(db_error)?;
+        let ws = visible(&ctx, ws, &name)?;
+        let tomb = self
+            .conductor
+            .forget_workspace(who.organization_id, ws.id)
+            .await?;
+        self.view(who, tomb).await
     }
 }

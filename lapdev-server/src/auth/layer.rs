@@ -53,6 +53,8 @@ const AUDITED: &[(&str, &str)] = &[
     ("/AdminRpc/create_cluster", "cluster.create"),
     ("/AdminRpc/delete_cluster", "cluster.delete"),
     ("/AdminRpc/set_cluster_cordoned", "cluster.cordon"),
+    ("/AdminRpc/set_cluster_security_profile", "cluster.security_profile"),
+    ("/AdminRpc/forget_cluster_workspaces", "cluster.forget_workspaces"),
     ("/AdminRpc/create_cluster_token", "cluster_token.create"),
     ("/AdminRpc/revoke_cluster_token", "cluster_token.revoke"),
     ("/ProviderRpc/create_provider", "provider.create"),
@@ -64,6 +66,7 @@ const AUDITED: &[(&str, &str)] = &[
     ("/WorkspaceRpc/stop_workspace", "workspace.stop"),
     ("/WorkspaceRpc/start_workspace", "workspace.start"),
     ("/WorkspaceRpc/delete_workspace", "workspace.delete"),
+    ("/WorkspaceRpc/forget_workspace", "workspace.forget"),
 ];
 
 /// Bodies of audited calls are read up to this size to name the target; larger

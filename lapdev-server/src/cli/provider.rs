@@ -352,9 +352,13 @@ pub async fn delete_cluster(
     let result = api
         .delete_cluster(name.clone(), yes, keep_in_provider)
         .await
-        .map_err(call_error)
         .map_err(|e| {
-            if yes {
+            let has_workspaces =
+                matches!(&e, lapdev_hrpc::CallError::Service(h) if h.message.contains("workspace"));
+            let e = call_error(e);
+            if has_workspaces {
+                e.context("delete its workspaces first, or pass --force to forget them")
+            } else if yes {
                 e
             } else {
                 e.context("pass --yes to delete it in the provider too, or --keep-in-provider")
