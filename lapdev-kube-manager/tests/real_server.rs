@@ -61,7 +61,10 @@ async fn the_manager_connects_to_the_real_server_and_serves_its_calls() {
         ))
         .unwrap(),
     );
-    let created = admin.create_cluster("double".into(), None).await.unwrap();
+    let created = admin
+        .create_cluster("double".into(), None, None)
+        .await
+        .unwrap();
     let cluster_id = created.cluster.id;
 
     let double = double().await;
