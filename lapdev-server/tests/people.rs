@@ -338,7 +338,10 @@ async fn sign_in_tokens_disable_and_revoke_take_effect_on_the_next_call() {
 async fn audited_actions_are_recorded_and_a_failed_audit_write_loses_nothing() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
-    admin.create_cluster("one".into(), None, None).await.unwrap();
+    admin
+        .create_cluster("one".into(), None, None)
+        .await
+        .unwrap();
     let owner = people(&t.base(), &t.admin_token);
     // The row is written in the background: wait for it, bounded.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -363,7 +366,10 @@ async fn audited_actions_are_recorded_and_a_failed_audit_write_loses_nothing() {
     lapdev_db::test_support::execute_sql(&t.server.state.db, "DROP TABLE audit_log")
         .await
         .unwrap();
-    admin.create_cluster("two".into(), None, None).await.unwrap();
+    admin
+        .create_cluster("two".into(), None, None)
+        .await
+        .unwrap();
     assert_eq!(admin.get_cluster("two".into()).await.unwrap().name, "two");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

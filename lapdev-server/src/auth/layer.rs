@@ -53,8 +53,14 @@ const AUDITED: &[(&str, &str)] = &[
     ("/AdminRpc/create_cluster", "cluster.create"),
     ("/AdminRpc/delete_cluster", "cluster.delete"),
     ("/AdminRpc/set_cluster_cordoned", "cluster.cordon"),
-    ("/AdminRpc/set_cluster_security_profile", "cluster.security_profile"),
-    ("/AdminRpc/forget_cluster_workspaces", "cluster.forget_workspaces"),
+    (
+        "/AdminRpc/set_cluster_security_profile",
+        "cluster.security_profile",
+    ),
+    (
+        "/AdminRpc/forget_cluster_workspaces",
+        "cluster.forget_workspaces",
+    ),
     ("/AdminRpc/create_cluster_token", "cluster_token.create"),
     ("/AdminRpc/revoke_cluster_token", "cluster_token.revoke"),
     ("/ProviderRpc/create_provider", "provider.create"),
