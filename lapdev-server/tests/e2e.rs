@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use lapdev_db::test_support::TestDatabase;
+use lapdev_kube::manifest::{ManifestParams, manager_manifest};
 use lapdev_kube_double::{KubeDouble, NodeSpec};
 use serde_json::Value;
 
@@ -84,8 +85,24 @@ impl Env {
         let data_dir = tempfile::tempdir().unwrap();
         let double = KubeDouble::start().await.unwrap();
         let h = double.handle();
-        h.create_namespace("lapdev").unwrap();
-        h.create_namespace(NAMESPACE).unwrap();
+        // The manager runs as the ServiceAccount of the manifest the server
+        // renders, with RBAC enforced from the Role and ClusterRole it applies
+        // and Pod Security from its namespace labels: a Kubernetes call the
+        // manifest does not allow fails this test.
+        let manifest = manager_manifest(&ManifestParams::new(
+            "http://127.0.0.1:1",
+            "lapdev_ct_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_abcde",
+            "e2e",
+        ))
+        .unwrap();
+        h.create(&manifest.manager_namespace).unwrap();
+        h.create(&manifest.workspace_namespace).unwrap();
+        h.create(&manifest.service_account).unwrap();
+        h.create(&manifest.cluster_role).unwrap();
+        h.create(&manifest.cluster_role_binding).unwrap();
+        h.create(&manifest.role).unwrap();
+        h.create(&manifest.role_binding).unwrap();
+        h.enable_rbac();
         for i in 0..3 {
             h.add_node(
                 &format!("node-{i}"),
@@ -97,8 +114,9 @@ impl Env {
             )
             .unwrap();
         }
-        let kubeconfig = data_dir.path().join("kubeconfig");
-        double.write_kubeconfig(&kubeconfig).unwrap();
+        let kubeconfig = double
+            .service_account_kubeconfig("lapdev", "lapdev-kube-manager")
+            .unwrap();
         Env {
             server_bin,
             manager_bin,
