@@ -146,6 +146,8 @@ string_enum! {
     }
 }
 
+// `string_enum!` writes the derive list, so `#[default]` cannot be added there.
+#[allow(clippy::derivable_impls)]
 impl Default for SecurityProfile {
     fn default() -> Self {
         SecurityProfile::Baseline

@@ -359,6 +359,15 @@ impl AdminRpc for AdminService {
     }
 }
 
+/// The credentials of an `authorization` header using the `Bearer` scheme. The
+/// scheme name is case-insensitive (RFC 9110 §11.1), so `bearer x` and
+/// `BEARER x` are the same as `Bearer x`.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// axum middleware: requires `authorization: Bearer <admin JWT>` and inserts the
 /// caller's [`AdminIdentity`]; anything else is `401` with an HRPC error body.
 pub async fn require_admin(
@@ -370,7 +379,7 @@ pub async fn require_admin(
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+    let Some(token) = header.and_then(bearer_token) else {
         return HrpcError::unauthenticated("missing `authorization: Bearer <token>` header")
             .into_response();
     };
