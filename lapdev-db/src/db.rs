@@ -1,5 +1,11 @@
 //! [`Db`]: the connection pool plus the in-memory state the repository keeps
 //! (the cluster-token `last_used_at` coalescer), and connect-and-migrate.
+//!
+//! SQLite (the embedded default) is opened in WAL mode, so readers never wait
+//! for the writer and a write never waits for readers, with `synchronous =
+//! NORMAL` (durable across a process crash; WAL's usual pairing) and a busy
+//! timeout ([`ConnectConfig::sqlite_busy_timeout`], 10 s by default) so
+//! concurrent writers queue instead of failing with `SQLITE_BUSY`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,15 +27,20 @@ pub struct ConnectConfig {
     pub max_connections: u32,
     /// Apply pending migrations before returning (what the server does on start).
     pub run_migrations: bool,
+    /// SQLite only: how long a statement waits for another connection's write
+    /// lock before failing.
+    pub sqlite_busy_timeout: Duration,
 }
 
 impl ConnectConfig {
-    /// Defaults for `url`: a pool of 16 connections, migrations applied.
+    /// Defaults for `url`: a pool of 16 connections, migrations applied, a
+    /// 10 s SQLite busy timeout.
     pub fn new(url: impl Into<String>) -> Self {
         ConnectConfig {
             url: url.into(),
             max_connections: 16,
             run_migrations: true,
+            sqlite_busy_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -63,6 +74,14 @@ impl Db {
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(30))
             .sqlx_logging(false);
+        let busy_timeout = config.sqlite_busy_timeout;
+        options.map_sqlx_sqlite_opts(move |sqlite| {
+            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+            sqlite
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(busy_timeout)
+        });
         let conn = Database::connect(options).await.map_err(DbError::Connect)?;
         if config.run_migrations {
             Migrator::up(&conn, None).await.map_err(DbError::Migrate)?;
@@ -156,4 +175,38 @@ impl TokenUsage {
 /// The current time at the precision both databases keep (microseconds).
 pub(crate) fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::{ConnectionTrait as _, Statement};
+
+    async fn pragma(db: &Db, name: &str) -> String {
+        let row = db
+            .connection()
+            .query_one_raw(Statement::from_string(
+                db.connection().get_database_backend(),
+                format!("PRAGMA {name}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<String>(0)
+            .or_else(|_| row.try_get_by_index::<i64>(0).map(|n| n.to_string()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sqlite_runs_in_wal_mode_with_a_busy_timeout() {
+        let dir = std::env::temp_dir().join(format!("lapdev-db-wal-{}", Uuid::new_v4()));
+        let url = format!("sqlite://{}/lapdev.db?mode=rwc", dir.display());
+        let db = connect(&url).await.unwrap();
+        assert_eq!(pragma(&db, "journal_mode").await, "wal");
+        assert_eq!(pragma(&db, "busy_timeout").await, "10000");
+        // NORMAL is 1.
+        assert_eq!(pragma(&db, "synchronous").await, "1");
+        db.close().await.unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -21,6 +21,7 @@ pub mod connector;
 pub mod datadir;
 pub mod jwt;
 pub mod metrics;
+pub mod secret_file;
 pub mod serve;
 pub mod tls;
 
