@@ -142,6 +142,12 @@ impl std::fmt::Debug for KubeClusterServer {
 /// How many last-seen writes a sweep keeps in flight.
 const SEEN_WRITERS: usize = 4;
 
+/// The most workspaces one `report_workspace_snapshot` may carry; a larger one
+/// is `invalid_argument`, refused before anything touches the database.
+/// Managers send snapshots in chunks of 2,000, so this leaves them room; the
+/// HRPC body limit (4 MiB) bounds the bytes independently.
+pub const MAX_SNAPSHOT_WORKSPACES: usize = 5_000;
+
 /// A status change the server made, for logs and metrics.
 type StatusChange = (Uuid, Uuid, ClusterStatus);
 
@@ -480,6 +486,16 @@ impl KubeClusterRpc for KubeClusterServer {
         workspaces: Vec<WorkspaceObservation>,
     ) -> Result<(), HrpcError> {
         let identity = identity(&ctx)?;
+        if workspaces.len() > MAX_SNAPSHOT_WORKSPACES {
+            return Err(HrpcError::invalid_argument(format!(
+                "a snapshot carries at most {MAX_SNAPSHOT_WORKSPACES} workspaces, got {}; send it in chunks",
+                workspaces.len()
+            ))
+            .with_details(serde_json::json!({
+                "field": "workspaces",
+                "max_items": MAX_SNAPSHOT_WORKSPACES,
+            })));
+        }
         self.seen(identity, None).await;
         for status in &workspaces {
             // One stale or unknown workspace must not stop the rest of the snapshot.
