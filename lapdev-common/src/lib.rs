@@ -1,11 +1,13 @@
 //! Domain types shared by every Lapdev crate: cluster info, statuses, workspace
-//! specs, quantities, the cluster-token format and the HTTP header names.
+//! specs, quantities, the rules for names, the cluster-token format and the HTTP
+//! header names.
 //!
 //! This crate does no I/O. It depends on serde and a few small pure crates only, so
 //! the in-cluster manager, the server and the CLI can all share it cheaply.
 
 pub mod headers;
 pub mod kube;
+pub mod name;
 pub mod quantity;
 pub mod reason;
 pub mod status;

@@ -117,6 +117,47 @@ impl Db {
     }
 }
 
+/// Why [`Db::create_cluster_with_token`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateWithTokenError<E> {
+    /// The database refused (or failed).
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The caller's last step failed; the transaction was rolled back.
+    #[error("{0}")]
+    Finish(E),
+}
+
+impl Db {
+    /// Creates a cluster and its first token in one transaction, and runs
+    /// `finish` (e.g. rendering the install manifest that carries the token)
+    /// before committing: if any step fails, neither the cluster nor the token
+    /// exists afterwards.
+    pub async fn create_cluster_with_token<T, E>(
+        &self,
+        org_id: Uuid,
+        new: crate::NewCluster,
+        token: crate::NewClusterToken,
+        finish: impl FnOnce(&crate::Cluster, &crate::ClusterTokenSecret) -> Result<T, E>,
+    ) -> Result<(crate::Cluster, crate::CreatedClusterToken, T), CreateWithTokenError<E>> {
+        use sea_orm::TransactionTrait as _;
+        self.check_new_cluster(org_id, &new).await?;
+        self.check_new_cluster_token(org_id, &token).await?;
+        let txn = self.conn.begin().await.map_err(DbError::from)?;
+        let cluster = self.insert_cluster(&txn, org_id, new).await?;
+        let created = Self::insert_cluster_token(&txn, cluster.id, token).await?;
+        let finished = match finish(&cluster, &created.secret) {
+            Ok(v) => v,
+            Err(e) => {
+                txn.rollback().await.map_err(DbError::from)?;
+                return Err(CreateWithTokenError::Finish(e));
+            }
+        };
+        txn.commit().await.map_err(DbError::from)?;
+        Ok((cluster, created, finished))
+    }
+}
+
 /// A SQLite file in a directory that does not exist yet (the embedded default
 /// `./lapdev-data/lapdev.db` on a fresh checkout) gets its directory created, so that
 /// `cargo run` needs no setup.
@@ -195,6 +236,59 @@ mod tests {
         row.try_get_by_index::<String>(0)
             .or_else(|_| row.try_get_by_index::<i64>(0).map(|n| n.to_string()))
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_finish_rolls_back_the_cluster_and_its_token() {
+        use sea_orm::{EntityTrait as _, PaginatorTrait as _};
+        for test_db in [
+            crate::test_support::TestDatabase::postgres().await,
+            crate::test_support::TestDatabase::sqlite().await,
+        ] {
+            let db = test_db.db().clone();
+            let org = db.create_organization("org").await.unwrap();
+            let token = || crate::NewClusterToken {
+                name: "initial".into(),
+                created_by: None,
+                expires_at: None,
+            };
+            let failed = db
+                .create_cluster_with_token(
+                    org.id,
+                    crate::NewCluster::named("doomed".to_owned()),
+                    token(),
+                    |_, _| Err::<(), _>("render failed"),
+                )
+                .await;
+            assert!(matches!(
+                failed,
+                Err(CreateWithTokenError::Finish("render failed"))
+            ));
+            let clusters = crate::entities::kube_cluster::Entity::find()
+                .count(db.connection())
+                .await
+                .unwrap();
+            let tokens = crate::entities::kube_cluster_token::Entity::find()
+                .count(db.connection())
+                .await
+                .unwrap();
+            assert_eq!((clusters, tokens), (0, 0));
+            // The same name then works, with its token.
+            let (cluster, created, rendered) = db
+                .create_cluster_with_token(
+                    org.id,
+                    crate::NewCluster::named("doomed".to_owned()),
+                    token(),
+                    |c, secret| Ok::<_, ()>(format!("{}:{}", c.name, secret.expose().len())),
+                )
+                .await
+                .unwrap();
+            assert_eq!(created.token.cluster_id, cluster.id);
+            assert!(rendered.starts_with("doomed:"));
+            db.verify_cluster_token(created.secret.expose())
+                .await
+                .unwrap();
+        }
     }
 
     #[tokio::test]

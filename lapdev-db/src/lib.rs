@@ -29,7 +29,7 @@ mod workspace;
 
 pub use cluster::{Cluster, ClusterInfoUpdate, NewCluster, ResourceRequests};
 pub use crypto::{CredentialError, CredentialKey, ProviderCredential};
-pub use db::{ConnectConfig, Db, connect};
+pub use db::{ConnectConfig, CreateWithTokenError, Db, connect};
 pub use error::{DbError, DbResult, EntityKind, TokenRejection};
 pub use org::{NewUser, Organization, User};
 pub use provider::{NewProvider, Provider};

@@ -181,6 +181,22 @@ pub struct LimitsConfig {
     /// and streamed response bodies are not cut by it.
     #[arg(long, env = "LAPDEV_REQUEST_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_timeout_secs: u64,
+    /// Let cloud providers use any https endpoint and loopback http (local
+    /// stand-ins in tests and development). Without it a provider's API
+    /// endpoint must be on `*.googleapis.com` and its key's `token_uri` on
+    /// Google's OAuth hosts.
+    #[arg(long, env = "LAPDEV_ALLOW_PROVIDER_TEST_ENDPOINTS")]
+    pub allow_provider_test_endpoints: bool,
+    /// How long a verified cluster token is trusted without asking the
+    /// database again, in seconds (0: ask on every call). Revocations through
+    /// this server apply at once regardless.
+    #[arg(long, env = "LAPDEV_TOKEN_CACHE_TTL_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub token_cache_ttl_secs: u64,
+    /// While the database cannot answer, a cluster token it confirmed within
+    /// the cache TTL plus this many seconds is still accepted, so a database
+    /// outage shorter than this drops no tunnel and changes no cluster status.
+    #[arg(long, env = "LAPDEV_TOKEN_STALE_IF_ERROR_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub token_stale_if_error_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -194,6 +210,9 @@ impl Default for LimitsConfig {
             max_tls_handshakes: 256,
             max_connections: 10_000,
             request_timeout_secs: 60,
+            allow_provider_test_endpoints: false,
+            token_cache_ttl_secs: 5,
+            token_stale_if_error_secs: 300,
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct AppState {
     pub workspaces: WorkspaceService,
     /// Placement and lifecycle.
     pub conductor: Conductor,
+    /// Which endpoints cloud providers may use.
+    pub provider_endpoints: lapdev_kube::provider::EndpointPolicy,
 }
 
 /// How the HTTP surface is put together beyond its state.
@@ -209,6 +211,19 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// Checks a name against `lapdev-common`'s rules ([`lapdev_common::name`]):
+/// `invalid_argument` naming the request `field` in `details.field`.
+pub fn check_name(
+    field: &'static str,
+    kind: lapdev_common::name::NameKind,
+    name: &str,
+) -> Result<(), lapdev_hrpc::HrpcError> {
+    lapdev_common::name::validate(kind, name).map_err(|e| {
+        lapdev_hrpc::HrpcError::invalid_argument(e.to_string())
+            .with_details(serde_json::json!({ "field": field }))
+    })
+}
+
 /// Secrets resolved from flags, environment or the data directory.
 pub struct Secrets {
     /// Admin token keys.
@@ -305,6 +320,8 @@ impl Server {
             db.clone(),
             KubeClusterServerConfig {
                 heartbeat_interval: config.heartbeat_interval(),
+                token_cache_ttl: Duration::from_secs(limits.token_cache_ttl_secs),
+                token_stale_if_error: Duration::from_secs(limits.token_stale_if_error_secs),
                 ..Default::default()
             },
         );
@@ -337,6 +354,15 @@ impl Server {
             admin,
             workspaces: WorkspaceService::new(db.clone(), conductor.clone()),
             conductor: conductor.clone(),
+            provider_endpoints: if limits.allow_provider_test_endpoints {
+                tracing::warn!(
+                    "--allow-provider-test-endpoints: providers may call any https URL or \
+                     loopback http; use this only with local stand-ins"
+                );
+                lapdev_kube::provider::EndpointPolicy::AllowTestStandIns
+            } else {
+                lapdev_kube::provider::EndpointPolicy::GoogleOnly
+            },
         };
         let metrics_access = MetricsAccess {
             token: match &limits.metrics_token_file {

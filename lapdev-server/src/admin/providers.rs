@@ -176,6 +176,9 @@ pub struct ProviderSettings {
     pub first_poll_interval: Duration,
     /// Longest wait between polls.
     pub max_poll_interval: Duration,
+    /// Which endpoints providers may use (Google's hosts unless the server runs
+    /// with `--allow-provider-test-endpoints`).
+    pub endpoints: lapdev_kube::provider::EndpointPolicy,
 }
 
 impl Default for ProviderSettings {
@@ -184,6 +187,7 @@ impl Default for ProviderSettings {
             operation_deadline: Duration::from_secs(45 * 60),
             first_poll_interval: Duration::from_millis(200),
             max_poll_interval: Duration::from_secs(10),
+            endpoints: lapdev_kube::provider::EndpointPolicy::default(),
         }
     }
 }
@@ -329,9 +333,14 @@ impl ProviderService {
             .provider_credential(row.organization_id, row.id, &self.inner.credential_key)
             .await
             .map_err(db_error)?;
-        connect(row.kind, &row.config, credential.expose())
-            .await
-            .map_err(provider_error)
+        connect(
+            row.kind,
+            &row.config,
+            credential.expose(),
+            self.inner.settings.endpoints,
+        )
+        .await
+        .map_err(provider_error)
     }
 
     fn managed_view(&self, cluster: Cluster, provider: Option<&Provider>) -> ManagedClusterView {
@@ -651,15 +660,21 @@ impl ProviderRpc for ProviderService {
         validate: bool,
     ) -> Result<CreatedProvider, HrpcError> {
         let who = who(&ctx)?;
+        crate::check_name("name", lapdev_common::name::NameKind::Provider, &name)?;
         if credential.len() > MAX_CREDENTIAL_BYTES {
             return Err(HrpcError::invalid_argument(
                 "the credential is larger than 64 KiB",
             ));
         }
         // Shape first: a malformed key or config never reaches the database or the API.
-        let client = connect(kind, &config, credential.as_bytes())
-            .await
-            .map_err(provider_error)?;
+        let client = connect(
+            kind,
+            &config,
+            credential.as_bytes(),
+            self.inner.settings.endpoints,
+        )
+        .await
+        .map_err(provider_error)?;
         let mut checked = false;
         let mut warning = None;
         if validate {
@@ -766,6 +781,9 @@ impl ProviderRpc for ProviderService {
         install: bool,
     ) -> Result<ManagedClusterView, HrpcError> {
         let who = who(&ctx)?;
+        if let Some(name) = &name {
+            crate::check_name("name", lapdev_common::name::NameKind::Cluster, name)?;
+        }
         let row = self.provider_row(who, &provider).await?;
         let client = self.client_for(&row).await?;
         let remote = match location {
@@ -850,6 +868,7 @@ impl ProviderRpc for ProviderService {
         mode: ClusterMode,
     ) -> Result<ManagedClusterView, HrpcError> {
         let who = who(&ctx)?;
+        crate::check_name("name", lapdev_common::name::NameKind::Cluster, &name)?;
         let row = self.provider_row(who, &provider).await?;
         match self
             .inner
@@ -1032,7 +1051,10 @@ pub fn routes(state: &crate::AppState) -> axum::Router {
         state.kube.clone(),
         state.admin.manifest_defaults().clone(),
         state.admin.credential_key().clone(),
-        ProviderSettings::default(),
+        ProviderSettings {
+            endpoints: state.provider_endpoints,
+            ..ProviderSettings::default()
+        },
     );
     // Provider operations a restart interrupted go on in the background.
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
