@@ -72,3 +72,66 @@ async fn endpoints_and_token_uris_outside_googles_hosts_are_refused() {
         assert_eq!(gke.api_calls(method), 0, "{method} was called");
     }
 }
+
+#[tokio::test]
+async fn installs_keep_the_two_live_tokens_rule_and_revoke_the_previous_install_token() {
+    use lapdev_server::admin::providers::{INSTALL_TOKEN_NAME, ProviderService, ProviderSettings};
+    let t = TestServer::embedded().await;
+    let state = &t.server.state;
+    let service = ProviderService::new(
+        state.db.clone(),
+        state.kube.clone(),
+        state.admin.manifest_defaults().clone(),
+        state.admin.credential_key().clone(),
+        ProviderSettings::default(),
+    );
+    let admin = t.admin();
+    let created = admin.create_cluster("gke".into(), None).await.unwrap();
+    let org = state.db.list_organizations().await.unwrap()[0].id;
+    let cluster = state.db.get_cluster(org, created.cluster.id).await.unwrap();
+    let live = || async {
+        admin
+            .list_cluster_tokens("gke".into())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.revoked_at.is_none())
+            .collect::<Vec<_>>()
+    };
+
+    // The initial token plus a first install: two live.
+    let (first, previous) = service.install_token(org, None, &cluster).await.unwrap();
+    assert!(previous.is_empty());
+    assert_eq!(live().await.len(), 2);
+    // A second install at the limit revokes the first install's token
+    // instead of minting a third.
+    let (second, _) = service.install_token(org, None, &cluster).await.unwrap();
+    let now_live = live().await;
+    assert_eq!(now_live.len(), 2, "{now_live:?}");
+    assert!(now_live.iter().all(|t| t.id != first.token.id));
+    assert!(now_live.iter().any(|t| t.id == second.token.id));
+    // The revoked install token no longer authenticates.
+    assert!(
+        t.cluster_client(first.secret.expose())
+            .heartbeat(lapdev_kube_rpc::ManagerHealth::Ok)
+            .await
+            .is_err()
+    );
+
+    // Two live tokens, neither an install's: the install is refused.
+    admin
+        .revoke_cluster_token("gke".into(), second.token.id)
+        .await
+        .unwrap();
+    admin
+        .create_cluster_token("gke".into(), "manual".into(), None)
+        .await
+        .unwrap();
+    let err = service
+        .install_token(org, None, &cluster)
+        .await
+        .unwrap_err();
+    assert!(err.contains("live tokens"), "{err}");
+    assert_eq!(live().await.len(), 2);
+    assert!(live().await.iter().all(|t| t.name != INSTALL_TOKEN_NAME));
+}

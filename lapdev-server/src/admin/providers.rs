@@ -293,6 +293,9 @@ pub fn parse_self_link(link: &str) -> Option<(String, String)> {
     (!location.is_empty() && !name.is_empty()).then(|| (location.to_owned(), name.to_owned()))
 }
 
+/// The name of the tokens manager installs mint.
+pub const INSTALL_TOKEN_NAME: &str = "provider-install";
+
 impl ProviderService {
     /// A service on these parts.
     pub fn new(
@@ -408,20 +411,7 @@ impl ProviderService {
         provider: &dyn K8sProvider,
         remote: &ProviderCluster,
     ) -> Result<(), String> {
-        let token = self
-            .inner
-            .db
-            .create_cluster_token(
-                org,
-                cluster.id,
-                NewClusterToken {
-                    name: "provider-install".to_owned(),
-                    created_by,
-                    expires_at: None,
-                },
-            )
-            .await
-            .map_err(|e| format!("creating the cluster token: {e}"))?;
+        let (token, previous) = self.install_token(org, created_by, cluster).await?;
         let params = ManifestParams {
             server_ca_pem: self.inner.manifest.server_ca_pem.clone(),
             image: self.inner.manifest.image.clone(),
@@ -441,7 +431,74 @@ impl ProviderService {
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(cluster_id = %cluster.id, objects = applied.len(), "manager installed");
+        // The manager now runs with the new token: the previous install's goes.
+        self.revoke_tokens(org, &previous).await;
         Ok(())
+    }
+
+    /// Mints the token a manager install uses, keeping the two-live-tokens rule:
+    /// the previous install tokens are returned, to be revoked once the new
+    /// install is applied; if the cluster is already at the limit, they are
+    /// revoked first (and if none of its live tokens is an install token, the
+    /// install is refused).
+    pub async fn install_token(
+        &self,
+        org: Uuid,
+        created_by: Option<Uuid>,
+        cluster: &Cluster,
+    ) -> Result<(lapdev_db::CreatedClusterToken, Vec<Uuid>), String> {
+        let now = chrono::Utc::now();
+        let live: Vec<_> = self
+            .inner
+            .db
+            .list_cluster_tokens(org, cluster.id)
+            .await
+            .map_err(|e| format!("listing the cluster's tokens: {e}"))?
+            .into_iter()
+            .filter(|t| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now))
+            .collect();
+        let mut previous: Vec<Uuid> = live
+            .iter()
+            .filter(|t| t.name == INSTALL_TOKEN_NAME)
+            .map(|t| t.id)
+            .collect();
+        if live.len() >= super::service::MAX_LIVE_TOKENS_PER_CLUSTER {
+            if previous.is_empty() {
+                return Err(format!(
+                    "cluster {:?} already has {} live tokens; revoke one first",
+                    cluster.name,
+                    live.len()
+                ));
+            }
+            self.revoke_tokens(org, &previous).await;
+            previous.clear();
+        }
+        let token = self
+            .inner
+            .db
+            .create_cluster_token(
+                org,
+                cluster.id,
+                NewClusterToken {
+                    name: INSTALL_TOKEN_NAME.to_owned(),
+                    created_by,
+                    expires_at: None,
+                },
+            )
+            .await
+            .map_err(|e| format!("creating the cluster token: {e}"))?;
+        Ok((token, previous))
+    }
+
+    async fn revoke_tokens(&self, org: Uuid, tokens: &[Uuid]) {
+        for &token_id in tokens {
+            match self.inner.db.revoke_cluster_token(org, token_id).await {
+                Ok(()) => self.inner.kube.token_revoked(token_id),
+                Err(e) => {
+                    tracing::warn!(%token_id, error = %e, "could not revoke a previous install token")
+                }
+            }
+        }
     }
 
     /// After a create: wait for the provider, then install the manager.
