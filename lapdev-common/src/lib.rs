@@ -1,5 +1,6 @@
 //! Domain types shared by every Lapdev crate: cluster info, statuses, workspace
-//! specs, quantities, roles, the cluster- and personal-token formats and the HTTP
+//! specs, quantities, roles, the rules for names, the cluster- and personal-token
+//! formats and the HTTP
 //! header names.
 //!
 //! This crate does no I/O. It depends on serde and a few small pure crates only, so
@@ -7,6 +8,7 @@
 
 pub mod headers;
 pub mod kube;
+pub mod name;
 pub mod quantity;
 pub mod reason;
 pub mod role;

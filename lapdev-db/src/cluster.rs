@@ -17,7 +17,7 @@ use crate::changes::Change;
 use crate::db::{Db, now};
 use crate::entities::{kube_cluster, kube_workspace};
 use crate::error::{DbError, DbResult, EntityKind, parse_stored, unique_violation};
-use crate::util::{check_name, check_non_negative, tz, utc};
+use crate::util::{check_named, check_non_negative, tz, utc};
 
 /// A registered or imported Kubernetes cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,11 +221,27 @@ impl Db {
     /// Registers a cluster in `org_id`. A live cluster of the same name in the same
     /// organisation makes it `AlreadyExists`.
     pub async fn create_cluster(&self, org_id: Uuid, new: NewCluster) -> DbResult<Cluster> {
-        check_name("cluster name", &new.name)?;
+        self.check_new_cluster(org_id, &new).await?;
+        self.insert_cluster(&self.conn, org_id, new).await
+    }
+
+    /// The checks [`Db::create_cluster`] makes before it writes.
+    pub(crate) async fn check_new_cluster(&self, org_id: Uuid, new: &NewCluster) -> DbResult<()> {
+        check_named(lapdev_common::name::NameKind::Cluster, &new.name)?;
         self.get_organization(org_id).await?;
         if let Some(provider_id) = new.provider_id {
             self.get_provider(org_id, provider_id).await?;
         }
+        Ok(())
+    }
+
+    /// Inserts a checked cluster through `conn` (the pool or a transaction).
+    pub(crate) async fn insert_cluster<C: sea_orm::ConnectionTrait>(
+        &self,
+        conn: &C,
+        org_id: Uuid,
+        new: NewCluster,
+    ) -> DbResult<Cluster> {
         let labels = serde_json::to_value(&new.labels).map_err(|source| DbError::CorruptJson {
             table: "kube_cluster",
             column: "labels",
@@ -262,7 +278,7 @@ impl Db {
             security_profile: Set(new.security_profile.as_str().to_owned()),
             manifest_revision: Set(None),
         }
-        .insert(&self.conn)
+        .insert(conn)
         .await
         .map_err(|err| {
             // Two unique rules can fail here: the name, or a provider cluster imported

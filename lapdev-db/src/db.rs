@@ -1,5 +1,11 @@
 //! [`Db`]: the connection pool plus the in-memory state the repository keeps
 //! (the cluster-token `last_used_at` coalescer), and connect-and-migrate.
+//!
+//! SQLite (the embedded default) is opened in WAL mode, so readers never wait
+//! for the writer and a write never waits for readers, with `synchronous =
+//! NORMAL` (durable across a process crash; WAL's usual pairing) and a busy
+//! timeout ([`ConnectConfig::sqlite_busy_timeout`], 10 s by default) so
+//! concurrent writers queue instead of failing with `SQLITE_BUSY`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,15 +28,20 @@ pub struct ConnectConfig {
     pub max_connections: u32,
     /// Apply pending migrations before returning (what the server does on start).
     pub run_migrations: bool,
+    /// SQLite only: how long a statement waits for another connection's write
+    /// lock before failing.
+    pub sqlite_busy_timeout: Duration,
 }
 
 impl ConnectConfig {
-    /// Defaults for `url`: a pool of 16 connections, migrations applied.
+    /// Defaults for `url`: a pool of 16 connections, migrations applied, a
+    /// 10 s SQLite busy timeout.
     pub fn new(url: impl Into<String>) -> Self {
         ConnectConfig {
             url: url.into(),
             max_connections: 16,
             run_migrations: true,
+            sqlite_busy_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -65,6 +76,14 @@ impl Db {
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(30))
             .sqlx_logging(false);
+        let busy_timeout = config.sqlite_busy_timeout;
+        options.map_sqlx_sqlite_opts(move |sqlite| {
+            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+            sqlite
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(busy_timeout)
+        });
         let conn = Database::connect(options).await.map_err(DbError::Connect)?;
         if config.run_migrations {
             Migrator::up(&conn, None).await.map_err(DbError::Migrate)?;
@@ -104,6 +123,47 @@ impl Db {
         self.flush_token_usage().await?;
         self.conn.close().await?;
         Ok(())
+    }
+}
+
+/// Why [`Db::create_cluster_with_token`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateWithTokenError<E> {
+    /// The database refused (or failed).
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The caller's last step failed; the transaction was rolled back.
+    #[error("{0}")]
+    Finish(E),
+}
+
+impl Db {
+    /// Creates a cluster and its first token in one transaction, and runs
+    /// `finish` (e.g. rendering the install manifest that carries the token)
+    /// before committing: if any step fails, neither the cluster nor the token
+    /// exists afterwards.
+    pub async fn create_cluster_with_token<T, E>(
+        &self,
+        org_id: Uuid,
+        new: crate::NewCluster,
+        token: crate::NewClusterToken,
+        finish: impl FnOnce(&crate::Cluster, &crate::ClusterTokenSecret) -> Result<T, E>,
+    ) -> Result<(crate::Cluster, crate::CreatedClusterToken, T), CreateWithTokenError<E>> {
+        use sea_orm::TransactionTrait as _;
+        self.check_new_cluster(org_id, &new).await?;
+        self.check_new_cluster_token(org_id, &token).await?;
+        let txn = self.conn.begin().await.map_err(DbError::from)?;
+        let cluster = self.insert_cluster(&txn, org_id, new).await?;
+        let created = Self::insert_cluster_token(&txn, cluster.id, token).await?;
+        let finished = match finish(&cluster, &created.secret) {
+            Ok(v) => v,
+            Err(e) => {
+                txn.rollback().await.map_err(DbError::from)?;
+                return Err(CreateWithTokenError::Finish(e));
+            }
+        };
+        txn.commit().await.map_err(DbError::from)?;
+        Ok((cluster, created, finished))
     }
 }
 
@@ -165,4 +225,91 @@ impl TokenUsage {
 /// The current time at the precision both databases keep (microseconds).
 pub(crate) fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::{ConnectionTrait as _, Statement};
+
+    async fn pragma(db: &Db, name: &str) -> String {
+        let row = db
+            .connection()
+            .query_one_raw(Statement::from_string(
+                db.connection().get_database_backend(),
+                format!("PRAGMA {name}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<String>(0)
+            .or_else(|_| row.try_get_by_index::<i64>(0).map(|n| n.to_string()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_finish_rolls_back_the_cluster_and_its_token() {
+        use sea_orm::{EntityTrait as _, PaginatorTrait as _};
+        for test_db in [
+            crate::test_support::TestDatabase::postgres().await,
+            crate::test_support::TestDatabase::sqlite().await,
+        ] {
+            let db = test_db.db().clone();
+            let org = db.create_organization("org").await.unwrap();
+            let token = || crate::NewClusterToken {
+                name: "initial".into(),
+                created_by: None,
+                expires_at: None,
+            };
+            let failed = db
+                .create_cluster_with_token(
+                    org.id,
+                    crate::NewCluster::named("doomed".to_owned()),
+                    token(),
+                    |_, _| Err::<(), _>("render failed"),
+                )
+                .await;
+            assert!(matches!(
+                failed,
+                Err(CreateWithTokenError::Finish("render failed"))
+            ));
+            let clusters = crate::entities::kube_cluster::Entity::find()
+                .count(db.connection())
+                .await
+                .unwrap();
+            let tokens = crate::entities::kube_cluster_token::Entity::find()
+                .count(db.connection())
+                .await
+                .unwrap();
+            assert_eq!((clusters, tokens), (0, 0));
+            // The same name then works, with its token.
+            let (cluster, created, rendered) = db
+                .create_cluster_with_token(
+                    org.id,
+                    crate::NewCluster::named("doomed".to_owned()),
+                    token(),
+                    |c, secret| Ok::<_, ()>(format!("{}:{}", c.name, secret.expose().len())),
+                )
+                .await
+                .unwrap();
+            assert_eq!(created.token.cluster_id, cluster.id);
+            assert!(rendered.starts_with("doomed:"));
+            db.verify_cluster_token(created.secret.expose())
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_runs_in_wal_mode_with_a_busy_timeout() {
+        let dir = std::env::temp_dir().join(format!("lapdev-db-wal-{}", Uuid::new_v4()));
+        let url = format!("sqlite://{}/lapdev.db?mode=rwc", dir.display());
+        let db = connect(&url).await.unwrap();
+        assert_eq!(pragma(&db, "journal_mode").await, "wal");
+        assert_eq!(pragma(&db, "busy_timeout").await, "10000");
+        // NORMAL is 1.
+        assert_eq!(pragma(&db, "synchronous").await, "1");
+        db.close().await.unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -42,7 +42,7 @@ pub use audit::{AuditEntry, AuditQuery, MAX_AUDIT_PAGE, NewAuditEntry};
 pub use changes::{Change, WorkspaceChange};
 pub use cluster::{Cluster, ClusterInfoUpdate, NewCluster, ResourceRequests};
 pub use crypto::{CredentialError, CredentialKey, ProviderCredential};
-pub use db::{ConnectConfig, Db, connect};
+pub use db::{ConnectConfig, CreateWithTokenError, Db, connect};
 pub use error::{DbError, DbResult, EntityKind, TokenRejection};
 pub use org::{NewUser, Organization, User};
 pub use pat::{CreatedPat, PersonalAccessToken, VerifiedPat};

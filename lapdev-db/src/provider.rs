@@ -15,7 +15,7 @@ use crate::crypto::{CredentialKey, ProviderCredential, decrypt_credential, encry
 use crate::db::{Db, now};
 use crate::entities::{k8s_provider, kube_cluster};
 use crate::error::{DbError, DbResult, EntityKind, parse_stored, unique_violation};
-use crate::util::{check_name, tz, utc};
+use crate::util::{check_named, tz, utc};
 
 /// A registered cloud provider account, without its credential.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,7 +74,7 @@ impl Db {
         new: NewProvider,
         key: &CredentialKey,
     ) -> DbResult<Provider> {
-        check_name("provider name", &new.name)?;
+        check_named(lapdev_common::name::NameKind::Provider, &new.name)?;
         self.get_organization(org_id).await?;
         if let Some(user_id) = new.created_by {
             self.get_user(org_id, user_id).await?;

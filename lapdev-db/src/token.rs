@@ -27,7 +27,7 @@ use crate::crypto::{random_bytes, token_hash};
 use crate::db::{Db, now};
 use crate::entities::{kube_cluster, kube_cluster_token};
 use crate::error::{DbError, DbResult, EntityKind, TokenRejection};
-use crate::util::{check_name, tz, utc};
+use crate::util::{check_named, tz, utc};
 
 /// A cluster token as listed: never the secret, only its display prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +98,8 @@ pub struct VerifiedClusterToken {
     pub cluster_id: Uuid,
     /// The cluster's organisation, for scoping what the manager may touch.
     pub organization_id: Uuid,
+    /// When the token stops being valid, if ever (tunnels close then).
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 fn token_from_model(m: kube_cluster_token::Model) -> ClusterToken {
@@ -144,11 +146,31 @@ impl Db {
         cluster_id: Uuid,
         new: NewClusterToken,
     ) -> DbResult<CreatedClusterToken> {
-        check_name("token name", &new.name)?;
+        self.check_new_cluster_token(org_id, &new).await?;
         self.get_cluster(org_id, cluster_id).await?;
+        Self::insert_cluster_token(&self.conn, cluster_id, new).await
+    }
+
+    /// The checks [`Db::create_cluster_token`] makes of the token itself.
+    pub(crate) async fn check_new_cluster_token(
+        &self,
+        org_id: Uuid,
+        new: &NewClusterToken,
+    ) -> DbResult<()> {
+        check_named(lapdev_common::name::NameKind::Token, &new.name)?;
         if let Some(user_id) = new.created_by {
             self.get_user(org_id, user_id).await?;
         }
+        Ok(())
+    }
+
+    /// Mints and inserts a checked token through `conn` (the pool or a
+    /// transaction).
+    pub(crate) async fn insert_cluster_token<C: sea_orm::ConnectionTrait>(
+        conn: &C,
+        cluster_id: Uuid,
+        new: NewClusterToken,
+    ) -> DbResult<CreatedClusterToken> {
         let secret = generate_token()?;
         let display_prefix = cluster_token_display_prefix(&secret)
             .expect("generated tokens are well-formed")
@@ -165,7 +187,7 @@ impl Db {
             expires_at: Set(new.expires_at.map(tz)),
             revoked_at: Set(None),
         }
-        .insert(&self.conn)
+        .insert(conn)
         .await?;
         Ok(CreatedClusterToken {
             token: token_from_model(model),
@@ -213,6 +235,7 @@ impl Db {
             token_id,
             cluster_id,
             organization_id,
+            expires_at: expires_at.map(utc),
         })
     }
 

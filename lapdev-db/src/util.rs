@@ -38,6 +38,15 @@ pub(crate) fn check_name(field: &'static str, name: &str) -> DbResult<()> {
     Ok(())
 }
 
+/// Checks a name against `lapdev-common`'s rules (the API checks them first;
+/// this is the last line of defence for other callers).
+pub(crate) fn check_named(kind: lapdev_common::name::NameKind, name: &str) -> DbResult<()> {
+    lapdev_common::name::validate(kind, name).map_err(|e| DbError::InvalidInput {
+        field: e.kind.as_str(),
+        reason: e.rule.reason(),
+    })
+}
+
 pub(crate) fn check_non_negative(field: &'static str, value: i64) -> DbResult<()> {
     if value < 0 {
         return Err(DbError::InvalidInput {

@@ -28,7 +28,7 @@ use crate::db::{Db, now};
 use crate::entities::kube_cluster;
 use crate::entities::kube_workspace;
 use crate::error::{DbError, DbResult, EntityKind, parse_stored, unique_violation};
-use crate::util::{check_name, check_non_negative, tz, utc};
+use crate::util::{check_name, check_named, check_non_negative, tz, utc};
 
 /// A developer workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,7 +226,7 @@ fn workspace_from_model(m: kube_workspace::Model) -> DbResult<Workspace> {
 impl Db {
     /// Creates a `pending` workspace (version 1) for a user of `org_id`.
     pub async fn create_workspace(&self, org_id: Uuid, new: NewWorkspace) -> DbResult<Workspace> {
-        check_name("workspace name", &new.name)?;
+        check_named(lapdev_common::name::NameKind::Workspace, &new.name)?;
         check_name("image", &new.image)?;
         check_non_negative("cpu_millis", new.cpu_millis)?;
         check_non_negative("memory_bytes", new.memory_bytes)?;

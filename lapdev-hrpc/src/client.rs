@@ -344,7 +344,10 @@ impl Client {
             .header(CONTENT_TYPE, CONTENT_TYPE_JSON)
             .header(VERSION_HEADER, PROTOCOL_VERSION);
         if let Some(t) = self.options.timeout {
-            builder = builder.header(TIMEOUT_HEADER, t.as_millis().to_string());
+            // The header takes 1 to 10 digits: a sub-millisecond deadline is sent
+            // as 1 ms and one beyond ten digits as the largest the header holds.
+            let ms = t.as_millis().clamp(1, 9_999_999_999);
+            builder = builder.header(TIMEOUT_HEADER, ms.to_string());
         }
         let mut request = builder
             .body(Bytes::from(body))

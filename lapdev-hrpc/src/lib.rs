@@ -73,7 +73,7 @@
 //! | header | meaning |
 //! |---|---|
 //! | `hrpc-version` | protocol major version (`1`); absent means the current one. Another major gets `412 failed_precondition` naming both versions. |
-//! | `hrpc-timeout-ms` | the caller's deadline in milliseconds. The server drops the handler when it passes and answers `504 deadline_exceeded`. |
+//! | `hrpc-timeout-ms` | the caller's deadline in milliseconds: 1 to 10 ASCII digits, above zero (no sign, no spaces; anything else is `400 invalid_argument`). The server drops the handler when it passes and answers `504 deadline_exceeded`. |
 //! | `x-request-id` | correlates logs; generated when absent (or longer than 128 characters or not printable ASCII) and echoed on every response. |
 //!
 //! **Success.** `200` with the JSON of the method's `Ok` value (`null` for `()`).

@@ -287,21 +287,34 @@ fn check_content_type(headers: &http::HeaderMap) -> Result<(), HrpcError> {
     }
 }
 
+/// Parses `hrpc-timeout-ms`: 1 to 10 ASCII digits and not zero. Signs, spaces
+/// inside, longer values and `0` are refused (a zero deadline could never be
+/// met, and eleven digits are more than three years).
 fn requested_timeout(headers: &http::HeaderMap) -> Result<Option<Duration>, HrpcError> {
     let Some(value) = headers.get(TIMEOUT_HEADER) else {
         return Ok(None);
     };
-    value
-        .to_str()
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
+    parse_timeout_ms(value.as_bytes())
         .map(|ms| Some(Duration::from_millis(ms)))
         .ok_or_else(|| {
             HrpcError::invalid_argument(format!(
-                "{TIMEOUT_HEADER} must be a whole number of milliseconds, got {:?}",
+                "{TIMEOUT_HEADER} must be 1 to 10 digits of milliseconds, above zero, got {:?}",
                 String::from_utf8_lossy(value.as_bytes())
             ))
         })
+}
+
+/// The value of an `hrpc-timeout-ms` header, if it is 1–10 ASCII digits and
+/// positive.
+pub(crate) fn parse_timeout_ms(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 10 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // At most ten digits always fit a u64.
+    let ms = value
+        .iter()
+        .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+    (ms > 0).then_some(ms)
 }
 
 enum BodyError {

@@ -134,6 +134,15 @@ pub use client::{
     TunnelClientConfig, TunnelConnectError, TunnelSession, TunnelSessionHandle, connect,
 };
 pub use registry::{REPLACED_REASON, TunnelRegistry};
+
+/// Decodes one tunnel message as the receiving end does and says whether it
+/// was a valid frame. Only for the fuzz targets and their corpus replay (the
+/// decoder itself stays private); it must never panic, whatever `message`
+/// holds.
+#[doc(hidden)]
+pub fn decode_frame_for_fuzzing(message: &[u8]) -> bool {
+    frame::decode(bytes::Bytes::copy_from_slice(message)).is_ok()
+}
 pub use server::{TunnelTask, TunnelTransport, accept};
 
 /// The path of the tunnel endpoint below the HRPC mount point (`/rpc/_tunnel`).

@@ -304,7 +304,17 @@ async fn an_incompatible_version_is_412_naming_both() {
 #[tokio::test]
 async fn a_malformed_deadline_is_400() {
     let addr = addr().await;
-    for v in ["soon", "-5", "1.5"] {
+    for v in [
+        "soon",
+        "-5",
+        "1.5",
+        "+5",
+        "0",
+        "00",
+        "12345678901",
+        "1_000",
+        "5 5",
+    ] {
         let (status, _, body) = raw(
             addr,
             &post(
@@ -317,6 +327,24 @@ async fn a_malformed_deadline_is_400() {
         .await;
         assert_eq!(status, 400, "{v}");
         assert!(error_body(&body).message.contains("hrpc-timeout-ms"));
+    }
+}
+
+#[tokio::test]
+async fn a_deadline_of_ten_digits_is_accepted() {
+    let addr = addr().await;
+    for v in ["60000", "9999999999"] {
+        let (status, _, _) = raw(
+            addr,
+            &post(
+                "/rpc/Echo/add",
+                Some("application/json"),
+                br#"{"a":1,"b":2}"#,
+                &format!("hrpc-timeout-ms: {v}\r\n"),
+            ),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
     }
 }
 

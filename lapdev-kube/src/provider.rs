@@ -6,6 +6,8 @@
 //! delete clusters, follow the provider's long-running operations, and reach a
 //! cluster's own API server to install the manager ([`install`]).
 //!
+//! - [`endpoints`]: which hosts the server may call for a provider (Google's by
+//!   default; local stand-ins only with an explicit policy).
 //! - [`gcp`]: GKE through the official `google-cloud-container-v1` client, with a
 //!   service-account key.
 //! - [`install`]: builds a `kube::Client` from a [`ClusterAccess`] and applies the
@@ -16,9 +18,12 @@
 //!   OAuth token endpoint, so tests run the real client.
 //!
 //! Errors are [`ProviderError`]s named after the step that failed; an API failure
-//! keeps the provider's own message ([`ApiError`]). No error or `Debug` output ever
-//! contains a credential or an access token.
+//! keeps the message of Google's structured error status ([`ApiError`]), and any
+//! other upstream answer is summarised as its HTTP status and a fixed text, never
+//! its body. No error or `Debug` output ever contains a credential or an access
+//! token.
 
+pub mod endpoints;
 pub mod gcp;
 pub mod install;
 #[cfg(feature = "test-support")]
@@ -31,6 +36,7 @@ use std::time::Duration;
 use lapdev_common::status::K8sProviderKind;
 use serde::{Deserialize, Serialize};
 
+pub use endpoints::EndpointPolicy;
 pub use gcp::{GcpConfig, GcpProvider, ServiceAccountKey};
 
 /// How often [`K8sProvider::wait_operation`] asks for an operation's state by default.
@@ -227,6 +233,25 @@ pub enum ApiErrorKind {
     DeadlineExceeded,
     /// Anything else.
     Other,
+}
+
+impl ApiErrorKind {
+    /// A short fixed text for the kind, used where the upstream's own words are
+    /// not repeated.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "credentials not accepted",
+            Self::PermissionDenied => "permission denied",
+            Self::NotFound => "not found",
+            Self::AlreadyExists => "already exists",
+            Self::ResourceExhausted => "quota or rate limit",
+            Self::InvalidArgument => "request rejected",
+            Self::FailedPrecondition => "not possible in the current state",
+            Self::Unavailable => "unavailable",
+            Self::DeadlineExceeded => "timed out",
+            Self::Other => "unexpected answer",
+        }
+    }
 }
 
 /// A failed provider API call: its kind and the provider's own message.
@@ -435,17 +460,19 @@ pub trait K8sProvider: Send + Sync + fmt::Debug {
 }
 
 /// Builds the provider of `kind` from its stored non-secret `config` and decrypted
-/// `credential`. The credential is checked for shape here, before any call.
+/// `credential`. The credential is checked for shape, and every endpoint against
+/// `policy`, here, before any call.
 pub async fn connect(
     kind: K8sProviderKind,
     config: &serde_json::Value,
     credential: &[u8],
+    policy: EndpointPolicy,
 ) -> Result<Box<dyn K8sProvider>, ProviderError> {
     match kind {
         K8sProviderKind::GCP => {
             let config = GcpConfig::from_value(config)?;
             let key = ServiceAccountKey::parse(credential)?;
-            Ok(Box::new(GcpProvider::new(config, key).await?))
+            Ok(Box::new(GcpProvider::new(config, key, policy).await?))
         }
     }
 }

@@ -11,6 +11,21 @@
 //! heartbeats update an in-memory last-seen time that a background task flushes
 //! every few seconds, so heartbeats cost no database write.
 //!
+//! # Tunnels and tokens
+//!
+//! A tunnel is usable only after its token id is recorded with the tunnel's
+//! generation, and registration, revocation and expiry take one lock, so a
+//! revocation can never slip between them (`tunnels.rs`). A tunnel closes when
+//! its token is revoked through this server, when the token expires (a close is
+//! scheduled at `expires_at`), or when its cluster is deleted.
+//!
+//! # Database outages
+//!
+//! Heartbeats need no database write, and verified tokens stay usable for a
+//! bounded window when the database cannot answer
+//! ([`KubeClusterServerConfig::token_stale_if_error`]), so an outage shorter
+//! than that window neither drops tunnels nor changes any cluster's status.
+//!
 //! # Identity
 //!
 //! Which cluster is calling comes only from the verified token
@@ -18,6 +33,7 @@
 //! request body can name another cluster.
 
 pub mod auth;
+mod tunnels;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,6 +66,9 @@ pub struct KubeClusterServerConfig {
     pub heartbeat_interval: Duration,
     /// How long a verified token is trusted without asking the database again.
     pub token_cache_ttl: Duration,
+    /// How much longer a verified token is still accepted while the database
+    /// cannot answer (stale-if-error; see [`auth`]).
+    pub token_stale_if_error: Duration,
     /// How often last-seen times are written to the database.
     pub seen_flush_interval: Duration,
     /// Settings of the tunnels managers open.
@@ -61,6 +80,7 @@ impl Default for KubeClusterServerConfig {
         Self {
             heartbeat_interval: Duration::from_secs(10),
             token_cache_ttl: Duration::from_secs(5),
+            token_stale_if_error: Duration::from_secs(5 * 60),
             seen_flush_interval: Duration::from_secs(5),
             tunnel: TunnelConfig::default(),
         }
@@ -120,8 +140,8 @@ struct Inner {
     verifier: TokenVerifier,
     tunnels: TunnelRegistry<Uuid>,
     // Which token opened each cluster's current tunnel, so revoking that token
-    // closes it.
-    tunnel_tokens: Mutex<HashMap<Uuid, Uuid>>,
+    // closes it; the lock that orders registration against revocation.
+    tunnel_tokens: tunnels::TunnelBook,
     presence: Mutex<HashMap<Uuid, Presence>>,
 }
 
@@ -142,20 +162,27 @@ impl std::fmt::Debug for KubeClusterServer {
 /// How many last-seen writes a sweep keeps in flight.
 const SEEN_WRITERS: usize = 4;
 
+/// The most workspaces one `report_workspace_snapshot` may carry; a larger one
+/// is `invalid_argument`, refused before anything touches the database.
+/// Managers send snapshots in chunks of 2,000, so this leaves them room; the
+/// HRPC body limit (4 MiB) bounds the bytes independently.
+pub const MAX_SNAPSHOT_WORKSPACES: usize = 5_000;
+
 /// A status change the server made, for logs and metrics.
 type StatusChange = (Uuid, Uuid, ClusterStatus);
 
 impl KubeClusterServer {
     /// A server on `db`.
     pub fn new(db: Db, config: KubeClusterServerConfig) -> Self {
-        let verifier = TokenVerifier::new(db.clone(), config.token_cache_ttl);
+        let verifier = TokenVerifier::new(db.clone(), config.token_cache_ttl)
+            .with_stale_if_error(config.token_stale_if_error);
         Self {
             inner: Arc::new(Inner {
                 db,
                 config,
                 verifier,
                 tunnels: TunnelRegistry::new(),
-                tunnel_tokens: Mutex::default(),
+                tunnel_tokens: tunnels::TunnelBook::default(),
                 presence: Mutex::default(),
             }),
         }
@@ -189,6 +216,14 @@ impl KubeClusterServer {
         Some(KubeManagerRpcClient::new(client))
     }
 
+    /// The cluster's status as this server last derived it (in memory), if
+    /// its manager has called since the server started.
+    pub fn cluster_status(&self, cluster_id: Uuid) -> Option<ClusterStatus> {
+        lock(&self.inner.presence)
+            .get(&cluster_id)
+            .and_then(|p| p.status)
+    }
+
     /// Whether the cluster's manager holds a tunnel now.
     pub fn is_tunnel_up(&self, cluster_id: Uuid) -> bool {
         self.inner.tunnels.get(&cluster_id).is_some()
@@ -202,19 +237,10 @@ impl KubeClusterServer {
     /// A token was revoked: it stops working at once and its tunnel closes.
     pub fn token_revoked(&self, token_id: Uuid) {
         self.inner.verifier.forget_token(token_id);
-        let clusters: Vec<Uuid> = {
-            let tokens = lock(&self.inner.tunnel_tokens);
-            tokens
-                .iter()
-                .filter(|(_, t)| **t == token_id)
-                .map(|(c, _)| *c)
-                .collect()
-        };
-        for cluster_id in clusters {
-            self.inner
-                .tunnels
-                .close(&cluster_id, "the cluster token was revoked");
-        }
+        let tunnels = &self.inner.tunnels;
+        self.inner.tunnel_tokens.revoke(token_id, |cluster_id| {
+            tunnels.close(&cluster_id, "the cluster token was revoked");
+        });
     }
 
     /// A cluster was deleted: its tokens stop working and its tunnel closes.
@@ -224,7 +250,7 @@ impl KubeClusterServer {
             .tunnels
             .close(&cluster_id, "the cluster was deleted");
         lock(&self.inner.presence).remove(&cluster_id);
-        lock(&self.inner.tunnel_tokens).remove(&cluster_id);
+        self.inner.tunnel_tokens.forget_cluster(cluster_id);
     }
 
     /// Runs the sweeper until `shutdown` resolves: marks silent clusters
@@ -353,7 +379,6 @@ impl KubeClusterServer {
     }
 
     async fn tunnel_opened(&self, identity: ClusterIdentity) {
-        lock(&self.inner.tunnel_tokens).insert(identity.cluster_id, identity.token_id);
         let change = self.update_presence(identity, |p| {
             p.tunnel = true;
             p.last_seen = Instant::now();
@@ -365,13 +390,15 @@ impl KubeClusterServer {
         }
     }
 
-    async fn tunnel_closed(&self, identity: ClusterIdentity) {
+    async fn tunnel_closed(&self, identity: ClusterIdentity, generation: u64) {
+        self.inner
+            .tunnel_tokens
+            .closed(identity.cluster_id, generation);
         // A newer tunnel of the same cluster may already be registered; only the
         // current one's closing makes the cluster lose its tunnel.
         if self.inner.tunnels.get(&identity.cluster_id).is_some() {
             return;
         }
-        lock(&self.inner.tunnel_tokens).remove(&identity.cluster_id);
         let change = self.update_presence(identity, |p| p.tunnel = false);
         if let Some(change) = change {
             self.write_status(change).await;
@@ -400,17 +427,48 @@ async fn tunnel_upgrade(
         .configure_upgrade(upgrade)
         .on_upgrade(move |socket| async move {
             let (transport, task) = lapdev_hrpc::tunnel::accept(socket, config);
-            server
-                .inner
-                .tunnels
-                .insert(identity.cluster_id, transport.clone());
+            let tunnels = &server.inner.tunnels;
+            let registered = server.inner.tunnel_tokens.register(identity, || {
+                tunnels.insert(identity.cluster_id, transport.clone());
+            });
+            let generation = match registered {
+                Ok(generation) => generation,
+                Err(refusal) => {
+                    tracing::info!(cluster_id = %identity.cluster_id, reason = refusal.reason(), "manager tunnel refused");
+                    transport.close(refusal.reason());
+                    let _ = task.run().await;
+                    return;
+                }
+            };
             tracing::info!(cluster_id = %identity.cluster_id, "manager tunnel opened");
             server.tunnel_opened(identity).await;
-            let reason = task.run().await;
+            let run = task.run();
+            tokio::pin!(run);
+            // Close at the token's expiry, unless the tunnel ends first.
+            let reason = tokio::select! {
+                reason = &mut run => reason,
+                () = until(identity.expires_at) => {
+                    server.inner.tunnel_tokens.expire(identity.cluster_id, generation, || {
+                        tunnels.close(&identity.cluster_id, "the cluster token has expired");
+                    });
+                    run.await
+                }
+            };
             tracing::info!(cluster_id = %identity.cluster_id, %reason, "manager tunnel closed");
-            server.tunnel_closed(identity).await;
+            server.tunnel_closed(identity, generation).await;
         })
         .into_response()
+}
+
+/// Resolves at `at` (never, for `None`).
+async fn until(at: Option<DateTime<Utc>>) {
+    match at {
+        Some(at) => {
+            let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::time::sleep(wait).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 impl KubeClusterRpc for KubeClusterServer {
@@ -481,6 +539,16 @@ impl KubeClusterRpc for KubeClusterServer {
         workspaces: Vec<WorkspaceObservation>,
     ) -> Result<(), HrpcError> {
         let identity = identity(&ctx)?;
+        if workspaces.len() > MAX_SNAPSHOT_WORKSPACES {
+            return Err(HrpcError::invalid_argument(format!(
+                "a snapshot carries at most {MAX_SNAPSHOT_WORKSPACES} workspaces, got {}; send it in chunks",
+                workspaces.len()
+            ))
+            .with_details(serde_json::json!({
+                "field": "workspaces",
+                "max_items": MAX_SNAPSHOT_WORKSPACES,
+            })));
+        }
         self.seen(identity, None).await;
         for status in &workspaces {
             // One stale or unknown workspace must not stop the rest of the snapshot.

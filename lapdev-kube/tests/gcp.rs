@@ -8,14 +8,18 @@ use lapdev_common::status::K8sProviderKind;
 use lapdev_kube::provider::testing::{CLIENT_EMAIL, GkeStandIn, PROJECT, TestKey};
 use lapdev_kube::provider::token::TokenSource;
 use lapdev_kube::provider::{
-    ApiErrorKind, ClusterMode, GcpConfig, GcpProvider, K8sProvider, NewProviderCluster,
-    OperationState, ProviderClusterStatus, ProviderError, ServiceAccountKey, connect,
+    ApiErrorKind, ClusterMode, EndpointPolicy, GcpConfig, GcpProvider, K8sProvider,
+    NewProviderCluster, OperationState, ProviderClusterStatus, ProviderError, ServiceAccountKey,
+    connect,
 };
+
+/// The stand-in listens on loopback http: allowed only by this explicit policy.
+const STAND_INS: EndpointPolicy = EndpointPolicy::AllowTestStandIns;
 
 async fn provider(stand_in: &GkeStandIn) -> GcpProvider {
     let config = GcpConfig::from_value(&stand_in.config_json(Some("europe-west1"))).unwrap();
     let key = ServiceAccountKey::parse(&stand_in.key_json()).unwrap();
-    GcpProvider::new(config, key).await.unwrap()
+    GcpProvider::new(config, key, STAND_INS).await.unwrap()
 }
 
 const FAST: Duration = Duration::from_millis(20);
@@ -228,9 +232,13 @@ async fn api_errors_keep_gkes_message() {
         project: "someone-elses".into(),
         ..GcpConfig::from_value(&gke.config_json(None)).unwrap()
     };
-    let p2 = GcpProvider::new(other, ServiceAccountKey::parse(&gke.key_json()).unwrap())
-        .await
-        .unwrap();
+    let p2 = GcpProvider::new(
+        other,
+        ServiceAccountKey::parse(&gke.key_json()).unwrap(),
+        STAND_INS,
+    )
+    .await
+    .unwrap();
     let err = p2.validate_credentials().await.unwrap_err();
     assert!(
         matches!(err, ProviderError::ValidateCredentials(_)),
@@ -355,9 +363,14 @@ async fn malformed_keys_are_rejected_before_any_call() {
         // The message never echoes the key material.
         assert!(!err.to_string().contains("PRIVATE KEY-----\nMII"), "{case}");
         assert!(!err.to_string().contains(&pem[40..80]), "{case}");
-        let err = connect(K8sProviderKind::GCP, &gke.config_json(None), &bytes)
-            .await
-            .unwrap_err();
+        let err = connect(
+            K8sProviderKind::GCP,
+            &gke.config_json(None),
+            &bytes,
+            STAND_INS,
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(err, ProviderError::MalformedCredentials(_)),
             "{case}: {err:?}"
@@ -377,7 +390,7 @@ async fn malformed_keys_are_rejected_before_any_call() {
     ] {
         assert!(
             matches!(
-                connect(K8sProviderKind::GCP, &bad, &gke.key_json())
+                connect(K8sProviderKind::GCP, &bad, &gke.key_json(), STAND_INS)
                     .await
                     .unwrap_err(),
                 ProviderError::InvalidConfig(_)
@@ -472,7 +485,10 @@ async fn access_tokens_are_cached_and_refreshed_before_expiry() {
     gke.fail_next("token", 400, "invalid_grant", "Invalid JWT Signature.");
     let err = tokens.access_token().await.unwrap_err();
     assert!(matches!(err, ProviderError::AccessToken(_)), "{err:?}");
-    assert!(err.to_string().contains("Invalid JWT Signature."), "{err}");
+    // The registered OAuth code and the status, never the endpoint's own text.
+    assert!(err.to_string().contains("invalid_grant"), "{err}");
+    assert!(err.to_string().contains("HTTP 400"), "{err}");
+    assert!(!err.to_string().contains("Invalid JWT Signature."), "{err}");
     assert!(!format!("{tokens:?}").contains("ya29"));
 }
 
@@ -482,7 +498,9 @@ async fn a_key_the_stand_in_does_not_know_is_unauthenticated() {
     let stranger = TestKey::generate();
     let config = GcpConfig::from_value(&gke.config_json(None)).unwrap();
     let key = ServiceAccountKey::parse(&stranger.service_account_json(&gke.token_uri())).unwrap();
-    let p = GcpProvider::new(config, key.clone()).await.unwrap();
+    let p = GcpProvider::new(config, key.clone(), STAND_INS)
+        .await
+        .unwrap();
     let err = p.validate_credentials().await.unwrap_err();
     assert_eq!(err.api_error().unwrap().kind, ApiErrorKind::Unauthenticated);
     let err = TokenSource::new(key, "scope")
@@ -507,4 +525,87 @@ async fn cluster_access_has_endpoint_ca_and_an_exchanged_token() {
     assert_eq!(access.access_token, "ya29.stand-in-1");
     assert!(!format!("{access:?}").contains("ya29"));
     assert_eq!(gke.tokens_issued(), 1);
+}
+
+#[tokio::test]
+async fn by_default_only_googles_hosts_are_called() {
+    let gke = GkeStandIn::start().await.unwrap();
+    // The stand-in's own (loopback) endpoint is refused without the explicit
+    // policy, before any call.
+    let err = connect(
+        K8sProviderKind::GCP,
+        &gke.config_json(None),
+        &gke.key_json(),
+        EndpointPolicy::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ProviderError::InvalidConfig(_)), "{err:?}");
+    // A Google endpoint with a key whose token_uri points elsewhere: refused too.
+    for token_uri in [
+        gke.token_uri(),
+        "https://internal.example.com/token".to_owned(),
+        "https://169.254.169.254/token".to_owned(),
+    ] {
+        let key = TestKey::shared().service_account_json(&token_uri);
+        let err = connect(
+            K8sProviderKind::GCP,
+            &serde_json::json!({"project": PROJECT}),
+            &key,
+            EndpointPolicy::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, ProviderError::MalformedCredentials(_)),
+            "{token_uri}: {err:?}"
+        );
+    }
+    for method in ["list", "get", "create", "delete", "operation", "token"] {
+        assert_eq!(gke.api_calls(method), 0, "{method} was called");
+    }
+}
+
+#[tokio::test]
+async fn the_token_client_follows_no_redirect() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let gke = GkeStandIn::start().await.unwrap();
+    // A token endpoint that redirects to the stand-in's real one.
+    let target = gke.token_uri();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let router = {
+        let hits = hits.clone();
+        axum::Router::new().route(
+            "/token",
+            axum::routing::post(move || {
+                hits.fetch_add(1, Ordering::SeqCst);
+                let target = target.clone();
+                async move {
+                    (
+                        axum::http::StatusCode::TEMPORARY_REDIRECT,
+                        [(axum::http::header::LOCATION, target)],
+                        "upstream body that must not be quoted",
+                    )
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let key = ServiceAccountKey::parse(
+        &TestKey::shared().service_account_json(&format!("http://{addr}/token")),
+    )
+    .unwrap();
+    let err = TokenSource::new(key, "scope")
+        .unwrap()
+        .access_token()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::AccessToken(_)), "{err:?}");
+    assert!(err.to_string().contains("HTTP 307"), "{err}");
+    assert!(!err.to_string().contains("must not be quoted"), "{err}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(gke.api_calls("token"), 0, "the redirect was followed");
 }

@@ -33,6 +33,7 @@ async fn a_created_cluster_gets_the_manager_by_server_side_apply_and_reapplying_
     let provider = GcpProvider::new(
         GcpConfig::from_value(&gke.config_json(Some("europe-west1"))).unwrap(),
         ServiceAccountKey::parse(&gke.key_json()).unwrap(),
+        lapdev_kube::provider::EndpointPolicy::AllowTestStandIns,
     )
     .await
     .unwrap();

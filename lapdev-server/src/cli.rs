@@ -899,17 +899,6 @@ fn opt_ts(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
 
 /// Writes a file only its owner can read (it may carry a token).
 fn write_private(path: &std::path::Path, contents: &[u8]) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(contents)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    crate::secret_file::write_private(path, contents)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -19,6 +19,10 @@ pub struct Cli {
     /// Server settings.
     #[command(flatten)]
     pub server: ServerConfig,
+    /// Limits and policies against hostile or slow clients and untrusted
+    /// endpoints.
+    #[command(flatten)]
+    pub limits: LimitsConfig,
 }
 
 /// Subcommands.
@@ -148,5 +152,118 @@ impl ServerConfig {
                 format!("{scheme}://{}", self.listen)
             }
         }
+    }
+}
+
+/// Limits and policies that protect the server from hostile or slow clients and
+/// from untrusted endpoints. Kept apart from [`ServerConfig`] so
+/// [`crate::Server::start`] keeps its defaults; [`crate::Server::start_with`]
+/// takes them explicitly.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitsConfig {
+    /// Serve `/metrics` on this address instead of the public listener.
+    #[arg(long, env = "LAPDEV_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// A file holding a token that `/metrics` then requires as
+    /// `authorization: Bearer <token>`.
+    #[arg(long, env = "LAPDEV_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+    /// How long a client may take to send a request's headers, in seconds; an
+    /// idle HTTP/1.1 keep-alive connection waiting for its next request is held
+    /// no longer than this either.
+    #[arg(long, env = "LAPDEV_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_secs: u64,
+    /// Close a connection (HTTP/1.1 or HTTP/2) that moved no bytes and has no
+    /// request in flight for this many seconds. Upgraded connections (the
+    /// manager tunnel) are not affected: they have their own pings.
+    #[arg(long, env = "LAPDEV_IDLE_TIMEOUT_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub idle_timeout_secs: u64,
+    /// How long a client may take to complete a TLS handshake, in seconds.
+    #[arg(long, env = "LAPDEV_TLS_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub tls_handshake_timeout_secs: u64,
+    /// At most this many TLS handshakes in progress at once; further
+    /// connections wait to be accepted.
+    #[arg(long, env = "LAPDEV_MAX_TLS_HANDSHAKES", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_tls_handshakes: u64,
+    /// At most this many open client connections (requests, streams and
+    /// manager tunnels alike); further connections wait to be accepted.
+    #[arg(long, env = "LAPDEV_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_connections: u64,
+    /// The longest a unary request (every HRPC method) may take before the
+    /// server answers `504 deadline_exceeded`, in seconds. The tunnel upgrade
+    /// and streamed response bodies are not cut by it.
+    #[arg(long, env = "LAPDEV_REQUEST_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout_secs: u64,
+    /// Let cloud providers use any https endpoint and loopback http (local
+    /// stand-ins in tests and development). Without it a provider's API
+    /// endpoint must be on `*.googleapis.com` and its key's `token_uri` on
+    /// Google's OAuth hosts.
+    #[arg(long, env = "LAPDEV_ALLOW_PROVIDER_TEST_ENDPOINTS")]
+    pub allow_provider_test_endpoints: bool,
+    /// How long a verified cluster token is trusted without asking the
+    /// database again, in seconds (0: ask on every call). Revocations through
+    /// this server apply at once regardless.
+    #[arg(long, env = "LAPDEV_TOKEN_CACHE_TTL_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub token_cache_ttl_secs: u64,
+    /// While the database cannot answer, a cluster token it confirmed within
+    /// the cache TTL plus this many seconds is still accepted, so a database
+    /// outage shorter than this drops no tunnel and changes no cluster status.
+    #[arg(long, env = "LAPDEV_TOKEN_STALE_IF_ERROR_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub token_stale_if_error_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            metrics_listen: None,
+            metrics_token_file: None,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 120,
+            tls_handshake_timeout_secs: 10,
+            max_tls_handshakes: 256,
+            max_connections: 10_000,
+            request_timeout_secs: 60,
+            allow_provider_test_endpoints: false,
+            token_cache_ttl_secs: 5,
+            token_stale_if_error_secs: 300,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The header read timeout.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+
+    /// The idle connection timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// The TLS handshake timeout.
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.tls_handshake_timeout_secs)
+    }
+
+    /// The unary request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_defaults_match_default() {
+        let cli = Cli::try_parse_from(["lapdev-server"]).unwrap();
+        let d = LimitsConfig::default();
+        assert_eq!(
+            format!("{:?}", cli.limits),
+            format!("{d:?}"),
+            "clap defaults and LimitsConfig::default() drifted apart"
+        );
     }
 }

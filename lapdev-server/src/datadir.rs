@@ -3,7 +3,6 @@
 //! key. The directory is created `0700` and every secret file `0600`.
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -79,22 +78,12 @@ impl DataDir {
         }
     }
 
-    /// Writes `contents` to `name` with mode `0600` (created that way, so the
-    /// file is never readable by others, not even briefly).
+    /// Writes `contents` to `name` with mode `0600`, replacing any file there
+    /// (see [`crate::secret_file`]: created new, then renamed, so an existing
+    /// file's mode is never kept).
     pub fn write_private(&self, name: &str, contents: &[u8]) -> Result<PathBuf, DataDirError> {
         let file = self.path.join(name);
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            options.mode(0o600);
-        }
-        let mut f = options
-            .open(&file)
-            .map_err(|e| DataDirError::File(file.clone(), e))?;
-        set_mode(&file, 0o600).map_err(|e| DataDirError::File(file.clone(), e))?;
-        f.write_all(contents)
+        crate::secret_file::write_private(&file, contents)
             .map_err(|e| DataDirError::File(file.clone(), e))?;
         Ok(file)
     }
@@ -136,6 +125,21 @@ mod tests {
             let mode = fs::metadata(dir.path()).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o700);
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_admin_token_file_that_was_0644_is_rewritten_0600() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let path = tmp.path().join("admin-token");
+        fs::write(&path, "old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        dir.write_private("admin-token", b"new").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(fs::read(&path).unwrap(), b"new");
     }
 
     #[test]

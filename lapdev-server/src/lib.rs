@@ -5,7 +5,9 @@
 //!
 //! HTTP surface:
 //! - `/healthz` (process up), `/readyz` (database reachable), `/metrics`
-//!   (Prometheus);
+//!   (Prometheus; on its own listener with `--metrics-listen`, behind a bearer
+//!   token with `--metrics-token-file`; labels from a closed set, see
+//!   [`metrics`]);
 //! - `/rpc/KubeClusterRpc/*` and `GET /rpc/_tunnel`: managers, authenticated by
 //!   cluster token;
 //! - `/rpc/AdminRpc/*`, `/rpc/ProviderRpc/*`, `/rpc/WorkspaceRpc/*`,
@@ -23,6 +25,8 @@ pub mod datadir;
 pub mod jwt;
 pub mod lifecycle_metrics;
 pub mod metrics;
+pub mod secret_file;
+pub mod serve;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -43,10 +47,11 @@ use tokio::sync::watch;
 use crate::admin::api::AdminRpcServer;
 use crate::admin::service::{AdminService, ManifestDefaults, require_admin};
 use crate::admin::workspaces::{WorkspaceRpcServer, WorkspaceService};
-use crate::config::ServerConfig;
+use crate::config::{LimitsConfig, ServerConfig};
 use crate::connector::TunnelConnector;
 use crate::datadir::DataDir;
 use crate::jwt::JwtKeys;
+use crate::metrics::{KnownRoutes, MetricsAccess};
 use lapdev_conductor::{Conductor, ConductorConfig};
 use std::sync::Arc;
 
@@ -69,10 +74,55 @@ pub struct AppState {
     pub auth: auth::AuthState,
     /// Users, tokens, sign-in and the audit log.
     pub people: auth::service::PeopleService,
+    /// Which endpoints cloud providers may use.
+    pub provider_endpoints: lapdev_kube::provider::EndpointPolicy,
+}
+
+/// How the HTTP surface is put together beyond its state.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    /// Serve `/metrics` on the public router (false when it has a listener of
+    /// its own).
+    pub metrics_on_public: bool,
+    /// Who may read `/metrics`.
+    pub metrics_access: MetricsAccess,
+    /// The longest a unary request may take.
+    pub request_timeout: Duration,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            metrics_on_public: true,
+            metrics_access: MetricsAccess::default(),
+            request_timeout: LimitsConfig::default().request_timeout(),
+        }
+    }
+}
+
+/// The server's whole HTTP surface, with default [`AppOptions`].
+pub fn app(state: AppState) -> Router {
+    app_with(state, &AppOptions::default())
+}
+
+/// The routes that get a metrics label of their own: the fixed endpoints and
+/// every HRPC method the descriptors list.
+pub fn known_routes() -> KnownRoutes {
+    KnownRoutes::new(
+        ["/healthz", "/readyz", "/metrics", "/rpc/_tunnel"],
+        "/rpc",
+        &[
+            lapdev_kube_rpc::KubeClusterRpcClient::DESCRIPTOR,
+            admin::api::AdminRpcClient::DESCRIPTOR,
+            admin::workspaces::WorkspaceRpcClient::DESCRIPTOR,
+            admin::providers::ProviderRpcClient::DESCRIPTOR,
+            auth::api::PeopleRpcClient::DESCRIPTOR,
+        ],
+    )
 }
 
 /// The server's whole HTTP surface.
-pub fn app(state: AppState) -> Router {
+pub fn app_with(state: AppState, options: &AppOptions) -> Router {
     // Install the metrics recorder before the first request is counted.
     let _ = metrics::handle();
     let jwt = || axum::middleware::from_fn_with_state(state.jwt.clone(), require_admin);
@@ -92,14 +142,77 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             auth::authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            options.request_timeout,
+            unary_timeout,
         ));
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_endpoint))
+        .route("/readyz", get(readyz));
+    if options.metrics_on_public {
+        router = router.merge(metrics_router(
+            state.kube.clone(),
+            options.metrics_access.clone(),
+        ));
+    }
+    router
         .with_state(state)
         .nest("/rpc", rpc)
-        .layer(axum::middleware::from_fn(metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            known_routes(),
+            metrics::track,
+        ))
+}
+
+/// `/metrics` alone, for the public router or a listener of its own.
+pub fn metrics_router<S: Clone + Send + Sync + 'static>(
+    kube: KubeClusterServer,
+    access: MetricsAccess,
+) -> Router<S> {
+    Router::new().route(
+        "/metrics",
+        get(move |headers: http::HeaderMap| {
+            let kube = kube.clone();
+            let access = access.clone();
+            async move {
+                if !access.allows(&headers) {
+                    return MetricsAccess::refusal();
+                }
+                ::metrics::gauge!("lapdev_connected_clusters")
+                    .set(kube.connected_clusters().len() as f64);
+                (
+                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics::handle().render(),
+                )
+                    .into_response()
+            }
+        }),
+    )
+}
+
+/// axum middleware: a unary request (every HRPC method) gets at most `limit`
+/// to produce its response, then `504 deadline_exceeded`. A WebSocket upgrade
+/// (the manager tunnel) is exempt, and a streamed response body is never cut:
+/// the limit covers the time to the response head only.
+pub async fn unary_timeout(
+    State(limit): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let upgrade = request.method() == http::Method::GET
+        && request.headers().contains_key(http::header::UPGRADE);
+    if upgrade {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => lapdev_hrpc::HrpcError::deadline_exceeded(format!(
+            "the server's request timeout ({} s) passed",
+            limit.as_secs()
+        ))
+        .into_response(),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -112,13 +225,17 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_endpoint(State(state): State<AppState>) -> impl IntoResponse {
-    ::metrics::gauge!("lapdev_connected_clusters")
-        .set(state.kube.connected_clusters().len() as f64);
-    (
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::handle().render(),
-    )
+/// Checks a name against `lapdev-common`'s rules ([`lapdev_common::name`]):
+/// `invalid_argument` naming the request `field` in `details.field`.
+pub fn check_name(
+    field: &'static str,
+    kind: lapdev_common::name::NameKind,
+    name: &str,
+) -> Result<(), lapdev_hrpc::HrpcError> {
+    lapdev_common::name::validate(kind, name).map_err(|e| {
+        lapdev_hrpc::HrpcError::invalid_argument(e.to_string())
+            .with_details(serde_json::json!({ "field": field }))
+    })
 }
 
 /// Secrets resolved from flags, environment or the data directory.
@@ -159,6 +276,8 @@ pub fn load_secrets(config: &ServerConfig, data_dir: &DataDir) -> anyhow::Result
 pub struct Server {
     /// Where it listens.
     pub local_addr: SocketAddr,
+    /// Where `/metrics` listens when it has a listener of its own.
+    pub metrics_addr: Option<SocketAddr>,
     /// Its state (tests reach the database and the cluster server through it).
     pub state: AppState,
     /// The admin token minted on first start, if this was the first start.
@@ -170,8 +289,14 @@ pub struct Server {
 impl Server {
     /// Opens the data directory and database (running migrations), checks the
     /// encryption key, bootstraps the first organisation, binds and starts
-    /// serving. Returns once the listener is bound.
+    /// serving, with default [`LimitsConfig`]. Returns once the listener is
+    /// bound.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+        Self::start_with(config, LimitsConfig::default()).await
+    }
+
+    /// [`Server::start`] with explicit limits and policies.
+    pub async fn start_with(config: ServerConfig, limits: LimitsConfig) -> anyhow::Result<Server> {
         let data_dir = DataDir::open(&config.data_dir)?;
         let secrets = load_secrets(&config, &data_dir)?;
         let url = config
@@ -208,6 +333,8 @@ impl Server {
             db.clone(),
             KubeClusterServerConfig {
                 heartbeat_interval: config.heartbeat_interval(),
+                token_cache_ttl: Duration::from_secs(limits.token_cache_ttl_secs),
+                token_stale_if_error: Duration::from_secs(limits.token_stale_if_error_secs),
                 ..Default::default()
             },
         );
@@ -254,8 +381,52 @@ impl Server {
             admin,
             workspaces: WorkspaceService::new(db.clone(), conductor.clone()),
             conductor: conductor.clone(),
+            provider_endpoints: if limits.allow_provider_test_endpoints {
+                tracing::warn!(
+                    "--allow-provider-test-endpoints: providers may call any https URL or \
+                     loopback http; use this only with local stand-ins"
+                );
+                lapdev_kube::provider::EndpointPolicy::AllowTestStandIns
+            } else {
+                lapdev_kube::provider::EndpointPolicy::GoogleOnly
+            },
         };
-        let router = app(state.clone());
+        let metrics_access = MetricsAccess {
+            token: match &limits.metrics_token_file {
+                Some(f) => {
+                    let token = std::fs::read_to_string(f)
+                        .with_context(|| format!("reading the metrics token {}", f.display()))?;
+                    let token = token.trim();
+                    anyhow::ensure!(
+                        !token.is_empty(),
+                        "the metrics token file {} is empty",
+                        f.display()
+                    );
+                    Some(token.into())
+                }
+                None => None,
+            },
+        };
+        let router = app_with(
+            state.clone(),
+            &AppOptions {
+                metrics_on_public: limits.metrics_listen.is_none(),
+                metrics_access: metrics_access.clone(),
+                request_timeout: limits.request_timeout(),
+            },
+        );
+        let metrics_listener = match limits.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics listener {addr}"))?,
+            ),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -315,29 +486,33 @@ impl Server {
             (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
             _ => None,
         };
-        let task = tokio::spawn(async move {
-            let service = router.into_make_service_with_connect_info::<auth::layer::ClientAddr>();
-            let served = match tls {
-                Some(tls) => {
-                    axum::serve(tls::TlsListener::new(listener, tls)?, service)
-                        .with_graceful_shutdown(signal)
-                        .await
-                }
-                None => {
-                    axum::serve(listener, service)
-                        .with_graceful_shutdown(signal)
-                        .await
-                }
+        let serve_config = serve::ServeConfig::from_limits(&limits, tls);
+        let metrics_task = metrics_listener.map(|listener| {
+            let router = metrics_router::<()>(kube.clone(), metrics_access);
+            let config = serve::ServeConfig {
+                tls: None,
+                ..serve_config.clone()
             };
+            let mut rx = shutdown_rx.clone();
+            tokio::spawn(serve::serve(listener, router, config, async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }))
+        });
+        let task = tokio::spawn(async move {
+            serve::serve(listener, router, serve_config, signal).await;
             let _ = shutdown_rx.wait_for(|stop| *stop).await;
+            if let Some(metrics) = metrics_task {
+                let _ = metrics.await;
+            }
             let _ = sweeper.await;
             let _ = flusher.await;
             let _ = reconciler.await;
             let _ = lifecycle.await;
-            served.context("serving HTTP")
+            Ok(())
         });
         Ok(Server {
             local_addr,
+            metrics_addr,
             state,
             first_admin_token: bootstrap,
             shutdown,

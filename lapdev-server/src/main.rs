@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let server = Server::start(cli.server.clone()).await?;
+    let server = Server::start_with(cli.server.clone(), cli.limits.clone()).await?;
     let scheme = if cli.server.tls_cert.is_some() {
         "https"
     } else {

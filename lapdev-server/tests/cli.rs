@@ -248,3 +248,43 @@ async fn lapdev_server_admin_token_mints_a_working_token() {
         String::from_utf8_lossy(&listed.stderr)
     );
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_and_manifest_files_are_0600_even_when_they_existed_as_0644() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let t = TestServer::postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("cluster.token");
+    let manifest = dir.path().join("manifest.yaml");
+    for file in [&token, &manifest] {
+        std::fs::write(file, "stale contents from an earlier run\n").unwrap();
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let created = json(&lapdev(
+        &t,
+        &[
+            "cluster",
+            "create",
+            "perms",
+            "-o",
+            "json",
+            "--token-out",
+            token.to_str().unwrap(),
+            "--manifest-out",
+            manifest.to_str().unwrap(),
+        ],
+    ));
+    for file in [&token, &manifest] {
+        let mode = std::fs::metadata(file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    }
+    assert_eq!(
+        std::fs::read_to_string(&token).unwrap().trim(),
+        created["token"].as_str().unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&manifest).unwrap(),
+        created["manifest"].as_str().unwrap()
+    );
+}

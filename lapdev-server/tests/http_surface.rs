@@ -89,3 +89,35 @@ async fn readiness_fails_when_the_database_is_gone() {
     // Liveness is unaffected.
     assert_eq!(get(&t.base(), "/healthz").await.0, 200);
 }
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let t = TestServer::postgres().await;
+    let transport =
+        lapdev_hrpc::HttpTransport::new(lapdev_hrpc::HttpTransportConfig::default()).unwrap();
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let response = transport
+            .send(
+                http::Request::post(format!("{}/rpc/AdminRpc/list_clusters", t.base()))
+                    .header("content-type", "application/json")
+                    .header("authorization", format!("{scheme} {}", t.admin_token))
+                    .body(bytes::Bytes::from_static(br#"{"include_deleted": false}"#))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{scheme}");
+    }
+    // Another scheme is still refused.
+    let response = transport
+        .send(
+            http::Request::post(format!("{}/rpc/AdminRpc/list_clusters", t.base()))
+                .header("content-type", "application/json")
+                .header("authorization", format!("Basic {}", t.admin_token))
+                .body(bytes::Bytes::from_static(b"{}"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+}

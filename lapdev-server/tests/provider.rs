@@ -37,24 +37,31 @@ async fn start() -> Setup {
 /// A server on the embedded database in `data_dir` (a second start reuses it).
 async fn start_in(data_dir: &std::path::Path) -> (Server, ProviderRpcClient, AdminRpcClient) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let server = Server::start(ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.to_owned(),
-        database_url: None,
-        public_url: Some("https://lapdev.example.com".into()),
-        public_ca_file: None,
-        log_format: LogFormat::Text,
-        tls_cert: None,
-        tls_key: None,
-        jwt_secret: None,
-        jwt_secret_file: None,
-        encryption_key: None,
-        manager_image: "ghcr.io/lapdev/lapdev-kube-manager:test".into(),
-        heartbeat_interval_secs: 10,
-        admin_token_days: 1,
-        max_token_days: 365,
-        trusted_proxies: Vec::new(),
-    })
+    let server = Server::start_with(
+        ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data_dir.to_owned(),
+            database_url: None,
+            public_url: Some("https://lapdev.example.com".into()),
+            public_ca_file: None,
+            log_format: LogFormat::Text,
+            tls_cert: None,
+            tls_key: None,
+            jwt_secret: None,
+            jwt_secret_file: None,
+            encryption_key: None,
+            manager_image: "ghcr.io/lapdev/lapdev-kube-manager:test".into(),
+            heartbeat_interval_secs: 10,
+            admin_token_days: 1,
+            max_token_days: 365,
+            trusted_proxies: Vec::new(),
+        },
+        // The GKE stand-in listens on loopback http.
+        lapdev_server::config::LimitsConfig {
+            allow_provider_test_endpoints: true,
+            ..Default::default()
+        },
+    )
     .await
     .unwrap();
     let token = match server.first_admin_token.clone() {

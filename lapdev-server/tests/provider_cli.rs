@@ -100,7 +100,12 @@ async fn provider_commands_create_import_connect_and_delete() {
     let gke = GkeStandIn::start().await.unwrap();
     gke.set_cluster_endpoint(&double.url(), None);
     gke.add_cluster("us-central1-a", "existing", "1.32.9-gke.100", 2);
-    let t = TestServer::embedded().await;
+    // The GKE stand-in listens on loopback http.
+    let t = TestServer::embedded_with(lapdev_server::config::LimitsConfig {
+        allow_provider_test_endpoints: true,
+        ..Default::default()
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
 
     // A malformed key is refused by the CLI before anything is sent.

@@ -13,7 +13,9 @@
 //!   ([`super::token`]), which a GKE API server accepts.
 //!
 //! The API endpoint is configurable ([`GcpConfig::endpoint`]) so tests run the real
-//! client against a local stand-in.
+//! client against a local stand-in; [`GcpProvider::new`] checks it, and the key's
+//! `token_uri`, against an [`EndpointPolicy`] (Google's hosts unless told
+//! otherwise).
 
 use std::fmt;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use lapdev_common::status::K8sProviderKind;
 use ring::signature::RsaKeyPair;
 use std::time::Duration;
 
+use super::endpoints::EndpointPolicy;
 use super::token::TokenSource;
 use super::{
     ApiError, ApiErrorKind, ClusterAccess, ClusterMode, K8sProvider, NewProviderCluster,
@@ -85,12 +88,10 @@ impl GcpConfig {
             check_path_segment("location", l)?;
         }
         let endpoint = text("endpoint")?;
-        if let Some(e) = &endpoint
-            && !is_allowed_url(e)
-        {
-            return Err(ProviderError::InvalidConfig(
-                "endpoint must be an https URL (plain http only on loopback)".into(),
-            ));
+        // The shape only; which hosts are allowed is the server's policy,
+        // checked when the provider is built.
+        if let Some(e) = &endpoint {
+            EndpointPolicy::AllowTestStandIns.check_api_endpoint(e)?;
         }
         Ok(GcpConfig {
             project,
@@ -174,11 +175,8 @@ impl ServiceAccountKey {
             None | Some(serde_json::Value::Null) => DEFAULT_TOKEN_URI.to_owned(),
             Some(_) => field("token_uri")?,
         };
-        if !is_allowed_url(&token_uri) {
-            return Err(Bad(
-                "token_uri must be an https URL (plain http only on loopback)".into(),
-            ));
-        }
+        // The shape only, as for the endpoint.
+        EndpointPolicy::AllowTestStandIns.check_token_uri(&token_uri)?;
         let der = pem_pkcs8(&field("private_key")?)?;
         let key_pair = RsaKeyPair::from_pkcs8(&der)
             .map_err(|_| Bad("private_key is not a PKCS#8 RSA key (2048 bits or more)".into()))?;
@@ -248,21 +246,6 @@ fn pem_pkcs8(pem: &str) -> Result<Vec<u8>, ProviderError> {
     base64::engine::general_purpose::STANDARD
         .decode(body)
         .map_err(|_| Bad("private_key is not valid base64 PEM".into()))
-}
-
-/// `https://` anywhere, or `http://` to a loopback address (local stand-ins). The
-/// key and the assertion it signs are never sent in clear over a network.
-fn is_allowed_url(raw: &str) -> bool {
-    let Ok(url) = url::Url::parse(raw) else {
-        return false;
-    };
-    match (url.scheme(), url.host()) {
-        ("https", Some(_)) => true,
-        ("http", Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
-        ("http", Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
-        ("http", Some(url::Host::Domain(d))) => d.eq_ignore_ascii_case("localhost"),
-        _ => false,
-    }
 }
 
 fn check_path_segment(field: &str, value: &str) -> Result<(), ProviderError> {
@@ -339,9 +322,16 @@ pub(crate) fn ensure_crypto_provider() {
 }
 
 impl GcpProvider {
-    /// Builds the client for `config`'s endpoint with the key's credentials. Makes
-    /// no call.
-    pub async fn new(config: GcpConfig, key: ServiceAccountKey) -> Result<Self, ProviderError> {
+    /// Builds the client for `config`'s endpoint with the key's credentials,
+    /// after checking the endpoint and the key's `token_uri` against `policy`.
+    /// Makes no call.
+    pub async fn new(
+        config: GcpConfig,
+        key: ServiceAccountKey,
+        policy: EndpointPolicy,
+    ) -> Result<Self, ProviderError> {
+        policy.check_api_endpoint(config.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT))?;
+        policy.check_token_uri(&key.token_uri)?;
         ensure_crypto_provider();
         let credentials =
             google_cloud_auth::credentials::service_account::Builder::new(key.json.clone())
@@ -530,10 +520,14 @@ fn api_error(e: google_cloud_gax::error::Error) -> ApiError {
         _ if e.is_io() || e.is_connect() || e.is_transport() => ApiErrorKind::Unavailable,
         _ => ApiErrorKind::Other,
     };
-    ApiError {
-        kind,
-        message: e.to_string(),
-    }
+    // Not a structured Google status: whatever answered is summarised, never
+    // quoted (its body could be anything).
+    tracing::debug!(error = %e, "provider API call failed without a status");
+    let message = match e.http_status_code() {
+        Some(code) => format!("the provider API answered HTTP {code} ({})", kind.summary()),
+        None => format!("the provider API call failed ({})", kind.summary()),
+    };
+    ApiError { kind, message }
 }
 
 #[async_trait::async_trait]

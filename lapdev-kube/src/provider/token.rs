@@ -7,6 +7,11 @@
 //! it as `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer`, and caches the
 //! token it gets until [`REFRESH_BEFORE_EXPIRY`] before it expires. Expiry is
 //! measured on tokio's clock, so tests can pause and advance time.
+//!
+//! The client follows no redirects (the `token_uri` was checked against the
+//! endpoint policy; a redirect would leave it), and a refusal is reported as
+//! the HTTP status, a fixed text and at most the registered OAuth error code
+//! (RFC 6749 §5.2): never the endpoint's own text.
 
 use std::fmt;
 use std::sync::Arc;
@@ -64,9 +69,18 @@ struct TokenResponse {
 #[derive(Deserialize)]
 struct TokenErrorResponse {
     error: String,
-    #[serde(default)]
-    error_description: Option<String>,
 }
+
+/// The OAuth error codes RFC 6749 §5.2 registers: the only upstream words a
+/// refusal repeats.
+const OAUTH_ERROR_CODES: &[&str] = &[
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+];
 
 impl TokenSource {
     /// A source for `key` and `scope`. Makes no call.
@@ -76,6 +90,7 @@ impl TokenSource {
             .timeout(TOKEN_REQUEST_TIMEOUT)
             // Tokens are fetched about once an hour: keep no idle connections.
             .pool_max_idle_per_host(0)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ProviderError::BuildClient(format!("token client: {e}")))?;
         Ok(TokenSource {
@@ -145,6 +160,8 @@ impl TokenSource {
             .send()
             .await
             .map_err(|e| {
+                // reqwest's error names the kind of failure (connect,
+                // timeout), not anything the endpoint sent.
                 ProviderError::AccessToken(format!(
                     "the token endpoint {} is unreachable: {}",
                     self.key.token_uri(),
@@ -156,16 +173,23 @@ impl TokenSource {
             ProviderError::AccessToken(format!("reading the token response: {}", e.without_url()))
         })?;
         if !status.is_success() {
-            let reason = match serde_json::from_slice::<TokenErrorResponse>(&body) {
-                Ok(e) => match e.error_description {
-                    Some(d) => format!("{}: {d}", e.error),
-                    None => e.error,
-                },
-                Err(_) => format!("HTTP {status}"),
+            let code = serde_json::from_slice::<TokenErrorResponse>(&body)
+                .ok()
+                .and_then(|e| OAUTH_ERROR_CODES.iter().find(|c| **c == e.error).copied());
+            let what = if status.is_redirection() {
+                "redirected (redirects are not followed)"
+            } else if status.is_client_error() {
+                "refused the key"
+            } else {
+                "failed"
             };
-            return Err(ProviderError::AccessToken(format!(
-                "the token endpoint refused the key: {reason}"
-            )));
+            return Err(ProviderError::AccessToken(match code {
+                Some(code) => format!(
+                    "the token endpoint {what}: HTTP {} ({code})",
+                    status.as_u16()
+                ),
+                None => format!("the token endpoint {what}: HTTP {}", status.as_u16()),
+            }));
         }
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
             ProviderError::AccessToken("the token endpoint sent no access_token".into())

@@ -18,6 +18,14 @@
 //! verification that was already running when they were called does not put its
 //! answer into the cache. Changes made to the database by anything else are seen
 //! within the cache TTL.
+//!
+//! **Stale if error.** When the database cannot answer (an outage, not a
+//! rejection), a token it confirmed within the TTL plus the stale-if-error
+//! window ([`TokenVerifier::with_stale_if_error`]; 5 minutes in the server) is
+//! still accepted, so a database outage shorter than that drops no manager's
+//! calls, heartbeats or tunnel. The window is bounded, a token is never used
+//! past its expiry, and revocations through this server still apply at once.
+//! Past the window the answer is `unavailable`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +52,8 @@ pub struct ClusterIdentity {
     pub organization_id: Uuid,
     /// The token used.
     pub token_id: Uuid,
+    /// When the token expires, if ever: its tunnel closes then.
+    pub expires_at: Option<chrono::DateTime<Utc>>,
 }
 
 impl From<VerifiedClusterToken> for ClusterIdentity {
@@ -52,9 +62,14 @@ impl From<VerifiedClusterToken> for ClusterIdentity {
             cluster_id: v.cluster_id,
             organization_id: v.organization_id,
             token_id: v.token_id,
+            expires_at: v.expires_at,
         }
     }
 }
+
+/// How long a request waits for the database when a stale-if-error answer
+/// could stand in.
+pub const STALE_WAIT: Duration = Duration::from_secs(2);
 
 /// The SHA-256 of a presented token: cache keys, so plaintext tokens are not
 /// kept in memory longer than a request (or its background re-verification).
@@ -62,7 +77,6 @@ type Key = [u8; 32];
 
 struct Cached {
     identity: ClusterIdentity,
-    expires_at: Option<chrono::DateTime<Utc>>,
     /// When the database last confirmed this answer.
     verified_at: Instant,
     /// A background re-verification is running.
@@ -86,6 +100,7 @@ struct Shared {
 pub struct TokenVerifier {
     db: Db,
     ttl: Duration,
+    stale_if_error: Duration,
     state: Arc<Shared>,
 }
 
@@ -93,6 +108,7 @@ impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenVerifier")
             .field("ttl", &self.ttl)
+            .field("stale_if_error", &self.stale_if_error)
             .finish_non_exhaustive()
     }
 }
@@ -113,13 +129,22 @@ enum Lookup {
 }
 
 impl TokenVerifier {
-    /// A verifier whose positive answers are reused for `ttl`.
+    /// A verifier whose positive answers are reused for `ttl`, with no
+    /// stale-if-error window.
     pub fn new(db: Db, ttl: Duration) -> Self {
         Self {
             db,
             ttl,
+            stale_if_error: Duration::ZERO,
             state: Arc::default(),
         }
+    }
+
+    /// Also accepts a token the database confirmed within `ttl + window` when
+    /// the database cannot answer now (see the module docs).
+    pub fn with_stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = window;
+        self
     }
 
     /// Verifies `presented`; the error is what the caller is told.
@@ -134,8 +159,49 @@ impl TokenVerifier {
                 }
                 Ok(identity)
             }
-            Lookup::Miss => self.verify_shared(key, presented).await,
+            Lookup::Miss => match self.verify_or_wait(key, presented).await {
+                Err(e) if e.code == lapdev_hrpc::Code::Unavailable => match self.stale(&key) {
+                    Some(identity) => {
+                        tracing::warn!(
+                            cluster_id = %identity.cluster_id,
+                            "the database cannot verify a cluster token; using the last confirmed answer"
+                        );
+                        Ok(identity)
+                    }
+                    None => Err(e),
+                },
+                other => other,
+            },
         }
+    }
+
+    /// Verifies against the database; when a stale answer could stand in, waits
+    /// at most [`STALE_WAIT`] (a hanging database must not hold a heartbeat up
+    /// until the caller's deadline).
+    async fn verify_or_wait(
+        &self,
+        key: Key,
+        presented: &str,
+    ) -> Result<ClusterIdentity, HrpcError> {
+        if self.stale(&key).is_none() {
+            return self.verify_shared(key, presented).await;
+        }
+        match tokio::time::timeout(STALE_WAIT, self.verify_shared(key, presented)).await {
+            Ok(result) => result,
+            Err(_) => Err(HrpcError::unavailable(
+                "cannot verify the cluster token right now",
+            )),
+        }
+    }
+
+    /// A cached answer the database confirmed within the TTL plus the
+    /// stale-if-error window, unexpired.
+    fn stale(&self, key: &Key) -> Option<ClusterIdentity> {
+        let cache = lock(&self.state.cache);
+        let c = cache.get(key)?;
+        let fresh_enough = c.verified_at.elapsed() < self.ttl + self.stale_if_error;
+        let unexpired = c.identity.expires_at.is_none_or(|at| at > Utc::now());
+        (fresh_enough && unexpired).then_some(c.identity)
     }
 
     fn lookup(&self, key: &Key) -> Lookup {
@@ -144,7 +210,7 @@ impl TokenVerifier {
             return Lookup::Miss;
         };
         let age = c.verified_at.elapsed();
-        if age >= self.ttl || c.expires_at.is_some_and(|at| at <= Utc::now()) {
+        if age >= self.ttl || c.identity.expires_at.is_some_and(|at| at <= Utc::now()) {
             return Lookup::Miss;
         }
         let refresh = !c.refreshing && age >= self.ttl / 2;
@@ -198,7 +264,6 @@ impl TokenVerifier {
         match self.db.verify_cluster_token(presented).await {
             Ok(v) => {
                 let identity = ClusterIdentity::from(v);
-                let expires_at = self.token_expiry(identity).await;
                 let mut cache = lock(&self.state.cache);
                 if self.state.generation.load(Ordering::SeqCst) != generation {
                     // Something was forgotten meanwhile; this answer may predate it.
@@ -214,7 +279,6 @@ impl TokenVerifier {
                     key,
                     Cached {
                         identity,
-                        expires_at,
                         verified_at: started,
                         refreshing: false,
                     },
@@ -232,20 +296,6 @@ impl TokenVerifier {
                 ))
             }
         }
-    }
-
-    async fn token_expiry(&self, identity: ClusterIdentity) -> Option<chrono::DateTime<Utc>> {
-        // The expiry bounds how long a cached answer may be used.
-        self.db
-            .list_cluster_tokens(identity.organization_id, identity.cluster_id)
-            .await
-            .ok()
-            .and_then(|tokens| {
-                tokens
-                    .into_iter()
-                    .find(|t| t.id == identity.token_id)
-                    .and_then(|t| t.expires_at)
-            })
     }
 
     /// Forgets a token at once (it was revoked).
@@ -300,5 +350,65 @@ pub async fn require_cluster_token(
             next.run(request).await
         }
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapdev_db::test_support::TestDatabase;
+    use lapdev_db::{NewCluster, NewClusterToken};
+
+    #[tokio::test]
+    async fn a_confirmed_token_outlives_a_database_outage_within_the_window_only() {
+        let test_db = TestDatabase::postgres().await;
+        let db = test_db.db().clone();
+        let org = db.create_organization("org").await.unwrap();
+        let cluster = db
+            .create_cluster(org.id, NewCluster::named("c"))
+            .await
+            .unwrap();
+        let created = db
+            .create_cluster_token(
+                org.id,
+                cluster.id,
+                NewClusterToken {
+                    name: "t".into(),
+                    created_by: None,
+                    expires_at: None,
+                },
+            )
+            .await
+            .unwrap();
+        let secret = created.secret.expose().to_owned();
+        // A zero TTL: every call asks the database, as after any TTL has run out.
+        let tolerant = TokenVerifier::new(db.clone(), Duration::ZERO)
+            .with_stale_if_error(Duration::from_secs(3600));
+        let strict = TokenVerifier::new(db.clone(), Duration::ZERO);
+        assert_eq!(
+            tolerant.verify(&secret).await.unwrap().token_id,
+            created.token.id
+        );
+        strict.verify(&secret).await.unwrap();
+
+        // The outage: the database is gone.
+        drop(test_db);
+        for _ in 0..3 {
+            let identity = tolerant.verify(&secret).await.unwrap();
+            assert_eq!(identity.cluster_id, cluster.id);
+        }
+        let e = strict.verify(&secret).await.unwrap_err();
+        assert_eq!(e.code, lapdev_hrpc::Code::Unavailable);
+        // A token this verifier never confirmed is not let in.
+        assert!(
+            tolerant
+                .verify("lapdev_ct_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+                .await
+                .is_err()
+        );
+        // A revocation through this server applies at once, outage or not.
+        tolerant.forget_token(created.token.id);
+        let e = tolerant.verify(&secret).await.unwrap_err();
+        assert_eq!(e.code, lapdev_hrpc::Code::Unavailable);
     }
 }

@@ -185,6 +185,9 @@ pub struct ProviderSettings {
     pub first_poll_interval: Duration,
     /// Longest wait between polls.
     pub max_poll_interval: Duration,
+    /// Which endpoints providers may use (Google's hosts unless the server runs
+    /// with `--allow-provider-test-endpoints`).
+    pub endpoints: lapdev_kube::provider::EndpointPolicy,
 }
 
 impl Default for ProviderSettings {
@@ -193,6 +196,7 @@ impl Default for ProviderSettings {
             operation_deadline: Duration::from_secs(45 * 60),
             first_poll_interval: Duration::from_millis(200),
             max_poll_interval: Duration::from_secs(10),
+            endpoints: lapdev_kube::provider::EndpointPolicy::default(),
         }
     }
 }
@@ -298,6 +302,9 @@ pub fn parse_self_link(link: &str) -> Option<(String, String)> {
     (!location.is_empty() && !name.is_empty()).then(|| (location.to_owned(), name.to_owned()))
 }
 
+/// The name of the tokens manager installs mint.
+pub const INSTALL_TOKEN_NAME: &str = "provider-install";
+
 impl ProviderService {
     /// A service on these parts.
     pub fn new(
@@ -338,9 +345,14 @@ impl ProviderService {
             .provider_credential(row.organization_id, row.id, &self.inner.credential_key)
             .await
             .map_err(db_error)?;
-        connect(row.kind, &row.config, credential.expose())
-            .await
-            .map_err(provider_error)
+        connect(
+            row.kind,
+            &row.config,
+            credential.expose(),
+            self.inner.settings.endpoints,
+        )
+        .await
+        .map_err(provider_error)
     }
 
     fn managed_view(&self, cluster: Cluster, provider: Option<&Provider>) -> ManagedClusterView {
@@ -408,20 +420,7 @@ impl ProviderService {
         provider: &dyn K8sProvider,
         remote: &ProviderCluster,
     ) -> Result<(), String> {
-        let token = self
-            .inner
-            .db
-            .create_cluster_token(
-                org,
-                cluster.id,
-                NewClusterToken {
-                    name: "provider-install".to_owned(),
-                    created_by,
-                    expires_at: None,
-                },
-            )
-            .await
-            .map_err(|e| format!("creating the cluster token: {e}"))?;
+        let (token, previous) = self.install_token(org, created_by, cluster).await?;
         let params = ManifestParams {
             server_ca_pem: self.inner.manifest.server_ca_pem.clone(),
             image: self.inner.manifest.image.clone(),
@@ -442,7 +441,74 @@ impl ProviderService {
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(cluster_id = %cluster.id, objects = applied.len(), "manager installed");
+        // The manager now runs with the new token: the previous install's goes.
+        self.revoke_tokens(org, &previous).await;
         Ok(())
+    }
+
+    /// Mints the token a manager install uses, keeping the two-live-tokens rule:
+    /// the previous install tokens are returned, to be revoked once the new
+    /// install is applied; if the cluster is already at the limit, they are
+    /// revoked first (and if none of its live tokens is an install token, the
+    /// install is refused).
+    pub async fn install_token(
+        &self,
+        org: Uuid,
+        created_by: Option<Uuid>,
+        cluster: &Cluster,
+    ) -> Result<(lapdev_db::CreatedClusterToken, Vec<Uuid>), String> {
+        let now = chrono::Utc::now();
+        let live: Vec<_> = self
+            .inner
+            .db
+            .list_cluster_tokens(org, cluster.id)
+            .await
+            .map_err(|e| format!("listing the cluster's tokens: {e}"))?
+            .into_iter()
+            .filter(|t| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now))
+            .collect();
+        let mut previous: Vec<Uuid> = live
+            .iter()
+            .filter(|t| t.name == INSTALL_TOKEN_NAME)
+            .map(|t| t.id)
+            .collect();
+        if live.len() >= super::service::MAX_LIVE_TOKENS_PER_CLUSTER {
+            if previous.is_empty() {
+                return Err(format!(
+                    "cluster {:?} already has {} live tokens; revoke one first",
+                    cluster.name,
+                    live.len()
+                ));
+            }
+            self.revoke_tokens(org, &previous).await;
+            previous.clear();
+        }
+        let token = self
+            .inner
+            .db
+            .create_cluster_token(
+                org,
+                cluster.id,
+                NewClusterToken {
+                    name: INSTALL_TOKEN_NAME.to_owned(),
+                    created_by,
+                    expires_at: None,
+                },
+            )
+            .await
+            .map_err(|e| format!("creating the cluster token: {e}"))?;
+        Ok((token, previous))
+    }
+
+    async fn revoke_tokens(&self, org: Uuid, tokens: &[Uuid]) {
+        for &token_id in tokens {
+            match self.inner.db.revoke_cluster_token(org, token_id).await {
+                Ok(()) => self.inner.kube.token_revoked(token_id),
+                Err(e) => {
+                    tracing::warn!(%token_id, error = %e, "could not revoke a previous install token")
+                }
+            }
+        }
     }
 
     /// After a create: wait for the provider, then install the manager.
@@ -661,15 +727,21 @@ impl ProviderRpc for ProviderService {
         validate: bool,
     ) -> Result<CreatedProvider, HrpcError> {
         let who = who(&ctx)?;
+        crate::check_name("name", lapdev_common::name::NameKind::Provider, &name)?;
         if credential.len() > MAX_CREDENTIAL_BYTES {
             return Err(HrpcError::invalid_argument(
                 "the credential is larger than 64 KiB",
             ));
         }
         // Shape first: a malformed key or config never reaches the database or the API.
-        let client = connect(kind, &config, credential.as_bytes())
-            .await
-            .map_err(provider_error)?;
+        let client = connect(
+            kind,
+            &config,
+            credential.as_bytes(),
+            self.inner.settings.endpoints,
+        )
+        .await
+        .map_err(provider_error)?;
         let mut checked = false;
         let mut warning = None;
         if validate {
@@ -776,6 +848,9 @@ impl ProviderRpc for ProviderService {
         install: bool,
     ) -> Result<ManagedClusterView, HrpcError> {
         let who = who(&ctx)?;
+        if let Some(name) = &name {
+            crate::check_name("name", lapdev_common::name::NameKind::Cluster, name)?;
+        }
         let row = self.provider_row(who, &provider).await?;
         let client = self.client_for(&row).await?;
         let remote = match location {
@@ -861,6 +936,7 @@ impl ProviderRpc for ProviderService {
         mode: ClusterMode,
     ) -> Result<ManagedClusterView, HrpcError> {
         let who = who(&ctx)?;
+        crate::check_name("name", lapdev_common::name::NameKind::Cluster, &name)?;
         let row = self.provider_row(who, &provider).await?;
         match self
             .inner
@@ -1044,7 +1120,10 @@ pub fn routes(state: &crate::AppState) -> axum::Router {
         state.kube.clone(),
         state.admin.manifest_defaults().clone(),
         state.admin.credential_key().clone(),
-        ProviderSettings::default(),
+        ProviderSettings {
+            endpoints: state.provider_endpoints,
+            ..ProviderSettings::default()
+        },
     );
     // Provider operations a restart interrupted go on in the background.
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {

@@ -213,26 +213,35 @@ impl AdminRpc for AdminService {
         security_profile: Option<SecurityProfile>,
     ) -> Result<CreatedCluster, HrpcError> {
         let who = who(&ctx)?;
-        let cluster = self
+        crate::check_name("name", lapdev_common::name::NameKind::Cluster, &name)?;
+        // One transaction: the row, its first token and the manifest carrying
+        // it, so a failed render leaves neither a row nor a live token.
+        let (cluster, created, manifest) = self
             .db
-            .create_cluster(
+            .create_cluster_with_token(
                 who.organization_id,
                 NewCluster {
                     declared_region: region,
                     security_profile: security_profile.unwrap_or_default(),
                     ..NewCluster::named(name)
                 },
+                NewClusterToken {
+                    name: "initial".to_owned(),
+                    created_by: Some(who.user_id),
+                    expires_at: None,
+                },
+                |cluster, secret| self.render(cluster, secret.expose()),
             )
             .await
-            .map_err(db_error)?;
-        let created = self
-            .new_token(who, &cluster, "initial".to_owned(), None)
-            .await?;
+            .map_err(|e| match e {
+                lapdev_db::CreateWithTokenError::Db(e) => db_error(e),
+                lapdev_db::CreateWithTokenError::Finish(e) => e,
+            })?;
         Ok(CreatedCluster {
             cluster: cluster_view(cluster),
-            token: created.token,
-            token_secret: created.token_secret,
-            manifest: created.manifest,
+            token: token_view(created.token),
+            token_secret: created.secret.expose().to_owned(),
+            manifest,
         })
     }
 
@@ -336,6 +345,7 @@ impl AdminRpc for AdminService {
         expires_in_secs: Option<u64>,
     ) -> Result<CreatedToken, HrpcError> {
         let who = who(&ctx)?;
+        crate::check_name("name", lapdev_common::name::NameKind::Token, &name)?;
         let cluster = self.cluster(who, &cluster).await?;
         self.new_token(
             who,

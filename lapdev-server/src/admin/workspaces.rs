@@ -221,6 +221,11 @@ impl WorkspaceRpc for WorkspaceService {
         workspace: NewWorkspaceRequest,
     ) -> Result<WorkspaceView, HrpcError> {
         let who = who(&ctx)?;
+        crate::check_name(
+            "workspace.name",
+            lapdev_common::name::NameKind::Workspace,
+            &workspace.name,
+        )?;
         let ws = self
             .conductor
             .create_workspace(

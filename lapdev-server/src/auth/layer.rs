@@ -190,27 +190,9 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
 }
 
 /// The client's address as the socket saw it, for plain and TLS listeners alike
-/// (served with `into_make_service_with_connect_info::<ClientAddr>()`).
+/// (inserted as `ConnectInfo<ClientAddr>` by the accept loop in `serve.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for ClientAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
-    for ClientAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
 
 /// The client's address as [`authorize`] worked it out (see [`client_ip`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -68,6 +68,31 @@ impl TestServer {
         Self::from(server, data_dir, Some(database))
     }
 
+    /// A server on a fresh PostgreSQL database with these limits and policies.
+    pub async fn postgres_with(limits: lapdev_server::config::LimitsConfig) -> TestServer {
+        let database = TestDatabase::postgres().await;
+        let data_dir = tempfile::tempdir().unwrap();
+        let server = Server::start_with(
+            config(
+                data_dir.path().join("data"),
+                Some(database.url().to_owned()),
+            ),
+            limits,
+        )
+        .await
+        .unwrap();
+        Self::from(server, data_dir, Some(database))
+    }
+
+    /// A server on its embedded default with these limits and policies.
+    pub async fn embedded_with(limits: lapdev_server::config::LimitsConfig) -> TestServer {
+        let data_dir = tempfile::tempdir().unwrap();
+        let server = Server::start_with(config(data_dir.path().join("data"), None), limits)
+            .await
+            .unwrap();
+        Self::from(server, data_dir, None)
+    }
+
     /// A server on its embedded default (SQLite in the data directory).
     pub async fn embedded() -> TestServer {
         let data_dir = tempfile::tempdir().unwrap();
