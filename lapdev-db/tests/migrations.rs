@@ -218,8 +218,9 @@ async fn placed_rows_are_marked_as_having_a_volume(test: TestDatabase) {
         .unwrap();
     let unplaced = db.create_workspace(org, new("unplaced")).await.unwrap();
 
-    // Back to the schema before migration 8, and up again.
-    Migrator::down(conn, Some(1)).await.unwrap();
+    // Back to the schema before migration 8 (migration 9 runs after it), and
+    // up again.
+    Migrator::down(conn, Some(2)).await.unwrap();
     Migrator::up(conn, None).await.unwrap();
     assert!(
         db.get_workspace(org, placed.id)
