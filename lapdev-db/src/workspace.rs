@@ -587,6 +587,10 @@ impl Db {
         let result = kube_workspace::Entity::update_many()
             .col_expr(W::Status, Expr::value(WorkspaceStatus::Deleted.as_str()))
             .col_expr(W::DesiredState, Expr::value(DesiredState::Deleted.as_str()))
+            // What was said on the way (e.g. "still deleting; retry in …") is
+            // over once the workspace is gone.
+            .col_expr(W::StatusReason, Expr::value(Option::<String>::None))
+            .col_expr(W::StatusMessage, Expr::value(Option::<String>::None))
             .col_expr(W::DeletedAt, Expr::value(Some(at)))
             .col_expr(W::UpdatedAt, Expr::value(at))
             .col_expr(W::Version, Expr::col(W::Version).add(1))
@@ -630,8 +634,8 @@ impl Db {
             .col_expr(
                 W::StatusMessage,
                 Expr::value(Some(
-                    "forgotten while its cluster was unreachable; its objects are removed \
-                     when the cluster's manager reconnects"
+                    "forgotten (--force): its objects are removed by the cluster's manager, \
+                     at once if it is connected, else when it reconnects"
                         .to_owned(),
                 )),
             )
@@ -693,6 +697,12 @@ impl Db {
             .col_expr(
                 W::ForgottenAt,
                 Expr::value(Option::<sea_orm::prelude::DateTimeWithTimeZone>::None),
+            )
+            .col_expr(
+                W::StatusMessage,
+                Expr::value(Some(
+                    "forgotten (--force); its objects were removed from the cluster".to_owned(),
+                )),
             )
             .filter(W::Id.eq(id))
             .exec(&self.conn)

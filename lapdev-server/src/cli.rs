@@ -762,7 +762,7 @@ fn print_created_cluster(
             } else {
                 writeln!(
                     stdout,
-                    "Get an install manifest with: lapdev cluster create … --manifest-out FILE"
+                    "Get an install manifest with: lapdev cluster manifest NAME --manifest-out FILE"
                 )?;
             }
             Ok(())

@@ -115,8 +115,9 @@ pub struct ServerConfig {
     /// Heartbeat interval managers are told to keep, in seconds.
     #[arg(long, env = "LAPDEV_HEARTBEAT_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub heartbeat_interval_secs: u64,
-    /// How long an admin token minted on first start is valid, in days.
-    #[arg(long, default_value_t = 30)]
+    /// How long an admin token minted on first start is valid, in days (at most
+    /// `--max-token-days`).
+    #[arg(long, env = "LAPDEV_ADMIN_TOKEN_DAYS", default_value_t = 30)]
     pub admin_token_days: u64,
     /// The longest a personal access token may live, in days.
     #[arg(long, env = "LAPDEV_MAX_TOKEN_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=3650))]

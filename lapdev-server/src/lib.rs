@@ -325,9 +325,13 @@ impl Server {
                 "marked clusters disconnected until their managers reconnect"
             );
         }
-        let bootstrap = bootstrap::ensure_first_admin(&db, &data_dir, config.admin_token_days)
-            .await
-            .context("creating the first organisation and owner")?;
+        let bootstrap = bootstrap::ensure_first_admin(
+            &db,
+            &data_dir,
+            config.admin_token_days.min(config.max_token_days),
+        )
+        .await
+        .context("creating the first organisation and owner")?;
 
         let kube = KubeClusterServer::new(
             db.clone(),

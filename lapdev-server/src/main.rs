@@ -26,7 +26,9 @@ async fn main() -> anyhow::Result<()> {
                 lapdev_server::redact_url(&url)
             )
         })?;
-        let token = bootstrap::mint_admin_token(&db, &data_dir, days).await?;
+        let token =
+            bootstrap::mint_admin_token(&db, &data_dir, days.min(cli.server.max_token_days))
+                .await?;
         println!("{token}");
         return Ok(());
     }
