@@ -36,7 +36,10 @@
 //!   `q / 4`.
 //! - Database writes: at most about 5 `kube_workspace` writes per repair (the
 //!   `failed` report, the announcement, the request, the manager's answer, the
-//!   `running` report), so ≤ 5 × pod creates/s.
+//!   `running` report), so ≤ 5 × pod creates/s. That counts completed repairs
+//!   only: when the rate limiter's queue is longer than the conductor's call
+//!   deadline, calls that time out cost reads and writes without a new pod, so
+//!   the output also shows requests and writes per pod create.
 //!
 //! Before issue 11 it was about 3 requests per workspace every 5 s (the
 //! reconciler without backoff): 600 requests/s for 1,000 workspaces.
@@ -375,6 +378,12 @@ async fn main() {
         "  database writes: kube_workspace {ws_writes:.0} ({:.2}/s), all tables {all_writes:.0} ({:.2}/s)",
         ws_writes / secs,
         all_writes / secs
+    );
+    let per_create = pod_creates.max(1) as f64;
+    println!(
+        "  per pod create: {:.1} kubernetes requests, {:.1} kube_workspace writes",
+        total as f64 / per_create,
+        ws_writes / per_create
     );
     let mut statuses: Vec<_> = by_status.into_iter().collect();
     statuses.sort();
