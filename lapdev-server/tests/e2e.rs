@@ -134,7 +134,10 @@ impl Env {
             .arg("--data-dir")
             .arg(self.data_dir.path().join("data"))
             .args(["--database-url", self.database.url()])
-            .args(["--heartbeat-interval-secs", "1"])
+            // Short, so silence is noticed quickly, but not so short that a
+            // scheduling stall of a loaded two-core machine (three missed
+            // intervals) reads as a lost manager and flaps the status.
+            .args(["--heartbeat-interval-secs", "2"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
