@@ -8,6 +8,9 @@
 //!   token only, never from a message.
 //! - [`KubeManagerRpc`]: managers implement it; the server calls it down the
 //!   reverse tunnel the manager opened (`lapdev_hrpc::tunnel`).
+//! - [`stream`]: the streaming contract beside the RPCs (exec and port-forward
+//!   sessions the server opens on a manager): requests, routes and the exec
+//!   frame codec (pure: bytes in, frames out).
 //!
 //! # Compatibility
 //!
@@ -17,6 +20,8 @@
 //! ignore fields they do not know, and fields are never renamed or removed within
 //! a protocol version. A method that a peer lacks answers `404 unimplemented`,
 //! which callers treat as "older peer".
+
+pub mod stream;
 
 use chrono::{DateTime, Utc};
 use lapdev_common::kube::{KubeClusterInfo, WorkspaceSpec};
