@@ -120,6 +120,14 @@ pub struct Config {
     #[arg(long, env = "LAPDEV_KUBE_QPS", default_value_t = 20.0)]
     pub kube_qps: f64,
 
+    /// Most exec sessions (shells, commands) open at once per workspace.
+    #[arg(long, env = "LAPDEV_MAX_EXEC_SESSIONS", default_value_t = 16)]
+    pub max_exec_sessions: usize,
+
+    /// Most forwarded connections open at once per workspace.
+    #[arg(long, env = "LAPDEV_MAX_FORWARDED_CONNECTIONS", default_value_t = 256)]
+    pub max_forwarded_connections: usize,
+
     /// Kubernetes API requests the manager may make at once above the rate.
     #[arg(long, env = "LAPDEV_KUBE_BURST", default_value_t = 40)]
     pub kube_burst: u32,
@@ -221,6 +229,15 @@ impl Config {
 
 impl Config {
     /// How workspace objects are built.
+    pub fn access_settings(&self) -> crate::access::AccessSettings {
+        crate::access::AccessSettings {
+            namespace: self.workspace_namespace.clone(),
+            max_sessions_per_workspace: self.max_exec_sessions,
+            max_forwards_per_workspace: self.max_forwarded_connections,
+        }
+    }
+
+    /// The settings of workspace objects.
     pub fn workspace_settings(&self) -> WorkspaceSettings {
         WorkspaceSettings {
             namespace: self.workspace_namespace.clone(),

@@ -12,12 +12,14 @@
 //! - [`tracker`]: the compact state they feed, from which reports are made.
 //! - [`ratelimit`]: the client-side request rate limit of the Kubernetes client.
 //! - [`rpc`]: the `KubeManagerRpc` implementation served down the tunnel.
+//! - [`access`]: exec and port-forward sessions (streams beside the RPCs).
 //! - [`manager`]: the connection loop (tunnel, reports, heartbeats, backoff).
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`backoff`], [`error`]: small helpers.
 //!
 //! The crate links no database code: it talks to the server over HRPC only.
 
+pub mod access;
 pub mod backoff;
 pub mod cluster_info;
 pub mod config;

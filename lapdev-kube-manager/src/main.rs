@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use lapdev_kube_manager::access::{self, Access};
 use lapdev_kube_manager::cluster_info::ManagerIdentity;
 use lapdev_kube_manager::config::{Config, LogFormat};
 use lapdev_kube_manager::health::{self, HealthState};
@@ -86,8 +87,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     );
 
+    let access = access::router(Access::new(client.clone(), config.access_settings()));
     let workspaces = Workspaces::new(client, settings, config.kube_timeout(), tracker.clone());
-    let router = ManagerRpc::new(workspaces, tracker.clone()).into_router();
+    let router = ManagerRpc::new(workspaces, tracker.clone())
+        .into_router()
+        .merge(access);
     let connection = Arc::new(Connection::default());
     let manager = Manager::new(
         ServerSettings {

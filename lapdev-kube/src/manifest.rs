@@ -72,7 +72,7 @@ pub const ENV_MANIFEST_REVISION: &str = "LAPDEV_MANIFEST_REVISION";
 /// The revision of the manifest this build renders. Bump it whenever the
 /// rendered objects change in a way an installed cluster should re-apply
 /// (RBAC rules, env contract, namespace labels).
-pub const MANIFEST_REVISION: &str = "3";
+pub const MANIFEST_REVISION: &str = "4";
 
 /// Longest accepted cluster name, in characters.
 pub const MAX_CLUSTER_NAME_CHARS: usize = 253;
@@ -759,6 +759,10 @@ fn build(params: &ManifestParams) -> ManagerManifest {
                 // autoscaler's scale-up decisions exist only as Events, so the
                 // manager reads them to say why a workspace is not starting.
                 rule("", &["events"], &["get", "list", "watch"]),
+                // Shells, exec and port-forwards into workspace pods. Both verbs:
+                // API servers before 1.35 authorise the WebSocket upgrade as
+                // `get`, newer ones as `create`.
+                rule("", &["pods/exec", "pods/portforward"], &["get", "create"]),
             ]),
         },
         role_binding: RoleBinding {

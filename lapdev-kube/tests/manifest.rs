@@ -586,7 +586,7 @@ fn the_manager_pod_satisfies_the_restricted_pod_security_standard() {
                 "name": "lapdev-kube-manager", "key": "LAPDEV_SERVER_CA", "optional": true}}},
             {"name": "LAPDEV_WORKSPACE_NAMESPACE", "value": "lapdev-workspaces"},
             {"name": "LAPDEV_SECURITY_PROFILE", "value": "baseline"},
-            {"name": "LAPDEV_MANIFEST_REVISION", "value": "3"},
+            {"name": "LAPDEV_MANIFEST_REVISION", "value": "4"},
         ])
     );
     assert!(c.get("envFrom").is_none());
@@ -608,6 +608,8 @@ fn rbac_is_exactly_what_the_manager_needs() {
             {"apiGroups": [""], "resources": ["pods", "persistentvolumeclaims"],
              "verbs": ["create", "get", "list", "watch", "delete"]},
             {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["pods/exec", "pods/portforward"],
+             "verbs": ["get", "create"]},
         ])
     );
     let subjects = json!([{"kind": "ServiceAccount", "name": "lapdev-kube-manager",

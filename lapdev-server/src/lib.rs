@@ -13,8 +13,11 @@
 //! - `/rpc/AdminRpc/*`, `/rpc/ProviderRpc/*`, `/rpc/WorkspaceRpc/*`,
 //!   `/rpc/PeopleRpc/*`: the admin API, behind one authorization layer
 //!   ([`auth`]): a personal access token (or a legacy admin JWT), the user's role
-//!   looked up per request, and the role each method declares.
+//!   looked up per request, and the role each method declares;
+//! - `/api/v1/workspaces/{name}/exec` and `/portforward`: WebSocket sessions
+//!   into workspaces for the CLI ([`access`]), bridged to streams on managers.
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod bootstrap;
@@ -76,6 +79,8 @@ pub struct AppState {
     pub people: auth::service::PeopleService,
     /// Which endpoints cloud providers may use.
     pub provider_endpoints: lapdev_kube::provider::EndpointPolicy,
+    /// How exec and port-forward streams reach managers.
+    pub streams: Arc<dyn access::StreamOpener>,
 }
 
 /// How the HTTP surface is put together beyond its state.
@@ -156,8 +161,14 @@ pub fn app_with(state: AppState, options: &AppOptions) -> Router {
             options.metrics_access.clone(),
         ));
     }
+    let access = access::routes(access::AccessState {
+        db: state.db.clone(),
+        auth: state.auth.clone(),
+        streams: state.streams.clone(),
+    });
     router
         .with_state(state)
+        .merge(access)
         .nest("/rpc", rpc)
         .layer(axum::middleware::from_fn_with_state(
             known_routes(),
@@ -297,6 +308,17 @@ impl Server {
 
     /// [`Server::start`] with explicit limits and policies.
     pub async fn start_with(config: ServerConfig, limits: LimitsConfig) -> anyhow::Result<Server> {
+        Self::start_with_streams(config, limits, None).await
+    }
+
+    /// [`Server::start_with`] whose exec and port-forward streams reach
+    /// managers through `streams` (tests: [`access::InProcessStreams`]) instead
+    /// of their tunnels.
+    pub async fn start_with_streams(
+        config: ServerConfig,
+        limits: LimitsConfig,
+        streams: Option<Arc<dyn access::StreamOpener>>,
+    ) -> anyhow::Result<Server> {
         let data_dir = DataDir::open(&config.data_dir)?;
         let secrets = load_secrets(&config, &data_dir)?;
         let url = config
@@ -376,7 +398,10 @@ impl Server {
                 max_days: config.max_token_days,
             },
         );
+        let streams =
+            streams.unwrap_or_else(|| Arc::new(access::TunnelStreams(kube.clone())));
         let state = AppState {
+            streams,
             auth,
             people,
             db: db.clone(),

@@ -1,0 +1,306 @@
+//! Getting into workspaces: the CLI's WebSocket endpoints for exec and
+//! port-forward, bridged to streams on the workspace's manager.
+//!
+//! - `GET /api/v1/workspaces/{name-or-id}/exec?cmd=sh&cmd=-c&cmd=…&tty=1&stdin=1&cols=80&rows=24`:
+//!   WebSocket binary messages carry `lapdev_kube_rpc::stream` exec frames both
+//!   ways (the server passes them through; the manager checks them).
+//! - `GET /api/v1/workspaces/{name-or-id}/portforward?port=N`: one forwarded
+//!   connection; binary messages are its raw bytes. An error after the start
+//!   closes the WebSocket with code 1011 and the reason.
+//!
+//! Both need `authorization: Bearer <token>` (a personal access token or an
+//! admin JWT, verified by the authorization layer's [`AuthState::authenticate`]).
+//! Who may open a session is decided in one place, [`may_open_session`]. Every
+//! refusal before the upgrade is an ordinary HRPC error response (JSON
+//! `{code, message}`); another organisation's workspace is `404`.
+//!
+//! - `opener.rs`: [`StreamOpener`], how a stream reaches a manager.
+//! - `session.rs`: the bridge, its end conditions (workspace stopped, cluster
+//!   token revoked or cluster deleted, tunnel dropped), audit and metrics.
+
+mod opener;
+mod session;
+
+pub use opener::{InProcessStreams, OpenFuture, StreamOpenError, StreamOpener, TunnelStreams};
+pub use session::SessionKind;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use futures::channel::mpsc;
+use http_body_util::BodyExt as _;
+use lapdev_common::status::WorkspaceStatus;
+use lapdev_db::{Db, DbError, Workspace};
+use lapdev_hrpc::HrpcError;
+use lapdev_kube_rpc::stream::{
+    EXEC_PATH, ExecRequest, PORTFORWARD_PATH, PortForwardRequest, STREAM_REQUEST_HEADER,
+    TerminalSize,
+};
+use uuid::Uuid;
+
+use crate::auth::{AuthState, Caller};
+use crate::auth::layer::bearer;
+
+/// What the endpoints need.
+#[derive(Clone)]
+pub struct AccessState {
+    /// The database (workspaces, the change feed, the audit log).
+    pub db: Db,
+    /// Who a token belongs to.
+    pub auth: AuthState,
+    /// How streams reach managers.
+    pub streams: Arc<dyn StreamOpener>,
+}
+
+/// The two endpoints.
+pub fn routes(state: AccessState) -> Router {
+    Router::new()
+        .route("/api/v1/workspaces/{workspace}/exec", get(exec))
+        .route("/api/v1/workspaces/{workspace}/portforward", get(portforward))
+        .with_state(state)
+}
+
+/// Whether `caller` may open a shell, exec or port-forward in `workspace`:
+/// today only its owner (admins reaching others' workspaces becomes an
+/// organisation setting with the roles work).
+pub fn may_open_session(caller: &Caller, workspace: &Workspace) -> bool {
+    caller.organization_id == workspace.organization_id && caller.user_id == workspace.owner_id
+}
+
+/// The caller, the workspace, its cluster: everything checked before a stream
+/// is opened.
+async fn admit(
+    state: &AccessState,
+    headers: &http::HeaderMap,
+    workspace: &str,
+) -> Result<(Caller, Workspace, Uuid), HrpcError> {
+    let token = bearer(headers)
+        .ok_or_else(|| HrpcError::unauthenticated("no bearer token; run `lapdev login`"))?;
+    let caller = state.auth.authenticate(token).await?;
+    let found = match workspace.parse::<Uuid>() {
+        Ok(id) => state.db.get_workspace(caller.organization_id, id).await,
+        Err(_) => {
+            state
+                .db
+                .get_workspace_by_name(caller.organization_id, workspace)
+                .await
+        }
+    };
+    let ws = found.map_err(|e| match e {
+        DbError::NotFound { .. } => HrpcError::not_found(format!("workspace {workspace} not found")),
+        other => lapdev_kube::db_error(other),
+    })?;
+    if !may_open_session(&caller, &ws) {
+        return Err(HrpcError::permission_denied(format!(
+            "only the owner of workspace {} may open a session in it",
+            ws.name
+        )));
+    }
+    let name = &ws.name;
+    match ws.status {
+        WorkspaceStatus::Running => {}
+        WorkspaceStatus::Stopped | WorkspaceStatus::Stopping => {
+            return Err(HrpcError::failed_precondition(format!(
+                "workspace {name} is stopped; start it with `lapdev workspace start {name}`"
+            )));
+        }
+        WorkspaceStatus::Deleting | WorkspaceStatus::Deleted => {
+            return Err(HrpcError::not_found(format!(
+                "workspace {name} is deleted; create it again with `lapdev workspace create`"
+            )));
+        }
+        WorkspaceStatus::Failed => {
+            return Err(HrpcError::failed_precondition(format!(
+                "workspace {name} has failed ({}); see `lapdev workspace get {name}`",
+                ws.status_message.as_deref().unwrap_or("no detail")
+            )));
+        }
+        other => {
+            return Err(HrpcError::failed_precondition(format!(
+                "workspace {name} is {other}, not running yet; wait until `lapdev workspace get {name}` says running"
+            )));
+        }
+    }
+    let cluster = ws.cluster_id.ok_or_else(|| {
+        HrpcError::failed_precondition(format!("workspace {name} is not placed on a cluster"))
+    })?;
+    Ok((caller, ws, cluster))
+}
+
+fn flag(v: &str) -> bool {
+    matches!(v, "1" | "true" | "yes")
+}
+
+/// The exec request from the query string.
+fn exec_request(workspace_id: Uuid, query: &str) -> Result<ExecRequest, HrpcError> {
+    let mut req = ExecRequest {
+        workspace_id,
+        command: Vec::new(),
+        tty: false,
+        stdin: false,
+        size: None,
+    };
+    let (mut cols, mut rows) = (None, None);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "cmd" => req.command.push(v.into_owned()),
+            "tty" => req.tty = flag(&v),
+            "stdin" => req.stdin = flag(&v),
+            "cols" => cols = Some(v.parse::<u16>().map_err(|_| bad("cols", &v))?),
+            "rows" => rows = Some(v.parse::<u16>().map_err(|_| bad("rows", &v))?),
+            _ => {}
+        }
+    }
+    if req.command.is_empty() {
+        return Err(HrpcError::invalid_argument("no command (cmd=…)"));
+    }
+    if let (Some(cols), Some(rows)) = (cols, rows) {
+        req.size = Some(TerminalSize { cols, rows });
+    }
+    Ok(req)
+}
+
+fn bad(field: &str, value: &str) -> HrpcError {
+    HrpcError::invalid_argument(format!("{field} must be a number from 0 to 65535, not {value:?}"))
+}
+
+async fn exec(
+    State(state): State<AccessState>,
+    Path(workspace): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: http::HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let result = async {
+        let upgrade = upgrade.map_err(|e| HrpcError::invalid_argument(e.body_text()))?;
+        let (caller, ws, cluster) = admit(&state, &headers, &workspace).await?;
+        let req = exec_request(ws.id, query.as_deref().unwrap_or(""))?;
+        let first_word = req.command[0].clone();
+        let header = serde_json::to_string(&req).map_err(|e| HrpcError::internal(e.to_string()))?;
+        let open = session::Open {
+            kind: SessionKind::Exec,
+            caller,
+            workspace: ws,
+            cluster,
+            detail: first_word_only(&first_word),
+        };
+        session::start(&state, open, EXEC_PATH, header, upgrade).await
+    }
+    .await;
+    result.unwrap_or_else(|e| {
+        session::refused(SessionKind::Exec);
+        e.into_response()
+    })
+}
+
+/// The program's name without a path or anything after it, for the audit log
+/// (arguments may hold secrets).
+fn first_word_only(program: &str) -> String {
+    let word = program.split_whitespace().next().unwrap_or("");
+    let base = word.rsplit('/').next().unwrap_or(word);
+    base.chars().take(64).collect()
+}
+
+async fn portforward(
+    State(state): State<AccessState>,
+    Path(workspace): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: http::HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let result = async {
+        let upgrade = upgrade.map_err(|e| HrpcError::invalid_argument(e.body_text()))?;
+        let port = form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "port")
+            .map(|(_, v)| v.into_owned())
+            .ok_or_else(|| HrpcError::invalid_argument("no port (port=N)"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| HrpcError::invalid_argument(format!("port must be 1–65535, not {port:?}")))?;
+        let (caller, ws, cluster) = admit(&state, &headers, &workspace).await?;
+        let header = serde_json::to_string(&PortForwardRequest {
+            workspace_id: ws.id,
+            port,
+        })
+        .map_err(|e| HrpcError::internal(e.to_string()))?;
+        let open = session::Open {
+            kind: SessionKind::PortForward,
+            caller,
+            workspace: ws,
+            cluster,
+            detail: format!("port {port}"),
+        };
+        session::start(&state, open, PORTFORWARD_PATH, header, upgrade).await
+    }
+    .await;
+    result.unwrap_or_else(|e| {
+        session::refused(SessionKind::PortForward);
+        e.into_response()
+    })
+}
+
+/// Sends the stream's request to the manager; its error response (read up
+/// to 64 KiB) becomes ours.
+async fn open_on_manager(
+    state: &AccessState,
+    cluster: Uuid,
+    path: &str,
+    header: String,
+) -> Result<(mpsc::Sender<Bytes>, Body), HrpcError> {
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    let body = Body::from_stream(futures::StreamExt::map(rx, Ok::<_, std::convert::Infallible>));
+    let request = http::Request::post(path)
+        .header(STREAM_REQUEST_HEADER, header)
+        .body(body)
+        .map_err(|e| HrpcError::internal(e.to_string()))?;
+    let response = state
+        .streams
+        .send_streaming(cluster, request)
+        .await
+        .map_err(|e| match e {
+            StreamOpenError::Transport(_) => HrpcError::unavailable(e.to_string()),
+            _ => HrpcError::failed_precondition(e.to_string()),
+        })?;
+    if response.status() != http::StatusCode::OK {
+        let status = response.status();
+        let limited = http_body_util::Limited::new(response.into_body(), 64 * 1024);
+        let body = limited.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        return Err(serde_json::from_slice::<HrpcError>(&body).unwrap_or_else(|_| {
+            HrpcError::unavailable(format!("the cluster's manager answered {status}"))
+        }));
+    }
+    Ok((tx, response.into_body()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_queries_parse_and_bad_ones_are_refused() {
+        let id = Uuid::nil();
+        let r = exec_request(id, "cmd=sh&cmd=-c&cmd=echo%20a%26b&tty=1&stdin=true&cols=80&rows=24")
+            .unwrap();
+        assert_eq!(r.command, ["sh", "-c", "echo a&b"]);
+        assert!(r.tty && r.stdin);
+        assert_eq!(r.size, Some(TerminalSize { cols: 80, rows: 24 }));
+        assert!(exec_request(id, "tty=1").is_err());
+        let e = exec_request(id, "cmd=ls&cols=-1").unwrap_err();
+        assert!(e.message.contains("cols"), "{e:?}");
+    }
+
+    #[test]
+    fn only_the_first_word_of_a_command_is_kept() {
+        assert_eq!(first_word_only("/usr/bin/psql"), "psql");
+        assert_eq!(first_word_only("export TOKEN=secret"), "export");
+        assert_eq!(first_word_only(""), "");
+    }
+}

@@ -1,0 +1,253 @@
+//! One session: the CLI's WebSocket bridged to a manager stream, ended when
+//! either side ends, the workspace stops or is deleted, the cluster's token is
+//! revoked or the cluster deleted, or the stream to the manager fails (the
+//! tunnel dropped). Each session is logged, audited (who, workspace, kind, the
+//! command's first word or the port, start, end, bytes each way) and counted.
+//!
+//! Metrics (labels from closed sets): `lapdev_sessions_total{kind, outcome}`
+//! (`outcome`: `ok`, `refused`, `ended`), `lapdev_sessions_open{kind}`,
+//! `lapdev_session_bytes_total{kind, direction}` (`direction`: `to_workspace`,
+//! `from_workspace`).
+
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use bytes::Bytes;
+use chrono::Utc;
+use futures::{SinkExt as _, StreamExt as _};
+use http_body_util::BodyExt as _;
+use lapdev_common::status::WorkspaceStatus;
+use lapdev_db::{Change, NewAuditEntry, Workspace};
+use lapdev_hrpc::HrpcError;
+use lapdev_kube_rpc::stream::STREAM_ERROR_TRAILER;
+use uuid::Uuid;
+
+use super::AccessState;
+use crate::auth::Caller;
+
+/// What a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    /// A command or a shell.
+    Exec,
+    /// One forwarded connection.
+    PortForward,
+}
+
+impl SessionKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Exec => "exec",
+            SessionKind::PortForward => "portforward",
+        }
+    }
+
+    fn action(self) -> &'static str {
+        match self {
+            SessionKind::Exec => "workspace.exec",
+            SessionKind::PortForward => "workspace.port_forward",
+        }
+    }
+}
+
+/// A session about to open.
+pub(super) struct Open {
+    pub kind: SessionKind,
+    pub caller: Caller,
+    pub workspace: Workspace,
+    pub cluster: Uuid,
+    /// The command's first word, or `port N`.
+    pub detail: String,
+}
+
+/// Counts a session refused before it opened.
+pub(super) fn refused(kind: SessionKind) {
+    metrics::counter!("lapdev_sessions_total", "kind" => kind.as_str(), "outcome" => "refused")
+        .increment(1);
+}
+
+/// Opens the manager stream, then accepts the WebSocket and bridges the two.
+pub(super) async fn start(
+    state: &AccessState,
+    open: Open,
+    path: &str,
+    header: String,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, HrpcError> {
+    // Subscribe before the stream opens so no stop in between is missed.
+    let changes = state.db.subscribe();
+    let (to_manager, from_manager) =
+        super::open_on_manager(state, open.cluster, path, header).await?;
+    let kind = open.kind;
+    metrics::counter!("lapdev_sessions_total", "kind" => kind.as_str(), "outcome" => "ok")
+        .increment(1);
+    let db = state.db.clone();
+    Ok(upgrade
+        .max_message_size(1 << 20)
+        .on_upgrade(move |socket| async move {
+            let started = Utc::now();
+            tracing::info!(
+                kind = kind.as_str(), user = %open.caller.name, workspace = %open.workspace.name,
+                detail = %open.detail, "session open"
+            );
+            metrics::gauge!("lapdev_sessions_open", "kind" => kind.as_str()).increment(1);
+            let ended = bridge(socket, to_manager, from_manager, changes, &open).await;
+            metrics::gauge!("lapdev_sessions_open", "kind" => kind.as_str()).decrement(1);
+            metrics::counter!("lapdev_sessions_total", "kind" => kind.as_str(), "outcome" => "ended")
+                .increment(1);
+            let ended_at = Utc::now();
+            tracing::info!(
+                kind = kind.as_str(), user = %open.caller.name, workspace = %open.workspace.name,
+                bytes_in = ended.bytes_in, bytes_out = ended.bytes_out, reason = %ended.reason,
+                "session closed"
+            );
+            crate::auth::audit::record_in_background(
+                &db,
+                NewAuditEntry {
+                    organization_id: Some(open.workspace.organization_id),
+                    actor_id: Some(open.caller.user_id),
+                    actor_name: Some(open.caller.name.clone()),
+                    action: kind.action().into(),
+                    target: Some(open.workspace.name.clone()),
+                    outcome: if ended.clean { "success" } else { "failure" }.into(),
+                    source_addr: None,
+                    request_id: None,
+                    detail: Some(format!(
+                        "{}; started {}; ended {}; {} bytes to the workspace, {} from it; {}",
+                        open.detail,
+                        started.to_rfc3339(),
+                        ended_at.to_rfc3339(),
+                        ended.bytes_in,
+                        ended.bytes_out,
+                        ended.reason
+                    )),
+                },
+            );
+        }))
+}
+
+/// How a session ended.
+struct Ended {
+    bytes_in: u64,
+    bytes_out: u64,
+    reason: String,
+    clean: bool,
+}
+
+/// Why the session must end on a change, if it must.
+fn ends_session(change: &Change, workspace: Uuid, cluster: Uuid) -> Option<&'static str> {
+    match change {
+        Change::Workspace(c) if c.workspace_id == workspace && c.status != WorkspaceStatus::Running => {
+            Some("the workspace stopped")
+        }
+        Change::TokenRevoked { cluster_id, .. } if *cluster_id == cluster => {
+            Some("the cluster's token was revoked")
+        }
+        Change::ClusterDeleted { cluster_id, .. } if *cluster_id == cluster => {
+            Some("the cluster was deleted")
+        }
+        _ => None,
+    }
+}
+
+async fn bridge(
+    socket: WebSocket,
+    mut to_manager: futures::channel::mpsc::Sender<Bytes>,
+    from_manager: Body,
+    mut changes: tokio::sync::broadcast::Receiver<Change>,
+    open: &Open,
+) -> Ended {
+    let kind = open.kind.as_str();
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let mut from_manager = from_manager;
+    let mut ended = Ended {
+        bytes_in: 0,
+        bytes_out: 0,
+        reason: String::new(),
+        clean: true,
+    };
+    let mut client_open = true;
+    // (code, reason) of the close frame to send.
+    let close: (u16, String) = loop {
+        tokio::select! {
+            msg = ws_rx.next(), if client_open => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    ended.bytes_in += b.len() as u64;
+                    metrics::counter!("lapdev_session_bytes_total", "kind" => kind, "direction" => "to_workspace")
+                        .increment(b.len() as u64);
+                    if to_manager.send(b).await.is_err() {
+                        // The manager stopped reading; its response tells why.
+                        client_open = false;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => {
+                    // End of input: the manager's side decides when it is over.
+                    to_manager.close_channel();
+                    client_open = false;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) => {
+                    ended.reason = "the client's connection failed".into();
+                    ended.clean = false;
+                    break (1011, String::new());
+                }
+            },
+            frame = from_manager.frame() => match frame {
+                Some(Ok(f)) => {
+                    if let Some(trailers) = f.trailers_ref() {
+                        if let Some(e) = trailers.get(STREAM_ERROR_TRAILER) {
+                            let reason = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                            ended.reason = reason.clone();
+                            ended.clean = false;
+                            break (1011, reason);
+                        }
+                        continue;
+                    }
+                    if let Ok(data) = f.into_data() {
+                        ended.bytes_out += data.len() as u64;
+                        metrics::counter!("lapdev_session_bytes_total", "kind" => kind, "direction" => "from_workspace")
+                            .increment(data.len() as u64);
+                        if ws_tx.send(Message::Binary(data)).await.is_err() {
+                            ended.reason = "the client went away".into();
+                            return ended;
+                        }
+                    }
+                }
+                None => {
+                    ended.reason = "ended".into();
+                    break (1000, String::new());
+                }
+                Some(Err(e)) => {
+                    let reason = format!("the stream to the workspace failed (tunnel dropped?): {e}");
+                    ended.reason = reason.clone();
+                    ended.clean = false;
+                    break (1011, reason);
+                }
+            },
+            change = changes.recv() => match change {
+                Ok(c) => if let Some(why) = ends_session(&c, open.workspace.id, open.cluster) {
+                    ended.reason = why.into();
+                    ended.clean = false;
+                    break (1001, why.into());
+                },
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    ended.reason = "the server is shutting down".into();
+                    break (1001, ended.reason.clone());
+                }
+            },
+        }
+    };
+    let mut reason = close.1;
+    // A close reason is at most 123 bytes.
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    let _ = ws_tx
+        .send(Message::Close(Some(CloseFrame {
+            code: close.0,
+            reason: reason.into(),
+        })))
+        .await;
+    ended
+}
