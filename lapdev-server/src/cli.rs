@@ -15,6 +15,7 @@ use lapdev_hrpc::{CallError, Client, HrpcError};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+pub mod access;
 pub mod people;
 pub mod provider;
 
@@ -155,6 +156,58 @@ pub enum WorkspaceCommand {
         #[arg(long)]
         force: bool,
     },
+    /// An interactive login shell in the workspace (a TTY; Ctrl-C and Ctrl-D
+    /// reach the remote side).
+    Shell {
+        /// Workspace name.
+        name: String,
+    },
+    /// Run a command in the workspace; its exit code becomes this one's.
+    Exec {
+        /// Workspace name.
+        name: String,
+        /// Allocate a TTY (stdout and stderr then merge).
+        #[arg(short, long)]
+        tty: bool,
+        /// Pass stdin to the command (its end ends the command's input).
+        #[arg(short, long)]
+        interactive: bool,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Forward local ports to the workspace's ports until interrupted.
+    PortForward {
+        /// Workspace name.
+        name: String,
+        /// `[LOCAL:]REMOTE`, one or more (LOCAL 0: any free port).
+        #[arg(required = true)]
+        ports: Vec<access::PortSpec>,
+        /// The local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
+    },
+    /// Connect stdin and stdout to one of the workspace's ports (for
+    /// `ssh -o ProxyCommand=…`).
+    Proxy {
+        /// Workspace name.
+        name: String,
+        /// The workspace's port.
+        port: u16,
+    },
+    /// Print an OpenSSH `Host` block reaching the workspace's SSH server
+    /// through `lapdev workspace proxy` (for ~/.ssh/config, VS Code
+    /// Remote-SSH, JetBrains Gateway).
+    SshConfig {
+        /// Workspace name.
+        name: String,
+        /// The user to log in as.
+        #[arg(long, default_value = "lapdev")]
+        user: String,
+        /// The port the workspace's SSH server listens on.
+        #[arg(long, default_value_t = 22)]
+        port: u16,
+    },
 }
 
 /// `lapdev cluster …`
@@ -288,6 +341,9 @@ pub enum TokenCommand {
 pub async fn run(cli: Cli) -> i32 {
     match execute(cli).await {
         Ok(()) => 0,
+        Err(e) if e.downcast_ref::<access::ExitCode>().is_some() => {
+            e.downcast_ref::<access::ExitCode>().map_or(1, |c| c.0)
+        }
         Err(e) => {
             let mut msg = format!("{e}");
             let mut source = e.source();
@@ -302,11 +358,15 @@ pub async fn run(cli: Cli) -> i32 {
     }
 }
 
-fn client(cli: &Cli) -> anyhow::Result<AdminRpcClient> {
+fn bearer_token(cli: &Cli) -> anyhow::Result<String> {
     let stored = people::stored_token();
-    let token = cli.token.as_deref().or(stored.as_deref()).context(
+    cli.token.clone().or(stored).context(
         "no token: run `lapdev login`, pass --token or set LAPDEV_TOKEN (the first owner token is in <data-dir>/admin-token)",
-    )?;
+    )
+}
+
+fn client(cli: &Cli) -> anyhow::Result<AdminRpcClient> {
+    let token = bearer_token(cli)?;
     let base = format!("{}/rpc", cli.server.trim_end_matches('/'));
     let client =
         Client::http(&base).with_context(|| format!("invalid --server {:?}", cli.server))?;
@@ -351,6 +411,10 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         return people::logout(api.as_ref(), out).await;
     }
     let admin = client(&cli)?;
+    let endpoint = access::Endpoint {
+        server: cli.server.clone(),
+        token: bearer_token(&cli)?,
+    };
     let people_api = || people::PeopleRpcClient::new(admin.client().clone());
     match cli.command {
         Command::Login { .. } | Command::Logout => Ok(()),
@@ -362,7 +426,41 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Provider(cmd) => provider::run(&admin, out, cmd).await,
         Command::Workspace(cmd) => {
             let workspaces = WorkspaceRpcClient::new(admin.client().clone());
-            workspace(&workspaces, out, cmd).await
+            match cmd {
+                WorkspaceCommand::Shell { name } => {
+                    access::exec(&endpoint, &name, &access::login_shell(), true, true).await
+                }
+                WorkspaceCommand::Exec {
+                    name,
+                    tty,
+                    interactive,
+                    command,
+                } => access::exec(&endpoint, &name, &command, tty, interactive).await,
+                WorkspaceCommand::PortForward {
+                    name,
+                    ports,
+                    address,
+                } => access::port_forward(&endpoint, &name, &ports, address).await,
+                WorkspaceCommand::Proxy { name, port } => {
+                    access::proxy(&endpoint, &name, port).await
+                }
+                WorkspaceCommand::SshConfig { name, user, port } => {
+                    let view = workspaces
+                        .get_workspace(name.clone())
+                        .await
+                        .map_err(call_error)?;
+                    let lapdev = std::env::current_exe()
+                        .ok()
+                        .and_then(|p| p.to_str().map(str::to_owned))
+                        .unwrap_or_else(|| "lapdev".into());
+                    print!(
+                        "{}",
+                        access::ssh_config(&endpoint.server, &lapdev, &name, view.id, &user, port)
+                    );
+                    Ok(())
+                }
+                other => workspace(&workspaces, out, other).await,
+            }
         }
     }
 }
@@ -433,6 +531,13 @@ async fn workspace(
         }
         WorkspaceCommand::Delete { name, force: true } => {
             api.forget_workspace(name).await.map_err(call_error)?
+        }
+        WorkspaceCommand::Shell { .. }
+        | WorkspaceCommand::Exec { .. }
+        | WorkspaceCommand::PortForward { .. }
+        | WorkspaceCommand::Proxy { .. }
+        | WorkspaceCommand::SshConfig { .. } => {
+            anyhow::bail!("sessions are handled before this point")
         }
     };
     match out {
