@@ -68,6 +68,23 @@ impl TestServer {
         Self::from(server, data_dir, Some(database))
     }
 
+    /// A server on a fresh PostgreSQL database whose exec and port-forward
+    /// streams reach managers through `streams`.
+    pub async fn postgres_with_streams(
+        streams: std::sync::Arc<dyn lapdev_server::access::StreamOpener>,
+    ) -> TestServer {
+        let database = TestDatabase::postgres().await;
+        let data_dir = tempfile::tempdir().unwrap();
+        let server = Server::start_with_streams(
+            config(data_dir.path().join("data"), Some(database.url().to_owned())),
+            lapdev_server::config::LimitsConfig::default(),
+            Some(streams),
+        )
+        .await
+        .unwrap();
+        Self::from(server, data_dir, Some(database))
+    }
+
     /// A server on a fresh PostgreSQL database with these limits and policies.
     pub async fn postgres_with(limits: lapdev_server::config::LimitsConfig) -> TestServer {
         let database = TestDatabase::postgres().await;

@@ -1,0 +1,484 @@
+//! Getting into a workspace, through real HTTP: the `lapdev` CLI (or a raw
+//! WebSocket where a test drives a terminal) → the server on PostgreSQL → the
+//! real manager's stream routes (served in process through
+//! `InProcessStreams`, standing in for the tunnel's streams) → the Kubernetes
+//! API test double running the command as a local process.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{FakeManager, TestServer, dial, eventually, observation, sample_info};
+use futures::{SinkExt, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use lapdev_common::status::{ClusterStatus, WorkspaceStatus};
+use lapdev_kube_double::{KubeDouble, NodeSpec};
+use lapdev_kube_manager::access::{Access, AccessSettings};
+use lapdev_kube_rpc::ManagerHealth;
+use lapdev_kube_rpc::stream::{Frame, FrameDecoder, TerminalSize};
+use lapdev_server::access::InProcessStreams;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use uuid::Uuid;
+
+const NAMESPACE: &str = "lapdev-workspaces";
+
+struct Env {
+    t: TestServer,
+    double: KubeDouble,
+    workspace: Uuid,
+    pod: String,
+    _tunnel: tokio::task::JoinHandle<()>,
+    fake: Arc<FakeManager>,
+}
+
+/// A running workspace `box` with its pod in the double (local exec on).
+async fn env() -> Env {
+    let streams = InProcessStreams::default();
+    let t = TestServer::postgres_with_streams(Arc::new(streams.clone())).await;
+    let admin = t.admin();
+    let created = admin
+        .create_cluster("dev".into(), None, None)
+        .await
+        .unwrap();
+    let manager_api = t.cluster_client(&created.token_secret);
+    manager_api
+        .report_cluster_info(sample_info())
+        .await
+        .unwrap();
+    let fake = Arc::new(FakeManager::default());
+    let session = dial(&t, &created.token_secret, fake.clone()).await.unwrap();
+    let tunnel = tokio::spawn(async move {
+        let _ = session.run().await;
+    });
+    eventually("cluster connected", || {
+        let admin = admin.clone();
+        async move {
+            admin.get_cluster("dev".into()).await.unwrap().status == ClusterStatus::Connected
+        }
+    })
+    .await;
+    manager_api.heartbeat(ManagerHealth::Ok).await.unwrap();
+    let out = lapdev(
+        &t,
+        &[
+            "workspace", "create", "box", "--image", "ubuntu", "--cpu", "100m", "--memory",
+            "128Mi", "-o", "json",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let ws: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let workspace: Uuid = ws["id"].as_str().unwrap().parse().unwrap();
+    eventually("the manager got the create", || {
+        let fake = fake.clone();
+        async move { fake.has(workspace).is_some() }
+    })
+    .await;
+    manager_api
+        .report_workspace_status(observation(workspace, WorkspaceStatus::Running))
+        .await
+        .unwrap();
+
+    let double = KubeDouble::start().await.unwrap();
+    double.add_node("n1", NodeSpec::default()).unwrap();
+    let pod = format!("ws-{workspace}");
+    let spec: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": pod, "namespace": NAMESPACE,
+                     "labels": {"lapdev.dev/workspace-id": workspace.to_string()}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "workspace", "image": "ubuntu"}]},
+    }))
+    .unwrap();
+    double.seed_running_pod(&spec).unwrap();
+    double.enable_local_exec();
+    let access = Access::new(
+        double.client().await.unwrap(),
+        AccessSettings {
+            namespace: NAMESPACE.into(),
+            max_sessions_per_workspace: 8,
+            max_forwards_per_workspace: 128,
+        },
+    );
+    streams.insert(
+        created.cluster.id,
+        lapdev_kube_manager::access::router(access),
+    );
+    Env {
+        t,
+        double,
+        workspace,
+        pod,
+        _tunnel: tunnel,
+        fake,
+    }
+}
+
+fn lapdev_cmd(t: &TestServer, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_lapdev"));
+    cmd.args(args)
+        .env("LAPDEV_SERVER", t.base())
+        .env("LAPDEV_TOKEN", &t.admin_token)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn lapdev(t: &TestServer, args: &[&str]) -> std::process::Output {
+    lapdev_cmd(t, args).output().await.unwrap()
+}
+
+/// A raw WebSocket session, as the CLI opens it.
+async fn session(
+    t: &TestServer,
+    token: &str,
+    path: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let url = format!("ws://{}/api/v1/workspaces/{path}", t.addr);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+}
+
+fn frame(f: Frame) -> Message {
+    Message::Binary(f.to_bytes())
+}
+
+/// Reads frames until `done` holds for the output so far; returns the output
+/// and the last frame (exit or error), if one came.
+async fn read_until(
+    ws: &mut (impl futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+              + Unpin),
+    mut done: impl FnMut(&[u8]) -> bool,
+) -> (Vec<u8>, Option<Frame>) {
+    let mut decoder = FrameDecoder::default();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(Ok(msg)) = ws.next().await {
+            let Message::Binary(b) = msg else { continue };
+            decoder.push(&b);
+            while let Some(f) = decoder.next_frame().unwrap() {
+                match f {
+                    Frame::Stdout(d) | Frame::Stderr(d) => out.extend_from_slice(&d),
+                    last => return (std::mem::take(&mut out), Some(last)),
+                }
+                if done(&out) {
+                    return (std::mem::take(&mut out), None);
+                }
+            }
+        }
+        (std::mem::take(&mut out), None)
+    })
+    .await
+    .expect("the session answered in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_keeps_streams_apart_and_exits_with_the_remote_code() {
+    let e = env().await;
+    let out = lapdev(
+        &e.t,
+        &["workspace", "exec", "box", "--", "sh", "-c", "echo out; echo err >&2; exit 3"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+    let out = lapdev(&e.t, &["workspace", "exec", "box", "--", "true"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // The session is in the audit log with the program's name only.
+    let audit = lapdev(&e.t, &["audit", "list", "-o", "json"]).await;
+    let text = String::from_utf8_lossy(&audit.stdout);
+    assert!(text.contains("workspace.exec"), "{text}");
+    assert!(!text.contains("echo out"), "arguments must not be audited: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_mib_through_exec_stdin_arrive_intact() {
+    let e = env().await;
+    let mut data = vec![0u8; 12 * 1024 * 1024];
+    rand::rng().fill_bytes(&mut data);
+    let sent = Sha256::digest(&data);
+    let mut child = lapdev_cmd(&e.t, &["workspace", "exec", "-i", "box", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = tokio::spawn(async move {
+        stdin.write_all(&data).await.unwrap();
+        drop(stdin);
+    });
+    let out = child.wait_with_output().await.unwrap();
+    writer.await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout.len(), 12 * 1024 * 1024);
+    assert_eq!(Sha256::digest(&out.stdout), sent);
+}
+
+/// A loopback server that echoes every connection.
+async fn echo_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = conn.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn round_trip(addr: std::net::SocketAddr, data: Vec<u8>) -> Vec<u8> {
+    let conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = conn.into_split();
+    let len = data.len();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await.unwrap();
+        w
+    });
+    let mut back = vec![0u8; len];
+    r.read_exact(&mut back).await.unwrap();
+    drop(writer.await.unwrap());
+    back
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_carries_twelve_mib_and_fifty_concurrent_connections() {
+    let e = env().await;
+    e.double
+        .register_pod_port(NAMESPACE, &e.pod, 8080, echo_server().await);
+    let mut child = lapdev_cmd(&e.t, &["workspace", "port-forward", "box", "0:8080"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("port-forward started")
+        .unwrap()
+        .expect("a Forwarding line");
+    // "Forwarding from 127.0.0.1:PORT -> 8080"
+    let addr: std::net::SocketAddr = line
+        .strip_prefix("Forwarding from ")
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+        .parse()
+        .unwrap();
+    assert!(addr.ip().is_loopback());
+
+    let mut data = vec![0u8; 12 * 1024 * 1024];
+    rand::rng().fill_bytes(&mut data);
+    let sent = Sha256::digest(&data);
+    assert_eq!(Sha256::digest(round_trip(addr, data).await), sent);
+
+    let tasks: Vec<_> = (0..50u8)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut data = vec![0u8; 64 * 1024];
+                rand::rng().fill_bytes(&mut data);
+                data[0] = i;
+                let back = round_trip(addr, data.clone()).await;
+                assert!(back == data, "connection {i} got other bytes back");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_remote_port_is_a_clear_error() {
+    let e = env().await;
+    let out = lapdev(&e.t, &["workspace", "proxy", "box", "9"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains('9'), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tty_session_sees_the_resize() {
+    let e = env().await;
+    let mut ws = session(
+        &e.t,
+        &e.t.admin_token,
+        "box/exec?cmd=sh&cmd=-c&cmd=while%20read%20l%3B%20do%20stty%20size%3B%20done&tty=1&stdin=1&cols=80&rows=24",
+    )
+    .await
+    .unwrap();
+    ws.send(frame(Frame::Resize(TerminalSize { cols: 123, rows: 45 })))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("45 123") {
+        ws.send(frame(Frame::Stdin(Bytes::from_static(b"x\n"))))
+            .await
+            .unwrap();
+        let (out, last) = read_until(&mut ws, |o| o.ends_with(b"\n")).await;
+        assert!(last.is_none(), "the session ended: {last:?}");
+        seen.extend_from_slice(&out);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_resets_only_its_stream() {
+    let e = env().await;
+    let mut bad = session(&e.t, &e.t.admin_token, "box/exec?cmd=cat&stdin=1")
+        .await
+        .unwrap();
+    let mut ok = session(&e.t, &e.t.admin_token, "box/exec?cmd=cat&stdin=1")
+        .await
+        .unwrap();
+    bad.send(Message::Binary(Bytes::from_static(&[0x7f, 0, 0, 0, 0])))
+        .await
+        .unwrap();
+    let (_, last) = read_until(&mut bad, |_| false).await;
+    match last {
+        Some(Frame::Error(m)) => assert!(m.contains("unknown stream frame type"), "{m}"),
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+    // An oversized frame is refused the same way.
+    let mut big = session(&e.t, &e.t.admin_token, "box/exec?cmd=cat&stdin=1")
+        .await
+        .unwrap();
+    big.send(Message::Binary(Bytes::from_static(&[0, 0, 2, 0, 0])))
+        .await
+        .unwrap();
+    let (_, last) = read_until(&mut big, |_| false).await;
+    assert!(
+        matches!(&last, Some(Frame::Error(m)) if m.contains("limit")),
+        "{last:?}"
+    );
+    // The other session and the RPCs are untouched.
+    ok.send(frame(Frame::Stdin(Bytes::from_static(b"still here"))))
+        .await
+        .unwrap();
+    ok.send(frame(Frame::StdinEnd)).await.unwrap();
+    let (out, last) = read_until(&mut ok, |_| false).await;
+    assert_eq!(out, b"still here");
+    assert_eq!(last, Some(Frame::Exit(0)));
+    let got = lapdev(&e.t, &["workspace", "get", "box", "-o", "json"]).await;
+    assert!(got.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_organisations_workspace_is_not_found() {
+    let e = env().await;
+    let db = &e.t.server.state.db;
+    let org = db.create_organization("other").await.unwrap();
+    let user = db
+        .create_user(
+            org.id,
+            lapdev_db::NewUser {
+                name: "mallory".into(),
+                email: None,
+            },
+        )
+        .await
+        .unwrap();
+    let pat = db
+        .create_pat(
+            org.id,
+            user.id,
+            "cli",
+            chrono::Utc::now() + chrono::Duration::days(1),
+            lapdev_db::NewAuditEntry {
+                action: "pat.create".into(),
+                outcome: "success".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for path in [
+        format!("box/exec?cmd=true"),
+        format!("{}/exec?cmd=true", e.workspace),
+        format!("{}/portforward?port=22", e.workspace),
+    ] {
+        match session(&e.t, &pat.secret, &path).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), 404, "{path}")
+            }
+            Err(other) => panic!("{path}: {other}"),
+            Ok(_) => panic!("{path}: another organisation opened a session"),
+        }
+    }
+    // No token at all: 401.
+    match session(&e.t, "", "box/exec?cmd=true").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_workspace_ends_its_sessions_and_refuses_new_ones() {
+    let e = env().await;
+    let mut ws = session(&e.t, &e.t.admin_token, "box/exec?cmd=cat&stdin=1")
+        .await
+        .unwrap();
+    ws.send(frame(Frame::Stdin(Bytes::from_static(b"ping"))))
+        .await
+        .unwrap();
+    let (out, _) = read_until(&mut ws, |o| o == b"ping").await;
+    assert_eq!(out, b"ping");
+    let out = lapdev(&e.t, &["workspace", "stop", "box"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let closed = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(msg) = ws.next().await {
+            if let Ok(Message::Close(Some(f))) = msg {
+                return f.reason.to_string();
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("the session ends");
+    assert!(closed.contains("stopped"), "{closed}");
+    eventually("the workspace stopped", || {
+        let fake = e.fake.clone();
+        let workspace = e.workspace;
+        async move { fake.has(workspace) == Some(WorkspaceStatus::Stopped) }
+    })
+    .await;
+    let t = &e.t;
+    eventually("the server saw it stop", || async move {
+        let got = lapdev(t, &["workspace", "get", "box", "-o", "json"]).await;
+        let v: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap_or_default();
+        v["status"] == "stopped"
+    })
+    .await;
+    let out = lapdev(&e.t, &["workspace", "exec", "box", "--", "true"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is stopped; start it with `lapdev workspace start box`"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_config_names_the_proxy_command() {
+    let e = env().await;
+    let out = lapdev(&e.t, &["workspace", "ssh-config", "box"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("Host lapdev-box\n"), "{text}");
+    assert!(text.contains("workspace proxy box 22"), "{text}");
+    assert!(text.contains(&format!("HostKeyAlias lapdev-{}", e.workspace)), "{text}");
+}
