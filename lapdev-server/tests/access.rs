@@ -88,6 +88,9 @@ async fn env() -> Env {
 
     let double = KubeDouble::start().await.unwrap();
     double.add_node("n1", NodeSpec::default()).unwrap();
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}})).unwrap();
+    double.create(&ns).unwrap();
     let pod = format!("ws-{workspace}");
     let spec: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": pod, "namespace": NAMESPACE,
@@ -95,7 +98,9 @@ async fn env() -> Env {
         "spec": {"nodeName": "n1", "containers": [{"name": "workspace", "image": "ubuntu"}]},
     }))
     .unwrap();
-    double.seed_running_pod(&spec).unwrap();
+    double
+        .seed_running_pod(&spec)
+        .unwrap_or_else(|e| panic!("seeding the pod: {e}"));
     double.enable_local_exec();
     let access = Access::new(
         double.client().await.unwrap(),

@@ -83,6 +83,8 @@ pub(super) async fn start(
 }
 
 /// Pumps both ways until the command ends: `Ok(Exit)` or the error to report.
+/// Each direction is its own future, so a slow reader on one side never
+/// stops the other (a command blocked writing stdout still gets its stdin).
 async fn relay<W>(
     ws: W,
     body: Body,
@@ -95,20 +97,9 @@ where
         + futures::Sink<Message, Error = kube_tungstenite::Error>,
 {
     let (mut to_pod, mut from_pod) = ws.split();
-    if let Some(size) = initial {
-        to_pod
-            .send(resize(size))
-            .await
-            .map_err(|e| format!("the API server connection failed: {e}"))?;
-    }
-    let mut body = body.into_data_stream();
-    let mut decoder = FrameDecoder::default();
-    let mut client_open = true;
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.reset();
-    loop {
-        tokio::select! {
-            msg = from_pod.next() => match msg {
+    let download = async {
+        loop {
+            match from_pod.next().await {
                 Some(Ok(Message::Binary(b))) if !b.is_empty() => {
                     let frame = match b[0] {
                         STDOUT_CHANNEL => Frame::Stdout(b.slice(1..)),
@@ -117,79 +108,79 @@ where
                         _ => continue,
                     };
                     if out.send(frame.to_bytes()).await.is_err() {
-                        let _ = to_pod.close().await;
-                        return Err("the client went away".into());
+                        return Err("the client went away".to_owned());
                     }
                 }
                 Some(Ok(Message::Close(_))) | None => {
-                    return Err("the API server closed the session without an exit status".into());
+                    return Err(
+                        "the API server closed the session without an exit status".to_owned()
+                    );
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(format!("the API server connection failed: {e}")),
-            },
-            chunk = body.next(), if client_open => {
-                let chunk = match chunk {
-                    Some(Ok(c)) => c,
-                    Some(Err(e)) => {
-                        let _ = to_pod.close().await;
-                        return Err(format!("the client's stream failed: {e}"));
-                    }
-                    None => {
-                        // The client went away without saying end of input.
-                        let _ = to_pod.close().await;
-                        client_open = false;
-                        if let Err(e) = decoder.finish() {
-                            return Err(e.to_string());
-                        }
-                        continue;
-                    }
-                };
-                decoder.push(&chunk);
-                loop {
-                    let frame = match decoder.next_frame() {
-                        Ok(Some(f)) => f,
-                        Ok(None) => break,
-                        Err(e) => {
-                            let _ = to_pod.close().await;
-                            return Err(e.to_string());
-                        }
-                    };
-                    let message = match frame {
-                        Frame::Stdin(b) => {
-                            let mut v = BytesMut::with_capacity(b.len() + 1);
-                            v.extend_from_slice(&[STDIN_CHANNEL]);
-                            v.extend_from_slice(&b);
-                            Message::Binary(v.freeze())
-                        }
-                        Frame::StdinEnd if v5 => {
-                            Message::Binary(Bytes::from_static(&[CLOSE_CHANNEL, STDIN_CHANNEL]))
-                        }
-                        Frame::StdinEnd => {
-                            let _ = to_pod.close().await;
-                            return Err(
-                                "this cluster's API server cannot pass end of input to a command \
-                                 (it needs v5.channel.k8s.io, Kubernetes 1.29 or newer); use a TTY \
-                                 session or a command that does not wait for end of input"
-                                    .into(),
-                            );
-                        }
-                        Frame::Resize(size) => resize(size),
-                        other => {
-                            let _ = to_pod.close().await;
-                            return Err(format!("a client may not send {other:?} frames"));
-                        }
-                    };
-                    to_pod
-                        .send(message)
-                        .await
-                        .map_err(|e| format!("the API server connection failed: {e}"))?;
-                }
-            },
-            _ = ping.tick() => {
-                let _ = to_pod.send(Message::Ping(Bytes::new())).await;
             }
         }
-    }
+    };
+    let upload = async {
+        let send_err = |e: kube_tungstenite::Error| format!("the API server connection failed: {e}");
+        if let Some(size) = initial {
+            to_pod.send(resize(size)).await.map_err(send_err)?;
+        }
+        let mut body = body.into_data_stream();
+        let mut decoder = FrameDecoder::default();
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.reset();
+        loop {
+            let chunk = tokio::select! {
+                chunk = body.next() => chunk,
+                _ = ping.tick() => {
+                    to_pod.send(Message::Ping(Bytes::new())).await.map_err(send_err)?;
+                    continue;
+                }
+            };
+            let chunk = match chunk {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => return Err::<(), String>(format!("the client's stream failed: {e}")),
+                None => {
+                    // The client went away without saying end of input.
+                    decoder.finish().map_err(|e| e.to_string())?;
+                    return Err("the client went away".to_owned());
+                }
+            };
+            decoder.push(&chunk);
+            while let Some(frame) = decoder.next_frame().map_err(|e| e.to_string())? {
+                let message = match frame {
+                    Frame::Stdin(b) => {
+                        let mut v = BytesMut::with_capacity(b.len() + 1);
+                        v.extend_from_slice(&[STDIN_CHANNEL]);
+                        v.extend_from_slice(&b);
+                        Message::Binary(v.freeze())
+                    }
+                    Frame::StdinEnd if v5 => {
+                        Message::Binary(Bytes::from_static(&[CLOSE_CHANNEL, STDIN_CHANNEL]))
+                    }
+                    Frame::StdinEnd => {
+                        return Err(
+                            "this cluster's API server cannot pass end of input to a command \
+                             (it needs v5.channel.k8s.io, Kubernetes 1.29 or newer); use a TTY \
+                             session or a command that does not wait for end of input"
+                                .to_owned(),
+                        );
+                    }
+                    Frame::Resize(size) => resize(size),
+                    other => return Err(format!("a client may not send {other:?} frames")),
+                };
+                to_pod.send(message).await.map_err(send_err)?;
+            }
+        }
+    };
+    // The upload only ever ends in an error (or the client leaving); the
+    // command's status ends the session.
+    let result = tokio::select! {
+        r = download => r,
+        Err(e) = upload => Err(e),
+    };
+    result
 }
 
 fn resize(size: TerminalSize) -> Message {

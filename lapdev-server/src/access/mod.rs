@@ -5,7 +5,8 @@
 //!   WebSocket binary messages carry `lapdev_kube_rpc::stream` exec frames both
 //!   ways (the server passes them through; the manager checks them).
 //! - `GET /api/v1/workspaces/{name-or-id}/portforward?port=N`: one forwarded
-//!   connection; binary messages are its raw bytes. An error after the start
+//!   connection; binary messages are its raw bytes, and an empty binary
+//!   message from the client is its end of input. An error after the start
 //!   closes the WebSocket with code 1011 and the reason.
 //!
 //! Both need `authorization: Bearer <token>` (a personal access token or an

@@ -153,101 +153,116 @@ fn ends_session(change: &Change, workspace: Uuid, cluster: Uuid) -> Option<&'sta
 async fn bridge(
     socket: WebSocket,
     mut to_manager: futures::channel::mpsc::Sender<Bytes>,
-    from_manager: Body,
+    mut from_manager: Body,
     mut changes: tokio::sync::broadcast::Receiver<Change>,
     open: &Open,
 ) -> Ended {
+    use std::sync::atomic::{AtomicU64, Ordering};
     let kind = open.kind.as_str();
     let (mut ws_tx, mut ws_rx) = socket.split();
-    let mut from_manager = from_manager;
-    let mut ended = Ended {
-        bytes_in: 0,
-        bytes_out: 0,
-        reason: String::new(),
-        clean: true,
-    };
-    let mut client_open = true;
-    // (code, reason) of the close frame to send.
-    let close: (u16, String) = loop {
-        tokio::select! {
-            msg = ws_rx.next(), if client_open => match msg {
-                Some(Ok(Message::Binary(b))) => {
-                    ended.bytes_in += b.len() as u64;
+    let bytes_in = AtomicU64::new(0);
+    let bytes_out = AtomicU64::new(0);
+    // Each direction is its own future, so a slow reader on one side never
+    // stops the other.
+    let upload = async {
+        while let Some(msg) = ws_rx.next().await {
+            match msg {
+                Ok(Message::Binary(b)) if b.is_empty() => {
+                    // End of input (port-forward): the workspace side finishes.
+                    to_manager.close_channel();
+                }
+                Ok(Message::Binary(b)) => {
+                    bytes_in.fetch_add(b.len() as u64, Ordering::Relaxed);
                     metrics::counter!("lapdev_session_bytes_total", "kind" => kind, "direction" => "to_workspace")
                         .increment(b.len() as u64);
                     if to_manager.send(b).await.is_err() {
-                        // The manager stopped reading; its response tells why.
-                        client_open = false;
+                        // The manager stopped reading; its response says why.
+                        std::future::pending::<()>().await;
                     }
                 }
-                Some(Ok(Message::Close(_))) | None => {
-                    // End of input: the manager's side decides when it is over.
-                    to_manager.close_channel();
-                    client_open = false;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) => {
-                    ended.reason = "the client's connection failed".into();
-                    ended.clean = false;
-                    break (1011, String::new());
-                }
-            },
-            frame = from_manager.frame() => match frame {
+                Ok(Message::Close(_)) => return "the client closed the session".to_owned(),
+                Ok(_) => {}
+                Err(_) => return "the client's connection failed".to_owned(),
+            }
+        }
+        "the client went away".to_owned()
+    };
+    let download = async {
+        loop {
+            match from_manager.frame().await {
                 Some(Ok(f)) => {
                     if let Some(trailers) = f.trailers_ref() {
                         if let Some(e) = trailers.get(STREAM_ERROR_TRAILER) {
                             let reason = String::from_utf8_lossy(e.as_bytes()).into_owned();
-                            ended.reason = reason.clone();
-                            ended.clean = false;
-                            break (1011, reason);
+                            return (1011, reason);
                         }
                         continue;
                     }
                     if let Ok(data) = f.into_data() {
-                        ended.bytes_out += data.len() as u64;
+                        bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
                         metrics::counter!("lapdev_session_bytes_total", "kind" => kind, "direction" => "from_workspace")
                             .increment(data.len() as u64);
                         if ws_tx.send(Message::Binary(data)).await.is_err() {
-                            ended.reason = "the client went away".into();
-                            return ended;
+                            return (0, "the client went away".to_owned());
                         }
                     }
                 }
-                None => {
-                    ended.reason = "ended".into();
-                    break (1000, String::new());
-                }
+                None => return (1000, String::new()),
                 Some(Err(e)) => {
-                    let reason = format!("the stream to the workspace failed (tunnel dropped?): {e}");
-                    ended.reason = reason.clone();
-                    ended.clean = false;
-                    break (1011, reason);
+                    return (
+                        1011,
+                        format!("the stream to the workspace failed (tunnel dropped?): {e}"),
+                    );
                 }
-            },
-            change = changes.recv() => match change {
-                Ok(c) => if let Some(why) = ends_session(&c, open.workspace.id, open.cluster) {
-                    ended.reason = why.into();
-                    ended.clean = false;
-                    break (1001, why.into());
-                },
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                    ended.reason = "the server is shutting down".into();
-                    break (1001, ended.reason.clone());
-                }
-            },
+            }
         }
     };
-    let mut reason = close.1;
+    let stop = async {
+        loop {
+            match changes.recv().await {
+                Ok(c) => {
+                    if let Some(why) = ends_session(&c, open.workspace.id, open.cluster) {
+                        return why.to_owned();
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    return "the server is shutting down".to_owned();
+                }
+            }
+        }
+    };
+    let (code, reason, clean) = {
+        tokio::pin!(download);
+        tokio::select! {
+            (code, reason) = &mut download => (code, reason, code == 1000),
+            why = upload => (1000, why, true),
+            why = stop => (1001, why, false),
+        }
+    };
+    let mut ended = Ended {
+        bytes_in: bytes_in.load(Ordering::Relaxed),
+        bytes_out: bytes_out.load(Ordering::Relaxed),
+        reason: if reason.is_empty() { "ended".into() } else { reason.clone() },
+        clean,
+    };
+    if code == 0 {
+        return ended;
+    }
+    let mut reason = if code == 1000 { String::new() } else { reason };
     // A close reason is at most 123 bytes.
     while reason.len() > 123 {
         reason.pop();
     }
-    let _ = ws_tx
+    if ws_tx
         .send(Message::Close(Some(CloseFrame {
-            code: close.0,
+            code,
             reason: reason.into(),
         })))
-        .await;
+        .await
+        .is_err()
+    {
+        ended.clean = false;
+    }
     ended
 }

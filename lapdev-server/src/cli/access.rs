@@ -153,24 +153,31 @@ pub async fn exec(
         tokio::spawn(terminal::watch_resize(frames_tx.clone()));
     }
     drop(frames_tx);
-    let mut decoder = FrameDecoder::default();
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
-    let mut input_open = true;
-    loop {
-        tokio::select! {
-            frame = frames_rx.recv(), if input_open => match frame {
-                Some(f) => {
-                    let mut buf = BytesMut::new();
-                    f.encode(&mut buf);
-                    tx.send(Message::Binary(buf.freeze())).await.context("the session failed")?;
-                }
-                None => input_open = false,
-            },
-            msg = rx.next() => match msg {
+    // Each direction is its own future: a full pipe one way never stops the
+    // other.
+    let upload = async {
+        while let Some(f) = frames_rx.recv().await {
+            let mut buf = BytesMut::new();
+            f.encode(&mut buf);
+            if tx.send(Message::Binary(buf.freeze())).await.is_err() {
+                break;
+            }
+        }
+        // Nothing more to send; the command's exit ends the session.
+        std::future::pending::<()>().await;
+    };
+    let download = async {
+        let mut decoder = FrameDecoder::default();
+        let mut stdout = tokio::io::stdout();
+        let mut stderr = tokio::io::stderr();
+        loop {
+            match rx.next().await {
                 Some(Ok(Message::Binary(b))) => {
                     decoder.push(&b);
-                    while let Some(frame) = decoder.next_frame().context("the server sent a bad frame")? {
+                    while let Some(frame) = decoder
+                        .next_frame()
+                        .context("the server sent a bad frame")?
+                    {
                         match frame {
                             Frame::Stdout(d) => {
                                 stdout.write_all(&d).await?;
@@ -192,35 +199,53 @@ pub async fn exec(
                     bail!("the session ended without the command's exit code");
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(anyhow::Error::new(e).context("the session failed")),
+                Some(Err(e)) => {
+                    return Err(anyhow::Error::new(e).context("the session failed"));
+                }
                 None => bail!("the server closed the session without the command's exit code"),
-            },
+            }
         }
-    }
+    };
+    let result: anyhow::Result<()> = tokio::select! {
+        r = download => r,
+        _ = upload => Ok(()),
+    };
+    result
 }
 
 /// Pumps `local` (a reader and a writer) through one forwarded connection.
-async fn pump<R, W>(mut ws: Ws, mut reader: R, mut writer: W) -> anyhow::Result<()>
+/// The local side's end of input is sent as an empty binary message (the
+/// remote side then finishes and closes).
+async fn pump<R, W>(ws: Ws, mut reader: R, mut writer: W) -> anyhow::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut local_open = true;
-    loop {
-        tokio::select! {
-            n = reader.read(&mut buf), if local_open => match n {
+    let (mut tx, mut rx) = ws.split();
+    let upload = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => {
-                    // End of input: the remote side finishes, then closes.
-                    ws.send(Message::Close(None)).await.ok();
-                    local_open = false;
+                    let _ = tx.send(Message::Binary(Bytes::new())).await;
+                    break;
                 }
-                Ok(n) => ws
-                    .send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
-                    .await
-                    .context("the forwarded connection failed")?,
-            },
-            msg = ws.next() => match msg {
+                Ok(n) => {
+                    if tx
+                        .send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    let download = async {
+        loop {
+            match rx.next().await {
                 Some(Ok(Message::Binary(b))) => {
                     writer.write_all(&b).await?;
                     writer.flush().await?;
@@ -228,10 +253,18 @@ where
                 Some(Ok(Message::Close(frame))) => return closed(frame),
                 Some(Ok(_)) => {}
                 Some(Err(tungstenite::Error::ConnectionClosed)) | None => return Ok(()),
-                Some(Err(e)) => return Err(anyhow::Error::new(e).context("the forwarded connection failed")),
-            },
+                Some(Err(e)) => {
+                    return Err(anyhow::Error::new(e).context("the forwarded connection failed"));
+                }
+            }
         }
-    }
+    };
+    let result: anyhow::Result<()> = tokio::select! {
+        r = download => r,
+        _ = upload => Ok(()),
+    };
+    let _ = writer.shutdown().await;
+    result
 }
 
 /// `lapdev workspace proxy NAME PORT`: stdin and stdout to one port.
