@@ -129,6 +129,9 @@ mod frame;
 mod link;
 mod registry;
 mod server;
+mod stream;
+mod tcp;
+mod v2;
 
 pub use client::{
     TunnelClientConfig, TunnelConnectError, TunnelSession, TunnelSessionHandle, connect,
@@ -144,6 +147,42 @@ pub fn decode_frame_for_fuzzing(message: &[u8]) -> bool {
     frame::decode(bytes::Bytes::copy_from_slice(message)).is_ok()
 }
 pub use server::{TunnelTask, TunnelTransport, accept};
+pub use tcp::{NOTSENT_LOWAT_BYTES, tune_tcp};
+
+/// The WebSocket subprotocol of version 1 (today's frames). A manager that
+/// offers no subprotocol gets version 1 too.
+pub const PROTOCOL_V1: &str = "lapdev-tunnel.v1";
+
+/// The WebSocket subprotocol of version 2 (HTTP/2 over the byte stream).
+pub const PROTOCOL_V2: &str = "lapdev-tunnel.v2";
+
+/// HTTP/2 limits of a version 2 tunnel; each end applies its own to what it
+/// receives (windows) and serves (streams).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Initial HTTP/2 window of each stream, in bytes: the most one stream's
+    /// receiver buffers, and the most a sender queues for one stream.
+    pub stream_window_bytes: u32,
+    /// Initial HTTP/2 window of the whole connection, in bytes: the most all
+    /// streams together have in flight towards this end.
+    pub connection_window_bytes: u32,
+    /// Most concurrent streams (calls and streams) the manager serves; more wait
+    /// on the server end until one ends.
+    pub max_concurrent_streams: u32,
+    /// Largest header list accepted, in bytes.
+    pub max_header_list_bytes: u32,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            stream_window_bytes: 256 * 1024,
+            connection_window_bytes: 2 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            max_header_list_bytes: 64 * 1024,
+        }
+    }
+}
 
 /// The path of the tunnel endpoint below the HRPC mount point (`/rpc/_tunnel`).
 pub const TUNNEL_PATH: &str = "/_tunnel";
@@ -166,8 +205,12 @@ pub struct TunnelConfig {
     /// this long.
     pub ping_timeout: Duration,
     /// Largest frame sent or accepted; a larger incoming message closes the
-    /// tunnel, a larger request fails alone.
+    /// tunnel, a larger request fails alone. In version 2, also the largest
+    /// response body [`TunnelTransport`]'s HRPC calls read (streams have no
+    /// such limit).
     pub max_frame_bytes: usize,
+    /// HTTP/2 limits of version 2 tunnels.
+    pub streams: StreamLimits,
 }
 
 impl Default for TunnelConfig {
@@ -176,13 +219,15 @@ impl Default for TunnelConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
             ping_timeout: DEFAULT_PING_TIMEOUT,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            streams: StreamLimits::default(),
         }
     }
 }
 
 impl TunnelConfig {
     /// Applies the frame limit to the WebSocket upgrade, so that oversized
-    /// messages are refused before they are buffered in full.
+    /// messages are refused before they are buffered in full, and offers the
+    /// protocol versions: version 2 if the manager offers it, else version 1.
     pub fn configure_upgrade<F>(
         &self,
         upgrade: axum::extract::ws::WebSocketUpgrade<F>,
@@ -190,6 +235,7 @@ impl TunnelConfig {
         upgrade
             .max_message_size(self.max_frame_bytes)
             .max_frame_size(self.max_frame_bytes)
+            .protocols([PROTOCOL_V2, PROTOCOL_V1])
     }
 }
 
