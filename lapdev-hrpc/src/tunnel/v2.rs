@@ -2,12 +2,15 @@
 //! manager is the HTTP/2 server (its router serves every request), the server
 //! end is the HTTP/2 client. See the crate docs of [`super`] for the protocol.
 
+use std::sync::{Arc, Mutex};
+
 use axum::body::Body;
 use futures::{Sink, Stream};
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use super::link::{self, Closing, Control, LinkConfig, WsMsg};
 use super::stream::{self, WsIo};
@@ -48,6 +51,32 @@ where
     link.await
 }
 
+/// Runs hyper's per-stream tasks in a [`JoinSet`] owned by the session: when
+/// the session ends (or its future is dropped), every stream's handler and
+/// body task is aborted with it, rather than waiting for a wake-up that a
+/// vanished connection never sends.
+#[derive(Clone, Default)]
+pub(crate) struct SessionExecutor(Arc<Mutex<JoinSet<()>>>);
+
+impl<F> hyper::rt::Executor<F> for SessionExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Reap finished tasks so the set holds only live ones.
+        while set.try_join_next().is_some() {}
+        set.spawn(fut);
+    }
+}
+
+impl SessionExecutor {
+    /// Aborts every task still running.
+    pub(crate) fn abort_all(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).abort_all();
+    }
+}
+
 /// The server end: an HTTP/2 client on `io`. The request handle is published
 /// in `sender` once the connection preface is written.
 pub(crate) async fn client(
@@ -55,7 +84,9 @@ pub(crate) async fn client(
     limits: StreamLimits,
     sender: &watch::Sender<Option<SendRequest<Body>>>,
 ) -> CloseReason {
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    let executor = SessionExecutor::default();
+    let _abort = AbortOnDrop(executor.clone());
+    let mut builder = hyper::client::conn::http2::Builder::new(executor);
     builder
         .adaptive_window(false)
         .initial_stream_window_size(limits.stream_window_bytes)
@@ -77,7 +108,9 @@ pub(crate) async fn client(
 /// The manager end: an HTTP/2 server on `io` that serves every stream with
 /// `router`.
 pub(crate) async fn server(io: WsIo, limits: StreamLimits, router: axum::Router) -> CloseReason {
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let executor = SessionExecutor::default();
+    let _abort = AbortOnDrop(executor.clone());
+    let mut builder = hyper::server::conn::http2::Builder::new(executor);
     builder
         .adaptive_window(false)
         .initial_stream_window_size(limits.stream_window_bytes)
@@ -89,6 +122,15 @@ pub(crate) async fn server(io: WsIo, limits: StreamLimits, router: axum::Router)
     match builder.serve_connection(TokioIo::new(io), service).await {
         Ok(()) => CloseReason::Io("the HTTP/2 connection ended".into()),
         Err(e) => http_reason(&e),
+    }
+}
+
+/// Aborts a session's stream tasks when the HTTP/2 side ends or is dropped.
+struct AbortOnDrop(SessionExecutor);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort_all();
     }
 }
 
