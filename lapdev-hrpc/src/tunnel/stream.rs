@@ -26,7 +26,7 @@ pub(crate) const MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Messages queued between the byte stream and the connection loop, each way.
 /// With [`MESSAGE_BYTES`] this bounds the bytes in transit inside one end.
-pub(crate) const QUEUE: usize = 16;
+pub(crate) const QUEUE: usize = 8;
 
 /// The byte stream HTTP/2 reads and writes.
 pub(crate) struct WsIo {
