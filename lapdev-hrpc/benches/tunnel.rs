@@ -87,8 +87,8 @@ fn manager_router() -> axum::Router {
     let source = axum::routing::get(|Query(args): Query<SourceArgs>| async move {
         let chunk = Bytes::from(vec![0x5A; 64 * 1024]);
         let chunks = args.bytes.div_ceil(chunk.len() as u64);
-        let stream = futures::stream::iter(0..chunks)
-            .map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+        let stream =
+            futures::stream::iter(0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
         Response::new(Body::from_stream(stream))
     });
     lapdev_hrpc::RpcRouter::new()
@@ -108,8 +108,7 @@ async fn serve(router: axum::Router) -> SocketAddr {
 /// A server end plus a manager of the given version; returns the transport.
 async fn tunnel_pair(version: u8) -> TunnelTransport {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let route = |State(tx): State<mpsc::UnboundedSender<TunnelTransport>>,
-                 ws: WebSocketUpgrade| async move {
+    let route = |State(tx): State<mpsc::UnboundedSender<TunnelTransport>>, ws: WebSocketUpgrade| async move {
         let config = TunnelConfig::default();
         config
             .configure_upgrade(ws)
@@ -165,7 +164,7 @@ impl Caller {
 }
 
 async fn tarpc_client() -> ReferenceClient {
-    use tarpc::server::{Channel as _, incoming::Incoming as _};
+    use tarpc::server::incoming::Incoming as _;
     use tarpc::tokio_serde::formats::Json;
     let mut listener = tarpc::serde_transport::tcp::listen("127.0.0.1:0", Json::default)
         .await
@@ -277,18 +276,23 @@ fn main() {
             ),
             (
                 "HRPC over HTTP",
-                Arc::new(Caller::Hrpc(BenchClient::new(
-                    Client::new(
-                        &format!("http://{http_addr}"),
-                        lapdev_hrpc::HttpTransport::new(
-                            lapdev_hrpc::HttpTransportConfig::default(),
+                Arc::new(Caller::Hrpc(
+                    BenchClient::new(
+                        Client::new(
+                            &format!("http://{http_addr}"),
+                            lapdev_hrpc::HttpTransport::new(
+                                lapdev_hrpc::HttpTransportConfig::default(),
+                            )
+                            .unwrap(),
                         )
                         .unwrap(),
-                    )
-                    .unwrap(),
-                ))),
+                    ),
+                )),
             ),
-            ("tarpc over TCP", Arc::new(Caller::Tarpc(tarpc_client().await))),
+            (
+                "tarpc over TCP",
+                Arc::new(Caller::Tarpc(tarpc_client().await)),
+            ),
         ];
 
         println!("RPC calls/s ({secs} s per case, release build, one process, 2 worker threads)");
@@ -319,16 +323,15 @@ fn main() {
 
         // Port-forward-like throughput: a raw streaming route.
         const BYTES: u64 = 64 * 1024 * 1024;
-        let (h2, conn) = hyper::client::conn::http2::Builder::new(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .handshake(hyper_util::rt::TokioIo::new({
-            let tcp = tokio::net::TcpStream::connect(http_addr).await.unwrap();
-            tunnel::tune_tcp(&tcp);
-            tcp
-        }))
-        .await
-        .unwrap();
+        let (h2, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(hyper_util::rt::TokioIo::new({
+                    let tcp = tokio::net::TcpStream::connect(http_addr).await.unwrap();
+                    tunnel::tune_tcp(&tcp);
+                    tcp
+                }))
+                .await
+                .unwrap();
         tokio::spawn(conn);
         println!();
         println!("Streaming 64 MiB per stream from the manager (MB/s, all streams together)");
@@ -366,8 +369,14 @@ fn main() {
                 )
                 .await
             };
-            println!("{:<22} {:>8} {:>10.0}", "tunnel v2 stream", streams, tunnel_v2);
-            println!("{:<22} {:>8} {:>10.0}", "plain HTTP/2 (TCP)", streams, plain);
+            println!(
+                "{:<22} {:>8} {:>10.0}",
+                "tunnel v2 stream", streams, tunnel_v2
+            );
+            println!(
+                "{:<22} {:>8} {:>10.0}",
+                "plain HTTP/2 (TCP)", streams, plain
+            );
         }
     });
 }

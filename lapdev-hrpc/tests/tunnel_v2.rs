@@ -20,8 +20,8 @@ use common::{EchoClient, EchoImpl};
 use futures::{SinkExt as _, StreamExt as _};
 use http::{HeaderMap, HeaderValue, Request};
 use lapdev_hrpc::tunnel::{
-    self, CloseReason, PROTOCOL_V1, TunnelClientConfig, TunnelConfig,
-    TunnelSessionHandle, TunnelTransport,
+    self, CloseReason, PROTOCOL_V1, TunnelClientConfig, TunnelConfig, TunnelSessionHandle,
+    TunnelTransport,
 };
 use lapdev_hrpc::{Client, ServerConfig, TransportError};
 use sha2::{Digest as _, Sha256};
@@ -97,8 +97,7 @@ fn manager_router(signals: Arc<Signals>) -> axum::Router {
     });
     let firehose = axum::routing::post(|| async {
         let chunk = Bytes::from(vec![0xAB; 64 * 1024]);
-        let stream =
-            futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+        let stream = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
         Response::new(Body::from_stream(stream))
     });
     let hang = axum::routing::post(|State(signals): State<Arc<Signals>>| async move {
@@ -279,7 +278,11 @@ async fn rpcs_complete_while_streams_are_saturated() {
         let client = client.clone();
         async move { client.add(i, 1).await }
     });
-    let results = within("50 calls beside the streams", futures::future::join_all(calls)).await;
+    let results = within(
+        "50 calls beside the streams",
+        futures::future::join_all(calls),
+    )
+    .await;
     for (i, r) in results.into_iter().enumerate() {
         assert_eq!(r.unwrap(), i as i64 + 1);
     }
@@ -337,7 +340,10 @@ async fn a_dropped_tunnel_ends_streaming_calls_with_an_error() {
         }
     })
     .await;
-    assert!(end.is_some(), "the stream must end with an error, not a clean end");
+    assert!(
+        end.is_some(),
+        "the stream must end with an error, not a clean end"
+    );
     match within("the waiting call to fail", waiting).await.unwrap() {
         Err(TransportError::Unavailable(m)) => assert!(m.contains("tunnel closed"), "{m}"),
         other => panic!("expected unavailable, got {other:?}"),
@@ -408,7 +414,10 @@ async fn a_manager_of_todays_protocol_gets_version_1() {
         .await
     {
         Err(TransportError::Unavailable(m)) => {
-            assert!(m.contains("version 1") && m.contains("upgrade the manager"), "{m}")
+            assert!(
+                m.contains("version 1") && m.contains("upgrade the manager"),
+                "{m}"
+            )
         }
         other => panic!("expected a too-old error, got {other:?}"),
     }
@@ -417,11 +426,13 @@ async fn a_manager_of_todays_protocol_gets_version_1() {
 #[tokio::test]
 async fn a_client_offering_only_v1_gets_v1_frames() {
     let (url, mut registered) = start_server(false).await;
-    let mut request = url.replace("http://", "ws://").into_client_request().unwrap();
-    request.headers_mut().insert(
-        "x-lapdev-cluster-token",
-        HeaderValue::from_static("good"),
-    );
+    let mut request = url
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("x-lapdev-cluster-token", HeaderValue::from_static("good"));
     request.headers_mut().insert(
         http::header::SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(PROTOCOL_V1),
@@ -438,7 +449,10 @@ async fn a_client_offering_only_v1_gets_v1_frames() {
         let transport = transport.clone();
         async move { echo_client(&transport).add(1, 2).await }
     });
-    let frame = within("a request frame", peer.next()).await.unwrap().unwrap();
+    let frame = within("a request frame", peer.next())
+        .await
+        .unwrap()
+        .unwrap();
     let Message::Binary(frame) = frame else {
         panic!("expected a binary frame, got {frame:?}")
     };

@@ -25,8 +25,8 @@ use tower::ServiceExt as _;
 use super::frame::{self, Frame};
 use super::link::{self, Control, LinkConfig, WsMsg};
 use super::{
-    CloseReason, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT,
-    PROTOCOL_V2, StreamLimits, v2,
+    CloseReason, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, PROTOCOL_V2,
+    StreamLimits, v2,
 };
 use crate::client::{BoxError, TlsConfigError};
 use crate::error::{Code, HrpcError};
