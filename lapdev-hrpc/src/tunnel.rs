@@ -54,6 +54,26 @@
 //! # }
 //! ```
 //!
+//! # Versions and negotiation
+//!
+//! The protocol version is a WebSocket subprotocol chosen during the upgrade:
+//!
+//! - A manager of version 2 offers `Sec-WebSocket-Protocol: lapdev-tunnel.v2,
+//!   lapdev-tunnel.v1` ([`PROTOCOL_V2`], [`PROTOCOL_V1`];
+//!   [`TunnelClientConfig::max_protocol_version`]).
+//! - The server ([`TunnelConfig::configure_upgrade`]) chooses `lapdev-tunnel.v2`
+//!   when offered, else `lapdev-tunnel.v1`, else none; [`accept`] speaks
+//!   version 2 only when `lapdev-tunnel.v2` was chosen. A manager from before
+//!   version 2 offers nothing and gets version 1, unchanged.
+//! - A server from before version 2 chooses no subprotocol. The WebSocket
+//!   client then must fail the connection (RFC 6455 §4.1), so the manager drops
+//!   it and opens the tunnel again offering nothing: version 1. That costs one
+//!   extra upgrade per connect, against old servers only.
+//!
+//! Both ends report the outcome ([`TunnelTransport::protocol_version`],
+//! [`TunnelSession::protocol_version`]). Version 1's frames are below; version
+//! 2 follows them.
+//!
 //! # Frame format (version 1)
 //!
 //! Every frame is one **binary** WebSocket message:
@@ -119,6 +139,62 @@
 //! **Closing:** an end that closes the tunnel on purpose sends a close frame
 //! (`1000`, with a reason such as "replaced by a newer tunnel connection"); the
 //! other end's calls in flight fail at once.
+//!
+//! # Version 2: HTTP/2 over the WebSocket
+//!
+//! **Framing.** The binary messages of the WebSocket, in order, form one byte
+//! stream each way; message boundaries mean nothing (a message is at most
+//! 64 KiB when sent, and at most the frame limit when received). On that
+//! stream runs HTTP/2 (RFC 9113) with prior knowledge (no `Upgrade`, no ALPN):
+//! the **manager is the HTTP/2 server** (its router serves every stream,
+//! exactly as it serves version 1's requests) and the **server end is the
+//! HTTP/2 client**, which sends the connection preface first. Text messages
+//! are a protocol violation (close `1002`), as in version 1.
+//!
+//! **Requests.** An HRPC call is an ordinary HTTP/2 request: `POST` with the
+//! path, headers and JSON body of the HTTP wire protocol (`:authority` is
+//! `tunnel`), answered with the router's status, headers and body; the manager
+//! reads no frame format of its own. Streams ([`TunnelTransport::send_streaming`])
+//! are requests whose bodies flow both ways at once for as long as either
+//! side keeps them open (a shell, a port-forward). Giving up on a call or a
+//! stream resets it (`RST_STREAM` `CANCEL`); the manager drops its handler.
+//!
+//! **Flow control and limits** ([`StreamLimits`], set on each end for what it
+//! receives): every stream has a window of 256 KiB and the connection 2 MiB
+//! (HTTP/2's own flow control, with no adaptive growth), so one stream whose
+//! reader is slow holds at most its window in the receiver, and a sender
+//! queues at most a window per stream; the manager serves at most 256 streams
+//! at once (more wait on the server end); header lists are at most 64 KiB.
+//! HTTP/2's control frames (`SETTINGS`, `PING`, `WINDOW_UPDATE`, resets) go out
+//! ahead of queued data, so a saturated stream does not delay other calls
+//! beyond its window. Inside each end at most 8 messages (of 64 KiB) wait
+//! between HTTP/2 and the socket. An HRPC response read by
+//! [`TunnelTransport`]'s [`Transport`](crate::Transport) is still capped at
+//! the frame limit; streams have no size limit.
+//!
+//! **Writing.** Bytes HTTP/2 writes are gathered and sent as one message when
+//! it flushes (when it has nothing more to write) or at 64 KiB; the connection
+//! loop writes queued messages back to back and flushes the socket only when its
+//! queue is empty, never on a timer. Every TCP hop sets `TCP_NODELAY` and,
+//! on Linux, `TCP_NOTSENT_LOWAT` ([`tune_tcp`]), so bytes wait in these
+//! prioritised queues rather than in the kernel's send buffer.
+//!
+//! **Liveness and closing** are version 1's: WebSocket pings every
+//! `ping_interval` (15 s by default, under the 60 s after which proxies cut idle
+//! connections), the tunnel closes when nothing arrives for `ping_timeout`,
+//! and a deliberate close sends a close frame with the reason. Closing the
+//! tunnel (replaced by a newer connection, token revoked or expired, a ping
+//! timeout) ends the HTTP/2 connection: calls waiting for a response fail with
+//! `unavailable`, and streams being read end with an error. An HTTP/2
+//! connection error (e.g. a malformed frame) closes the tunnel with `1002`
+//! and the reason; an error confined to one stream resets that stream only.
+//!
+//! **Why HTTP/2 and not yamux:** hyper's HTTP/2 is already a dependency,
+//! carries the HRPC calls unchanged (the router sees ordinary HTTP requests),
+//! and gives per-stream flow control, resets and prioritised control frames.
+//! Measured in `benches/tunnel.rs` (numbers in ARCHITECTURE.md's tunnel
+//! section and the bench's output): version 2 against version 1, HRPC over
+//! plain HTTP and tarpc over TCP.
 
 use std::time::Duration;
 
@@ -129,6 +205,9 @@ mod frame;
 mod link;
 mod registry;
 mod server;
+mod stream;
+mod tcp;
+mod v2;
 
 pub use client::{
     TunnelClientConfig, TunnelConnectError, TunnelSession, TunnelSessionHandle, connect,
@@ -144,6 +223,42 @@ pub fn decode_frame_for_fuzzing(message: &[u8]) -> bool {
     frame::decode(bytes::Bytes::copy_from_slice(message)).is_ok()
 }
 pub use server::{TunnelTask, TunnelTransport, accept};
+pub use tcp::{NOTSENT_LOWAT_BYTES, tune_tcp};
+
+/// The WebSocket subprotocol of version 1 (today's frames). A manager that
+/// offers no subprotocol gets version 1 too.
+pub const PROTOCOL_V1: &str = "lapdev-tunnel.v1";
+
+/// The WebSocket subprotocol of version 2 (HTTP/2 over the byte stream).
+pub const PROTOCOL_V2: &str = "lapdev-tunnel.v2";
+
+/// HTTP/2 limits of a version 2 tunnel; each end applies its own to what it
+/// receives (windows) and serves (streams).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Initial HTTP/2 window of each stream, in bytes: the most one stream's
+    /// receiver buffers, and the most a sender queues for one stream.
+    pub stream_window_bytes: u32,
+    /// Initial HTTP/2 window of the whole connection, in bytes: the most all
+    /// streams together have in flight towards this end.
+    pub connection_window_bytes: u32,
+    /// Most concurrent streams (calls and streams) the manager serves; more wait
+    /// on the server end until one ends.
+    pub max_concurrent_streams: u32,
+    /// Largest header list accepted, in bytes.
+    pub max_header_list_bytes: u32,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            stream_window_bytes: 256 * 1024,
+            connection_window_bytes: 2 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            max_header_list_bytes: 64 * 1024,
+        }
+    }
+}
 
 /// The path of the tunnel endpoint below the HRPC mount point (`/rpc/_tunnel`).
 pub const TUNNEL_PATH: &str = "/_tunnel";
@@ -166,8 +281,12 @@ pub struct TunnelConfig {
     /// this long.
     pub ping_timeout: Duration,
     /// Largest frame sent or accepted; a larger incoming message closes the
-    /// tunnel, a larger request fails alone.
+    /// tunnel, a larger request fails alone. In version 2, also the largest
+    /// response body [`TunnelTransport`]'s HRPC calls read (streams have no
+    /// such limit).
     pub max_frame_bytes: usize,
+    /// HTTP/2 limits of version 2 tunnels.
+    pub streams: StreamLimits,
 }
 
 impl Default for TunnelConfig {
@@ -176,13 +295,15 @@ impl Default for TunnelConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
             ping_timeout: DEFAULT_PING_TIMEOUT,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            streams: StreamLimits::default(),
         }
     }
 }
 
 impl TunnelConfig {
     /// Applies the frame limit to the WebSocket upgrade, so that oversized
-    /// messages are refused before they are buffered in full.
+    /// messages are refused before they are buffered in full, and offers the
+    /// protocol versions: version 2 if the manager offers it, else version 1.
     pub fn configure_upgrade<F>(
         &self,
         upgrade: axum::extract::ws::WebSocketUpgrade<F>,
@@ -190,6 +311,7 @@ impl TunnelConfig {
         upgrade
             .max_message_size(self.max_frame_bytes)
             .max_frame_size(self.max_frame_bytes)
+            .protocols([PROTOCOL_V2, PROTOCOL_V1])
     }
 }
 

@@ -174,7 +174,11 @@ impl Manager {
             let ended = match connected {
                 Ok(session) => {
                     metrics::counter!("lapdev_manager_connects_total").increment(1);
-                    tracing::info!(url = %self.settings.tunnel_url, "tunnel open");
+                    tracing::info!(
+                        url = %self.settings.tunnel_url,
+                        protocol_version = session.protocol_version(),
+                        "tunnel open"
+                    );
                     let handle = session.handle();
                     let run = tokio::spawn(session.run());
                     let ended = self.session(&handle, &shutdown, &mut backoff).await;

@@ -440,7 +440,11 @@ async fn tunnel_upgrade(
                     return;
                 }
             };
-            tracing::info!(cluster_id = %identity.cluster_id, "manager tunnel opened");
+            tracing::info!(
+                cluster_id = %identity.cluster_id,
+                protocol_version = transport.protocol_version(),
+                "manager tunnel opened"
+            );
             server.tunnel_opened(identity).await;
             let run = task.run();
             tokio::pin!(run);

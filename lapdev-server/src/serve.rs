@@ -126,7 +126,10 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
+        // TCP_NODELAY and TCP_NOTSENT_LOWAT: the tunnel's hop (and any other
+        // HTTP/2 traffic) keeps its queues in user space, where they are
+        // prioritised and flow-controlled.
+        lapdev_hrpc::tunnel::tune_tcp(&tcp);
         let router = router.clone();
         let config = config.clone();
         let tls = tls.clone();

@@ -24,7 +24,10 @@ use tower::ServiceExt as _;
 
 use super::frame::{self, Frame};
 use super::link::{self, Control, LinkConfig, WsMsg};
-use super::{CloseReason, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT};
+use super::{
+    CloseReason, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, PROTOCOL_V2,
+    StreamLimits, v2,
+};
 use crate::client::{BoxError, TlsConfigError};
 use crate::error::{Code, HrpcError};
 use crate::protocol::REQUEST_ID_HEADER;
@@ -44,8 +47,14 @@ pub struct TunnelClientConfig {
     /// this long.
     pub ping_timeout: Duration,
     /// Largest frame sent or accepted. A response that would not fit is replaced
-    /// by a `resource_exhausted` error response.
+    /// by a `resource_exhausted` error response (version 1).
     pub max_frame_bytes: usize,
+    /// The newest protocol version offered: 2 offers `lapdev-tunnel.v2` (and
+    /// falls back to version 1 with a server that chooses none); 1 offers no
+    /// subprotocol at all, exactly as managers before version 2 did.
+    pub max_protocol_version: u8,
+    /// HTTP/2 limits of version 2 tunnels (this end is the HTTP/2 server).
+    pub streams: StreamLimits,
 }
 
 impl Default for TunnelClientConfig {
@@ -56,6 +65,8 @@ impl Default for TunnelClientConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
             ping_timeout: DEFAULT_PING_TIMEOUT,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_protocol_version: 2,
+            streams: StreamLimits::default(),
         }
     }
 }
@@ -121,6 +132,8 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// An open tunnel on the manager's side; [`run`](Self::run) serves it.
 pub struct TunnelSession {
     socket: Socket,
+    version: u8,
+    streams: StreamLimits,
     router: axum::Router,
     response_headers: HeaderMap,
     handle: TunnelSessionHandle,
@@ -203,6 +216,11 @@ impl TunnelSession {
         &self.response_headers
     }
 
+    /// The negotiated protocol version (1 or 2).
+    pub fn protocol_version(&self) -> u8 {
+        self.version
+    }
+
     /// A handle to close or watch the session.
     pub fn handle(&self) -> TunnelSessionHandle {
         self.handle.clone()
@@ -215,11 +233,17 @@ impl TunnelSession {
     /// caller's job.
     ///
     /// Each request is served concurrently on its own task by a clone of the
-    /// router; a `cancel` frame from the server aborts it. Requests still being
-    /// served when the tunnel ends are aborted.
+    /// router; a `cancel` frame (version 1) or a reset stream (version 2) from
+    /// the server drops it. Requests still being served when the tunnel ends
+    /// are dropped.
     pub async fn run(self) -> CloseReason {
+        if self.version == 2 {
+            return self.run_v2().await;
+        }
         let TunnelSession {
             socket,
+            version: _,
+            streams: _,
             router,
             response_headers: _,
             handle,
@@ -288,12 +312,42 @@ impl TunnelSession {
             &handle.control,
             config,
             map_tungstenite_error,
-            on_frame,
+            link::Frames(on_frame),
         )
         .await;
         for (_, h) in lock(&in_flight).drain() {
             h.abort();
         }
+        tracing::info!(reason = %reason, "tunnel session ended");
+        closing.finish(&reason).await;
+        reason
+    }
+}
+
+impl TunnelSession {
+    /// Version 2: an HTTP/2 server on the byte stream, serving every stream
+    /// with the router.
+    async fn run_v2(self) -> CloseReason {
+        let TunnelSession {
+            socket,
+            streams,
+            router,
+            handle,
+            config,
+            ..
+        } = self;
+        let socket = socket.map(|m| m.map(from_tungstenite)).with(|m: WsMsg| {
+            futures::future::ready(Ok::<_, tungstenite::Error>(into_tungstenite(m)))
+        });
+        let socket = Box::pin(socket);
+        let (reason, closing) = v2::drive(
+            socket,
+            &handle.control,
+            config,
+            map_tungstenite_error,
+            |io| v2::server(io, streams, router),
+        )
+        .await;
         tracing::info!(reason = %reason, "tunnel session ended");
         closing.finish(&reason).await;
         reason
@@ -417,6 +471,11 @@ pub async fn connect(
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid("the URL has no host"));
     }
+    let host = uri
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+        .unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let mut request = uri
         .into_client_request()
         .map_err(|_| invalid("not a WebSocket URL"))?;
@@ -433,22 +492,40 @@ pub async fn connect(
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes));
-    let handshake = tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        Some(ws_config),
-        true,
-        Some(connector),
-    );
-    let (socket, response) = match tokio::time::timeout(config.connect_timeout, handshake).await {
+    let offer_v2 = config.max_protocol_version >= 2;
+    let opened = tokio::time::timeout(config.connect_timeout, async {
+        if offer_v2 {
+            let mut offer = request.clone();
+            offer.headers_mut().insert(
+                http::header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(OFFER),
+            );
+            match open(offer, &host, port, ws_config, connector.clone()).await {
+                Err(TunnelConnectError::Connect(e)) if chose_no_subprotocol(&e) => {
+                    // A server from before version 2 accepts the upgrade but
+                    // chooses no subprotocol; ask again without offering one.
+                    tracing::info!("the server chose no tunnel protocol version; using version 1");
+                }
+                other => return other,
+            }
+        }
+        open(request, &host, port, ws_config, connector).await
+    })
+    .await;
+    let (socket, response) = match opened {
         Err(_) => return Err(TunnelConnectError::Timeout(config.connect_timeout)),
-        Ok(Err(tungstenite::Error::Http(response))) => return Err(rejected(&response)),
-        Ok(Err(e)) => return Err(TunnelConnectError::Connect(Box::new(e))),
-        Ok(Ok(ok)) => ok,
+        Ok(r) => r?,
+    };
+    let version = match response.headers().get(http::header::SEC_WEBSOCKET_PROTOCOL) {
+        Some(p) if p.as_bytes() == PROTOCOL_V2.as_bytes() => 2,
+        _ => 1,
     };
     let (outbound_tx, outbound_rx) = mpsc::channel(link::OUTBOUND_QUEUE);
     let control = Arc::new(Control::default());
     Ok(TunnelSession {
         socket,
+        version,
+        streams: config.streams,
         router,
         response_headers: response.headers().clone(),
         handle: TunnelSessionHandle {
@@ -461,8 +538,49 @@ pub async fn connect(
             ping_interval: config.ping_interval,
             ping_timeout: config.ping_timeout,
             max_frame_bytes: config.max_frame_bytes,
+            coalesce_writes: version == 2,
         },
     })
+}
+
+/// What a manager offers: version 2, else version 1.
+const OFFER: &str = "lapdev-tunnel.v2, lapdev-tunnel.v1";
+
+/// Opens the TCP connection (tuned with [`super::tune_tcp`]), TLS if asked,
+/// and the WebSocket.
+async fn open(
+    request: tungstenite::handshake::client::Request,
+    host: &str,
+    port: u16,
+    ws_config: WebSocketConfig,
+    connector: Connector,
+) -> Result<(Socket, tungstenite::handshake::client::Response), TunnelConnectError> {
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| TunnelConnectError::Connect(Box::new(e)))?;
+    super::tune_tcp(&tcp);
+    match tokio_tungstenite::client_async_tls_with_config(
+        request,
+        tcp,
+        Some(ws_config),
+        Some(connector),
+    )
+    .await
+    {
+        Err(tungstenite::Error::Http(response)) => Err(rejected(&response)),
+        Err(e) => Err(TunnelConnectError::Connect(Box::new(e))),
+        Ok(ok) => Ok(ok),
+    }
+}
+
+fn chose_no_subprotocol(e: &BoxError) -> bool {
+    use tungstenite::error::{ProtocolError, SubProtocolError};
+    matches!(
+        e.downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Protocol(
+            ProtocolError::SecWebSocketSubProtocolError(SubProtocolError::NoSubProtocol)
+        ))
+    )
 }
 
 fn rejected(response: &http::Response<Option<Vec<u8>>>) -> TunnelConnectError {
@@ -526,6 +644,12 @@ fn map_tungstenite_error(e: tungstenite::Error) -> CloseReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_offer_names_both_versions_newest_first() {
+        use super::super::PROTOCOL_V1;
+        assert_eq!(OFFER, format!("{PROTOCOL_V2}, {PROTOCOL_V1}"));
+    }
 
     #[tokio::test]
     async fn urls_are_checked() {

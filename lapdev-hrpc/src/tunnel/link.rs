@@ -47,6 +47,34 @@ pub(crate) struct LinkConfig {
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// Version 2: queued messages are written back to back and the socket is
+    /// flushed once the queue is empty. Version 1 (today's behaviour, kept
+    /// as-is for managers not yet upgraded) flushes after every message.
+    pub coalesce_writes: bool,
+}
+
+/// Where the binary messages a connection receives go.
+pub(crate) trait Inbound: Send {
+    /// Takes one binary message (already checked against the size limit).
+    /// Waiting here holds back reading from the socket (back-pressure).
+    fn binary(&mut self, data: Bytes) -> impl Future<Output = FrameResult> + Send;
+}
+
+/// Version 1: every binary message is one frame, decoded and handed to `F`.
+pub(crate) struct Frames<F>(pub F);
+
+impl<F: FnMut(Frame) -> FrameResult + Send> Inbound for Frames<F> {
+    fn binary(&mut self, data: Bytes) -> impl Future<Output = FrameResult> + Send {
+        let result = match frame::decode(data) {
+            Ok(Frame::Unknown { kind }) => {
+                tracing::debug!(kind, "ignoring a tunnel frame of unknown type");
+                Ok(())
+            }
+            Ok(f) => (self.0)(f),
+            Err(e) => Err(CloseReason::Protocol(e.to_string())),
+        };
+        std::future::ready(result)
+    }
 }
 
 /// Closing state shared by a connection's handles and its loop: the first
@@ -119,7 +147,7 @@ pub(crate) async fn drive<S, E>(
     control: &Control,
     config: LinkConfig,
     map_err: fn(E) -> CloseReason,
-    mut on_frame: impl FnMut(Frame) -> FrameResult + Send,
+    mut inbound: impl Inbound,
 ) -> (
     CloseReason,
     Closing<futures::stream::SplitSink<S, WsMsg>, futures::stream::SplitStream<S>>,
@@ -158,16 +186,8 @@ where
                                 limit: config.max_frame_bytes,
                             };
                         }
-                        match frame::decode(data) {
-                            Ok(Frame::Unknown { kind }) => {
-                                tracing::debug!(kind, "ignoring a tunnel frame of unknown type");
-                            }
-                            Ok(f) => {
-                                if let Err(reason) = on_frame(f) {
-                                    return reason;
-                                }
-                            }
-                            Err(e) => return CloseReason::Protocol(e.to_string()),
+                        if let Err(reason) = inbound.binary(data).await {
+                            return reason;
                         }
                     }
                     WsMsg::Text => {
@@ -205,7 +225,23 @@ where
                     },
                     _ = ping.tick() => WsMsg::Ping(Bytes::new()),
                 };
-                if let Err(e) = sink.send(msg).await {
+                if !config.coalesce_writes {
+                    if let Err(e) = sink.send(msg).await {
+                        return map_err(e);
+                    }
+                    continue;
+                }
+                // Write what is queued back to back; flush when the queue is
+                // empty (never on a timer), so a burst costs one flush.
+                if let Err(e) = sink.feed(msg).await {
+                    return map_err(e);
+                }
+                while let Ok(msg) = outbound.try_recv() {
+                    if let Err(e) = sink.feed(msg).await {
+                        return map_err(e);
+                    }
+                }
+                if let Err(e) = sink.flush().await {
                     return map_err(e);
                 }
             }

@@ -1,0 +1,155 @@
+//! Version 2's HTTP/2 over the tunnel's byte stream ([`super::stream`]): the
+//! manager is the HTTP/2 server (its router serves every request), the server
+//! end is the HTTP/2 client. See the crate docs of [`super`] for the protocol.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use futures::{Sink, Stream};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::link::{self, Closing, Control, LinkConfig, WsMsg};
+use super::stream::{self, WsIo};
+use super::{CloseReason, StreamLimits};
+
+/// Runs the connection loop with HTTP/2 on its byte stream (`http`) until one of
+/// them ends, and returns why; the HTTP/2 side is dropped (failing every stream
+/// still open) before this returns.
+pub(crate) async fn drive<S, E, F, Fut>(
+    socket: S,
+    control: &Control,
+    config: LinkConfig,
+    map_err: fn(E) -> CloseReason,
+    http: F,
+) -> (
+    CloseReason,
+    Closing<futures::stream::SplitSink<S, WsMsg>, futures::stream::SplitStream<S>>,
+)
+where
+    S: Stream<Item = Result<WsMsg, E>> + Sink<WsMsg, Error = E> + Send + Unpin,
+    E: Send,
+    F: FnOnce(WsIo) -> Fut,
+    Fut: Future<Output = CloseReason>,
+{
+    let (io, to_stream, outbound) = stream::pair();
+    let link = link::drive(socket, outbound, control, config, map_err, to_stream);
+    tokio::pin!(link);
+    {
+        let http = http(io);
+        tokio::select! {
+            biased;
+            done = &mut link => return done,
+            reason = http => {
+                control.close(reason);
+            }
+        }
+    }
+    link.await
+}
+
+/// Runs hyper's per-stream tasks in a [`JoinSet`] owned by the session: when
+/// the session ends (or its future is dropped), every stream's handler and
+/// body task is aborted with it, rather than waiting for a wake-up that a
+/// vanished connection never sends.
+#[derive(Clone, Default)]
+pub(crate) struct SessionExecutor(Arc<Mutex<JoinSet<()>>>);
+
+impl<F> hyper::rt::Executor<F> for SessionExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Reap finished tasks so the set holds only live ones.
+        while set.try_join_next().is_some() {}
+        set.spawn(fut);
+    }
+}
+
+impl SessionExecutor {
+    /// Aborts every task still running.
+    pub(crate) fn abort_all(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).abort_all();
+    }
+}
+
+/// The server end: an HTTP/2 client on `io`. The request handle is published
+/// in `sender` once the connection preface is written.
+pub(crate) async fn client(
+    io: WsIo,
+    limits: StreamLimits,
+    sender: &watch::Sender<Option<SendRequest<Body>>>,
+) -> CloseReason {
+    let executor = SessionExecutor::default();
+    let _abort = AbortOnDrop(executor.clone());
+    let mut builder = hyper::client::conn::http2::Builder::new(executor);
+    builder
+        .adaptive_window(false)
+        .initial_stream_window_size(limits.stream_window_bytes)
+        .initial_connection_window_size(limits.connection_window_bytes)
+        .max_send_buf_size(limits.stream_window_bytes as usize)
+        .max_header_list_size(limits.max_header_list_bytes);
+    match builder.handshake(TokioIo::new(io)).await {
+        Err(e) => CloseReason::Protocol(format!("HTTP/2 handshake failed: {}", chain(&e))),
+        Ok((send, connection)) => {
+            sender.send_replace(Some(send));
+            match connection.await {
+                Ok(()) => CloseReason::Io("the HTTP/2 connection ended".into()),
+                Err(e) => http_reason(&e),
+            }
+        }
+    }
+}
+
+/// The manager end: an HTTP/2 server on `io` that serves every stream with
+/// `router`.
+pub(crate) async fn server(io: WsIo, limits: StreamLimits, router: axum::Router) -> CloseReason {
+    let executor = SessionExecutor::default();
+    let _abort = AbortOnDrop(executor.clone());
+    let mut builder = hyper::server::conn::http2::Builder::new(executor);
+    builder
+        .adaptive_window(false)
+        .initial_stream_window_size(limits.stream_window_bytes)
+        .initial_connection_window_size(limits.connection_window_bytes)
+        .max_send_buf_size(limits.stream_window_bytes as usize)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_list_bytes);
+    let service = TowerToHyperService::new(router);
+    match builder.serve_connection(TokioIo::new(io), service).await {
+        Ok(()) => CloseReason::Io("the HTTP/2 connection ended".into()),
+        Err(e) => http_reason(&e),
+    }
+}
+
+/// Aborts a session's stream tasks when the HTTP/2 side ends or is dropped.
+struct AbortOnDrop(SessionExecutor);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort_all();
+    }
+}
+
+fn http_reason(e: &hyper::Error) -> CloseReason {
+    if e.is_parse() || e.is_user() {
+        CloseReason::Protocol(format!("HTTP/2: {}", chain(e)))
+    } else {
+        CloseReason::Io(format!("HTTP/2: {}", chain(e)))
+    }
+}
+
+/// An error with its sources, one line.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}
