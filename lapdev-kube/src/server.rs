@@ -224,6 +224,12 @@ impl KubeClusterServer {
             .and_then(|p| p.status)
     }
 
+    /// The cluster's tunnel now, if its manager holds one (for streams:
+    /// `TunnelTransport::send_streaming`).
+    pub fn tunnel(&self, cluster_id: Uuid) -> Option<lapdev_hrpc::tunnel::TunnelTransport> {
+        self.inner.tunnels.get(&cluster_id)
+    }
+
     /// Whether the cluster's manager holds a tunnel now.
     pub fn is_tunnel_up(&self, cluster_id: Uuid) -> bool {
         self.inner.tunnels.get(&cluster_id).is_some()

@@ -34,14 +34,33 @@ struct Env {
     double: KubeDouble,
     workspace: Uuid,
     pod: String,
-    _tunnel: tokio::task::JoinHandle<()>,
+    tunnel: tokio::task::JoinHandle<()>,
     fake: Arc<FakeManager>,
 }
 
-/// A running workspace `box` with its pod in the double (local exec on).
+/// A running workspace `box` with its pod in the double (local exec on);
+/// streams reach the manager's routes in process.
 async fn env() -> Env {
+    env_with(false).await
+}
+
+/// [`env`], with streams through the real tunnel (v2) when `tunnel`.
+async fn env_with(tunnel: bool) -> Env {
     let streams = InProcessStreams::default();
-    let t = TestServer::postgres_with_streams(Arc::new(streams.clone())).await;
+    let t = if tunnel {
+        TestServer::postgres().await
+    } else {
+        TestServer::postgres_with_streams(Arc::new(streams.clone())).await
+    };
+    let double = KubeDouble::start().await.unwrap();
+    let access = lapdev_kube_manager::access::router(Access::new(
+        double.client().await.unwrap(),
+        AccessSettings {
+            namespace: NAMESPACE.into(),
+            max_sessions_per_workspace: 8,
+            max_forwards_per_workspace: 128,
+        },
+    ));
     let admin = t.admin();
     let created = admin
         .create_cluster("dev".into(), None, None)
@@ -53,7 +72,25 @@ async fn env() -> Env {
         .await
         .unwrap();
     let fake = Arc::new(FakeManager::default());
-    let session = dial(&t, &created.token_secret, fake.clone()).await.unwrap();
+    let session = if tunnel {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "x-lapdev-cluster-token",
+            created.token_secret.parse().unwrap(),
+        );
+        lapdev_hrpc::tunnel::connect(
+            &format!("{}/rpc/_tunnel", t.base()),
+            headers,
+            lapdev_kube_rpc::KubeManagerRpcServer::from_arc(fake.clone())
+                .into_router()
+                .merge(access.clone()),
+            lapdev_hrpc::tunnel::TunnelClientConfig::default(),
+        )
+        .await
+        .unwrap()
+    } else {
+        dial(&t, &created.token_secret, fake.clone()).await.unwrap()
+    };
     let tunnel = tokio::spawn(async move {
         let _ = session.run().await;
     });
@@ -86,7 +123,6 @@ async fn env() -> Env {
         .await
         .unwrap();
 
-    let double = KubeDouble::start().await.unwrap();
     double.add_node("n1", NodeSpec::default()).unwrap();
     let ns: k8s_openapi::api::core::v1::Namespace =
         serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}})).unwrap();
@@ -102,24 +138,13 @@ async fn env() -> Env {
         .seed_running_pod(&spec)
         .unwrap_or_else(|e| panic!("seeding the pod: {e}"));
     double.enable_local_exec();
-    let access = Access::new(
-        double.client().await.unwrap(),
-        AccessSettings {
-            namespace: NAMESPACE.into(),
-            max_sessions_per_workspace: 8,
-            max_forwards_per_workspace: 128,
-        },
-    );
-    streams.insert(
-        created.cluster.id,
-        lapdev_kube_manager::access::router(access),
-    );
+    streams.insert(created.cluster.id, access);
     Env {
         t,
         double,
         workspace,
         pod,
-        _tunnel: tunnel,
+        tunnel,
         fake,
     }
 }
@@ -486,4 +511,49 @@ async fn ssh_config_names_the_proxy_command() {
     assert!(text.starts_with("Host lapdev-box\n"), "{text}");
     assert!(text.contains("workspace proxy box 22"), "{text}");
     assert!(text.contains(&format!("HostKeyAlias lapdev-{}", e.workspace)), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_real_tunnel_exec_and_port_forward_work_and_a_drop_ends_the_cli() {
+    let e = env_with(true).await;
+    let out = lapdev(
+        &e.t,
+        &["workspace", "exec", "box", "--", "sh", "-c", "echo out; echo err >&2; exit 3"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!((out.stdout.as_slice(), out.stderr.as_slice()), (&b"out\n"[..], &b"err\n"[..]));
+
+    e.double
+        .register_pod_port(NAMESPACE, &e.pod, 8080, echo_server().await);
+    let mut child = lapdev_cmd(&e.t, &["workspace", "proxy", "box", "8080"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut data = vec![0u8; 12 * 1024 * 1024];
+    rand::rng().fill_bytes(&mut data);
+    let sent = Sha256::digest(&data);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let writer = tokio::spawn(async move {
+        stdin.write_all(&data).await.unwrap();
+        stdin
+    });
+    let mut back = vec![0u8; 12 * 1024 * 1024];
+    stdout.read_exact(&mut back).await.unwrap();
+    assert_eq!(Sha256::digest(&back), sent);
+    let stdin = writer.await.unwrap();
+
+    // The tunnel drops mid-session: the CLI ends non-zero with the reason.
+    e.tunnel.abort();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the CLI ends when the tunnel drops")
+        .unwrap();
+    drop(stdin);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error:"), "{err}");
 }

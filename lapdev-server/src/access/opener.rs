@@ -3,7 +3,8 @@
 //! [`StreamOpener`] sends one streaming HTTP request (`lapdev_kube_rpc::stream`
 //! routes) to the manager of a cluster and returns its response as soon as the
 //! head arrives; both bodies then stream. [`TunnelStreams`] is production: it
-//! rides the manager's tunnel. [`InProcessStreams`] calls managers' routers in
+//! rides the manager's tunnel (an HTTP/2 stream on a v2 tunnel; a v1 tunnel
+//! refuses, saying the manager is too old). [`InProcessStreams`] calls managers' routers in
 //! this process (tower's `oneshot` streams bodies both ways), for tests and
 //! benches.
 
@@ -24,12 +25,6 @@ pub enum StreamOpenError {
     /// The cluster's manager holds no tunnel now.
     #[error("the workspace's cluster is not connected (its manager is offline)")]
     NotConnected,
-    /// The manager's tunnel cannot carry streams.
-    #[error(
-        "the workspace's cluster manager cannot open streams: streams need tunnel v2 \
-         (upgrade the server and re-apply the cluster's manifest)"
-    )]
-    NeedsTunnelV2,
     /// The transport failed.
     #[error("the stream to the cluster's manager failed: {0}")]
     Transport(String),
@@ -52,20 +47,16 @@ pub struct TunnelStreams(pub KubeClusterServer);
 
 impl StreamOpener for TunnelStreams {
     fn send_streaming(&self, cluster_id: Uuid, request: Request<Body>) -> OpenFuture {
-        let up = self.0.is_tunnel_up(cluster_id);
+        let tunnel = self.0.tunnel(cluster_id);
         Box::pin(async move {
-            if !up {
-                return Err(StreamOpenError::NotConnected);
-            }
-            streams_need_tunnel_v2(request)
+            let tunnel = tunnel.ok_or(StreamOpenError::NotConnected)?;
+            // A version 1 tunnel refuses at once, saying the manager is too old.
+            tunnel
+                .send_streaming(request)
+                .await
+                .map_err(|e| StreamOpenError::Transport(e.to_string()))
         })
     }
-}
-
-/// Today's tunnel (v1) carries unary request/response frames only; the
-/// streaming transport (HTTP/2 over the tunnel) replaces this function.
-fn streams_need_tunnel_v2(_request: Request<Body>) -> Result<Response<Body>, StreamOpenError> {
-    Err(StreamOpenError::NeedsTunnelV2)
 }
 
 /// Managers' routers in this process, by cluster.
