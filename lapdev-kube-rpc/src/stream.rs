@@ -182,7 +182,10 @@ impl Frame {
         if len > MAX_FRAME_PAYLOAD {
             return Err(FrameError::TooLarge(len));
         }
-        if !matches!(kind, STDIN | STDIN_END | RESIZE | STDOUT | STDERR | EXIT | ERROR) {
+        if !matches!(
+            kind,
+            STDIN | STDIN_END | RESIZE | STDOUT | STDERR | EXIT | ERROR
+        ) {
             return Err(FrameError::UnknownType(kind));
         }
         let fixed = match kind {
@@ -211,12 +214,12 @@ impl Frame {
                 rows: payload.get_u16(),
             }),
             EXIT => Frame::Exit(payload.get_i32()),
-            _ => Frame::Error(
-                String::from_utf8(payload.to_vec()).map_err(|_| FrameError::Malformed {
+            _ => Frame::Error(String::from_utf8(payload.to_vec()).map_err(|_| {
+                FrameError::Malformed {
                     kind,
                     why: "message is not UTF-8",
-                })?,
-            ),
+                }
+            })?),
         }))
     }
 }

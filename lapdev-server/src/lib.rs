@@ -398,8 +398,7 @@ impl Server {
                 max_days: config.max_token_days,
             },
         );
-        let streams =
-            streams.unwrap_or_else(|| Arc::new(access::TunnelStreams(kube.clone())));
+        let streams = streams.unwrap_or_else(|| Arc::new(access::TunnelStreams(kube.clone())));
         let state = AppState {
             streams,
             auth,

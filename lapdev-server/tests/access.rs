@@ -105,8 +105,17 @@ async fn env_with(tunnel: bool) -> Env {
     let out = lapdev(
         &t,
         &[
-            "workspace", "create", "box", "--image", "ubuntu", "--cpu", "100m", "--memory",
-            "128Mi", "-o", "json",
+            "workspace",
+            "create",
+            "box",
+            "--image",
+            "ubuntu",
+            "--cpu",
+            "100m",
+            "--memory",
+            "128Mi",
+            "-o",
+            "json",
         ],
     )
     .await;
@@ -174,11 +183,11 @@ async fn session(
 > {
     let url = format!("ws://{}/api/v1/workspaces/{path}", t.addr);
     let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().unwrap(),
-    );
-    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
 }
 
 fn frame(f: Frame) -> Message {
@@ -188,8 +197,9 @@ fn frame(f: Frame) -> Message {
 /// Reads frames until `done` holds for the output so far; returns the output
 /// and the last frame (exit or error), if one came.
 async fn read_until(
-    ws: &mut (impl futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
-              + Unpin),
+    ws: &mut (
+             impl futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin
+         ),
     mut done: impl FnMut(&[u8]) -> bool,
 ) -> (Vec<u8>, Option<Frame>) {
     let mut decoder = FrameDecoder::default();
@@ -219,7 +229,15 @@ async fn exec_keeps_streams_apart_and_exits_with_the_remote_code() {
     let e = env().await;
     let out = lapdev(
         &e.t,
-        &["workspace", "exec", "box", "--", "sh", "-c", "echo out; echo err >&2; exit 3"],
+        &[
+            "workspace",
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
     )
     .await;
     assert_eq!(out.status.code(), Some(3), "{out:?}");
@@ -231,7 +249,10 @@ async fn exec_keeps_streams_apart_and_exits_with_the_remote_code() {
     let audit = lapdev(&e.t, &["audit", "list", "-o", "json"]).await;
     let text = String::from_utf8_lossy(&audit.stdout);
     assert!(text.contains("workspace.exec"), "{text}");
-    assert!(!text.contains("echo out"), "arguments must not be audited: {text}");
+    assert!(
+        !text.contains("echo out"),
+        "arguments must not be audited: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +274,11 @@ async fn twelve_mib_through_exec_stdin_arrive_intact() {
     });
     let out = child.wait_with_output().await.unwrap();
     writer.await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout.len(), 12 * 1024 * 1024);
     assert_eq!(Sha256::digest(&out.stdout), sent);
 }
@@ -339,7 +364,34 @@ async fn a_closed_remote_port_is_a_clear_error() {
     let out = lapdev(&e.t, &["workspace", "proxy", "box", "9"]).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains('9'), "{err}");
+    // The API server's reason, cut to a WebSocket close reason, on one line.
+    assert!(
+        err.starts_with("error: error forwarding port 9 to pod"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_of_input_on_an_api_server_without_v5_is_a_clear_error() {
+    let e = env().await;
+    e.double.set_exec_v5(false);
+    let mut child = lapdev_cmd(&e.t, &["workspace", "exec", "-i", "box", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello").await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("no hang")
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("v5.channel.k8s.io"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,9 +404,12 @@ async fn a_tty_session_sees_the_resize() {
     )
     .await
     .unwrap();
-    ws.send(frame(Frame::Resize(TerminalSize { cols: 123, rows: 45 })))
-        .await
-        .unwrap();
+    ws.send(frame(Frame::Resize(TerminalSize {
+        cols: 123,
+        rows: 45,
+    })))
+    .await
+    .unwrap();
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("45 123") {
         ws.send(frame(Frame::Stdin(Bytes::from_static(b"x\n"))))
@@ -437,7 +492,7 @@ async fn another_organisations_workspace_is_not_found() {
         .await
         .unwrap();
     for path in [
-        format!("box/exec?cmd=true"),
+        "box/exec?cmd=true".to_owned(),
         format!("{}/exec?cmd=true", e.workspace),
         format!("{}/portforward?port=22", e.workspace),
     ] {
@@ -510,7 +565,10 @@ async fn ssh_config_names_the_proxy_command() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("Host lapdev-box\n"), "{text}");
     assert!(text.contains("workspace proxy box 22"), "{text}");
-    assert!(text.contains(&format!("HostKeyAlias lapdev-{}", e.workspace)), "{text}");
+    assert!(
+        text.contains(&format!("HostKeyAlias lapdev-{}", e.workspace)),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -518,11 +576,22 @@ async fn through_the_real_tunnel_exec_and_port_forward_work_and_a_drop_ends_the_
     let e = env_with(true).await;
     let out = lapdev(
         &e.t,
-        &["workspace", "exec", "box", "--", "sh", "-c", "echo out; echo err >&2; exit 3"],
+        &[
+            "workspace",
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
     )
     .await;
     assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert_eq!((out.stdout.as_slice(), out.stderr.as_slice()), (&b"out\n"[..], &b"err\n"[..]));
+    assert_eq!(
+        (out.stdout.as_slice(), out.stderr.as_slice()),
+        (&b"out\n"[..], &b"err\n"[..])
+    );
 
     e.double
         .register_pod_port(NAMESPACE, &e.pod, 8080, echo_server().await);

@@ -16,9 +16,9 @@ use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::AttachParams;
+use kube_tungstenite::Message;
 use lapdev_hrpc::HrpcError;
 use lapdev_kube_rpc::stream::{ExecRequest, Frame, FrameDecoder, TerminalSize};
-use kube_tungstenite::Message;
 
 use super::{Access, Slot, kube_error};
 use crate::objects::CONTAINER_NAME;
@@ -122,7 +122,8 @@ where
         }
     };
     let upload = async {
-        let send_err = |e: kube_tungstenite::Error| format!("the API server connection failed: {e}");
+        let send_err =
+            |e: kube_tungstenite::Error| format!("the API server connection failed: {e}");
         if let Some(size) = initial {
             to_pod.send(resize(size)).await.map_err(send_err)?;
         }
@@ -140,7 +141,9 @@ where
             };
             let chunk = match chunk {
                 Some(Ok(c)) => c,
-                Some(Err(e)) => return Err::<(), String>(format!("the client's stream failed: {e}")),
+                Some(Err(e)) => {
+                    return Err::<(), String>(format!("the client's stream failed: {e}"));
+                }
                 None => {
                     // The client went away without saying end of input.
                     decoder.finish().map_err(|e| e.to_string())?;

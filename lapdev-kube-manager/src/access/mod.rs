@@ -122,9 +122,12 @@ impl Access {
                 Kind::Exec => "exec sessions",
                 Kind::PortForward => "forwarded connections",
             };
-            return Err(HrpcError::new(lapdev_hrpc::Code::ResourceExhausted, format!(
-                "workspace {workspace} already has {max} {what} open (the manager's limit)"
-            )));
+            return Err(HrpcError::new(
+                lapdev_hrpc::Code::ResourceExhausted,
+                format!(
+                    "workspace {workspace} already has {max} {what} open (the manager's limit)"
+                ),
+            ));
         }
         *n += 1;
         metrics::gauge!("lapdev_manager_streams_open", "kind" => kind.as_str()).increment(1);
@@ -145,10 +148,11 @@ impl Access {
         for pod in list.items {
             let deleting = pod.metadata.deletion_timestamp.is_some();
             let p = pod.status.as_ref().and_then(|s| s.phase.clone());
-            if !deleting && p.as_deref() == Some("Running") {
-                if let Some(name) = pod.metadata.name {
-                    return Ok(name);
-                }
+            if !deleting
+                && p.as_deref() == Some("Running")
+                && let Some(name) = pod.metadata.name
+            {
+                return Ok(name);
             }
             phase = Some(if deleting {
                 "Terminating".to_owned()

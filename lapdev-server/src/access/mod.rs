@@ -45,8 +45,8 @@ use lapdev_kube_rpc::stream::{
 };
 use uuid::Uuid;
 
-use crate::auth::{AuthState, Caller};
 use crate::auth::layer::bearer;
+use crate::auth::{AuthState, Caller};
 
 /// What the endpoints need.
 #[derive(Clone)]
@@ -63,7 +63,10 @@ pub struct AccessState {
 pub fn routes(state: AccessState) -> Router {
     Router::new()
         .route("/api/v1/workspaces/{workspace}/exec", get(exec))
-        .route("/api/v1/workspaces/{workspace}/portforward", get(portforward))
+        .route(
+            "/api/v1/workspaces/{workspace}/portforward",
+            get(portforward),
+        )
         .with_state(state)
 }
 
@@ -94,7 +97,9 @@ async fn admit(
         }
     };
     let ws = found.map_err(|e| match e {
-        DbError::NotFound { .. } => HrpcError::not_found(format!("workspace {workspace} not found")),
+        DbError::NotFound { .. } => {
+            HrpcError::not_found(format!("workspace {workspace} not found"))
+        }
         other => lapdev_kube::db_error(other),
     })?;
     if !may_open_session(&caller, &ws) {
@@ -168,7 +173,9 @@ fn exec_request(workspace_id: Uuid, query: &str) -> Result<ExecRequest, HrpcErro
 }
 
 fn bad(field: &str, value: &str) -> HrpcError {
-    HrpcError::invalid_argument(format!("{field} must be a number from 0 to 65535, not {value:?}"))
+    HrpcError::invalid_argument(format!(
+        "{field} must be a number from 0 to 65535, not {value:?}"
+    ))
 }
 
 async fn exec(
@@ -221,11 +228,9 @@ async fn portforward(
             .find(|(k, _)| k == "port")
             .map(|(_, v)| v.into_owned())
             .ok_or_else(|| HrpcError::invalid_argument("no port (port=N)"))?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| HrpcError::invalid_argument(format!("port must be 1–65535, not {port:?}")))?;
+        let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+            HrpcError::invalid_argument(format!("port must be 1–65535, not {port:?}"))
+        })?;
         let (caller, ws, cluster) = admit(&state, &headers, &workspace).await?;
         let header = serde_json::to_string(&PortForwardRequest {
             workspace_id: ws.id,
@@ -257,7 +262,10 @@ async fn open_on_manager(
     header: String,
 ) -> Result<(mpsc::Sender<Bytes>, Body), HrpcError> {
     let (tx, rx) = mpsc::channel::<Bytes>(8);
-    let body = Body::from_stream(futures::StreamExt::map(rx, Ok::<_, std::convert::Infallible>));
+    let body = Body::from_stream(futures::StreamExt::map(
+        rx,
+        Ok::<_, std::convert::Infallible>,
+    ));
     let request = http::Request::post(path)
         .header(STREAM_REQUEST_HEADER, header)
         .body(body)
@@ -273,10 +281,16 @@ async fn open_on_manager(
     if response.status() != http::StatusCode::OK {
         let status = response.status();
         let limited = http_body_util::Limited::new(response.into_body(), 64 * 1024);
-        let body = limited.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        return Err(serde_json::from_slice::<HrpcError>(&body).unwrap_or_else(|_| {
-            HrpcError::unavailable(format!("the cluster's manager answered {status}"))
-        }));
+        let body = limited
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Err(
+            serde_json::from_slice::<HrpcError>(&body).unwrap_or_else(|_| {
+                HrpcError::unavailable(format!("the cluster's manager answered {status}"))
+            }),
+        );
     }
     Ok((tx, response.into_body()))
 }
@@ -288,8 +302,11 @@ mod tests {
     #[test]
     fn exec_queries_parse_and_bad_ones_are_refused() {
         let id = Uuid::nil();
-        let r = exec_request(id, "cmd=sh&cmd=-c&cmd=echo%20a%26b&tty=1&stdin=true&cols=80&rows=24")
-            .unwrap();
+        let r = exec_request(
+            id,
+            "cmd=sh&cmd=-c&cmd=echo%20a%26b&tty=1&stdin=true&cols=80&rows=24",
+        )
+        .unwrap();
         assert_eq!(r.command, ["sh", "-c", "echo a&b"]);
         assert!(r.tty && r.stdin);
         assert_eq!(r.size, Some(TerminalSize { cols: 80, rows: 24 }));

@@ -137,7 +137,9 @@ struct Ended {
 /// Why the session must end on a change, if it must.
 fn ends_session(change: &Change, workspace: Uuid, cluster: Uuid) -> Option<&'static str> {
     match change {
-        Change::Workspace(c) if c.workspace_id == workspace && c.status != WorkspaceStatus::Running => {
+        Change::Workspace(c)
+            if c.workspace_id == workspace && c.status != WorkspaceStatus::Running =>
+        {
             Some("the workspace stopped")
         }
         Change::TokenRevoked { cluster_id, .. } if *cluster_id == cluster => {
@@ -243,7 +245,11 @@ async fn bridge(
     let mut ended = Ended {
         bytes_in: bytes_in.load(Ordering::Relaxed),
         bytes_out: bytes_out.load(Ordering::Relaxed),
-        reason: if reason.is_empty() { "ended".into() } else { reason.clone() },
+        reason: if reason.is_empty() {
+            "ended".into()
+        } else {
+            reason.clone()
+        },
         clean,
     };
     if code == 0 {

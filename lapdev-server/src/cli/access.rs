@@ -40,9 +40,8 @@ pub struct Endpoint {
     pub token: String,
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl Endpoint {
     /// Opens `/api/v1/workspaces/{workspace}/{kind}?{query}`.
@@ -125,7 +124,11 @@ pub async fn exec(
     let ws = endpoint.connect(workspace, "exec", &query.finish()).await?;
     // Raw mode from here on, restored when `_raw` drops (every return path,
     // and unwinding).
-    let _raw = if tty { terminal::RawMode::enter() } else { None };
+    let _raw = if tty {
+        terminal::RawMode::enter()
+    } else {
+        None
+    };
     let (mut tx, mut rx) = ws.split();
     let (frames_tx, mut frames_rx) = tokio::sync::mpsc::channel::<Frame>(8);
     if stdin {
@@ -316,7 +319,11 @@ pub async fn port_forward(
     }
     // Check the workspace before listening, so a stopped one fails at once.
     let probe = endpoint
-        .connect(workspace, "portforward", &format!("port={}", specs[0].remote))
+        .connect(
+            workspace,
+            "portforward",
+            &format!("port={}", specs[0].remote),
+        )
         .await?;
     drop(probe);
     let mut tasks = tokio::task::JoinSet::new();
@@ -464,7 +471,10 @@ mod tests {
         );
         assert_eq!(
             "0:22".parse::<PortSpec>(),
-            Ok(PortSpec { local: 0, remote: 22 })
+            Ok(PortSpec {
+                local: 0,
+                remote: 22
+            })
         );
         assert!("x:22".parse::<PortSpec>().is_err());
         assert!("22:0".parse::<PortSpec>().is_err());

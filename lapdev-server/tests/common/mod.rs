@@ -76,7 +76,10 @@ impl TestServer {
         let database = TestDatabase::postgres().await;
         let data_dir = tempfile::tempdir().unwrap();
         let server = Server::start_with_streams(
-            config(data_dir.path().join("data"), Some(database.url().to_owned())),
+            config(
+                data_dir.path().join("data"),
+                Some(database.url().to_owned()),
+            ),
             lapdev_server::config::LimitsConfig::default(),
             Some(streams),
         )
