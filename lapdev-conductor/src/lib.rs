@@ -64,11 +64,13 @@
 //! server implements with its tunnel registry.
 
 pub mod backoff;
+mod dispatch;
 pub mod placement;
 mod tombstones;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,6 +85,11 @@ use uuid::Uuid;
 
 use crate::backoff::Clock;
 use crate::placement::{Candidate, PlacementError, PlacementRequest};
+
+/// How many times a user action reads and writes a workspace before a version
+/// conflict reaches the user (each conflict means someone else's write landed,
+/// so five in a row means the row is hot, not that the action is wrong).
+const USER_ACTION_TRIES: u32 = 5;
 
 /// How the conductor reaches a cluster's manager.
 pub trait ManagerConnector: Send + Sync + 'static {
@@ -120,6 +127,11 @@ pub struct ConductorConfig {
     /// change feed drops the snapshot at once, so this only bounds how late
     /// placement sees workspaces stopped or deleted by their managers.
     pub placement_cache_ttl: Duration,
+    /// Most workspace steps (each at most one manager call) running at once.
+    pub max_concurrent_steps: usize,
+    /// Most steps running at once for one organisation, so a slow cluster holds
+    /// only its own organisation's slots (see the `dispatch` module).
+    pub max_concurrent_steps_per_org: usize,
 }
 
 impl Default for ConductorConfig {
@@ -132,6 +144,8 @@ impl Default for ConductorConfig {
             clock: Clock::default(),
             workspace_namespace: "lapdev-workspaces".to_owned(),
             placement_cache_ttl: Duration::from_secs(5),
+            max_concurrent_steps: 64,
+            max_concurrent_steps_per_org: 16,
         }
     }
 }
@@ -222,8 +236,11 @@ struct Inner {
     // The database's change feed, drained before the snapshot is used.
     changes: Mutex<broadcast::Receiver<Change>>,
     placement_hook: Mutex<Option<PlacementHook>>,
+    action_hook: Mutex<Option<PlacementHook>>,
     wake: Notify,
-    in_flight: Mutex<HashSet<Uuid>>,
+    dispatch: dispatch::Dispatcher,
+    // A tombstone clean-up is running (the run loop starts at most one).
+    cleaning: AtomicBool,
     // Clusters that refused a workspace, tried last (or not at all) next time.
     refused: Mutex<HashMap<Uuid, HashSet<Uuid>>>,
 }
@@ -258,8 +275,10 @@ impl Conductor {
                 changes,
                 placement_hook: Mutex::new(None),
                 placement: tokio::sync::Mutex::new(HashMap::new()),
+                action_hook: Mutex::new(None),
                 wake: Notify::new(),
-                in_flight: Mutex::default(),
+                dispatch: dispatch::Dispatcher::default(),
+                cleaning: AtomicBool::new(false),
                 refused: Mutex::default(),
             }),
         }
@@ -344,15 +363,53 @@ impl Conductor {
         &self.inner.config.clock
     }
 
+    /// Installs a hook awaited by user actions ([`Conductor::set_desired_state`])
+    /// between reading the workspace and writing it (a test seam: it lets a test
+    /// write the row in between, as the reconciler might).
+    pub fn set_action_hook(&self, hook: PlacementHook) {
+        *lock(&self.inner.action_hook) = Some(hook);
+    }
+
     /// Sets what the user wants (`running`, `stopped`, `deleted`) and wakes the
-    /// reconciler.
+    /// reconciler. A version conflict (the reconciler or a manager's report wrote
+    /// the row between the read and the write) is retried here with the row read
+    /// again, so the user never sees it.
     pub async fn set_desired_state(
         &self,
         org_id: Uuid,
         workspace_id: Uuid,
         desired: DesiredState,
     ) -> Result<Workspace, ConductorError> {
+        let mut attempt = 0;
+        let ws = loop {
+            attempt += 1;
+            match self
+                .try_set_desired_state(org_id, workspace_id, desired)
+                .await
+            {
+                Err(ConductorError::Db(DbError::Conflict { .. }))
+                    if attempt < USER_ACTION_TRIES =>
+                {
+                    tracing::debug!(workspace_id = %workspace_id, attempt, "workspace written meanwhile; trying again");
+                }
+                other => break other?,
+            }
+        };
+        self.inner.wake.notify_one();
+        Ok(ws)
+    }
+
+    async fn try_set_desired_state(
+        &self,
+        org_id: Uuid,
+        workspace_id: Uuid,
+        desired: DesiredState,
+    ) -> Result<Workspace, ConductorError> {
         let ws = self.inner.db.get_workspace(org_id, workspace_id).await?;
+        let hook = lock(&self.inner.action_hook).clone();
+        if let Some(hook) = hook {
+            hook(workspace_id).await;
+        }
         let mut ws = self
             .inner
             .db
@@ -379,18 +436,23 @@ impl Conductor {
                 )
                 .await?;
         }
-        self.inner.wake.notify_one();
         Ok(ws)
     }
 
-    /// Runs the reconciler until `shutdown` resolves.
+    /// Runs the reconciler until `shutdown` resolves. Each round queues the
+    /// workspaces that are due and returns to waiting at once: steps run in the
+    /// background under the caps of [`ConductorConfig::max_concurrent_steps`]
+    /// and [`ConductorConfig::max_concurrent_steps_per_org`], so no round waits
+    /// for a slow manager. Steps still running at shutdown are dropped with the
+    /// runtime; the database says what is left, and the next start resumes it.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         // A cluster that connects may have tombstones to clean up, and a
         // workspace that newly failed may need a repair announced: look at once.
         let mut changes = self.inner.db.subscribe();
         loop {
-            self.reconcile_once().await;
+            self.spawn_tombstone_cleanup();
+            self.queue_due().await;
             let next_round = tokio::time::Instant::now() + self.inner.config.reconcile_interval;
             loop {
                 tokio::select! {
@@ -411,34 +473,39 @@ impl Conductor {
         }
     }
 
-    /// Drives every unsettled workspace that is due one step (concurrently),
-    /// skipping those already being driven, and cleans up tombstones on connected
-    /// clusters. Returns how many workspaces were driven.
+    /// Drives every unsettled workspace that is due one step (under the same
+    /// caps as [`Conductor::run`]), skipping those already queued or being
+    /// driven, and cleans up tombstones on connected clusters; returns when the
+    /// steps it queued are done, with how many it queued.
     pub async fn reconcile_once(&self) -> usize {
         self.clean_tombstones().await;
+        let queued = self.queue_due().await;
+        self.wait_finished(&queued).await;
+        queued.len()
+    }
+
+    /// Queues every unsettled workspace that is due; returns the ids queued.
+    async fn queue_due(&self) -> Vec<Uuid> {
         let now = self.inner.config.clock.now();
-        let unsettled = match self.inner.db.list_unsettled_workspaces(now).await {
-            Ok(w) => w,
+        match self.inner.db.list_unsettled_workspaces(now).await {
+            Ok(unsettled) => self.enqueue(unsettled),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list unsettled workspaces");
-                return 0;
+                Vec::new()
             }
-        };
-        let mut tasks = tokio::task::JoinSet::new();
-        for ws in unsettled {
-            if !lock(&self.inner.in_flight).insert(ws.id) {
-                continue;
-            }
-            let this = self.clone();
-            tasks.spawn(async move {
-                let id = ws.id;
-                this.drive(ws).await;
-                lock(&this.inner.in_flight).remove(&id);
-            });
         }
-        let driven = tasks.len();
-        while tasks.join_next().await.is_some() {}
-        driven
+    }
+
+    /// Starts a tombstone clean-up in the background unless one is running.
+    fn spawn_tombstone_cleanup(&self) {
+        if self.inner.cleaning.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.clean_tombstones().await;
+            this.inner.cleaning.store(false, Ordering::Release);
+        });
     }
 
     /// Makes every waiting workspace due now (an admin's "retry now", and tests).
