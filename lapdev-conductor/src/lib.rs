@@ -835,20 +835,15 @@ impl Conductor {
             WorkspaceReason::OOMKilled => "out of memory",
             _ => "pod ended",
         });
-        let detail = ws
-            .status_message
-            .as_deref()
-            .and_then(|m| m.split("; new pod").next())
-            .filter(|m| !m.is_empty())
-            .map_or(String::new(), |m| format!(": {m}"));
+        let head = repair_head(what, ws.status_message.as_deref());
         if ws.next_attempt_at.is_none() {
-            let (next, delay) = self.next_backoff(ws);
+            let (next, _) = self.next_backoff(ws);
             let change = WorkspaceTransition {
                 backoff: Some(next),
                 ..WorkspaceTransition::to(WorkspaceStatus::Failed)
                     .message(format!(
-                        "{what}{detail}; new pod in {} (attempt {})",
-                        backoff::human(delay),
+                        "{head}; new pod at {} (attempt {})",
+                        backoff::at(next.next_attempt_at),
                         next.attempts
                     ))
                     .reason(ws.status_reason.clone())
@@ -868,7 +863,7 @@ impl Conductor {
             repair: true,
             ..WorkspaceTransition::to(WorkspaceStatus::Creating)
                 .message(format!(
-                    "{what}{detail}; new pod requested (attempt {})",
+                    "{head}; new pod requested (attempt {})",
                     ws.repair_attempts.max(1)
                 ))
                 .reason(ws.status_reason.clone())
@@ -1065,7 +1060,7 @@ impl Conductor {
             }
             return;
         }
-        let (next, delay) = self.next_backoff(&current);
+        let (next, _) = self.next_backoff(&current);
         let status = if failure.reason == Some(WorkspaceReason::CreateRefused)
             && workspace_transition_ok(current.status, WorkspaceStatus::Failed)
         {
@@ -1078,9 +1073,9 @@ impl Conductor {
             backoff: Some(next),
             ..WorkspaceTransition::to(status)
                 .message(format!(
-                    "{}; retry in {} (attempt {})",
+                    "{}; retry at {} (attempt {})",
                     failure.message,
-                    backoff::human(delay),
+                    backoff::at(next.next_attempt_at),
                     next.attempts
                 ))
                 .reason(reason)
@@ -1092,6 +1087,32 @@ impl Conductor {
             .await;
     }
 }
+
+/// What a repair message starts with: the manager's own account of the ended
+/// pod when it gives one (it already says "the pod was evicted: …"), else the
+/// short `what` with whatever detail was stored; never the plan of an earlier
+/// announcement.
+fn repair_head(what: &str, stored: Option<&str>) -> String {
+    let detail = stored
+        .and_then(|m| m.split("; new pod").next())
+        .map(str::trim)
+        .filter(|m| !m.is_empty());
+    match detail {
+        None => what.to_owned(),
+        Some(d) if MANAGER_HEADS.iter().any(|h| d.starts_with(h)) || d.starts_with(what) => {
+            d.to_owned()
+        }
+        Some(d) => format!("{what}: {d}"),
+    }
+}
+
+/// How the manager begins the message of a pod that ended
+/// (`lapdev-kube-manager/src/observe.rs`).
+const MANAGER_HEADS: [&str; 3] = [
+    "the pod was evicted",
+    "the container was killed",
+    "the pod ended",
+];
 
 fn workspace_transition_ok(from: WorkspaceStatus, to: WorkspaceStatus) -> bool {
     lapdev_db::workspace_transition_allowed(from, to)
@@ -1228,4 +1249,29 @@ fn validate(req: &CreateWorkspace) -> Result<(), ConductorError> {
 /// why a cluster is skipped).
 pub fn status_is_placeable(status: ClusterStatus) -> bool {
     status == ClusterStatus::Connected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repair_head;
+
+    #[test]
+    fn a_repair_message_names_what_happened_once() {
+        // The manager's own account is kept as it is, not prefixed again.
+        let manager = "the pod was evicted: The node was low on resource: memory";
+        assert_eq!(repair_head("pod evicted", Some(manager)), manager);
+        let oom = "the container was killed for exceeding its memory limit (exit code 137)";
+        assert_eq!(repair_head("out of memory", Some(oom)), oom);
+        // A bare detail gets the short head; an earlier plan is dropped.
+        assert_eq!(
+            repair_head("pod evicted", Some("low memory; new pod at 2026-11-30T03:15:42Z (attempt 1)")),
+            "pod evicted: low memory"
+        );
+        assert_eq!(
+            repair_head("pod evicted", Some("pod evicted: low memory; new pod requested (attempt 1)")),
+            "pod evicted: low memory"
+        );
+        assert_eq!(repair_head("pod ended", None), "pod ended");
+        assert_eq!(repair_head("pod ended", Some("")), "pod ended");
+    }
 }

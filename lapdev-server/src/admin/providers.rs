@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::api::{ClusterView, ProviderView};
-use super::service::{ManifestDefaults, cluster_view};
+use super::service::{ManifestDefaults, cluster_delete_error, cluster_in_use, cluster_view};
 use crate::jwt::AdminIdentity;
 
 /// How long adding a provider waits for the credential check.
@@ -1014,11 +1014,9 @@ impl ProviderRpc for ProviderService {
             .await
             .map_err(db_error)?;
         let Some(provider_id) = cluster.provider_id.filter(|_| !keep_in_provider) else {
-            self.inner
-                .db
-                .delete_cluster(org, cluster.id)
-                .await
-                .map_err(db_error)?;
+            if let Err(e) = self.inner.db.delete_cluster(org, cluster.id).await {
+                return Err(cluster_delete_error(&self.inner.db, org, &cluster, e).await);
+            }
             self.inner.kube.cluster_deleted(cluster.id);
             return Ok(None);
         };
@@ -1048,10 +1046,8 @@ impl ProviderRpc for ProviderService {
             .await
             .map_err(db_error)?;
         if !workspaces.is_empty() {
-            return Err(HrpcError::failed_precondition(format!(
-                "cluster {name:?} still has {} workspace(s); delete them first",
-                workspaces.len()
-            )));
+            let names: Vec<String> = workspaces.into_iter().map(|w| w.name).collect();
+            return Err(cluster_in_use(&name, &names));
         }
         let client = self.client_for(&row).await?;
         self.set_status(org, cluster.id, ClusterStatus::Deleting)
