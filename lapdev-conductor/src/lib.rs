@@ -1264,11 +1264,17 @@ mod tests {
         assert_eq!(repair_head("out of memory", Some(oom)), oom);
         // A bare detail gets the short head; an earlier plan is dropped.
         assert_eq!(
-            repair_head("pod evicted", Some("low memory; new pod at 2026-11-30T03:15:42Z (attempt 1)")),
+            repair_head(
+                "pod evicted",
+                Some("low memory; new pod at 2026-11-30T03:15:42Z (attempt 1)")
+            ),
             "pod evicted: low memory"
         );
         assert_eq!(
-            repair_head("pod evicted", Some("pod evicted: low memory; new pod requested (attempt 1)")),
+            repair_head(
+                "pod evicted",
+                Some("pod evicted: low memory; new pod requested (attempt 1)")
+            ),
             "pod evicted: low memory"
         );
         assert_eq!(repair_head("pod ended", None), "pod ended");

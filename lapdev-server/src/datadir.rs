@@ -176,7 +176,9 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::open(tmp.path()).unwrap();
-        let db = lapdev_db::connect(&dir.sqlite_url().unwrap()).await.unwrap();
+        let db = lapdev_db::connect(&dir.sqlite_url().unwrap())
+            .await
+            .unwrap();
         db.create_organization("acme").await.unwrap();
         for file in ["lapdev.db", "lapdev.db-wal", "lapdev.db-shm"] {
             let path = tmp.path().join(file);

@@ -9,9 +9,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use lapdev_common::status::CloudProvider;
 use lapdev_common::status::SecurityProfile;
-use lapdev_db::{
-    Cluster, ClusterToken, CredentialKey, Db, DbError, NewCluster, NewClusterToken,
-};
+use lapdev_db::{Cluster, ClusterToken, CredentialKey, Db, DbError, NewCluster, NewClusterToken};
 use lapdev_hrpc::{Context, HrpcError};
 use lapdev_kube::db_error;
 use lapdev_kube::manifest::{ManifestParams, render_manifest};
