@@ -20,6 +20,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod conn_class;
 pub mod connector;
 pub mod datadir;
 pub mod jwt;
