@@ -6,8 +6,11 @@
 //!   encrypted at rest and never returned or logged.
 //! - A provider's clusters as the provider sees them (`list_provider_clusters`),
 //!   and importing one as a `kube_cluster` row (external id = the GKE self link).
-//! - Creating a cluster through the provider: the row is `provisioning` while GKE
-//!   works, `pending` once GKE says it is running, and `connected` when the manager
+//! - Creating a cluster through the provider: the row is written first
+//!   (`provisioning`, named by location and cluster: the intent), then GKE is
+//!   asked; a refusal removes the row, so a failed insert never leaves a
+//!   cluster nobody tracks and a stop in between is picked up by `resume`. The
+//!   row stays `provisioning` while GKE works, `pending` once GKE says it is running, and `connected` when the manager
 //!   reports. The manager is installed automatically: the server builds a kube client
 //!   from the cluster's endpoint, CA and an access token from the service account,
 //!   and applies the manager's objects with server-side apply.
