@@ -58,6 +58,16 @@ fn rand_fraction() -> f64 {
     (h.finish() % 10_000) as f64 / 10_000.0
 }
 
+/// When, for stored status messages: an absolute UTC time to the second
+/// (`2026-11-30T03:15:42Z`), which stays true however late it is read; "now"
+/// when there is no time.
+pub fn at(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map_or_else(
+        || "now".to_owned(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+}
+
 /// "40 s", "3 min", "10 min": how long, for status messages.
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();

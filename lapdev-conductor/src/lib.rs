@@ -64,11 +64,13 @@
 //! server implements with its tunnel registry.
 
 pub mod backoff;
+mod dispatch;
 pub mod placement;
 mod tombstones;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,6 +85,11 @@ use uuid::Uuid;
 
 use crate::backoff::Clock;
 use crate::placement::{Candidate, PlacementError, PlacementRequest};
+
+/// How many times a user action reads and writes a workspace before a version
+/// conflict reaches the user (each conflict means someone else's write landed,
+/// so five in a row means the row is hot, not that the action is wrong).
+const USER_ACTION_TRIES: u32 = 5;
 
 /// How the conductor reaches a cluster's manager.
 pub trait ManagerConnector: Send + Sync + 'static {
@@ -120,6 +127,11 @@ pub struct ConductorConfig {
     /// change feed drops the snapshot at once, so this only bounds how late
     /// placement sees workspaces stopped or deleted by their managers.
     pub placement_cache_ttl: Duration,
+    /// Most workspace steps (each at most one manager call) running at once.
+    pub max_concurrent_steps: usize,
+    /// Most steps running at once for one organisation, so a slow cluster holds
+    /// only its own organisation's slots (see the `dispatch` module).
+    pub max_concurrent_steps_per_org: usize,
 }
 
 impl Default for ConductorConfig {
@@ -132,6 +144,8 @@ impl Default for ConductorConfig {
             clock: Clock::default(),
             workspace_namespace: "lapdev-workspaces".to_owned(),
             placement_cache_ttl: Duration::from_secs(5),
+            max_concurrent_steps: 64,
+            max_concurrent_steps_per_org: 16,
         }
     }
 }
@@ -222,8 +236,11 @@ struct Inner {
     // The database's change feed, drained before the snapshot is used.
     changes: Mutex<broadcast::Receiver<Change>>,
     placement_hook: Mutex<Option<PlacementHook>>,
+    action_hook: Mutex<Option<PlacementHook>>,
     wake: Notify,
-    in_flight: Mutex<HashSet<Uuid>>,
+    dispatch: dispatch::Dispatcher,
+    // A tombstone clean-up is running (the run loop starts at most one).
+    cleaning: AtomicBool,
     // Clusters that refused a workspace, tried last (or not at all) next time.
     refused: Mutex<HashMap<Uuid, HashSet<Uuid>>>,
 }
@@ -258,8 +275,10 @@ impl Conductor {
                 changes,
                 placement_hook: Mutex::new(None),
                 placement: tokio::sync::Mutex::new(HashMap::new()),
+                action_hook: Mutex::new(None),
                 wake: Notify::new(),
-                in_flight: Mutex::default(),
+                dispatch: dispatch::Dispatcher::default(),
+                cleaning: AtomicBool::new(false),
                 refused: Mutex::default(),
             }),
         }
@@ -344,15 +363,53 @@ impl Conductor {
         &self.inner.config.clock
     }
 
+    /// Installs a hook awaited by user actions ([`Conductor::set_desired_state`])
+    /// between reading the workspace and writing it (a test seam: it lets a test
+    /// write the row in between, as the reconciler might).
+    pub fn set_action_hook(&self, hook: PlacementHook) {
+        *lock(&self.inner.action_hook) = Some(hook);
+    }
+
     /// Sets what the user wants (`running`, `stopped`, `deleted`) and wakes the
-    /// reconciler.
+    /// reconciler. A version conflict (the reconciler or a manager's report wrote
+    /// the row between the read and the write) is retried here with the row read
+    /// again, so the user never sees it.
     pub async fn set_desired_state(
         &self,
         org_id: Uuid,
         workspace_id: Uuid,
         desired: DesiredState,
     ) -> Result<Workspace, ConductorError> {
+        let mut attempt = 0;
+        let ws = loop {
+            attempt += 1;
+            match self
+                .try_set_desired_state(org_id, workspace_id, desired)
+                .await
+            {
+                Err(ConductorError::Db(DbError::Conflict { .. }))
+                    if attempt < USER_ACTION_TRIES =>
+                {
+                    tracing::debug!(workspace_id = %workspace_id, attempt, "workspace written meanwhile; trying again");
+                }
+                other => break other?,
+            }
+        };
+        self.inner.wake.notify_one();
+        Ok(ws)
+    }
+
+    async fn try_set_desired_state(
+        &self,
+        org_id: Uuid,
+        workspace_id: Uuid,
+        desired: DesiredState,
+    ) -> Result<Workspace, ConductorError> {
         let ws = self.inner.db.get_workspace(org_id, workspace_id).await?;
+        let hook = lock(&self.inner.action_hook).clone();
+        if let Some(hook) = hook {
+            hook(workspace_id).await;
+        }
         let mut ws = self
             .inner
             .db
@@ -379,18 +436,23 @@ impl Conductor {
                 )
                 .await?;
         }
-        self.inner.wake.notify_one();
         Ok(ws)
     }
 
-    /// Runs the reconciler until `shutdown` resolves.
+    /// Runs the reconciler until `shutdown` resolves. Each round queues the
+    /// workspaces that are due and returns to waiting at once: steps run in the
+    /// background under the caps of [`ConductorConfig::max_concurrent_steps`]
+    /// and [`ConductorConfig::max_concurrent_steps_per_org`], so no round waits
+    /// for a slow manager. Steps still running at shutdown are dropped with the
+    /// runtime; the database says what is left, and the next start resumes it.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         // A cluster that connects may have tombstones to clean up, and a
         // workspace that newly failed may need a repair announced: look at once.
         let mut changes = self.inner.db.subscribe();
         loop {
-            self.reconcile_once().await;
+            self.spawn_tombstone_cleanup();
+            self.queue_due().await;
             let next_round = tokio::time::Instant::now() + self.inner.config.reconcile_interval;
             loop {
                 tokio::select! {
@@ -411,34 +473,39 @@ impl Conductor {
         }
     }
 
-    /// Drives every unsettled workspace that is due one step (concurrently),
-    /// skipping those already being driven, and cleans up tombstones on connected
-    /// clusters. Returns how many workspaces were driven.
+    /// Drives every unsettled workspace that is due one step (under the same
+    /// caps as [`Conductor::run`]), skipping those already queued or being
+    /// driven, and cleans up tombstones on connected clusters; returns when the
+    /// steps it queued are done, with how many it queued.
     pub async fn reconcile_once(&self) -> usize {
         self.clean_tombstones().await;
+        let queued = self.queue_due().await;
+        self.wait_finished(&queued).await;
+        queued.len()
+    }
+
+    /// Queues every unsettled workspace that is due; returns the ids queued.
+    async fn queue_due(&self) -> Vec<Uuid> {
         let now = self.inner.config.clock.now();
-        let unsettled = match self.inner.db.list_unsettled_workspaces(now).await {
-            Ok(w) => w,
+        match self.inner.db.list_unsettled_workspaces(now).await {
+            Ok(unsettled) => self.enqueue(unsettled),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list unsettled workspaces");
-                return 0;
+                Vec::new()
             }
-        };
-        let mut tasks = tokio::task::JoinSet::new();
-        for ws in unsettled {
-            if !lock(&self.inner.in_flight).insert(ws.id) {
-                continue;
-            }
-            let this = self.clone();
-            tasks.spawn(async move {
-                let id = ws.id;
-                this.drive(ws).await;
-                lock(&this.inner.in_flight).remove(&id);
-            });
         }
-        let driven = tasks.len();
-        while tasks.join_next().await.is_some() {}
-        driven
+    }
+
+    /// Starts a tombstone clean-up in the background unless one is running.
+    fn spawn_tombstone_cleanup(&self) {
+        if self.inner.cleaning.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.clean_tombstones().await;
+            this.inner.cleaning.store(false, Ordering::Release);
+        });
     }
 
     /// Makes every waiting workspace due now (an admin's "retry now", and tests).
@@ -768,20 +835,15 @@ impl Conductor {
             WorkspaceReason::OOMKilled => "out of memory",
             _ => "pod ended",
         });
-        let detail = ws
-            .status_message
-            .as_deref()
-            .and_then(|m| m.split("; new pod").next())
-            .filter(|m| !m.is_empty())
-            .map_or(String::new(), |m| format!(": {m}"));
+        let head = repair_head(what, ws.status_message.as_deref());
         if ws.next_attempt_at.is_none() {
-            let (next, delay) = self.next_backoff(ws);
+            let (next, _) = self.next_backoff(ws);
             let change = WorkspaceTransition {
                 backoff: Some(next),
                 ..WorkspaceTransition::to(WorkspaceStatus::Failed)
                     .message(format!(
-                        "{what}{detail}; new pod in {} (attempt {})",
-                        backoff::human(delay),
+                        "{head}; new pod at {} (attempt {})",
+                        backoff::at(next.next_attempt_at),
                         next.attempts
                     ))
                     .reason(ws.status_reason.clone())
@@ -801,7 +863,7 @@ impl Conductor {
             repair: true,
             ..WorkspaceTransition::to(WorkspaceStatus::Creating)
                 .message(format!(
-                    "{what}{detail}; new pod requested (attempt {})",
+                    "{head}; new pod requested (attempt {})",
                     ws.repair_attempts.max(1)
                 ))
                 .reason(ws.status_reason.clone())
@@ -998,7 +1060,7 @@ impl Conductor {
             }
             return;
         }
-        let (next, delay) = self.next_backoff(&current);
+        let (next, _) = self.next_backoff(&current);
         let status = if failure.reason == Some(WorkspaceReason::CreateRefused)
             && workspace_transition_ok(current.status, WorkspaceStatus::Failed)
         {
@@ -1011,9 +1073,9 @@ impl Conductor {
             backoff: Some(next),
             ..WorkspaceTransition::to(status)
                 .message(format!(
-                    "{}; retry in {} (attempt {})",
+                    "{}; retry at {} (attempt {})",
                     failure.message,
-                    backoff::human(delay),
+                    backoff::at(next.next_attempt_at),
                     next.attempts
                 ))
                 .reason(reason)
@@ -1025,6 +1087,32 @@ impl Conductor {
             .await;
     }
 }
+
+/// What a repair message starts with: the manager's own account of the ended
+/// pod when it gives one (it already says "the pod was evicted: …"), else the
+/// short `what` with whatever detail was stored; never the plan of an earlier
+/// announcement.
+fn repair_head(what: &str, stored: Option<&str>) -> String {
+    let detail = stored
+        .and_then(|m| m.split("; new pod").next())
+        .map(str::trim)
+        .filter(|m| !m.is_empty());
+    match detail {
+        None => what.to_owned(),
+        Some(d) if MANAGER_HEADS.iter().any(|h| d.starts_with(h)) || d.starts_with(what) => {
+            d.to_owned()
+        }
+        Some(d) => format!("{what}: {d}"),
+    }
+}
+
+/// How the manager begins the message of a pod that ended
+/// (`lapdev-kube-manager/src/observe.rs`).
+const MANAGER_HEADS: [&str; 3] = [
+    "the pod was evicted",
+    "the container was killed",
+    "the pod ended",
+];
 
 fn workspace_transition_ok(from: WorkspaceStatus, to: WorkspaceStatus) -> bool {
     lapdev_db::workspace_transition_allowed(from, to)
@@ -1161,4 +1249,35 @@ fn validate(req: &CreateWorkspace) -> Result<(), ConductorError> {
 /// why a cluster is skipped).
 pub fn status_is_placeable(status: ClusterStatus) -> bool {
     status == ClusterStatus::Connected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repair_head;
+
+    #[test]
+    fn a_repair_message_names_what_happened_once() {
+        // The manager's own account is kept as it is, not prefixed again.
+        let manager = "the pod was evicted: The node was low on resource: memory";
+        assert_eq!(repair_head("pod evicted", Some(manager)), manager);
+        let oom = "the container was killed for exceeding its memory limit (exit code 137)";
+        assert_eq!(repair_head("out of memory", Some(oom)), oom);
+        // A bare detail gets the short head; an earlier plan is dropped.
+        assert_eq!(
+            repair_head(
+                "pod evicted",
+                Some("low memory; new pod at 2026-11-30T03:15:42Z (attempt 1)")
+            ),
+            "pod evicted: low memory"
+        );
+        assert_eq!(
+            repair_head(
+                "pod evicted",
+                Some("pod evicted: low memory; new pod requested (attempt 1)")
+            ),
+            "pod evicted: low memory"
+        );
+        assert_eq!(repair_head("pod ended", None), "pod ended");
+        assert_eq!(repair_head("pod ended", Some("")), "pod ended");
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Env, Mode, env_with};
 use lapdev_common::reason::WorkspaceReason;
 use lapdev_common::status::{DesiredState, WorkspaceStatus};
-use lapdev_conductor::{Conductor, ConductorConfig};
+use lapdev_conductor::{Conductor, ConductorConfig, backoff};
 use lapdev_db::{Backoff, WorkspaceTransition};
 use tokio::sync::{Notify, oneshot};
 use uuid::Uuid;
@@ -95,11 +95,13 @@ async fn an_evicted_workspace_gets_a_new_pod_after_its_backoff() {
     let ws = e.get(id).await;
     assert_eq!(ws.status, WorkspaceStatus::Failed);
     assert_eq!(ws.repair_attempts, 1);
-    let message = ws.status_message.unwrap();
-    assert!(
-        message.starts_with("pod evicted: the node was low on memory; new pod in 1")
-            && message.ends_with("(attempt 1)"),
-        "{message}"
+    // The plan is stored as an absolute time, true however late it is read.
+    assert_eq!(
+        ws.status_message.unwrap(),
+        format!(
+            "pod evicted: the node was low on memory; new pod at {} (attempt 1)",
+            backoff::at(ws.next_attempt_at)
+        )
     );
     assert_eq!(Env::count(&manager, "start"), 0);
 
@@ -132,13 +134,12 @@ async fn an_evicted_workspace_gets_a_new_pod_after_its_backoff() {
     e.conductor.reconcile_once().await;
     let ws = e.get(id).await;
     assert_eq!(ws.repair_attempts, 2);
-    assert!(
-        ws.status_message
-            .as_deref()
-            .unwrap()
-            .contains("new pod in 2"),
-        "{:?}",
-        ws.status_message
+    assert_eq!(
+        ws.status_message.unwrap(),
+        format!(
+            "pod evicted; new pod at {} (attempt 2)",
+            backoff::at(ws.next_attempt_at)
+        )
     );
     e.conductor.clock().advance(Duration::from_secs(13));
     e.conductor.reconcile_once().await;
@@ -235,7 +236,8 @@ async fn a_refused_restart_keeps_the_workspace_on_its_cluster() {
     assert_eq!(ws.status_reason, Some(WorkspaceReason::CreateRefused));
     let message = ws.status_message.unwrap();
     assert!(
-        message.contains("exceeded quota") && message.contains("retry in 1"),
+        message.contains("exceeded quota")
+            && message.contains(&format!("retry at {}", backoff::at(ws.next_attempt_at))),
         "{message}"
     );
     assert_eq!(Env::count(&manager, "delete"), 0, "nothing is removed");

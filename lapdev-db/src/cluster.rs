@@ -476,6 +476,23 @@ impl Db {
         Ok(())
     }
 
+    /// Records the provider's id of the cluster (its self link, once the
+    /// provider has accepted the create that the row announced).
+    pub async fn set_cluster_external_id(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        external_id: &str,
+    ) -> DbResult<()> {
+        use kube_cluster::Column as C;
+        let update = kube_cluster::Entity::update_many()
+            .col_expr(C::ExternalId, Expr::value(Some(external_id.to_owned())))
+            .col_expr(C::UpdatedAt, Expr::value(tz(now())));
+        self.update_live_cluster(org_id, id, update).await?;
+        self.cluster_changed(org_id, id);
+        Ok(())
+    }
+
     /// Records that the manager was last heard from at `at` (a flush of
     /// heartbeats kept in memory). Never moves the time backwards.
     pub async fn touch_cluster_seen_at(

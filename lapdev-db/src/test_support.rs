@@ -115,6 +115,32 @@ impl TestDatabase {
         guard
     }
 
+    /// Makes the database unavailable (`false`: new connections refused, open
+    /// ones terminated, as in an outage) or available again (`true`).
+    /// PostgreSQL only.
+    pub async fn set_available(&self, available: bool) {
+        let Backing::Postgres { admin_url, name } = &self.backing else {
+            panic!("set_available needs a PostgreSQL test database");
+        };
+        admin_execute(
+            admin_url,
+            &format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS {available}"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("changing the availability of {name} failed: {e}"));
+        if !available {
+            admin_execute(
+                admin_url,
+                &format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                ),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("ending the connections to {name} failed: {e}"));
+        }
+    }
+
     /// The repository handle.
     pub fn db(&self) -> &Db {
         &self.db

@@ -8,6 +8,15 @@
 //! (`POST {server}/rpc/KubeClusterRpc/...`), both with the cluster token header.
 //! After every (re)connect the first reports are the cluster info and a full
 //! snapshot, so nothing that changed while disconnected is lost.
+//!
+//! A call the server *answers* with an error saying it cannot serve it now
+//! (`unavailable`, `internal`, …: its database is away, say) does not end the
+//! session: the tunnel stays up, the report is kept and sent again after a
+//! short, growing delay ([`BUSY_RETRY_MIN`] doubling to [`BUSY_RETRY_MAX`]), and
+//! heartbeats go on. Only a lost connection (transport error, tunnel closed)
+//! makes the manager redial. A server that rejects the token (`401`/`403`: the
+//! cluster was deleted or its token revoked) is said so once in the log and
+//! asked again only every [`REJECTED_RETRY`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +44,12 @@ const REPORT_CONCURRENCY: usize = 8;
 const FIRST_PROBE_WAIT: Duration = Duration::from_secs(5);
 /// How long one call to the server may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// First wait before a report the server could not take now is sent again.
+pub const BUSY_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest such wait.
+pub const BUSY_RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long to wait before dialling again after the server rejected the token.
+pub const REJECTED_RETRY: Duration = Duration::from_secs(300);
 
 /// How to reach the server.
 #[derive(Debug, Clone)]
@@ -114,6 +129,8 @@ enum Ended {
     Closed(CloseReason),
     /// A call to the server failed.
     Call(String),
+    /// The server rejected the cluster token (deleted cluster, revoked token).
+    Rejected(String),
     /// Shutdown was requested.
     Shutdown,
 }
@@ -153,6 +170,8 @@ impl Manager {
     /// Connects, reports and reconnects until `shutdown`.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(250), self.settings.reconnect_max);
+        // Whether the current streak of token rejections has been logged.
+        let mut rejection_logged = false;
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -192,18 +211,42 @@ impl Manager {
                     let _ = run.await;
                     ended
                 }
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some(Code::Unauthenticated | Code::PermissionDenied)
+                    ) =>
+                {
+                    Ended::Rejected(format!("the tunnel was refused: {}", error_chain(&e)))
+                }
                 Err(e) => Ended::Call(format!("could not open the tunnel: {}", error_chain(&e))),
             };
-            match ended {
+            let delay = match ended {
                 Ended::Shutdown => return,
                 Ended::Closed(reason) => {
+                    rejection_logged = false;
                     tracing::warn!(%reason, "tunnel closed; reconnecting");
+                    backoff.next_delay()
                 }
                 Ended::Call(reason) => {
+                    rejection_logged = false;
                     tracing::warn!(error = %reason, "lost the server; reconnecting");
+                    backoff.next_delay()
                 }
-            }
-            let delay = backoff.next_delay();
+                Ended::Rejected(reason) => {
+                    if !rejection_logged {
+                        rejection_logged = true;
+                        tracing::error!(
+                            error = %reason,
+                            retry_secs = REJECTED_RETRY.as_secs(),
+                            "the server rejects this cluster's token: the cluster was deleted or \
+                             its token revoked or expired. Install a new token (`lapdev cluster \
+                             token create`); until then the manager asks again every few minutes"
+                        );
+                    }
+                    REJECTED_RETRY
+                }
+            };
             tracing::info!(
                 delay_ms = delay.as_millis() as u64,
                 "waiting before reconnecting"
@@ -230,6 +273,8 @@ impl Manager {
         let mut sent_info: Option<KubeClusterInfo> = None;
         let mut snapshot_sent = false;
         let mut next_heartbeat = Instant::now();
+        // While the server answers "not now", reports wait until this time.
+        let mut busy = Busy::default();
         // The first heartbeat says how things are, not "unknown yet": wait
         // (briefly) for the first probe of the Kubernetes API.
         if !self.tracker.probed() {
@@ -257,22 +302,32 @@ impl Manager {
                         self.connection.set(true);
                         Duration::from_secs(u64::from(reply.interval_secs.clamp(1, 300)))
                     }
-                    Err(e) => return Ended::Call(format!("heartbeat: {e}")),
+                    Err(e) => match busy.failed("heartbeat", e) {
+                        Ok(delay) => delay,
+                        Err(ended) => return ended,
+                    },
                 };
                 next_heartbeat = Instant::now() + interval;
             }
             let info = info_rx.borrow_and_update().clone();
-            if info.is_some() && info != sent_info {
-                if let Err(e) = self.client.report_cluster_info(info.clone().unwrap()).await {
-                    return Ended::Call(format!("reporting cluster info: {e}"));
+            if !busy.holding() && info.is_some() && info != sent_info {
+                match self.client.report_cluster_info(info.clone().unwrap()).await {
+                    Ok(()) => {
+                        busy.answered();
+                        tracing::info!(
+                            nodes = info.as_ref().map(|i| i.node_count),
+                            "cluster info reported"
+                        );
+                        sent_info = info;
+                    }
+                    Err(e) => {
+                        if let Err(ended) = busy.failed("reporting cluster info", e) {
+                            return ended;
+                        }
+                    }
                 }
-                tracing::info!(
-                    nodes = info.as_ref().map(|i| i.node_count),
-                    "cluster info reported"
-                );
-                sent_info = info;
             }
-            if !snapshot_sent && *synced_rx.borrow_and_update() {
+            if !busy.holding() && !snapshot_sent && *synced_rx.borrow_and_update() {
                 let snapshot = self.tracker.take_snapshot();
                 let count = snapshot.len();
                 // An empty snapshot is still sent: it says "nothing here".
@@ -281,12 +336,22 @@ impl Manager {
                 } else {
                     snapshot.chunks(SNAPSHOT_CHUNK).collect()
                 };
+                let mut failed = None;
                 for chunk in chunks {
                     if let Err(e) = self.client.report_workspace_snapshot(chunk.to_vec()).await {
-                        self.tracker.requeue(snapshot);
-                        return Ended::Call(format!("reporting the workspace snapshot: {e}"));
+                        failed = Some(e);
+                        break;
                     }
                 }
+                if let Some(e) = failed {
+                    self.tracker.requeue(snapshot);
+                    // Sent whole again when the server can take it.
+                    match busy.failed("reporting the workspace snapshot", e) {
+                        Ok(_) => continue,
+                        Err(ended) => return ended,
+                    }
+                }
+                busy.answered();
                 snapshot_sent = true;
                 backoff.reset();
                 let elapsed = started.elapsed();
@@ -298,13 +363,24 @@ impl Manager {
                     "workspace snapshot reported"
                 );
             }
-            if snapshot_sent && let Err(e) = self.report_changes().await {
-                return e;
+            if snapshot_sent && !busy.holding() {
+                match self.report_changes().await {
+                    Ok(0) => {}
+                    Ok(_) => busy.answered(),
+                    Err(e) => {
+                        if let Err(ended) = busy.failed("reporting workspace status", e) {
+                            return ended;
+                        }
+                    }
+                }
             }
+            let wake = busy
+                .until()
+                .map_or(next_heartbeat, |t| t.min(next_heartbeat));
             tokio::select! {
                 reason = &mut closed => return Ended::Closed(reason),
                 _ = shutdown.cancelled() => return Ended::Shutdown,
-                _ = tokio::time::sleep_until(next_heartbeat) => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 r = health_rx.changed() => {
                     if r.is_ok() {
                         // Say at once that the health changed.
@@ -320,12 +396,13 @@ impl Manager {
 
     /// Sends the queued workspace changes. A change the server refuses (e.g.
     /// a workspace it does not know) is dropped; a failed call puts the rest
-    /// back and ends the session.
-    async fn report_changes(&self) -> Result<(), Ended> {
+    /// back and returns the first failure. Returns how many were answered.
+    async fn report_changes(&self) -> Result<usize, CallError<HrpcError>> {
         let changes = self.tracker.take_changes();
         if changes.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
+        let count = changes.len();
         let results: Vec<(WorkspaceObservation, Result<(), CallError<HrpcError>>)> =
             futures::stream::iter(changes)
                 .map(|obs| async move {
@@ -346,17 +423,91 @@ impl Manager {
                     tracing::warn!(workspace_id = %obs.workspace_id, code = e.code.as_str(), error = %e.message, "the server refused a workspace report");
                 }
                 Err(e) => {
-                    reason.get_or_insert_with(|| format!("reporting workspace status: {e}"));
+                    if reason.is_none() {
+                        reason = Some(e);
+                    }
                     failed.push(obs);
                 }
             }
         }
         if let Some(reason) = reason {
             self.tracker.requeue(failed);
-            return Err(Ended::Call(reason));
+            return Err(reason);
         }
-        Ok(())
+        Ok(count)
     }
+}
+
+/// The server answered "not now": when reports may be sent again.
+#[derive(Debug, Default)]
+struct Busy {
+    /// Reports wait until then.
+    until: Option<Instant>,
+    /// The current wait (doubling while the server stays busy).
+    delay: Option<Duration>,
+}
+
+impl Busy {
+    /// Whether reports wait now.
+    fn holding(&self) -> bool {
+        self.until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn until(&self) -> Option<Instant> {
+        self.until.filter(|t| Instant::now() < *t)
+    }
+
+    /// A report went through: the server is back.
+    fn answered(&mut self) {
+        if self.delay.take().is_some() {
+            tracing::info!("the server takes reports again");
+        }
+        self.until = None;
+    }
+
+    /// Decides what a failed call means: the server answered that it cannot
+    /// do it now (keep the session, wait the returned delay), or the session
+    /// is over (lost connection, rejected token).
+    fn failed(&mut self, what: &str, e: CallError<HrpcError>) -> Result<Duration, Ended> {
+        match e {
+            CallError::Service(h) if server_busy(h.code) => {
+                let delay = match self.delay {
+                    None => {
+                        tracing::warn!(
+                            code = h.code.as_str(),
+                            error = %h.message,
+                            "{what}: the server cannot take it now; keeping the tunnel and trying again"
+                        );
+                        BUSY_RETRY_MIN
+                    }
+                    Some(d) => (d * 2).min(BUSY_RETRY_MAX),
+                };
+                self.delay = Some(delay);
+                self.until = Some(Instant::now() + delay);
+                metrics::counter!("lapdev_manager_server_busy_total").increment(1);
+                Ok(delay)
+            }
+            CallError::Service(h)
+                if matches!(h.code, Code::Unauthenticated | Code::PermissionDenied) =>
+            {
+                Err(Ended::Rejected(format!("{what}: {}", h.message)))
+            }
+            e => Err(Ended::Call(format!("{what}: {e}"))),
+        }
+    }
+}
+
+/// Codes with which a reachable server says it cannot serve a call now.
+fn server_busy(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Internal
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+    )
 }
 
 /// Codes after which the session is not worth keeping.

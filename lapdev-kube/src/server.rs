@@ -230,6 +230,14 @@ impl KubeClusterServer {
         self.inner.tunnels.get(&cluster_id)
     }
 
+    /// When the cluster's manager was last heard from (a heartbeat, a report, its
+    /// tunnel), as kept in memory; the database gets it from the sweeper.
+    pub fn last_heard(&self, cluster_id: Uuid) -> Option<DateTime<Utc>> {
+        lock(&self.inner.presence)
+            .get(&cluster_id)
+            .map(|p| p.last_seen_at)
+    }
+
     /// Whether the cluster's manager holds a tunnel now.
     pub fn is_tunnel_up(&self, cluster_id: Uuid) -> bool {
         self.inner.tunnels.get(&cluster_id).is_some()

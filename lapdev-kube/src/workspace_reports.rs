@@ -19,7 +19,7 @@
 //! (`next_attempt_at` cleared, attempt count kept), so a self-repair is announced
 //! without waiting for a recheck timer; the repair itself still waits out the
 //! persisted backoff. The conductor annotates a failure's message with its retry
-//! plan ("…; new pod in 40 s (attempt 3)"); the same failure reported again (a
+//! plan ("…; new pod at 2026-11-30T03:15:42Z (attempt 3)"); the same failure reported again (a
 //! snapshot after a reconnect) is not a change and does not undo the annotation.
 
 use lapdev_common::status::{DesiredState, WorkspaceStatus};

@@ -25,7 +25,7 @@ use lapdev_common::quantity;
 
 /// Lapdev CLI: clusters, their tokens, workspaces, people and the audit log.
 #[derive(Debug, Parser)]
-#[command(name = "lapdev", version, about)]
+#[command(name = "lapdev", version)]
 pub struct Cli {
     /// The Lapdev server's URL.
     #[arg(
@@ -1006,4 +1006,21 @@ fn opt_ts(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
 fn write_private(path: &std::path::Path, contents: &[u8]) -> anyhow::Result<()> {
     crate::secret_file::write_private(path, contents)
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    #[test]
+    fn help_describes_the_cli_not_the_server() {
+        let help = Cli::command().render_help().to_string();
+        assert!(
+            help.starts_with("Lapdev CLI: clusters, their tokens, workspaces"),
+            "{help}"
+        );
+        assert!(!help.contains("central server"), "{help}");
+    }
 }

@@ -190,6 +190,19 @@ pub struct LimitsConfig {
     /// manager tunnels alike); further connections wait to be accepted.
     #[arg(long, env = "LAPDEV_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_connections: u64,
+    /// Of those, at most this many manager tunnels (a connection's class is set
+    /// by its first request: a tunnel upgrade that succeeds). Other classes
+    /// cannot take these slots, so a flood of them cannot starve the tunnels.
+    #[arg(long, env = "LAPDEV_MAX_TUNNEL_CONNECTIONS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_tunnel_connections: u64,
+    /// Of those, at most this many connections whose first request carried
+    /// credentials (`authorization` or a cluster token): the API and streams.
+    #[arg(long, env = "LAPDEV_MAX_API_CONNECTIONS", default_value_t = 4_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_api_connections: u64,
+    /// Of those, at most this many connections whose first request carried no
+    /// credentials (sign-in, health checks, scanners).
+    #[arg(long, env = "LAPDEV_MAX_UNAUTHENTICATED_CONNECTIONS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_unauthenticated_connections: u64,
     /// The longest a unary request (every HRPC method) may take before the
     /// server answers `504 deadline_exceeded`, in seconds. The tunnel upgrade
     /// and streamed response bodies are not cut by it.
@@ -223,6 +236,9 @@ impl Default for LimitsConfig {
             tls_handshake_timeout_secs: 10,
             max_tls_handshakes: 256,
             max_connections: 10_000,
+            max_tunnel_connections: 5_000,
+            max_api_connections: 4_000,
+            max_unauthenticated_connections: 500,
             request_timeout_secs: 60,
             allow_provider_test_endpoints: false,
             token_cache_ttl_secs: 5,

@@ -46,12 +46,27 @@ impl DataDir {
         &self.path
     }
 
-    /// The URL of the embedded SQLite database in this directory.
-    pub fn sqlite_url(&self) -> String {
-        format!(
-            "sqlite://{}?mode=rwc",
-            self.path.join("lapdev.db").display()
-        )
+    /// The URL of the embedded SQLite database in this directory. The
+    /// database file is created `0600` before SQLite opens it (SQLite keeps an
+    /// existing file's mode and gives its `-wal` and `-shm` files the same), and
+    /// files left `0644` by an older server are made `0600`.
+    pub fn sqlite_url(&self) -> Result<String, DataDirError> {
+        let db = self.path.join(SQLITE_FILE);
+        if let Err(e) = create_private(&db)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(DataDirError::File(db, e));
+        }
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let file = self.path.join(format!("{SQLITE_FILE}{suffix}"));
+            match set_mode(&file, 0o600) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(DataDirError::File(file, e));
+                }
+                _ => {}
+            }
+        }
+        Ok(format!("sqlite://{}?mode=rwc", db.display()))
     }
 
     /// The secret stored (base64) in `name`, generating 32 random bytes on first
@@ -87,6 +102,18 @@ impl DataDir {
             .map_err(|e| DataDirError::File(file.clone(), e))?;
         Ok(file)
     }
+}
+
+/// The embedded database's file name in the data directory.
+const SQLITE_FILE: &str = "lapdev.db";
+
+/// Creates an empty `path` readable by its owner only; fails if it exists.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map(drop)
 }
 
 #[cfg(unix)]
@@ -140,6 +167,33 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(fs::read(&path).unwrap(), b"new");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_embedded_database_and_its_wal_are_0600() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let db = lapdev_db::connect(&dir.sqlite_url().unwrap())
+            .await
+            .unwrap();
+        db.create_organization("acme").await.unwrap();
+        for file in ["lapdev.db", "lapdev.db-wal", "lapdev.db-shm"] {
+            let path = tmp.path().join(file);
+            assert!(path.exists(), "{file} (the database runs in WAL mode)");
+            assert_eq!(mode(&path), 0o600, "{file}");
+        }
+        drop(db);
+
+        // Files an older server left 0644 are made private on the next start.
+        for file in ["lapdev.db", "lapdev.db-wal"] {
+            fs::set_permissions(tmp.path().join(file), fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        dir.sqlite_url().unwrap();
+        assert_eq!(mode(&tmp.path().join("lapdev.db")), 0o600);
+        assert_eq!(mode(&tmp.path().join("lapdev.db-wal")), 0o600);
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod conn_class;
 pub mod connector;
 pub mod datadir;
 pub mod jwt;
@@ -321,10 +322,10 @@ impl Server {
     ) -> anyhow::Result<Server> {
         let data_dir = DataDir::open(&config.data_dir)?;
         let secrets = load_secrets(&config, &data_dir)?;
-        let url = config
-            .database_url
-            .clone()
-            .unwrap_or_else(|| data_dir.sqlite_url());
+        let url = match &config.database_url {
+            Some(url) => url.clone(),
+            None => data_dir.sqlite_url()?,
+        };
         let db = lapdev_db::connect(&url)
             .await
             .with_context(|| format!("opening the database at {}", redact_url(&url)))?;

@@ -15,11 +15,10 @@ async fn main() -> anyhow::Result<()> {
 
     if let Some(Command::AdminToken { days }) = cli.command {
         let data_dir = DataDir::open(&cli.server.data_dir)?;
-        let url = cli
-            .server
-            .database_url
-            .clone()
-            .unwrap_or_else(|| data_dir.sqlite_url());
+        let url = match &cli.server.database_url {
+            Some(url) => url.clone(),
+            None => data_dir.sqlite_url()?,
+        };
         let db = lapdev_db::connect(&url).await.with_context(|| {
             format!(
                 "opening the database at {}",

@@ -5,6 +5,9 @@
 //!   stops accepting while the cap is reached (the kernel backlog holds the
 //!   rest). A connection's slot is held by its socket, so an upgraded manager
 //!   tunnel keeps its slot for as long as it is open.
+//! - **Budgets per class** ([`crate::conn_class`]): a connection's first request
+//!   classes it (tunnel, api, unauthenticated); each class has its own cap below
+//!   the total, so a flood of one cannot take the tunnels' connections.
 //! - **TLS handshakes**: at most `max_tls_handshakes` in progress, each given
 //!   `tls_handshake_timeout`; handshakes run off the accept loop.
 //! - **Header read timeout** (HTTP/1.1): a client must send a request's headers
@@ -38,6 +41,7 @@ use tokio::time::Instant;
 use tower::ServiceExt as _;
 
 use crate::auth::layer::ClientAddr;
+use crate::conn_class::{Admission, ClassBudgets, ClassSlot, ConnClass};
 
 /// The connection rules; see the module docs.
 #[derive(Debug, Clone)]
@@ -52,6 +56,8 @@ pub struct ServeConfig {
     pub max_tls_handshakes: usize,
     /// Open connections at once.
     pub max_connections: usize,
+    /// The budgets of the connection classes.
+    pub classes: ClassBudgets,
     /// Terminate TLS with this configuration.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -75,6 +81,11 @@ impl ServeConfig {
             tls_handshake_timeout: limits.tls_handshake_timeout(),
             max_tls_handshakes: usize::try_from(limits.max_tls_handshakes).unwrap_or(usize::MAX),
             max_connections: usize::try_from(limits.max_connections).unwrap_or(usize::MAX),
+            classes: ClassBudgets::new(
+                usize::try_from(limits.max_tunnel_connections).unwrap_or(usize::MAX),
+                usize::try_from(limits.max_api_connections).unwrap_or(usize::MAX),
+                usize::try_from(limits.max_unauthenticated_connections).unwrap_or(usize::MAX),
+            ),
             tls,
         }
     }
@@ -138,10 +149,12 @@ pub async fn serve(
         tokio::spawn(async move {
             let _alive = alive;
             let activity = Arc::new(Activity::new());
+            let class = Arc::new(ClassSlot::default());
             let tcp = Tracked {
                 inner: tcp,
                 activity: activity.clone(),
                 _slot: slot,
+                _class: class.clone(),
             };
             match tls {
                 Some(acceptor) => {
@@ -151,13 +164,13 @@ pub async fn serve(
                     drop(handshake);
                     match handshake_result {
                         Ok(Ok(io)) => {
-                            serve_connection(io, peer, router, &config, activity, stop).await
+                            serve_connection(io, peer, router, &config, activity, class, stop).await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-                None => serve_connection(tcp, peer, router, &config, activity, stop).await,
+                None => serve_connection(tcp, peer, router, &config, activity, class, stop).await,
             }
         });
     }
@@ -184,6 +197,7 @@ async fn serve_connection<I>(
     router: Router,
     config: &ServeConfig,
     activity: Arc<Activity>,
+    class: Arc<ClassSlot>,
     mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -196,20 +210,41 @@ async fn serve_connection<I>(
     builder.http2().timer(TokioTimer::new());
     let service = {
         let activity = activity.clone();
+        let budgets = config.classes.clone();
         hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
             let guard = InFlight::start(activity.clone());
             let router = router.clone();
+            let admission = class.admit(&budgets, &request);
+            let class = class.clone();
             async move {
+                if let Admission::Full(full) = admission {
+                    tracing::debug!(%peer, class = full.as_str(), "connection class full; refused");
+                    let mut response = axum::response::IntoResponse::into_response(
+                        lapdev_hrpc::HrpcError::unavailable(format!(
+                            "the server holds as many {} connections as it allows; try again later",
+                            full.as_str()
+                        )),
+                    );
+                    close_after(&mut response);
+                    return Ok::<_, std::convert::Infallible>(response);
+                }
                 let mut request = request.map(Body::new);
                 // The socket's peer, for the audit log and sign-in slow-down
                 // (`x-forwarded-for` is believed only from trusted proxies).
                 request
                     .extensions_mut()
                     .insert(ConnectInfo(ClientAddr(peer)));
-                let response = router
+                let mut response = router
                     .oneshot(request)
                     .await
                     .unwrap_or_else(|never| match never {});
+                if class.class() == Some(ConnClass::Tunnel)
+                    && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    // A refused upgrade holds no tunnel slot.
+                    class.release();
+                    close_after(&mut response);
+                }
                 // In flight until the body is sent: streams are never idle.
                 Ok::<_, std::convert::Infallible>(response.map(|body| {
                     Body::new(GuardedBody {
@@ -245,6 +280,14 @@ async fn serve_connection<I>(
             }
         }
     }
+}
+
+/// Makes the connection close after `response` (HTTP/1.1).
+fn close_after(response: &mut http::Response<Body>) {
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
 }
 
 /// When a connection last moved bytes, and how many requests are in flight.
@@ -336,6 +379,9 @@ struct Tracked<I> {
     inner: I,
     activity: Arc<Activity>,
     _slot: OwnedSemaphorePermit,
+    /// The connection's class slot, held as long as the socket (also after an
+    /// upgrade).
+    _class: Arc<ClassSlot>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {

@@ -424,3 +424,106 @@ async fn a_restart_resumes_provisioning_and_deleting_clusters() {
     }
     second.shutdown();
 }
+
+#[tokio::test]
+async fn a_refused_create_leaves_no_row_and_nothing_in_the_provider() {
+    let gke = GkeStandIn::start().await.unwrap();
+    let s = start().await;
+    s.providers
+        .create_provider(
+            "gcp".into(),
+            K8sProviderKind::GCP,
+            gke.config_json(Some("europe-west1")),
+            String::from_utf8(gke.key_json()).unwrap(),
+            false,
+        )
+        .await
+        .unwrap();
+    gke.fail_next(
+        "create",
+        403,
+        "PERMISSION_DENIED",
+        "no container.clusters.create",
+    );
+    let e = service_error(
+        s.providers
+            .create_cluster("gcp".into(), "denied".into(), None, ClusterMode::Autopilot)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, Code::PermissionDenied, "{e:?}");
+    assert_eq!(gke.api_calls("create"), 1);
+    assert!(gke.cluster("europe-west1", "denied").is_none());
+    let e = service_error(s.admin.get_cluster("denied".into()).await.unwrap_err());
+    assert_eq!(e.code, Code::NotFound, "the intent row was removed");
+    // The name is free again.
+    let ok = s
+        .providers
+        .create_cluster("gcp".into(), "denied".into(), None, ClusterMode::Autopilot)
+        .await
+        .unwrap();
+    assert_eq!(ok.cluster.status, ClusterStatus::Provisioning);
+    s.server.shutdown();
+}
+
+#[tokio::test]
+async fn a_create_interrupted_after_the_provider_accepted_it_is_resumed() {
+    let double = KubeDouble::start().await.unwrap();
+    let gke = GkeStandIn::start().await.unwrap();
+    gke.set_cluster_endpoint(&double.url(), None);
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("data");
+    let (first, p, _) = start_in(&dir).await;
+    p.create_provider(
+        "gcp".into(),
+        K8sProviderKind::GCP,
+        gke.config_json(Some("europe-west1")),
+        String::from_utf8(gke.key_json()).unwrap(),
+        false,
+    )
+    .await
+    .unwrap();
+    // The server wrote its intent and the provider accepted the create; then
+    // the server stopped before anything else was recorded.
+    let db = first.state.db.clone();
+    let org = db.list_organizations().await.unwrap()[0].id;
+    let provider = db.list_providers(org).await.unwrap()[0].id;
+    db.create_cluster(
+        org,
+        lapdev_db::NewCluster {
+            name: "half".into(),
+            status: ClusterStatus::Provisioning,
+            provider_id: Some(provider),
+            external_id: Some(lapdev_server::admin::providers::intent_link(
+                "europe-west1",
+                "half",
+            )),
+            declared_region: Some("europe-west1".into()),
+            labels: Default::default(),
+            security_profile: Default::default(),
+        },
+    )
+    .await
+    .unwrap();
+    gke.add_cluster("europe-west1", "half", "1.32.9-gke.100", 1);
+    first.shutdown();
+    first.wait().await.unwrap();
+
+    // The next start follows the intent by name: tracked, and the manager is
+    // installed.
+    let (second, _, admin) = start_in(&dir).await;
+    wait_for_status(&admin, "half", ClusterStatus::Pending).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while double
+        .handle()
+        .get::<Deployment>("lapdev", "lapdev-kube-manager")
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no manager installed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second.shutdown();
+}

@@ -208,7 +208,7 @@ async fn an_eviction_is_shown_with_its_reason_and_repaired_after_the_backoff() {
         let got = json_of(lapdev(&t, &["workspace", "get", "w", "-o", "json"]));
         got["message"]
             .as_str()
-            .is_some_and(|m| m.contains("new pod in"))
+            .is_some_and(|m| m.contains("new pod at"))
     })
     .await;
     let got = json_of(lapdev(&t, &["workspace", "get", "w", "-o", "json"]));
@@ -216,7 +216,7 @@ async fn an_eviction_is_shown_with_its_reason_and_repaired_after_the_backoff() {
     assert_eq!(got["status"], "failed");
     let message = got["message"].as_str().unwrap();
     assert!(
-        message.starts_with("pod evicted: The node was low on resource: memory; new pod in"),
+        message.starts_with("pod evicted: The node was low on resource: memory; new pod at 20"),
         "{message}"
     );
     // The same report again (a snapshot after a reconnect) writes nothing and
@@ -364,7 +364,14 @@ async fn cluster_delete_force_forgets_and_lists_its_workspaces() {
     let out = lapdev(&t, &["cluster", "delete", "gone"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--force"), "{err}");
+    // Named by name, with its workspaces and what to do; no ids, no "rows".
+    assert!(
+        err.contains(r#"cluster "gone" still has 2 workspaces (a, b)"#)
+            && err.contains("lapdev workspace delete NAME")
+            && err.contains("lapdev cluster delete gone --force"),
+        "{err}"
+    );
+    assert!(!err.contains("row"), "{err}");
 
     let printed = ok(lapdev(&t, &["cluster", "delete", "gone", "--force"]));
     assert!(

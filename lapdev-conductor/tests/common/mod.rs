@@ -210,14 +210,28 @@ impl Env {
         region: &str,
         mode: Mode,
     ) -> (Uuid, Arc<FakeManager>) {
+        self.cluster_in(self.org, name, cpu, mem_gib, region, mode)
+            .await
+    }
+
+    /// A connected cluster of organisation `org` with a manager stand-in.
+    pub async fn cluster_in(
+        &self,
+        org: Uuid,
+        name: &str,
+        cpu: i64,
+        mem_gib: i64,
+        region: &str,
+        mode: Mode,
+    ) -> (Uuid, Arc<FakeManager>) {
         let c = self
             .db
-            .create_cluster(self.org, NewCluster::named(name))
+            .create_cluster(org, NewCluster::named(name))
             .await
             .unwrap();
         self.db
             .update_cluster_info(
-                self.org,
+                org,
                 c.id,
                 &ClusterInfoUpdate {
                     kubernetes_version: "v1.30.2".into(),
@@ -236,7 +250,7 @@ impl Env {
             .await
             .unwrap();
         self.db
-            .set_cluster_status(self.org, c.id, ClusterStatus::Connected)
+            .set_cluster_status(org, c.id, ClusterStatus::Connected)
             .await
             .unwrap();
         let manager = FakeManager::new(mode);
@@ -256,7 +270,39 @@ impl Env {
         }
     }
 
+    /// A second organisation and its owner.
+    pub async fn other_org(&self, name: &str) -> (Uuid, Uuid) {
+        let org = self.db.create_organization(name).await.unwrap().id;
+        let owner = self
+            .db
+            .create_user(
+                org,
+                NewUser {
+                    name: "dev".into(),
+                    email: None,
+                },
+            )
+            .await
+            .unwrap()
+            .id;
+        (org, owner)
+    }
+
     pub async fn get(&self, id: Uuid) -> lapdev_db::Workspace {
         self.db.get_workspace(self.org, id).await.unwrap()
+    }
+}
+
+/// Waits until `cond` holds, polling, for at most `bound`; false if it never did.
+pub async fn wait_until(bound: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

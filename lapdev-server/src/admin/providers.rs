@@ -6,8 +6,11 @@
 //!   encrypted at rest and never returned or logged.
 //! - A provider's clusters as the provider sees them (`list_provider_clusters`),
 //!   and importing one as a `kube_cluster` row (external id = the GKE self link).
-//! - Creating a cluster through the provider: the row is `provisioning` while GKE
-//!   works, `pending` once GKE says it is running, and `connected` when the manager
+//! - Creating a cluster through the provider: the row is written first
+//!   (`provisioning`, named by location and cluster: the intent), then GKE is
+//!   asked; a refusal removes the row, so a failed insert never leaves a
+//!   cluster nobody tracks and a stop in between is picked up by `resume`. The
+//!   row stays `provisioning` while GKE works, `pending` once GKE says it is running, and `connected` when the manager
 //!   reports. The manager is installed automatically: the server builds a kube client
 //!   from the cluster's endpoint, CA and an access token from the service account,
 //!   and applies the manager's objects with server-side apply.
@@ -40,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::api::{ClusterView, ProviderView};
-use super::service::{ManifestDefaults, cluster_view};
+use super::service::{ManifestDefaults, cluster_delete_error, cluster_in_use, cluster_view};
 use crate::jwt::AdminIdentity;
 
 /// How long adding a provider waits for the credential check.
@@ -300,6 +303,12 @@ pub fn parse_self_link(link: &str) -> Option<(String, String)> {
     }
     let (location, name) = (parts[n - 3], parts[n - 1]);
     (!location.is_empty() && !name.is_empty()).then(|| (location.to_owned(), name.to_owned()))
+}
+
+/// The provider id a cluster row carries between its intent and the
+/// provider's answer: enough for [`parse_self_link`] to follow it by name.
+pub fn intent_link(location: &str, name: &str) -> String {
+    format!("locations/{location}/clusters/{name}")
 }
 
 /// The name of the tokens manager installs mint.
@@ -639,7 +648,15 @@ impl ProviderService {
                     if cluster.status == ClusterStatus::Deleting {
                         return self.forget(org, cluster.id).await;
                     }
-                    return self.fail(org, cluster.id, step, e.provider_message()).await;
+                    // An intent whose create never reached the provider (the
+                    // server stopped first), or a cluster removed there.
+                    let message = format!(
+                        "the provider has no cluster {name:?} in {location}: its creation did not \
+                         reach the provider or it was removed there; remove it here with \
+                         `lapdev cluster delete {} --keep-in-provider`",
+                        cluster.name
+                    );
+                    return self.fail(org, cluster.id, step, message).await;
                 }
                 Err(e) => {
                     tracing::warn!(cluster_id = %cluster.id, error = %e, "polling the provider");
@@ -965,24 +982,21 @@ impl ProviderRpc for ProviderService {
                 )
             })?;
         let client = self.client_for(&row).await?;
-        let op = client
-            .create_cluster(&NewProviderCluster {
-                name: name.clone(),
-                location: Some(location.clone()),
-                mode,
-            })
-            .await
-            .map_err(provider_error)?;
+        // The intent first: a row `provisioning` that names the cluster the
+        // provider is about to create. If this insert fails, nothing was asked
+        // of the provider; if the server stops after the provider accepted,
+        // `resume` finds the row and follows the cluster by its name.
+        let org = who.organization_id;
         let cluster = self
             .inner
             .db
             .create_cluster(
-                who.organization_id,
+                org,
                 NewCluster {
                     name: name.clone(),
                     status: ClusterStatus::Provisioning,
                     provider_id: Some(row.id),
-                    external_id: op.target.clone(),
+                    external_id: Some(intent_link(&location, &name)),
                     declared_region: Some(location.clone()),
                     labels: Default::default(),
                     security_profile: Default::default(),
@@ -990,6 +1004,48 @@ impl ProviderRpc for ProviderService {
             )
             .await
             .map_err(db_error)?;
+        let op = match client
+            .create_cluster(&NewProviderCluster {
+                name: name.clone(),
+                location: Some(location.clone()),
+                mode,
+            })
+            .await
+        {
+            Ok(op) => op,
+            Err(e) => {
+                // Refused: nothing is billed, so the intent goes too.
+                if let Err(db) = self.inner.db.delete_cluster(org, cluster.id).await {
+                    tracing::warn!(cluster_id = %cluster.id, error = %db, "cannot remove the intent of a refused create");
+                    self.fail(
+                        org,
+                        cluster.id,
+                        "creating the cluster",
+                        e.provider_message(),
+                    )
+                    .await;
+                }
+                return Err(provider_error(e));
+            }
+        };
+        let cluster = match op.target.as_deref() {
+            Some(target) if parse_self_link(target).is_some() => {
+                if let Err(e) = self
+                    .inner
+                    .db
+                    .set_cluster_external_id(org, cluster.id, target)
+                    .await
+                {
+                    // The intent's name still finds it (on resume too).
+                    tracing::warn!(cluster_id = %cluster.id, error = %e, "cannot record the provider's id");
+                }
+                Cluster {
+                    external_id: Some(target.to_owned()),
+                    ..cluster
+                }
+            }
+            _ => cluster,
+        };
         let view = self.managed_view(cluster.clone(), Some(&row));
         tokio::spawn(
             self.clone()
@@ -1014,11 +1070,9 @@ impl ProviderRpc for ProviderService {
             .await
             .map_err(db_error)?;
         let Some(provider_id) = cluster.provider_id.filter(|_| !keep_in_provider) else {
-            self.inner
-                .db
-                .delete_cluster(org, cluster.id)
-                .await
-                .map_err(db_error)?;
+            if let Err(e) = self.inner.db.delete_cluster(org, cluster.id).await {
+                return Err(cluster_delete_error(&self.inner.db, org, &cluster, e).await);
+            }
             self.inner.kube.cluster_deleted(cluster.id);
             return Ok(None);
         };
@@ -1048,10 +1102,8 @@ impl ProviderRpc for ProviderService {
             .await
             .map_err(db_error)?;
         if !workspaces.is_empty() {
-            return Err(HrpcError::failed_precondition(format!(
-                "cluster {name:?} still has {} workspace(s); delete them first",
-                workspaces.len()
-            )));
+            let names: Vec<String> = workspaces.into_iter().map(|w| w.name).collect();
+            return Err(cluster_in_use(&name, &names));
         }
         let client = self.client_for(&row).await?;
         self.set_status(org, cluster.id, ClusterStatus::Deleting)

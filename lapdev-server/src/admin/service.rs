@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use lapdev_common::status::CloudProvider;
 use lapdev_common::status::SecurityProfile;
-use lapdev_db::{Cluster, ClusterToken, CredentialKey, Db, NewCluster, NewClusterToken};
+use lapdev_db::{Cluster, ClusterToken, CredentialKey, Db, DbError, NewCluster, NewClusterToken};
 use lapdev_hrpc::{Context, HrpcError};
 use lapdev_kube::db_error;
 use lapdev_kube::manifest::{ManifestParams, render_manifest};
@@ -279,10 +279,13 @@ impl AdminRpc for AdminService {
                  `--keep-in-provider` to only forget it)"
             )));
         }
-        self.db
+        if let Err(e) = self
+            .db
             .delete_cluster(who.organization_id, cluster.id)
             .await
-            .map_err(db_error)?;
+        {
+            return Err(cluster_delete_error(&self.db, who.organization_id, &cluster, e).await);
+        }
         self.kube.cluster_deleted(cluster.id);
         Ok(())
     }
@@ -410,4 +413,46 @@ pub async fn require_admin(State(_keys): State<JwtKeys>, request: Request, next:
             .into_response();
     }
     next.run(request).await
+}
+
+/// The error for a cluster delete that failed with `e`: a cluster that still
+/// has workspaces is named, with its workspaces (up to five) and what to do.
+pub(crate) async fn cluster_delete_error(
+    db: &Db,
+    org_id: Uuid,
+    cluster: &Cluster,
+    e: DbError,
+) -> HrpcError {
+    if !matches!(e, DbError::InUse { .. }) {
+        return db_error(e);
+    }
+    let names = db
+        .list_cluster_workspaces(org_id, cluster.id)
+        .await
+        .map(|ws| ws.into_iter().map(|w| w.name).collect::<Vec<_>>())
+        .unwrap_or_default();
+    cluster_in_use(&cluster.name, &names)
+}
+
+/// "cluster "c" still has 2 workspaces (a, b): …", with what to do.
+pub(crate) fn cluster_in_use(cluster: &str, workspaces: &[String]) -> HrpcError {
+    const SHOWN: usize = 5;
+    let mut list = workspaces
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if workspaces.len() > SHOWN {
+        list.push_str(&format!(" and {} more", workspaces.len() - SHOWN));
+    }
+    let count = match workspaces.len() {
+        1 => "1 workspace".to_owned(),
+        n => format!("{n} workspaces"),
+    };
+    HrpcError::failed_precondition(format!(
+        "cluster {cluster:?} still has {count} ({list}): delete them first \
+         (`lapdev workspace delete NAME`), or forget them with \
+         `lapdev cluster delete {cluster} --force` if the cluster is gone"
+    ))
 }

@@ -356,9 +356,8 @@ pub async fn delete_cluster(
             let has_workspaces =
                 matches!(&e, lapdev_hrpc::CallError::Service(h) if h.message.contains("workspace"));
             let e = call_error(e);
-            if has_workspaces {
-                e.context("delete its workspaces first, or pass --force to forget them")
-            } else if yes {
+            // The server's message names the workspaces and what to do.
+            if has_workspaces || yes {
                 e
             } else {
                 e.context("pass --yes to delete it in the provider too, or --keep-in-provider")
