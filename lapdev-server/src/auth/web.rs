@@ -272,6 +272,7 @@ async fn oidc_callback(
                 record_now(
                     s.people.db(),
                     NewAuditEntry {
+                        organization_id: s.oidc.organization().await,
                         action: "auth.oidc".into(),
                         outcome: "failure".into(),
                         detail: Some(e.to_string()),

@@ -225,6 +225,14 @@ impl OidcLogins {
         }
     }
 
+    /// The organisation OpenID Connect users join, if a provider is set.
+    pub async fn organization(&self) -> Option<uuid::Uuid> {
+        match self.db.oidc_provider(&self.key).await {
+            Ok(p) => p.map(|p| p.config.organization_id),
+            Err(_) => None,
+        }
+    }
+
     /// The HTTP client (its egress rules also check configured issuers).
     pub fn http(&self) -> &EgressClient {
         &self.http
