@@ -32,10 +32,10 @@ pub mod crypto;
 mod db;
 pub mod entities;
 mod error;
+mod oidc;
 mod org;
 mod pat;
 mod people;
-mod oidc;
 mod provider;
 mod session;
 #[cfg(feature = "test-support")]
@@ -52,10 +52,10 @@ pub use db::{ConnectConfig, CreateWithTokenError, Db, connect};
 pub use error::{DbError, DbResult, EntityKind, TokenRejection};
 pub use oidc::{NewOidcProvider, OidcProvider};
 pub use org::{NewUser, OrgSettings, Organization, User};
-pub use session::{CreatedSession, SessionLifetime, VerifiedSession};
 pub use pat::{CreatedPat, PersonalAccessToken, VerifiedPat};
 pub use people::{SignInCandidate, UserChange};
 pub use provider::{NewProvider, Provider};
+pub use session::{CreatedSession, SessionLifetime, VerifiedSession};
 pub use token::{
     ClusterToken, ClusterTokenSecret, CreatedClusterToken, NewClusterToken, VerifiedClusterToken,
 };

@@ -24,7 +24,13 @@ async fn sessions(test: TestDatabase) {
     let db = test.db();
     let org = db.create_organization("o").await.unwrap();
     let u = db
-        .create_user(org.id, NewUser { name: "u".into(), email: None })
+        .create_user(
+            org.id,
+            NewUser {
+                name: "u".into(),
+                email: None,
+            },
+        )
         .await
         .unwrap();
     let life = SessionLifetime::default();
@@ -86,7 +92,11 @@ async fn sessions(test: TestDatabase) {
         .create_session(org.id, u.id, life, None, entry("auth.sign_in"))
         .await
         .unwrap();
-    assert!(db.revoke_session(&s4.secret, entry("session.revoke")).await.unwrap());
+    assert!(
+        db.revoke_session(&s4.secret, entry("session.revoke"))
+            .await
+            .unwrap()
+    );
     assert!(db.verify_session(&s4.secret, life).await.is_err());
     let s5 = db
         .create_session(org.id, u.id, life, None, entry("auth.sign_in"))
@@ -151,13 +161,20 @@ async fn oidc_and_settings(test: TestDatabase) {
         .await
         .unwrap()
         .unwrap();
-    assert!(!row.client_secret_ciphertext.windows(6).any(|w| w == b"s3cret"));
+    assert!(
+        !row.client_secret_ciphertext
+            .windows(6)
+            .any(|w| w == b"s3cret")
+    );
 
     // Links are unique by (issuer, subject).
     let created = db
         .create_linked_user(
             org.id,
-            NewUser { name: "ada".into(), email: Some("ada@example.com".into()) },
+            NewUser {
+                name: "ada".into(),
+                email: Some("ada@example.com".into()),
+            },
             Role::Admin,
             "https://id.example.com",
             "sub-1",
@@ -171,21 +188,46 @@ async fn oidc_and_settings(test: TestDatabase) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((found.id, email.as_deref()), (created.id, Some("ada@example.com")));
-    assert!(db.user_by_identity("https://other", "sub-1").await.unwrap().is_none());
-    assert!(db
-        .link_identity(created.id, "https://id.example.com", "sub-1", None, entry("x"))
-        .await
-        .is_err());
     assert_eq!(
-        db.user_by_email(org.id, "ADA@example.com").await.unwrap().map(|u| u.id),
+        (found.id, email.as_deref()),
+        (created.id, Some("ada@example.com"))
+    );
+    assert!(
+        db.user_by_identity("https://other", "sub-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        db.link_identity(
+            created.id,
+            "https://id.example.com",
+            "sub-1",
+            None,
+            entry("x")
+        )
+        .await
+        .is_err()
+    );
+    assert_eq!(
+        db.user_by_email(org.id, "ADA@example.com")
+            .await
+            .unwrap()
+            .map(|u| u.id),
         Some(created.id)
     );
 
     // The organisation setting, default off.
-    assert_eq!(db.org_settings(org.id).await.unwrap(), OrgSettings::default());
-    let on = OrgSettings { admins_may_open_shells: true };
-    db.set_org_settings(org.id, on, entry("org.settings")).await.unwrap();
+    assert_eq!(
+        db.org_settings(org.id).await.unwrap(),
+        OrgSettings::default()
+    );
+    let on = OrgSettings {
+        admins_may_open_shells: true,
+    };
+    db.set_org_settings(org.id, on, entry("org.settings"))
+        .await
+        .unwrap();
     assert_eq!(db.org_settings(org.id).await.unwrap(), on);
 }
 
@@ -203,32 +245,56 @@ async fn prune(test: TestDatabase) {
     let db = test.db();
     let org = db.create_organization("o").await.unwrap();
     for a in ["a", "b", "c"] {
-        db.record_audit(NewAuditEntry { organization_id: Some(org.id), ..entry(a) })
-            .await
-            .unwrap();
+        db.record_audit(NewAuditEntry {
+            organization_id: Some(org.id),
+            ..entry(a)
+        })
+        .await
+        .unwrap();
     }
     let pruned = db
         .prune_audit(
             Utc::now() + Duration::seconds(1),
-            NewAuditEntry { organization_id: Some(org.id), ..entry("audit.prune") },
+            NewAuditEntry {
+                organization_id: Some(org.id),
+                ..entry("audit.prune")
+            },
         )
         .await
         .unwrap();
     assert_eq!(pruned, 3);
     let left = db
-        .list_audit(org.id, &AuditQuery { limit: 10, ..Default::default() })
+        .list_audit(
+            org.id,
+            &AuditQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(left.len(), 1, "only the record of the pruning is left");
     assert_eq!(left[0].entry.action, "audit.prune");
-    assert_eq!(left[0].entry.detail.as_deref().map(|d| d.starts_with("3 rows")), Some(true));
+    assert_eq!(
+        left[0]
+            .entry
+            .detail
+            .as_deref()
+            .map(|d| d.starts_with("3 rows")),
+        Some(true)
+    );
     // The guard is back at once.
     let conn = db.connection();
-    assert!(conn.execute_unprepared("DELETE FROM audit_log").await.is_err());
-    assert!(conn
-        .execute_unprepared("UPDATE audit_log SET outcome = 'forged'")
-        .await
-        .is_err());
+    assert!(
+        conn.execute_unprepared("DELETE FROM audit_log")
+            .await
+            .is_err()
+    );
+    assert!(
+        conn.execute_unprepared("UPDATE audit_log SET outcome = 'forged'")
+            .await
+            .is_err()
+    );
     // Pruning nothing still works and is recorded.
     let none = db
         .prune_audit(Utc::now() - Duration::days(365), entry("audit.prune"))

@@ -96,8 +96,12 @@ async fn load_phase(
     let failed = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     for _ in 0..8 {
-        let (router, token, stop, failed) =
-            (router.clone(), token.to_owned(), stop.clone(), failed.clone());
+        let (router, token, stop, failed) = (
+            router.clone(),
+            token.to_owned(),
+            stop.clone(),
+            failed.clone(),
+        );
         readers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while !stop.load(Ordering::Relaxed) {
@@ -169,7 +173,10 @@ async fn main() -> anyhow::Result<()> {
 
     // 1. PAT (cached) vs legacy JWT.
     for t in [&pat, &jwt] {
-        assert!(call(&router, "whoami", Some(t), "{}".into()).await, "warm-up");
+        assert!(
+            call(&router, "whoami", Some(t), "{}".into()).await,
+            "warm-up"
+        );
     }
     let (mut pat_total, mut jwt_total) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..rounds {

@@ -73,7 +73,10 @@ async fn main() -> anyhow::Result<()> {
                 "pruning the audit log (the database user must own audit_log to lift its \
                  append-only trigger)",
             )?;
-        println!("deleted {pruned} audit rows older than {}", before.to_rfc3339());
+        println!(
+            "deleted {pruned} audit rows older than {}",
+            before.to_rfc3339()
+        );
         return Ok(());
     }
 

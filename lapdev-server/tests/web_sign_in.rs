@@ -104,7 +104,9 @@ async fn server() -> TestServer {
 
 async fn configured() -> (TestServer, OidcDouble) {
     let ts = server().await;
-    let double = OidcDouble::start("lapdev-client", "client-secret").await.unwrap();
+    let double = OidcDouble::start("lapdev-client", "client-secret")
+        .await
+        .unwrap();
     let view = people(&ts.base(), &ts.admin_token)
         .set_oidc_provider(OidcProviderSettings {
             issuer: double.issuer.clone(),
@@ -137,7 +139,12 @@ async fn begin(ts: &TestServer, query: &str) -> Callback {
     assert_eq!(start.status, StatusCode::SEE_OTHER, "{}", start.body);
     let prelogin = start.cookie(PRELOGIN).expect("a pre-login cookie");
     let at_provider = send(Method::GET, &start.location(), &[], "").await;
-    assert_eq!(at_provider.status, StatusCode::SEE_OTHER, "{}", at_provider.body);
+    assert_eq!(
+        at_provider.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        at_provider.body
+    );
     let back = at_provider.location();
     let path = back
         .strip_prefix(ORIGIN)
@@ -164,7 +171,12 @@ async fn login(ts: &TestServer) -> Reply {
 }
 
 /// `whoami` as a browser: the session cookie, the CSRF header, our Origin.
-async fn whoami_by_cookie(ts: &TestServer, session: &str, csrf: bool, origin: Option<&str>) -> Reply {
+async fn whoami_by_cookie(
+    ts: &TestServer,
+    session: &str,
+    csrf: bool,
+    origin: Option<&str>,
+) -> Reply {
     let mut headers = vec![
         ("cookie", format!("{SESSION}={session}")),
         ("content-type", "application/json".to_owned()),
@@ -193,9 +205,24 @@ fn name_of(reply: &Reply) -> String {
 async fn oidc_refuses_bad_id_tokens_and_accounts() {
     let (ts, double) = configured().await;
     let cases: &[(&str, fn(&mut lapdev_oidc_double::Knobs), StatusCode, &str)] = &[
-        ("wrong audience", |k| k.wrong_audience = true, StatusCode::UNAUTHORIZED, "audience"),
-        ("bad signature", |k| k.bad_signature = true, StatusCode::UNAUTHORIZED, "signature"),
-        ("expired", |k| k.expired = true, StatusCode::UNAUTHORIZED, "expired"),
+        (
+            "wrong audience",
+            |k| k.wrong_audience = true,
+            StatusCode::UNAUTHORIZED,
+            "audience",
+        ),
+        (
+            "bad signature",
+            |k| k.bad_signature = true,
+            StatusCode::UNAUTHORIZED,
+            "signature",
+        ),
+        (
+            "expired",
+            |k| k.expired = true,
+            StatusCode::UNAUTHORIZED,
+            "expired",
+        ),
         (
             "foreign nonce",
             |k| k.nonce_override = Some("not-the-login's-nonce".into()),
@@ -214,7 +241,12 @@ async fn oidc_refuses_bad_id_tokens_and_accounts() {
             StatusCode::FORBIDDEN,
             "not allowed",
         ),
-        ("no email", |k| k.email = None, StatusCode::FORBIDDEN, "no email"),
+        (
+            "no email",
+            |k| k.email = None,
+            StatusCode::FORBIDDEN,
+            "no email",
+        ),
     ];
     for (what, knob, status, words) in cases {
         double.set(|k| {
@@ -254,7 +286,12 @@ async fn oidc_links_by_subject_and_never_replays() {
     let owner = people(&ts.base(), &ts.admin_token);
     // An existing user with a verified address of an allowed domain.
     owner
-        .create_user("grace".into(), Some("grace@example.com".into()), Role::Admin, None)
+        .create_user(
+            "grace".into(),
+            Some("grace@example.com".into()),
+            Role::Admin,
+            None,
+        )
         .await
         .unwrap();
 
@@ -291,21 +328,37 @@ async fn oidc_links_by_subject_and_never_replays() {
     double.set(|k| k.nonce_override = Some(old_nonce));
     let reply = login(&ts).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
-    assert!(reply.body.to_lowercase().contains("nonce"), "{}", reply.body);
+    assert!(
+        reply.body.to_lowercase().contains("nonce"),
+        "{}",
+        reply.body
+    );
     double.set(|k| k.nonce_override = None);
 
     // Finished in another browser (no or another pre-login cookie): refused.
     let cb = begin(&ts, "").await;
     let elsewhere = send(Method::GET, &cb.url, &[], "").await;
-    assert_eq!(elsewhere.status, StatusCode::BAD_REQUEST, "{}", elsewhere.body);
-    assert!(elsewhere.body.contains("another browser"), "{}", elsewhere.body);
+    assert_eq!(
+        elsewhere.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        elsewhere.body
+    );
+    assert!(
+        elsewhere.body.contains("another browser"),
+        "{}",
+        elsewhere.body
+    );
 
     // The same (issuer, subject) with a changed email, even one that belongs
     // to another user: still ada, never grace.
     double.set(|k| k.email = Some("grace@example.com".into()));
     let reply = login(&ts).await;
     let session = reply.cookie(SESSION).expect("signed in");
-    assert_eq!(name_of(&whoami_by_cookie(&ts, &session, true, Some(ORIGIN)).await), "ada");
+    assert_eq!(
+        name_of(&whoami_by_cookie(&ts, &session, true, Some(ORIGIN)).await),
+        "ada"
+    );
 
     // A new subject whose verified email is grace's: linked to grace (the
     // first link, by email).
@@ -315,7 +368,10 @@ async fn oidc_links_by_subject_and_never_replays() {
     });
     let reply = login(&ts).await;
     let session = reply.cookie(SESSION).expect("signed in");
-    assert_eq!(name_of(&whoami_by_cookie(&ts, &session, true, Some(ORIGIN)).await), "grace");
+    assert_eq!(
+        name_of(&whoami_by_cookie(&ts, &session, true, Some(ORIGIN)).await),
+        "grace"
+    );
     assert_eq!(owner.list_users().await.unwrap().len(), 3);
 
     // A disabled user cannot sign in this way either.
@@ -358,8 +414,14 @@ async fn cli_login_exchanges_a_one_time_code_by_post() {
     // The wrong verifier: refused, and the code is spent.
     let code = cli_login().await;
     let wrong = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    assert_eq!(exchange(&code, &wrong).await.status, StatusCode::BAD_REQUEST);
-    assert_eq!(exchange(&code, &verifier).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        exchange(&code, &wrong).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        exchange(&code, &verifier).await.status,
+        StatusCode::BAD_REQUEST
+    );
 
     // The right one, once.
     let code = cli_login().await;
@@ -368,8 +430,14 @@ async fn cli_login_exchanges_a_one_time_code_by_post() {
     let signed: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
     let token = signed["token"]["token_secret"].as_str().unwrap();
     assert!(token.starts_with("lapdev_pat_"));
-    assert_eq!(people(&ts.base(), token).whoami().await.unwrap().name, "ada");
-    assert_eq!(exchange(&code, &verifier).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        people(&ts.base(), token).whoami().await.unwrap().name,
+        "ada"
+    );
+    assert_eq!(
+        exchange(&code, &verifier).await.status,
+        StatusCode::BAD_REQUEST
+    );
 }
 
 #[tokio::test]
@@ -377,7 +445,12 @@ async fn browser_sessions_need_csrf_and_end_at_once() {
     let ts = server().await;
     let owner = people(&ts.base(), &ts.admin_token);
     owner
-        .create_user("bob".into(), None, Role::Member, Some("bob-password".into()))
+        .create_user(
+            "bob".into(),
+            None,
+            Role::Member,
+            Some("bob-password".into()),
+        )
         .await
         .unwrap();
     let form = serde_json::json!({"user": "bob", "password": "bob-password"}).to_string();
@@ -385,12 +458,22 @@ async fn browser_sessions_need_csrf_and_end_at_once() {
     let json = ("content-type", "application/json".to_owned());
 
     // Signing a browser in needs the CSRF header and our Origin too.
-    let no_csrf = send(Method::POST, &url, &[json.clone(), ("origin", ORIGIN.into())], &form).await;
+    let no_csrf = send(
+        Method::POST,
+        &url,
+        &[json.clone(), ("origin", ORIGIN.into())],
+        &form,
+    )
+    .await;
     assert_eq!(no_csrf.status, StatusCode::FORBIDDEN, "{}", no_csrf.body);
     let reply = send(
         Method::POST,
         &url,
-        &[json.clone(), ("origin", ORIGIN.into()), ("x-lapdev-csrf", "1".into())],
+        &[
+            json.clone(),
+            ("origin", ORIGIN.into()),
+            ("x-lapdev-csrf", "1".into()),
+        ],
         &form,
     )
     .await;
@@ -404,7 +487,11 @@ async fn browser_sessions_need_csrf_and_end_at_once() {
         (true, Some("https://evil.example")),
     ] {
         let r = whoami_by_cookie(&ts, &session, csrf, origin).await;
-        assert_eq!(r.status, StatusCode::FORBIDDEN, "csrf {csrf} origin {origin:?}");
+        assert_eq!(
+            r.status,
+            StatusCode::FORBIDDEN,
+            "csrf {csrf} origin {origin:?}"
+        );
     }
     let ok = whoami_by_cookie(&ts, &session, true, Some(ORIGIN)).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
@@ -440,7 +527,9 @@ async fn browser_sessions_need_csrf_and_end_at_once() {
     let rotated = again.cookie(SESSION).unwrap();
     assert_ne!(rotated, session);
     assert_eq!(
-        whoami_by_cookie(&ts, &session, true, Some(ORIGIN)).await.status,
+        whoami_by_cookie(&ts, &session, true, Some(ORIGIN))
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
 
@@ -458,7 +547,9 @@ async fn browser_sessions_need_csrf_and_end_at_once() {
     .await;
     assert_eq!(out.status, StatusCode::NO_CONTENT, "{}", out.body);
     assert_eq!(
-        whoami_by_cookie(&ts, &rotated, true, Some(ORIGIN)).await.status,
+        whoami_by_cookie(&ts, &rotated, true, Some(ORIGIN))
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
 
@@ -476,7 +567,13 @@ async fn browser_sessions_need_csrf_and_end_at_once() {
         h
     };
     let tunnel = format!("{}/rpc/_tunnel", ts.base());
-    let evil = send(Method::GET, &tunnel, &upgrade(Some("https://evil.example")), "").await;
+    let evil = send(
+        Method::GET,
+        &tunnel,
+        &upgrade(Some("https://evil.example")),
+        "",
+    )
+    .await;
     assert_eq!(evil.status, StatusCode::FORBIDDEN, "{}", evil.body);
     assert!(evil.body.contains("origin"), "{}", evil.body);
     let ours = send(Method::GET, &tunnel, &upgrade(Some(ORIGIN)), "").await;
@@ -489,7 +586,13 @@ async fn browser_sessions_need_csrf_and_end_at_once() {
 async fn admin_shell_setting_is_owner_only_and_off_by_default() {
     let ts = server().await;
     let owner = people(&ts.base(), &ts.admin_token);
-    assert!(!owner.get_org_settings().await.unwrap().admins_may_open_shells);
+    assert!(
+        !owner
+            .get_org_settings()
+            .await
+            .unwrap()
+            .admins_may_open_shells
+    );
     owner
         .create_user("adm".into(), None, Role::Admin, Some("adm-password".into()))
         .await
@@ -499,17 +602,33 @@ async fn admin_shell_setting_is_owner_only_and_off_by_default() {
         .await
         .unwrap();
     let admin = people(&ts.base(), &signed.token.token_secret);
-    assert!(!admin.get_org_settings().await.unwrap().admins_may_open_shells);
+    assert!(
+        !admin
+            .get_org_settings()
+            .await
+            .unwrap()
+            .admins_may_open_shells
+    );
     let refused = admin
-        .set_org_settings(OrgSettingsView { admins_may_open_shells: true })
+        .set_org_settings(OrgSettingsView {
+            admins_may_open_shells: true,
+        })
         .await
         .unwrap_err();
     assert!(format!("{refused:?}").contains("owner"), "{refused:?}");
     owner
-        .set_org_settings(OrgSettingsView { admins_may_open_shells: true })
+        .set_org_settings(OrgSettingsView {
+            admins_may_open_shells: true,
+        })
         .await
         .unwrap();
-    assert!(admin.get_org_settings().await.unwrap().admins_may_open_shells);
+    assert!(
+        admin
+            .get_org_settings()
+            .await
+            .unwrap()
+            .admins_may_open_shells
+    );
     let audit = owner
         .list_audit(lapdev_server::auth::api::AuditFilter {
             action: Some("org.settings".into()),

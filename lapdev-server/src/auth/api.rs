@@ -223,8 +223,7 @@ pub trait PeopleRpc {
 
     /// The server's OpenID Connect provider, if one is set.
     #[hrpc(role = "admin")]
-    async fn get_oidc_provider(&self, ctx: Context)
-    -> Result<Option<OidcProviderView>, HrpcError>;
+    async fn get_oidc_provider(&self, ctx: Context) -> Result<Option<OidcProviderView>, HrpcError>;
 
     /// Removes the OpenID Connect provider (linked accounts are kept).
     #[hrpc(role = "owner")]

@@ -136,7 +136,11 @@ impl AuthState {
 
     /// The client's address of a request outside this layer (the `/auth/`
     /// endpoints), believing `x-forwarded-for` only from trusted proxies.
-    pub fn client_addr(&self, extensions: &http::Extensions, headers: &http::HeaderMap) -> Option<String> {
+    pub fn client_addr(
+        &self,
+        extensions: &http::Extensions,
+        headers: &http::HeaderMap,
+    ) -> Option<String> {
         let peer = extensions.get::<ConnectInfo<ClientAddr>>()?.0.0.ip();
         let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
         Some(client_ip(peer, forwarded, &self.trusted_proxies).to_string())
@@ -151,11 +155,7 @@ impl AuthState {
     /// session is checked against the database on every call (browsers call
     /// rarely), so expiry and revocation hold from the very next call.
     pub async fn authenticate_session(&self, secret: &str) -> Result<Caller, HrpcError> {
-        let lifetime = self
-            .web
-            .as_ref()
-            .map(|w| w.lifetime)
-            .unwrap_or_default();
+        let lifetime = self.web.as_ref().map(|w| w.lifetime).unwrap_or_default();
         let s = self
             .db
             .verify_session(secret, lifetime)
@@ -418,7 +418,11 @@ pub async fn authorize(
 
 /// axum middleware in front of the whole surface: a WebSocket upgrade that
 /// carries an `Origin` must carry the server's own (see [`WebPolicy`]).
-pub async fn upgrade_origin(State(auth): State<AuthState>, request: Request, next: Next) -> Response {
+pub async fn upgrade_origin(
+    State(auth): State<AuthState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let upgrade = request.headers().contains_key(http::header::UPGRADE);
     if upgrade {
         if let Some(web) = auth.web.as_deref() {

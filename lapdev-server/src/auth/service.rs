@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use lapdev_common::role::Role;
 use lapdev_db::{
-    AuditQuery, CredentialKey, Db, DbError, NewAuditEntry, NewOidcProvider, NewUser,
-    OrgSettings, PersonalAccessToken, ProviderCredential, User, UserChange,
+    AuditQuery, CredentialKey, Db, DbError, NewAuditEntry, NewOidcProvider, NewUser, OrgSettings,
+    PersonalAccessToken, ProviderCredential, User, UserChange,
 };
 use lapdev_hrpc::{Context, HrpcError};
 use lapdev_kube::db_error;
@@ -23,9 +23,9 @@ use super::api::{
     AuditFilter, AuditPage, AuditView, CreatedPatView, OidcProviderSettings, OidcProviderView,
     OrgSettingsView, PatView, PeopleRpc, SignedIn, UserView,
 };
-use super::oidc::http::{Egress, check_url};
 use super::audit::record_now;
 use super::layer::{AuthState, source_addr};
+use super::oidc::http::{Egress, check_url};
 use super::password::{Passwords, SlowDown};
 use super::principal::Caller;
 
@@ -634,8 +634,10 @@ impl PeopleRpc for PeopleService {
                 .with_details(serde_json::json!({"field": "issuer"}))
         })?;
         if settings.client_secret.is_empty() {
-            return Err(HrpcError::invalid_argument("client_secret must not be empty")
-                .with_details(serde_json::json!({"field": "client_secret"})));
+            return Err(
+                HrpcError::invalid_argument("client_secret must not be empty")
+                    .with_details(serde_json::json!({"field": "client_secret"})),
+            );
         }
         if settings.allowed_domains.iter().all(|d| d.trim().is_empty()) {
             return Err(HrpcError::invalid_argument(
@@ -666,11 +668,7 @@ impl PeopleRpc for PeopleService {
         &self,
         _ctx: Context,
     ) -> Result<Option<OidcProviderView>, HrpcError> {
-        let stored = self
-            .db
-            .oidc_provider(self.key()?)
-            .await
-            .map_err(db_error)?;
+        let stored = self.db.oidc_provider(self.key()?).await.map_err(db_error)?;
         Ok(stored.map(|p| self.oidc_view(p)))
     }
 
@@ -731,5 +729,4 @@ fn parse_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
         DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
         id.parse().ok()?,
     ))
-
 }

@@ -53,7 +53,11 @@ impl Decision {
 }
 
 /// See the module docs.
-pub fn session_access_allowed(role: Role, is_owner: bool, admins_may_open_shells: bool) -> Decision {
+pub fn session_access_allowed(
+    role: Role,
+    is_owner: bool,
+    admins_may_open_shells: bool,
+) -> Decision {
     if is_owner {
         return Decision::AllowOwner;
     }

@@ -169,7 +169,10 @@ async fn logout(State(s): State<WebState>, request: Request) -> Response {
     }
     (
         StatusCode::NO_CONTENT,
-        [(SET_COOKIE, s.policy.set_cookie(s.policy.session_cookie(), "", 0))],
+        [(
+            SET_COOKIE,
+            s.policy.set_cookie(s.policy.session_cookie(), "", 0),
+        )],
     )
         .into_response()
 }
@@ -352,7 +355,8 @@ async fn cli_exchange(State(s): State<WebState>, request: Request) -> Response {
         .people
         .mint_sign_in_token(
             user,
-            form.token_name.or_else(|| Some("cli (OpenID Connect)".into())),
+            form.token_name
+                .or_else(|| Some("cli (OpenID Connect)".into())),
             "auth.sign_in_oidc",
             source,
             rid,

@@ -164,32 +164,40 @@ mod tests {
     fn csrf_needs_the_header_and_our_origin() {
         let p = WebPolicy::new("https://lapdev.example.com", SessionLifetime::default());
         let ours = "https://lapdev.example.com";
-        assert!(p
-            .check_csrf(&headers(&[(CSRF_HEADER, "1"), ("origin", ours)]))
-            .is_ok());
+        assert!(
+            p.check_csrf(&headers(&[(CSRF_HEADER, "1"), ("origin", ours)]))
+                .is_ok()
+        );
         assert!(p.check_csrf(&headers(&[("origin", ours)])).is_err());
         assert!(p.check_csrf(&headers(&[(CSRF_HEADER, "1")])).is_err());
-        assert!(p
-            .check_csrf(&headers(&[(CSRF_HEADER, "1"), ("origin", "https://evil.example")]))
-            .is_err());
-        assert!(p
-            .check_csrf(&headers(&[
+        assert!(
+            p.check_csrf(&headers(&[
+                (CSRF_HEADER, "1"),
+                ("origin", "https://evil.example")
+            ]))
+            .is_err()
+        );
+        assert!(
+            p.check_csrf(&headers(&[
                 (CSRF_HEADER, "1"),
                 ("origin", "https://lapdev.example.com.evil.example")
             ]))
-            .is_err());
+            .is_err()
+        );
     }
 
     #[test]
     fn upgrades_from_other_origins_are_refused() {
         let p = WebPolicy::new("http://127.0.0.1:8080", SessionLifetime::default());
         assert!(p.check_upgrade_origin(&HeaderMap::new()).is_ok());
-        assert!(p
-            .check_upgrade_origin(&headers(&[("origin", "http://127.0.0.1:8080")]))
-            .is_ok());
-        assert!(p
-            .check_upgrade_origin(&headers(&[("origin", "http://evil.example")]))
-            .is_err());
+        assert!(
+            p.check_upgrade_origin(&headers(&[("origin", "http://127.0.0.1:8080")]))
+                .is_ok()
+        );
+        assert!(
+            p.check_upgrade_origin(&headers(&[("origin", "http://evil.example")]))
+                .is_err()
+        );
     }
 
     #[test]

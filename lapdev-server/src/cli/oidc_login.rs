@@ -90,8 +90,8 @@ pub async fn login(server: &str, token_name: &str) -> anyhow::Result<SignedIn> {
     .context("no sign-in arrived from the browser in 5 minutes")?
     .context("receiving the browser's redirect")?;
 
-    let transport = HttpTransport::new(HttpTransportConfig::default())
-        .context("building the HTTP client")?;
+    let transport =
+        HttpTransport::new(HttpTransportConfig::default()).context("building the HTTP client")?;
     let body = serde_json::json!({
         "code": code, "code_verifier": verifier, "token_name": token_name,
     });
@@ -126,8 +126,17 @@ mod tests {
             Some("abc_DEF-1")
         );
         assert_eq!(code_from_request_line("GET /favicon.ico HTTP/1.1"), None);
-        assert_eq!(code_from_request_line("POST /callback?code=a HTTP/1.1"), None);
-        assert_eq!(code_from_request_line("GET /callback?code=a%20b HTTP/1.1"), None);
-        assert_eq!(code_from_request_line("GET /callback?state=x HTTP/1.1"), None);
+        assert_eq!(
+            code_from_request_line("POST /callback?code=a HTTP/1.1"),
+            None
+        );
+        assert_eq!(
+            code_from_request_line("GET /callback?code=a%20b HTTP/1.1"),
+            None
+        );
+        assert_eq!(
+            code_from_request_line("GET /callback?state=x HTTP/1.1"),
+            None
+        );
     }
 }

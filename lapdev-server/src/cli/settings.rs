@@ -99,7 +99,11 @@ pub async fn oidc(api: &PeopleRpcClient, out: Output, cmd: OidcCommand) -> anyho
         },
         OidcCommand::Clear => {
             api.clear_oidc_provider().await.map_err(call_error)?;
-            done(out, json!({"cleared": true}), "OpenID Connect provider removed")
+            done(
+                out,
+                json!({"cleared": true}),
+                "OpenID Connect provider removed",
+            )
         }
     }
 }

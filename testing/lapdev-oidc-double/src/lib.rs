@@ -220,15 +220,22 @@ async fn authorize(
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_client", "unknown client");
     }
     if q.get("response_type").map(String::as_str) != Some("code") {
-        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_response_type", "code only");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_response_type",
+            "code only",
+        );
     }
     let challenge = q.get("code_challenge").cloned();
-    if challenge.is_some() && q.get("code_challenge_method").map(String::as_str) != Some("S256")
-    {
+    if challenge.is_some() && q.get("code_challenge_method").map(String::as_str) != Some("S256") {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "S256 only");
     }
     let Some(redirect_uri) = q.get("redirect_uri").cloned() else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "no redirect_uri");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "no redirect_uri",
+        );
     };
     let nonce = q.get("nonce").cloned();
     if let Some(n) = &nonce {
@@ -293,7 +300,10 @@ fn url_decode(s: &str) -> String {
 }
 
 /// The client's id and secret: HTTP Basic (url-encoded parts) or the form.
-fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Option<(String, String)> {
+fn client_credentials(
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Option<(String, String)> {
     if let Some(basic) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -303,7 +313,10 @@ fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Op
         let (id, secret) = decoded.split_once(':')?;
         return Some((url_decode(id), url_decode(secret)));
     }
-    Some((form.get("client_id")?.clone(), form.get("client_secret")?.clone()))
+    Some((
+        form.get("client_id")?.clone(),
+        form.get("client_secret")?.clone(),
+    ))
 }
 
 async fn token(
@@ -316,16 +329,28 @@ async fn token(
         _ => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "bad client"),
     }
     if form.get("grant_type").map(String::as_str) != Some("authorization_code") {
-        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "code only");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "code only",
+        );
     }
     let issued = form
         .get("code")
         .and_then(|c| s.codes.lock().unwrap_or_else(|e| e.into_inner()).remove(c));
     let Some(issued) = issued else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "unknown or used code");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "unknown or used code",
+        );
     };
     if form.get("redirect_uri") != Some(&issued.redirect_uri) {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "redirect_uri differs");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "redirect_uri differs",
+        );
     }
     if let Some(challenge) = &issued.challenge {
         let verifier = form.get("code_verifier").cloned().unwrap_or_default();
@@ -366,7 +391,11 @@ async fn token(
     let id_token = match jsonwebtoken::encode(&header, &claims, key) {
         Ok(t) => t,
         Err(e) => {
-            return oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e.to_string());
+            return oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                &e.to_string(),
+            );
         }
     };
     Json(json!({

@@ -329,9 +329,7 @@ impl OidcLogins {
         if pending.created.elapsed() >= Duration::from_secs(PRELOGIN_TTL_SECS) {
             return Err(LoginError::UnknownState);
         }
-        let cookie_ok = prelogin.is_some_and(|p| {
-            ring_eq(&sha(p), &pending.prelogin_hash)
-        });
+        let cookie_ok = prelogin.is_some_and(|p| ring_eq(&sha(p), &pending.prelogin_hash));
         if !cookie_ok {
             return Err(LoginError::WrongBrowser);
         }
@@ -368,7 +366,9 @@ impl OidcLogins {
         let preferred = claims.preferred_username().map(|u| u.as_str().to_owned());
 
         let user = self
-            .account(provider, &issuer, &subject, email, verified, preferred, audit)
+            .account(
+                provider, &issuer, &subject, email, verified, preferred, audit,
+            )
             .await?;
         if user.disabled_at.is_some() {
             return Err(LoginError::Disabled);
@@ -531,7 +531,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Whether an egress error is a refusal of the rules (not an outage).
 pub fn is_refusal(e: &EgressError) -> bool {
-    matches!(e, EgressError::Refused { .. } | EgressError::Redirect { .. })
+    matches!(
+        e,
+        EgressError::Refused { .. } | EgressError::Redirect { .. }
+    )
 }
 
 #[cfg(test)]
