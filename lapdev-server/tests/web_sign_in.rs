@@ -201,10 +201,18 @@ fn name_of(reply: &Reply) -> String {
     v["name"].as_str().unwrap().to_owned()
 }
 
+/// What a refused login case sets, and the status and words of its refusal.
+type Case = (
+    &'static str,
+    fn(&mut lapdev_oidc_double::Knobs),
+    StatusCode,
+    &'static str,
+);
+
 #[tokio::test]
 async fn oidc_refuses_bad_id_tokens_and_accounts() {
     let (ts, double) = configured().await;
-    let cases: &[(&str, fn(&mut lapdev_oidc_double::Knobs), StatusCode, &str)] = &[
+    let cases: &[Case] = &[
         (
             "wrong audience",
             |k| k.wrong_audience = true,

@@ -424,12 +424,11 @@ pub async fn upgrade_origin(
     next: Next,
 ) -> Response {
     let upgrade = request.headers().contains_key(http::header::UPGRADE);
-    if upgrade {
-        if let Some(web) = auth.web.as_deref() {
-            if let Err(e) = web.check_upgrade_origin(request.headers()) {
-                return e.into_response();
-            }
-        }
+    if upgrade
+        && let Some(web) = auth.web.as_deref()
+        && let Err(e) = web.check_upgrade_origin(request.headers())
+    {
+        return e.into_response();
     }
     next.run(request).await
 }

@@ -248,12 +248,12 @@ impl OidcLogins {
 
     /// Step 1: see the module docs.
     pub async fn start(&self, cli: Option<CliRequest>) -> Result<Started, LoginError> {
-        if let Some(c) = &cli {
-            if c.port == 0 || !is_b64url(&c.challenge, 43, 43) {
-                return Err(LoginError::BadRequest(
-                    "cli_port must be a port and cli_challenge a base64url SHA-256",
-                ));
-            }
+        if let Some(c) = &cli
+            && (c.port == 0 || !is_b64url(&c.challenge, 43, 43))
+        {
+            return Err(LoginError::BadRequest(
+                "cli_port must be a port and cli_challenge a base64url SHA-256",
+            ));
         }
         let provider = self
             .db
@@ -286,14 +286,13 @@ impl OidcLogins {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let ttl = Duration::from_secs(PRELOGIN_TTL_SECS);
         pending.retain(|_, p| p.created.elapsed() < ttl);
-        if pending.len() >= MAX_PENDING {
-            if let Some(oldest) = pending
+        if pending.len() >= MAX_PENDING
+            && let Some(oldest) = pending
                 .iter()
                 .min_by_key(|(_, p)| p.created)
                 .map(|(k, _)| k.clone())
-            {
-                pending.remove(&oldest);
-            }
+        {
+            pending.remove(&oldest);
         }
         pending.insert(
             state.secret().clone(),
