@@ -105,6 +105,52 @@ impl Db {
         insert_audit(&self.conn, entry).await
     }
 
+    /// Retention: deletes every audit row older than `before`, the one deliberate
+    /// exception to append-only, and records that it did (`audit.prune`, with the
+    /// count) in the same transaction. The refusing trigger is lifted only inside
+    /// that transaction: on PostgreSQL `ALTER TABLE .. DISABLE TRIGGER` (which
+    /// needs the table's owner and holds an exclusive lock until commit, so no
+    /// other session ever sees the table unguarded); on SQLite the delete trigger
+    /// is dropped and created again (SQLite's DDL is transactional). Nothing in
+    /// the server calls this: `lapdev-server audit-prune` does, run by an
+    /// operator.
+    pub async fn prune_audit(&self, before: DateTime<Utc>, audit: NewAuditEntry) -> DbResult<u64> {
+        use sea_orm::{DbBackend, TransactionTrait as _};
+        let backend = self.conn.get_database_backend();
+        let txn = self.conn.begin().await?;
+        let (lift, restore) = match backend {
+            DbBackend::Postgres => (
+                "ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update_delete",
+                "ALTER TABLE audit_log ENABLE TRIGGER audit_log_no_update_delete",
+            ),
+            _ => (
+                "DROP TRIGGER audit_log_no_delete",
+                "CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log \
+                 BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+            ),
+        };
+        txn.execute_unprepared(lift).await?;
+        let done = audit_log::Entity::delete_many()
+            .filter(audit_log::Column::OccurredAt.lt(tz(before)))
+            .exec(&txn)
+            .await?;
+        txn.execute_unprepared(restore).await?;
+        insert_audit(
+            &txn,
+            NewAuditEntry {
+                detail: Some(format!(
+                    "{} rows before {}",
+                    done.rows_affected,
+                    before.to_rfc3339()
+                )),
+                ..audit
+            },
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(done.rows_affected)
+    }
+
     /// `org_id`'s audit rows, newest first.
     pub async fn list_audit(&self, org_id: Uuid, query: &AuditQuery) -> DbResult<Vec<AuditEntry>> {
         use audit_log::Column as A;

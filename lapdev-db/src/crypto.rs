@@ -13,6 +13,9 @@ use uuid::Uuid;
 
 const FORMAT_V1: u8 = 1;
 const AAD_CONTEXT: &[u8] = b"lapdev/k8s_provider/credential/v1/";
+/// The OpenID Connect client secret is sealed the same way, bound to its own
+/// table, so a provider credential copied into it does not decrypt.
+pub(crate) const OIDC_AAD_CONTEXT: &[u8] = b"lapdev/oidc_provider/client_secret/v1/";
 
 /// Length of a [`CredentialKey`] in bytes.
 pub const CREDENTIAL_KEY_LEN: usize = 32;
@@ -97,8 +100,8 @@ impl ProviderCredential {
     }
 }
 
-fn aad(row_id: Uuid) -> Vec<u8> {
-    let mut aad = AAD_CONTEXT.to_vec();
+fn aad(context: &[u8], row_id: Uuid) -> Vec<u8> {
+    let mut aad = context.to_vec();
     aad.extend_from_slice(row_id.as_bytes());
     aad
 }
@@ -106,6 +109,16 @@ fn aad(row_id: Uuid) -> Vec<u8> {
 /// Encrypts `plaintext` for the provider row `row_id`.
 pub(crate) fn encrypt_credential(
     key: &CredentialKey,
+    row_id: Uuid,
+    plaintext: &ProviderCredential,
+) -> Result<Vec<u8>, CredentialError> {
+    seal(key, AAD_CONTEXT, row_id, plaintext)
+}
+
+/// Encrypts `plaintext` for the row `row_id` of the table named by `context`.
+pub(crate) fn seal(
+    key: &CredentialKey,
+    context: &[u8],
     row_id: Uuid,
     plaintext: &ProviderCredential,
 ) -> Result<Vec<u8>, CredentialError> {
@@ -117,7 +130,7 @@ pub(crate) fn encrypt_credential(
     key.aead()
         .seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad(row_id)),
+            Aad::from(aad(context, row_id)),
             &mut in_out,
         )
         .map_err(|_| CredentialError::Encrypt)?;
@@ -134,6 +147,16 @@ pub(crate) fn decrypt_credential(
     row_id: Uuid,
     stored: &[u8],
 ) -> Result<ProviderCredential, CredentialError> {
+    open(key, AAD_CONTEXT, row_id, stored)
+}
+
+/// Decrypts what [`seal`] stored for `row_id` under `context`.
+pub(crate) fn open(
+    key: &CredentialKey,
+    context: &[u8],
+    row_id: Uuid,
+    stored: &[u8],
+) -> Result<ProviderCredential, CredentialError> {
     let (&version, rest) = stored.split_first().ok_or(CredentialError::UnknownFormat)?;
     if version != FORMAT_V1 || rest.len() < NONCE_LEN {
         return Err(CredentialError::UnknownFormat);
@@ -144,7 +167,7 @@ pub(crate) fn decrypt_credential(
     let mut in_out = sealed.to_vec();
     let plaintext = key
         .aead()
-        .open_in_place(nonce, Aad::from(aad(row_id)), &mut in_out)
+        .open_in_place(nonce, Aad::from(aad(context, row_id)), &mut in_out)
         .map_err(|_| CredentialError::Decrypt)?;
     Ok(ProviderCredential(plaintext.to_vec()))
 }

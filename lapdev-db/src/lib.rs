@@ -13,7 +13,11 @@
 //!
 //! People: users carry a [`lapdev_common::role::Role`] and may be disabled
 //! (`people.rs`); personal access tokens store only their SHA-256 (`pat.rs`);
-//! the audit log is append-only, enforced by database triggers (`audit.rs`).
+//! the audit log is append-only, enforced by database triggers (`audit.rs`;
+//! [`Db::prune_audit`] is the operator's retention job); browser sessions store
+//! only their SHA-256 too (`session.rs`); OpenID Connect: the server's provider,
+//! its client secret sealed like provider credentials, and (issuer, subject)
+//! links to users (`oidc.rs`); organisation settings (`org.rs`).
 //! Role, user and token changes write their audit row in the same transaction.
 //! Every write publishes a [`Change`] on the in-process change feed
 //! ([`Db::subscribe`], module [`changes`]); caches and metrics derive from it.
@@ -28,10 +32,12 @@ pub mod crypto;
 mod db;
 pub mod entities;
 mod error;
+mod oidc;
 mod org;
 mod pat;
 mod people;
 mod provider;
+mod session;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 mod token;
@@ -44,10 +50,12 @@ pub use cluster::{Cluster, ClusterInfoUpdate, NewCluster, ResourceRequests};
 pub use crypto::{CredentialError, CredentialKey, ProviderCredential};
 pub use db::{ConnectConfig, CreateWithTokenError, Db, connect};
 pub use error::{DbError, DbResult, EntityKind, TokenRejection};
-pub use org::{NewUser, Organization, User};
+pub use oidc::{NewOidcProvider, OidcProvider};
+pub use org::{NewUser, OrgSettings, Organization, User};
 pub use pat::{CreatedPat, PersonalAccessToken, VerifiedPat};
 pub use people::{SignInCandidate, UserChange};
 pub use provider::{NewProvider, Provider};
+pub use session::{CreatedSession, SessionLifetime, VerifiedSession};
 pub use token::{
     ClusterToken, ClusterTokenSecret, CreatedClusterToken, NewClusterToken, VerifiedClusterToken,
 };

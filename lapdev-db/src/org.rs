@@ -26,6 +26,14 @@ pub struct Organization {
     pub updated_at: DateTime<Utc>,
 }
 
+/// An organisation's settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrgSettings {
+    /// Admins may open shells into other users' workspaces (default off; every
+    /// such session is audited).
+    pub admins_may_open_shells: bool,
+}
+
 /// A member of one organisation; `id` is the subject of their JWTs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -95,6 +103,7 @@ impl Db {
             created_at: Set(at),
             updated_at: Set(at),
             deleted_at: Set(None),
+            admins_may_open_shells: Set(false),
         }
         .insert(&self.conn)
         .await?;
@@ -109,6 +118,48 @@ impl Db {
             .await?
             .map(Organization::from)
             .ok_or_else(|| DbError::not_found(EntityKind::Organization, id))
+    }
+
+    /// `id`'s settings.
+    pub async fn org_settings(&self, id: Uuid) -> DbResult<OrgSettings> {
+        organization::Entity::find_by_id(id)
+            .filter(organization::Column::DeletedAt.is_null())
+            .one(&self.conn)
+            .await?
+            .map(|m| OrgSettings {
+                admins_may_open_shells: m.admins_may_open_shells,
+            })
+            .ok_or_else(|| DbError::not_found(EntityKind::Organization, id))
+    }
+
+    /// Changes `id`'s settings and writes `audit` in the same transaction.
+    pub async fn set_org_settings(
+        &self,
+        id: Uuid,
+        settings: OrgSettings,
+        audit: crate::NewAuditEntry,
+    ) -> DbResult<OrgSettings> {
+        use sea_orm::TransactionTrait as _;
+        let txn = self.conn.begin().await?;
+        let done = organization::Entity::update_many()
+            .col_expr(
+                organization::Column::AdminsMayOpenShells,
+                sea_orm::sea_query::Expr::value(settings.admins_may_open_shells),
+            )
+            .col_expr(
+                organization::Column::UpdatedAt,
+                sea_orm::sea_query::Expr::value(tz(now())),
+            )
+            .filter(organization::Column::Id.eq(id))
+            .filter(organization::Column::DeletedAt.is_null())
+            .exec(&txn)
+            .await?;
+        if done.rows_affected == 0 {
+            return Err(DbError::not_found(EntityKind::Organization, id));
+        }
+        crate::audit::insert_audit(&txn, audit).await?;
+        txn.commit().await?;
+        Ok(settings)
     }
 
     /// Every live organisation, oldest first.

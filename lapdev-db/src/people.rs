@@ -1,6 +1,6 @@
 //! Roles, disabling, deleting and passwords of users. Every change writes its
 //! audit row in the same transaction; disabling and deleting revoke the user's
-//! personal access tokens in that transaction too.
+//! personal access tokens and browser sessions in that transaction too.
 //!
 //! An organisation always keeps one enabled owner: demoting, disabling or deleting
 //! the last one is refused (`failed_precondition` at the API), so nobody can lock
@@ -102,6 +102,7 @@ impl Db {
         }
         let updated = active.update(&txn).await?;
         if matches!(change, UserChange::Disable | UserChange::Delete) {
+            crate::session::revoke_user_sessions(&txn, user_id, crate::util::utc(at)).await?;
             personal_access_token::Entity::update_many()
                 .col_expr(
                     personal_access_token::Column::RevokedAt,

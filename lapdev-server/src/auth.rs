@@ -15,13 +15,23 @@
 //!   the dummy hash for unknown users, and the per-user and per-address slow-down.
 //! - `api.rs` / `service.rs`: `PeopleRpc` (sign-in, whoami, tokens, users, audit).
 //! - `audit.rs`: the background audit writer (failures logged and counted).
+//! - `web_policy.rs`: the session cookie, CSRF and WebSocket `Origin` rules;
+//!   `web.rs`: the browser and CLI sign-in endpoints under `/auth/` (password
+//!   to session, logout, OpenID Connect start and callback, the CLI's code
+//!   exchange); `oidc/`: the OpenID Connect login itself and its HTTP client.
+//! - `shell_access.rs`: who may open shell/exec/port-forward sessions into a
+//!   workspace ([`shell_access::session_access_allowed`]).
 
 pub mod api;
 pub mod audit;
 pub mod layer;
+pub mod oidc;
 pub mod password;
 pub mod principal;
 pub mod service;
+pub mod shell_access;
+pub mod web;
+pub mod web_policy;
 
-pub use layer::{ADMIN_SERVICES, AuthState, authorize};
+pub use layer::{ADMIN_SERVICES, AuthState, authorize, upgrade_origin};
 pub use principal::Caller;

@@ -16,8 +16,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 pub mod access;
+pub mod oidc_login;
 pub mod people;
 pub mod provider;
+pub mod settings;
 
 use crate::admin::api::{AdminRpcClient, ClusterView, CreatedCluster, CreatedToken, TokenView};
 use crate::admin::workspaces::{NewWorkspaceRequest, WorkspaceRpcClient, WorkspaceView};
@@ -77,8 +79,11 @@ pub enum Command {
         #[arg(long)]
         organization: Option<String>,
         /// Read a personal access token from stdin instead of signing in.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "oidc")]
         with_token: bool,
+        /// Sign in through the server's OpenID Connect provider in the browser.
+        #[arg(long)]
+        oidc: bool,
     },
     /// Revoke and forget the stored token.
     Logout,
@@ -93,6 +98,12 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(people::AuditCommand),
+    /// The server's OpenID Connect provider.
+    #[command(subcommand)]
+    Oidc(settings::OidcCommand),
+    /// The organisation's settings.
+    #[command(subcommand)]
+    Org(settings::OrgCommand),
 }
 
 /// `lapdev workspace …`
@@ -391,10 +402,15 @@ fn call_error(e: CallError<HrpcError>) -> anyhow::Error {
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
     let out = cli.output;
+    if let Command::Login { oidc: true, .. } = cli.command {
+        let signed = oidc_login::login(&cli.server, "cli (OpenID Connect)").await?;
+        return people::store_signed_in(out, &signed.token.token_secret, &signed.user);
+    }
     if let Command::Login {
         user,
         organization,
         with_token,
+        oidc: false,
     } = cli.command
     {
         let base = format!("{}/rpc", cli.server.trim_end_matches('/'));
@@ -422,6 +438,8 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => people::token(&people_api(), out, cmd).await,
         Command::User(cmd) => people::user(&people_api(), out, cmd).await,
         Command::Audit(cmd) => people::audit(&people_api(), out, cmd).await,
+        Command::Oidc(cmd) => settings::oidc(&people_api(), out, cmd).await,
+        Command::Org(cmd) => settings::org(&people_api(), out, cmd).await,
         Command::Cluster(cmd) => cluster(&admin, out, cmd).await,
         Command::Provider(cmd) => provider::run(&admin, out, cmd).await,
         Command::Workspace(cmd) => {

@@ -35,6 +35,19 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         days: u64,
     },
+    /// Audit-log retention: delete every audit row older than `--before` (an
+    /// RFC 3339 time) or `--older-than-days`, in one transaction that also
+    /// records the pruning. The database user must own `audit_log`
+    /// (PostgreSQL: `ALTER TABLE .. DISABLE TRIGGER`); run it from cron or a
+    /// Kubernetes CronJob.
+    AuditPrune {
+        /// Delete rows older than this time.
+        #[arg(long, conflicts_with = "older_than_days")]
+        before: Option<chrono::DateTime<chrono::Utc>>,
+        /// Delete rows older than this many days.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=36500))]
+        older_than_days: Option<u64>,
+    },
 }
 
 /// How logs are written.
@@ -214,6 +227,12 @@ pub struct LimitsConfig {
     /// Google's OAuth hosts.
     #[arg(long, env = "LAPDEV_ALLOW_PROVIDER_TEST_ENDPOINTS")]
     pub allow_provider_test_endpoints: bool,
+    /// A browser session unused this long ends, in minutes.
+    #[arg(long, env = "LAPDEV_SESSION_IDLE_MINUTES", default_value_t = 480, value_parser = clap::value_parser!(u64).range(1..=10080))]
+    pub session_idle_minutes: u64,
+    /// A browser session ends this long after sign-in however busy, in hours.
+    #[arg(long, env = "LAPDEV_SESSION_MAX_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=8760))]
+    pub session_max_hours: u64,
     /// How long a verified cluster token is trusted without asking the
     /// database again, in seconds (0: ask on every call). Revocations through
     /// this server apply at once regardless.
@@ -241,6 +260,8 @@ impl Default for LimitsConfig {
             max_unauthenticated_connections: 500,
             request_timeout_secs: 60,
             allow_provider_test_endpoints: false,
+            session_idle_minutes: 480,
+            session_max_hours: 168,
             token_cache_ttl_secs: 5,
             token_stale_if_error_secs: 300,
         }

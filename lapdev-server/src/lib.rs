@@ -13,7 +13,11 @@
 //! - `/rpc/AdminRpc/*`, `/rpc/ProviderRpc/*`, `/rpc/WorkspaceRpc/*`,
 //!   `/rpc/PeopleRpc/*`: the admin API, behind one authorization layer
 //!   ([`auth`]): a personal access token (or a legacy admin JWT), the user's role
-//!   looked up per request, and the role each method declares;
+//!   looked up per request, and the role each method declares; a browser
+//!   session cookie is accepted instead of a token with the CSRF header and
+//!   the server's own `Origin`;
+//! - `/auth/…`: password and OpenID Connect sign-in for browsers and the CLI
+//!   ([`auth::web`]); WebSocket upgrades from another `Origin` are refused.
 //! - `/api/v1/workspaces/{name}/exec` and `/portforward`: WebSocket sessions
 //!   into workspaces for the CLI ([`access`]), bridged to streams on managers.
 
@@ -82,6 +86,8 @@ pub struct AppState {
     pub provider_endpoints: lapdev_kube::provider::EndpointPolicy,
     /// How exec and port-forward streams reach managers.
     pub streams: Arc<dyn access::StreamOpener>,
+    /// The browser and CLI sign-in endpoints (`/auth/`).
+    pub web: auth::web::WebState,
 }
 
 /// How the HTTP surface is put together beyond its state.
@@ -167,10 +173,16 @@ pub fn app_with(state: AppState, options: &AppOptions) -> Router {
         auth: state.auth.clone(),
         streams: state.streams.clone(),
     });
+    let web = auth::web::routes(state.web.clone());
     router
-        .with_state(state)
+        .with_state(state.clone())
         .merge(access)
+        .merge(web)
         .nest("/rpc", rpc)
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::upgrade_origin,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             known_routes(),
             metrics::track,
@@ -387,8 +399,30 @@ impl Server {
             secrets.encryption_key.clone(),
         )
         .with_conductor(conductor.clone());
+        let web_policy = auth::web_policy::WebPolicy::new(
+            &config.public_url(),
+            lapdev_db::SessionLifetime {
+                idle: chrono::Duration::minutes(
+                    i64::try_from(limits.session_idle_minutes).unwrap_or(i64::MAX / 60_000),
+                ),
+                absolute: chrono::Duration::hours(
+                    i64::try_from(limits.session_max_hours).unwrap_or(i64::MAX / 3_600_000),
+                ),
+            },
+        );
         let auth = auth::AuthState::new(db.clone(), secrets.jwt.clone())
-            .with_trusted_proxies(config.trusted_proxies.clone());
+            .with_trusted_proxies(config.trusted_proxies.clone())
+            .with_web_policy(web_policy.clone());
+        let egress = if limits.allow_provider_test_endpoints {
+            auth::oidc::http::Egress::AllowLoopbackHttp
+        } else {
+            auth::oidc::http::Egress::HttpsOnly
+        };
+        let oidc_transport = lapdev_hrpc::HttpTransport::new(lapdev_hrpc::HttpTransportConfig {
+            max_response_bytes: 1024 * 1024,
+            ..Default::default()
+        })
+        .context("building the OpenID Connect HTTP client")?;
         let people = auth::service::PeopleService::new(
             db.clone(),
             auth.clone(),
@@ -398,10 +432,23 @@ impl Server {
                 default_days: 30.min(config.max_token_days),
                 max_days: config.max_token_days,
             },
-        );
+        )
+        .with_oidc(secrets.encryption_key.clone(), egress, &config.public_url());
+        let web = auth::web::WebState {
+            people: people.clone(),
+            oidc: auth::oidc::OidcLogins::new(
+                db.clone(),
+                secrets.encryption_key.clone(),
+                auth::oidc::http::EgressClient::new(oidc_transport, egress),
+                &config.public_url(),
+            ),
+            auth: auth.clone(),
+            policy: web_policy,
+        };
         let streams = streams.unwrap_or_else(|| Arc::new(access::TunnelStreams(kube.clone())));
         let state = AppState {
             streams,
+            web,
             auth,
             people,
             db: db.clone(),

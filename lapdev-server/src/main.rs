@@ -32,6 +32,53 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    if let Some(Command::AuditPrune {
+        before,
+        older_than_days,
+    }) = cli.command
+    {
+        let before = match (before, older_than_days) {
+            (Some(t), None) => t,
+            (None, Some(days)) => {
+                chrono::Utc::now()
+                    - chrono::Duration::days(i64::try_from(days).context("--older-than-days")?)
+            }
+            _ => anyhow::bail!("give exactly one of --before or --older-than-days"),
+        };
+        let data_dir = DataDir::open(&cli.server.data_dir)?;
+        let url = cli
+            .server
+            .database_url
+            .clone()
+            .unwrap_or_else(|| data_dir.sqlite_url());
+        let db = lapdev_db::connect(&url).await.with_context(|| {
+            format!(
+                "opening the database at {}",
+                lapdev_server::redact_url(&url)
+            )
+        })?;
+        let pruned = db
+            .prune_audit(
+                before,
+                lapdev_db::NewAuditEntry {
+                    actor_name: Some("lapdev-server audit-prune".into()),
+                    action: "audit.prune".into(),
+                    outcome: "success".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .context(
+                "pruning the audit log (the database user must own audit_log to lift its \
+                 append-only trigger)",
+            )?;
+        println!(
+            "deleted {pruned} audit rows older than {}",
+            before.to_rfc3339()
+        );
+        return Ok(());
+    }
+
     let server = Server::start_with(cli.server.clone(), cli.limits.clone()).await?;
     let scheme = if cli.server.tls_cert.is_some() {
         "https"

@@ -61,6 +61,11 @@ const EXPECTED: &[(&str, &str)] = &[
     ("/PeopleRpc/set_user_password", "owner"),
     ("/PeopleRpc/delete_user", "owner"),
     ("/PeopleRpc/list_audit", "admin"),
+    ("/PeopleRpc/set_oidc_provider", "owner"),
+    ("/PeopleRpc/get_oidc_provider", "admin"),
+    ("/PeopleRpc/clear_oidc_provider", "owner"),
+    ("/PeopleRpc/get_org_settings", "admin"),
+    ("/PeopleRpc/set_org_settings", "owner"),
 ];
 
 fn client(base: &str, token: Option<&str>) -> Client {

@@ -3,10 +3,13 @@
 pub mod prelude;
 
 pub mod audit_log;
+pub mod browser_session;
 pub mod k8s_provider;
 pub mod kube_cluster;
 pub mod kube_cluster_token;
 pub mod kube_workspace;
+pub mod oidc_provider;
 pub mod organization;
 pub mod personal_access_token;
 pub mod user;
+pub mod user_identity;

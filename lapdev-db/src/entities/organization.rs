@@ -11,6 +11,7 @@ pub struct Model {
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
     pub deleted_at: Option<DateTimeWithTimeZone>,
+    pub admins_may_open_shells: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

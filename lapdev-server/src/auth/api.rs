@@ -86,6 +86,41 @@ pub struct AuditFilter {
     pub limit: Option<u64>,
 }
 
+/// The server's OpenID provider as the API shows it (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OidcProviderView {
+    pub issuer: String,
+    pub client_id: String,
+    pub allowed_domains: Vec<String>,
+    pub default_role: Role,
+    /// Where the provider must send browsers back (register it there).
+    pub redirect_url: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What `set_oidc_provider` takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OidcProviderSettings {
+    /// The issuer URL (https; discovery is `{issuer}/.well-known/openid-configuration`).
+    pub issuer: String,
+    pub client_id: String,
+    /// Stored encrypted, never returned.
+    pub client_secret: String,
+    /// Email domains whose verified addresses may sign in for the first time.
+    pub allowed_domains: Vec<String>,
+    /// The role of users created at their first sign-in (default `member`).
+    #[serde(default)]
+    pub default_role: Option<Role>,
+}
+
+/// The organisation's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgSettingsView {
+    /// Admins may open shell, exec and port-forward sessions into other users'
+    /// workspaces (always audited). Default off.
+    pub admins_may_open_shells: bool,
+}
+
 /// People: identity, tokens, users, audit.
 #[lapdev_hrpc::service]
 pub trait PeopleRpc {
@@ -177,4 +212,32 @@ pub trait PeopleRpc {
     /// The organisation's audit log, newest first, paginated.
     #[hrpc(role = "admin")]
     async fn list_audit(&self, ctx: Context, filter: AuditFilter) -> Result<AuditPage, HrpcError>;
+
+    /// Sets the server's OpenID Connect provider (replacing any other).
+    #[hrpc(role = "owner")]
+    async fn set_oidc_provider(
+        &self,
+        ctx: Context,
+        settings: OidcProviderSettings,
+    ) -> Result<OidcProviderView, HrpcError>;
+
+    /// The server's OpenID Connect provider, if one is set.
+    #[hrpc(role = "admin")]
+    async fn get_oidc_provider(&self, ctx: Context) -> Result<Option<OidcProviderView>, HrpcError>;
+
+    /// Removes the OpenID Connect provider (linked accounts are kept).
+    #[hrpc(role = "owner")]
+    async fn clear_oidc_provider(&self, ctx: Context) -> Result<(), HrpcError>;
+
+    /// The organisation's settings.
+    #[hrpc(role = "admin")]
+    async fn get_org_settings(&self, ctx: Context) -> Result<OrgSettingsView, HrpcError>;
+
+    /// Changes the organisation's settings (audited).
+    #[hrpc(role = "owner")]
+    async fn set_org_settings(
+        &self,
+        ctx: Context,
+        settings: OrgSettingsView,
+    ) -> Result<OrgSettingsView, HrpcError>;
 }

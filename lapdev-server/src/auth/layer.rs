@@ -5,7 +5,9 @@
 //!    `public` passes without identity, no role (or an unknown one) is refused:
 //!    deny by default;
 //! 2. the bearer token is verified: a personal access token (`lapdev_pat_…`,
-//!    cached briefly) or a legacy admin JWT, which names only the user;
+//!    cached briefly) or a legacy admin JWT, which names only the user; without
+//!    one, a browser session cookie, only with the CSRF header and the server's
+//!    own `Origin` ([`WebPolicy`]);
 //! 3. the user's role and state are looked up (cached briefly, the cache dropped
 //!    on every change): a disabled or deleted user is `unauthenticated`, a role
 //!    below the declared one is `permission_denied` naming the role needed;
@@ -31,6 +33,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::audit::record_in_background;
 use super::principal::{AuthCache, Caller};
+use super::web_policy::{WebPolicy, cookie};
 use crate::admin::api::AdminRpcClient;
 use crate::admin::providers::ProviderRpcClient;
 use crate::admin::workspaces::WorkspaceRpcClient;
@@ -90,6 +93,7 @@ pub struct AuthState {
     /// Verified tokens and users.
     pub cache: Arc<AuthCache>,
     trusted_proxies: Arc<Vec<IpAddr>>,
+    web: Option<Arc<WebPolicy>>,
     methods: Arc<HashMap<&'static str, Option<&'static str>>>,
 }
 
@@ -118,8 +122,49 @@ impl AuthState {
             jwt,
             cache: Arc::new(AuthCache::default()),
             trusted_proxies: Arc::new(Vec::new()),
+            web: None,
             methods: Arc::new(methods),
         }
+    }
+
+    /// Accept browser sessions (cookie, with CSRF checks) and check the
+    /// `Origin` of WebSocket upgrades under `policy`.
+    pub fn with_web_policy(mut self, policy: WebPolicy) -> Self {
+        self.web = Some(Arc::new(policy));
+        self
+    }
+
+    /// The client's address of a request outside this layer (the `/auth/`
+    /// endpoints), believing `x-forwarded-for` only from trusted proxies.
+    pub fn client_addr(
+        &self,
+        extensions: &http::Extensions,
+        headers: &http::HeaderMap,
+    ) -> Option<String> {
+        let peer = extensions.get::<ConnectInfo<ClientAddr>>()?.0.0.ip();
+        let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        Some(client_ip(peer, forwarded, &self.trusted_proxies).to_string())
+    }
+
+    /// The browser rules, when sessions are accepted.
+    pub fn web_policy(&self) -> Option<&WebPolicy> {
+        self.web.as_deref()
+    }
+
+    /// Who holds the browser session `secret`, with their role as of now. The
+    /// session is checked against the database on every call (browsers call
+    /// rarely), so expiry and revocation hold from the very next call.
+    pub async fn authenticate_session(&self, secret: &str) -> Result<Caller, HrpcError> {
+        let lifetime = self.web.as_ref().map(|w| w.lifetime).unwrap_or_default();
+        let s = self
+            .db
+            .verify_session(secret, lifetime)
+            .await
+            .map_err(|e| match e {
+                DbError::InvalidToken(r) => HrpcError::unauthenticated(format!("session {r}")),
+                other => db_error(other),
+            })?;
+        self.caller_for(s.user_id, s.organization_id, None).await
     }
 
     /// Who presents `token`, with their role as of now.
@@ -148,6 +193,15 @@ impl AuthState {
                 .map_err(|e| HrpcError::unauthenticated(e.to_string()))?;
             (id.user_id, id.organization_id, None)
         };
+        self.caller_for(user_id, organization_id, token_id).await
+    }
+
+    async fn caller_for(
+        &self,
+        user_id: uuid::Uuid,
+        organization_id: uuid::Uuid,
+        token_id: Option<uuid::Uuid>,
+    ) -> Result<Caller, HrpcError> {
         let user = match self.cache.user(user_id) {
             Some(u) => u,
             None => {
@@ -278,11 +332,23 @@ pub async fn authorize(
         Ok(None) => return next.run(request).await,
         Err(e) => return e.into_response(),
     };
-    let Some(token) = bearer(request.headers()) else {
-        return HrpcError::unauthenticated("missing `authorization: Bearer <token>` header")
-            .into_response();
+    let session = auth
+        .web
+        .as_deref()
+        .and_then(|w| cookie(request.headers(), w.session_cookie()).map(|c| (w, c)));
+    let authenticated = match (bearer(request.headers()), session) {
+        // Bearer calls are exempt from the CSRF rules: browsers never attach
+        // a bearer token by themselves.
+        (Some(token), _) => auth.authenticate(token).await,
+        (None, Some((web, secret))) => match web.check_csrf(request.headers()) {
+            Ok(()) => auth.authenticate_session(secret).await,
+            Err(e) => Err(e),
+        },
+        (None, None) => Err(HrpcError::unauthenticated(
+            "missing `authorization: Bearer <token>` header",
+        )),
     };
-    let caller = match auth.authenticate(token).await {
+    let caller = match authenticated {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -348,6 +414,23 @@ pub async fn authorize(
         },
     );
     response
+}
+
+/// axum middleware in front of the whole surface: a WebSocket upgrade that
+/// carries an `Origin` must carry the server's own (see [`WebPolicy`]).
+pub async fn upgrade_origin(
+    State(auth): State<AuthState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let upgrade = request.headers().contains_key(http::header::UPGRADE);
+    if upgrade
+        && let Some(web) = auth.web.as_deref()
+        && let Err(e) = web.check_upgrade_origin(request.headers())
+    {
+        return e.into_response();
+    }
+    next.run(request).await
 }
 
 /// The name of what an audited call acts on, from its JSON arguments.

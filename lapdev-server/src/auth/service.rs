@@ -12,17 +12,20 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use lapdev_common::role::Role;
 use lapdev_db::{
-    AuditQuery, Db, DbError, NewAuditEntry, NewUser, PersonalAccessToken, User, UserChange,
+    AuditQuery, CredentialKey, Db, DbError, NewAuditEntry, NewOidcProvider, NewUser, OrgSettings,
+    PersonalAccessToken, ProviderCredential, User, UserChange,
 };
 use lapdev_hrpc::{Context, HrpcError};
 use lapdev_kube::db_error;
 use uuid::Uuid;
 
 use super::api::{
-    AuditFilter, AuditPage, AuditView, CreatedPatView, PatView, PeopleRpc, SignedIn, UserView,
+    AuditFilter, AuditPage, AuditView, CreatedPatView, OidcProviderSettings, OidcProviderView,
+    OrgSettingsView, PatView, PeopleRpc, SignedIn, UserView,
 };
 use super::audit::record_now;
 use super::layer::{AuthState, source_addr};
+use super::oidc::http::{Egress, check_url};
 use super::password::{Passwords, SlowDown};
 use super::principal::Caller;
 
@@ -47,6 +50,9 @@ pub struct PeopleService {
     slow: Arc<SlowDown>,
     failed_audits: Arc<Mutex<(Instant, u32)>>,
     policy: TokenPolicy,
+    credential_key: Option<CredentialKey>,
+    egress: Egress,
+    public_url: String,
 }
 
 impl std::fmt::Debug for PeopleService {
@@ -126,6 +132,35 @@ impl PeopleService {
             slow: Arc::new(SlowDown::default()),
             failed_audits: Arc::new(Mutex::new((Instant::now(), 0))),
             policy,
+            credential_key: None,
+            egress: Egress::HttpsOnly,
+            public_url: String::new(),
+        }
+    }
+
+    /// What the OpenID Connect settings need: the key that seals the client
+    /// secret, the egress rules issuers must follow, the public URL.
+    pub fn with_oidc(mut self, key: CredentialKey, egress: Egress, public_url: &str) -> Self {
+        self.credential_key = Some(key);
+        self.egress = egress;
+        self.public_url = public_url.trim_end_matches('/').to_owned();
+        self
+    }
+
+    fn key(&self) -> Result<&CredentialKey, HrpcError> {
+        self.credential_key
+            .as_ref()
+            .ok_or_else(|| HrpcError::failed_precondition("this server has no credential key"))
+    }
+
+    fn oidc_view(&self, p: lapdev_db::OidcProvider) -> OidcProviderView {
+        OidcProviderView {
+            issuer: p.config.issuer,
+            client_id: p.config.client_id,
+            allowed_domains: p.config.allowed_domains,
+            default_role: p.config.default_role,
+            redirect_url: format!("{}/auth/oidc/callback", self.public_url),
+            updated_at: p.updated_at,
         }
     }
 
@@ -172,7 +207,87 @@ impl PeopleService {
         Ok(user_view(changed))
     }
 
-    fn may_audit_failure(&self) -> bool {
+    /// A new personal access token for a user who just signed in (password or
+    /// OpenID Connect), audited as `action` in the same transaction.
+    pub async fn mint_sign_in_token(
+        &self,
+        u: User,
+        token_name: Option<String>,
+        action: &str,
+        source: Option<String>,
+        request_id: Option<String>,
+    ) -> Result<SignedIn, HrpcError> {
+        let name = token_name.unwrap_or_else(|| "sign-in".to_owned());
+        let created = self
+            .db
+            .create_pat(
+                u.organization_id,
+                u.id,
+                &name,
+                self.expiry(None)?,
+                NewAuditEntry {
+                    organization_id: Some(u.organization_id),
+                    actor_id: Some(u.id),
+                    actor_name: Some(u.name.clone()),
+                    action: action.to_owned(),
+                    target: Some(u.name.clone()),
+                    outcome: "success".into(),
+                    source_addr: source,
+                    request_id,
+                    detail: None,
+                },
+            )
+            .await
+            .map_err(people_error)?;
+        Ok(SignedIn {
+            user: user_view(u),
+            token: CreatedPatView {
+                token: pat_view(created.token),
+                token_secret: created.secret,
+            },
+        })
+    }
+
+    /// A new browser session for a user who just signed in, revoking the one
+    /// the browser came with (rotation), audited in the same transaction.
+    pub async fn start_session(
+        &self,
+        u: &User,
+        lifetime: lapdev_db::SessionLifetime,
+        replaces: Option<&str>,
+        action: &str,
+        source: Option<String>,
+        request_id: Option<String>,
+    ) -> Result<lapdev_db::CreatedSession, HrpcError> {
+        self.db
+            .create_session(
+                u.organization_id,
+                u.id,
+                lifetime,
+                replaces,
+                NewAuditEntry {
+                    organization_id: Some(u.organization_id),
+                    actor_id: Some(u.id),
+                    actor_name: Some(u.name.clone()),
+                    action: action.to_owned(),
+                    target: Some(u.name.clone()),
+                    outcome: "success".into(),
+                    source_addr: source,
+                    request_id,
+                    detail: Some("session".into()),
+                },
+            )
+            .await
+            .map_err(people_error)
+    }
+
+    /// The database (for the `/auth/` endpoints).
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Whether one more failed sign-in may be audited this minute.
+    pub fn may_audit_failure(&self) -> bool {
         let mut window = self.failed_audits.lock().unwrap_or_else(|e| e.into_inner());
         if window.0.elapsed() >= Duration::from_secs(60) {
             *window = (Instant::now(), 0);
@@ -181,26 +296,18 @@ impl PeopleService {
         window.1 <= FAILED_SIGN_IN_AUDITS_PER_MINUTE
     }
 
-    async fn organization_id(&self, name: Option<&str>) -> Result<Option<Uuid>, HrpcError> {
-        let orgs = self.db.list_organizations().await.map_err(db_error)?;
-        Ok(match name {
-            Some(n) => orgs.into_iter().find(|o| o.name == n).map(|o| o.id),
-            None => orgs.into_iter().next().map(|o| o.id),
-        })
-    }
-}
-
-impl PeopleRpc for PeopleService {
-    async fn sign_in(
+    /// Checks a password sign-in: slowed down per user and per address after
+    /// failures, the same cost for unknown users, failures audited (at most
+    /// [`FAILED_SIGN_IN_AUDITS_PER_MINUTE`]). The user on success.
+    pub async fn check_password(
         &self,
-        ctx: Context,
-        organization: Option<String>,
+        source: Option<String>,
+        request_id: Option<String>,
+        organization: Option<&str>,
         user: String,
         password: String,
-        token_name: Option<String>,
-    ) -> Result<SignedIn, HrpcError> {
-        let source = source_addr(ctx.extensions());
-        let org_id = self.organization_id(organization.as_deref()).await?;
+    ) -> Result<User, HrpcError> {
+        let org_id = self.organization_id(organization).await?;
         let user_key = format!("user:{}:{user}", org_id.unwrap_or_default());
         let addr_key = format!("addr:{}", source.as_deref().unwrap_or("unknown"));
         let delay = self.slow.delay(&user_key).max(self.slow.delay(&addr_key));
@@ -234,7 +341,7 @@ impl PeopleRpc for PeopleService {
                         target: Some(user),
                         outcome: "failure".into(),
                         source_addr: source,
-                        request_id: Some(ctx.request_id().to_owned()),
+                        request_id,
                         ..Default::default()
                     },
                 )
@@ -244,33 +351,44 @@ impl PeopleRpc for PeopleService {
         };
         self.slow.succeeded(&user_key);
         self.slow.succeeded(&addr_key);
-        let u = candidate.user;
-        let who = Caller {
-            user_id: u.id,
-            name: u.name.clone(),
-            organization_id: u.organization_id,
-            role: u.role,
-            token_id: None,
-        };
-        let name = token_name.unwrap_or_else(|| "sign-in".to_owned());
-        let created = self
-            .db
-            .create_pat(
-                u.organization_id,
-                u.id,
-                &name,
-                self.expiry(None)?,
-                audit(&ctx, &who, "auth.sign_in", Some(u.name.clone())),
-            )
-            .await
-            .map_err(people_error)?;
-        Ok(SignedIn {
-            user: user_view(u),
-            token: CreatedPatView {
-                token: pat_view(created.token),
-                token_secret: created.secret,
-            },
+        Ok(candidate.user)
+    }
+
+    async fn organization_id(&self, name: Option<&str>) -> Result<Option<Uuid>, HrpcError> {
+        let orgs = self.db.list_organizations().await.map_err(db_error)?;
+        Ok(match name {
+            Some(n) => orgs.into_iter().find(|o| o.name == n).map(|o| o.id),
+            None => orgs.into_iter().next().map(|o| o.id),
         })
+    }
+}
+
+impl PeopleRpc for PeopleService {
+    async fn sign_in(
+        &self,
+        ctx: Context,
+        organization: Option<String>,
+        user: String,
+        password: String,
+        token_name: Option<String>,
+    ) -> Result<SignedIn, HrpcError> {
+        let u = self
+            .check_password(
+                source_addr(ctx.extensions()),
+                Some(ctx.request_id().to_owned()),
+                organization.as_deref(),
+                user,
+                password,
+            )
+            .await?;
+        self.mint_sign_in_token(
+            u,
+            token_name,
+            "auth.sign_in",
+            source_addr(ctx.extensions()),
+            Some(ctx.request_id().to_owned()),
+        )
+        .await
     }
 
     async fn whoami(&self, ctx: Context) -> Result<UserView, HrpcError> {
@@ -500,6 +618,107 @@ impl PeopleRpc for PeopleService {
                 })
                 .collect(),
             next,
+        })
+    }
+
+    async fn set_oidc_provider(
+        &self,
+        ctx: Context,
+        settings: OidcProviderSettings,
+    ) -> Result<OidcProviderView, HrpcError> {
+        let who = caller(&ctx)?;
+        let issuer = settings.issuer.trim_end_matches('/').to_owned();
+        let discovery = format!("{issuer}/.well-known/openid-configuration");
+        check_url(&discovery, self.egress).map_err(|reason| {
+            HrpcError::invalid_argument(format!("issuer: {reason}"))
+                .with_details(serde_json::json!({"field": "issuer"}))
+        })?;
+        if settings.client_secret.is_empty() {
+            return Err(
+                HrpcError::invalid_argument("client_secret must not be empty")
+                    .with_details(serde_json::json!({"field": "client_secret"})),
+            );
+        }
+        if settings.allowed_domains.iter().all(|d| d.trim().is_empty()) {
+            return Err(HrpcError::invalid_argument(
+                "allowed_domains must name at least one email domain",
+            )
+            .with_details(serde_json::json!({"field": "allowed_domains"})));
+        }
+        let stored = self
+            .db
+            .set_oidc_provider(
+                self.key()?,
+                NewOidcProvider {
+                    organization_id: who.organization_id,
+                    issuer: issuer.clone(),
+                    client_id: settings.client_id,
+                    client_secret: ProviderCredential::new(settings.client_secret.into_bytes()),
+                    allowed_domains: settings.allowed_domains,
+                    default_role: settings.default_role.unwrap_or(Role::Member),
+                },
+                audit(&ctx, &who, "oidc.set", Some(issuer)),
+            )
+            .await
+            .map_err(people_error)?;
+        Ok(self.oidc_view(stored))
+    }
+
+    async fn get_oidc_provider(
+        &self,
+        _ctx: Context,
+    ) -> Result<Option<OidcProviderView>, HrpcError> {
+        let stored = self.db.oidc_provider(self.key()?).await.map_err(db_error)?;
+        Ok(stored.map(|p| self.oidc_view(p)))
+    }
+
+    async fn clear_oidc_provider(&self, ctx: Context) -> Result<(), HrpcError> {
+        let who = caller(&ctx)?;
+        self.db
+            .clear_oidc_provider(audit(&ctx, &who, "oidc.clear", None))
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn get_org_settings(&self, ctx: Context) -> Result<OrgSettingsView, HrpcError> {
+        let who = caller(&ctx)?;
+        let s = self
+            .db
+            .org_settings(who.organization_id)
+            .await
+            .map_err(db_error)?;
+        Ok(OrgSettingsView {
+            admins_may_open_shells: s.admins_may_open_shells,
+        })
+    }
+
+    async fn set_org_settings(
+        &self,
+        ctx: Context,
+        settings: OrgSettingsView,
+    ) -> Result<OrgSettingsView, HrpcError> {
+        let who = caller(&ctx)?;
+        let entry = NewAuditEntry {
+            detail: Some(format!(
+                "admins_may_open_shells={}",
+                settings.admins_may_open_shells
+            )),
+            ..audit(&ctx, &who, "org.settings", None)
+        };
+        let s = self
+            .db
+            .set_org_settings(
+                who.organization_id,
+                OrgSettings {
+                    admins_may_open_shells: settings.admins_may_open_shells,
+                },
+                entry,
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(OrgSettingsView {
+            admins_may_open_shells: s.admins_may_open_shells,
         })
     }
 }

@@ -198,7 +198,12 @@ pub async fn login(
             .map_err(call_error)?;
         (signed.token.token_secret, signed.user)
     };
-    let file = store_token(&token)?;
+    store_signed_in(out, &token, &me)
+}
+
+/// Stores a token from any sign-in and says who signed in.
+pub fn store_signed_in(out: Output, token: &str, me: &UserView) -> anyhow::Result<()> {
+    let file = store_token(token)?;
     done(
         out,
         json!({"user": me.name, "role": me.role, "token_file": file}),
