@@ -4,8 +4,7 @@
 //! An input is a small text HTTP request: a first line `METHOD PATH`, header
 //! lines `name: value`, an empty line, then the body. Pieces the `http` crate
 //! refuses (a bad method, URI or header) never reach a server, so they are
-//! skipped. The request goes through the generated router in-process, on a
-//! runtime with paused time (a `slow` call's sleep does not stall fuzzing).
+//! skipped. The request goes through the generated router in-process.
 //!
 //! Invariants: the router answers (no panic); a `200` only for a `POST` to a
 //! known method, with a JSON body; anything else carries an HRPC error body, a
@@ -62,11 +61,14 @@ pub fn check(router: axum::Router, service: &str, data: &[u8]) -> Option<u16> {
     // Only the first x-request-id counts; a repeated one is ambiguous.
     let single_id = request.headers().get_all("x-request-id").iter().count() == 1;
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("a runtime");
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    // Under the fuzzer, time is paused (a `slow` call's sleep does not stall
+    // fuzzing); the corpus replay runs in real time, and its seeds sleep little.
+    #[allow(unexpected_cfgs)]
+    #[cfg(fuzzing)]
+    builder.start_paused(true);
+    let rt = builder.build().expect("a runtime");
     let (status, headers, bytes) = rt.block_on(async move {
         let response = router.oneshot(request).await.expect("the router is infallible");
         let (parts, body) = response.into_parts();

@@ -300,7 +300,8 @@ fn child(args: &[String]) {
     let total: u64 = args[3].parse().unwrap();
     let setup = Arc::new(setup());
     let rt = client_runtime();
-    rt.block_on(run(setup, pair, Arc::new(payload(size)), concurrency, total));
+    // A clone: the server's runtime must not be dropped inside the client's.
+    rt.block_on(run(setup.clone(), pair, Arc::new(payload(size)), concurrency, total));
 }
 
 /// Instructions of one child run under callgrind.
