@@ -34,10 +34,26 @@ pub fn check(data: &[u8]) -> Option<KubeClusterInfo> {
                 .map(|q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| q.0.clone())
         };
         let fields = [
-            ("status.capacity.cpu", quantity(status.and_then(|s| s.capacity.as_ref()), "cpu"), true),
-            ("status.capacity.memory", quantity(status.and_then(|s| s.capacity.as_ref()), "memory"), false),
-            ("status.allocatable.cpu", quantity(status.and_then(|s| s.allocatable.as_ref()), "cpu"), true),
-            ("status.allocatable.memory", quantity(status.and_then(|s| s.allocatable.as_ref()), "memory"), false),
+            (
+                "status.capacity.cpu",
+                quantity(status.and_then(|s| s.capacity.as_ref()), "cpu"),
+                true,
+            ),
+            (
+                "status.capacity.memory",
+                quantity(status.and_then(|s| s.capacity.as_ref()), "memory"),
+                false,
+            ),
+            (
+                "status.allocatable.cpu",
+                quantity(status.and_then(|s| s.allocatable.as_ref()), "cpu"),
+                true,
+            ),
+            (
+                "status.allocatable.memory",
+                quantity(status.and_then(|s| s.allocatable.as_ref()), "memory"),
+                false,
+            ),
         ];
         for (field, value, cpu) in fields {
             let bad = value.is_some_and(|v| {
@@ -65,9 +81,18 @@ pub fn check(data: &[u8]) -> Option<KubeClusterInfo> {
     };
     for (got, want) in [
         (info.cpu_capacity_millis, exact(|s| s.cpu_capacity_millis)),
-        (info.cpu_allocatable_millis, exact(|s| s.cpu_allocatable_millis)),
-        (info.memory_capacity_bytes, exact(|s| s.memory_capacity_bytes)),
-        (info.memory_allocatable_bytes, exact(|s| s.memory_allocatable_bytes)),
+        (
+            info.cpu_allocatable_millis,
+            exact(|s| s.cpu_allocatable_millis),
+        ),
+        (
+            info.memory_capacity_bytes,
+            exact(|s| s.memory_capacity_bytes),
+        ),
+        (
+            info.memory_allocatable_bytes,
+            exact(|s| s.memory_allocatable_bytes),
+        ),
     ] {
         if let Some(want) = want {
             assert_eq!(got, want);
@@ -77,7 +102,11 @@ pub fn check(data: &[u8]) -> Option<KubeClusterInfo> {
     if providers.is_empty() {
         assert_eq!(info.provider, CloudProvider::Unknown);
     } else {
-        assert!(providers.contains(&info.provider), "{:?} named by no node", info.provider);
+        assert!(
+            providers.contains(&info.provider),
+            "{:?} named by no node",
+            info.provider
+        );
     }
     match &info.region {
         None => assert!(summaries.iter().all(|s| s.region.is_none())),

@@ -20,7 +20,9 @@ const SKIPPED_PATHS: &[&str] = &["/Echo/explode"];
 
 /// Runs one input through `router`, whose methods live under `/{service}/`;
 /// returns the answer's status, or `None` for an input no client could send.
-pub fn check(router: axum::Router, service: &str, data: &[u8]) -> Option<u16> {
+/// `paused_time` (needs tokio's `test-util`) makes a `slow` call's sleep end at
+/// once, so it cannot stall fuzzing; the corpus replay runs in real time.
+pub fn check(router: axum::Router, service: &str, data: &[u8], paused_time: bool) -> Option<u16> {
     let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
         Some(i) => (&data[..i], &data[i + 2..]),
         None => (data, &[][..]),
@@ -63,14 +65,15 @@ pub fn check(router: axum::Router, service: &str, data: &[u8]) -> Option<u16> {
 
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
-    // Under the fuzzer, time is paused (a `slow` call's sleep does not stall
-    // fuzzing); the corpus replay runs in real time, and its seeds sleep little.
-    #[allow(unexpected_cfgs)]
-    #[cfg(fuzzing)]
-    builder.start_paused(true);
+    if paused_time {
+        builder.start_paused(true);
+    }
     let rt = builder.build().expect("a runtime");
     let (status, headers, bytes) = rt.block_on(async move {
-        let response = router.oneshot(request).await.expect("the router is infallible");
+        let response = router
+            .oneshot(request)
+            .await
+            .expect("the router is infallible");
         let (parts, body) = response.into_parts();
         let bytes = body.collect().await.expect("an in-memory body").to_bytes();
         (parts.status, parts.headers, bytes)

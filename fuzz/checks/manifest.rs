@@ -56,22 +56,37 @@ pub fn check(data: &[u8]) -> bool {
                     "the token leaked into an error"
                 );
             }
-            assert!(manifest_objects(&params).is_err(), "YAML failed, JSON did not");
+            assert!(
+                manifest_objects(&params).is_err(),
+                "YAML failed, JSON did not"
+            );
             return false;
         }
     };
     let values = manifest_objects(&params).expect("the same params render as JSON");
     let read_back: Vec<serde_json::Value> =
         serde_saphyr::from_multiple(&yaml).expect("the rendered YAML reads back");
-    assert_eq!(read_back, values, "the YAML does not read back as the objects");
+    assert_eq!(
+        read_back, values,
+        "the YAML does not read back as the objects"
+    );
     let secret = values
         .iter()
         .find(|v| v["kind"] == "Secret")
         .expect("a Secret");
     let data = &secret["stringData"];
-    let found = |value: &str| data.as_object().is_some_and(|m| m.values().any(|v| v == value));
-    assert!(found(&params.server_url), "the server URL is not in the Secret");
-    assert!(found(&params.cluster_token), "the token is not in the Secret");
+    let found = |value: &str| {
+        data.as_object()
+            .is_some_and(|m| m.values().any(|v| v == value))
+    };
+    assert!(
+        found(&params.server_url),
+        "the server URL is not in the Secret"
+    );
+    assert!(
+        found(&params.cluster_token),
+        "the token is not in the Secret"
+    );
     assert_eq!(
         secret["metadata"]["annotations"][lapdev_kube::manifest::CLUSTER_NAME_ANNOTATION],
         params.cluster_name.as_str(),

@@ -6,10 +6,10 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../lapdev-hrpc/tests/common/mod.rs"]
-mod common;
 #[path = "../checks/hrpc_request.rs"]
 mod check;
+#[path = "../../lapdev-hrpc/tests/common/mod.rs"]
+mod common;
 
 fuzz_target!(|data: &[u8]| {
     static ROUTER: OnceLock<axum::Router> = OnceLock::new();
@@ -22,5 +22,5 @@ fuzz_target!(|data: &[u8]| {
             },
         )
     });
-    let _ = check::check(router.clone(), "Echo", data);
+    let _ = check::check(router.clone(), "Echo", data, true);
 });

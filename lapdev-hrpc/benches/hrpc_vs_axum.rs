@@ -301,13 +301,20 @@ fn child(args: &[String]) {
     let setup = Arc::new(setup());
     let rt = client_runtime();
     // A clone: the server's runtime must not be dropped inside the client's.
-    rt.block_on(run(setup.clone(), pair, Arc::new(payload(size)), concurrency, total));
+    rt.block_on(run(
+        setup.clone(),
+        pair,
+        Arc::new(payload(size)),
+        concurrency,
+        total,
+    ));
 }
 
 /// Instructions of one child run under callgrind.
 fn callgrind(pair: Pair, size: usize, concurrency: usize, total: u64) -> u64 {
     let exe = std::env::current_exe().unwrap();
-    let out_file = std::env::temp_dir().join(format!("hrpc-bench-callgrind.{}", std::process::id()));
+    let out_file =
+        std::env::temp_dir().join(format!("hrpc-bench-callgrind.{}", std::process::id()));
     let output = std::process::Command::new("valgrind")
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out_file.display()))
@@ -325,7 +332,10 @@ fn callgrind(pair: Pair, size: usize, concurrency: usize, total: u64) -> u64 {
     // "==123== Collected : 123456789"
     stderr
         .lines()
-        .find_map(|l| l.split_once("Collected :").map(|(_, n)| n.trim().parse().unwrap()))
+        .find_map(|l| {
+            l.split_once("Collected :")
+                .map(|(_, n)| n.trim().parse().unwrap())
+        })
         .unwrap_or_else(|| panic!("no instruction count in: {stderr}"))
 }
 

@@ -118,7 +118,10 @@ mod tests {
         let a = new_request_id();
         let b = new_request_id_header();
         assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         assert_eq!(b.len(), 32);
         assert_ne!(a.as_bytes(), b.as_bytes());
         // Same process: same prefix, the counter differs.

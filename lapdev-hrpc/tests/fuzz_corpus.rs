@@ -74,7 +74,7 @@ fn the_hrpc_request_corpus_gets_structured_answers() {
         },
     );
     for (name, bytes) in seeds {
-        let status = hrpc_request::check(router.clone(), "Echo", &bytes);
+        let status = hrpc_request::check(router.clone(), "Echo", &bytes, false);
         // The seeds are named for what they are.
         let expected = match name.as_str() {
             "add" | "add_with_id_and_deadline" | "mirror" | "empty_body" | "insane_request_id" => {
