@@ -1,22 +1,32 @@
-//! HRPC against a hand-written axum JSON handler doing the same work, over
-//! loopback TCP, called with the same HTTP client (`HttpTransport`, which HRPC's
-//! client uses too), for a ~100-byte and a 64 KiB payload, sequential and with 64
-//! concurrent callers.
+//! HRPC's own cost: the four pairs of {HRPC client, plain hyper client} ×
+//! {HRPC handler, hand-written axum JSON handler}, doing the same work over
+//! loopback TCP, for a ~100-byte and a 64 KiB payload, with 1 and 64 callers.
 //!
-//! Criterion measures time per call (and so calls/s). After it, a summary pass
-//! runs each case for a fixed time, recording every call's latency, and prints
-//! calls/s, p50/p99 latency and the HRPC/axum ratio.
+//! Two judges, both over the whole in-process run (client and server):
 //!
-//! Run: `cargo bench -p lapdev-hrpc --bench hrpc_vs_axum`.
+//! - **Throughput** (default): 12 rounds; in each round every pair runs a fixed
+//!   number of calls, the pairs in a rotating order so drift hits all alike. It
+//!   prints each pair's median calls/s over the rounds and the ratio of the HRPC
+//!   pair to the plain pair.
+//! - **Instructions per call** (`-- --instructions`, needs `valgrind`): the
+//!   bench re-runs itself under `valgrind --tool=callgrind` for each pair and
+//!   cell, twice with different call counts, and divides the difference of the
+//!   instruction counts by the difference of the calls (so start-up, runtime
+//!   and connection set-up cancel out).
+//!
+//! Run: `cargo bench -p lapdev-hrpc --bench hrpc_vs_axum [-- --instructions]`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Json;
 use bytes::Bytes;
-use criterion::{Criterion, Throughput, criterion_group};
-use lapdev_hrpc::{Client, HrpcError, HttpTransport, HttpTransportConfig, Transport as _};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use lapdev_hrpc::{Client, HrpcError, HttpTransport, HttpTransportConfig};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,9 +72,55 @@ fn payload(size: usize) -> Payload {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Side {
+    Hrpc,
+    Plain,
+}
+
+/// One of the four pairs: who calls, who answers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Pair {
+    client: Side,
+    server: Side,
+}
+
+const PAIRS: [Pair; 4] = [
+    Pair {
+        client: Side::Hrpc,
+        server: Side::Hrpc,
+    },
+    Pair {
+        client: Side::Plain,
+        server: Side::Plain,
+    },
+    Pair {
+        client: Side::Hrpc,
+        server: Side::Plain,
+    },
+    Pair {
+        client: Side::Plain,
+        server: Side::Hrpc,
+    },
+];
+
+impl Pair {
+    fn label(self) -> String {
+        let side = |s| match s {
+            Side::Hrpc => "hrpc",
+            Side::Plain => "plain",
+        };
+        format!("{}→{}", side(self.client), side(self.server))
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        PAIRS.into_iter().find(|p| p.label() == text)
+    }
+}
+
 struct Setup {
-    client: Arc<Client>,
-    transport: Arc<HttpTransport>,
+    hrpc: Client,
+    plain: HyperClient<HttpConnector, Full<Bytes>>,
     addr: SocketAddr,
     _server: tokio::runtime::Runtime,
 }
@@ -91,177 +147,244 @@ fn setup() -> Setup {
         addr
     });
     let transport = Arc::new(HttpTransport::new(HttpTransportConfig::default()).unwrap());
-    let client =
-        Client::with_shared_transport(&format!("http://{addr}"), transport.clone()).unwrap();
+    let hrpc = Client::with_shared_transport(&format!("http://{addr}"), transport).unwrap();
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let plain = HyperClient::builder(TokioExecutor::new()).build(connector);
     Setup {
-        client: Arc::new(client),
-        transport,
+        hrpc,
+        plain,
         addr,
         _server: server,
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Kind {
-    Hrpc,
-    Axum,
-}
-
-async fn one_call(setup: &Setup, kind: Kind, p: &Payload) {
-    match kind {
-        Kind::Hrpc => {
-            let client = BenchClient::new((*setup.client).clone());
-            let out = client.work(p.clone()).await.unwrap();
-            assert_eq!(out.id, p.id + 1);
+async fn one_call(setup: &Setup, pair: Pair, p: &Payload) {
+    let out: Payload = match pair.client {
+        Side::Hrpc => {
+            let (service, method) = match pair.server {
+                Side::Hrpc => ("Bench", "work"),
+                Side::Plain => ("plain", "work"),
+            };
+            #[derive(Serialize)]
+            struct Args<'a> {
+                payload: &'a Payload,
+            }
+            // What the generated client does, with the path of either handler.
+            setup
+                .hrpc
+                .call::<_, _, HrpcError>(service, method, &Args { payload: p })
+                .await
+                .unwrap()
         }
-        Kind::Axum => {
-            let body = serde_json::to_vec(&PlainArgs { payload: p.clone() }).unwrap();
-            let request = http::Request::post(format!("http://{}/plain/work", setup.addr))
+        Side::Plain => {
+            let path = match pair.server {
+                Side::Hrpc => "Bench/work",
+                Side::Plain => "plain/work",
+            };
+            #[derive(Serialize)]
+            struct Args<'a> {
+                payload: &'a Payload,
+            }
+            let body = serde_json::to_vec(&Args { payload: p }).unwrap();
+            let request = http::Request::post(format!("http://{}/{path}", setup.addr))
                 .header("content-type", "application/json")
-                .body(Bytes::from(body))
+                .body(Full::new(Bytes::from(body)))
                 .unwrap();
-            let response = setup.transport.send(request).await.unwrap();
+            let response = setup.plain.request(request).await.unwrap();
             assert_eq!(response.status(), 200);
-            let out: Payload = serde_json::from_slice(response.body()).unwrap();
-            assert_eq!(out.id, p.id + 1);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice(&body).unwrap()
         }
-    }
+    };
+    assert_eq!(out.id, p.id + 1);
 }
 
-/// Runs `total` calls with `concurrency` callers; returns each call's latency.
-async fn run(
-    setup: Arc<Setup>,
-    kind: Kind,
-    p: Arc<Payload>,
-    concurrency: usize,
-    total: u64,
-) -> Vec<Duration> {
+/// Runs `total` calls (rounded up to a multiple of `concurrency`) with
+/// `concurrency` callers.
+async fn run(setup: Arc<Setup>, pair: Pair, p: Arc<Payload>, concurrency: usize, total: u64) {
     let per_worker = total.div_ceil(concurrency as u64);
     let workers = (0..concurrency).map(|_| {
         let setup = setup.clone();
         let p = p.clone();
         tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per_worker as usize);
             for _ in 0..per_worker {
-                let start = Instant::now();
-                one_call(&setup, kind, &p).await;
-                lat.push(start.elapsed());
+                one_call(&setup, pair, &p).await;
             }
-            lat
         })
     });
-    let mut all = Vec::new();
     for w in futures::future::join_all(workers).await {
-        all.extend(w.unwrap());
+        w.unwrap();
     }
-    all
 }
 
 const CASES: [(&str, usize); 2] = [("100B", 100), ("64KiB", 64 * 1024)];
 const CONCURRENCY: [usize; 2] = [1, 64];
+const ROUNDS: usize = 12;
 
-fn bench(c: &mut Criterion) {
-    let setup = Arc::new(setup());
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
-    for (label, size) in CASES {
-        let p = Arc::new(payload(size));
-        for concurrency in CONCURRENCY {
-            let mut group = c.benchmark_group(format!("{label}/concurrency-{concurrency}"));
-            group.throughput(Throughput::Elements(1));
-            for kind in [Kind::Hrpc, Kind::Axum] {
-                group.bench_function(format!("{kind:?}"), |b| {
-                    b.to_async(&rt).iter_custom(|iters| {
-                        let setup = setup.clone();
-                        let p = p.clone();
-                        async move {
-                            let start = Instant::now();
-                            run(setup, kind, p, concurrency, iters.max(concurrency as u64)).await;
-                            start
-                                .elapsed()
-                                .mul_f64(iters as f64 / iters.max(concurrency as u64) as f64)
-                        }
-                    })
-                });
-            }
-            group.finish();
-        }
-    }
-    summary(&rt, &setup);
+        .unwrap()
 }
 
-/// Fixed-length runs, alternating HRPC and axum so drift hits both alike.
-fn summary(rt: &tokio::runtime::Runtime, setup: &Arc<Setup>) {
-    println!("\nsummary: calls/s and latency per call (3 alternating rounds of 1.5 s each)");
+/// Calls per pair per round: about 0.1–0.3 s of work each on this machine.
+fn calls_per_round(size: usize, concurrency: usize) -> u64 {
+    let base: u64 = if size > 1024 { 400 } else { 2_000 };
+    base.div_ceil(concurrency as u64) * concurrency as u64
+}
+
+fn throughput() {
+    let setup = Arc::new(setup());
+    let rt = client_runtime();
     println!(
-        "{:<8} {:>5} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>7}",
-        "payload",
-        "conc",
-        "hrpc c/s",
-        "axum c/s",
-        "hrpc p50",
-        "axum p50",
-        "hrpc p99",
-        "axum p99",
-        "ratio"
+        "median calls/s over {ROUNDS} interleaved rounds (whole run: client + server in this process)"
+    );
+    println!(
+        "{:<7} {:>5} {:>12} {:>12} {:>12} {:>12} {:>8}",
+        "payload", "conc", "hrpc→hrpc", "plain→plain", "hrpc→plain", "plain→hrpc", "ratio"
     );
     for (label, size) in CASES {
         let p = Arc::new(payload(size));
         for concurrency in CONCURRENCY {
-            let mut lat = [Vec::new(), Vec::new()];
-            let mut wall = [Duration::ZERO; 2];
-            for _round in 0..3 {
-                for (i, kind) in [Kind::Hrpc, Kind::Axum].into_iter().enumerate() {
-                    let deadline = Instant::now() + Duration::from_millis(1500);
-                    while Instant::now() < deadline {
-                        let start = Instant::now();
-                        let l = rt.block_on(run(
-                            setup.clone(),
-                            kind,
-                            p.clone(),
-                            concurrency,
-                            concurrency as u64 * 50,
-                        ));
-                        wall[i] += start.elapsed();
-                        lat[i].extend(l);
-                    }
+            let total = calls_per_round(size, concurrency);
+            // Warm up every pair (connections, allocator, caches).
+            for pair in PAIRS {
+                rt.block_on(run(setup.clone(), pair, p.clone(), concurrency, total / 4));
+            }
+            let mut rates: [Vec<f64>; 4] = Default::default();
+            for round in 0..ROUNDS {
+                for k in 0..PAIRS.len() {
+                    let i = (k + round) % PAIRS.len();
+                    let start = Instant::now();
+                    rt.block_on(run(setup.clone(), PAIRS[i], p.clone(), concurrency, total));
+                    rates[i].push(total as f64 / start.elapsed().as_secs_f64());
                 }
             }
-            let rate = |i: usize| lat[i].len() as f64 / wall[i].as_secs_f64();
-            let pct = |i: usize, q: f64| {
-                let mut v = lat[i].clone();
-                v.sort();
-                v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
-            };
+            let medians = rates.map(|mut r| {
+                r.sort_by(f64::total_cmp);
+                (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0
+            });
             println!(
-                "{:<8} {:>5} {:>12.0} {:>12.0} {:>10.3?} {:>10.3?} {:>10.3?} {:>10.3?} {:>7.3}",
+                "{:<7} {:>5} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>8.3}",
                 label,
                 concurrency,
-                rate(0),
-                rate(1),
-                pct(0, 0.50),
-                pct(1, 0.50),
-                pct(0, 0.99),
-                pct(1, 0.99),
-                rate(0) / rate(1)
+                medians[0],
+                medians[1],
+                medians[2],
+                medians[3],
+                medians[0] / medians[1]
             );
         }
     }
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
-    targets = bench
+/// Calls for the two runs of an instruction count: (fewer, more).
+fn instruction_calls(size: usize, concurrency: usize) -> (u64, u64) {
+    let c = concurrency as u64;
+    match (size > 1024, concurrency > 1) {
+        (false, false) => (100, 600),
+        (false, true) => (c, 9 * c),
+        (true, false) => (20, 120),
+        (true, true) => (c, 3 * c),
+    }
+}
+
+/// The child of `--instructions`: one pair, one cell, `total` calls.
+fn child(args: &[String]) {
+    let pair = Pair::parse(&args[0]).expect("a pair label");
+    let size: usize = args[1].parse().unwrap();
+    let concurrency: usize = args[2].parse().unwrap();
+    let total: u64 = args[3].parse().unwrap();
+    let setup = Arc::new(setup());
+    let rt = client_runtime();
+    // A clone: the server's runtime must not be dropped inside the client's.
+    rt.block_on(run(
+        setup.clone(),
+        pair,
+        Arc::new(payload(size)),
+        concurrency,
+        total,
+    ));
+}
+
+/// Instructions of one child run under callgrind.
+fn callgrind(pair: Pair, size: usize, concurrency: usize, total: u64) -> u64 {
+    let exe = std::env::current_exe().unwrap();
+    let out_file =
+        std::env::temp_dir().join(format!("hrpc-bench-callgrind.{}", std::process::id()));
+    let output = std::process::Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out_file.display()))
+        .arg(&exe)
+        .arg("--child")
+        .arg(pair.label())
+        .arg(size.to_string())
+        .arg(concurrency.to_string())
+        .arg(total.to_string())
+        .output()
+        .expect("valgrind is installed (apt-get install valgrind)");
+    let _ = std::fs::remove_file(&out_file);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the child failed: {stderr}");
+    // "==123== Collected : 123456789"
+    stderr
+        .lines()
+        .find_map(|l| {
+            l.split_once("Collected :")
+                .map(|(_, n)| n.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no instruction count in: {stderr}"))
+}
+
+fn instructions() {
+    println!("instructions per call under callgrind (whole run: client + server in one process)");
+    println!(
+        "{:<7} {:>5} {:>12} {:>12} {:>12} {:>12} {:>8}",
+        "payload", "conc", "hrpc→hrpc", "plain→plain", "hrpc→plain", "plain→hrpc", "ratio"
+    );
+    for (label, size) in CASES {
+        for concurrency in CONCURRENCY {
+            let (few, many) = instruction_calls(size, concurrency);
+            let per_call = PAIRS.map(|pair| {
+                let a = callgrind(pair, size, concurrency, few);
+                let b = callgrind(pair, size, concurrency, many);
+                b.saturating_sub(a) as f64 / (many - few) as f64
+            });
+            println!(
+                "{:<7} {:>5} {:>12.0} {:>12.0} {:>12.0} {:>12.0} {:>8.3}",
+                label,
+                concurrency,
+                per_call[0],
+                per_call[1],
+                per_call[2],
+                per_call[3],
+                // Cost ratio turned into a speed ratio: plain / hrpc.
+                per_call[1] / per_call[0]
+            );
+        }
+    }
 }
 
 fn main() {
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        return child(&args[i + 1..]);
+    }
+    if args.iter().any(|a| a == "--instructions") {
+        return instructions();
+    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not: there, a
+    // smoke run of every pair is enough.
+    if !args.iter().any(|a| a == "--bench") {
+        let setup = Arc::new(setup());
+        let rt = client_runtime();
+        for pair in PAIRS {
+            rt.block_on(run(setup.clone(), pair, Arc::new(payload(100)), 2, 4));
+        }
+        return;
+    }
+    throughput();
 }

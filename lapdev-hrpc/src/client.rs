@@ -20,8 +20,8 @@ use tracing::Instrument as _;
 
 use crate::error::{Code, HrpcError};
 use crate::protocol::{
-    CONTENT_TYPE_JSON, PROTOCOL_VERSION, REQUEST_ID_HEADER, TIMEOUT_HEADER, VERSION_HEADER,
-    new_request_id,
+    CONTENT_TYPE_JSON, PROTOCOL_VERSION, REQUEST_ID_NAME, TIMEOUT_NAME, VERSION_HEADER,
+    VERSION_NAME, VERSION_VALUE, new_request_id_header,
 };
 
 mod http_transport;
@@ -172,7 +172,7 @@ const LOCAL_DEADLINE_GRACE: Duration = Duration::from_millis(200);
 /// clients wrap one.
 #[derive(Clone)]
 pub struct Client {
-    base: Arc<str>,
+    base: BaseUrl,
     transport: Arc<dyn Transport>,
     options: CallOptions,
 }
@@ -180,7 +180,7 @@ pub struct Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("base", &self.base)
+            .field("base", &self.base.text)
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
@@ -229,8 +229,9 @@ impl Client {
         if uri.query().is_some() {
             return Err(invalid("the URL must not have a query"));
         }
+        let base = BaseUrl::new(base_url, &uri).ok_or_else(|| invalid("the URL has no host"))?;
         Ok(Self {
-            base: Arc::from(base_url.trim_end_matches('/')),
+            base,
             transport,
             options: CallOptions::default(),
         })
@@ -246,8 +247,9 @@ impl Client {
 
     /// A client that calls an in-process router (no sockets), for tests.
     pub fn in_process(router: axum::Router) -> Self {
+        let uri = http::Uri::from_static("http://in-process");
         Self {
-            base: Arc::from("http://in-process"),
+            base: BaseUrl::new("http://in-process", &uri).expect("a URL with scheme and host"),
             transport: Arc::new(ServiceTransport::new(router)),
             options: CallOptions::default(),
         }
@@ -255,7 +257,7 @@ impl Client {
 
     /// The base URL calls go to.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.base.text
     }
 
     /// The options every call of this client uses.
@@ -298,16 +300,25 @@ impl Client {
         T: DeserializeOwned,
         E: From<HrpcError>,
     {
-        let request_id = self
-            .options
-            .headers
-            .get(REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .unwrap_or_else(new_request_id);
-        let span = tracing::debug_span!("hrpc_call", service, method, request_id = %request_id);
-        async move {
-            let request = self.build_request(service, method, args, &request_id)?;
+        // The span records the request id; without anyone recording it, the
+        // client sends none of its own and the server mints the one it logs and
+        // echoes (one header less each way on every call).
+        let span = tracing::debug_span!(
+            "hrpc_call",
+            service,
+            method,
+            request_id = tracing::field::Empty
+        );
+        let request_id = match self.options.headers.get(&REQUEST_ID_NAME) {
+            Some(given) if given.to_str().is_ok() => Some(given.clone()),
+            _ if span.is_disabled() => None,
+            _ => Some(new_request_id_header()),
+        };
+        if let Some(id) = &request_id {
+            span.record("request_id", id.to_str().unwrap_or_default());
+        }
+        let call = async move {
+            let request = self.build_request(service, method, args, request_id)?;
             let send = self.transport.send(request);
             let response = match self.options.timeout {
                 Some(t) => tokio::time::timeout(t + LOCAL_DEADLINE_GRACE, send)
@@ -320,9 +331,13 @@ impl Client {
                 CallError::Transport(e)
             })?;
             decode_response(response)
+        };
+        // A span nobody records is not entered on every poll.
+        if span.is_disabled() {
+            call.await
+        } else {
+            call.instrument(span).await
         }
-        .instrument(span)
-        .await
     }
 
     fn build_request<A: Serialize + ?Sized, E>(
@@ -330,36 +345,79 @@ impl Client {
         service: &str,
         method: &str,
         args: &A,
-        request_id: &str,
+        request_id: Option<HeaderValue>,
     ) -> Result<Request<Bytes>, CallError<E>> {
         let body = serde_json::to_vec(args).map_err(|e| {
             CallError::Transport(TransportError::Other(
                 format!("could not encode the arguments: {e}").into(),
             ))
         })?;
-        let uri = format!("{}/{service}/{method}", self.base);
-        let mut builder = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .header(CONTENT_TYPE, CONTENT_TYPE_JSON)
-            .header(VERSION_HEADER, PROTOCOL_VERSION);
+        let uri = self.base.method_uri(service, method).map_err(|e| {
+            CallError::Transport(TransportError::Other(
+                format!("invalid method path /{service}/{method}: {e}").into(),
+            ))
+        })?;
+        let mut request = Request::new(Bytes::from(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.reserve(4 + self.options.headers.len());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_JSON));
+        headers.insert(VERSION_NAME, VERSION_VALUE);
         if let Some(t) = self.options.timeout {
             // The header takes 1 to 10 digits: a sub-millisecond deadline is sent
             // as 1 ms and one beyond ten digits as the largest the header holds.
-            let ms = t.as_millis().clamp(1, 9_999_999_999);
-            builder = builder.header(TIMEOUT_HEADER, ms.to_string());
+            let ms = t.as_millis().clamp(1, 9_999_999_999) as u64;
+            headers.insert(TIMEOUT_NAME, HeaderValue::from(ms));
         }
-        let mut request = builder
-            .body(Bytes::from(body))
-            .map_err(|e| CallError::Transport(TransportError::Other(Box::new(e))))?;
-        let headers = request.headers_mut();
         for (name, value) in &self.options.headers {
             headers.insert(name.clone(), value.clone());
         }
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            headers.insert(REQUEST_ID_HEADER, v);
+        if let Some(id) = request_id {
+            headers.insert(REQUEST_ID_NAME, id);
         }
         Ok(request)
+    }
+}
+
+/// A client's base URL, split once so that a call's URI is assembled from
+/// parts instead of being formatted and parsed again.
+#[derive(Debug, Clone)]
+struct BaseUrl {
+    /// As given, without a trailing `/`.
+    text: Arc<str>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// The path below which services live, without a trailing `/` (may be empty).
+    path: Arc<str>,
+}
+
+impl BaseUrl {
+    fn new(text: &str, uri: &http::Uri) -> Option<Self> {
+        let text = text.trim_end_matches('/');
+        Some(Self {
+            text: Arc::from(text),
+            scheme: uri.scheme()?.clone(),
+            authority: uri.authority()?.clone(),
+            path: Arc::from(uri.path().trim_end_matches('/')),
+        })
+    }
+
+    /// `{base}/{service}/{method}`.
+    fn method_uri(&self, service: &str, method: &str) -> Result<http::Uri, http::Error> {
+        let mut path = String::with_capacity(self.path.len() + service.len() + method.len() + 2);
+        path.push_str(&self.path);
+        path.push('/');
+        path.push_str(service);
+        path.push('/');
+        path.push_str(method);
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(Bytes::from(
+            path,
+        ))?);
+        Ok(http::Uri::from_parts(parts)?)
     }
 }
 
@@ -370,7 +428,7 @@ where
     E: From<HrpcError>,
 {
     let status = response.status();
-    let version_ok = match response.headers().get(VERSION_HEADER) {
+    let version_ok = match response.headers().get(&VERSION_NAME) {
         None => true,
         Some(v) => {
             v.to_str()

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use http::{Extensions, HeaderMap};
+use http::{Extensions, HeaderMap, HeaderValue};
 
 /// The request context handed to a service method that asks for it.
 ///
@@ -13,10 +13,19 @@ use http::{Extensions, HeaderMap};
 /// [`Context::extension`] instead of parsing headers itself.
 #[derive(Debug, Clone)]
 pub struct Context {
-    request_id: String,
+    request_id: RequestId,
     deadline: Option<Instant>,
     headers: HeaderMap,
     extensions: Extensions,
+}
+
+/// The request id as the router has it (the header value it echoes, shared
+/// rather than copied) or as a caller gave it.
+#[derive(Debug, Clone)]
+enum RequestId {
+    /// Printable ASCII, checked by the router.
+    Header(HeaderValue),
+    Text(String),
 }
 
 impl Context {
@@ -28,7 +37,23 @@ impl Context {
         extensions: Extensions,
     ) -> Self {
         Self {
-            request_id,
+            request_id: RequestId::Text(request_id),
+            deadline,
+            headers,
+            extensions,
+        }
+    }
+
+    /// The router's constructor: `request_id` is the (printable ASCII) value it
+    /// echoes in `x-request-id`.
+    pub(crate) fn from_request(
+        request_id: HeaderValue,
+        deadline: Option<Instant>,
+        headers: HeaderMap,
+        extensions: Extensions,
+    ) -> Self {
+        Self {
+            request_id: RequestId::Header(request_id),
             deadline,
             headers,
             extensions,
@@ -47,7 +72,10 @@ impl Context {
 
     /// The call's request id, as logged and echoed in `x-request-id`.
     pub fn request_id(&self) -> &str {
-        &self.request_id
+        match &self.request_id {
+            RequestId::Header(v) => v.to_str().unwrap_or_default(),
+            RequestId::Text(s) => s,
+        }
     }
 
     /// When the caller stops waiting, if it said.

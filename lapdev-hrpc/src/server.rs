@@ -25,8 +25,8 @@ use tracing::Instrument as _;
 use crate::context::Context;
 use crate::error::{Code, HrpcError};
 use crate::protocol::{
-    CONTENT_TYPE_JSON, DEFAULT_MAX_BODY_BYTES, PROTOCOL_VERSION, REQUEST_ID_HEADER, TIMEOUT_HEADER,
-    VERSION_HEADER, request_id_or_new,
+    CONTENT_TYPE_JSON, DEFAULT_MAX_BODY_BYTES, PROTOCOL_VERSION, REQUEST_ID_NAME, TIMEOUT_HEADER,
+    TIMEOUT_NAME, VERSION_NAME, VERSION_VALUE, request_id_header,
 };
 
 /// Limits a generated router applies to every call.
@@ -67,13 +67,13 @@ pub fn error_response(status: StatusCode, error: &HrpcError) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static(CONTENT_TYPE_JSON),
     );
-    headers.insert(VERSION_HEADER, HeaderValue::from(PROTOCOL_VERSION));
+    headers.insert(VERSION_NAME, VERSION_VALUE);
     response
 }
 
 /// Router fallback for paths that name no method: `404 unimplemented`.
 pub async fn unimplemented_fallback(req: Request<Body>) -> Response {
-    let request_id = request_id_or_new(req.headers().get(REQUEST_ID_HEADER));
+    let request_id = request_id_header(req.headers().get(&REQUEST_ID_NAME));
     // Behind `Router::nest` the URI is stripped of the mount point; name the path
     // the caller actually sent.
     let path = req
@@ -81,12 +81,12 @@ pub async fn unimplemented_fallback(req: Request<Body>) -> Response {
         .get::<axum::extract::OriginalUri>()
         .map_or_else(|| req.uri().path().to_owned(), |u| u.path().to_owned());
     let error = HrpcError::new(Code::Unimplemented, format!("no HRPC method at {path}"));
-    with_request_id(error.into_response(), &request_id)
+    with_request_id(error.into_response(), request_id)
 }
 
 /// Answer for a method path called with anything but `POST`.
 async fn method_not_allowed(req: Request<Body>) -> Response {
-    let request_id = request_id_or_new(req.headers().get(REQUEST_ID_HEADER));
+    let request_id = request_id_header(req.headers().get(&REQUEST_ID_NAME));
     let error = HrpcError::invalid_argument(format!(
         "HRPC methods are called with POST, not {}",
         req.method()
@@ -95,7 +95,7 @@ async fn method_not_allowed(req: Request<Body>) -> Response {
     response
         .headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("POST"));
-    with_request_id(response, &request_id)
+    with_request_id(response, request_id)
 }
 
 /// A `MethodRouter` for one HRPC method: `POST` goes to `handler`, any other HTTP
@@ -124,27 +124,49 @@ where
     F: FnOnce(Context, A) -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let request_id = request_id_or_new(req.headers().get(REQUEST_ID_HEADER));
-    let span = tracing::info_span!("hrpc", service, method, request_id = %request_id);
+    let request_id = request_id_header(req.headers().get(&REQUEST_ID_NAME));
     let started = Instant::now();
-    let response = serve(req, config, request_id.clone(), call)
-        .instrument(span.clone())
-        .await;
-    let _enter = span.enter();
-    let status = response.status();
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-    if status.is_server_error() {
-        tracing::warn!(status = status.as_u16(), elapsed_ms, "hrpc call failed");
+    let span = tracing::info_span!(
+        "hrpc",
+        service,
+        method,
+        request_id = request_id.to_str().unwrap_or_default()
+    );
+    // A span nobody records is not entered on every poll.
+    let mut response = if span.is_disabled() {
+        serve(req, config, request_id.clone(), started, call).await
     } else {
-        tracing::debug!(status = status.as_u16(), elapsed_ms, "hrpc call served");
+        serve(req, config, request_id.clone(), started, call)
+            .instrument(span.clone())
+            .await
+    };
+    let status = response.status();
+    if status.is_server_error() {
+        span.in_scope(|| {
+            tracing::warn!(
+                status = status.as_u16(),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "hrpc call failed"
+            )
+        });
+    } else if tracing::enabled!(tracing::Level::DEBUG) {
+        span.in_scope(|| {
+            tracing::debug!(
+                status = status.as_u16(),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "hrpc call served"
+            )
+        });
     }
-    with_request_id(response, &request_id)
+    response.headers_mut().insert(REQUEST_ID_NAME, request_id);
+    response
 }
 
 async fn serve<A, T, E, F, Fut>(
     req: Request<Body>,
     config: &ServerConfig,
-    request_id: String,
+    request_id: HeaderValue,
+    received: Instant,
     call: F,
 ) -> Response
 where
@@ -154,7 +176,6 @@ where
     F: FnOnce(Context, A) -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let received = Instant::now();
     let (parts, body) = req.into_parts();
 
     if let Err(e) = check_version(&parts.headers) {
@@ -194,8 +215,12 @@ where
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
+    // Replies are often about as large as requests (echoes, updates): start the
+    // reply's buffer there instead of growing it from nothing.
+    let reply_hint = body.len();
+    drop(body);
 
-    let ctx = Context::new(request_id, deadline, parts.headers, parts.extensions);
+    let ctx = Context::from_request(request_id, deadline, parts.headers, parts.extensions);
     let fut = AssertUnwindSafe(call(ctx, args)).catch_unwind();
     let outcome = match timeout {
         Some(t) => match tokio::time::timeout(t, fut).await {
@@ -211,7 +236,7 @@ where
         None => fut.await,
     };
     match outcome {
-        Ok(Ok(value)) => json_response(&value),
+        Ok(Ok(value)) => json_response_sized(&value, reply_hint),
         Ok(Err(e)) => e.into().into_response(),
         Err(_panic) => {
             tracing::error!("hrpc method panicked");
@@ -222,15 +247,27 @@ where
 
 /// Encodes a success value as a `200` JSON response.
 pub fn json_response<T: Serialize>(value: &T) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => {
+    json_response_sized(value, 0)
+}
+
+/// Smallest and largest starting size of a reply's buffer.
+const REPLY_BUFFER_MIN: usize = 128;
+const REPLY_BUFFER_MAX: usize = 1024 * 1024;
+
+/// [`json_response`] into a buffer that starts at `size_hint` bytes (within
+/// bounds), so a large reply is not copied while the buffer doubles.
+fn json_response_sized<T: Serialize>(value: &T, size_hint: usize) -> Response {
+    let mut buf = Vec::with_capacity(size_hint.clamp(REPLY_BUFFER_MIN, REPLY_BUFFER_MAX));
+    match serde_json::to_writer(&mut buf, value) {
+        Ok(()) => {
+            let body = buf;
             let mut response = Response::new(Body::from(body));
             let headers = response.headers_mut();
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(CONTENT_TYPE_JSON),
             );
-            headers.insert(VERSION_HEADER, HeaderValue::from(PROTOCOL_VERSION));
+            headers.insert(VERSION_NAME, VERSION_VALUE);
             response
         }
         Err(e) => {
@@ -240,16 +277,14 @@ pub fn json_response<T: Serialize>(value: &T) -> Response {
     }
 }
 
-fn with_request_id(mut response: Response, request_id: &str) -> Response {
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, v);
-    }
+fn with_request_id(mut response: Response, request_id: HeaderValue) -> Response {
+    response.headers_mut().insert(REQUEST_ID_NAME, request_id);
     response
 }
 
 /// Refuses a request that names a protocol major other than ours.
 pub(crate) fn check_version(headers: &http::HeaderMap) -> Result<(), HrpcError> {
-    let Some(value) = headers.get(VERSION_HEADER) else {
+    let Some(value) = headers.get(&VERSION_NAME) else {
         return Ok(());
     };
     let text = value.to_str().unwrap_or("").trim();
@@ -291,7 +326,7 @@ fn check_content_type(headers: &http::HeaderMap) -> Result<(), HrpcError> {
 /// inside, longer values and `0` are refused (a zero deadline could never be
 /// met, and eleven digits are more than three years).
 fn requested_timeout(headers: &http::HeaderMap) -> Result<Option<Duration>, HrpcError> {
-    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+    let Some(value) = headers.get(&TIMEOUT_NAME) else {
         return Ok(None);
     };
     parse_timeout_ms(value.as_bytes())

@@ -63,7 +63,8 @@ pub enum TlsConfigError {
 /// HRPC over real HTTP. Cheap to clone; clones share the connection pool.
 #[derive(Clone)]
 pub struct HttpTransport {
-    client: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    // Behind an `Arc`: a call clones one pointer, not the client's several.
+    client: Arc<HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>>,
     max_response_bytes: usize,
 }
 
@@ -95,7 +96,7 @@ impl HttpTransport {
             .http2_only(config.http2_prior_knowledge)
             .build(https);
         Ok(Self {
-            client,
+            client: Arc::new(client),
             max_response_bytes: config.max_response_bytes,
         })
     }
