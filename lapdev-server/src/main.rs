@@ -46,11 +46,10 @@ async fn main() -> anyhow::Result<()> {
             _ => anyhow::bail!("give exactly one of --before or --older-than-days"),
         };
         let data_dir = DataDir::open(&cli.server.data_dir)?;
-        let url = cli
-            .server
-            .database_url
-            .clone()
-            .unwrap_or_else(|| data_dir.sqlite_url());
+        let url = match cli.server.database_url.clone() {
+            Some(url) => url,
+            None => data_dir.sqlite_url()?,
+        };
         let db = lapdev_db::connect(&url).await.with_context(|| {
             format!(
                 "opening the database at {}",

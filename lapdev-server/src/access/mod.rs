@@ -37,7 +37,7 @@ use bytes::Bytes;
 use futures::channel::mpsc;
 use http_body_util::BodyExt as _;
 use lapdev_common::status::WorkspaceStatus;
-use lapdev_db::{Db, DbError, Workspace};
+use lapdev_db::{Db, DbError, NewAuditEntry, Workspace};
 use lapdev_hrpc::HrpcError;
 use lapdev_kube_rpc::stream::{
     EXEC_PATH, ExecRequest, PORTFORWARD_PATH, PortForwardRequest, STREAM_REQUEST_HEADER,
@@ -46,6 +46,7 @@ use lapdev_kube_rpc::stream::{
 use uuid::Uuid;
 
 use crate::auth::layer::bearer;
+use crate::auth::shell_access::{Decision, session_access_allowed};
 use crate::auth::{AuthState, Caller};
 
 /// What the endpoints need.
@@ -70,11 +71,33 @@ pub fn routes(state: AccessState) -> Router {
         .with_state(state)
 }
 
-/// Whether `caller` may open a shell, exec or port-forward in `workspace`:
-/// today only its owner (admins reaching others' workspaces becomes an
-/// organisation setting with the roles work).
-pub fn may_open_session(caller: &Caller, workspace: &Workspace) -> bool {
-    caller.organization_id == workspace.organization_id && caller.user_id == workspace.owner_id
+/// Whether `caller` may open a shell, exec or port-forward in `workspace`: its
+/// owner always; an admin or owner of the organisation only when the
+/// organisation allows it (`lapdev org set --admins-may-open-shells true`), and
+/// such a session is audited before it opens; a member never learns that another
+/// user's workspace exists. The rule itself is
+/// [`session_access_allowed`](crate::auth::shell_access::session_access_allowed).
+pub async fn may_open_session(
+    db: &Db,
+    caller: &Caller,
+    workspace: &Workspace,
+) -> Result<Decision, HrpcError> {
+    if caller.organization_id != workspace.organization_id {
+        return Ok(Decision::DenyNotFound);
+    }
+    let is_owner = caller.user_id == workspace.owner_id;
+    if is_owner {
+        return Ok(Decision::AllowOwner);
+    }
+    let settings = db
+        .org_settings(caller.organization_id)
+        .await
+        .map_err(lapdev_kube::db_error)?;
+    Ok(session_access_allowed(
+        caller.role,
+        is_owner,
+        settings.admins_may_open_shells,
+    ))
 }
 
 /// The caller, the workspace, its cluster: everything checked before a stream
@@ -102,11 +125,31 @@ async fn admit(
         }
         other => lapdev_kube::db_error(other),
     })?;
-    if !may_open_session(&caller, &ws) {
-        return Err(HrpcError::permission_denied(format!(
-            "only the owner of workspace {} may open a session in it",
-            ws.name
-        )));
+    let decision = may_open_session(&state.db, &caller, &ws).await?;
+    if let Some(refusal) = decision.refusal(workspace) {
+        return Err(refusal);
+    }
+    if decision == Decision::AllowAdminAudited {
+        // Written (and waited for) before the session opens; a failed write is
+        // logged and counted, never silently dropped.
+        crate::auth::audit::record_now(
+            &state.db,
+            NewAuditEntry {
+                organization_id: Some(ws.organization_id),
+                actor_id: Some(caller.user_id),
+                actor_name: Some(caller.name.clone()),
+                action: "workspace.session.admin".into(),
+                target: Some(ws.name.clone()),
+                outcome: "success".into(),
+                source_addr: None,
+                request_id: None,
+                detail: Some(format!(
+                    "a session into a workspace of another user ({})",
+                    ws.owner_id
+                )),
+            },
+        )
+        .await;
     }
     let name = &ws.name;
     match ws.status {
