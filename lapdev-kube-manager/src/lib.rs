@@ -19,6 +19,7 @@
 //! The crate links no database code: it talks to the server over HRPC only.
 
 pub mod backoff;
+pub mod capacity;
 pub mod cluster_info;
 pub mod config;
 pub mod error;

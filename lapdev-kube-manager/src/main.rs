@@ -70,8 +70,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         manager_namespace: config.manager_namespace(),
         workspace_namespace: config.workspace_namespace.clone(),
         manifest_revision: config.manifest_revision.clone(),
+        capacity_mode: config.capacity,
     };
     let tracker = Tracker::new(identity, config.observe_config());
+    tracker.set_coalescing(config.coalescing());
     let settings = config.workspace_settings();
     let watchers = watch::spawn(
         client.clone(),
@@ -82,6 +84,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             timeout: config.kube_timeout(),
             retry_cap: config.watch_retry_max(),
             tick: config.tick(),
+            capacity_mode: config.capacity,
         },
         shutdown.clone(),
     );
