@@ -894,6 +894,7 @@ impl ProviderRpc for ProviderService {
                     declared_region: Some(remote.location.clone()),
                     labels: Default::default(),
                     security_profile: Default::default(),
+                    placement: Default::default(),
                 },
             )
             .await
@@ -986,6 +987,7 @@ impl ProviderRpc for ProviderService {
                     declared_region: Some(location.clone()),
                     labels: Default::default(),
                     security_profile: Default::default(),
+                    placement: Default::default(),
                 },
             )
             .await

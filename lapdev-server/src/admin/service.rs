@@ -223,6 +223,7 @@ impl AdminRpc for AdminService {
                 NewCluster {
                     declared_region: region,
                     security_profile: security_profile.unwrap_or_default(),
+                    placement: Default::default(),
                     ..NewCluster::named(name)
                 },
                 NewClusterToken {
