@@ -277,6 +277,7 @@ mod tests {
             manager_namespace: "lapdev".into(),
             workspace_namespace: "lapdev-workspaces".into(),
             manifest_revision: None,
+            capacity_mode: Default::default(),
         }
     }
 

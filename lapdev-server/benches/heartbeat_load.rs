@@ -314,6 +314,9 @@ fn sample_info(i: usize) -> lapdev_common::kube::KubeClusterInfo {
         manager_namespace: "lapdev".into(),
         workspace_namespace: "lapdev-workspaces".into(),
         manifest_revision: None,
+        nodes: None,
+        capacity_mode: None,
+        autoscaling: None,
     }
 }
 
