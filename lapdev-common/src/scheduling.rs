@@ -360,14 +360,18 @@ impl Autoscaling {
         let bad = |why: String| SchedulingError::Autoscaling(format!("{s:?}: {why}"));
         let parts: Vec<&str> = s.split(',').map(str::trim).collect();
         if !(2..=3).contains(&parts.len()) {
-            return Err(bad("expected max-node-cpu,max-node-memory[,max-nodes]".into()));
+            return Err(bad(
+                "expected max-node-cpu,max-node-memory[,max-nodes]".into()
+            ));
         }
         let cpu = crate::quantity::parse_cpu_millis(parts[0])
             .map_err(|e| bad(format!("max-node-cpu: {e}")))?;
         let mem = crate::quantity::parse_bytes(parts[1])
             .map_err(|e| bad(format!("max-node-memory: {e}")))?;
         if cpu <= 0 || mem <= 0 {
-            return Err(bad("max-node-cpu and max-node-memory must be positive".into()));
+            return Err(bad(
+                "max-node-cpu and max-node-memory must be positive".into()
+            ));
         }
         let max_nodes = parts
             .get(2)

@@ -1146,7 +1146,10 @@ fn describe(e: CallError<HrpcError>) -> String {
     }
 }
 
-fn spec(ws: &Workspace, scheduling: lapdev_common::scheduling::SchedulingSettings) -> WorkspaceSpec {
+fn spec(
+    ws: &Workspace,
+    scheduling: lapdev_common::scheduling::SchedulingSettings,
+) -> WorkspaceSpec {
     WorkspaceSpec {
         scheduling,
         workspace_id: ws.id,

@@ -99,7 +99,10 @@ impl NodeRoom {
 
 /// The node rooms of a stored cluster (`None` when its manager reports no
 /// nodes), with `unbound` charged.
-pub fn node_rooms(c: &lapdev_db::Cluster, unbound: lapdev_db::ResourceRequests) -> Option<Vec<NodeRoom>> {
+pub fn node_rooms(
+    c: &lapdev_db::Cluster,
+    unbound: lapdev_db::ResourceRequests,
+) -> Option<Vec<NodeRoom>> {
     c.nodes.as_ref().map(|nodes| {
         charge_unbound(
             nodes,

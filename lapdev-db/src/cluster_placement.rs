@@ -112,10 +112,11 @@ impl Db {
         if result.rows_affected == 0 {
             return Err(DbError::not_found(crate::error::EntityKind::Cluster, id));
         }
-        self.changes.publish(crate::changes::Change::ClusterChanged {
-            organization_id: org_id,
-            cluster_id: id,
-        });
+        self.changes
+            .publish(crate::changes::Change::ClusterChanged {
+                organization_id: org_id,
+                cluster_id: id,
+            });
         Ok(())
     }
 

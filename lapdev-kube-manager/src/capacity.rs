@@ -238,9 +238,7 @@ impl RequestsByNode {
     /// removes it. Returns whether a node's sum changed.
     pub fn set(&mut self, pod: &str, bound: Option<(&str, Requests)>) -> bool {
         let old = match bound {
-            Some((node, r)) => self
-                .pods
-                .insert(pod.to_owned(), (node.to_owned(), r)),
+            Some((node, r)) => self.pods.insert(pod.to_owned(), (node.to_owned(), r)),
             None => self.pods.remove(pod),
         };
         if let Some((node, r)) = &old {

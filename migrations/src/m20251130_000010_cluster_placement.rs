@@ -25,7 +25,9 @@ pub struct Migration;
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let columns = [
-            string(KubeCluster::CapacityMode).default("nodes").to_owned(),
+            string(KubeCluster::CapacityMode)
+                .default("nodes")
+                .to_owned(),
             json_binary_null(KubeCluster::Scheduling),
             json_binary_null(KubeCluster::Autoscaling),
             json_binary_null(KubeCluster::DetectedAutoscaling),

@@ -43,9 +43,15 @@ fn tolerations_follow_the_schedulers_rules() {
     };
     let t = |s: &str| Toleration::parse(s).unwrap();
     assert!(t("pool=gpu:NoSchedule").tolerates(&taint));
-    assert!(t("pool=gpu").tolerates(&taint), "no effect matches every effect");
+    assert!(
+        t("pool=gpu").tolerates(&taint),
+        "no effect matches every effect"
+    );
     assert!(t("pool").tolerates(&taint), "exists matches any value");
-    assert!(t("*").tolerates(&taint), "empty key with exists matches all");
+    assert!(
+        t("*").tolerates(&taint),
+        "empty key with exists matches all"
+    );
     assert!(!t("pool=cpu:NoSchedule").tolerates(&taint));
     assert!(!t("pool=gpu:NoExecute").tolerates(&taint));
     assert!(!t("other").tolerates(&taint));
@@ -160,7 +166,10 @@ fn settings_round_trip_through_json_and_default_when_absent() {
         ..Default::default()
     };
     let json = serde_json::to_string(&s).unwrap();
-    assert_eq!(serde_json::from_str::<SchedulingSettings>(&json).unwrap(), s);
+    assert_eq!(
+        serde_json::from_str::<SchedulingSettings>(&json).unwrap(),
+        s
+    );
     assert_eq!(
         serde_json::from_str::<SchedulingSettings>("{}").unwrap(),
         SchedulingSettings::default()

@@ -48,9 +48,16 @@ fn req(cpu: i64, mem_gib: i64) -> PlacementRequest {
 
 #[test]
 fn fits_the_total_but_no_single_node_is_refused_naming_the_largest_node() {
-    let nodes = [node("n1", 4000, 16), node("n2", 4000, 16), node("n3", 2000, 8)];
+    let nodes = [
+        node("n1", 4000, 16),
+        node("n2", 4000, 16),
+        node("n3", 2000, 8),
+    ];
     let c = cluster("prod", &nodes, &SchedulingSettings::default());
-    assert_eq!(c.cpu_allocatable_millis, 10_000, "the total would hold 6 CPU");
+    assert_eq!(
+        c.cpu_allocatable_millis, 10_000,
+        "the total would hold 6 CPU"
+    );
     let err = rank(&req(6000, 8), &[c]).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -66,7 +73,8 @@ fn larger_than_any_node_is_refused_and_a_fitting_one_is_placed() {
     let c = cluster("prod", &nodes, &SchedulingSettings::default());
     let err = rank(&req(50_000, 64), std::slice::from_ref(&c)).unwrap_err();
     assert!(
-        err.to_string().ends_with("largest free node: 8 CPU / 32 GiB on small of prod"),
+        err.to_string()
+            .ends_with("largest free node: 8 CPU / 32 GiB on small of prod"),
         "{err}"
     );
     assert_eq!(rank(&req(8000, 32), &[c]).unwrap().len(), 1);
@@ -78,7 +86,10 @@ fn unbound_workspaces_are_charged_to_the_roomiest_node() {
     let rooms = charge_unbound(&nodes, &SchedulingSettings::default(), 6000, 4 * GIB);
     assert_eq!(rooms[0].free_cpu_millis, 2000);
     assert_eq!(rooms[0].free_memory_bytes, 28 * GIB);
-    assert_eq!(rooms[1].free_cpu_millis, 4000, "the others stay as reported");
+    assert_eq!(
+        rooms[1].free_cpu_millis, 4000,
+        "the others stay as reported"
+    );
 }
 
 #[test]
@@ -119,7 +130,11 @@ fn autoscaling_clusters_take_what_the_largest_addable_node_holds_and_rank_last()
         max_node_memory_bytes: 128 * GIB,
         max_nodes: Some(3),
     });
-    let fixed = cluster("fixed", &[node("m1", 8000, 32)], &SchedulingSettings::default());
+    let fixed = cluster(
+        "fixed",
+        &[node("m1", 8000, 32)],
+        &SchedulingSettings::default(),
+    );
     // Beyond current nodes, within the addable node: placed.
     let ranked = rank(&req(16_000, 64), &[auto.clone(), fixed.clone()]).unwrap();
     assert_eq!(ranked.len(), 1);

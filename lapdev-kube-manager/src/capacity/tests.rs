@@ -99,7 +99,12 @@ fn the_trimmed_pod_keeps_node_phase_and_requests_only() {
     assert_eq!(ended.bound(), None, "an ended pod frees its node");
 }
 
-fn node_json(name: &str, extra_spec: serde_json::Value, labels: serde_json::Value, ready: bool) -> Node {
+fn node_json(
+    name: &str,
+    extra_spec: serde_json::Value,
+    labels: serde_json::Value,
+    ready: bool,
+) -> Node {
     let mut spec = serde_json::json!({});
     if let serde_json::Value::Object(m) = extra_spec {
         for (k, v) in m {
@@ -120,7 +125,12 @@ fn only_ready_uncordoned_linux_nodes_count_and_taints_are_kept() {
     let linux = serde_json::json!({OS_LABEL: "linux", ARCH_LABEL: "amd64"});
     let nodes = [
         node_json("ok", serde_json::json!({}), linux.clone(), true),
-        node_json("cordoned", serde_json::json!({"unschedulable": true}), linux.clone(), true),
+        node_json(
+            "cordoned",
+            serde_json::json!({"unschedulable": true}),
+            linux.clone(),
+            true,
+        ),
         node_json("not-ready", serde_json::json!({}), linux.clone(), false),
         node_json(
             "windows",

@@ -238,7 +238,10 @@ fn the_clusters_scheduling_settings_land_on_the_pod() {
         "imagePullSecrets",
         "priorityClassName",
     ] {
-        assert!(plain["spec"].get(field).is_none(), "{field} without settings");
+        assert!(
+            plain["spec"].get(field).is_none(),
+            "{field} without settings"
+        );
     }
     let mut s = spec();
     s.scheduling = SchedulingSettings {
@@ -264,7 +267,10 @@ fn the_clusters_scheduling_settings_land_on_the_pod() {
             {"key": "spot", "operator": "Exists"}
         ])
     );
-    assert_eq!(pod["spec"]["imagePullSecrets"], json!([{"name": "regcred"}]));
+    assert_eq!(
+        pod["spec"]["imagePullSecrets"],
+        json!([{"name": "regcred"}])
+    );
     assert_eq!(pod["spec"]["priorityClassName"], "dev-low");
     s.scheduling.image_pull_secrets = vec!["Not Valid".into()];
     assert!(

@@ -425,6 +425,7 @@ impl ProviderService {
             server_ca_pem: self.inner.manifest.server_ca_pem.clone(),
             image: self.inner.manifest.image.clone(),
             security_profile: cluster.security_profile,
+            capacity_mode: cluster.placement.capacity_mode,
             ..ManifestParams::new(
                 &self.inner.manifest.server_url,
                 token.secret.expose(),

@@ -91,6 +91,7 @@ impl AdminService {
             server_ca_pem: self.manifest.server_ca_pem.clone(),
             image: self.manifest.image.clone(),
             security_profile: cluster.security_profile,
+            capacity_mode: cluster.placement.capacity_mode,
             ..ManifestParams::new(&self.manifest.server_url, token, &cluster.name)
         };
         render_manifest(&params).map_err(|e| {
