@@ -99,6 +99,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             token: config.cluster_token.clone(),
             extra_ca_pem: config.server_ca_pem()?,
             reconnect_max: config.reconnect_max(),
+            // HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as curl reads them.
+            proxy: Some(lapdev_hrpc::proxy::ProxyRules::from_env()),
         },
         router,
         tracker.clone(),

@@ -46,6 +46,9 @@ pub struct TunnelClientConfig {
     /// Largest frame sent or accepted. A response that would not fit is replaced
     /// by a `resource_exhausted` error response.
     pub max_frame_bytes: usize,
+    /// Proxy rules (`HTTPS_PROXY`/`NO_PROXY`): the WebSocket is opened through
+    /// an HTTP `CONNECT` tunnel when they name a proxy for the URL.
+    pub proxy: Option<crate::proxy::ProxyRules>,
 }
 
 impl Default for TunnelClientConfig {
@@ -56,6 +59,7 @@ impl Default for TunnelClientConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
             ping_timeout: DEFAULT_PING_TIMEOUT,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            proxy: None,
         }
     }
 }
@@ -414,6 +418,11 @@ pub async fn connect(
         return Err(invalid("the scheme must be ws, wss, http or https"));
     };
     let uri: http::Uri = ws_url.parse().map_err(|_| invalid("not a URL"))?;
+    let proxied = config
+        .proxy
+        .as_ref()
+        .is_some_and(|r| r.proxy_for(&uri).is_some());
+    let dial = uri.clone();
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid("the URL has no host"));
     }
@@ -433,12 +442,33 @@ pub async fn connect(
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes));
-    let handshake = tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        Some(ws_config),
-        true,
-        Some(connector),
-    );
+    let proxy = config.proxy.clone();
+    let handshake = async move {
+        if !proxied {
+            return tokio_tungstenite::connect_async_tls_with_config(
+                request,
+                Some(ws_config),
+                true,
+                Some(connector),
+            )
+            .await;
+        }
+        // Through the proxy: a CONNECT tunnel, then TLS and the WebSocket
+        // handshake inside it.
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_nodelay(true);
+        let stream = crate::proxy::ProxyConnector::new(http, proxy)
+            .connect_stream(&dial)
+            .await
+            .map_err(|e| tungstenite::Error::Io(std::io::Error::other(e)))?;
+        tokio_tungstenite::client_async_tls_with_config(
+            request,
+            stream,
+            Some(ws_config),
+            Some(connector),
+        )
+        .await
+    };
     let (socket, response) = match tokio::time::timeout(config.connect_timeout, handshake).await {
         Err(_) => return Err(TunnelConnectError::Timeout(config.connect_timeout)),
         Ok(Err(tungstenite::Error::Http(response))) => return Err(rejected(&response)),
