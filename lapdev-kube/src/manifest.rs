@@ -72,6 +72,12 @@ pub const ENV_MANIFEST_REVISION: &str = "LAPDEV_MANIFEST_REVISION";
 /// Env var: what the nodes' reported requests count (`nodes` or `pods`); with
 /// `pods` the ClusterRole also grants a cluster-wide pod list/watch.
 pub const ENV_CAPACITY: &str = "LAPDEV_CAPACITY";
+/// Env var (optional Secret key): the proxy for `https://` server URLs.
+pub const ENV_HTTPS_PROXY: &str = "HTTPS_PROXY";
+/// Env var (optional Secret key): the proxy for `http://` server URLs.
+pub const ENV_HTTP_PROXY: &str = "HTTP_PROXY";
+/// Env var (optional Secret key): hosts reached directly, curl's syntax.
+pub const ENV_NO_PROXY: &str = "NO_PROXY";
 /// Annotation on the ClusterRole saying why it may read every pod.
 pub const PODS_RULE_REASON_ANNOTATION: &str = "lapdev.dev/pods-access-reason";
 /// The revision of the manifest this build renders. Bump it whenever the
@@ -606,6 +612,11 @@ fn deployment(params: &ManifestParams) -> Deployment {
             secret_env(ENV_SERVER_URL, false),
             secret_env(ENV_CLUSTER_TOKEN, false),
             secret_env(ENV_SERVER_CA, true),
+            // An egress proxy for the dial-out (HTTP CONNECT, the tunnel's
+            // WebSocket included): add these keys to the Secret when needed.
+            secret_env(ENV_HTTPS_PROXY, true),
+            secret_env(ENV_HTTP_PROXY, true),
+            secret_env(ENV_NO_PROXY, true),
             EnvVar {
                 name: s(ENV_WORKSPACE_NAMESPACE),
                 value: Some(params.workspace_namespace.clone()),
