@@ -612,11 +612,6 @@ fn deployment(params: &ManifestParams) -> Deployment {
             secret_env(ENV_SERVER_URL, false),
             secret_env(ENV_CLUSTER_TOKEN, false),
             secret_env(ENV_SERVER_CA, true),
-            // An egress proxy for the dial-out (HTTP CONNECT, the tunnel's
-            // WebSocket included): add these keys to the Secret when needed.
-            secret_env(ENV_HTTPS_PROXY, true),
-            secret_env(ENV_HTTP_PROXY, true),
-            secret_env(ENV_NO_PROXY, true),
             EnvVar {
                 name: s(ENV_WORKSPACE_NAMESPACE),
                 value: Some(params.workspace_namespace.clone()),
@@ -637,6 +632,11 @@ fn deployment(params: &ManifestParams) -> Deployment {
                 value: Some(s(params.capacity_mode.as_str())),
                 ..Default::default()
             },
+            // An egress proxy for the dial-out (HTTP CONNECT, the tunnel's
+            // WebSocket included): add these keys to the Secret when needed.
+            secret_env(ENV_HTTPS_PROXY, true),
+            secret_env(ENV_HTTP_PROXY, true),
+            secret_env(ENV_NO_PROXY, true),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some(s("http")),
