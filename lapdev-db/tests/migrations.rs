@@ -218,9 +218,9 @@ async fn placed_rows_are_marked_as_having_a_volume(test: TestDatabase) {
         .unwrap();
     let unplaced = db.create_workspace(org, new("unplaced")).await.unwrap();
 
-    // Back to the schema before migration 8 (migration 9 runs after it), and
-    // up again.
-    Migrator::down(conn, Some(2)).await.unwrap();
+    // Back to the schema before migration 8 (migrations 9 and 10 run after
+    // it), and up again.
+    Migrator::down(conn, Some(3)).await.unwrap();
     Migrator::up(conn, None).await.unwrap();
     assert!(
         db.get_workspace(org, placed.id)
