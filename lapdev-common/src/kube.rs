@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::status::CloudProvider;
+use crate::scheduling::{Autoscaling, NodeCapacity, SchedulingSettings};
+use crate::status::{CapacityMode, CloudProvider};
 
 /// A cluster as its manager sees it: sent at connect and whenever it changes.
 ///
@@ -44,6 +45,19 @@ pub struct KubeClusterInfo {
     /// (`LAPDEV_MANIFEST_REVISION`), so an admin can tell an out-of-date install.
     #[serde(default)]
     pub manifest_revision: Option<String>,
+    /// The nodes a workspace could be scheduled on (Ready, not cordoned, Linux),
+    /// each with its allocatable room and the requests already bound to it.
+    /// `None` from managers that predate per-node reports.
+    #[serde(default)]
+    pub nodes: Option<Vec<NodeCapacity>>,
+    /// What the manager counts in the nodes' requests (`LAPDEV_CAPACITY`):
+    /// `pods` only when its manifest grants the cluster-wide pod watch.
+    #[serde(default)]
+    pub capacity_mode: Option<CapacityMode>,
+    /// An autoscaler the manager detected from node labels (GKE Autopilot), with
+    /// the largest node it can add.
+    #[serde(default)]
+    pub autoscaling: Option<Autoscaling>,
 }
 
 /// Everything a manager needs to create (or re-create) a workspace's objects.
@@ -64,4 +78,8 @@ pub struct WorkspaceSpec {
     /// Extra environment variables for the workspace container.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The cluster's scheduling settings (node selector, tolerations,
+    /// architecture, image pull secrets, priority class), applied to the pod.
+    #[serde(default)]
+    pub scheduling: SchedulingSettings,
 }

@@ -12,5 +12,6 @@ pub mod name;
 pub mod quantity;
 pub mod reason;
 pub mod role;
+pub mod scheduling;
 pub mod status;
 pub mod token;

@@ -149,6 +149,20 @@ string_enum! {
 }
 
 string_enum! {
+    /// What a cluster's free room counts, chosen per cluster by an admin.
+    #[derive(Default)]
+    pub enum CapacityMode {
+        /// Allocatable minus Lapdev's own requests (the manifest needs nothing
+        /// beyond reading nodes).
+        #[default]
+        Nodes => "nodes",
+        /// Allocatable minus every pod's requests: the manifest adds a cluster-wide
+        /// `pods` list/watch.
+        Pods => "pods",
+    }
+}
+
+string_enum! {
     /// Kind of a registered cloud provider that can list, create and delete clusters.
     ///
     /// Stored and serialised in lowercase (`"gcp"`), like every other enum here.
@@ -200,6 +214,7 @@ mod tests {
         round_trip(K8sProviderKind::ALL);
         round_trip(CloudProvider::ALL);
         round_trip(SecurityProfile::ALL);
+        round_trip(CapacityMode::ALL);
     }
 
     #[test]

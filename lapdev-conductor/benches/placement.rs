@@ -108,7 +108,7 @@ async fn run() {
                 kubernetes_version: "v1.30.2".into(),
                 cloud_provider: CloudProvider::Gcp,
                 region: Some(format!("region-{}", i % 10)),
-                node_count: 10,
+                node_count: 50,
                 cpu_capacity_millis: 400_000,
                 cpu_allocatable_millis: 400_000,
                 memory_capacity_bytes: 1600 * GIB,
@@ -116,6 +116,23 @@ async fn run() {
                 manager_version: "bench".into(),
                 manager_namespace: "lapdev".into(),
                 manifest_revision: None,
+                // 50 nodes of 8 CPU / 32 GiB: placement checks per-node fit.
+                nodes: Some(
+                    (0..50)
+                        .map(|n| lapdev_common::scheduling::NodeCapacity {
+                            name: format!("node-{n:02}"),
+                            cpu_allocatable_millis: 8000,
+                            memory_allocatable_bytes: 32 * GIB,
+                            cpu_lapdev_millis: 0,
+                            memory_lapdev_bytes: 0,
+                            cpu_other_millis: 0,
+                            memory_other_bytes: 0,
+                            taints: vec![],
+                            labels: Default::default(),
+                        })
+                        .collect(),
+                ),
+                detected_autoscaling: None,
             },
         )
         .await

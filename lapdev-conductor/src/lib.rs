@@ -218,6 +218,8 @@ struct Snapshot {
     read_at: Instant,
     clusters: Vec<lapdev_db::Cluster>,
     requested: HashMap<Uuid, lapdev_db::ResourceRequests>,
+    /// Requests of workspaces placed but maybe not bound to a node yet.
+    unbound: HashMap<Uuid, lapdev_db::ResourceRequests>,
 }
 
 /// Pauses a placement between its decision and its write (a test seam: it lets a
@@ -574,12 +576,14 @@ impl Conductor {
             let read_at = Instant::now();
             let clusters = self.inner.db.list_clusters(org_id).await?;
             let requested = self.inner.db.cluster_requested_resources(org_id).await?;
+            let unbound = self.inner.db.cluster_unbound_requests(org_id).await?;
             snapshots.insert(
                 org_id,
                 Snapshot {
                     read_at,
                     clusters,
                     requested,
+                    unbound,
                 },
             );
         }
@@ -600,9 +604,25 @@ impl Conductor {
                     memory_allocatable_bytes: c.memory_allocatable_bytes,
                     cpu_requested_millis: used.cpu_millis,
                     memory_requested_bytes: used.memory_bytes,
+                    nodes: placement::node_rooms(
+                        c,
+                        snapshot.unbound.get(&c.id).copied().unwrap_or_default(),
+                    ),
+                    autoscaling: c.autoscaling(),
                 }
             })
             .collect())
+    }
+
+    /// The workspace's spec with its cluster's scheduling settings.
+    async fn spec(&self, ws: &Workspace, cluster: Uuid) -> Result<WorkspaceSpec, Failure> {
+        let c = self
+            .inner
+            .db
+            .get_cluster(ws.organization_id, cluster)
+            .await
+            .map_err(|e| Failure::new(e.to_string()))?;
+        Ok(spec(ws, c.placement.scheduling))
     }
 
     /// Chooses a cluster and records the choice (status `creating`). A
@@ -687,6 +707,10 @@ impl Conductor {
             used.memory_bytes += placed.memory_bytes;
             used.storage_bytes += placed.storage_bytes;
             used.workspaces += 1;
+            let unbound = snapshot.unbound.entry(chosen.cluster_id).or_default();
+            unbound.cpu_millis += placed.cpu_millis;
+            unbound.memory_bytes += placed.memory_bytes;
+            unbound.workspaces += 1;
         }
         tracing::info!(workspace_id = %ws.id, cluster = %chosen.name, "workspace placed");
         Ok(placed)
@@ -770,7 +794,8 @@ impl Conductor {
     async fn create(&self, ws: &Workspace, cluster: Uuid) -> Result<(), Failure> {
         let ws = self.ensure_status(ws, WorkspaceStatus::Creating).await?;
         let manager = self.manager(cluster)?;
-        match manager.create_workspace(spec(&ws)).await {
+        let spec = self.spec(&ws, cluster).await?;
+        match manager.create_workspace(spec).await {
             Ok(obs) => {
                 lock(&self.inner.refused).remove(&ws.id);
                 // From here on the workspace has a volume on this cluster and
@@ -818,7 +843,7 @@ impl Conductor {
         let ws = self.ensure_status(ws, WorkspaceStatus::Creating).await?;
         let manager = self.manager(cluster)?;
         let obs = manager
-            .start_workspace(spec(&ws))
+            .start_workspace(self.spec(&ws, cluster).await?)
             .await
             .map_err(|e| call_failure(&ws, e))?;
         self.observe(&ws, &obs, true).await;
@@ -876,7 +901,7 @@ impl Conductor {
             .map_err(|e| Failure::new(e.to_string()))?;
         let manager = self.manager(cluster)?;
         let obs = manager
-            .start_workspace(spec(&ws))
+            .start_workspace(self.spec(&ws, cluster).await?)
             .await
             .map_err(|e| call_failure(&ws, e))?;
         self.observe(&ws, &obs, true).await;
@@ -1209,8 +1234,12 @@ fn describe(e: CallError<HrpcError>) -> String {
     }
 }
 
-fn spec(ws: &Workspace) -> WorkspaceSpec {
+fn spec(
+    ws: &Workspace,
+    scheduling: lapdev_common::scheduling::SchedulingSettings,
+) -> WorkspaceSpec {
     WorkspaceSpec {
+        scheduling,
         workspace_id: ws.id,
         name: ws.name.clone(),
         image: ws.image.clone(),

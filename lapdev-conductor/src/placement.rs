@@ -9,6 +9,21 @@
 //! free allocatable resources (allocatable minus the requests of the live
 //! workspaces already placed there) fit the request's CPU and memory.
 //!
+//! # Per-node fit
+//!
+//! When the cluster's manager reports its nodes, a workspace fits only when one
+//! node's free room holds it: the nodes the cluster's scheduling settings admit,
+//! each with its allocatable minus the requests bound to it (Lapdev's, and with
+//! `capacity: pods` everyone's). Workspaces placed but not yet bound to a node
+//! (which the report cannot show) are charged to the node with the most room,
+//! the conservative choice. Clusters whose manager predates per-node reports fall
+//! back to the totals above.
+//!
+//! An autoscaling cluster (declared, or detected: GKE Autopilot) also fits a
+//! workspace no current node holds, when the largest node its autoscaler can add
+//! would hold it (and the node limit is not reached). Such clusters rank after
+//! every cluster that has room now.
+//!
 //! # Score
 //!
 //! Candidates are ranked by the share of the cluster left free after placement,
@@ -21,6 +36,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+use lapdev_common::scheduling::{Autoscaling, NodeCapacity, SchedulingSettings};
 use lapdev_common::status::ClusterStatus;
 use uuid::Uuid;
 
@@ -47,6 +63,87 @@ pub struct Candidate {
     pub cpu_requested_millis: i64,
     /// Memory requested by the live workspaces placed on it.
     pub memory_requested_bytes: i64,
+    /// The admitted nodes' free room, when the manager reports nodes (the
+    /// unbound workspaces already charged, see [`charge_unbound`]).
+    pub nodes: Option<Vec<NodeRoom>>,
+    /// The largest node the autoscaler can add, for an autoscaling cluster.
+    pub autoscaling: Option<Autoscaling>,
+}
+
+/// One node's room, as placement sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRoom {
+    /// The node.
+    pub name: String,
+    /// Allocatable CPU, millicores.
+    pub cpu_allocatable_millis: i64,
+    /// Allocatable memory, bytes.
+    pub memory_allocatable_bytes: i64,
+    /// Free CPU, millicores.
+    pub free_cpu_millis: i64,
+    /// Free memory, bytes.
+    pub free_memory_bytes: i64,
+}
+
+impl NodeRoom {
+    fn holds(&self, req: &PlacementRequest) -> bool {
+        self.free_cpu_millis >= req.cpu_millis && self.free_memory_bytes >= req.memory_bytes
+    }
+
+    /// How much of the request it could hold (the smaller share of the two).
+    fn closeness(&self, req: &PlacementRequest) -> f64 {
+        share(self.free_cpu_millis, req.cpu_millis.max(1))
+            .min(share(self.free_memory_bytes, req.memory_bytes.max(1)))
+    }
+}
+
+/// The node rooms of a stored cluster (`None` when its manager reports no
+/// nodes), with `unbound` charged.
+pub fn node_rooms(
+    c: &lapdev_db::Cluster,
+    unbound: lapdev_db::ResourceRequests,
+) -> Option<Vec<NodeRoom>> {
+    c.nodes.as_ref().map(|nodes| {
+        charge_unbound(
+            nodes,
+            &c.placement.scheduling,
+            unbound.cpu_millis,
+            unbound.memory_bytes,
+        )
+    })
+}
+
+/// The rooms of the nodes `settings` admits, with `unbound` (requests of
+/// workspaces placed but not yet bound to a node) charged to the node with the
+/// most room.
+pub fn charge_unbound(
+    nodes: &[NodeCapacity],
+    settings: &SchedulingSettings,
+    unbound_cpu_millis: i64,
+    unbound_memory_bytes: i64,
+) -> Vec<NodeRoom> {
+    let mut rooms: Vec<NodeRoom> = nodes
+        .iter()
+        .filter(|n| settings.admits(n))
+        .map(|n| NodeRoom {
+            name: n.name.clone(),
+            cpu_allocatable_millis: n.cpu_allocatable_millis,
+            memory_allocatable_bytes: n.memory_allocatable_bytes,
+            free_cpu_millis: n.free_cpu_millis(),
+            free_memory_bytes: n.free_memory_bytes(),
+        })
+        .collect();
+    if (unbound_cpu_millis > 0 || unbound_memory_bytes > 0)
+        && let Some(most) = rooms.iter_mut().max_by(|a, b| {
+            (a.free_cpu_millis, a.free_memory_bytes)
+                .cmp(&(b.free_cpu_millis, b.free_memory_bytes))
+                .then_with(|| b.name.cmp(&a.name))
+        })
+    {
+        most.free_cpu_millis = (most.free_cpu_millis - unbound_cpu_millis).max(0);
+        most.free_memory_bytes = (most.free_memory_bytes - unbound_memory_bytes).max(0);
+    }
+    rooms
 }
 
 impl Candidate {
@@ -62,6 +159,50 @@ impl Candidate {
 
     fn usable(&self) -> bool {
         self.tunnel_up && !self.cordoned && self.status == ClusterStatus::Connected
+    }
+
+    /// Whether `req` fits now: in one node's room, or in the free totals for a
+    /// cluster without a per-node report.
+    fn fits_now(&self, req: &PlacementRequest) -> bool {
+        match &self.nodes {
+            Some(nodes) => nodes.iter().any(|n| n.holds(req)),
+            None => {
+                self.free_cpu_millis() >= req.cpu_millis
+                    && self.free_memory_bytes() >= req.memory_bytes
+            }
+        }
+    }
+
+    /// Whether the autoscaler could add a node for `req`.
+    fn fits_after_scale_up(&self, req: &PlacementRequest) -> bool {
+        self.autoscaling.is_some_and(|a| {
+            a.max_node_cpu_millis >= req.cpu_millis
+                && a.max_node_memory_bytes >= req.memory_bytes
+                && a.max_nodes.is_none_or(|max| {
+                    let now = self.nodes.as_ref().map_or(0, Vec::len);
+                    now < max as usize
+                })
+        })
+    }
+
+    /// Free and allocatable totals: over the admitted nodes when reported.
+    fn totals(&self) -> (i64, i64, i64, i64) {
+        match &self.nodes {
+            Some(nodes) => nodes.iter().fold((0, 0, 0, 0), |t, n| {
+                (
+                    t.0 + n.free_cpu_millis,
+                    t.1 + n.cpu_allocatable_millis,
+                    t.2 + n.free_memory_bytes,
+                    t.3 + n.memory_allocatable_bytes,
+                )
+            }),
+            None => (
+                self.free_cpu_millis(),
+                self.cpu_allocatable_millis,
+                self.free_memory_bytes(),
+                self.memory_allocatable_bytes,
+            ),
+        }
     }
 }
 
@@ -92,10 +233,15 @@ pub enum PlacementError {
     },
     /// Candidates exist but none has room.
     #[error(
-        "no connected cluster can fit {} CPU / {}; largest free: {} CPU / {} on {}",
-        Cpu(*cpu_millis), Mem(*memory_bytes), Cpu(*largest_cpu_millis), Mem(*largest_memory_bytes), largest_cluster
+        "no connected cluster can fit {} CPU / {}; largest free{}: {} CPU / {} on {}",
+        Cpu(*cpu_millis), Mem(*memory_bytes),
+        if largest_node.is_some() { " node" } else { "" },
+        Cpu(*largest_cpu_millis), Mem(*largest_memory_bytes),
+        Where(largest_node.as_deref(), largest_cluster)
     )]
     NoRoom {
+        /// The node with the most room, when the clusters report nodes.
+        largest_node: Option<String>,
         /// The request's CPU.
         cpu_millis: i64,
         /// The request's memory.
@@ -107,6 +253,18 @@ pub enum PlacementError {
         /// Its free memory.
         largest_memory_bytes: i64,
     },
+}
+
+/// `node n1 of prod-eu`, or `prod-eu`.
+struct Where<'a>(Option<&'a str>, &'a str);
+
+impl fmt::Display for Where<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(node) => write!(f, "{node} of {}", self.1),
+            None => f.write_str(self.1),
+        }
+    }
 }
 
 /// Millicores shown as CPUs (`3.5`).
@@ -156,14 +314,14 @@ fn share(free_after: i64, allocatable: i64) -> f64 {
 }
 
 fn score(c: &Candidate, req: &PlacementRequest) -> f64 {
-    let cpu = share(
-        c.free_cpu_millis() - req.cpu_millis,
-        c.cpu_allocatable_millis,
-    );
-    let mem = share(
-        c.free_memory_bytes() - req.memory_bytes,
-        c.memory_allocatable_bytes,
-    );
+    if !c.fits_now(req) {
+        // Fits only once the autoscaler adds a node: after every cluster with
+        // room now.
+        return -1.0;
+    }
+    let (free_cpu, cpu_alloc, free_mem, mem_alloc) = c.totals();
+    let cpu = share(free_cpu - req.cpu_millis, cpu_alloc);
+    let mem = share(free_mem - req.memory_bytes, mem_alloc);
     cpu.min(mem)
 }
 
@@ -199,11 +357,45 @@ pub fn rank(
     }
     let mut fitting: Vec<(f64, &Candidate)> = matching
         .iter()
-        .filter(|c| {
-            c.free_cpu_millis() >= req.cpu_millis && c.free_memory_bytes() >= req.memory_bytes
-        })
+        .filter(|c| c.fits_now(req) || c.fits_after_scale_up(req))
         .map(|c| (score(c, req), *c))
         .collect();
+    if fitting.is_empty() && matching.iter().any(|c| c.nodes.is_some()) {
+        // The node that comes closest to holding the request, over every
+        // cluster that reports nodes.
+        let largest = matching
+            .iter()
+            .flat_map(|c| {
+                c.nodes
+                    .iter()
+                    .flatten()
+                    .map(move |n| (n.closeness(req), &c.name, n))
+            })
+            .max_by(|a, b| {
+                a.0.partial_cmp(&b.0)
+                    .unwrap_or(Ordering::Equal)
+                    .then_with(|| b.1.cmp(a.1))
+                    .then_with(|| b.2.name.cmp(&a.2.name))
+            });
+        return Err(match largest {
+            Some((_, cluster, node)) => PlacementError::NoRoom {
+                largest_node: Some(node.name.clone()),
+                cpu_millis: req.cpu_millis,
+                memory_bytes: req.memory_bytes,
+                largest_cluster: cluster.clone(),
+                largest_cpu_millis: node.free_cpu_millis,
+                largest_memory_bytes: node.free_memory_bytes,
+            },
+            None => PlacementError::NoRoom {
+                largest_node: None,
+                cpu_millis: req.cpu_millis,
+                memory_bytes: req.memory_bytes,
+                largest_cluster: matching[0].name.clone(),
+                largest_cpu_millis: 0,
+                largest_memory_bytes: 0,
+            },
+        });
+    }
     if fitting.is_empty() {
         // The cluster that comes closest to fitting: the largest fraction of the
         // request that its free CPU and memory could both cover.
@@ -222,6 +414,7 @@ pub fn rank(
             .copied();
         let largest = largest.unwrap_or(matching[0]);
         return Err(PlacementError::NoRoom {
+            largest_node: None,
             cpu_millis: req.cpu_millis,
             memory_bytes: req.memory_bytes,
             largest_cluster: largest.name.clone(),
@@ -237,6 +430,9 @@ pub fn rank(
     });
     Ok(fitting.into_iter().map(|(_, c)| c.clone()).collect())
 }
+
+#[cfg(test)]
+mod node_tests;
 
 #[cfg(test)]
 mod tests {
@@ -256,6 +452,8 @@ mod tests {
             memory_allocatable_bytes: mem_gib * GIB,
             cpu_requested_millis: 0,
             memory_requested_bytes: 0,
+            nodes: None,
+            autoscaling: None,
         }
     }
 

@@ -228,6 +228,8 @@ async fn main() {
                     manager_version: "0.1.0".into(),
                     manager_namespace: "lapdev".into(),
                     manifest_revision: None,
+                    nodes: None,
+                    detected_autoscaling: None,
                 };
                 db.update_cluster_info(org, cluster, &info).await.unwrap();
             }

@@ -13,7 +13,10 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use lapdev_common::scheduling::{Autoscaling, NodeCapacity};
+
 use crate::changes::Change;
+use crate::cluster_placement::{PlacementSettings, from_json, scheduling_json, to_json};
 use crate::db::{Db, now};
 use crate::entities::{kube_cluster, kube_workspace};
 use crate::error::{DbError, DbResult, EntityKind, parse_stored, unique_violation};
@@ -79,6 +82,13 @@ pub struct Cluster {
     /// The manifest revision the manager says it was installed from (`None` for
     /// managers that predate revisions, or before the first report).
     pub manifest_revision: Option<String>,
+    /// The admin's placement settings.
+    pub placement: PlacementSettings,
+    /// An autoscaler the manager detected (GKE Autopilot).
+    pub detected_autoscaling: Option<Autoscaling>,
+    /// The manager's last per-node capacity report; `None` before the first
+    /// one, or from managers that predate it (placement then uses the totals).
+    pub nodes: Option<Vec<NodeCapacity>>,
 }
 
 impl Cluster {
@@ -86,6 +96,11 @@ impl Cluster {
     /// declared one.
     pub fn effective_region(&self) -> Option<&str> {
         self.region.as_deref().or(self.declared_region.as_deref())
+    }
+
+    /// The largest node the cluster can add: declared, else detected.
+    pub fn autoscaling(&self) -> Option<Autoscaling> {
+        self.placement.autoscaling.or(self.detected_autoscaling)
     }
 }
 
@@ -107,6 +122,8 @@ pub struct NewCluster {
     pub labels: BTreeMap<String, String>,
     /// The Pod Security profile its workspaces run under.
     pub security_profile: SecurityProfile,
+    /// Capacity mode, scheduling settings, declared autoscaling.
+    pub placement: PlacementSettings,
 }
 
 impl NewCluster {
@@ -120,6 +137,7 @@ impl NewCluster {
             declared_region: None,
             labels: BTreeMap::new(),
             security_profile: SecurityProfile::default(),
+            placement: PlacementSettings::default(),
         }
     }
 }
@@ -149,6 +167,10 @@ pub struct ClusterInfoUpdate {
     pub manager_namespace: String,
     /// The manifest revision the manager was installed from, when it says.
     pub manifest_revision: Option<String>,
+    /// The per-node capacity, when the manager reports it.
+    pub nodes: Option<Vec<NodeCapacity>>,
+    /// An autoscaler the manager detected.
+    pub detected_autoscaling: Option<Autoscaling>,
 }
 
 /// Sum of the requests of the workspaces placed on one cluster.
@@ -171,6 +193,13 @@ fn cluster_from_model(m: kube_cluster::Model) -> DbResult<Cluster> {
         source,
     })?;
     Ok(Cluster {
+        placement: PlacementSettings {
+            capacity_mode: parse_stored("kube_cluster", "capacity_mode", &m.capacity_mode)?,
+            scheduling: from_json("scheduling", m.scheduling)?.unwrap_or_default(),
+            autoscaling: from_json("autoscaling", m.autoscaling)?,
+        },
+        detected_autoscaling: from_json("detected_autoscaling", m.detected_autoscaling)?,
+        nodes: from_json("nodes", m.nodes)?,
         status: parse_stored("kube_cluster", "status", &m.status)?,
         security_profile: parse_stored("kube_cluster", "security_profile", &m.security_profile)?,
         manifest_revision: m.manifest_revision,
@@ -277,6 +306,16 @@ impl Db {
             deleted_at: Set(None),
             security_profile: Set(new.security_profile.as_str().to_owned()),
             manifest_revision: Set(None),
+            capacity_mode: Set(new.placement.capacity_mode.as_str().to_owned()),
+            scheduling: Set(scheduling_json(&new.placement.scheduling)?),
+            autoscaling: Set(new
+                .placement
+                .autoscaling
+                .as_ref()
+                .map(|a| to_json("autoscaling", a))
+                .transpose()?),
+            detected_autoscaling: Set(None),
+            nodes: Set(None),
         }
         .insert(conn)
         .await
@@ -365,10 +404,22 @@ impl Db {
         }
         use kube_cluster::Column as C;
         let at = tz(now());
+        let nodes = info
+            .nodes
+            .as_ref()
+            .map(|n| to_json("nodes", n))
+            .transpose()?;
+        let detected = info
+            .detected_autoscaling
+            .as_ref()
+            .map(|a| to_json("detected_autoscaling", a))
+            .transpose()?;
         self.update_live_cluster(
             org_id,
             id,
             kube_cluster::Entity::update_many()
+                .col_expr(C::Nodes, Expr::value(nodes))
+                .col_expr(C::DetectedAutoscaling, Expr::value(detected))
                 .col_expr(
                     C::KubernetesVersion,
                     Expr::value(Some(info.kubernetes_version.clone())),

@@ -28,6 +28,7 @@
 mod audit;
 pub mod changes;
 mod cluster;
+mod cluster_placement;
 pub mod crypto;
 mod db;
 pub mod entities;
@@ -47,6 +48,7 @@ mod workspace;
 pub use audit::{AuditEntry, AuditQuery, MAX_AUDIT_PAGE, NewAuditEntry};
 pub use changes::{Change, WorkspaceChange};
 pub use cluster::{Cluster, ClusterInfoUpdate, NewCluster, ResourceRequests};
+pub use cluster_placement::PlacementSettings;
 pub use crypto::{CredentialError, CredentialKey, ProviderCredential};
 pub use db::{ConnectConfig, CreateWithTokenError, Db, connect};
 pub use error::{DbError, DbResult, EntityKind, TokenRejection};

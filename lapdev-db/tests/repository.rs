@@ -100,6 +100,8 @@ fn info() -> ClusterInfoUpdate {
         manager_version: "0.1.0".into(),
         manager_namespace: "lapdev".into(),
         manifest_revision: None,
+        nodes: None,
+        detected_autoscaling: None,
     }
 }
 

@@ -123,6 +123,7 @@ mod context;
 mod descriptor;
 mod error;
 pub mod protocol;
+pub mod proxy;
 mod server;
 pub mod tunnel;
 

@@ -164,6 +164,7 @@ async fn seed_workspaces(client: &Client, count: usize) {
                 memory_bytes: 1 << 30,
                 storage_bytes: 5 << 30,
                 env: Default::default(),
+                scheduling: Default::default(),
             };
             let (pods, pvcs, params, settings) =
                 (pods.clone(), pvcs.clone(), params.clone(), settings.clone());

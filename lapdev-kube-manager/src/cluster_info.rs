@@ -33,6 +33,8 @@ pub struct NodeSummary {
     pub region: Option<String>,
     /// Whether the node is Ready, and out-of-service taint (for lost nodes).
     pub health: crate::observe::NodeHealth,
+    /// Cordon, OS, blocking taints and labels (for per-node capacity).
+    pub placement: crate::capacity::NodePlacementFacts,
 }
 
 /// A node reported a quantity that is not one.
@@ -112,6 +114,7 @@ pub fn summarize_node(node: &Node) -> (NodeSummary, Vec<NodeQuantityError>) {
             provider,
             region,
             health: crate::observe::NodeHealth::from_node(node),
+            placement: crate::capacity::NodePlacementFacts::from_node(node),
         },
         errors,
     )
@@ -160,6 +163,8 @@ pub struct ManagerIdentity {
     pub workspace_namespace: String,
     /// The install manifest's revision, when the manifest set it.
     pub manifest_revision: Option<String>,
+    /// What the nodes' requests count (`LAPDEV_CAPACITY`).
+    pub capacity_mode: lapdev_common::status::CapacityMode,
 }
 
 /// The cluster info from the API server version and every node's summary.
@@ -183,6 +188,9 @@ pub fn cluster_info<'a>(
         manager_namespace: identity.manager_namespace.clone(),
         workspace_namespace: identity.workspace_namespace.clone(),
         manifest_revision: identity.manifest_revision.clone(),
+        nodes: None,
+        capacity_mode: Some(identity.capacity_mode),
+        autoscaling: None,
     };
     let mut providers: HashMap<CloudProvider, u32> = HashMap::new();
     let mut regions: HashMap<&str, u32> = HashMap::new();
@@ -269,6 +277,7 @@ mod tests {
             manager_namespace: "lapdev".into(),
             workspace_namespace: "lapdev-workspaces".into(),
             manifest_revision: None,
+            capacity_mode: Default::default(),
         }
     }
 

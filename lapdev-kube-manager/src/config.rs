@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use lapdev_common::status::SecurityProfile;
+use lapdev_common::status::{CapacityMode, SecurityProfile};
 
 use crate::objects::{CpuLimit, WorkspaceSettings};
 use crate::observe::ObserveConfig;
@@ -160,6 +160,16 @@ pub struct Config {
     /// How long one Kubernetes API call may take, in seconds.
     #[arg(long, env = "LAPDEV_KUBE_TIMEOUT_SECS", default_value_t = 20.0)]
     pub kube_timeout_secs: f64,
+
+    /// What the nodes' reported requests count: `nodes` (Lapdev's own pods) or
+    /// `pods` (every pod: needs the manifest's cluster-wide pod watch).
+    #[arg(long, env = "LAPDEV_CAPACITY", default_value = "nodes")]
+    pub capacity: CapacityMode,
+
+    /// Pod churn republishes the per-node capacity at most this often, in
+    /// seconds.
+    #[arg(long, env = "LAPDEV_CAPACITY_REPORT_SECS", default_value_t = 5.0)]
+    pub capacity_report_secs: f64,
 }
 
 /// How logs are written.
@@ -263,6 +273,14 @@ impl Config {
     /// The watchers' retry cap.
     pub fn watch_retry_max(&self) -> Duration {
         secs(self.watch_retry_max_secs, 30.0)
+    }
+
+    /// How per-node capacity reports are coalesced.
+    pub fn coalescing(&self) -> crate::capacity::Coalescing {
+        crate::capacity::Coalescing {
+            min_interval: secs(self.capacity_report_secs, 5.0),
+            ..Default::default()
+        }
     }
 
     /// How often time-dependent observations are re-evaluated: a tenth of the

@@ -21,6 +21,7 @@
 
 pub mod access;
 pub mod backoff;
+pub mod capacity;
 pub mod cluster_info;
 pub mod config;
 pub mod error;

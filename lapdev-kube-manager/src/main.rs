@@ -71,8 +71,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         manager_namespace: config.manager_namespace(),
         workspace_namespace: config.workspace_namespace.clone(),
         manifest_revision: config.manifest_revision.clone(),
+        capacity_mode: config.capacity,
     };
     let tracker = Tracker::new(identity, config.observe_config());
+    tracker.set_coalescing(config.coalescing());
     let settings = config.workspace_settings();
     let watchers = watch::spawn(
         client.clone(),
@@ -83,6 +85,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             timeout: config.kube_timeout(),
             retry_cap: config.watch_retry_max(),
             tick: config.tick(),
+            capacity_mode: config.capacity,
         },
         shutdown.clone(),
     );
@@ -100,6 +103,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             token: config.cluster_token.clone(),
             extra_ca_pem: config.server_ca_pem()?,
             reconnect_max: config.reconnect_max(),
+            // HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as curl reads them.
+            proxy: Some(lapdev_hrpc::proxy::ProxyRules::from_env()),
         },
         router,
         tracker.clone(),

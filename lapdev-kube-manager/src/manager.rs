@@ -64,6 +64,9 @@ pub struct ServerSettings {
     pub extra_ca_pem: Option<Vec<u8>>,
     /// Longest wait between reconnect attempts.
     pub reconnect_max: Duration,
+    /// `HTTPS_PROXY`/`NO_PROXY` rules for the calls and the tunnel (see
+    /// `lapdev_hrpc::proxy`); `None` dials directly.
+    pub proxy: Option<lapdev_hrpc::proxy::ProxyRules>,
 }
 
 /// The manager could not be set up.
@@ -149,6 +152,7 @@ impl Manager {
         let name = HeaderName::from_static(KUBE_CLUSTER_TOKEN_HEADER);
         let transport = HttpTransport::new(HttpTransportConfig {
             extra_root_certificates_pem: settings.extra_ca_pem.clone(),
+            proxy: settings.proxy.clone(),
             ..Default::default()
         })?;
         let client = KubeClusterRpcClient::new(
@@ -178,6 +182,7 @@ impl Manager {
             }
             let config = TunnelClientConfig {
                 extra_root_certificates_pem: self.settings.extra_ca_pem.clone(),
+                proxy: self.settings.proxy.clone(),
                 ..Default::default()
             };
             let connect = tunnel::connect(

@@ -312,7 +312,7 @@ fn pod_spec(spec: &WorkspaceSpec, settings: &WorkspaceSettings) -> PodSpec {
         value_from: None,
     }));
     let (pod_sc, container_sc) = security_contexts(settings);
-    PodSpec {
+    let mut pod = PodSpec {
         restart_policy: Some("Always".to_owned()),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
@@ -348,7 +348,9 @@ fn pod_spec(spec: &WorkspaceSpec, settings: &WorkspaceSettings) -> PodSpec {
             ..Default::default()
         }]),
         ..Default::default()
-    }
+    };
+    scheduling::apply(&spec.scheduling, &mut pod);
+    pod
 }
 
 /// The hash of a pod spec: SHA-256 of its JSON, hex, first 16 bytes.
@@ -406,6 +408,9 @@ pub enum SpecError {
     /// A resource amount that is zero or negative.
     #[error("{0} must be positive")]
     NotPositive(&'static str),
+    /// The cluster's scheduling settings are malformed.
+    #[error(transparent)]
+    Scheduling(#[from] lapdev_common::scheduling::SchedulingError),
 }
 
 impl From<SpecError> for lapdev_hrpc::HrpcError {
@@ -431,8 +436,11 @@ pub fn validate(spec: &WorkspaceSpec) -> Result<(), SpecError> {
             return Err(SpecError::NotPositive(name));
         }
     }
+    spec.scheduling.validate()?;
     Ok(())
 }
+
+mod scheduling;
 
 #[cfg(test)]
 mod tests;

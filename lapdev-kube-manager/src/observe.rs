@@ -143,6 +143,8 @@ pub struct PodFacts {
     /// Set when the pod was built from another spec or another configuration
     /// than the current one would build: what a restart would apply.
     pub outdated: Option<String>,
+    /// CPU and memory requested (the scheduler's rule).
+    pub requests: crate::capacity::Requests,
 }
 
 /// A Kubernetes timestamp as chrono's (jiff's range fits in chrono's, so the
@@ -235,6 +237,11 @@ impl PodFacts {
                 .unwrap_or_default(),
             container,
             outdated: None,
+            requests: pod
+                .spec
+                .as_ref()
+                .map(crate::capacity::pod_requests)
+                .unwrap_or_default(),
         }
     }
 }

@@ -20,6 +20,8 @@ use lapdev_kube_rpc::WorkspaceObservation;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
+use crate::capacity::Coalescing;
+use crate::capacity::state::{CapacityState, OtherPod};
 use crate::cluster_info::{ManagerIdentity, NodeSummary, cluster_info};
 use crate::observe::{
     ClaimFacts, EventFacts, ForceDelete, Input, NodeView, ObserveConfig, Observed, PodFacts,
@@ -142,6 +144,8 @@ struct Inner {
     version: Option<String>,
     /// What is wrong with the Kubernetes side, by source.
     errors: BTreeMap<&'static str, SourceError>,
+    /// Other pods' requests and the per-node list's coalescing.
+    capacity: CapacityState,
 }
 
 impl Inner {
@@ -422,7 +426,32 @@ impl Tracker {
     pub fn pod_change(&self, change: Change<Uuid, PodFacts>) {
         let mut inner = self.lock();
         let ids = inner.pods.apply(change);
+        if !ids.is_empty() {
+            inner.capacity.touch();
+            self.publish_capacity_if_due(&mut inner);
+        }
         self.workspaces_changed(&mut inner, ids);
+    }
+
+    /// A change of a pod that is not a workspace's (the cluster-wide watch of
+    /// `capacity: pods`).
+    pub fn other_pod_change(&self, change: Change<String, OtherPod>) {
+        let mut inner = self.lock();
+        if inner.capacity.other_change(change) {
+            metrics::gauge!("lapdev_manager_other_pods").set(inner.capacity.other_pods() as f64);
+            self.publish_capacity_if_due(&mut inner);
+        }
+    }
+
+    /// Sets how per-node capacity reports are coalesced.
+    pub fn set_coalescing(&self, coalescing: Coalescing) {
+        self.lock().capacity.coalescing = coalescing;
+    }
+
+    fn publish_capacity_if_due(&self, inner: &mut Inner) {
+        if inner.capacity.due() {
+            self.publish_info(inner);
+        }
     }
 
     /// A change of a workspace claim.
@@ -475,7 +504,7 @@ impl Tracker {
         if keys.is_empty() {
             return;
         }
-        self.publish_info(&inner);
+        self.publish_info(&mut inner);
         // Workspaces on these nodes may be lost or found again.
         let keys: HashSet<&String> = keys.iter().collect();
         let ids: Vec<Uuid> = inner
@@ -493,6 +522,7 @@ impl Tracker {
     /// that are due to be force-deleted.
     pub fn tick(&self) -> Vec<StuckPod> {
         let mut inner = self.lock();
+        self.publish_capacity_if_due(&mut inner);
         let now = Utc::now();
         let ids: Vec<Uuid> = inner
             .pods
@@ -593,7 +623,7 @@ impl Tracker {
             inner.version = Some(version);
         }
         self.publish_health(&inner);
-        self.publish_info(&inner);
+        self.publish_info(&mut inner);
     }
 
     fn publish_health(&self, inner: &Inner) {
@@ -620,14 +650,24 @@ impl Tracker {
         });
     }
 
-    fn publish_info(&self, inner: &Inner) {
+    fn publish_info(&self, inner: &mut Inner) {
         let (Some(version), true) = (inner.version.as_deref(), inner.nodes.synced) else {
             return;
         };
-        let info = cluster_info(version, inner.nodes.map.values(), &self.identity);
+        let mut info = cluster_info(version, inner.nodes.map.values(), &self.identity);
+        inner
+            .capacity
+            .fill(&mut info, &inner.nodes.map, &inner.pods.map);
+        inner.capacity.published();
         metrics::gauge!("lapdev_manager_nodes").set(f64::from(info.node_count));
+        let coalescing = inner.capacity.coalescing;
+        // Small moves of the nodes' free room are not news (coalescing); they
+        // add up against the last published list until they are.
         self.info.send_if_modified(|current| {
-            if current.as_ref() != Some(&info) {
+            if current
+                .as_ref()
+                .is_none_or(|c| coalescing.significant(c, &info))
+            {
                 *current = Some(info);
                 true
             } else {

@@ -28,7 +28,10 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt as _};
 use tokio_util::sync::CancellationToken;
 
+use lapdev_common::status::CapacityMode;
+
 use crate::backoff::Backoff;
+use crate::capacity::trimmed::TrimmedPod;
 use crate::cluster_info::summarize_node;
 use crate::observe::{ClaimFacts, EventFacts, EventObject, PodFacts};
 use crate::tracker::{Change, Tracker};
@@ -57,6 +60,8 @@ pub struct WatchSettings {
     pub retry_cap: Duration,
     /// How often time-dependent observations are re-evaluated.
     pub tick: Duration,
+    /// With `pods`, every pod of the cluster is watched for its requests.
+    pub capacity_mode: CapacityMode,
 }
 
 /// An error and its causes on one line.
@@ -139,7 +144,11 @@ pub fn spawn(
     let nodes = watcher::watcher(Api::<Node>::all(client.clone()), watcher::Config::default());
     let cap = settings.retry_cap;
     let build = settings.workspace.clone();
-    vec![
+    let mut tasks = Vec::new();
+    if settings.capacity_mode == CapacityMode::Pods {
+        tasks.push(spawn_other_pods(&client, &tracker, cap, &shutdown));
+    }
+    tasks.extend([
         tokio::spawn(drive(
             pods,
             Source {
@@ -226,7 +235,40 @@ pub fn spawn(
             shutdown.clone(),
         )),
         tokio::spawn(probe_loop(client, tracker, settings, shutdown)),
-    ]
+    ]);
+    tasks
+}
+
+/// The cluster-wide watch of every pod that is not a workspace's
+/// (`capacity: pods`), decoded into [`TrimmedPod`]s: node, phase, requests.
+fn spawn_other_pods(
+    client: &Client,
+    tracker: &Arc<Tracker>,
+    retry_cap: Duration,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let pods = watcher::watcher(
+        Api::<TrimmedPod>::all(client.clone()),
+        watcher::Config::default().labels(&format!("!{WORKSPACE_ID_LABEL}")),
+    );
+    tokio::spawn(drive(
+        pods,
+        Source {
+            name: "watching all pods (capacity: pods)",
+            resource: "pods (cluster-wide)",
+        },
+        retry_cap,
+        tracker.clone(),
+        shutdown.clone(),
+        |t, ev| {
+            let c = change(ev, |p: &TrimmedPod| {
+                Some((p.key(), p.bound().map(|(n, r)| (n.to_owned(), r))))
+            });
+            if let Some(c) = c {
+                t.other_pod_change(c);
+            }
+        },
+    ))
 }
 
 /// The workspace and object an Event is about, when it is about one.

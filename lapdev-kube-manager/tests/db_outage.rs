@@ -82,7 +82,7 @@ async fn a_database_outage_drops_no_tunnel_and_flips_no_status() {
         .unwrap(),
     );
     let created = admin
-        .create_cluster("steady".into(), None, None)
+        .create_cluster("steady".into(), None, None, None)
         .await
         .unwrap();
     let cluster_id = created.cluster.id;

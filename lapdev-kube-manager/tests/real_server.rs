@@ -62,7 +62,7 @@ async fn the_manager_connects_to_the_real_server_and_serves_its_calls() {
         .unwrap(),
     );
     let created = admin
-        .create_cluster("double".into(), None, None)
+        .create_cluster("double".into(), None, None, None)
         .await
         .unwrap();
     let cluster_id = created.cluster.id;

@@ -35,7 +35,7 @@ use k8s_openapi::api::rbac::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use lapdev_common::status::SecurityProfile;
+use lapdev_common::status::{CapacityMode, SecurityProfile};
 use lapdev_common::token::is_well_formed_cluster_token;
 use serde::Serialize;
 
@@ -69,10 +69,21 @@ pub const ENV_SECURITY_PROFILE: &str = "LAPDEV_SECURITY_PROFILE";
 /// Env var: the revision of this manifest, reported back by the manager so an
 /// admin can tell an install that predates what the server now renders.
 pub const ENV_MANIFEST_REVISION: &str = "LAPDEV_MANIFEST_REVISION";
+/// Env var: what the nodes' reported requests count (`nodes` or `pods`); with
+/// `pods` the ClusterRole also grants a cluster-wide pod list/watch.
+pub const ENV_CAPACITY: &str = "LAPDEV_CAPACITY";
+/// Env var (optional Secret key): the proxy for `https://` server URLs.
+pub const ENV_HTTPS_PROXY: &str = "HTTPS_PROXY";
+/// Env var (optional Secret key): the proxy for `http://` server URLs.
+pub const ENV_HTTP_PROXY: &str = "HTTP_PROXY";
+/// Env var (optional Secret key): hosts reached directly, curl's syntax.
+pub const ENV_NO_PROXY: &str = "NO_PROXY";
+/// Annotation on the ClusterRole saying why it may read every pod.
+pub const PODS_RULE_REASON_ANNOTATION: &str = "lapdev.dev/pods-access-reason";
 /// The revision of the manifest this build renders. Bump it whenever the
 /// rendered objects change in a way an installed cluster should re-apply
 /// (RBAC rules, env contract, namespace labels).
-pub const MANIFEST_REVISION: &str = "4";
+pub const MANIFEST_REVISION: &str = "5";
 
 /// Longest accepted cluster name, in characters.
 pub const MAX_CLUSTER_NAME_CHARS: usize = 253;
@@ -110,6 +121,8 @@ pub struct ManifestParams {
     /// How locked down workspace pods are; the workspace namespace's Pod
     /// Security level follows it.
     pub security_profile: SecurityProfile,
+    /// What the nodes' free room counts; `pods` adds the cluster-wide pod watch.
+    pub capacity_mode: CapacityMode,
 }
 
 impl ManifestParams {
@@ -128,6 +141,7 @@ impl ManifestParams {
             workspace_namespace: DEFAULT_WORKSPACE_NAMESPACE.to_owned(),
             manager_namespace: DEFAULT_MANAGER_NAMESPACE.to_owned(),
             security_profile: SecurityProfile::default(),
+            capacity_mode: CapacityMode::default(),
         }
     }
 
@@ -613,6 +627,16 @@ fn deployment(params: &ManifestParams) -> Deployment {
                 value: Some(s(MANIFEST_REVISION)),
                 ..Default::default()
             },
+            EnvVar {
+                name: s(ENV_CAPACITY),
+                value: Some(s(params.capacity_mode.as_str())),
+                ..Default::default()
+            },
+            // An egress proxy for the dial-out (HTTP CONNECT, the tunnel's
+            // WebSocket included): add these keys to the Secret when needed.
+            secret_env(ENV_HTTPS_PROXY, true),
+            secret_env(ENV_HTTP_PROXY, true),
+            secret_env(ENV_NO_PROXY, true),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some(s("http")),
@@ -702,6 +726,26 @@ fn deployment(params: &ManifestParams) -> Deployment {
     }
 }
 
+/// The manager's cluster-wide rights: read nodes; with `capacity: pods` also
+/// list and watch every pod, for their requests only (the manager decodes node,
+/// phase and requests and keeps nothing else), which the annotation says.
+fn cluster_role(capacity: CapacityMode) -> ClusterRole {
+    let mut rules = vec![rule("", &["nodes"], &["list", "watch"])];
+    let mut metadata = meta(MANAGER_NAME, None);
+    if capacity == CapacityMode::Pods {
+        rules.push(rule("", &["pods"], &["list", "watch"]));
+        metadata.annotations = Some(map(&[(
+            PODS_RULE_REASON_ANNOTATION,
+            "capacity: pods - other workloads' pod requests are counted per node; only node, phase and requests are read",
+        )]));
+    }
+    ClusterRole {
+        metadata,
+        rules: Some(rules),
+        ..Default::default()
+    }
+}
+
 fn build(params: &ManifestParams) -> ManagerManifest {
     let manager_ns = params.manager_namespace.as_str();
     let workspace_ns = params.workspace_namespace.as_str();
@@ -731,11 +775,7 @@ fn build(params: &ManifestParams) -> ManagerManifest {
             automount_service_account_token: Some(true),
             ..Default::default()
         },
-        cluster_role: ClusterRole {
-            metadata: meta(MANAGER_NAME, None),
-            rules: Some(vec![rule("", &["nodes"], &["list", "watch"])]),
-            ..Default::default()
-        },
+        cluster_role: cluster_role(params.capacity_mode),
         cluster_role_binding: ClusterRoleBinding {
             metadata: meta(MANAGER_NAME, None),
             role_ref: RoleRef {

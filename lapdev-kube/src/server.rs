@@ -489,6 +489,43 @@ async fn until(at: Option<DateTime<Utc>>) {
     }
 }
 
+/// The most nodes a report may list (Kubernetes supports 5,000 per cluster).
+const MAX_REPORTED_NODES: usize = 20_000;
+
+/// Refuses a per-node report that no real cluster sends: too many nodes, or
+/// negative amounts.
+fn check_nodes(
+    nodes: Option<Vec<lapdev_common::scheduling::NodeCapacity>>,
+) -> Result<Option<Vec<lapdev_common::scheduling::NodeCapacity>>, HrpcError> {
+    let Some(nodes) = nodes else {
+        return Ok(None);
+    };
+    if nodes.len() > MAX_REPORTED_NODES {
+        return Err(HrpcError::invalid_argument(format!(
+            "nodes: at most {MAX_REPORTED_NODES} nodes may be reported"
+        )));
+    }
+    for n in &nodes {
+        if [
+            n.cpu_allocatable_millis,
+            n.memory_allocatable_bytes,
+            n.cpu_lapdev_millis,
+            n.memory_lapdev_bytes,
+            n.cpu_other_millis,
+            n.memory_other_bytes,
+        ]
+        .iter()
+        .any(|v| *v < 0)
+        {
+            return Err(HrpcError::invalid_argument(format!(
+                "nodes: node {:?} reports a negative amount",
+                n.name
+            )));
+        }
+    }
+    Ok(Some(nodes))
+}
+
 impl KubeClusterRpc for KubeClusterServer {
     async fn report_cluster_info(
         &self,
@@ -510,6 +547,8 @@ impl KubeClusterRpc for KubeClusterServer {
             manager_version: info.manager_version,
             manager_namespace: info.manager_namespace,
             manifest_revision: info.manifest_revision,
+            nodes: check_nodes(info.nodes)?,
+            detected_autoscaling: info.autoscaling,
         };
         self.inner
             .db

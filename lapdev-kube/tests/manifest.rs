@@ -586,10 +586,54 @@ fn the_manager_pod_satisfies_the_restricted_pod_security_standard() {
                 "name": "lapdev-kube-manager", "key": "LAPDEV_SERVER_CA", "optional": true}}},
             {"name": "LAPDEV_WORKSPACE_NAMESPACE", "value": "lapdev-workspaces"},
             {"name": "LAPDEV_SECURITY_PROFILE", "value": "baseline"},
-            {"name": "LAPDEV_MANIFEST_REVISION", "value": "4"},
+            {"name": "LAPDEV_MANIFEST_REVISION", "value": "5"},
+            {"name": "LAPDEV_CAPACITY", "value": "nodes"},
+            {"name": "HTTPS_PROXY", "valueFrom": {"secretKeyRef": {
+                "name": "lapdev-kube-manager", "key": "HTTPS_PROXY", "optional": true}}},
+            {"name": "HTTP_PROXY", "valueFrom": {"secretKeyRef": {
+                "name": "lapdev-kube-manager", "key": "HTTP_PROXY", "optional": true}}},
+            {"name": "NO_PROXY", "valueFrom": {"secretKeyRef": {
+                "name": "lapdev-kube-manager", "key": "NO_PROXY", "optional": true}}},
         ])
     );
     assert!(c.get("envFrom").is_none());
+}
+
+/// `capacity: pods` adds a cluster-wide pods list/watch, says why, and tells
+/// the manager; `nodes` (the default) reads nodes only.
+#[test]
+fn capacity_pods_adds_the_cluster_wide_pod_watch() {
+    let nodes = render_and_parse(&params());
+    let role = find(&nodes, "ClusterRole", "lapdev-kube-manager");
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}])
+    );
+    assert!(role["metadata"].get("annotations").is_none());
+    let pods = render_and_parse(&ManifestParams {
+        capacity_mode: lapdev_common::status::CapacityMode::Pods,
+        ..params()
+    });
+    let role = find(&pods, "ClusterRole", "lapdev-kube-manager");
+    assert_eq!(
+        role["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}
+        ])
+    );
+    assert!(
+        role["metadata"]["annotations"]["lapdev.dev/pods-access-reason"]
+            .as_str()
+            .unwrap()
+            .contains("requests")
+    );
+    let env = &deployment(&pods)["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .contains(&json!({"name": "LAPDEV_CAPACITY", "value": "pods"}))
+    );
 }
 
 /// The full RBAC, so that any change to it is deliberate.

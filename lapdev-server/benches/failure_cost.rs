@@ -247,7 +247,7 @@ async fn main() {
     let kubelet = h.run_kubelet(KubeletConfig::default());
 
     let created = admin
-        .create_cluster("bench".into(), None, None)
+        .create_cluster("bench".into(), None, None, None)
         .await
         .expect("a cluster");
     let manager = Proc(

@@ -314,6 +314,9 @@ fn sample_info(i: usize) -> lapdev_common::kube::KubeClusterInfo {
         manager_namespace: "lapdev".into(),
         workspace_namespace: "lapdev-workspaces".into(),
         manifest_revision: None,
+        nodes: None,
+        capacity_mode: None,
+        autoscaling: None,
     }
 }
 
@@ -343,7 +346,12 @@ async fn register_clusters(
                     return made;
                 }
                 let created = admin
-                    .create_cluster(format!("bench-{i:05}"), Some("europe-west1".into()), None)
+                    .create_cluster(
+                        format!("bench-{i:05}"),
+                        Some("europe-west1".into()),
+                        None,
+                        None,
+                    )
                     .await
                     .unwrap_or_else(|e| panic!("create_cluster bench-{i:05}: {e}"));
                 let sim = Sim {

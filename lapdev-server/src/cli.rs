@@ -18,6 +18,7 @@ use uuid::Uuid;
 pub mod access;
 pub mod oidc_login;
 pub mod people;
+pub mod placement;
 pub mod provider;
 pub mod settings;
 
@@ -242,6 +243,19 @@ pub enum ClusterCommand {
         /// Write the token to this file instead of printing it.
         #[arg(long)]
         token_out: Option<PathBuf>,
+        /// Placement settings.
+        #[command(flatten)]
+        placement: placement::PlacementArgs,
+    },
+    /// Replace a cluster's placement settings (capacity mode, autoscaling,
+    /// node selector, tolerations, architecture, image pull secrets, priority
+    /// class). A new `--capacity` needs a new manifest (`cluster manifest`).
+    Placement {
+        /// Cluster name.
+        name: String,
+        /// The settings; flags not given are cleared.
+        #[command(flatten)]
+        placement: placement::PlacementArgs,
     },
     /// List clusters.
     List {
@@ -608,10 +622,14 @@ async fn cluster(admin: &AdminRpcClient, out: Output, cmd: ClusterCommand) -> an
             security_profile,
             manifest_out,
             token_out,
+            placement,
         } => {
             let profile = security_profile.as_deref().map(parse_profile).transpose()?;
+            let placement = (!placement.is_empty())
+                .then(|| placement.to_placement())
+                .transpose()?;
             let created = admin
-                .create_cluster(name, region, profile)
+                .create_cluster(name, region, profile, placement)
                 .await
                 .map_err(call_error)?;
             if let Some(path) = &manifest_out {
@@ -653,6 +671,13 @@ async fn cluster(admin: &AdminRpcClient, out: Output, cmd: ClusterCommand) -> an
                 }
             }
             provider::delete_cluster(admin, out, name, yes, keep_in_provider).await
+        }
+        ClusterCommand::Placement { name, placement } => {
+            let c = admin
+                .set_cluster_placement(name, placement.to_placement()?)
+                .await
+                .map_err(call_error)?;
+            print_cluster(out, &c)
         }
         ClusterCommand::Set {
             name,
@@ -827,6 +852,7 @@ pub fn cluster_json(c: &ClusterView) -> Value {
         "manager_version": c.manager_version,
         "manifest_revision": c.manifest_revision,
         "security_profile": c.security_profile,
+        "placement": placement::placement_json(c),
         "last_reported_at": c.last_reported_at,
         "cordoned": c.cordoned,
         "created_at": c.created_at,

@@ -63,7 +63,7 @@ async fn env_with(tunnel: bool) -> Env {
     ));
     let admin = t.admin();
     let created = admin
-        .create_cluster("dev".into(), None, None)
+        .create_cluster("dev".into(), None, None, None)
         .await
         .unwrap();
     let manager_api = t.cluster_client(&created.token_secret);

@@ -16,7 +16,7 @@ async fn an_oversized_snapshot_is_invalid_argument_without_touching_the_database
     let mut t = TestServer::postgres().await;
     let created = t
         .admin()
-        .create_cluster("capped".into(), None, None)
+        .create_cluster("capped".into(), None, None, None)
         .await
         .unwrap();
     let manager = t.cluster_client(&created.token_secret);
@@ -58,7 +58,7 @@ async fn a_failing_manifest_render_leaves_no_row_and_no_token() {
         server.first_admin_token.as_deref().unwrap(),
     );
     let err = admin
-        .create_cluster("doomed".into(), None, None)
+        .create_cluster("doomed".into(), None, None, None)
         .await
         .unwrap_err();
     let lapdev_hrpc::CallError::Service(err) = err else {
@@ -78,7 +78,7 @@ async fn names_with_control_characters_are_invalid_argument_naming_the_field() {
     let admin = t.admin();
     for bad in ["nul\0name", "Upper", "with space", "line\nbreak", ""] {
         let err = admin
-            .create_cluster(bad.into(), None, None)
+            .create_cluster(bad.into(), None, None, None)
             .await
             .unwrap_err();
         let lapdev_hrpc::CallError::Service(err) = err else {
@@ -87,7 +87,10 @@ async fn names_with_control_characters_are_invalid_argument_naming_the_field() {
         assert_eq!(err.code, Code::InvalidArgument, "{bad:?}: {err:?}");
         assert_eq!(err.details.as_ref().unwrap()["field"], "name", "{bad:?}");
     }
-    admin.create_cluster("ok".into(), None, None).await.unwrap();
+    admin
+        .create_cluster("ok".into(), None, None, None)
+        .await
+        .unwrap();
     for bad in ["nul\0token", "esc\u{1b}[2J", " padded"] {
         let err = admin
             .create_cluster_token("ok".into(), bad.into(), None)

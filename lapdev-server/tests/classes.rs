@@ -55,7 +55,7 @@ async fn a_flood_of_unauthenticated_clients_cannot_starve_the_tunnels() {
     .await;
     let created = t
         .admin()
-        .create_cluster("steady".into(), None, None)
+        .create_cluster("steady".into(), None, None, None)
         .await
         .unwrap();
 
@@ -195,7 +195,7 @@ async fn a_tunnel_outlives_the_request_timeout() {
     .await;
     let created = t
         .admin()
-        .create_cluster("long".into(), None, None)
+        .create_cluster("long".into(), None, None, None)
         .await
         .unwrap();
     let session = dial(&t, &created.token_secret, Arc::default())

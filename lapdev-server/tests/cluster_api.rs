@@ -15,7 +15,7 @@ async fn a_manager_reports_and_the_admin_api_shows_it() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
     let created = admin
-        .create_cluster("prod-eu".into(), Some("europe-west4".into()), None)
+        .create_cluster("prod-eu".into(), Some("europe-west4".into()), None, None)
         .await
         .unwrap();
     assert_eq!(created.cluster.status, ClusterStatus::Pending);
@@ -61,7 +61,10 @@ fn assert_unauthenticated<T: std::fmt::Debug>(
 async fn bad_cluster_tokens_are_401_with_an_hrpc_body() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
-    let created = admin.create_cluster("c1".into(), None, None).await.unwrap();
+    let created = admin
+        .create_cluster("c1".into(), None, None, None)
+        .await
+        .unwrap();
 
     // Missing header: a raw request, so nothing adds one.
     let response = reqwest_free_post(&t.base(), "/rpc/KubeClusterRpc/heartbeat", &[]).await;
@@ -142,8 +145,14 @@ async fn reqwest_free_post(base: &str, path: &str, headers: &[(&str, &str)]) -> 
 async fn a_token_only_ever_writes_its_own_cluster() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
-    let a = admin.create_cluster("a".into(), None, None).await.unwrap();
-    admin.create_cluster("b".into(), None, None).await.unwrap();
+    let a = admin
+        .create_cluster("a".into(), None, None, None)
+        .await
+        .unwrap();
+    admin
+        .create_cluster("b".into(), None, None, None)
+        .await
+        .unwrap();
 
     t.cluster_client(&a.token_secret)
         .report_cluster_info(sample_info())
@@ -161,7 +170,7 @@ async fn silent_clusters_become_disconnected() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
     let created = admin
-        .create_cluster("quiet".into(), None, None)
+        .create_cluster("quiet".into(), None, None, None)
         .await
         .unwrap();
     let manager = t.cluster_client(&created.token_secret);
@@ -278,7 +287,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 async fn another_organisations_cluster_is_not_found() {
     let t = TestServer::postgres().await;
     t.admin()
-        .create_cluster("mine".into(), None, None)
+        .create_cluster("mine".into(), None, None, None)
         .await
         .unwrap();
 
@@ -334,10 +343,10 @@ async fn cluster_admin_lifecycle() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
     let created = admin
-        .create_cluster("life".into(), None, None)
+        .create_cluster("life".into(), None, None, None)
         .await
         .unwrap();
-    match admin.create_cluster("life".into(), None, None).await {
+    match admin.create_cluster("life".into(), None, None, None).await {
         Err(CallError::Service(e)) => assert_eq!(e.code, Code::AlreadyExists),
         other => panic!("expected already_exists, got {other:?}"),
     }
@@ -395,7 +404,7 @@ async fn cluster_admin_lifecycle() {
     );
     // The name is free again.
     admin
-        .create_cluster("life".into(), None, None)
+        .create_cluster("life".into(), None, None, None)
         .await
         .unwrap();
 }
@@ -405,7 +414,7 @@ async fn the_embedded_default_works_end_to_end() {
     let t = TestServer::embedded().await;
     let admin = t.admin();
     let created = admin
-        .create_cluster("local".into(), None, None)
+        .create_cluster("local".into(), None, None, None)
         .await
         .unwrap();
     t.cluster_client(&created.token_secret)
@@ -423,7 +432,10 @@ async fn the_embedded_default_works_end_to_end() {
 async fn a_restart_forgets_connections_and_refuses_a_wrong_encryption_key() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
-    let created = admin.create_cluster("c".into(), None, None).await.unwrap();
+    let created = admin
+        .create_cluster("c".into(), None, None, None)
+        .await
+        .unwrap();
     let org = t.server.state.db.list_organizations().await.unwrap()[0].id;
     t.server
         .state

@@ -344,7 +344,7 @@ async fn audited_actions_are_recorded_and_a_failed_audit_write_loses_nothing() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
     admin
-        .create_cluster("one".into(), None, None)
+        .create_cluster("one".into(), None, None, None)
         .await
         .unwrap();
     let owner = people(&t.base(), &t.admin_token);
@@ -372,7 +372,7 @@ async fn audited_actions_are_recorded_and_a_failed_audit_write_loses_nothing() {
         .await
         .unwrap();
     admin
-        .create_cluster("two".into(), None, None)
+        .create_cluster("two".into(), None, None, None)
         .await
         .unwrap();
     assert_eq!(admin.get_cluster("two".into()).await.unwrap().name, "two");

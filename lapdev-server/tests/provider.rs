@@ -501,6 +501,7 @@ async fn a_create_interrupted_after_the_provider_accepted_it_is_resumed() {
             declared_region: Some("europe-west1".into()),
             labels: Default::default(),
             security_profile: Default::default(),
+            placement: Default::default(),
         },
     )
     .await

@@ -87,7 +87,7 @@ async fn installs_keep_the_two_live_tokens_rule_and_revoke_the_previous_install_
     );
     let admin = t.admin();
     let created = admin
-        .create_cluster("gke".into(), None, None)
+        .create_cluster("gke".into(), None, None, None)
         .await
         .unwrap();
     let org = state.db.list_organizations().await.unwrap()[0].id;

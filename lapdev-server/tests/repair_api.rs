@@ -69,7 +69,10 @@ struct Connected {
 /// A registered cluster `name` with a fake manager on a real tunnel.
 async fn connected_cluster(t: &TestServer, name: &str) -> Connected {
     let admin = t.admin();
-    let created = admin.create_cluster(name.into(), None, None).await.unwrap();
+    let created = admin
+        .create_cluster(name.into(), None, None, None)
+        .await
+        .unwrap();
     t.cluster_client(&created.token_secret)
         .report_cluster_info(sample_info())
         .await

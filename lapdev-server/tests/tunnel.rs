@@ -17,7 +17,7 @@ async fn the_server_calls_the_manager_down_its_tunnel() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
     let created = admin
-        .create_cluster("tunnelled".into(), None, None)
+        .create_cluster("tunnelled".into(), None, None, None)
         .await
         .unwrap();
     let cluster_id = created.cluster.id;
@@ -113,7 +113,7 @@ async fn revoking_the_token_closes_its_tunnel() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
     let created = admin
-        .create_cluster("revoked".into(), None, None)
+        .create_cluster("revoked".into(), None, None, None)
         .await
         .unwrap();
     let session = dial(&t, &created.token_secret, Arc::default())
@@ -155,7 +155,7 @@ async fn the_newest_tunnel_of_a_cluster_wins() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
     let created = admin
-        .create_cluster("twice".into(), None, None)
+        .create_cluster("twice".into(), None, None, None)
         .await
         .unwrap();
     let first = dial(&t, &created.token_secret, Arc::default())

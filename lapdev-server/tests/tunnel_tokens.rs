@@ -14,7 +14,7 @@ async fn a_tunnel_closes_at_its_tokens_expiry() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
     let created = admin
-        .create_cluster("expiring".into(), None, None)
+        .create_cluster("expiring".into(), None, None, None)
         .await
         .unwrap();
     let cluster_id = created.cluster.id;
@@ -54,7 +54,7 @@ async fn revocation_racing_registration_never_leaves_a_tunnel_open() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
     admin
-        .create_cluster("racing".into(), None, None)
+        .create_cluster("racing".into(), None, None, None)
         .await
         .unwrap();
     let cluster_id = admin.get_cluster("racing".into()).await.unwrap().id;
@@ -107,7 +107,7 @@ async fn a_database_outage_longer_than_the_token_cache_drops_no_tunnel_and_flips
     .await;
     let admin = t.admin();
     let created = admin
-        .create_cluster("steady".into(), None, None)
+        .create_cluster("steady".into(), None, None, None)
         .await
         .unwrap();
     let cluster_id = created.cluster.id;

@@ -36,7 +36,7 @@ async fn workspace_lifecycle_through_the_cli() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
     let created = admin
-        .create_cluster("dev".into(), None, None)
+        .create_cluster("dev".into(), None, None, None)
         .await
         .unwrap();
     let manager_api = t.cluster_client(&created.token_secret);
@@ -186,7 +186,7 @@ async fn deleted_reports_end_wanted_deletions_and_flag_unwanted_ones() {
     let t = TestServer::postgres().await;
     let admin = t.admin();
     let created = admin
-        .create_cluster("dev".into(), None, None)
+        .create_cluster("dev".into(), None, None, None)
         .await
         .unwrap();
     let manager_api = t.cluster_client(&created.token_secret);

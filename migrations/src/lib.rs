@@ -24,6 +24,7 @@ mod m20251126_000006_create_kube_workspace;
 mod m20251126_000007_add_workspace_placement_constraints;
 mod m20251129_000008_workspace_repair_and_cluster_profile;
 mod m20251129_000009_people;
+mod m20251130_000010_cluster_placement;
 mod m20251130_000011_sessions_oidc;
 
 /// Every migration, in the order they run.
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20251126_000007_add_workspace_placement_constraints::Migration),
             Box::new(m20251129_000008_workspace_repair_and_cluster_profile::Migration),
             Box::new(m20251129_000009_people::Migration),
+            Box::new(m20251130_000010_cluster_placement::Migration),
             Box::new(m20251130_000011_sessions_oidc::Migration),
         ]
     }

@@ -245,6 +245,8 @@ impl Env {
                     manager_version: "test".into(),
                     manager_namespace: "lapdev".into(),
                     manifest_revision: None,
+                    nodes: None,
+                    detected_autoscaling: None,
                 },
             )
             .await

@@ -34,6 +34,15 @@ pub struct Model {
     pub deleted_at: Option<DateTimeWithTimeZone>,
     pub security_profile: String,
     pub manifest_revision: Option<String>,
+    pub capacity_mode: String,
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub scheduling: Option<Json>,
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub autoscaling: Option<Json>,
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub detected_autoscaling: Option<Json>,
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub nodes: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -32,6 +32,8 @@ pub struct HttpTransportConfig {
     /// Extra PEM certificate authorities trusted besides the system's (e.g. a
     /// private CA in front of the Lapdev server).
     pub extra_root_certificates_pem: Option<Vec<u8>>,
+    /// Proxy rules (`HTTPS_PROXY`/`NO_PROXY`); `None` connects directly.
+    pub proxy: Option<crate::proxy::ProxyRules>,
 }
 
 impl Default for HttpTransportConfig {
@@ -42,6 +44,7 @@ impl Default for HttpTransportConfig {
             pool_idle_timeout: Duration::from_secs(90),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             extra_root_certificates_pem: None,
+            proxy: None,
         }
     }
 }
@@ -64,7 +67,7 @@ pub enum TlsConfigError {
 #[derive(Clone)]
 pub struct HttpTransport {
     // Behind an `Arc`: a call clones one pointer, not the client's several.
-    client: Arc<HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>>,
+    client: Arc<HyperClient<HttpsConnector<crate::proxy::ProxyConnector>, Full<Bytes>>>,
     max_response_bytes: usize,
 }
 
@@ -90,7 +93,10 @@ impl HttpTransport {
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(http);
+            .wrap_connector(crate::proxy::ProxyConnector::new(
+                http,
+                config.proxy.clone(),
+            ));
         let client = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .http2_only(config.http2_prior_knowledge)

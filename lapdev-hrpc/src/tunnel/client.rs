@@ -55,6 +55,9 @@ pub struct TunnelClientConfig {
     pub max_protocol_version: u8,
     /// HTTP/2 limits of version 2 tunnels (this end is the HTTP/2 server).
     pub streams: StreamLimits,
+    /// Proxy rules (`HTTPS_PROXY`/`NO_PROXY`): the WebSocket is opened through
+    /// an HTTP `CONNECT` tunnel when they name a proxy for the URL.
+    pub proxy: Option<crate::proxy::ProxyRules>,
 }
 
 impl Default for TunnelClientConfig {
@@ -67,6 +70,7 @@ impl Default for TunnelClientConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_protocol_version: 2,
             streams: StreamLimits::default(),
+            proxy: None,
         }
     }
 }
@@ -468,6 +472,11 @@ pub async fn connect(
         return Err(invalid("the scheme must be ws, wss, http or https"));
     };
     let uri: http::Uri = ws_url.parse().map_err(|_| invalid("not a URL"))?;
+    let proxied = config
+        .proxy
+        .as_ref()
+        .is_some_and(|r| r.proxy_for(&uri).is_some());
+    let dial = uri.clone();
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid("the URL has no host"));
     }
@@ -492,6 +501,12 @@ pub async fn connect(
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes));
+    // Through an egress proxy when the rules name one for this URL.
+    let via = if proxied {
+        config.proxy.clone().map(|rules| (rules, dial))
+    } else {
+        None
+    };
     let offer_v2 = config.max_protocol_version >= 2;
     let opened = tokio::time::timeout(config.connect_timeout, async {
         if offer_v2 {
@@ -500,7 +515,7 @@ pub async fn connect(
                 http::header::SEC_WEBSOCKET_PROTOCOL,
                 HeaderValue::from_static(OFFER),
             );
-            match open(offer, &host, port, ws_config, connector.clone()).await {
+            match open(offer, &host, port, &via, ws_config, connector.clone()).await {
                 Err(TunnelConnectError::Connect(e)) if chose_no_subprotocol(&e) => {
                     // A server from before version 2 accepts the upgrade but
                     // chooses no subprotocol; ask again without offering one.
@@ -509,7 +524,7 @@ pub async fn connect(
                 other => return other,
             }
         }
-        open(request, &host, port, ws_config, connector).await
+        open(request, &host, port, &via, ws_config, connector).await
     })
     .await;
     let (socket, response) = match opened {
@@ -552,12 +567,25 @@ async fn open(
     request: tungstenite::handshake::client::Request,
     host: &str,
     port: u16,
+    via: &Option<(crate::proxy::ProxyRules, http::Uri)>,
     ws_config: WebSocketConfig,
     connector: Connector,
 ) -> Result<(Socket, tungstenite::handshake::client::Response), TunnelConnectError> {
-    let tcp = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| TunnelConnectError::Connect(Box::new(e)))?;
+    let tcp = match via {
+        None => TcpStream::connect((host, port))
+            .await
+            .map_err(|e| TunnelConnectError::Connect(Box::new(e)))?,
+        // A CONNECT tunnel through the proxy, then TLS and the WebSocket
+        // handshake inside it.
+        Some((rules, dial)) => {
+            let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+            http.set_nodelay(true);
+            crate::proxy::ProxyConnector::new(http, Some(rules.clone()))
+                .connect_stream(dial)
+                .await
+                .map_err(TunnelConnectError::Connect)?
+        }
+    };
     super::tune_tcp(&tcp);
     match tokio_tungstenite::client_async_tls_with_config(
         request,

@@ -13,6 +13,7 @@ fn spec() -> WorkspaceSpec {
         memory_bytes: 4 << 30,
         storage_bytes: 10 << 30,
         env: BTreeMap::from([("EDITOR".into(), "vim".into())]),
+        scheduling: Default::default(),
     }
 }
 
@@ -225,4 +226,57 @@ fn workspace_ids_come_from_the_label() {
     let pod = workspace_pod(&spec(), &settings());
     assert_eq!(workspace_id_of(&pod.metadata), Some(spec().workspace_id));
     assert_eq!(workspace_id_of(&ObjectMeta::default()), None);
+}
+
+#[test]
+fn the_clusters_scheduling_settings_land_on_the_pod() {
+    use lapdev_common::scheduling::{SchedulingSettings, Toleration};
+    let plain = pod_json(&settings());
+    for field in [
+        "nodeSelector",
+        "tolerations",
+        "imagePullSecrets",
+        "priorityClassName",
+    ] {
+        assert!(
+            plain["spec"].get(field).is_none(),
+            "{field} without settings"
+        );
+    }
+    let mut s = spec();
+    s.scheduling = SchedulingSettings {
+        node_selector: BTreeMap::from([("pool".into(), "dev".into())]),
+        tolerations: vec![
+            Toleration::parse("dedicated=dev:NoSchedule").unwrap(),
+            Toleration::parse("spot").unwrap(),
+        ],
+        arch: Some("arm64".into()),
+        image_pull_secrets: vec!["regcred".into()],
+        priority_class: Some("dev-low".into()),
+    };
+    validate(&s).unwrap();
+    let pod = serde_json::to_value(workspace_pod(&s, &settings())).unwrap();
+    assert_eq!(
+        pod["spec"]["nodeSelector"],
+        json!({"pool": "dev", "kubernetes.io/arch": "arm64"})
+    );
+    assert_eq!(
+        pod["spec"]["tolerations"],
+        json!([
+            {"key": "dedicated", "operator": "Equal", "value": "dev", "effect": "NoSchedule"},
+            {"key": "spot", "operator": "Exists"}
+        ])
+    );
+    assert_eq!(
+        pod["spec"]["imagePullSecrets"],
+        json!([{"name": "regcred"}])
+    );
+    assert_eq!(pod["spec"]["priorityClassName"], "dev-low");
+    s.scheduling.image_pull_secrets = vec!["Not Valid".into()];
+    assert!(
+        validate(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("invalid image pull secret")
+    );
 }

@@ -186,5 +186,6 @@ pub fn spec(id: Uuid) -> WorkspaceSpec {
         memory_bytes: 1 << 30,
         storage_bytes: 5 << 30,
         env: BTreeMap::new(),
+        scheduling: Default::default(),
     }
 }

@@ -8,7 +8,10 @@
 //! new fields get a default.
 
 use chrono::{DateTime, Utc};
-use lapdev_common::status::{CloudProvider, ClusterStatus, K8sProviderKind, SecurityProfile};
+use lapdev_common::scheduling::{Autoscaling, NodeCapacity, SchedulingSettings};
+use lapdev_common::status::{
+    CapacityMode, CloudProvider, ClusterStatus, K8sProviderKind, SecurityProfile,
+};
 use lapdev_hrpc::{Context, HrpcError};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -50,6 +53,32 @@ pub struct ClusterView {
     /// managers that predate revisions).
     #[serde(default)]
     pub manifest_revision: Option<String>,
+    /// Capacity mode, scheduling settings and declared autoscaling.
+    #[serde(default)]
+    pub placement: ClusterPlacement,
+    /// The autoscaler the manager detected (GKE Autopilot), if any.
+    #[serde(default)]
+    pub detected_autoscaling: Option<Autoscaling>,
+    /// The schedulable nodes the manager last reported (`None` before the first
+    /// report, or from managers that predate per-node reports).
+    #[serde(default)]
+    pub nodes: Option<Vec<NodeCapacity>>,
+}
+
+/// Where a cluster's workspaces go, set by the admin.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterPlacement {
+    /// `nodes` (allocatable minus Lapdev's requests) or `pods` (minus every
+    /// pod's; the manifest adds a cluster-wide pod watch).
+    #[serde(default)]
+    pub capacity_mode: CapacityMode,
+    /// Node selector, tolerations, architecture, image pull secrets, priority
+    /// class; applied to every workspace pod of the cluster.
+    #[serde(default)]
+    pub scheduling: SchedulingSettings,
+    /// The largest node the cluster's autoscaler can add, when declared.
+    #[serde(default)]
+    pub autoscaling: Option<Autoscaling>,
 }
 
 /// A cluster token's metadata (never the secret).
@@ -108,7 +137,19 @@ pub trait AdminRpc {
         name: String,
         region: Option<String>,
         security_profile: Option<SecurityProfile>,
+        placement: Option<ClusterPlacement>,
     ) -> Result<CreatedCluster, HrpcError>;
+
+    /// Replaces a cluster's placement settings (validated). Scheduling settings
+    /// apply to each workspace at its next create or start; a new capacity mode
+    /// needs a new manifest (`create_cluster_token` renders one).
+    #[hrpc(role = "admin")]
+    async fn set_cluster_placement(
+        &self,
+        ctx: Context,
+        name: String,
+        placement: ClusterPlacement,
+    ) -> Result<ClusterView, HrpcError>;
 
     /// Changes the Pod Security profile of a cluster's workspaces. It takes effect
     /// when the admin applies a new manifest (`create_cluster_token` renders one)

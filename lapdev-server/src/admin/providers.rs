@@ -434,6 +434,7 @@ impl ProviderService {
             server_ca_pem: self.inner.manifest.server_ca_pem.clone(),
             image: self.inner.manifest.image.clone(),
             security_profile: cluster.security_profile,
+            capacity_mode: cluster.placement.capacity_mode,
             ..ManifestParams::new(
                 &self.inner.manifest.server_url,
                 token.secret.expose(),
@@ -911,6 +912,7 @@ impl ProviderRpc for ProviderService {
                     declared_region: Some(remote.location.clone()),
                     labels: Default::default(),
                     security_profile: Default::default(),
+                    placement: Default::default(),
                 },
             )
             .await
@@ -1000,6 +1002,7 @@ impl ProviderRpc for ProviderService {
                     declared_region: Some(location.clone()),
                     labels: Default::default(),
                     security_profile: Default::default(),
+                    placement: Default::default(),
                 },
             )
             .await

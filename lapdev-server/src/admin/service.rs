@@ -16,7 +16,9 @@ use lapdev_kube::manifest::{ManifestParams, render_manifest};
 use lapdev_kube::server::KubeClusterServer;
 use uuid::Uuid;
 
-use super::api::{AdminRpc, ClusterView, CreatedCluster, CreatedToken, TokenView};
+use super::api::{
+    AdminRpc, ClusterPlacement, ClusterView, CreatedCluster, CreatedToken, TokenView,
+};
 use crate::jwt::{AdminIdentity, JwtKeys};
 
 /// At most this many live tokens per cluster: one in use, one being rolled out.
@@ -89,6 +91,7 @@ impl AdminService {
             server_ca_pem: self.manifest.server_ca_pem.clone(),
             image: self.manifest.image.clone(),
             security_profile: cluster.security_profile,
+            capacity_mode: cluster.placement.capacity_mode,
             ..ManifestParams::new(&self.manifest.server_url, token, &cluster.name)
         };
         render_manifest(&params).map_err(|e| {
@@ -164,6 +167,26 @@ fn who(ctx: &Context) -> Result<AdminIdentity, HrpcError> {
 }
 
 /// The view of a cluster the admin API returns.
+/// Validates the admin's placement settings (`invalid_argument` naming the
+/// setting that is wrong).
+fn checked_placement(p: ClusterPlacement) -> Result<lapdev_db::PlacementSettings, HrpcError> {
+    p.scheduling
+        .validate()
+        .map_err(|e| HrpcError::invalid_argument(e.to_string()))?;
+    if let Some(a) = &p.autoscaling
+        && (a.max_node_cpu_millis <= 0 || a.max_node_memory_bytes <= 0 || a.max_nodes == Some(0))
+    {
+        return Err(HrpcError::invalid_argument(
+            "autoscaling: max-node-cpu, max-node-memory and max-nodes must be positive",
+        ));
+    }
+    Ok(lapdev_db::PlacementSettings {
+        capacity_mode: p.capacity_mode,
+        scheduling: p.scheduling,
+        autoscaling: p.autoscaling,
+    })
+}
+
 pub fn cluster_view(c: Cluster) -> ClusterView {
     let reported = c.last_reported_at.is_some();
     let region = c.effective_region().map(str::to_owned);
@@ -188,6 +211,13 @@ pub fn cluster_view(c: Cluster) -> ClusterView {
         deleted_at: c.deleted_at,
         security_profile: c.security_profile,
         manifest_revision: c.manifest_revision,
+        placement: ClusterPlacement {
+            capacity_mode: c.placement.capacity_mode,
+            scheduling: c.placement.scheduling,
+            autoscaling: c.placement.autoscaling,
+        },
+        detected_autoscaling: c.detected_autoscaling,
+        nodes: c.nodes,
         name: c.name,
     }
 }
@@ -211,9 +241,11 @@ impl AdminRpc for AdminService {
         name: String,
         region: Option<String>,
         security_profile: Option<SecurityProfile>,
+        placement: Option<ClusterPlacement>,
     ) -> Result<CreatedCluster, HrpcError> {
         let who = who(&ctx)?;
         crate::check_name("name", lapdev_common::name::NameKind::Cluster, &name)?;
+        let placement = checked_placement(placement.unwrap_or_default())?;
         // One transaction: the row, its first token and the manifest carrying
         // it, so a failed render leaves neither a row nor a live token.
         let (cluster, created, manifest) = self
@@ -223,6 +255,7 @@ impl AdminRpc for AdminService {
                 NewCluster {
                     declared_region: region,
                     security_profile: security_profile.unwrap_or_default(),
+                    placement,
                     ..NewCluster::named(name)
                 },
                 NewClusterToken {
@@ -300,6 +333,22 @@ impl AdminRpc for AdminService {
         let cluster = self.cluster(who, &name).await?;
         self.db
             .set_cluster_security_profile(who.organization_id, cluster.id, security_profile)
+            .await
+            .map_err(db_error)?;
+        Ok(cluster_view(self.cluster(who, &name).await?))
+    }
+
+    async fn set_cluster_placement(
+        &self,
+        ctx: Context,
+        name: String,
+        placement: ClusterPlacement,
+    ) -> Result<ClusterView, HrpcError> {
+        let who = who(&ctx)?;
+        let placement = checked_placement(placement)?;
+        let cluster = self.cluster(who, &name).await?;
+        self.db
+            .set_cluster_placement(who.organization_id, cluster.id, &placement)
             .await
             .map_err(db_error)?;
         Ok(cluster_view(self.cluster(who, &name).await?))

@@ -182,6 +182,9 @@ pub fn sample_info() -> lapdev_common::kube::KubeClusterInfo {
         manager_namespace: "lapdev".into(),
         workspace_namespace: "lapdev-workspaces".into(),
         manifest_revision: None,
+        nodes: None,
+        capacity_mode: None,
+        autoscaling: None,
     }
 }
 
