@@ -8,6 +8,10 @@
 //! (`POST {server}/rpc/KubeClusterRpc/...`), both with the cluster token header.
 //! After every (re)connect the first reports are the cluster info and a full
 //! snapshot, so nothing that changed while disconnected is lost.
+//!
+//! The tunnel offers protocol version 2 (HTTP/2 streams beside the calls) and
+//! falls back to version 1 with a server that chooses no version (see
+//! `lapdev_hrpc::tunnel`); the version is logged when the tunnel opens.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
