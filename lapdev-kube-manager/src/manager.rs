@@ -17,6 +17,10 @@
 //! makes the manager redial. A server that rejects the token (`401`/`403`: the
 //! cluster was deleted or its token revoked) is said so once in the log and
 //! asked again only every [`REJECTED_RETRY`].
+//!
+//! The tunnel offers protocol version 2 (HTTP/2 streams beside the calls) and
+//! falls back to version 1 with a server that chooses no version (see
+//! `lapdev_hrpc::tunnel`); the version is logged when the tunnel opens.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

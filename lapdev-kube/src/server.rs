@@ -437,6 +437,8 @@ async fn tunnel_upgrade(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let config = server.inner.config.tunnel;
+    // `configure_upgrade` chooses version 2 when the manager offers it and
+    // version 1 otherwise (managers not yet upgraded); both register alike.
     config
         .configure_upgrade(upgrade)
         .on_upgrade(move |socket| async move {

@@ -2,14 +2,18 @@
 //! manager is the HTTP/2 server (its router serves every request), the server
 //! end is the HTTP/2 client. See the crate docs of [`super`] for the protocol.
 
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use axum::body::Body;
-use futures::{Sink, Stream};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{Sink, Stream, StreamExt as _};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::link::{self, Closing, Control, LinkConfig, WsMsg};
@@ -77,6 +81,48 @@ impl SessionExecutor {
     }
 }
 
+/// Runs hyper's client-side tasks (the HTTP/2 connection, and per request the
+/// task that waits for the response and the one that sends the request body)
+/// inside the session's own task instead of spawning them: they only move
+/// frames between the caller and the byte stream, and keeping them beside the
+/// connection loop saves a cross-task wake-up (and on a multi-threaded
+/// runtime, a thread wake-up) each way per call. Dropping the session drops
+/// them all.
+#[derive(Clone)]
+pub(crate) struct InlineExecutor(mpsc::UnboundedSender<BoxFuture<'static, ()>>);
+
+impl<F> hyper::rt::Executor<F> for InlineExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        // A closed receiver means the session ended: the task is dropped with it.
+        let _ = self.0.send(Box::pin(fut));
+    }
+}
+
+/// Polls `main` and every task given to the returned executor, all in the
+/// calling task, until `main` completes (the remaining tasks are dropped).
+async fn run_inline<T, Fut>(main: impl FnOnce(InlineExecutor) -> Fut) -> T
+where
+    Fut: Future<Output = T>,
+{
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut main = pin!(main(InlineExecutor(tx)));
+    let mut tasks = FuturesUnordered::new();
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(v) = main.as_mut().poll(cx) {
+            return Poll::Ready(v);
+        }
+        while let Poll::Ready(Some(task)) = rx.poll_recv(cx) {
+            tasks.push(task);
+        }
+        while let Poll::Ready(Some(())) = tasks.poll_next_unpin(cx) {}
+        Poll::Pending
+    })
+    .await
+}
+
 /// The server end: an HTTP/2 client on `io`. The request handle is published
 /// in `sender` once the connection preface is written.
 pub(crate) async fn client(
@@ -84,8 +130,15 @@ pub(crate) async fn client(
     limits: StreamLimits,
     sender: &watch::Sender<Option<SendRequest<Body>>>,
 ) -> CloseReason {
-    let executor = SessionExecutor::default();
-    let _abort = AbortOnDrop(executor.clone());
+    run_inline(|executor| client_on(io, limits, sender, executor)).await
+}
+
+async fn client_on(
+    io: WsIo,
+    limits: StreamLimits,
+    sender: &watch::Sender<Option<SendRequest<Body>>>,
+    executor: InlineExecutor,
+) -> CloseReason {
     let mut builder = hyper::client::conn::http2::Builder::new(executor);
     builder
         .adaptive_window(false)
