@@ -89,10 +89,15 @@ async fn the_tunnel_websocket_is_opened_through_the_proxy() {
     let app = axum::Router::new().route(
         "/_tunnel",
         axum::routing::get(|ws: WebSocketUpgrade| async move {
-            ws.on_upgrade(|mut socket| async move {
-                // Hold the connection until the client goes away.
-                while let Some(Ok(_)) = socket.recv().await {}
-            })
+            // Chooses the protocol version as the real server does, so the
+            // client needs exactly one connection (an old server that chooses
+            // none costs a second one).
+            tunnel::TunnelConfig::default()
+                .configure_upgrade(ws)
+                .on_upgrade(|mut socket| async move {
+                    // Hold the connection until the client goes away.
+                    while let Some(Ok(_)) = socket.recv().await {}
+                })
         }),
     );
     let addr = common::serve(app).await;

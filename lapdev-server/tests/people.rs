@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 const EXPECTED: &[(&str, &str)] = &[
     ("/AdminRpc/create_cluster", "admin"),
     ("/AdminRpc/set_cluster_security_profile", "admin"),
+    ("/AdminRpc/set_cluster_placement", "admin"),
     ("/AdminRpc/forget_cluster_workspaces", "admin"),
     ("/AdminRpc/list_clusters", "member"),
     ("/AdminRpc/get_cluster", "member"),

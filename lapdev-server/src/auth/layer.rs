@@ -60,6 +60,7 @@ const AUDITED: &[(&str, &str)] = &[
         "/AdminRpc/set_cluster_security_profile",
         "cluster.security_profile",
     ),
+    ("/AdminRpc/set_cluster_placement", "cluster.placement"),
     (
         "/AdminRpc/forget_cluster_workspaces",
         "cluster.forget_workspaces",
