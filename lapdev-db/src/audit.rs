@@ -115,9 +115,9 @@ impl Db {
     /// the server calls this: `lapdev-server audit-prune` does, run by an
     /// operator.
     pub async fn prune_audit(&self, before: DateTime<Utc>, audit: NewAuditEntry) -> DbResult<u64> {
-        use sea_orm::{DbBackend, TransactionTrait as _};
+        use sea_orm::DbBackend;
         let backend = self.conn.get_database_backend();
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         let (lift, restore) = match backend {
             DbBackend::Postgres => (
                 "ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update_delete",

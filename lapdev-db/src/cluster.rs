@@ -9,7 +9,7 @@ use lapdev_common::status::{CloudProvider, ClusterStatus, SecurityProfile, Works
 use sea_orm::sea_query::{Alias, Expr, Func};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    QueryOrder, QuerySelect, SqlErr,
 };
 use uuid::Uuid;
 
@@ -607,7 +607,7 @@ impl Db {
     /// so either the placement sees the cluster deleted or this sees the
     /// workspace placed.
     pub async fn delete_cluster(&self, org_id: Uuid, id: Uuid) -> DbResult<()> {
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         kube_cluster::Entity::find_by_id(id)
             .filter(kube_cluster::Column::OrganizationId.eq(org_id))
             .filter(kube_cluster::Column::DeletedAt.is_null())

@@ -138,6 +138,24 @@ pub enum CreateWithTokenError<E> {
 }
 
 impl Db {
+    /// Starts a transaction that writes. On SQLite it takes the write lock at
+    /// `BEGIN` (`BEGIN IMMEDIATE`): a default (deferred) transaction that reads
+    /// first and writes later must upgrade its lock, and SQLite refuses that
+    /// upgrade with `SQLITE_BUSY` at once, without waiting out the busy timeout,
+    /// whenever another connection is writing
+    /// (<https://www.sqlite.org/lang_transaction.html>, "Read transactions versus
+    /// write transactions"). Taking the lock first makes writers queue on the
+    /// busy timeout instead. PostgreSQL ignores the mode.
+    pub(crate) async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction, sea_orm::DbErr> {
+        use sea_orm::TransactionTrait as _;
+        self.conn
+            .begin_with_options(sea_orm::TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await
+    }
+
     /// Creates a cluster and its first token in one transaction, and runs
     /// `finish` (e.g. rendering the install manifest that carries the token)
     /// before committing: if any step fails, neither the cluster nor the token
@@ -149,10 +167,9 @@ impl Db {
         token: crate::NewClusterToken,
         finish: impl FnOnce(&crate::Cluster, &crate::ClusterTokenSecret) -> Result<T, E>,
     ) -> Result<(crate::Cluster, crate::CreatedClusterToken, T), CreateWithTokenError<E>> {
-        use sea_orm::TransactionTrait as _;
         self.check_new_cluster(org_id, &new).await?;
         self.check_new_cluster_token(org_id, &token).await?;
-        let txn = self.conn.begin().await.map_err(DbError::from)?;
+        let txn = self.begin_write().await.map_err(DbError::from)?;
         let cluster = self.insert_cluster(&txn, org_id, new).await?;
         let created = Self::insert_cluster_token(&txn, cluster.id, token).await?;
         let finished = match finish(&cluster, &created.secret) {

@@ -7,9 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use lapdev_common::role::Role;
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
 use crate::audit::{NewAuditEntry, insert_audit};
@@ -102,7 +100,7 @@ impl Db {
         let id = Uuid::new_v4();
         let ciphertext = seal(key, OIDC_AAD_CONTEXT, id, &new.client_secret)?;
         let at = now();
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         oidc_provider::Entity::delete_many().exec(&txn).await?;
         oidc_provider::ActiveModel {
             id: Set(id),
@@ -153,7 +151,7 @@ impl Db {
     /// Removes the server's OpenID provider (linked identities are kept, so
     /// setting it again restores sign-in) and writes `audit` with it.
     pub async fn clear_oidc_provider(&self, audit: NewAuditEntry) -> DbResult<bool> {
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         let done = oidc_provider::Entity::delete_many().exec(&txn).await?;
         insert_audit(&txn, audit).await?;
         txn.commit().await?;
@@ -214,7 +212,7 @@ impl Db {
         email: Option<&str>,
         audit: NewAuditEntry,
     ) -> DbResult<()> {
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         insert_link(&txn, user_id, issuer, subject, email).await?;
         insert_audit(&txn, audit).await?;
         txn.commit().await?;
@@ -234,7 +232,7 @@ impl Db {
     ) -> DbResult<User> {
         let email = new.email.clone();
         let created = self.create_user(org_id, new).await?;
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         if role != Role::Member {
             user::Entity::update_many()
                 .col_expr(

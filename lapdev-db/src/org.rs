@@ -139,8 +139,7 @@ impl Db {
         settings: OrgSettings,
         audit: crate::NewAuditEntry,
     ) -> DbResult<OrgSettings> {
-        use sea_orm::TransactionTrait as _;
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         let done = organization::Entity::update_many()
             .col_expr(
                 organization::Column::AdminsMayOpenShells,

@@ -14,7 +14,6 @@ use lapdev_common::token::CLUSTER_TOKEN_SECRET_BYTES;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
-    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -108,7 +107,7 @@ impl Db {
         let display_prefix = pat_display_prefix(&secret)
             .ok_or(DbError::Random)?
             .to_owned();
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         let model = personal_access_token::ActiveModel {
             id: Set(Uuid::new_v4()),
             organization_id: Set(org_id),
@@ -191,7 +190,7 @@ impl Db {
         audit: NewAuditEntry,
     ) -> DbResult<()> {
         use personal_access_token::Column as T;
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         let found = personal_access_token::Entity::find_by_id(token_id)
             .filter(T::OrganizationId.eq(org_id))
             .filter(T::UserId.eq(user_id))

@@ -10,7 +10,7 @@ use lapdev_common::role::Role;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait,
-    PaginatorTrait, QueryFilter, TransactionTrait,
+    PaginatorTrait, QueryFilter,
 };
 use uuid::Uuid;
 
@@ -70,7 +70,7 @@ impl Db {
         change: UserChange,
         audit: NewAuditEntry,
     ) -> DbResult<User> {
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         let row = user::Entity::find_by_id(user_id)
             .filter(user::Column::OrganizationId.eq(org_id))
             .filter(user::Column::DeletedAt.is_null())

@@ -7,9 +7,9 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
+use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
-use sea_orm::{ConnectionTrait, TransactionTrait};
 use uuid::Uuid;
 
 use crate::audit::{NewAuditEntry, insert_audit};
@@ -110,7 +110,7 @@ impl Db {
         let at = now();
         let expires_at = at + lifetime.absolute;
         let id = Uuid::new_v4();
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         if let Some(old) = replaces.filter(|s| is_well_formed(s)) {
             browser_session::Entity::update_many()
                 .col_expr(
@@ -190,7 +190,7 @@ impl Db {
             return Ok(false);
         }
         use browser_session::Column as S;
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         let done = browser_session::Entity::update_many()
             .col_expr(S::RevokedAt, Expr::value(Some(tz(now()))))
             .filter(S::SessionHash.eq(token_hash(presented)))
@@ -207,7 +207,7 @@ impl Db {
     /// Revokes every session of a user (e.g. "sign out everywhere") and writes
     /// `audit` in the same transaction. Returns how many were live.
     pub async fn revoke_sessions_of(&self, user_id: Uuid, audit: NewAuditEntry) -> DbResult<u64> {
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         let n = revoke_user_sessions(&txn, user_id, now()).await?;
         insert_audit(&txn, audit).await?;
         txn.commit().await?;

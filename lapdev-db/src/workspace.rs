@@ -19,7 +19,7 @@ use lapdev_common::status::{DesiredState, WorkspaceStatus};
 use sea_orm::sea_query::{Condition, Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    QuerySelect,
 };
 use uuid::Uuid;
 
@@ -497,7 +497,7 @@ impl Db {
         check_version(&current, expected_version)?;
         check_placeable(&current)?;
         use kube_workspace::Column as W;
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         // Shared lock: placements onto one cluster run side by side, but a cluster
         // deletion (which locks the row exclusively) waits for them, and they for it.
         kube_cluster::Entity::find_by_id(cluster_id)

@@ -62,6 +62,7 @@ on_both!(
     workspace_deletion,
     requested_resources,
     unsettled_workspaces,
+    concurrent_read_then_write_transactions,
 );
 
 struct Org {
@@ -1398,4 +1399,42 @@ async fn connect_creates_the_sqlite_directory() {
     db.close().await.unwrap();
     assert!(dir.join("data/lapdev.db").exists());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Transactions that read and then write (deleting a cluster checks its
+/// workspaces first) run beside other writers. On SQLite a deferred
+/// transaction would fail its upgrade to a write lock with `SQLITE_BUSY` at
+/// once whenever another connection writes; every write transaction must take
+/// the lock at `BEGIN` and queue on the busy timeout instead.
+async fn concurrent_read_then_write_transactions(db: Db) {
+    let acme = org(&db, "acme").await;
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let c = db
+            .create_cluster(acme.id, NewCluster::named(&format!("c{i}")))
+            .await
+            .unwrap();
+        ids.push(c.id);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, id) in ids.iter().copied().enumerate() {
+        let db = db.clone();
+        let org = acme.id;
+        tasks.spawn(async move {
+            if i % 2 == 0 {
+                db.delete_cluster(org, id).await.map(|_| ())
+            } else {
+                db.set_cluster_status(org, id, ClusterStatus::Error)
+                    .await
+                    .map(|_| ())
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap()
+            .expect("a write beside other writers must wait, not fail");
+    }
+    let left = db.list_clusters(acme.id).await.unwrap();
+    assert_eq!(left.len(), 12);
+    assert!(left.iter().all(|c| c.status == ClusterStatus::Error));
 }

@@ -24,6 +24,7 @@
 pub mod access;
 pub mod admin;
 pub mod auth;
+pub mod background;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
@@ -88,6 +89,8 @@ pub struct AppState {
     pub streams: Arc<dyn access::StreamOpener>,
     /// The browser and CLI sign-in endpoints (`/auth/`).
     pub web: auth::web::WebState,
+    /// Work requests leave running (provider operations); ends with the server.
+    pub background: background::Background,
 }
 
 /// How the HTTP surface is put together beyond its state.
@@ -447,6 +450,7 @@ impl Server {
         };
         let streams = streams.unwrap_or_else(|| Arc::new(access::TunnelStreams(kube.clone())));
         let state = AppState {
+            background: background::Background::default(),
             streams,
             web,
             auth,
@@ -574,9 +578,12 @@ impl Server {
                 let _ = rx.wait_for(|stop| *stop).await;
             }))
         });
+        let background = state.background.clone();
         let task = tokio::spawn(async move {
             serve::serve(listener, router, serve_config, signal).await;
             let _ = shutdown_rx.wait_for(|stop| *stop).await;
+            background.stop();
+            background.stopped().await;
             if let Some(metrics) = metrics_task {
                 let _ = metrics.await;
             }

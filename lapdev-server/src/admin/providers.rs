@@ -44,6 +44,7 @@ use uuid::Uuid;
 
 use super::api::{ClusterView, ProviderView};
 use super::service::{ManifestDefaults, cluster_delete_error, cluster_in_use, cluster_view};
+use crate::background::Background;
 use crate::jwt::AdminIdentity;
 
 /// How long adding a provider waits for the credential check.
@@ -212,6 +213,8 @@ struct Inner {
     settings: ProviderSettings,
     messages: Mutex<HashMap<Uuid, String>>,
     detected: Mutex<HashMap<Uuid, ProviderClusterView>>,
+    /// Where operations are followed after a reply: they end with the server.
+    background: Background,
 }
 
 /// The `ProviderRpc` service. Cheap to clone.
@@ -332,8 +335,18 @@ impl ProviderService {
                 settings,
                 messages: Mutex::default(),
                 detected: Mutex::default(),
+                background: Background::default(),
             }),
         }
+    }
+
+    /// Follows operations under `background`, so they end when the server
+    /// stops instead of writing outcomes behind a newer server's back.
+    pub fn with_background(mut self, background: Background) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.background = background;
+        }
+        self
     }
 
     async fn provider_row(&self, who: AdminIdentity, name: &str) -> Result<Provider, HrpcError> {
@@ -609,7 +622,9 @@ impl ProviderService {
                     )
                 {
                     resumed += 1;
-                    tokio::spawn(self.clone().resume_one(org.id, cluster));
+                    self.inner
+                        .background
+                        .spawn(self.clone().resume_one(org.id, cluster));
                 }
             }
         }
@@ -1050,7 +1065,7 @@ impl ProviderRpc for ProviderService {
             _ => cluster,
         };
         let view = self.managed_view(cluster.clone(), Some(&row));
-        tokio::spawn(
+        self.inner.background.spawn(
             self.clone()
                 .finish_create(who, cluster, client, op, location, name),
         );
@@ -1136,7 +1151,9 @@ impl ProviderRpc for ProviderService {
             .await
             .map_err(db_error)?;
         let view = self.managed_view(fresh, Some(&row));
-        tokio::spawn(self.clone().finish_delete(org, cluster, client, op));
+        self.inner
+            .background
+            .spawn(self.clone().finish_delete(org, cluster, client, op));
         Ok(Some(view))
     }
 
@@ -1179,11 +1196,12 @@ pub fn routes(state: &crate::AppState) -> axum::Router {
             endpoints: state.provider_endpoints,
             ..ProviderSettings::default()
         },
-    );
+    )
+    .with_background(state.background.clone());
     // Provider operations a restart interrupted go on in the background.
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+    if tokio::runtime::Handle::try_current().is_ok() {
         let resuming = service.clone();
-        runtime.spawn(async move {
+        state.background.spawn(async move {
             resuming.resume().await;
         });
     }
