@@ -1411,7 +1411,7 @@ async fn concurrent_read_then_write_transactions(db: Db) {
     let mut ids = Vec::new();
     for i in 0..24 {
         let c = db
-            .create_cluster(acme.id, NewCluster::named(&format!("c{i}")))
+            .create_cluster(acme.id, NewCluster::named(format!("c{i}")))
             .await
             .unwrap();
         ids.push(c.id);
