@@ -211,6 +211,7 @@ use std::time::Duration;
 use crate::client::BoxError;
 
 mod client;
+mod coalesce;
 mod frame;
 mod link;
 mod registry;
@@ -282,6 +283,14 @@ pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(45);
 /// Default largest frame (one WebSocket message): 16 MiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
+/// Default of how many bytes the WebSocket library (tungstenite, on both
+/// ends) reads from the socket at once: 16 KiB. The library zero-fills this
+/// much of its buffer before *every* read attempt, including the one that
+/// finds the socket empty; at its own default of 128 KiB that was about 80%
+/// of a small call's instructions (4 such reads per call, ~70 000
+/// instructions each). Messages larger than this take several reads.
+pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 16 * 1024;
+
 /// Settings of the server end.
 #[derive(Debug, Clone, Copy)]
 pub struct TunnelConfig {
@@ -297,6 +306,9 @@ pub struct TunnelConfig {
     pub max_frame_bytes: usize,
     /// HTTP/2 limits of version 2 tunnels.
     pub streams: StreamLimits,
+    /// Most bytes the WebSocket library reads from the socket at once
+    /// ([`DEFAULT_WS_READ_BUFFER_BYTES`]).
+    pub ws_read_buffer_bytes: usize,
 }
 
 impl Default for TunnelConfig {
@@ -306,6 +318,7 @@ impl Default for TunnelConfig {
             ping_timeout: DEFAULT_PING_TIMEOUT,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             streams: StreamLimits::default(),
+            ws_read_buffer_bytes: DEFAULT_WS_READ_BUFFER_BYTES,
         }
     }
 }
@@ -319,6 +332,7 @@ impl TunnelConfig {
         upgrade: axum::extract::ws::WebSocketUpgrade<F>,
     ) -> axum::extract::ws::WebSocketUpgrade<F> {
         upgrade
+            .read_buffer_size(self.ws_read_buffer_bytes)
             .max_message_size(self.max_frame_bytes)
             .max_frame_size(self.max_frame_bytes)
             .protocols([PROTOCOL_V2, PROTOCOL_V1])
