@@ -249,7 +249,11 @@ async fn caller(name: &str) -> Arc<Caller> {
     match name {
         "v1 as shipped" | "tunnel v1" | "tunnel v2" => {
             let version = if name == "tunnel v2" { 2 } else { 1 };
-            let buffer = if name == "v1 as shipped" { 128 * 1024 } else { ws_read_buffer() };
+            let buffer = if name == "v1 as shipped" {
+                128 * 1024
+            } else {
+                ws_read_buffer()
+            };
             let t = tunnel_pair(version, buffer).await;
             hrpc(Client::with_shared_transport("http://tunnel", Arc::new(t)).unwrap())
         }
@@ -418,7 +422,11 @@ fn counts() {
         let total = if size > 1024 { 2000 } else { 20000 };
         for name in TRANSPORTS {
             let output = child_command(name, size, callers, total).output().unwrap();
-            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
             let stdout = String::from_utf8_lossy(&output.stdout);
             let line = stdout.lines().find(|l| l.starts_with("switches ")).unwrap();
             let n: Vec<f64> = line
@@ -441,10 +449,8 @@ fn counts() {
 
 /// (instructions, tokio task polls) of one child run under callgrind.
 fn callgrind(name: &str, size: usize, callers: usize, total: u64) -> (u64, u64) {
-    let out_file = std::env::temp_dir().join(format!(
-        "tunnel-bench-callgrind.{}",
-        std::process::id()
-    ));
+    let out_file =
+        std::env::temp_dir().join(format!("tunnel-bench-callgrind.{}", std::process::id()));
     let child = child_command(name, size, callers, total);
     let output = std::process::Command::new("valgrind")
         .arg("--tool=callgrind")
@@ -465,7 +471,10 @@ fn callgrind(name: &str, size: usize, callers: usize, total: u64) -> (u64, u64) 
                 .map(|(_, n)| n.trim().parse().unwrap())
         })
         .unwrap_or_else(|| panic!("no instruction count in: {stderr}"));
-    (instructions, calls_of(&profile, "tokio::runtime::task::raw::poll"))
+    (
+        instructions,
+        calls_of(&profile, "tokio::runtime::task::raw::poll"),
+    )
 }
 
 /// How often functions whose name starts with `prefix` were called, from a

@@ -179,6 +179,19 @@
 //! on Linux, `TCP_NOTSENT_LOWAT` ([`tune_tcp`]), so bytes wait in these
 //! prioritised queues rather than in the kernel's send buffer.
 //!
+//! **One task per end.** Each end's session runs in one task: the connection
+//! loop, HTTP/2's connection and (server end) hyper's per-request client
+//! tasks. A wake that one part of the session gives another while the task
+//! runs is absorbed, and the part is polled again within the same run, instead
+//! of rescheduling the task (which in tokio wakes an idle worker thread each
+//! time); each part is polled only when it was woken, so the WebSocket is not
+//! read again just because HTTP/2 queued a frame (tungstenite zero-fills its
+//! read buffer, [`DEFAULT_WS_READ_BUFFER_BYTES`], before every read). On the
+//! manager, the router's task for a request is polled once right away inside
+//! the session: a handler that answers without waiting is done there, and
+//! one that waits (a Kubernetes call, a stream) is spawned, so waiting
+//! handlers run in parallel and are aborted with the session.
+//!
 //! **Liveness and closing** are version 1's: WebSocket pings every
 //! `ping_interval` (15 s by default, under the 60 s after which proxies cut idle
 //! connections), the tunnel closes when nothing arrives for `ping_timeout`,

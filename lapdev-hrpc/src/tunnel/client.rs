@@ -559,6 +559,7 @@ pub async fn connect(
             ping_timeout: config.ping_timeout,
             max_frame_bytes: config.max_frame_bytes,
             coalesce_writes: version == 2,
+            gate_parts: version == 2,
         },
     })
 }

@@ -15,6 +15,9 @@
 //! socket became readable, a caller on another task queued a request) wakes
 //! the task as usual. After [`ROUNDS`] polls in a row, or when tokio's
 //! cooperative budget runs out, it yields to the scheduler like any task.
+//!
+//! Within the task, [`Gated`] keeps a part from being polled again when
+//! another part woke the task.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -85,8 +88,7 @@ impl<F: Future> Future for Coalesced<F> {
                 this.flag.polling.store(false, Ordering::SeqCst);
                 return Poll::Ready(v);
             }
-            if this.flag.dirty.load(Ordering::SeqCst) && tokio::task::coop::has_budget_remaining()
-            {
+            if this.flag.dirty.load(Ordering::SeqCst) && tokio::task::coop::has_budget_remaining() {
                 continue;
             }
             this.flag.polling.store(false, Ordering::SeqCst);
@@ -99,6 +101,62 @@ impl<F: Future> Future for Coalesced<F> {
         this.flag.polling.store(false, Ordering::SeqCst);
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+/// `fut`, polled only when it woke itself since its last poll (and on the
+/// first): one part of a task whose other parts wake the task more often.
+/// Polling the WebSocket reader when the socket has nothing costs tungstenite
+/// a zero-fill of its read buffer, so the reader is gated.
+pub(crate) struct Gated<F> {
+    fut: F,
+    /// `None`: not gated, polled like `fut` itself.
+    gate: Option<(Arc<Gate>, Waker)>,
+}
+
+struct Gate {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        self.task.wake();
+    }
+}
+
+impl<F: Future + Unpin> Gated<F> {
+    /// `fut`, gated if `enabled`.
+    pub(crate) fn new(fut: F, enabled: bool) -> Self {
+        let gate = enabled.then(|| {
+            let gate = Arc::new(Gate {
+                woken: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            });
+            (gate.clone(), Waker::from(gate))
+        });
+        Self { fut, gate }
+    }
+}
+
+impl<F: Future + Unpin> Future for Gated<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let Some((gate, waker)) = &this.gate else {
+            return Pin::new(&mut this.fut).poll(cx);
+        };
+        gate.task.register(cx.waker());
+        if !gate.woken.swap(false, Ordering::SeqCst) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.fut).poll(&mut Context::from_waker(waker))
     }
 }
 
@@ -115,6 +173,38 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    #[test]
+    fn a_gated_future_is_polled_only_after_its_own_wake() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let slot: Arc<std::sync::Mutex<Option<Waker>>> = Arc::default();
+        let (p, s) = (polls.clone(), slot.clone());
+        let fut = std::future::poll_fn(move |cx| {
+            p.fetch_add(1, Ordering::SeqCst);
+            *s.lock().unwrap() = Some(cx.waker().clone());
+            Poll::<()>::Pending
+        });
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut gated = Gated::new(Box::pin(fut), true);
+        let mut gated = std::pin::Pin::new(&mut gated);
+        assert!(gated.as_mut().poll(&mut cx).is_pending());
+        assert!(gated.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            1,
+            "not woken: not polled again"
+        );
+        slot.lock().unwrap().take().unwrap().wake();
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            1,
+            "its wake wakes the task"
+        );
+        assert!(gated.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
     }
 
     #[test]
@@ -150,7 +240,11 @@ mod tests {
         let counter = Arc::new(Counter(AtomicUsize::new(0)));
         let waker = Waker::from(counter.clone());
         let mut fut = std::pin::pin!(Coalesced::new(fut));
-        assert!(fut.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        assert!(
+            fut.as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
         assert_eq!(counter.0.load(Ordering::SeqCst), 0);
         slot.lock().unwrap().take().unwrap().wake();
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
@@ -167,7 +261,11 @@ mod tests {
         let counter = Arc::new(Counter(AtomicUsize::new(0)));
         let waker = Waker::from(counter.clone());
         let mut busy = std::pin::pin!(Coalesced::new(busy));
-        assert!(busy.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        assert!(
+            busy.as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
         assert_eq!(polls.load(Ordering::SeqCst), ROUNDS);
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
     }
