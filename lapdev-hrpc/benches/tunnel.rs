@@ -499,14 +499,14 @@ fn calls_of(profile: &str, prefix: &str) -> u64 {
             if line.starts_with("cfn=") {
                 callee_matches = name.starts_with(prefix);
             }
-        } else if let Some(rest) = line.strip_prefix("calls=") {
-            if callee_matches {
-                total += rest
-                    .split_whitespace()
-                    .next()
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
+        } else if let Some(rest) = line.strip_prefix("calls=")
+            && callee_matches
+        {
+            total += rest
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
         }
     }
     total
