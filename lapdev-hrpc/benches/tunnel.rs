@@ -24,6 +24,12 @@
 //!   difference of the calls cancels start-up and set-up. Also the tokio task
 //!   polls per call (calls of tokio's `raw::poll`), counted the same way.
 //!
+//! "v1 as shipped" is version 1 with tungstenite's default 128 KiB WebSocket
+//! read buffer, as the tunnel was before version 2; the other tunnel rows use
+//! the crate's default ([`tunnel::DEFAULT_WS_READ_BUFFER_BYTES`]) or
+//! `BENCH_WS_READ_BUFFER` bytes. A tracing dispatcher that records nothing
+//! is set, as the binaries set one.
+//!
 //! Run: `cargo bench -p lapdev-hrpc --bench tunnel [-- --counts | --instructions]`.
 
 use std::net::SocketAddr;

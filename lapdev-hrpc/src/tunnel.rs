@@ -206,18 +206,25 @@
 //! carries the HRPC calls unchanged (the router sees ordinary HTTP requests),
 //! and gives per-stream flow control, resets and prioritised control frames;
 //! yamux would need a second framing for the calls and was not measured.
-//! `benches/tunnel.rs` measures version 2 against version 1, HRPC over plain
-//! HTTP and tarpc over TCP. First run (release, one process, 2 worker threads
-//! on a shared machine with a load average near 15, so noisy): calls/s for
-//! 100 B with 1 / 64 callers: v1 5564 / 5931, **v2 1714 / 4424**, HRPC over
-//! HTTP 5158 / 5425, tarpc 6236 / 12396; for 64 KiB: v1 1245 / 921, **v2 926 /
-//! 710**, HTTP 1603 / 1014, tarpc 449 / 427. So version 2's calls are *slower*
-//! than version 1's today (0.31–0.77×): every call crosses more tasks
-//! (hyper's connection and body tasks on each end, the byte-stream queues,
-//! the connection loop), which dominates small calls. Streams, version 2's
-//! reason to exist, run at 344 MB/s (1 stream) and 202 MB/s (8 streams) for
-//! 64 MiB each, against 551 and 229 MB/s for the same route over plain HTTP/2
-//! on TCP.
+//! `benches/tunnel.rs` measures version 2 against version 1 (also as
+//! shipped before version 2, with tungstenite's 128 KiB read buffer), HRPC
+//! over plain HTTP and tarpc over TCP, in interleaved rounds, and counts
+//! instructions, task polls and context switches per call (`-- --instructions`,
+//! `-- --counts`). Latest run (release, one process, 2 worker threads, on a
+//! shared 2-core machine at load 17, so calls/s mostly reflect CPU per call):
+//! calls/s for 100 B with 1 / 64 callers: v1 15386 / 37928, **v2 10304 /
+//! 40229**, HRPC over HTTP 16243 / 13096, tarpc 16141 / 45930; for 64 KiB: v1
+//! 2866 / 1783, **v2 2214 / 1417**, HTTP 3296 / 2329, tarpc 412 / 397. So
+//! version 2's calls cost more than version 1's (0.67–1.06×), although they
+//! no longer cross threads or re-read the socket per hop: under callgrind a
+//! 100 B call costs v2 ~160 000 instructions against v1's ~150 000 (its
+//! 128 KiB buffer: ~476 000) and HTTP's ~71 000, most of the difference being
+//! HTTP/2 itself (HPACK, stream state, hyper's client and server glue, ~70 000
+//! on the two ends together) and the WebSocket under it (framing, masking,
+//! two more copies of every byte each way). Streams, version 2's reason to
+//! exist, ran at 913 MB/s (1 stream) and 662 MB/s (8 streams) for 64 MiB
+//! each, against 1635 and 505 MB/s for the same route over plain HTTP/2 on
+//! TCP.
 
 use std::time::Duration;
 
