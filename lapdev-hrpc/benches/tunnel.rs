@@ -6,12 +6,31 @@
 //! from the manager through version 2 streams (1 and 8 at once), against the
 //! same route over plain HTTP/2 on loopback TCP.
 //!
-//! Every case runs for a fixed time after a short warm-up and prints calls/s
-//! (or MB/s) and the ratios the floors are stated in (v2 ≥ 1.3× v1, v2 ≥ 0.9×
-//! HRPC over HTTP).
+//! Three judges:
 //!
-//! Run: `cargo bench -p lapdev-hrpc --bench tunnel` (`BENCH_SECS` sets the
-//! seconds per case, default 2).
+//! - **Calls/s** (default): for each cell, `BENCH_ROUNDS` rounds (default 5);
+//!   in each round every transport runs for `BENCH_SECS / BENCH_ROUNDS`
+//!   seconds (default 2 s in all), in a rotating order so that the machine's
+//!   drift hits all alike. It prints each transport's median calls/s and the
+//!   ratios the floors are stated in (v2 ≥ 1.3× v1, v2 ≥ 0.9× HRPC over
+//!   HTTP).
+//! - **Wake-ups per call** (`-- --counts`): each transport and cell runs in a
+//!   child process (2 worker threads, as above); the child counts its threads'
+//!   context switches (`/proc/self/task/*/status`: voluntary ones are a thread
+//!   going to sleep, i.e. one wake-up each) over a fixed number of calls.
+//! - **Instructions per call** (`-- --instructions`, needs `valgrind`): each
+//!   transport and cell runs twice under `valgrind --tool=callgrind` with
+//!   different call counts; the difference of the instruction counts over the
+//!   difference of the calls cancels start-up and set-up. Also the tokio task
+//!   polls per call (calls of tokio's `raw::poll`), counted the same way.
+//!
+//! "v1 as shipped" is version 1 with tungstenite's default 128 KiB WebSocket
+//! read buffer, as the tunnel was before version 2; the other tunnel rows use
+//! the crate's default ([`tunnel::DEFAULT_WS_READ_BUFFER_BYTES`]) or
+//! `BENCH_WS_READ_BUFFER` bytes. A tracing dispatcher that records nothing
+//! is set, as the binaries set one.
+//!
+//! Run: `cargo bench -p lapdev-hrpc --bench tunnel [-- --counts | --instructions]`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -105,11 +124,25 @@ async fn serve(router: axum::Router) -> SocketAddr {
     addr
 }
 
-/// A server end plus a manager of the given version; returns the transport.
-async fn tunnel_pair(version: u8) -> TunnelTransport {
+/// The WebSocket read buffer of both ends: `BENCH_WS_READ_BUFFER` bytes, else
+/// the crate's default.
+fn ws_read_buffer() -> usize {
+    std::env::var("BENCH_WS_READ_BUFFER")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(tunnel::DEFAULT_WS_READ_BUFFER_BYTES)
+}
+
+/// A server end plus a manager of the given version, with `ws_read_buffer`
+/// bytes of WebSocket read buffer on both ends; returns the transport.
+async fn tunnel_pair(version: u8, ws_read_buffer: usize) -> TunnelTransport {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let route = |State(tx): State<mpsc::UnboundedSender<TunnelTransport>>, ws: WebSocketUpgrade| async move {
-        let config = TunnelConfig::default();
+    let route = move |State(tx): State<mpsc::UnboundedSender<TunnelTransport>>,
+                      ws: WebSocketUpgrade| async move {
+        let config = TunnelConfig {
+            ws_read_buffer_bytes: ws_read_buffer,
+            ..Default::default()
+        };
         config
             .configure_upgrade(ws)
             .on_upgrade(move |socket| async move {
@@ -127,6 +160,7 @@ async fn tunnel_pair(version: u8) -> TunnelTransport {
     .await;
     let config = TunnelClientConfig {
         max_protocol_version: version,
+        ws_read_buffer_bytes: ws_read_buffer,
         ..Default::default()
     };
     let session = tunnel::connect(
@@ -189,6 +223,66 @@ async fn tarpc_client() -> ReferenceClient {
     ReferenceClient::new(config, transport).spawn()
 }
 
+/// The transports compared, in the order of the table. "v1 as shipped" is
+/// version 1 with the WebSocket read buffer it had before this bench's last
+/// changes (tungstenite's default, 128 KiB): today's tunnel, which the floors
+/// are stated against.
+const TRANSPORTS: [&str; 5] = [
+    "v1 as shipped",
+    "tunnel v1",
+    "tunnel v2",
+    "HRPC over HTTP",
+    "tarpc over TCP",
+];
+
+/// Column indexes in [`TRANSPORTS`].
+const SHIPPED: usize = 0;
+const V1: usize = 1;
+const HTTP: usize = 3;
+const TARPC: usize = 4;
+
+/// Payload sizes and caller counts of the cells.
+const CELLS: [(usize, usize); 4] = [(100, 1), (100, 64), (64 * 1024, 1), (64 * 1024, 64)];
+
+fn size_label(size: usize) -> &'static str {
+    if size <= 1024 { "100 B" } else { "64 KiB" }
+}
+
+/// A caller of the named transport, with whatever serves it running on the
+/// current runtime.
+async fn caller(name: &str) -> Arc<Caller> {
+    let hrpc = |transport: Client| Arc::new(Caller::Hrpc(BenchClient::new(transport)));
+    match name {
+        "v1 as shipped" | "tunnel v1" | "tunnel v2" => {
+            let version = if name == "tunnel v2" { 2 } else { 1 };
+            let buffer = if name == "v1 as shipped" {
+                128 * 1024
+            } else {
+                ws_read_buffer()
+            };
+            let t = tunnel_pair(version, buffer).await;
+            hrpc(Client::with_shared_transport("http://tunnel", Arc::new(t)).unwrap())
+        }
+        "HRPC over HTTP" => {
+            let addr = serve(manager_router()).await;
+            let transport =
+                lapdev_hrpc::HttpTransport::new(lapdev_hrpc::HttpTransportConfig::default())
+                    .unwrap();
+            hrpc(Client::new(&format!("http://{addr}"), transport).unwrap())
+        }
+        "tarpc over TCP" => Arc::new(Caller::Tarpc(tarpc_client().await)),
+        other => panic!("unknown transport {other:?}"),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Calls/s of `callers` concurrent loops for `secs` (after a warm-up).
 async fn rate(caller: Arc<Caller>, size: usize, callers: usize, secs: f64) -> f64 {
     let p = payload(size);
@@ -215,6 +309,237 @@ async fn rate(caller: Arc<Caller>, size: usize, callers: usize, secs: f64) -> f6
         t.await.unwrap();
     }
     count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Exactly `total` calls shared by `callers` concurrent loops.
+async fn calls(caller: Arc<Caller>, size: usize, callers: usize, total: u64) {
+    let p = payload(size);
+    let left = Arc::new(AtomicU64::new(total));
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let caller = caller.clone();
+            let left = left.clone();
+            let p = p.clone();
+            tokio::spawn(async move {
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    caller.call(p.clone()).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// (voluntary context switches, involuntary ones, CPU nanoseconds) of all this
+/// process's threads.
+fn context_switches() -> (u64, u64, u64) {
+    let mut total = (0, 0, 0);
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap().path();
+        let (Ok(status), Ok(schedstat)) = (
+            std::fs::read_to_string(task.join("status")),
+            std::fs::read_to_string(task.join("schedstat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // "<ns on the CPU> <ns waiting to run> <slices>"
+        total.2 += schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        for line in status.lines() {
+            let number = |l: &str| l.split_whitespace().last().unwrap().parse::<u64>().unwrap();
+            if line.starts_with("voluntary_ctxt_switches") {
+                total.0 += number(line);
+            } else if line.starts_with("nonvoluntary_ctxt_switches") {
+                total.1 += number(line);
+            }
+        }
+    }
+    total
+}
+
+/// The child of `--counts` and `--instructions`: one transport, one cell,
+/// `total` calls after a warm-up; prints the context switches of the calls.
+fn child(args: &[String]) {
+    let name = args[0].clone();
+    let size: usize = args[1].parse().unwrap();
+    let callers: usize = args[2].parse().unwrap();
+    let total: u64 = args[3].parse().unwrap();
+    runtime().block_on(async move {
+        let caller = caller(&name).await;
+        calls(caller.clone(), size, callers, 2 * callers as u64).await;
+        let before = context_switches();
+        calls(caller, size, callers, total).await;
+        let after = context_switches();
+        println!(
+            "switches {} {} {}",
+            after.0 - before.0,
+            after.1 - before.1,
+            after.2 - before.2
+        );
+    });
+}
+
+/// Calls for the two runs of an instruction count: (fewer, more).
+fn instruction_calls(size: usize, callers: usize) -> (u64, u64) {
+    let c = callers as u64;
+    match (size > 1024, callers > 1) {
+        (false, false) => (100, 600),
+        (false, true) => (c, 9 * c),
+        (true, false) => (20, 120),
+        (true, true) => (c, 3 * c),
+    }
+}
+
+fn child_command(name: &str, size: usize, callers: usize, total: u64) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .arg("--child")
+        .arg(name)
+        .arg(size.to_string())
+        .arg(callers.to_string())
+        .arg(total.to_string());
+    command
+}
+
+/// Context switches per call, natively: (voluntary, involuntary).
+fn counts() {
+    println!(
+        "per call, natively (2 worker threads): context switches (voluntary = a thread \
+         slept and was woken) and CPU time of all threads"
+    );
+    println!(
+        "{:<16} {:>8} {:>8} {:>10} {:>12} {:>10}",
+        "transport", "payload", "callers", "voluntary", "involuntary", "CPU µs"
+    );
+    for (size, callers) in CELLS {
+        let total = if size > 1024 { 2000 } else { 20000 };
+        for name in TRANSPORTS {
+            let output = child_command(name, size, callers, total).output().unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let line = stdout.lines().find(|l| l.starts_with("switches ")).unwrap();
+            let n: Vec<f64> = line
+                .split_whitespace()
+                .skip(1)
+                .map(|x| x.parse().unwrap())
+                .collect();
+            println!(
+                "{:<16} {:>8} {:>8} {:>10.2} {:>12.2} {:>10.1}",
+                name,
+                size_label(size),
+                callers,
+                n[0] / total as f64,
+                n[1] / total as f64,
+                n[2] / total as f64 / 1000.0
+            );
+        }
+    }
+}
+
+/// (instructions, tokio task polls) of one child run under callgrind.
+fn callgrind(name: &str, size: usize, callers: usize, total: u64) -> (u64, u64) {
+    let out_file =
+        std::env::temp_dir().join(format!("tunnel-bench-callgrind.{}", std::process::id()));
+    let child = child_command(name, size, callers, total);
+    let output = std::process::Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out_file.display()))
+        .arg(child.get_program())
+        .args(child.get_args())
+        .output()
+        .expect("valgrind is installed (apt-get install valgrind)");
+    let profile = std::fs::read_to_string(&out_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_file);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the child failed: {stderr}");
+    // "==123== Collected : 123456789"
+    let instructions = stderr
+        .lines()
+        .find_map(|l| {
+            l.split_once("Collected :")
+                .map(|(_, n)| n.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no instruction count in: {stderr}"));
+    (
+        instructions,
+        calls_of(&profile, "tokio::runtime::task::raw::poll"),
+    )
+}
+
+/// How often functions whose name starts with `prefix` were called, from a
+/// callgrind profile (`cfn=(id) name` names a callee, `calls=N ...` counts
+/// the calls of the last one named).
+fn calls_of(profile: &str, prefix: &str) -> u64 {
+    let mut names = std::collections::HashMap::<&str, &str>::new();
+    let mut callee_matches = false;
+    let mut total = 0;
+    for line in profile.lines() {
+        if let Some(rest) = line
+            .strip_prefix("cfn=")
+            .or_else(|| line.strip_prefix("fn="))
+        {
+            let name = match rest.split_once(' ') {
+                Some((id, name)) => {
+                    names.insert(id, name);
+                    name
+                }
+                None => names.get(rest).copied().unwrap_or(rest),
+            };
+            if line.starts_with("cfn=") {
+                callee_matches = name.starts_with(prefix);
+            }
+        } else if let Some(rest) = line.strip_prefix("calls=")
+            && callee_matches
+        {
+            total += rest
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+fn instructions() {
+    println!("per call under callgrind (whole process: caller, both tunnel ends, handler)");
+    println!(
+        "{:<16} {:>8} {:>8} {:>14} {:>12}",
+        "transport", "payload", "callers", "instructions", "task polls"
+    );
+    for (size, callers) in CELLS {
+        let (few, many) = instruction_calls(size, callers);
+        for name in TRANSPORTS {
+            let a = callgrind(name, size, callers, few);
+            let b = callgrind(name, size, callers, many);
+            let per = |x: u64, y: u64| y.saturating_sub(x) as f64 / (many - few) as f64;
+            println!(
+                "{:<16} {:>8} {:>8} {:>14.0} {:>12.2}",
+                name,
+                size_label(size),
+                callers,
+                per(a.0, b.0),
+                per(a.1, b.1)
+            );
+        }
+    }
 }
 
 /// MB/s of `streams` concurrent downloads of `bytes` each from the source route.
@@ -248,80 +573,80 @@ where
 }
 
 fn main() {
-    let secs: f64 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let v1 = tunnel_pair(1).await;
-        let v2 = tunnel_pair(2).await;
-        let http_addr = serve(manager_router()).await;
-        let callers: Vec<(&str, Arc<Caller>)> = vec![
-            (
-                "tunnel v1",
-                Arc::new(Caller::Hrpc(BenchClient::new(
-                    Client::with_shared_transport("http://tunnel", Arc::new(v1.clone())).unwrap(),
-                ))),
-            ),
-            (
-                "tunnel v2",
-                Arc::new(Caller::Hrpc(BenchClient::new(
-                    Client::with_shared_transport("http://tunnel", Arc::new(v2.clone())).unwrap(),
-                ))),
-            ),
-            (
-                "HRPC over HTTP",
-                Arc::new(Caller::Hrpc(
-                    BenchClient::new(
-                        Client::new(
-                            &format!("http://{http_addr}"),
-                            lapdev_hrpc::HttpTransport::new(
-                                lapdev_hrpc::HttpTransportConfig::default(),
-                            )
-                            .unwrap(),
-                        )
-                        .unwrap(),
-                    ),
-                )),
-            ),
-            (
-                "tarpc over TCP",
-                Arc::new(Caller::Tarpc(tarpc_client().await)),
-            ),
-        ];
-
-        println!("RPC calls/s ({secs} s per case, release build, one process, 2 worker threads)");
+    // As in the binaries, a tracing dispatcher is set (one that records
+    // nothing): without any, every disabled span of hyper and h2 is still
+    // offered to the `log` crate (tracing's `log` feature, which axum turns on).
+    let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        return child(&args[i + 1..]);
+    }
+    if args.iter().any(|a| a == "--counts") {
+        return counts();
+    }
+    if args.iter().any(|a| a == "--instructions") {
+        return instructions();
+    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not: there, a
+    // few calls through every transport are enough.
+    if !args.iter().any(|a| a == "--bench") {
+        runtime().block_on(async {
+            for name in TRANSPORTS {
+                calls(caller(name).await, 100, 2, 4).await;
+            }
+        });
+        return;
+    }
+    let env = |name: &str, default: f64| -> f64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let secs = env("BENCH_SECS", 2.0);
+    let rounds = env("BENCH_ROUNDS", 5.0).max(1.0) as usize;
+    runtime().block_on(async move {
+        let mut callers = Vec::new();
+        for name in TRANSPORTS {
+            callers.push(caller(name).await);
+        }
         println!(
-            "{:<16} {:>8} {:>8} {:>12} {:>8} {:>9} {:>9}",
-            "transport", "payload", "callers", "calls/s", "÷ v1", "÷ HTTP", "÷ tarpc"
+            "RPC calls/s (median of {rounds} interleaved rounds, {secs} s per transport and cell, \
+             release build, one process, 2 worker threads)"
         );
-        for size in [100usize, 64 * 1024] {
-            for n in [1usize, 64] {
-                let mut rates = Vec::new();
-                for (_, caller) in &callers {
-                    rates.push(rate(caller.clone(), size, n, secs).await);
+        println!(
+            "{:<16} {:>8} {:>8} {:>10} {:>10} {:>8} {:>8} {:>8}",
+            "transport", "payload", "callers", "calls/s", "÷ shipped", "÷ v1", "÷ HTTP", "÷ tarpc"
+        );
+        for (size, n) in CELLS {
+            let mut samples = vec![Vec::new(); TRANSPORTS.len()];
+            for round in 0..rounds {
+                for k in 0..TRANSPORTS.len() {
+                    let i = (round + k) % TRANSPORTS.len();
+                    let r = rate(callers[i].clone(), size, n, secs / rounds as f64).await;
+                    samples[i].push(r);
                 }
-                for ((name, _), r) in callers.iter().zip(&rates) {
-                    println!(
-                        "{:<16} {:>8} {:>8} {:>12.0} {:>8.2} {:>9.2} {:>9.2}",
-                        name,
-                        if size == 100 { "100 B" } else { "64 KiB" },
-                        n,
-                        r,
-                        r / rates[0],
-                        r / rates[2],
-                        r / rates[3],
-                    );
-                }
+            }
+            let rates: Vec<f64> = samples.into_iter().map(median).collect();
+            for (name, r) in TRANSPORTS.iter().zip(&rates) {
+                println!(
+                    "{:<16} {:>8} {:>8} {:>10.0} {:>10.2} {:>8.2} {:>8.2} {:>8.2}",
+                    name,
+                    size_label(size),
+                    n,
+                    r,
+                    r / rates[SHIPPED],
+                    r / rates[V1],
+                    r / rates[HTTP],
+                    r / rates[TARPC],
+                );
             }
         }
 
         // Port-forward-like throughput: a raw streaming route.
+        drop(callers);
+        let v2 = tunnel_pair(2, ws_read_buffer()).await;
+        let http_addr = serve(manager_router()).await;
         const BYTES: u64 = 64 * 1024 * 1024;
         let (h2, conn) =
             hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())

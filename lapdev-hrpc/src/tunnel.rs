@@ -179,6 +179,19 @@
 //! on Linux, `TCP_NOTSENT_LOWAT` ([`tune_tcp`]), so bytes wait in these
 //! prioritised queues rather than in the kernel's send buffer.
 //!
+//! **One task per end.** Each end's session runs in one task: the connection
+//! loop, HTTP/2's connection and (server end) hyper's per-request client
+//! tasks. A wake that one part of the session gives another while the task
+//! runs is absorbed, and the part is polled again within the same run, instead
+//! of rescheduling the task (which in tokio wakes an idle worker thread each
+//! time); each part is polled only when it was woken, so the WebSocket is not
+//! read again just because HTTP/2 queued a frame (tungstenite zero-fills its
+//! read buffer, [`DEFAULT_WS_READ_BUFFER_BYTES`], before every read). On the
+//! manager, the router's task for a request is polled once right away inside
+//! the session: a handler that answers without waiting is done there, and
+//! one that waits (a Kubernetes call, a stream) is spawned, so waiting
+//! handlers run in parallel and are aborted with the session.
+//!
 //! **Liveness and closing** are version 1's: WebSocket pings every
 //! `ping_interval` (15 s by default, under the 60 s after which proxies cut idle
 //! connections), the tunnel closes when nothing arrives for `ping_timeout`,
@@ -193,24 +206,32 @@
 //! carries the HRPC calls unchanged (the router sees ordinary HTTP requests),
 //! and gives per-stream flow control, resets and prioritised control frames;
 //! yamux would need a second framing for the calls and was not measured.
-//! `benches/tunnel.rs` measures version 2 against version 1, HRPC over plain
-//! HTTP and tarpc over TCP. First run (release, one process, 2 worker threads
-//! on a shared machine with a load average near 15, so noisy): calls/s for
-//! 100 B with 1 / 64 callers: v1 5564 / 5931, **v2 1714 / 4424**, HRPC over
-//! HTTP 5158 / 5425, tarpc 6236 / 12396; for 64 KiB: v1 1245 / 921, **v2 926 /
-//! 710**, HTTP 1603 / 1014, tarpc 449 / 427. So version 2's calls are *slower*
-//! than version 1's today (0.31–0.77×): every call crosses more tasks
-//! (hyper's connection and body tasks on each end, the byte-stream queues,
-//! the connection loop), which dominates small calls. Streams, version 2's
-//! reason to exist, run at 344 MB/s (1 stream) and 202 MB/s (8 streams) for
-//! 64 MiB each, against 551 and 229 MB/s for the same route over plain HTTP/2
-//! on TCP.
+//! `benches/tunnel.rs` measures version 2 against version 1 (also as
+//! shipped before version 2, with tungstenite's 128 KiB read buffer), HRPC
+//! over plain HTTP and tarpc over TCP, in interleaved rounds, and counts
+//! instructions, task polls and context switches per call (`-- --instructions`,
+//! `-- --counts`). Latest run (release, one process, 2 worker threads, on a
+//! shared 2-core machine at load 17, so calls/s mostly reflect CPU per call):
+//! calls/s for 100 B with 1 / 64 callers: v1 15386 / 37928, **v2 10304 /
+//! 40229**, HRPC over HTTP 16243 / 13096, tarpc 16141 / 45930; for 64 KiB: v1
+//! 2866 / 1783, **v2 2214 / 1417**, HTTP 3296 / 2329, tarpc 412 / 397. So
+//! version 2's calls cost more than version 1's (0.67–1.06×), although they
+//! no longer cross threads or re-read the socket per hop: under callgrind a
+//! 100 B call costs v2 ~160 000 instructions against v1's ~150 000 (its
+//! 128 KiB buffer: ~476 000) and HTTP's ~71 000, most of the difference being
+//! HTTP/2 itself (HPACK, stream state, hyper's client and server glue, ~70 000
+//! on the two ends together) and the WebSocket under it (framing, masking,
+//! two more copies of every byte each way). Streams, version 2's reason to
+//! exist, ran at 913 MB/s (1 stream) and 662 MB/s (8 streams) for 64 MiB
+//! each, against 1635 and 505 MB/s for the same route over plain HTTP/2 on
+//! TCP.
 
 use std::time::Duration;
 
 use crate::client::BoxError;
 
 mod client;
+mod coalesce;
 mod frame;
 mod link;
 mod registry;
@@ -282,6 +303,14 @@ pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(45);
 /// Default largest frame (one WebSocket message): 16 MiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
+/// Default of how many bytes the WebSocket library (tungstenite, on both
+/// ends) reads from the socket at once: 16 KiB. The library zero-fills this
+/// much of its buffer before *every* read attempt, including the one that
+/// finds the socket empty; at its own default of 128 KiB that was about 80%
+/// of a small call's instructions (4 such reads per call, ~70 000
+/// instructions each). Messages larger than this take several reads.
+pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 16 * 1024;
+
 /// Settings of the server end.
 #[derive(Debug, Clone, Copy)]
 pub struct TunnelConfig {
@@ -297,6 +326,9 @@ pub struct TunnelConfig {
     pub max_frame_bytes: usize,
     /// HTTP/2 limits of version 2 tunnels.
     pub streams: StreamLimits,
+    /// Most bytes the WebSocket library reads from the socket at once
+    /// ([`DEFAULT_WS_READ_BUFFER_BYTES`]).
+    pub ws_read_buffer_bytes: usize,
 }
 
 impl Default for TunnelConfig {
@@ -306,6 +338,7 @@ impl Default for TunnelConfig {
             ping_timeout: DEFAULT_PING_TIMEOUT,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             streams: StreamLimits::default(),
+            ws_read_buffer_bytes: DEFAULT_WS_READ_BUFFER_BYTES,
         }
     }
 }
@@ -319,6 +352,7 @@ impl TunnelConfig {
         upgrade: axum::extract::ws::WebSocketUpgrade<F>,
     ) -> axum::extract::ws::WebSocketUpgrade<F> {
         upgrade
+            .read_buffer_size(self.ws_read_buffer_bytes)
             .max_message_size(self.max_frame_bytes)
             .max_frame_size(self.max_frame_bytes)
             .protocols([PROTOCOL_V2, PROTOCOL_V1])

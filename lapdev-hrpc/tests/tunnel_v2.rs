@@ -90,7 +90,9 @@ impl Drop for Dropped {
 /// The `Echo` service plus stream routes:
 /// - `/stream/echo` streams the request body back as it arrives;
 /// - `/stream/firehose` sends 64 KiB chunks until the caller goes away;
-/// - `/stream/hang` never answers.
+/// - `/stream/hang` never answers;
+/// - `/stream/panic` panics as soon as it runs (the manager polls a
+///   request's handler once inside its session before spawning it).
 fn manager_router(signals: Arc<Signals>) -> axum::Router {
     let echo = axum::routing::post(|req: Request<Body>| async move {
         Response::new(Body::from_stream(req.into_body().into_data_stream()))
@@ -106,7 +108,14 @@ fn manager_router(signals: Arc<Signals>) -> axum::Router {
         std::future::pending::<()>().await;
         "never"
     });
+    let panics = axum::routing::post(|| async {
+        if true {
+            panic!("a handler bug");
+        }
+        "unreachable"
+    });
     let streams = axum::Router::new()
+        .route("/stream/panic", panics)
         .route("/stream/echo", echo)
         .route("/stream/firehose", firehose)
         .route("/stream/hang", hang)
@@ -297,6 +306,22 @@ async fn rpcs_complete_while_streams_are_saturated() {
         d.abort();
     }
     drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_fails_its_own_call_and_the_tunnel_lives_on() {
+    let (manager, transport, _) = v2_pair().await;
+    let client = echo_client(&transport);
+    assert_eq!(within("a call", client.add(1, 2)).await.unwrap(), 3);
+    let failed = within(
+        "the panicking call",
+        transport.send_streaming(post("/stream/panic", Body::empty())),
+    )
+    .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert!(!transport.is_closed());
+    assert!(!manager.handle.is_closed());
+    assert_eq!(within("a later call", client.add(2, 3)).await.unwrap(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,8 +25,8 @@ use tower::ServiceExt as _;
 use super::frame::{self, Frame};
 use super::link::{self, Control, LinkConfig, WsMsg};
 use super::{
-    CloseReason, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, PROTOCOL_V2,
-    StreamLimits, v2,
+    CloseReason, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT,
+    DEFAULT_WS_READ_BUFFER_BYTES, PROTOCOL_V2, StreamLimits, v2,
 };
 use crate::client::{BoxError, TlsConfigError};
 use crate::error::{Code, HrpcError};
@@ -58,6 +58,9 @@ pub struct TunnelClientConfig {
     /// Proxy rules (`HTTPS_PROXY`/`NO_PROXY`): the WebSocket is opened through
     /// an HTTP `CONNECT` tunnel when they name a proxy for the URL.
     pub proxy: Option<crate::proxy::ProxyRules>,
+    /// Most bytes the WebSocket library reads from the socket at once
+    /// ([`DEFAULT_WS_READ_BUFFER_BYTES`]).
+    pub ws_read_buffer_bytes: usize,
 }
 
 impl Default for TunnelClientConfig {
@@ -71,6 +74,7 @@ impl Default for TunnelClientConfig {
             max_protocol_version: 2,
             streams: StreamLimits::default(),
             proxy: None,
+            ws_read_buffer_bytes: DEFAULT_WS_READ_BUFFER_BYTES,
         }
     }
 }
@@ -499,6 +503,7 @@ pub async fn connect(
         Connector::Plain
     };
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(config.ws_read_buffer_bytes)
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes));
     // Through an egress proxy when the rules name one for this URL.
@@ -554,6 +559,7 @@ pub async fn connect(
             ping_timeout: config.ping_timeout,
             max_frame_bytes: config.max_frame_bytes,
             coalesce_writes: version == 2,
+            gate_parts: version == 2,
         },
     })
 }

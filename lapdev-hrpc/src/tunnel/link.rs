@@ -5,6 +5,7 @@
 //! tokio-tungstenite on the manager); both are adapted to [`WsMsg`] so that
 //! everything here is written once.
 
+use std::pin::pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::CloseReason;
+use super::coalesce::Gated;
 use super::frame::{self, Frame};
 
 /// How long a closing end tries to send its close frame and wait for the peer's
@@ -51,6 +53,10 @@ pub(crate) struct LinkConfig {
     /// flushed once the queue is empty. Version 1 (today's behaviour, kept
     /// as-is for managers not yet upgraded) flushes after every message.
     pub coalesce_writes: bool,
+    /// Version 2: each part of the loop (reader, writer, close watch,
+    /// liveness timer) is polled only when it was woken, not whenever the
+    /// task is.
+    pub gate_parts: bool,
 }
 
 /// Where the binary messages a connection receives go.
@@ -259,14 +265,23 @@ where
                 tokio::time::sleep_until(deadline).await;
             }
         };
+        // Version 2 polls each part only when it was woken (see `Gated`);
+        // version 1 polls every part on every wake, as it always did.
+        let gate = config.gate_parts;
+        let (reader, closed, writer, liveness) = (
+            pin!(reader),
+            pin!(control.closed()),
+            pin!(writer),
+            pin!(liveness),
+        );
         // Biased: after a stall (a busy runtime), whatever the peer sent in the
         // meantime is read before the liveness deadline is judged.
         tokio::select! {
             biased;
-            r = reader => r,
-            r = control.closed() => r,
-            r = writer => r,
-            r = liveness => r,
+            r = Gated::new(reader, gate) => r,
+            r = Gated::new(closed, gate) => r,
+            r = Gated::new(writer, gate) => r,
+            r = Gated::new(liveness, gate) => r,
         }
     };
     // The first reason wins: a local close that raced with an I/O error stays a

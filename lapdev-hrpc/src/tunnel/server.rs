@@ -565,6 +565,7 @@ pub fn accept(socket: WebSocket, config: TunnelConfig) -> (TunnelTransport, Tunn
             ping_timeout: config.ping_timeout,
             max_frame_bytes: config.max_frame_bytes,
             coalesce_writes: v2,
+            gate_parts: v2,
         },
     };
     (transport, task)

@@ -16,6 +16,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::coalesce::{Coalesced, Gated};
 use super::link::{self, Closing, Control, LinkConfig, WsMsg};
 use super::stream::{self, WsIo};
 use super::{CloseReason, StreamLimits};
@@ -40,25 +41,38 @@ where
     Fut: Future<Output = CloseReason>,
 {
     let (io, to_stream, outbound) = stream::pair();
-    let link = link::drive(socket, outbound, control, config, map_err, to_stream);
-    tokio::pin!(link);
-    {
-        let http = http(io);
-        tokio::select! {
-            biased;
-            done = &mut link => return done,
-            reason = http => {
-                control.close(reason);
+    // Every part of the session runs in this one task; their wakes of each
+    // other are absorbed (see `coalesce`).
+    Coalesced::new(async move {
+        let link = link::drive(socket, outbound, control, config, map_err, to_stream);
+        tokio::pin!(link);
+        {
+            // HTTP/2 is polled only when something it waits for woke it.
+            let http = pin!(http(io));
+            tokio::select! {
+                biased;
+                done = &mut link => return done,
+                reason = Gated::new(http, true) => {
+                    control.close(reason);
+                }
             }
         }
-    }
-    link.await
+        link.await
+    })
+    .await
 }
 
-/// Runs hyper's per-stream tasks in a [`JoinSet`] owned by the session: when
-/// the session ends (or its future is dropped), every stream's handler and
-/// body task is aborted with it, rather than waiting for a wake-up that a
-/// vanished connection never sends.
+/// Runs hyper's per-stream tasks (the router serving one request and sending
+/// its response) for the manager end.
+///
+/// A stream's task is first polled once right away, inside the session task:
+/// an HRPC handler that answers without waiting (most do) is done then, its
+/// response already queued on the connection, with no task spawned and no
+/// hand-off between tasks each way. A task that has to wait (a Kubernetes
+/// call, a stream's body) is spawned into a [`JoinSet`] owned by the session,
+/// so handlers that wait run in parallel, and when the session ends (or its
+/// future is dropped) every one of them is aborted with it, rather than
+/// waiting for a wake-up that a vanished connection never sends.
 #[derive(Clone, Default)]
 pub(crate) struct SessionExecutor(Arc<Mutex<JoinSet<()>>>);
 
@@ -67,6 +81,22 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
+        let mut fut = Box::pin(fut);
+        // No waker is kept from this poll: if the task waits, the spawned
+        // task polls it again at once and registers its own. A panic stays in
+        // the request (its stream is reset), as it would in a spawned task.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fut.as_mut()
+                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        }));
+        match polled {
+            Ok(Poll::Pending) => {}
+            Ok(Poll::Ready(())) => return,
+            Err(_) => {
+                tracing::error!("a tunnel request's handler panicked");
+                return;
+            }
+        }
         let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
         // Reap finished tasks so the set holds only live ones.
         while set.try_join_next().is_some() {}
@@ -170,7 +200,10 @@ pub(crate) async fn server(io: WsIo, limits: StreamLimits, router: axum::Router)
         .initial_connection_window_size(limits.connection_window_bytes)
         .max_send_buf_size(limits.stream_window_bytes as usize)
         .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(limits.max_header_list_bytes);
+        .max_header_list_size(limits.max_header_list_bytes)
+        // Version 1's responses carried no `Date` either; it changes every
+        // second, so HPACK cannot index it and it costs every response.
+        .auto_date_header(false);
     let service = TowerToHyperService::new(router);
     match builder.serve_connection(TokioIo::new(io), service).await {
         Ok(()) => CloseReason::Io("the HTTP/2 connection ended".into()),
