@@ -29,6 +29,7 @@ use lapdev_hrpc::HrpcError;
 use serde::Deserialize;
 
 use super::audit::record_now;
+use crate::access::{Credential, Revocation};
 use super::layer::AuthState;
 use super::oidc::{CliRequest, OidcLogins};
 use super::service::{PeopleService, user_view};
@@ -166,6 +167,12 @@ async fn logout(State(s): State<WebState>, request: Request) -> Response {
     };
     if let Err(e) = s.people.db().revoke_session(secret, entry).await {
         return lapdev_kube::db_error(e).into_response();
+    }
+    if let Credential::BrowserSession(session_id) = caller.credential {
+        s.auth.revoked(Revocation::BrowserSessionRevoked {
+            user_id: caller.user_id,
+            session_id,
+        });
     }
     (
         StatusCode::NO_CONTENT,
