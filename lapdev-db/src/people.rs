@@ -9,9 +9,9 @@
 //! an organisation out of its own user management.
 
 use lapdev_common::role::Role;
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Condition, Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, DatabaseTransaction, EntityTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait,
     PaginatorTrait, QueryFilter, TransactionTrait,
 };
 use lapdev_common::status::DesiredState;

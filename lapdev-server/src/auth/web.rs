@@ -297,7 +297,10 @@ async fn oidc_callback(
     };
     let clear_prelogin = s.policy.set_cookie(s.policy.prelogin_cookie(), "", 0);
     if let Some(cli) = signed_in.cli {
-        let code = s.oidc.grant(signed_in.user, cli.challenge);
+        let code = match s.oidc.grant(&signed_in.user, cli.challenge).await {
+            Ok(code) => code,
+            Err(e) => return refusal(e.status(), e),
+        };
         let to = format!("http://127.0.0.1:{}/callback?code={code}", cli.port);
         return (
             StatusCode::SEE_OTHER,
@@ -354,7 +357,7 @@ async fn cli_exchange(State(s): State<WebState>, request: Request) -> Response {
         Ok(f) => f,
         Err(e) => return HrpcError::invalid_argument(e.to_string()).into_response(),
     };
-    let user = match s.oidc.redeem(&form.code, &form.code_verifier) {
+    let user = match s.oidc.redeem(&form.code, &form.code_verifier).await {
         Ok(u) => u,
         Err(e) => return refusal(e.status(), e),
     };
