@@ -13,7 +13,9 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::crypto::{CredentialKey, OIDC_PENDING_AAD_CONTEXT, ProviderCredential, open, seal, token_hash};
+use crate::crypto::{
+    CredentialKey, OIDC_PENDING_AAD_CONTEXT, ProviderCredential, open, seal, token_hash,
+};
 use crate::db::{Db, now};
 use crate::entities::oidc_pending;
 use crate::error::DbResult;
@@ -53,7 +55,12 @@ impl Db {
     ) -> DbResult<()> {
         use oidc_pending::Column as P;
         let id = Uuid::new_v4();
-        let sealed = seal(key, OIDC_PENDING_AAD_CONTEXT, id, &ProviderCredential::new(payload))?;
+        let sealed = seal(
+            key,
+            OIDC_PENDING_AAD_CONTEXT,
+            id,
+            &ProviderCredential::new(payload),
+        )?;
         let at = now();
         let txn = self.conn.begin().await?;
         oidc_pending::Entity::delete_many()
@@ -66,7 +73,9 @@ impl Db {
                 .one(&txn)
                 .await?
         {
-            oidc_pending::Entity::delete_by_id(oldest.id).exec(&txn).await?;
+            oidc_pending::Entity::delete_by_id(oldest.id)
+                .exec(&txn)
+                .await?;
         }
         oidc_pending::ActiveModel {
             id: Set(id),

@@ -9,12 +9,12 @@
 //! an organisation out of its own user management.
 
 use lapdev_common::role::Role;
+use lapdev_common::status::DesiredState;
 use sea_orm::sea_query::{Condition, Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait,
     PaginatorTrait, QueryFilter, TransactionTrait,
 };
-use lapdev_common::status::DesiredState;
 use uuid::Uuid;
 
 use crate::audit::{NewAuditEntry, insert_audit};

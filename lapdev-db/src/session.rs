@@ -235,7 +235,11 @@ impl Db {
 impl Db {
     /// A user's sessions that have not ended (neither revoked nor expired),
     /// newest first.
-    pub async fn list_sessions(&self, org_id: Uuid, user_id: Uuid) -> DbResult<Vec<BrowserSession>> {
+    pub async fn list_sessions(
+        &self,
+        org_id: Uuid,
+        user_id: Uuid,
+    ) -> DbResult<Vec<BrowserSession>> {
         use browser_session::Column as S;
         use sea_orm::QueryOrder as _;
         let at = tz(now());

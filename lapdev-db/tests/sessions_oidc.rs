@@ -332,7 +332,9 @@ async fn oidc_pending(test: TestDatabase) {
     assert_ne!(row.lookup_hash, "state-1");
     // Another kind under the same value finds nothing, and leaves it.
     assert_eq!(
-        db.take_oidc_pending(&key, CliCode, "state-1").await.unwrap(),
+        db.take_oidc_pending(&key, CliCode, "state-1")
+            .await
+            .unwrap(),
         None
     );
     // Taken once; a replay finds nothing.
@@ -387,7 +389,6 @@ async fn oidc_pending(test: TestDatabase) {
     // Another server's key cannot open it: an error, not a silent success.
     let other = CredentialKey::generate().unwrap();
     assert!(db.take_oidc_pending(&other, Login, "new").await.is_err());
-
 }
 
 #[tokio::test]

@@ -264,7 +264,11 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "sign-ins sustained: {:.1}/s with whoami p99 {p99_loaded:.2} ms against a bound of {bound:.2} ms (max({P99_BOUND_FACTOR}x p99 alone, {P99_BOUND_FLOOR_MS} ms)): {}",
         signed as f64 / secs as f64,
-        if p99_loaded <= bound && signed > 0 { "ok" } else { "MISSED" }
+        if p99_loaded <= bound && signed > 0 {
+            "ok"
+        } else {
+            "MISSED"
+        }
     );
     server.shutdown();
     Ok(())

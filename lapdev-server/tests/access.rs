@@ -14,17 +14,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{FakeManager, TestServer, dial, eventually, observation, sample_info};
 use futures::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::Pod;
+use lapdev_common::role::Role;
 use lapdev_common::status::{ClusterStatus, WorkspaceStatus};
 use lapdev_kube_double::{KubeDouble, NodeSpec};
 use lapdev_kube_manager::access::{Access, AccessSettings};
 use lapdev_kube_rpc::ManagerHealth;
 use lapdev_kube_rpc::stream::{Frame, FrameDecoder, TerminalSize};
-use http_body_util::Full;
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use lapdev_common::role::Role;
 use lapdev_server::access::InProcessStreams;
 use lapdev_server::auth::api::{OrgSettingsView, PeopleRpcClient};
 use rand::RngCore;
@@ -660,7 +660,8 @@ async fn user_with_token(t: &TestServer, name: &str, role: Role) -> String {
         .create_user(name.into(), None, role, Some(format!("{name}-password")))
         .await
         .unwrap();
-    let anon = PeopleRpcClient::new(lapdev_hrpc::Client::http(&format!("{}/rpc", t.base())).unwrap());
+    let anon =
+        PeopleRpcClient::new(lapdev_hrpc::Client::http(&format!("{}/rpc", t.base())).unwrap());
     anon.sign_in(None, name.into(), format!("{name}-password"), None)
         .await
         .unwrap()
@@ -748,7 +749,19 @@ async fn disabling_a_user_ends_their_sessions_and_stops_their_workspaces() {
     let out = lapdev_as(
         t,
         &bob,
-        &["workspace", "create", "bobs", "--image", "ubuntu", "--cpu", "100m", "--memory", "128Mi", "-o", "json"],
+        &[
+            "workspace",
+            "create",
+            "bobs",
+            "--image",
+            "ubuntu",
+            "--cpu",
+            "100m",
+            "--memory",
+            "128Mi",
+            "-o",
+            "json",
+        ],
     )
     .await;
     assert!(out.status.success(), "{out:?}");
@@ -870,7 +883,10 @@ async fn revoking_a_token_or_browser_session_ends_only_the_sessions_it_opened() 
     assert_eq!(browser["open_sessions"], 1, "{list}");
     let tokens: Vec<_> = sessions.iter().filter(|s| s["kind"] == "token").collect();
     assert_eq!(tokens.len(), 2, "{list}");
-    let current = tokens.iter().find(|s| s["current"] == true).expect("this call's token");
+    let current = tokens
+        .iter()
+        .find(|s| s["current"] == true)
+        .expect("this call's token");
     assert_eq!(current["name"], "second");
     assert!(current["last_used_at"].is_string(), "{list}");
     let first = tokens.iter().find(|s| s["current"] == false).unwrap();
@@ -878,14 +894,30 @@ async fn revoking_a_token_or_browser_session_ends_only_the_sessions_it_opened() 
 
     // A member cannot see or revoke ada's.
     let mel = user_with_token(t, "mel", Role::Member).await;
-    let out = lapdev_as(t, &mel, &["session", "revoke", first["id"].as_str().unwrap()]).await;
+    let out = lapdev_as(
+        t,
+        &mel,
+        &["session", "revoke", first["id"].as_str().unwrap()],
+    )
+    .await;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no session or token"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no session or token"),
+        "{out:?}"
+    );
     let out = lapdev_as(t, &mel, &["session", "list", "--user", "ada"]).await;
-    assert!(String::from_utf8_lossy(&out.stderr).contains("owner"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("owner"),
+        "{out:?}"
+    );
 
     // Ada revokes her first token: only its session ends.
-    let out = lapdev_as(t, &ada2, &["session", "revoke", first["id"].as_str().unwrap()]).await;
+    let out = lapdev_as(
+        t,
+        &ada2,
+        &["session", "revoke", first["id"].as_str().unwrap()],
+    )
+    .await;
     assert!(out.status.success(), "{out:?}");
     let (code, reason) = closed(&mut by_first).await;
     assert_eq!(code, 1008, "{reason}");
@@ -904,5 +936,8 @@ async fn revoking_a_token_or_browser_session_ends_only_the_sessions_it_opened() 
     // Both revocations are in the audit log.
     let audit = lapdev(t, &["audit", "list", "-o", "json"]).await;
     let text = String::from_utf8_lossy(&audit.stdout);
-    assert!(text.contains("token.revoke") && text.contains("session.revoke"), "{text}");
+    assert!(
+        text.contains("token.revoke") && text.contains("session.revoke"),
+        "{text}"
+    );
 }

@@ -670,7 +670,9 @@ async fn a_login_in_flight_survives_a_restart_and_stays_single_use() {
     let reply = finish(&cb).await;
     let session = reply.cookie(SESSION).expect("signed in after the restart");
     assert_eq!(
-        whoami_by_cookie(&ts, &session, true, Some(ORIGIN)).await.status,
+        whoami_by_cookie(&ts, &session, true, Some(ORIGIN))
+            .await
+            .status,
         StatusCode::OK
     );
     // Finishing it again is a replay: refused.

@@ -56,8 +56,8 @@ use lapdev_kube_rpc::stream::{
 use uuid::Uuid;
 
 use crate::auth::layer::bearer;
-use crate::auth::web_policy::cookie;
 use crate::auth::shell_access::{Decision, session_access_allowed};
+use crate::auth::web_policy::cookie;
 use crate::auth::{AuthState, Caller};
 
 /// What the endpoints need.

@@ -203,8 +203,11 @@ pub trait PeopleRpc {
     /// The caller's live browser sessions and their tokens with their last use;
     /// an owner may name another user of the organisation.
     #[hrpc(role = "member")]
-    async fn list_sessions(&self, ctx: Context, user: Option<String>)
-    -> Result<SessionList, HrpcError>;
+    async fn list_sessions(
+        &self,
+        ctx: Context,
+        user: Option<String>,
+    ) -> Result<SessionList, HrpcError>;
 
     /// Revokes a browser session or a personal access token by id: the
     /// caller's own, or (owners) anyone's in the organisation. It is refused

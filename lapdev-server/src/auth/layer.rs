@@ -33,8 +33,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::audit::record_in_background;
 use super::principal::{AuthCache, Caller};
-use crate::access::{Credential, LiveSessions, Revocation};
 use super::web_policy::{WebPolicy, cookie};
+use crate::access::{Credential, LiveSessions, Revocation};
 use crate::admin::api::AdminRpcClient;
 use crate::admin::providers::ProviderRpcClient;
 use crate::admin::workspaces::WorkspaceRpcClient;

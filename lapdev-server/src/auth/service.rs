@@ -215,8 +215,12 @@ impl PeopleService {
             .await
             .map_err(people_error)?;
         match change {
-            UserChange::Disable => self.auth.revoked(Revocation::UserDisabled { user_id: user.id }),
-            UserChange::Delete => self.auth.revoked(Revocation::UserDeleted { user_id: user.id }),
+            UserChange::Disable => self
+                .auth
+                .revoked(Revocation::UserDisabled { user_id: user.id }),
+            UserChange::Delete => self
+                .auth
+                .revoked(Revocation::UserDeleted { user_id: user.id }),
             UserChange::SetRole(_) | UserChange::Enable => self.auth.cache.clear(),
         }
         if matches!(change, UserChange::Disable | UserChange::Delete) {
@@ -570,7 +574,12 @@ impl PeopleRpc for PeopleService {
         match self.db.pat_user(org, id).await.map_err(db_error)? {
             Some(user_id) if only.is_none_or(|me| me == user_id) => {
                 self.db
-                    .revoke_pat(org, user_id, id, entry("token.revoke", "personal access token"))
+                    .revoke_pat(
+                        org,
+                        user_id,
+                        id,
+                        entry("token.revoke", "personal access token"),
+                    )
                     .await
                     .map_err(people_error)?;
                 self.auth.revoked(Revocation::PatRevoked {

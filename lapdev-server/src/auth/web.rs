@@ -29,11 +29,11 @@ use lapdev_hrpc::HrpcError;
 use serde::Deserialize;
 
 use super::audit::record_now;
-use crate::access::{Credential, Revocation};
 use super::layer::AuthState;
 use super::oidc::{CliRequest, OidcLogins};
 use super::service::{PeopleService, user_view};
 use super::web_policy::{PRELOGIN_TTL_SECS, WebPolicy, cookie};
+use crate::access::{Credential, Revocation};
 
 /// What the endpoints need.
 #[derive(Clone, Debug)]

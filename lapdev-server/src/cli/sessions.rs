@@ -51,7 +51,11 @@ fn session_json(s: &SessionView) -> Value {
 }
 
 /// Runs `cmd`.
-pub async fn session(api: &PeopleRpcClient, out: Output, cmd: SessionCommand) -> anyhow::Result<()> {
+pub async fn session(
+    api: &PeopleRpcClient,
+    out: Output,
+    cmd: SessionCommand,
+) -> anyhow::Result<()> {
     match cmd {
         SessionCommand::List { user } => {
             let list = api.list_sessions(user).await.map_err(call_error)?;
@@ -62,7 +66,14 @@ pub async fn session(api: &PeopleRpcClient, out: Output, cmd: SessionCommand) ->
                 })),
                 Output::Table => print_table(
                     &[
-                        "ID", "KIND", "NAME", "CREATED", "LAST USED", "EXPIRES", "REVOKED", "OPEN",
+                        "ID",
+                        "KIND",
+                        "NAME",
+                        "CREATED",
+                        "LAST USED",
+                        "EXPIRES",
+                        "REVOKED",
+                        "OPEN",
                     ],
                     list.sessions
                         .iter()

@@ -34,14 +34,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lapdev_db::{
     CredentialKey, Db, DbError, NewAuditEntry, NewUser, OidcPendingKind, OidcProvider, User,
 };
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge,
     PkceCodeVerifier, RedirectUrl, Scope,
 };
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use uuid::Uuid;
 
 use self::http::{EgressClient, EgressError};
 use super::web_policy::PRELOGIN_TTL_SECS;
@@ -335,7 +335,10 @@ impl OidcLogins {
         let pending: PendingLogin =
             serde_json::from_slice(&payload).map_err(|_| LoginError::UnknownState)?;
         let cookie_ok = prelogin.is_some_and(|p| {
-            ring_eq(hex::encode(sha(p)).as_bytes(), pending.prelogin_hash.as_bytes())
+            ring_eq(
+                hex::encode(sha(p)).as_bytes(),
+                pending.prelogin_hash.as_bytes(),
+            )
         });
         if !cookie_ok {
             return Err(LoginError::WrongBrowser);
