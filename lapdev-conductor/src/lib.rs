@@ -286,6 +286,13 @@ impl Conductor {
         }
     }
 
+    /// Wakes the reconciler now, for a change written elsewhere (e.g. a
+    /// disabled user's workspaces set to stop) that it would otherwise find at
+    /// its next round.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
     /// Records a new workspace (desired `running`) and places it on a cluster.
     /// The manager is called by the reconciler, which this wakes.
     pub async fn create_workspace(

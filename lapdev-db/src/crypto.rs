@@ -16,6 +16,8 @@ const AAD_CONTEXT: &[u8] = b"lapdev/k8s_provider/credential/v1/";
 /// The OpenID Connect client secret is sealed the same way, bound to its own
 /// table, so a provider credential copied into it does not decrypt.
 pub(crate) const OIDC_AAD_CONTEXT: &[u8] = b"lapdev/oidc_provider/client_secret/v1/";
+/// The AAD context of a sealed OpenID Connect login step (`oidc_pending`).
+pub(crate) const OIDC_PENDING_AAD_CONTEXT: &[u8] = b"lapdev/oidc_pending/v1/";
 
 /// Length of a [`CredentialKey`] in bytes.
 pub const CREDENTIAL_KEY_LEN: usize = 32;

@@ -17,7 +17,8 @@
 //! [`Db::prune_audit`] is the operator's retention job); browser sessions store
 //! only their SHA-256 too (`session.rs`); OpenID Connect: the server's provider,
 //! its client secret sealed like provider credentials, and (issuer, subject)
-//! links to users (`oidc.rs`); organisation settings (`org.rs`).
+//! links to users (`oidc.rs`), and logins in flight, sealed and single-use
+//! (`oidc_pending.rs`); organisation settings (`org.rs`).
 //! Role, user and token changes write their audit row in the same transaction.
 //! Every write publishes a [`Change`] on the in-process change feed
 //! ([`Db::subscribe`], module [`changes`]); caches and metrics derive from it.
@@ -34,6 +35,7 @@ mod db;
 pub mod entities;
 mod error;
 mod oidc;
+mod oidc_pending;
 mod org;
 mod pat;
 mod people;
@@ -53,11 +55,12 @@ pub use crypto::{CredentialError, CredentialKey, ProviderCredential};
 pub use db::{ConnectConfig, CreateWithTokenError, Db, connect};
 pub use error::{DbError, DbResult, EntityKind, TokenRejection};
 pub use oidc::{NewOidcProvider, OidcProvider};
+pub use oidc_pending::{MAX_OIDC_PENDING, OidcPendingKind};
 pub use org::{NewUser, OrgSettings, Organization, User};
 pub use pat::{CreatedPat, PersonalAccessToken, VerifiedPat};
 pub use people::{SignInCandidate, UserChange};
 pub use provider::{NewProvider, Provider};
-pub use session::{CreatedSession, SessionLifetime, VerifiedSession};
+pub use session::{BrowserSession, CreatedSession, SessionLifetime, VerifiedSession};
 pub use token::{
     ClusterToken, ClusterTokenSecret, CreatedClusterToken, NewClusterToken, VerifiedClusterToken,
 };

@@ -180,6 +180,16 @@ impl Db {
             .collect())
     }
 
+    /// The user of token `token_id` of `org_id`, if there is such a token.
+    pub async fn pat_user(&self, org_id: Uuid, token_id: Uuid) -> DbResult<Option<Uuid>> {
+        use personal_access_token::Column as T;
+        Ok(personal_access_token::Entity::find_by_id(token_id)
+            .filter(T::OrganizationId.eq(org_id))
+            .one(&self.conn)
+            .await?
+            .map(|t| t.user_id))
+    }
+
     /// Revokes one of `user_id`'s tokens and writes `audit` in the same
     /// transaction. Revoking twice keeps the first time.
     pub async fn revoke_pat(

@@ -1,13 +1,16 @@
 //! Roles, disabling, deleting and passwords of users. Every change writes its
 //! audit row in the same transaction; disabling and deleting revoke the user's
-//! personal access tokens and browser sessions in that transaction too.
+//! personal access tokens and browser sessions in that transaction too, and set
+//! their running workspaces to stop (kept, volumes included; an owner or admin
+//! may start or delete them, and re-enabling does not restart them).
 //!
 //! An organisation always keeps one enabled owner: demoting, disabling or deleting
 //! the last one is refused (`failed_precondition` at the API), so nobody can lock
 //! an organisation out of its own user management.
 
 use lapdev_common::role::Role;
-use sea_orm::sea_query::Expr;
+use lapdev_common::status::DesiredState;
+use sea_orm::sea_query::{Condition, Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait,
     PaginatorTrait, QueryFilter,
@@ -16,7 +19,7 @@ use uuid::Uuid;
 
 use crate::audit::{NewAuditEntry, insert_audit};
 use crate::db::{Db, now};
-use crate::entities::{personal_access_token, user};
+use crate::entities::{kube_workspace, personal_access_token, user};
 use crate::error::{DbError, DbResult, EntityKind};
 use crate::org::{NewUser, User};
 use crate::util::tz;
@@ -26,11 +29,13 @@ use crate::util::tz;
 pub enum UserChange {
     /// Give them this role.
     SetRole(Role),
-    /// Refuse their tokens from now on (the row and their workspaces are kept).
+    /// Refuse their tokens and sessions from now on and stop their running
+    /// workspaces (the row, the workspaces and their volumes are kept).
     Disable,
     /// Allow them again (their revoked tokens stay revoked).
     Enable,
-    /// Soft-delete them.
+    /// Soft-delete them (their workspaces are stopped and kept, as for
+    /// [`UserChange::Disable`]).
     Delete,
 }
 
@@ -113,8 +118,18 @@ impl Db {
                 .exec(&txn)
                 .await?;
         }
+        let stopped = if matches!(change, UserChange::Disable | UserChange::Delete) {
+            stop_workspaces_of(&txn, org_id, user_id, at).await?
+        } else {
+            Vec::new()
+        };
         insert_audit(&txn, audit).await?;
         txn.commit().await?;
+        for id in stopped {
+            if let Ok(ws) = self.get_workspace(org_id, id).await {
+                self.publish_workspace(Some(ws.status), &ws, false);
+            }
+        }
         User::try_from(updated)
     }
 
@@ -176,6 +191,49 @@ impl Db {
             .ok_or_else(|| DbError::not_found(EntityKind::User, "owner"))?
             .try_into()
     }
+}
+
+/// Sets every live workspace of `user_id` that is desired `running` to
+/// `stopped` (volumes are kept; the reconciler stops the pods); returns their
+/// ids.
+async fn stop_workspaces_of(
+    txn: &DatabaseTransaction,
+    org_id: Uuid,
+    user_id: Uuid,
+    at: sea_orm::prelude::DateTimeWithTimeZone,
+) -> DbResult<Vec<Uuid>> {
+    use kube_workspace::Column as W;
+    let running = || {
+        Condition::all()
+            .add(W::OrganizationId.eq(org_id))
+            .add(W::OwnerId.eq(user_id))
+            .add(W::DeletedAt.is_null())
+            .add(W::DesiredState.eq(DesiredState::Running.as_str()))
+    };
+    let ids: Vec<Uuid> = kube_workspace::Entity::find()
+        .filter(running())
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    kube_workspace::Entity::update_many()
+        .col_expr(W::DesiredState, Expr::value(DesiredState::Stopped.as_str()))
+        .col_expr(W::RepairAttempts, Expr::value(0))
+        .col_expr(
+            W::NextAttemptAt,
+            Expr::value(Option::<sea_orm::prelude::DateTimeWithTimeZone>::None),
+        )
+        .col_expr(W::Version, Expr::col(W::Version).add(1))
+        .col_expr(W::UpdatedAt, Expr::value(at))
+        .filter(running())
+        .filter(W::Id.is_in(ids.clone()))
+        .exec(txn)
+        .await?;
+    Ok(ids)
 }
 
 async fn enabled_owners(txn: &DatabaseTransaction, org_id: Uuid) -> DbResult<u64> {

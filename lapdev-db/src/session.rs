@@ -68,6 +68,23 @@ pub struct VerifiedSession {
     pub organization_id: Uuid,
 }
 
+/// A browser session as listed: never the cookie value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrowserSession {
+    /// Primary key.
+    pub id: Uuid,
+    /// Its user.
+    pub user_id: Uuid,
+    /// When it was signed in.
+    pub created_at: DateTime<Utc>,
+    /// When it ends unless used before (moved forward on use).
+    pub idle_expires_at: DateTime<Utc>,
+    /// When it ends at the latest.
+    pub expires_at: DateTime<Utc>,
+    /// When it was revoked (signed out), if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
 /// Cookie values are 43 characters of unpadded base64url (32 random bytes).
 fn is_well_formed(secret: &str) -> bool {
     secret.len() == 43
@@ -212,6 +229,70 @@ impl Db {
         insert_audit(&txn, audit).await?;
         txn.commit().await?;
         Ok(n)
+    }
+}
+
+impl Db {
+    /// A user's sessions that have not ended (neither revoked nor expired),
+    /// newest first.
+    pub async fn list_sessions(
+        &self,
+        org_id: Uuid,
+        user_id: Uuid,
+    ) -> DbResult<Vec<BrowserSession>> {
+        use browser_session::Column as S;
+        use sea_orm::QueryOrder as _;
+        let at = tz(now());
+        Ok(browser_session::Entity::find()
+            .filter(S::OrganizationId.eq(org_id))
+            .filter(S::UserId.eq(user_id))
+            .filter(S::RevokedAt.is_null())
+            .filter(S::ExpiresAt.gt(at))
+            .filter(S::IdleExpiresAt.gt(at))
+            .order_by_desc(S::CreatedAt)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(|m| BrowserSession {
+                id: m.id,
+                user_id: m.user_id,
+                created_at: utc(m.created_at),
+                idle_expires_at: utc(m.idle_expires_at),
+                expires_at: utc(m.expires_at),
+                revoked_at: m.revoked_at.map(utc),
+            })
+            .collect())
+    }
+
+    /// Revokes the session `id` of `org_id` (of `user_id` only, when given) and
+    /// writes `audit` in the same transaction. Returns the session's user, or
+    /// `None` when there is no such session. Revoking twice keeps the first
+    /// time (and writes the audit row again).
+    pub async fn revoke_session_by_id(
+        &self,
+        org_id: Uuid,
+        user_id: Option<Uuid>,
+        id: Uuid,
+        audit: NewAuditEntry,
+    ) -> DbResult<Option<Uuid>> {
+        use browser_session::Column as S;
+        let txn = self.conn.begin().await?;
+        let mut find = browser_session::Entity::find_by_id(id).filter(S::OrganizationId.eq(org_id));
+        if let Some(user) = user_id {
+            find = find.filter(S::UserId.eq(user));
+        }
+        let Some(row) = find.one(&txn).await? else {
+            return Ok(None);
+        };
+        browser_session::Entity::update_many()
+            .col_expr(S::RevokedAt, Expr::value(Some(tz(now()))))
+            .filter(S::Id.eq(id))
+            .filter(S::RevokedAt.is_null())
+            .exec(&txn)
+            .await?;
+        insert_audit(&txn, audit).await?;
+        txn.commit().await?;
+        Ok(Some(row.user_id))
     }
 }
 

@@ -710,7 +710,12 @@ impl Db {
         Ok(())
     }
 
-    fn publish_workspace(&self, previous: Option<WorkspaceStatus>, ws: &Workspace, repair: bool) {
+    pub(crate) fn publish_workspace(
+        &self,
+        previous: Option<WorkspaceStatus>,
+        ws: &Workspace,
+        repair: bool,
+    ) {
         self.changes.publish(Change::Workspace(WorkspaceChange {
             organization_id: ws.organization_id,
             workspace_id: ws.id,

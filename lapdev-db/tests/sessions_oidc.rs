@@ -312,3 +312,91 @@ async fn audit_prune_postgres() {
 async fn audit_prune_sqlite() {
     prune(TestDatabase::sqlite().await).await;
 }
+
+/// OpenID Connect steps in flight: sealed, single-use, expiring, by kind.
+async fn oidc_pending(test: TestDatabase) {
+    use lapdev_db::OidcPendingKind::{CliCode, Login};
+    use lapdev_db::entities::oidc_pending;
+    let db = test.db();
+    let key = CredentialKey::generate().unwrap();
+    db.put_oidc_pending(&key, Login, "state-1", b"payload-1", Duration::minutes(10))
+        .await
+        .unwrap();
+    // Stored sealed: the plaintext is not in the row, nor the lookup value.
+    let row = oidc_pending::Entity::find()
+        .one(db.connection())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!row.sealed.windows(9).any(|w| w == b"payload-1"));
+    assert_ne!(row.lookup_hash, "state-1");
+    // Another kind under the same value finds nothing, and leaves it.
+    assert_eq!(
+        db.take_oidc_pending(&key, CliCode, "state-1")
+            .await
+            .unwrap(),
+        None
+    );
+    // Taken once; a replay finds nothing.
+    assert_eq!(
+        db.take_oidc_pending(&key, Login, "state-1").await.unwrap(),
+        Some(b"payload-1".to_vec())
+    );
+    assert_eq!(
+        db.take_oidc_pending(&key, Login, "state-1").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        db.take_oidc_pending(&key, Login, "unknown").await.unwrap(),
+        None
+    );
+    // Expired: never returned (and gone after the attempt).
+    db.put_oidc_pending(&key, CliCode, "code-1", b"x", Duration::minutes(2))
+        .await
+        .unwrap();
+    oidc_pending::Entity::update_many()
+        .col_expr(
+            oidc_pending::Column::ExpiresAt,
+            Expr::value((Utc::now() - Duration::seconds(1)).fixed_offset()),
+        )
+        .exec(db.connection())
+        .await
+        .unwrap();
+    assert_eq!(
+        db.take_oidc_pending(&key, CliCode, "code-1").await.unwrap(),
+        None
+    );
+    // Storing prunes expired rows.
+    db.put_oidc_pending(&key, Login, "old", b"x", Duration::minutes(2))
+        .await
+        .unwrap();
+    oidc_pending::Entity::update_many()
+        .col_expr(
+            oidc_pending::Column::ExpiresAt,
+            Expr::value((Utc::now() - Duration::seconds(1)).fixed_offset()),
+        )
+        .exec(db.connection())
+        .await
+        .unwrap();
+    db.put_oidc_pending(&key, Login, "new", b"y", Duration::minutes(2))
+        .await
+        .unwrap();
+    let left = oidc_pending::Entity::find()
+        .all(db.connection())
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    // Another server's key cannot open it: an error, not a silent success.
+    let other = CredentialKey::generate().unwrap();
+    assert!(db.take_oidc_pending(&other, Login, "new").await.is_err());
+}
+
+#[tokio::test]
+async fn oidc_pending_postgres() {
+    oidc_pending(TestDatabase::postgres().await).await;
+}
+
+#[tokio::test]
+async fn oidc_pending_sqlite() {
+    oidc_pending(TestDatabase::sqlite().await).await;
+}

@@ -20,6 +20,7 @@ pub mod oidc_login;
 pub mod people;
 pub mod placement;
 pub mod provider;
+pub mod sessions;
 pub mod settings;
 
 use crate::admin::api::{AdminRpcClient, ClusterView, CreatedCluster, CreatedToken, TokenView};
@@ -93,6 +94,9 @@ pub enum Command {
     /// Your personal access tokens.
     #[command(subcommand)]
     Token(people::PatCommand),
+    /// Your browser sessions and tokens: list them, revoke one.
+    #[command(subcommand)]
+    Session(sessions::SessionCommand),
     /// Users and their roles.
     #[command(subcommand)]
     User(people::UserCommand),
@@ -451,6 +455,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Whoami => people::whoami(&people_api(), out).await,
         Command::Token(cmd) => people::token(&people_api(), out, cmd).await,
         Command::User(cmd) => people::user(&people_api(), out, cmd).await,
+        Command::Session(cmd) => sessions::session(&people_api(), out, cmd).await,
         Command::Audit(cmd) => people::audit(&people_api(), out, cmd).await,
         Command::Oidc(cmd) => settings::oidc(&people_api(), out, cmd).await,
         Command::Org(cmd) => settings::org(&people_api(), out, cmd).await,

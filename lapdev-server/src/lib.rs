@@ -436,7 +436,8 @@ impl Server {
                 max_days: config.max_token_days,
             },
         )
-        .with_oidc(secrets.encryption_key.clone(), egress, &config.public_url());
+        .with_oidc(secrets.encryption_key.clone(), egress, &config.public_url())
+        .with_conductor(conductor.clone());
         let web = auth::web::WebState {
             people: people.clone(),
             oidc: auth::oidc::OidcLogins::new(

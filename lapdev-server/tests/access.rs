@@ -2,7 +2,8 @@
 //! WebSocket where a test drives a terminal) → the server on PostgreSQL → the
 //! real manager's stream routes (served in process through
 //! `InProcessStreams`, standing in for the tunnel's streams) → the Kubernetes
-//! API test double running the command as a local process.
+//! API test double running the command as a local process. Also: disabling a
+//! user, revoking a token or a browser session ends the sessions they opened.
 
 mod common;
 
@@ -13,13 +14,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{FakeManager, TestServer, dial, eventually, observation, sample_info};
 use futures::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::Pod;
+use lapdev_common::role::Role;
 use lapdev_common::status::{ClusterStatus, WorkspaceStatus};
 use lapdev_kube_double::{KubeDouble, NodeSpec};
 use lapdev_kube_manager::access::{Access, AccessSettings};
 use lapdev_kube_rpc::ManagerHealth;
 use lapdev_kube_rpc::stream::{Frame, FrameDecoder, TerminalSize};
 use lapdev_server::access::InProcessStreams;
+use lapdev_server::auth::api::{OrgSettingsView, PeopleRpcClient};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -36,6 +43,8 @@ struct Env {
     pod: String,
     tunnel: tokio::task::JoinHandle<()>,
     fake: Arc<FakeManager>,
+    /// The manager's side of the cluster API.
+    manager_api: lapdev_kube_rpc::KubeClusterRpcClient,
 }
 
 /// A running workspace `box` with its pod in the double (local exec on);
@@ -155,6 +164,7 @@ async fn env_with(tunnel: bool) -> Env {
         pod,
         tunnel,
         fake,
+        manager_api,
     }
 }
 
@@ -625,4 +635,309 @@ async fn through_the_real_tunnel_exec_and_port_forward_work_and_a_drop_ends_the_
     assert!(!out.status.success(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error:"), "{err}");
+}
+
+// ---- Revocation ends open sessions -------------------------------------------
+
+const ORIGIN: &str = "https://lapdev.example.com";
+
+fn people_api(t: &TestServer, token: &str) -> PeopleRpcClient {
+    PeopleRpcClient::new(
+        lapdev_hrpc::Client::http(&format!("{}/rpc", t.base()))
+            .unwrap()
+            .with_timeout(Duration::from_secs(20))
+            .with_header(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+            ),
+    )
+}
+
+/// Creates `name` with `role` and a password; returns a signed-in token.
+async fn user_with_token(t: &TestServer, name: &str, role: Role) -> String {
+    let owner = people_api(t, &t.admin_token);
+    owner
+        .create_user(name.into(), None, role, Some(format!("{name}-password")))
+        .await
+        .unwrap();
+    let anon =
+        PeopleRpcClient::new(lapdev_hrpc::Client::http(&format!("{}/rpc", t.base())).unwrap());
+    anon.sign_in(None, name.into(), format!("{name}-password"), None)
+        .await
+        .unwrap()
+        .token
+        .token_secret
+}
+
+/// `lapdev ARGS` as the holder of `token`.
+async fn lapdev_as(t: &TestServer, token: &str, args: &[&str]) -> std::process::Output {
+    lapdev_cmd(t, args)
+        .env("LAPDEV_TOKEN", token)
+        .output()
+        .await
+        .unwrap()
+}
+
+/// Opens `cat` in `box` and checks that it echoes.
+async fn live_cat(
+    request: http::Request<()>,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    ws.send(frame(Frame::Stdin(Bytes::from_static(b"ping"))))
+        .await
+        .unwrap();
+    let (out, last) = read_until(&mut ws, |o| o == b"ping").await;
+    assert_eq!((out.as_slice(), last), (&b"ping"[..], None));
+    ws
+}
+
+fn cat_request(t: &TestServer, token: &str) -> http::Request<()> {
+    let mut req = format!("ws://{}/api/v1/workspaces/box/exec?cmd=cat&stdin=1", t.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+/// The close frame's code and reason, waiting at most 60 s for it.
+async fn closed(
+    ws: &mut (
+             impl futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin
+         ),
+) -> (u16, String) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
+                Ok(Message::Close(None)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        panic!("the session ended without a close reason")
+    })
+    .await
+    .expect("the session ends at once")
+}
+
+async fn still_echoes(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) {
+    ws.send(frame(Frame::Stdin(Bytes::from_static(b"again"))))
+        .await
+        .unwrap();
+    let (out, last) = read_until(ws, |o| o == b"again").await;
+    assert_eq!((out.as_slice(), last), (&b"again"[..], None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_user_ends_their_sessions_and_stops_their_workspaces() {
+    let e = env().await;
+    let t = &e.t;
+    let owner = people_api(t, &t.admin_token);
+    owner
+        .set_org_settings(OrgSettingsView {
+            admins_may_open_shells: true,
+        })
+        .await
+        .unwrap();
+    let ada = user_with_token(t, "ada", Role::Admin).await;
+    let bob = user_with_token(t, "bob", Role::Member).await;
+    // Bob's own workspace, running on the cluster.
+    let out = lapdev_as(
+        t,
+        &bob,
+        &[
+            "workspace",
+            "create",
+            "bobs",
+            "--image",
+            "ubuntu",
+            "--cpu",
+            "100m",
+            "--memory",
+            "128Mi",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bobs: Uuid = v["id"].as_str().unwrap().parse().unwrap();
+    eventually("the manager got bob's create", || {
+        let fake = e.fake.clone();
+        async move { fake.has(bobs).is_some() }
+    })
+    .await;
+    e.manager_api
+        .report_workspace_status(observation(bobs, WorkspaceStatus::Running))
+        .await
+        .unwrap();
+
+    let mut ada_shell = live_cat(cat_request(t, &ada)).await;
+    let mut owner_shell = live_cat(cat_request(t, &t.admin_token)).await;
+    assert_eq!(t.server.state.auth.live.count(), 2);
+
+    let out = lapdev(t, &["user", "disable", "ada"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let (code, reason) = closed(&mut ada_shell).await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("disabled"), "{reason}");
+    // Only hers ended; her token is refused from now on.
+    still_echoes(&mut owner_shell).await;
+    match session(t, &ada, "box/exec?cmd=true").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("a disabled user opened a session: {:?}", other.map(|_| ())),
+    }
+
+    // Disabling bob stops his running workspace (kept), not the owner's.
+    let out = lapdev(t, &["user", "disable", "bob"]).await;
+    assert!(out.status.success(), "{out:?}");
+    eventually("bob's workspace stopped", || {
+        let fake = e.fake.clone();
+        async move { fake.has(bobs) == Some(WorkspaceStatus::Stopped) }
+    })
+    .await;
+    let got = lapdev(t, &["workspace", "get", "bobs", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(v["desired_state"], "stopped", "{v}");
+    let got = lapdev(t, &["workspace", "get", "box", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(v["desired_state"], "running", "{v}");
+    still_echoes(&mut owner_shell).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_token_or_browser_session_ends_only_the_sessions_it_opened() {
+    let e = env().await;
+    let t = &e.t;
+    people_api(t, &t.admin_token)
+        .set_org_settings(OrgSettingsView {
+            admins_may_open_shells: true,
+        })
+        .await
+        .unwrap();
+    let ada1 = user_with_token(t, "ada", Role::Admin).await;
+    let ada2 = people_api(t, &ada1)
+        .create_token("second".into(), None)
+        .await
+        .unwrap()
+        .token_secret;
+    let mut by_first = live_cat(cat_request(t, &ada1)).await;
+    let mut by_second = live_cat(cat_request(t, &ada2)).await;
+
+    // A browser session of ada's: the upgrade needs our Origin.
+    let client: HyperClient<HttpConnector, Full<Bytes>> =
+        HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let signed_in = client
+        .request(
+            http::Request::post(format!("{}/auth/session", t.base()))
+                .header("content-type", "application/json")
+                .header("origin", ORIGIN)
+                .header("x-lapdev-csrf", "1")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"user":"ada","password":"ada-password"}"#,
+                )))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 200);
+    let cookie = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("__Host-lapdev_session="))
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let browser_request = |origin: Option<&str>| {
+        let mut req = format!("ws://{}/api/v1/workspaces/box/exec?cmd=cat&stdin=1", t.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        req
+    };
+    match tokio_tungstenite::connect_async(browser_request(None)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("a cookie upgrade without Origin: {:?}", other.map(|_| ())),
+    }
+    let mut by_browser = live_cat(browser_request(Some(ORIGIN))).await;
+
+    // `lapdev session list` shows both kinds, which one holds what open.
+    let out = lapdev_as(t, &ada2, &["session", "list", "-o", "json"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sessions = list["sessions"].as_array().unwrap();
+    let browser = sessions
+        .iter()
+        .find(|s| s["kind"] == "browser")
+        .expect("the browser session is listed");
+    assert_eq!(browser["open_sessions"], 1, "{list}");
+    let tokens: Vec<_> = sessions.iter().filter(|s| s["kind"] == "token").collect();
+    assert_eq!(tokens.len(), 2, "{list}");
+    let current = tokens
+        .iter()
+        .find(|s| s["current"] == true)
+        .expect("this call's token");
+    assert_eq!(current["name"], "second");
+    assert!(current["last_used_at"].is_string(), "{list}");
+    let first = tokens.iter().find(|s| s["current"] == false).unwrap();
+    assert_eq!(first["open_sessions"], 1, "{list}");
+
+    // A member cannot see or revoke ada's.
+    let mel = user_with_token(t, "mel", Role::Member).await;
+    let out = lapdev_as(
+        t,
+        &mel,
+        &["session", "revoke", first["id"].as_str().unwrap()],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no session or token"),
+        "{out:?}"
+    );
+    let out = lapdev_as(t, &mel, &["session", "list", "--user", "ada"]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("owner"),
+        "{out:?}"
+    );
+
+    // Ada revokes her first token: only its session ends.
+    let out = lapdev_as(
+        t,
+        &ada2,
+        &["session", "revoke", first["id"].as_str().unwrap()],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let (code, reason) = closed(&mut by_first).await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("personal access token"), "{reason}");
+    still_echoes(&mut by_second).await;
+    still_echoes(&mut by_browser).await;
+
+    // The owner revokes ada's browser session: only its session ends.
+    let out = lapdev(t, &["session", "revoke", browser["id"].as_str().unwrap()]).await;
+    assert!(out.status.success(), "{out:?}");
+    let (code, reason) = closed(&mut by_browser).await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("browser session"), "{reason}");
+    still_echoes(&mut by_second).await;
+
+    // Both revocations are in the audit log.
+    let audit = lapdev(t, &["audit", "list", "-o", "json"]).await;
+    let text = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        text.contains("token.revoke") && text.contains("session.revoke"),
+        "{text}"
+    );
 }

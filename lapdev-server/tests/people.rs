@@ -54,6 +54,8 @@ const EXPECTED: &[(&str, &str)] = &[
     ("/PeopleRpc/create_token", "member"),
     ("/PeopleRpc/list_tokens", "member"),
     ("/PeopleRpc/revoke_token", "member"),
+    ("/PeopleRpc/list_sessions", "member"),
+    ("/PeopleRpc/revoke_session", "member"),
     ("/PeopleRpc/create_user", "owner"),
     ("/PeopleRpc/list_users", "admin"),
     ("/PeopleRpc/get_user", "admin"),

@@ -650,3 +650,33 @@ async fn admin_shell_setting_is_owner_only_and_off_by_default() {
         Some("admins_may_open_shells=true")
     );
 }
+
+#[tokio::test]
+async fn a_login_in_flight_survives_a_restart_and_stays_single_use() {
+    let (ts, _double) = configured().await;
+    let started = begin(&ts, "").await;
+    let old_base = ts.base();
+    // The login's state lives in the database, not in the stopped process.
+    let ts = ts
+        .restart_with(LimitsConfig {
+            allow_provider_test_endpoints: true,
+            ..Default::default()
+        })
+        .await;
+    let cb = Callback {
+        url: started.url.replacen(&old_base, &ts.base(), 1),
+        prelogin: started.prelogin,
+    };
+    let reply = finish(&cb).await;
+    let session = reply.cookie(SESSION).expect("signed in after the restart");
+    assert_eq!(
+        whoami_by_cookie(&ts, &session, true, Some(ORIGIN))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // Finishing it again is a replay: refused.
+    let replay = finish(&cb).await;
+    assert_eq!(replay.status, StatusCode::BAD_REQUEST, "{}", replay.body);
+    assert!(replay.body.contains("already used"), "{}", replay.body);
+}

@@ -8,6 +8,7 @@ pub mod k8s_provider;
 pub mod kube_cluster;
 pub mod kube_cluster_token;
 pub mod kube_workspace;
+pub mod oidc_pending;
 pub mod oidc_provider;
 pub mod organization;
 pub mod personal_access_token;

@@ -6,6 +6,7 @@ pub use super::k8s_provider::Entity as K8sProvider;
 pub use super::kube_cluster::Entity as KubeCluster;
 pub use super::kube_cluster_token::Entity as KubeClusterToken;
 pub use super::kube_workspace::Entity as KubeWorkspace;
+pub use super::oidc_pending::Entity as OidcPending;
 pub use super::oidc_provider::Entity as OidcProvider;
 pub use super::organization::Entity as Organization;
 pub use super::personal_access_token::Entity as PersonalAccessToken;

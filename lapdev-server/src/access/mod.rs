@@ -10,18 +10,28 @@
 //!   closes the WebSocket with code 1011 and the reason.
 //!
 //! Both need `authorization: Bearer <token>` (a personal access token or an
-//! admin JWT, verified by the authorization layer's [`AuthState::authenticate`]).
+//! admin JWT, verified by the authorization layer's [`AuthState::authenticate`]),
+//! or a browser session cookie on an upgrade carrying the server's own
+//! `Origin`. Every open session is registered in [`LiveSessions`] under its
+//! user and the credential that opened it, and ends at once, with the reason as
+//! its close reason (code 1008), when that user is disabled or deleted or that
+//! token or browser session is revoked.
 //! Who may open a session is decided in one place, [`may_open_session`]. Every
 //! refusal before the upgrade is an ordinary HRPC error response (JSON
 //! `{code, message}`); another organisation's workspace is `404`.
 //!
+//! - `live.rs`: [`LiveSessions`], the registry of open sessions and the one
+//!   revocation API ([`LiveSessions::revoke`]).
 //! - `opener.rs`: [`StreamOpener`], how a stream reaches a manager.
 //! - `session.rs`: the bridge, its end conditions (workspace stopped, cluster
-//!   token revoked or cluster deleted, tunnel dropped), audit and metrics.
+//!   token revoked or cluster deleted, tunnel dropped, the caller's authority
+//!   revoked), audit and metrics.
 
+mod live;
 mod opener;
 mod session;
 
+pub use live::{Credential, LiveSession, LiveSessions, Revocation};
 pub use opener::{InProcessStreams, OpenFuture, StreamOpenError, StreamOpener, TunnelStreams};
 pub use session::SessionKind;
 
@@ -47,6 +57,7 @@ use uuid::Uuid;
 
 use crate::auth::layer::bearer;
 use crate::auth::shell_access::{Decision, session_access_allowed};
+use crate::auth::web_policy::cookie;
 use crate::auth::{AuthState, Caller};
 
 /// What the endpoints need.
@@ -100,16 +111,54 @@ pub async fn may_open_session(
     ))
 }
 
-/// The caller, the workspace, its cluster: everything checked before a stream
-/// is opened.
+/// Who is calling, with their session registered in [`LiveSessions`] under
+/// the credential they used. The registration comes before the final check:
+/// when the authorization cache moved (something was revoked or changed) while
+/// the caller was checked, the check runs again with the session registered,
+/// so a revocation either refuses this session or finds it in the registry.
+async fn authenticate(
+    state: &AccessState,
+    headers: &http::HeaderMap,
+) -> Result<(Caller, LiveSession), HrpcError> {
+    let generation = state.auth.cache.generation();
+    let caller = check_credential(state, headers).await?;
+    let live = state.auth.live.open(caller.user_id, caller.credential);
+    if state.auth.cache.generation() == generation {
+        return Ok((caller, live));
+    }
+    let caller = check_credential(state, headers).await?;
+    Ok((caller, live))
+}
+
+/// A bearer token (personal access token or legacy JWT), or a browser session
+/// cookie on an upgrade that carries the server's own `Origin` (a WebSocket
+/// cannot carry the CSRF header; browsers always send `Origin`).
+async fn check_credential(
+    state: &AccessState,
+    headers: &http::HeaderMap,
+) -> Result<Caller, HrpcError> {
+    if let Some(token) = bearer(headers) {
+        return state.auth.authenticate(token).await;
+    }
+    if let Some(web) = state.auth.web_policy()
+        && let Some(secret) = cookie(headers, web.session_cookie())
+    {
+        web.check_session_upgrade(headers)?;
+        return state.auth.authenticate_session(secret).await;
+    }
+    Err(HrpcError::unauthenticated(
+        "no bearer token or session; run `lapdev login`",
+    ))
+}
+
+/// The caller, their registered session, the workspace, its cluster:
+/// everything checked before a stream is opened.
 async fn admit(
     state: &AccessState,
     headers: &http::HeaderMap,
     workspace: &str,
-) -> Result<(Caller, Workspace, Uuid), HrpcError> {
-    let token = bearer(headers)
-        .ok_or_else(|| HrpcError::unauthenticated("no bearer token; run `lapdev login`"))?;
-    let caller = state.auth.authenticate(token).await?;
+) -> Result<(Caller, LiveSession, Workspace, Uuid), HrpcError> {
+    let (caller, live) = authenticate(state, headers).await?;
     let found = match workspace.parse::<Uuid>() {
         Ok(id) => state.db.get_workspace(caller.organization_id, id).await,
         Err(_) => {
@@ -179,7 +228,7 @@ async fn admit(
     let cluster = ws.cluster_id.ok_or_else(|| {
         HrpcError::failed_precondition(format!("workspace {name} is not placed on a cluster"))
     })?;
-    Ok((caller, ws, cluster))
+    Ok((caller, live, ws, cluster))
 }
 
 fn flag(v: &str) -> bool {
@@ -230,7 +279,7 @@ async fn exec(
 ) -> Response {
     let result = async {
         let upgrade = upgrade.map_err(|e| HrpcError::invalid_argument(e.body_text()))?;
-        let (caller, ws, cluster) = admit(&state, &headers, &workspace).await?;
+        let (caller, live, ws, cluster) = admit(&state, &headers, &workspace).await?;
         let req = exec_request(ws.id, query.as_deref().unwrap_or(""))?;
         let first_word = req.command[0].clone();
         let header = serde_json::to_string(&req).map_err(|e| HrpcError::internal(e.to_string()))?;
@@ -241,7 +290,7 @@ async fn exec(
             cluster,
             detail: first_word_only(&first_word),
         };
-        session::start(&state, open, EXEC_PATH, header, upgrade).await
+        session::start(&state, open, live, EXEC_PATH, header, upgrade).await
     }
     .await;
     result.unwrap_or_else(|e| {
@@ -274,7 +323,7 @@ async fn portforward(
         let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
             HrpcError::invalid_argument(format!("port must be 1–65535, not {port:?}"))
         })?;
-        let (caller, ws, cluster) = admit(&state, &headers, &workspace).await?;
+        let (caller, live, ws, cluster) = admit(&state, &headers, &workspace).await?;
         let header = serde_json::to_string(&PortForwardRequest {
             workspace_id: ws.id,
             port,
@@ -287,7 +336,7 @@ async fn portforward(
             cluster,
             detail: format!("port {port}"),
         };
-        session::start(&state, open, PORTFORWARD_PATH, header, upgrade).await
+        session::start(&state, open, live, PORTFORWARD_PATH, header, upgrade).await
     }
     .await;
     result.unwrap_or_else(|e| {

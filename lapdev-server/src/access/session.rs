@@ -1,7 +1,9 @@
 //! One session: the CLI's WebSocket bridged to a manager stream, ended when
 //! either side ends, the workspace stops or is deleted, the cluster's token is
-//! revoked or the cluster deleted, or the stream to the manager fails (the
-//! tunnel dropped). Each session is logged, audited (who, workspace, kind, the
+//! revoked or the cluster deleted, the stream to the manager fails (the
+//! tunnel dropped), or the caller's authority is revoked (user disabled or
+//! deleted, the token or browser session that opened it revoked; close code
+//! 1008 with the reason). Each session is logged, audited (who, workspace, kind, the
 //! command's first word or the port, start, end, bytes each way) and counted.
 //!
 //! Metrics (labels from closed sets): `lapdev_sessions_total{kind, outcome}`
@@ -22,7 +24,7 @@ use lapdev_hrpc::HrpcError;
 use lapdev_kube_rpc::stream::STREAM_ERROR_TRAILER;
 use uuid::Uuid;
 
-use super::AccessState;
+use super::{AccessState, LiveSession};
 use crate::auth::Caller;
 
 /// What a session is.
@@ -70,6 +72,7 @@ pub(super) fn refused(kind: SessionKind) {
 pub(super) async fn start(
     state: &AccessState,
     open: Open,
+    live: LiveSession,
     path: &str,
     header: String,
     upgrade: WebSocketUpgrade,
@@ -85,13 +88,15 @@ pub(super) async fn start(
     Ok(upgrade
         .max_message_size(1 << 20)
         .on_upgrade(move |socket| async move {
+            let mut live = live;
             let started = Utc::now();
             tracing::info!(
                 kind = kind.as_str(), user = %open.caller.name, workspace = %open.workspace.name,
                 detail = %open.detail, "session open"
             );
             metrics::gauge!("lapdev_sessions_open", "kind" => kind.as_str()).increment(1);
-            let ended = bridge(socket, to_manager, from_manager, changes, &open).await;
+            let ended = bridge(socket, to_manager, from_manager, changes, &mut live, &open).await;
+            drop(live);
             metrics::gauge!("lapdev_sessions_open", "kind" => kind.as_str()).decrement(1);
             metrics::counter!("lapdev_sessions_total", "kind" => kind.as_str(), "outcome" => "ended")
                 .increment(1);
@@ -157,6 +162,7 @@ async fn bridge(
     mut to_manager: futures::channel::mpsc::Sender<Bytes>,
     mut from_manager: Body,
     mut changes: tokio::sync::broadcast::Receiver<Change>,
+    live: &mut LiveSession,
     open: &Open,
 ) -> Ended {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -240,6 +246,7 @@ async fn bridge(
             (code, reason) = &mut download => (code, reason, code == 1000),
             why = upload => (1000, why, true),
             why = stop => (1001, why, false),
+            why = live.revoked() => (1008, why.to_owned(), false),
         }
     };
     let mut ended = Ended {

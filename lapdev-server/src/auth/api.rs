@@ -39,6 +39,48 @@ pub struct CreatedPatView {
     pub token_secret: String,
 }
 
+/// What kind of credential a [`SessionView`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionKindView {
+    /// A browser session (cookie).
+    Browser,
+    /// A personal access token (CLI, scripts).
+    Token,
+}
+
+/// One browser session or personal access token of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    /// Pass it to `revoke_session`.
+    pub id: Uuid,
+    pub kind: SessionKindView,
+    /// The token's name (browser sessions have none).
+    pub name: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// When a token was last presented (recorded when the server's short
+    /// authorization cache misses, so within about 10 s).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When a browser session ends unless used before.
+    pub idle_expires_at: Option<DateTime<Utc>>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// The credential of this very call.
+    pub current: bool,
+    /// Shell, exec and port-forward sessions it holds open on this server.
+    pub open_sessions: u32,
+}
+
+/// A user's sessions and tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionList {
+    /// Whose they are.
+    pub user: String,
+    /// Live browser sessions, then every token (revoked and expired ones too),
+    /// newest first within each kind.
+    pub sessions: Vec<SessionView>,
+}
+
 /// What a successful sign-in returns: a new token for the signed-in user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedIn {
@@ -158,6 +200,22 @@ pub trait PeopleRpc {
     #[hrpc(role = "member")]
     async fn revoke_token(&self, ctx: Context, token_id: Uuid) -> Result<(), HrpcError>;
 
+    /// The caller's live browser sessions and their tokens with their last use;
+    /// an owner may name another user of the organisation.
+    #[hrpc(role = "member")]
+    async fn list_sessions(
+        &self,
+        ctx: Context,
+        user: Option<String>,
+    ) -> Result<SessionList, HrpcError>;
+
+    /// Revokes a browser session or a personal access token by id: the
+    /// caller's own, or (owners) anyone's in the organisation. It is refused
+    /// from the next call on and the shell, exec and port-forward sessions it
+    /// opened end at once. Audited.
+    #[hrpc(role = "member")]
+    async fn revoke_session(&self, ctx: Context, id: Uuid) -> Result<(), HrpcError>;
+
     /// Creates a user with a role and, optionally, a password.
     #[hrpc(role = "owner")]
     async fn create_user(
@@ -186,8 +244,10 @@ pub trait PeopleRpc {
         role: Role,
     ) -> Result<UserView, HrpcError>;
 
-    /// Disables (revoking every token at once) or re-enables a user. Their
-    /// workspaces are kept as they are.
+    /// Disables or re-enables a user. Disabling revokes their tokens and
+    /// browser sessions at once, ends their open shell, exec and port-forward
+    /// sessions, and stops their running workspaces (kept with their volumes;
+    /// re-enabling does not start them again).
     #[hrpc(role = "owner")]
     async fn set_user_disabled(
         &self,
@@ -205,7 +265,8 @@ pub trait PeopleRpc {
         password: String,
     ) -> Result<(), HrpcError>;
 
-    /// Deletes a user (soft) and revokes their tokens; workspaces are kept.
+    /// Deletes a user (soft): as disabling, then the user is gone; their
+    /// workspaces are kept, stopped, for an owner or admin to delete.
     #[hrpc(role = "owner")]
     async fn delete_user(&self, ctx: Context, name: String) -> Result<(), HrpcError>;
 

@@ -34,6 +34,7 @@ use sha2::{Digest as _, Sha256};
 use super::audit::record_in_background;
 use super::principal::{AuthCache, Caller};
 use super::web_policy::{WebPolicy, cookie};
+use crate::access::{Credential, LiveSessions, Revocation};
 use crate::admin::api::AdminRpcClient;
 use crate::admin::providers::ProviderRpcClient;
 use crate::admin::workspaces::WorkspaceRpcClient;
@@ -93,6 +94,8 @@ pub struct AuthState {
     pub jwt: JwtKeys,
     /// Verified tokens and users.
     pub cache: Arc<AuthCache>,
+    /// Open shell, exec and port-forward sessions, ended on revocation.
+    pub live: LiveSessions,
     trusted_proxies: Arc<Vec<IpAddr>>,
     web: Option<Arc<WebPolicy>>,
     methods: Arc<HashMap<&'static str, Option<&'static str>>>,
@@ -122,6 +125,7 @@ impl AuthState {
             db,
             jwt,
             cache: Arc::new(AuthCache::default()),
+            live: LiveSessions::default(),
             trusted_proxies: Arc::new(Vec::new()),
             web: None,
             methods: Arc::new(methods),
@@ -147,6 +151,16 @@ impl AuthState {
         Some(client_ip(peer, forwarded, &self.trusted_proxies).to_string())
     }
 
+    /// Authority was taken away (the database has committed it): forgets every
+    /// cached token and user, so the very next call is checked afresh, then
+    /// ends the open shell, exec and port-forward sessions `revocation` covers.
+    /// The one call every revocation makes; a replica told of a revocation by
+    /// another makes the same call.
+    pub fn revoked(&self, revocation: Revocation) {
+        self.cache.clear();
+        self.live.revoke(revocation);
+    }
+
     /// The browser rules, when sessions are accepted.
     pub fn web_policy(&self) -> Option<&WebPolicy> {
         self.web.as_deref()
@@ -165,12 +179,17 @@ impl AuthState {
                 DbError::InvalidToken(r) => HrpcError::unauthenticated(format!("session {r}")),
                 other => db_error(other),
             })?;
-        self.caller_for(s.user_id, s.organization_id, None).await
+        self.caller_for(
+            s.user_id,
+            s.organization_id,
+            Credential::BrowserSession(s.session_id),
+        )
+        .await
     }
 
     /// Who presents `token`, with their role as of now.
     pub async fn authenticate(&self, token: &str) -> Result<Caller, HrpcError> {
-        let (user_id, organization_id, token_id) = if token.starts_with(PAT_PREFIX) {
+        let (user_id, organization_id, credential) = if token.starts_with(PAT_PREFIX) {
             let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
             let pat = match self.cache.pat(&key) {
                 Some(p) => p,
@@ -186,22 +205,26 @@ impl AuthState {
                     p
                 }
             };
-            (pat.user_id, pat.organization_id, Some(pat.token_id))
+            (
+                pat.user_id,
+                pat.organization_id,
+                Credential::Pat(pat.token_id),
+            )
         } else {
             let id = self
                 .jwt
                 .verify(token)
                 .map_err(|e| HrpcError::unauthenticated(e.to_string()))?;
-            (id.user_id, id.organization_id, None)
+            (id.user_id, id.organization_id, Credential::Jwt)
         };
-        self.caller_for(user_id, organization_id, token_id).await
+        self.caller_for(user_id, organization_id, credential).await
     }
 
     async fn caller_for(
         &self,
         user_id: uuid::Uuid,
         organization_id: uuid::Uuid,
-        token_id: Option<uuid::Uuid>,
+        credential: Credential,
     ) -> Result<Caller, HrpcError> {
         let user = match self.cache.user(user_id) {
             Some(u) => u,
@@ -229,7 +252,7 @@ impl AuthState {
             name: user.name,
             organization_id,
             role: user.role,
-            token_id,
+            credential,
         })
     }
 }

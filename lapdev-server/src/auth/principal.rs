@@ -3,8 +3,10 @@
 //! few seconds so a busy client costs no database read per call.
 //!
 //! Every change that could take authority away (token revoked, user disabled,
-//! deleted or demoted) calls [`AuthCache::clear`], so the very next call is
-//! checked against the database again.
+//! deleted or demoted) calls [`AuthCache::clear`] (revocations through
+//! [`AuthState::revoked`](super::AuthState::revoked), which also ends the open
+//! sessions they cover), so the very next call is checked against the database
+//! again.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use lapdev_common::role::Role;
 use lapdev_db::{User, VerifiedPat};
+
+pub use crate::access::Credential;
 use uuid::Uuid;
 
 /// How long a verified token or a looked-up user is trusted without asking the
@@ -31,8 +35,9 @@ pub struct Caller {
     pub organization_id: Uuid,
     /// Their role, as of this request.
     pub role: Role,
-    /// The personal access token used, if one was.
-    pub token_id: Option<Uuid>,
+    /// What authenticated this request (the token or browser session), so
+    /// sessions it opens end when it is revoked.
+    pub credential: Credential,
 }
 
 impl Caller {

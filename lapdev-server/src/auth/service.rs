@@ -21,13 +21,15 @@ use uuid::Uuid;
 
 use super::api::{
     AuditFilter, AuditPage, AuditView, CreatedPatView, OidcProviderSettings, OidcProviderView,
-    OrgSettingsView, PatView, PeopleRpc, SignedIn, UserView,
+    OrgSettingsView, PatView, PeopleRpc, SessionKindView, SessionList, SessionView, SignedIn,
+    UserView,
 };
 use super::audit::record_now;
 use super::layer::{AuthState, source_addr};
 use super::oidc::http::{Egress, check_url};
 use super::password::{Passwords, SlowDown};
-use super::principal::Caller;
+use super::principal::{Caller, Credential};
+use crate::access::Revocation;
 
 /// Audit rows for failed sign-ins, at most, per minute.
 pub const FAILED_SIGN_IN_AUDITS_PER_MINUTE: u32 = 60;
@@ -53,6 +55,7 @@ pub struct PeopleService {
     credential_key: Option<CredentialKey>,
     egress: Egress,
     public_url: String,
+    conductor: Option<lapdev_conductor::Conductor>,
 }
 
 impl std::fmt::Debug for PeopleService {
@@ -135,7 +138,15 @@ impl PeopleService {
             credential_key: None,
             egress: Egress::HttpsOnly,
             public_url: String::new(),
+            conductor: None,
         }
+    }
+
+    /// The conductor to wake when a disabled or deleted user's workspaces were
+    /// set to stop.
+    pub fn with_conductor(mut self, conductor: lapdev_conductor::Conductor) -> Self {
+        self.conductor = Some(conductor);
+        self
     }
 
     /// What the OpenID Connect settings need: the key that seals the client
@@ -203,7 +214,22 @@ impl PeopleService {
             .change_user(who.organization_id, user.id, change, entry)
             .await
             .map_err(people_error)?;
-        self.auth.cache.clear();
+        match change {
+            UserChange::Disable => self
+                .auth
+                .revoked(Revocation::UserDisabled { user_id: user.id }),
+            UserChange::Delete => self
+                .auth
+                .revoked(Revocation::UserDeleted { user_id: user.id }),
+            UserChange::SetRole(_) | UserChange::Enable => self.auth.cache.clear(),
+        }
+        if matches!(change, UserChange::Disable | UserChange::Delete) {
+            // Their workspaces were set to stop in the same transaction; the
+            // reconciler acts on it now rather than at its next round.
+            if let Some(conductor) = &self.conductor {
+                conductor.wake();
+            }
+        }
         Ok(user_view(changed))
     }
 
@@ -447,8 +473,126 @@ impl PeopleRpc for PeopleService {
             )
             .await
             .map_err(people_error)?;
-        self.auth.cache.clear();
+        self.auth.revoked(Revocation::PatRevoked {
+            user_id: who.user_id,
+            token_id,
+        });
         Ok(())
+    }
+
+    async fn list_sessions(
+        &self,
+        ctx: Context,
+        user: Option<String>,
+    ) -> Result<SessionList, HrpcError> {
+        let who = caller(&ctx)?;
+        let user = match user {
+            Some(name) if name != who.name => {
+                // Checked before the lookup, so a member learns nothing about
+                // which names exist.
+                if who.role != Role::Owner {
+                    return Err(HrpcError::permission_denied(
+                        "listing another user's sessions needs the owner role",
+                    )
+                    .with_details(serde_json::json!({ "required_role": Role::Owner })));
+                }
+                self.user_named(&who, &name).await?
+            }
+            _ => self
+                .db
+                .get_user(who.organization_id, who.user_id)
+                .await
+                .map_err(db_error)?,
+        };
+        let browser = self
+            .db
+            .list_sessions(who.organization_id, user.id)
+            .await
+            .map_err(db_error)?;
+        let tokens = self
+            .db
+            .list_pats(who.organization_id, user.id)
+            .await
+            .map_err(db_error)?;
+        let live = &self.auth.live;
+        let open = |c: Credential| u32::try_from(live.count_of(user.id, c)).unwrap_or(u32::MAX);
+        let mut sessions: Vec<SessionView> = browser
+            .into_iter()
+            .map(|b| SessionView {
+                id: b.id,
+                kind: SessionKindView::Browser,
+                name: None,
+                created_at: b.created_at,
+                last_used_at: None,
+                idle_expires_at: Some(b.idle_expires_at),
+                expires_at: b.expires_at,
+                revoked_at: b.revoked_at,
+                current: who.credential == Credential::BrowserSession(b.id),
+                open_sessions: open(Credential::BrowserSession(b.id)),
+            })
+            .collect();
+        sessions.extend(tokens.into_iter().map(|t| SessionView {
+            id: t.id,
+            kind: SessionKindView::Token,
+            current: who.credential == Credential::Pat(t.id),
+            open_sessions: open(Credential::Pat(t.id)),
+            name: Some(t.name),
+            created_at: t.created_at,
+            last_used_at: t.last_used_at,
+            idle_expires_at: None,
+            expires_at: t.expires_at,
+            revoked_at: t.revoked_at,
+        }));
+        Ok(SessionList {
+            user: user.name,
+            sessions,
+        })
+    }
+
+    async fn revoke_session(&self, ctx: Context, id: Uuid) -> Result<(), HrpcError> {
+        let who = caller(&ctx)?;
+        let org = who.organization_id;
+        // Owners may revoke anyone's; everybody else only their own, and
+        // another user's id is `not_found`, as if it did not exist.
+        let only = (who.role != Role::Owner).then_some(who.user_id);
+        let entry = |action: &str, kind: &str| NewAuditEntry {
+            detail: Some(kind.to_owned()),
+            ..audit(&ctx, &who, action, Some(id.to_string()))
+        };
+        let session = self
+            .db
+            .revoke_session_by_id(org, only, id, entry("session.revoke", "browser session"))
+            .await
+            .map_err(db_error)?;
+        if let Some(user_id) = session {
+            self.auth.revoked(Revocation::BrowserSessionRevoked {
+                user_id,
+                session_id: id,
+            });
+            return Ok(());
+        }
+        match self.db.pat_user(org, id).await.map_err(db_error)? {
+            Some(user_id) if only.is_none_or(|me| me == user_id) => {
+                self.db
+                    .revoke_pat(
+                        org,
+                        user_id,
+                        id,
+                        entry("token.revoke", "personal access token"),
+                    )
+                    .await
+                    .map_err(people_error)?;
+                self.auth.revoked(Revocation::PatRevoked {
+                    user_id,
+                    token_id: id,
+                });
+                Ok(())
+            }
+            _ => Err(HrpcError::not_found(format!(
+                "no session or token {id}; see `lapdev session list`"
+            ))
+            .with_details(serde_json::json!({"field": "id"}))),
+        }
     }
 
     async fn create_user(

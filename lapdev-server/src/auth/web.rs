@@ -33,6 +33,7 @@ use super::layer::AuthState;
 use super::oidc::{CliRequest, OidcLogins};
 use super::service::{PeopleService, user_view};
 use super::web_policy::{PRELOGIN_TTL_SECS, WebPolicy, cookie};
+use crate::access::{Credential, Revocation};
 
 /// What the endpoints need.
 #[derive(Clone, Debug)]
@@ -167,6 +168,12 @@ async fn logout(State(s): State<WebState>, request: Request) -> Response {
     if let Err(e) = s.people.db().revoke_session(secret, entry).await {
         return lapdev_kube::db_error(e).into_response();
     }
+    if let Credential::BrowserSession(session_id) = caller.credential {
+        s.auth.revoked(Revocation::BrowserSessionRevoked {
+            user_id: caller.user_id,
+            session_id,
+        });
+    }
     (
         StatusCode::NO_CONTENT,
         [(
@@ -290,7 +297,10 @@ async fn oidc_callback(
     };
     let clear_prelogin = s.policy.set_cookie(s.policy.prelogin_cookie(), "", 0);
     if let Some(cli) = signed_in.cli {
-        let code = s.oidc.grant(signed_in.user, cli.challenge);
+        let code = match s.oidc.grant(&signed_in.user, cli.challenge).await {
+            Ok(code) => code,
+            Err(e) => return refusal(e.status(), e),
+        };
         let to = format!("http://127.0.0.1:{}/callback?code={code}", cli.port);
         return (
             StatusCode::SEE_OTHER,
@@ -347,7 +357,7 @@ async fn cli_exchange(State(s): State<WebState>, request: Request) -> Response {
         Ok(f) => f,
         Err(e) => return HrpcError::invalid_argument(e.to_string()).into_response(),
     };
-    let user = match s.oidc.redeem(&form.code, &form.code_verifier) {
+    let user = match s.oidc.redeem(&form.code, &form.code_verifier).await {
         Ok(u) => u,
         Err(e) => return refusal(e.status(), e),
     };

@@ -118,6 +118,21 @@ impl WebPolicy {
             )),
         }
     }
+
+    /// Checks a WebSocket upgrade authenticated by the session cookie: it must
+    /// carry the public `Origin` (a WebSocket cannot carry [`CSRF_HEADER`];
+    /// browsers always send `Origin`, so its absence means no browser sent it).
+    pub fn check_session_upgrade(&self, headers: &HeaderMap) -> Result<(), HrpcError> {
+        match headers.get(ORIGIN) {
+            Some(o) if o.as_bytes() == self.origin.as_bytes() => Ok(()),
+            Some(_) => Err(HrpcError::permission_denied(
+                "WebSocket upgrades from another origin are refused",
+            )),
+            None => Err(HrpcError::permission_denied(
+                "a WebSocket signed in by cookie must carry an Origin header",
+            )),
+        }
+    }
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -196,6 +211,20 @@ mod tests {
         );
         assert!(
             p.check_upgrade_origin(&headers(&[("origin", "http://evil.example")]))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn cookie_upgrades_need_our_origin() {
+        let p = WebPolicy::new("http://127.0.0.1:8080", SessionLifetime::default());
+        assert!(p.check_session_upgrade(&HeaderMap::new()).is_err());
+        assert!(
+            p.check_session_upgrade(&headers(&[("origin", "http://127.0.0.1:8080")]))
+                .is_ok()
+        );
+        assert!(
+            p.check_session_upgrade(&headers(&[("origin", "http://evil.example")]))
                 .is_err()
         );
     }

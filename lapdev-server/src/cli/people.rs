@@ -73,8 +73,10 @@ pub enum UserCommand {
         /// `owner`, `admin` or `member`.
         role: Role,
     },
-    /// Disable a user: every token of theirs is refused at once; their
-    /// workspaces are kept.
+    /// Disable a user. At once: their tokens and browser sessions are revoked
+    /// and their open shells, exec and port-forward sessions end. Their
+    /// running workspaces are stopped and kept with their volumes (an owner or
+    /// admin may start or delete them; `enable` does not start them again).
     Disable {
         /// User name.
         name: String,
@@ -84,7 +86,8 @@ pub enum UserCommand {
         /// User name.
         name: String,
     },
-    /// Delete a user (their tokens are revoked, their workspaces kept).
+    /// Delete a user: as `disable`, then the user is gone; their workspaces
+    /// are kept, stopped, for an owner or admin to delete.
     Delete {
         /// User name.
         name: String,

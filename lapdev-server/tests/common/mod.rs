@@ -122,6 +122,24 @@ impl TestServer {
         Self::from(server, data_dir, None)
     }
 
+    /// Stops this server and starts another on the same data directory and
+    /// database (a restart), on a new port; the owner's token stays valid.
+    pub async fn restart_with(self, limits: lapdev_server::config::LimitsConfig) -> TestServer {
+        self.server.shutdown();
+        let _ = self.server.wait().await;
+        let url = self.database.as_ref().map(|d| d.url().to_owned());
+        let server = Server::start_with(config(self.data_dir.path().join("data"), url), limits)
+            .await
+            .unwrap();
+        TestServer {
+            addr: server.local_addr,
+            server,
+            admin_token: self.admin_token,
+            data_dir: self.data_dir,
+            database: self.database,
+        }
+    }
+
     fn from(server: Server, data_dir: tempfile::TempDir, database: Option<TestDatabase>) -> Self {
         let admin_token = server
             .first_admin_token

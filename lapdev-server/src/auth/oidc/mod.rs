@@ -3,13 +3,16 @@
 //!
 //! A login, step by step:
 //! 1. `GET /auth/oidc/start` ([`OidcLogins::start`]): discovery (egress rules),
-//!    a fresh `state`, `nonce` and PKCE verifier, kept in memory under the
-//!    state together with the SHA-256 of a random pre-login cookie the browser
+//!    a fresh `state`, `nonce` and PKCE verifier, stored in the database under
+//!    the state's SHA-256 (sealed, expiring; `lapdev_db` `oidc_pending.rs`)
+//!    together with the SHA-256 of a random pre-login cookie the browser
 //!    receives. The browser goes to the provider.
 //! 2. `GET /auth/oidc/callback` ([`OidcLogins::finish`]): the state is taken
-//!    out (so a replay finds nothing), the pre-login cookie must match, the code
-//!    is exchanged with the PKCE verifier, the ID token's signature (JWKS),
-//!    issuer, audience, expiry and nonce are verified by `openidconnect`.
+//!    out (deleted, so a replay finds nothing), the provider must still be the
+//!    one the login started with, the pre-login cookie must match, discovery is
+//!    read again, the code is exchanged with the PKCE verifier, the ID token's
+//!    signature (JWKS), issuer, audience, expiry and nonce are verified by
+//!    `openidconnect`.
 //! 3. The account: a user already linked to (issuer, subject) is that user,
 //!    whatever email the token now carries (an email is used only for the
 //!    first link). Otherwise the email must be present, verified by the
@@ -19,33 +22,32 @@
 //!    code on its loopback redirect, which it exchanges for a personal access
 //!    token by POST with its own PKCE verifier ([`OidcLogins::redeem`]).
 //!
-//! Pending logins and one-time codes live in this process's memory (one server
-//! replica per login; a restart forgets logins in flight).
+//! Pending logins and one-time codes live in the database, so a login survives
+//! a restart and any replica may finish it; each is single-use and expires.
 
 pub mod http;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use lapdev_db::{CredentialKey, Db, DbError, NewAuditEntry, NewUser, OidcProvider, User};
+use lapdev_db::{
+    CredentialKey, Db, DbError, NewAuditEntry, NewUser, OidcPendingKind, OidcProvider, User,
+};
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge,
     PkceCodeVerifier, RedirectUrl, Scope,
 };
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use uuid::Uuid;
 
 use self::http::{EgressClient, EgressError};
 use super::web_policy::PRELOGIN_TTL_SECS;
 
 /// How long a CLI's one-time code may wait to be redeemed.
 pub const CLI_CODE_TTL: Duration = Duration::from_secs(120);
-
-/// Logins in flight at most (older ones are dropped first).
-const MAX_PENDING: usize = 10_000;
 
 /// The CLI's part of a login: where to send the one-time code and the
 /// challenge of the verifier it will redeem it with (S256).
@@ -130,20 +132,25 @@ impl LoginError {
     }
 }
 
-struct Pending {
-    prelogin_hash: [u8; 32],
+/// A login between start and callback, as stored (sealed).
+#[derive(Serialize, Deserialize)]
+struct PendingLogin {
+    /// Hex SHA-256 of the pre-login cookie.
+    prelogin_hash: String,
     nonce: String,
     pkce_verifier: String,
-    cli: Option<CliRequest>,
-    provider: OidcProvider,
-    metadata: CoreProviderMetadata,
-    created: Instant,
+    cli_port: Option<u16>,
+    cli_challenge: Option<String>,
+    /// The provider the login started with.
+    issuer: String,
 }
 
-struct Grant {
-    user: User,
+/// A CLI's one-time code, as stored (sealed).
+#[derive(Serialize, Deserialize)]
+struct PendingCode {
+    user_id: Uuid,
+    organization_id: Uuid,
     challenge: String,
-    created: Instant,
 }
 
 /// A started login: where to send the browser and the pre-login cookie value.
@@ -171,8 +178,6 @@ pub struct OidcLogins {
     key: CredentialKey,
     http: EgressClient,
     redirect_url: String,
-    pending: Arc<Mutex<HashMap<String, Pending>>>,
-    grants: Arc<Mutex<HashMap<[u8; 32], Grant>>>,
 }
 
 impl std::fmt::Debug for OidcLogins {
@@ -220,8 +225,6 @@ impl OidcLogins {
             key,
             http,
             redirect_url: format!("{}/auth/oidc/callback", public_url.trim_end_matches('/')),
-            pending: Arc::default(),
-            grants: Arc::default(),
         }
     }
 
@@ -263,7 +266,7 @@ impl OidcLogins {
             .ok_or(LoginError::NotConfigured)?;
         let metadata = self.discover(&provider).await?;
         let client = CoreClient::from_provider_metadata(
-            metadata.clone(),
+            metadata,
             ClientId::new(provider.config.client_id.clone()),
             Some(ClientSecret::new(secret_text(&provider))),
         )
@@ -283,29 +286,30 @@ impl OidcLogins {
             .set_pkce_challenge(challenge)
             .url();
         let prelogin = random_token();
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let ttl = Duration::from_secs(PRELOGIN_TTL_SECS);
-        pending.retain(|_, p| p.created.elapsed() < ttl);
-        if pending.len() >= MAX_PENDING
-            && let Some(oldest) = pending
-                .iter()
-                .min_by_key(|(_, p)| p.created)
-                .map(|(k, _)| k.clone())
-        {
-            pending.remove(&oldest);
-        }
-        pending.insert(
-            state.secret().clone(),
-            Pending {
-                prelogin_hash: sha(&prelogin),
-                nonce: nonce.secret().clone(),
-                pkce_verifier: verifier.secret().clone(),
-                cli,
-                provider,
-                metadata,
-                created: Instant::now(),
-            },
-        );
+        let (cli_port, cli_challenge) = match cli {
+            Some(c) => (Some(c.port), Some(c.challenge)),
+            None => (None, None),
+        };
+        let stored = PendingLogin {
+            prelogin_hash: hex::encode(sha(&prelogin)),
+            nonce: nonce.secret().clone(),
+            pkce_verifier: verifier.secret().clone(),
+            cli_port,
+            cli_challenge,
+            issuer: provider.config.issuer.clone(),
+        };
+        let payload = serde_json::to_vec(&stored)
+            .map_err(|_| LoginError::BadRequest("the login could not be stored"))?;
+        self.db
+            .put_oidc_pending(
+                &self.key,
+                OidcPendingKind::Login,
+                state.secret(),
+                &payload,
+                ttl(Duration::from_secs(PRELOGIN_TTL_SECS)),
+            )
+            .await
+            .map_err(LoginError::Database)?;
         Ok(Started {
             authorize_url: url.to_string(),
             prelogin,
@@ -321,21 +325,39 @@ impl OidcLogins {
         prelogin: Option<&str>,
         audit: NewAuditEntry,
     ) -> Result<SignedIn, LoginError> {
-        let pending = {
-            let mut all = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            all.remove(state).ok_or(LoginError::UnknownState)?
-        };
-        if pending.created.elapsed() >= Duration::from_secs(PRELOGIN_TTL_SECS) {
-            return Err(LoginError::UnknownState);
-        }
-        let cookie_ok = prelogin.is_some_and(|p| ring_eq(&sha(p), &pending.prelogin_hash));
+        // Taken out first (deleted), so a replay of this state finds nothing.
+        let payload = self
+            .db
+            .take_oidc_pending(&self.key, OidcPendingKind::Login, state)
+            .await
+            .map_err(LoginError::Database)?
+            .ok_or(LoginError::UnknownState)?;
+        let pending: PendingLogin =
+            serde_json::from_slice(&payload).map_err(|_| LoginError::UnknownState)?;
+        let cookie_ok = prelogin.is_some_and(|p| {
+            ring_eq(
+                hex::encode(sha(p)).as_bytes(),
+                pending.prelogin_hash.as_bytes(),
+            )
+        });
         if !cookie_ok {
             return Err(LoginError::WrongBrowser);
         }
         let code = code.map_err(LoginError::ProviderRefused)?;
-        let provider = &pending.provider;
+        let provider = self
+            .db
+            .oidc_provider(&self.key)
+            .await
+            .map_err(LoginError::Storage)?
+            .ok_or(LoginError::NotConfigured)?;
+        if provider.config.issuer != pending.issuer {
+            // The provider was replaced while this login was in flight.
+            return Err(LoginError::UnknownState);
+        }
+        let provider = &provider;
+        let metadata = self.discover(provider).await?;
         let client = CoreClient::from_provider_metadata(
-            pending.metadata.clone(),
+            metadata,
             ClientId::new(provider.config.client_id.clone()),
             Some(ClientSecret::new(secret_text(provider))),
         )
@@ -372,10 +394,11 @@ impl OidcLogins {
         if user.disabled_at.is_some() {
             return Err(LoginError::Disabled);
         }
-        Ok(SignedIn {
-            user,
-            cli: pending.cli,
-        })
+        let cli = match (pending.cli_port, pending.cli_challenge) {
+            (Some(port), Some(challenge)) => Some(CliRequest { port, challenge }),
+            _ => None,
+        };
+        Ok(SignedIn { user, cli })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -472,39 +495,64 @@ impl OidcLogins {
     }
 
     /// Step 4 for the CLI: a one-time code for `user`, redeemable with the
-    /// verifier of `challenge` within [`CLI_CODE_TTL`].
-    pub fn grant(&self, user: User, challenge: String) -> String {
+    /// verifier of `challenge` within [`CLI_CODE_TTL`], once.
+    pub async fn grant(&self, user: &User, challenge: String) -> Result<String, LoginError> {
         let code = random_token();
-        let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
-        grants.retain(|_, g| g.created.elapsed() < CLI_CODE_TTL);
-        grants.insert(
-            sha(&code),
-            Grant {
-                user,
-                challenge,
-                created: Instant::now(),
-            },
-        );
-        code
+        let payload = serde_json::to_vec(&PendingCode {
+            user_id: user.id,
+            organization_id: user.organization_id,
+            challenge,
+        })
+        .map_err(|_| LoginError::BadRequest("the sign-in code could not be stored"))?;
+        self.db
+            .put_oidc_pending(
+                &self.key,
+                OidcPendingKind::CliCode,
+                &code,
+                &payload,
+                ttl(CLI_CODE_TTL),
+            )
+            .await
+            .map_err(LoginError::Database)?;
+        Ok(code)
     }
 
-    /// Redeems a one-time code with the CLI's PKCE verifier (once).
-    pub fn redeem(&self, code: &str, verifier: &str) -> Result<User, LoginError> {
-        let grant = self
-            .grants
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&sha(code))
+    /// Redeems a one-time code with the CLI's PKCE verifier (once): the user,
+    /// as they are now.
+    pub async fn redeem(&self, code: &str, verifier: &str) -> Result<User, LoginError> {
+        let payload = self
+            .db
+            .take_oidc_pending(&self.key, OidcPendingKind::CliCode, code)
+            .await
+            .map_err(LoginError::Database)?
             .ok_or(LoginError::BadCliCode)?;
-        if grant.created.elapsed() >= CLI_CODE_TTL || !is_b64url(verifier, 43, 128) {
+        let grant: PendingCode =
+            serde_json::from_slice(&payload).map_err(|_| LoginError::BadCliCode)?;
+        if !is_b64url(verifier, 43, 128) {
             return Err(LoginError::BadCliCode);
         }
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
         if !ring_eq(challenge.as_bytes(), grant.challenge.as_bytes()) {
             return Err(LoginError::BadCliCode);
         }
-        Ok(grant.user)
+        let user = self
+            .db
+            .get_user(grant.organization_id, grant.user_id)
+            .await
+            .map_err(|e| match e {
+                DbError::NotFound { .. } => LoginError::BadCliCode,
+                other => LoginError::Database(other),
+            })?;
+        if user.disabled_at.is_some() {
+            return Err(LoginError::Disabled);
+        }
+        Ok(user)
     }
+}
+
+/// A std duration as a chrono one (the TTLs here are minutes).
+fn ttl(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::minutes(10))
 }
 
 fn secret_text(p: &OidcProvider) -> String {
