@@ -118,7 +118,10 @@ async fn an_older_reply_does_not_undo_a_newer_report() {
     let (_e, ws) = create_overtaken(Duration::seconds(1)).await;
     assert_eq!(ws.status, WorkspaceStatus::Failed, "{ws:?}");
     assert_eq!(ws.status_reason, Some(WorkspaceReason::InvalidImage));
-    assert_eq!(ws.status_message.as_deref(), Some("invalid image reference"));
+    assert_eq!(
+        ws.status_message.as_deref(),
+        Some("invalid image reference")
+    );
     assert!(ws.observed_at.is_some());
     // What only the reply says still counts: the volume exists, so the
     // workspace is never placed on another cluster.

@@ -127,7 +127,9 @@ pub enum DbError {
     },
     /// A manager's observation is older than the one the workspace already
     /// reflects; it was not applied (the newer one stands).
-    #[error("workspace {id}: an observation made at {observed} is older than the stored one ({stored})")]
+    #[error(
+        "workspace {id}: an observation made at {observed} is older than the stored one ({stored})"
+    )]
     StaleObservation {
         /// The workspace.
         id: Uuid,

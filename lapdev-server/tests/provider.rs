@@ -561,7 +561,11 @@ async fn a_create_whose_intent_cannot_be_written_never_reaches_the_provider() {
             .unwrap_err(),
     );
     assert_eq!(e.code, Code::Unavailable, "{e:?}");
-    assert_eq!(gke.api_calls("create"), 0, "Google was asked before the row");
+    assert_eq!(
+        gke.api_calls("create"),
+        0,
+        "Google was asked before the row"
+    );
     assert!(gke.cluster("europe-west1", "orphan").is_none());
     let e = service_error(s.admin.get_cluster("orphan".into()).await.unwrap_err());
     assert_eq!(e.code, Code::NotFound);

@@ -278,7 +278,15 @@ async fn an_older_report_does_not_overwrite_a_newer_one() {
     .await;
     let ws = json(lapdev(
         &t,
-        &["workspace", "create", "w", "--image", "ubuntu", "-o", "json"],
+        &[
+            "workspace",
+            "create",
+            "w",
+            "--image",
+            "ubuntu",
+            "-o",
+            "json",
+        ],
     ));
     let id: Uuid = ws["id"].as_str().unwrap().parse().unwrap();
     eventually("created", || {
