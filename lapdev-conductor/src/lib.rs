@@ -992,13 +992,51 @@ impl Conductor {
     }
 
     /// Applies what a manager answered, by the database's transition rules; a
-    /// report that raced and lost is ignored (the newer one stands). Nothing is
-    /// written when status, reason and message are what is stored.
+    /// report that raced and lost is ignored (the newer one stands), and so is
+    /// an answer older than the observation the row already reflects (a report
+    /// the manager sent after it answered can arrive first). Nothing is written
+    /// when status, reason and message are what is stored.
     async fn observe(&self, ws: &Workspace, obs: &WorkspaceObservation, volume_created: bool) {
+        self.apply(ws, obs, volume_created, Some(obs.observed_at))
+            .await;
+    }
+
+    /// Writes `obs` unless it says nothing new; `observed_at` is the manager's
+    /// time of it, `None` for the conductor's own statuses (not ordered against
+    /// the manager's observations, and not changing the stored time).
+    async fn apply(
+        &self,
+        ws: &Workspace,
+        obs: &WorkspaceObservation,
+        volume_created: bool,
+        observed_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) {
         for _ in 0..3 {
             let Ok(current) = self.inner.db.get_workspace(ws.organization_id, ws.id).await else {
                 return;
             };
+            if let Some(at) = observed_at
+                && current.is_stale_observation(at)
+            {
+                tracing::debug!(workspace_id = %ws.id, observed_at = %at, "ignoring an answer older than the stored observation");
+                // Its status is old news, but the volume it made is real: the
+                // workspace must never be placed elsewhere.
+                if volume_created && !current.volume_created {
+                    match self
+                        .inner
+                        .db
+                        .mark_workspace_volume_created(ws.organization_id, ws.id, current.version)
+                        .await
+                    {
+                        Err(DbError::Conflict { .. }) => continue,
+                        Err(e) => {
+                            tracing::warn!(workspace_id = %ws.id, error = %e, "cannot record the volume");
+                        }
+                        Ok(_) => {}
+                    }
+                }
+                return;
+            }
             if current.status == obs.status
                 && current.status_message == obs.message
                 && current.status_reason == obs.reason
@@ -1010,6 +1048,7 @@ impl Conductor {
                 pod_name: obs.pod_name.clone(),
                 volume_created,
                 status_message: obs.message.clone(),
+                observed_at,
                 ..WorkspaceTransition::to(obs.status).reason(obs.reason.clone())
             };
             match self
@@ -1018,7 +1057,10 @@ impl Conductor {
                 .transition_workspace(ws.organization_id, ws.id, current.version, change)
                 .await
             {
-                Ok(_) | Err(DbError::InvalidTransition { .. }) => return,
+                Ok(_)
+                | Err(DbError::InvalidTransition { .. } | DbError::StaleObservation { .. }) => {
+                    return;
+                }
                 Err(DbError::Conflict { .. }) => continue,
                 Err(e) => {
                     tracing::warn!(workspace_id = %ws.id, error = %e, "cannot record observation");
@@ -1044,7 +1086,7 @@ impl Conductor {
             reason,
             observed_at: chrono::Utc::now(),
         };
-        self.observe(ws, &obs, false).await;
+        self.apply(ws, &obs, false, None).await;
     }
 
     /// A call went through but the workspace is not settled yet: look again

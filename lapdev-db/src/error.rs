@@ -125,6 +125,19 @@ pub enum DbError {
         /// The status that was asked for.
         to: WorkspaceStatus,
     },
+    /// A manager's observation is older than the one the workspace already
+    /// reflects; it was not applied (the newer one stands).
+    #[error(
+        "workspace {id}: an observation made at {observed} is older than the stored one ({stored})"
+    )]
+    StaleObservation {
+        /// The workspace.
+        id: Uuid,
+        /// When the stored observation was made.
+        stored: chrono::DateTime<chrono::Utc>,
+        /// When the refused observation was made.
+        observed: chrono::DateTime<chrono::Utc>,
+    },
     /// The row is still referenced by live rows (e.g. a cluster with workspaces).
     #[error("{entity} {id} is still in use by {users} live {user_kind} row(s)")]
     InUse {

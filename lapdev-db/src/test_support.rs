@@ -255,6 +255,7 @@ pub async fn seed_placed_workspaces(
                 next_attempt_at: Set(None),
                 volume_created: Set(true),
                 forgotten_at: Set(None),
+                observed_at: Set(None),
             }
         });
         kube_workspace::Entity::insert_many(models)

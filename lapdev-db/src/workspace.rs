@@ -12,6 +12,18 @@
 //! had a volume on its cluster (`volume_created`: from then on it is never placed
 //! elsewhere) and a tombstone (`forgotten_at`: force-deleted while its cluster was
 //! unreachable). Every write publishes a [`crate::Change`].
+//!
+//! # Observation order
+//!
+//! A manager's observation carries the time the manager saw it. A write that
+//! applies one ([`WorkspaceTransition::observed_at`]) stores that time in
+//! `observed_at` and is refused with [`DbError::StaleObservation`] when the row
+//! already holds a later one (an equal time is applied). So the observation a
+//! create or start command's reply carries cannot overwrite a newer report that
+//! arrived while the reply was on its way. Times are compared only with times of
+//! the same manager (its clock, not the server's): the conductor's own status
+//! writes neither carry nor change `observed_at`, and placing a workspace on a
+//! cluster clears it.
 
 use chrono::{DateTime, Utc};
 use lapdev_common::reason::WorkspaceReason;
@@ -85,6 +97,9 @@ pub struct Workspace {
     /// Tombstone: force-deleted while its cluster was unreachable; its objects are
     /// removed when the cluster's manager reconnects, then this is cleared.
     pub forgotten_at: Option<DateTime<Utc>>,
+    /// When the manager saw the status last applied from one of its
+    /// observations (its clock); `None` until one has been applied.
+    pub observed_at: Option<DateTime<Utc>>,
 }
 
 /// What [`Db::create_workspace`] needs.
@@ -129,6 +144,11 @@ pub struct WorkspaceTransition {
     /// This write starts a self-repair (a new pod after the old one ended); it is
     /// published as such on the change feed.
     pub repair: bool,
+    /// When the manager saw this (the observation's own time), for a change that
+    /// applies a manager's observation; refused as stale when the row holds a
+    /// later one. `None` for the conductor's own writes, which keep the stored
+    /// time.
+    pub observed_at: Option<DateTime<Utc>>,
 }
 
 /// The conductor's persisted retry state of one workspace.
@@ -151,6 +171,7 @@ impl WorkspaceTransition {
             backoff: None,
             volume_created: false,
             repair: false,
+            observed_at: None,
         }
     }
 
@@ -164,6 +185,21 @@ impl WorkspaceTransition {
     pub fn reason(mut self, reason: Option<WorkspaceReason>) -> Self {
         self.reason = reason;
         self
+    }
+
+    /// The same change, applying a manager's observation made at `at`.
+    pub fn observed_at(mut self, at: DateTime<Utc>) -> Self {
+        self.observed_at = Some(at);
+        self
+    }
+}
+
+impl Workspace {
+    /// Whether an observation the manager made at `at` is older than the one
+    /// the row already reflects (and so must not be applied). An equal time is
+    /// not stale.
+    pub fn is_stale_observation(&self, at: DateTime<Utc>) -> bool {
+        self.observed_at.is_some_and(|stored| at < stored)
     }
 }
 
@@ -220,6 +256,7 @@ fn workspace_from_model(m: kube_workspace::Model) -> DbResult<Workspace> {
         next_attempt_at: m.next_attempt_at.map(utc),
         volume_created: m.volume_created,
         forgotten_at: m.forgotten_at.map(utc),
+        observed_at: m.observed_at.map(utc),
     })
 }
 
@@ -259,6 +296,7 @@ impl Db {
             next_attempt_at: Set(None),
             volume_created: Set(false),
             forgotten_at: Set(None),
+            observed_at: Set(None),
         }
         .insert(&self.conn)
         .await
@@ -393,7 +431,9 @@ impl Db {
 
     /// Changes the observed status if `expected_version` is current and the change is
     /// allowed by [`workspace_transition_allowed`]. Of two writers holding the same
-    /// version, exactly one wins; the other gets `Conflict`.
+    /// version, exactly one wins; the other gets `Conflict`. A change applying a
+    /// manager's observation older than the stored one is `StaleObservation` (see
+    /// the module docs).
     pub async fn transition_workspace(
         &self,
         org_id: Uuid,
@@ -404,6 +444,15 @@ impl Db {
         let current = self.get_workspace(org_id, id).await?;
         check_version(&current, expected_version)?;
         check_transition(&current, change.status)?;
+        if let Some(at) = change.observed_at
+            && current.is_stale_observation(at)
+        {
+            return Err(DbError::StaleObservation {
+                id,
+                stored: current.observed_at.unwrap_or(at),
+                observed: at,
+            });
+        }
         use kube_workspace::Column as W;
         let mut update = kube_workspace::Entity::update_many()
             .col_expr(W::Status, Expr::value(change.status.as_str()))
@@ -414,6 +463,9 @@ impl Db {
             );
         if let Some(pod_name) = change.pod_name {
             update = update.col_expr(W::PodName, Expr::value(Some(pod_name)));
+        }
+        if let Some(at) = change.observed_at {
+            update = update.col_expr(W::ObservedAt, Expr::value(Some(tz(at))));
         }
         let backoff = match change.backoff {
             Some(b) => Some(b),
@@ -456,6 +508,21 @@ impl Db {
                 W::NextAttemptAt,
                 Expr::value(backoff.next_attempt_at.map(tz)),
             );
+        self.update_workspace_versioned(org_id, id, expected_version, update)
+            .await
+    }
+
+    /// Records that the workspace has a volume on its cluster and changes
+    /// nothing else (a command's reply too old to apply still proves this).
+    pub async fn mark_workspace_volume_created(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+    ) -> DbResult<Workspace> {
+        use kube_workspace::Column as W;
+        let update =
+            kube_workspace::Entity::update_many().col_expr(W::VolumeCreated, Expr::value(true));
         self.update_workspace_versioned(org_id, id, expected_version, update)
             .await
     }
@@ -513,6 +580,12 @@ impl Db {
             .col_expr(W::Status, Expr::value(WorkspaceStatus::Creating.as_str()))
             .col_expr(W::StatusMessage, Expr::value(Option::<String>::None))
             .col_expr(W::StatusReason, Expr::value(Option::<String>::None))
+            // Another cluster's manager, another clock: its first observation
+            // is not compared with the last cluster's.
+            .col_expr(
+                W::ObservedAt,
+                Expr::value(Option::<sea_orm::prelude::DateTimeWithTimeZone>::None),
+            )
             .col_expr(W::Version, Expr::col(W::Version).add(1))
             .col_expr(W::UpdatedAt, Expr::value(tz(now())))
             .filter(W::Id.eq(id))

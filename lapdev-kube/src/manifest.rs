@@ -157,8 +157,16 @@ impl ManifestParams {
             validate_server_ca(pem)?;
         }
         validate_cluster_name(&self.cluster_name)?;
-        validate_namespace("manager_namespace", &self.manager_namespace)?;
-        validate_namespace("workspace_namespace", &self.workspace_namespace)?;
+        validate_namespace(
+            "manager_namespace",
+            &self.manager_namespace,
+            &self.cluster_token,
+        )?;
+        validate_namespace(
+            "workspace_namespace",
+            &self.workspace_namespace,
+            &self.cluster_token,
+        )?;
         if self.manager_namespace == self.workspace_namespace {
             return Err(ManifestError::SameNamespace);
         }
@@ -326,10 +334,18 @@ fn validate_cluster_name(name: &str) -> Result<(), ManifestError> {
     Ok(())
 }
 
-fn validate_namespace(field: &'static str, value: &str) -> Result<(), ManifestError> {
+/// Checks a namespace; its error quotes the value, unless the value holds the
+/// cluster token (a paste into the wrong field must not put the token into an
+/// error message; `_` makes such a value invalid anyway).
+fn validate_namespace(field: &'static str, value: &str, token: &str) -> Result<(), ManifestError> {
+    let shown = if value.contains(token) {
+        "<redacted: it contains the cluster token>".to_owned()
+    } else {
+        value.to_owned()
+    };
     let bad = |reason| ManifestError::InvalidNamespace {
         field,
-        value: value.to_owned(),
+        value: shown.clone(),
         reason,
     };
     if value.is_empty() || value.len() > 63 {

@@ -21,6 +21,12 @@
 //! persisted backoff. The conductor annotates a failure's message with its retry
 //! plan ("…; new pod at 2026-11-30T03:15:42Z (attempt 3)"); the same failure reported again (a
 //! snapshot after a reconnect) is not a change and does not undo the annotation.
+//!
+//! A report older than the observation the row already reflects (by the
+//! manager's `observed_at`, see `lapdev_db`'s observation order) is stale and
+//! ignored, so a snapshot or a command's reply that was overtaken by a newer
+//! report cannot undo it. Since an unchanged report is not written, the stored
+//! time is that of the last change the manager reported.
 
 use lapdev_common::status::{DesiredState, WorkspaceStatus};
 use lapdev_db::{
@@ -91,6 +97,9 @@ pub async fn record(
             // Not asked for: the objects vanished (deleted by hand, a lost
             // namespace). `deleted` is final, so record a failure the conductor
             // repairs instead.
+            if current.is_stale_observation(report.observed_at) {
+                return Ok(());
+            }
             let change = WorkspaceTransition {
                 // Newly failed: due for the conductor at once.
                 backoff: Some(Backoff {
@@ -99,6 +108,7 @@ pub async fn record(
                 }),
                 ..WorkspaceTransition::to(WorkspaceStatus::Failed)
                     .message("the cluster no longer has any of the workspace's objects")
+                    .observed_at(report.observed_at)
             };
             if current.status == WorkspaceStatus::Failed
                 || !workspace_transition_allowed(current.status, WorkspaceStatus::Failed)
@@ -114,10 +124,18 @@ pub async fn record(
                 )
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(_) | Err(DbError::StaleObservation { .. }) => return Ok(()),
                 Err(DbError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
                 Err(e) => return Err(e),
             }
+        }
+        if current.is_stale_observation(report.observed_at) {
+            tracing::debug!(
+                workspace_id = %report.workspace_id,
+                observed_at = %report.observed_at,
+                "ignoring a workspace report older than the stored observation"
+            );
+            return Ok(());
         }
         let unchanged = current.status == report.status
             && current.status_reason == report.reason
@@ -148,7 +166,9 @@ pub async fn record(
                 attempts: current.repair_attempts,
                 next_attempt_at: None,
             }),
-            ..WorkspaceTransition::to(report.status).reason(report.reason.clone())
+            ..WorkspaceTransition::to(report.status)
+                .reason(report.reason.clone())
+                .observed_at(report.observed_at)
         };
         match db
             .transition_workspace(
@@ -159,7 +179,7 @@ pub async fn record(
             )
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(_) | Err(DbError::StaleObservation { .. }) => return Ok(()),
             Err(DbError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
             Err(e) => return Err(e),
         }

@@ -27,7 +27,8 @@ fn the_manifest_corpus_renders_or_is_refused_as_named() {
             "valid" | "insecure_restricted" | "odd_name" | "with_ca" => {
                 assert!(rendered, "{name}")
             }
-            "bad_token" | "bad_scheme" | "same_namespace" | "token_in_url" => {
+            "bad_token" | "bad_scheme" | "same_namespace" | "token_in_url"
+            | "token_as_namespace" => {
                 assert!(!rendered, "{name}")
             }
             _ => {}

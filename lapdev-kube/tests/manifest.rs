@@ -317,6 +317,34 @@ fn the_token_appears_only_in_the_secret() {
 }
 
 #[test]
+fn a_token_pasted_into_a_namespace_stays_out_of_the_error() {
+    // Found by the `manifest` fuzz target (fuzz/corpus/manifest/token_as_namespace).
+    for field in ["workspace", "manager", "both"] {
+        for value in [TOKEN.to_owned(), format!("ns-{TOKEN}")] {
+            let mut p = params();
+            if field != "manager" {
+                p.workspace_namespace = value.clone();
+            }
+            if field != "workspace" {
+                p.manager_namespace = value.clone();
+            }
+            let err = render_manifest(&p).expect_err(field);
+            assert!(
+                matches!(err, ManifestError::InvalidNamespace { .. }),
+                "{err}"
+            );
+            assert!(!err.to_string().contains(TOKEN), "{err}");
+            assert!(err.to_string().contains("redacted"), "{err}");
+        }
+    }
+    // Other bad values are still quoted, so the admin sees what was wrong.
+    let mut p = params();
+    p.workspace_namespace = "Bad_NS".into();
+    let err = render_manifest(&p).unwrap_err();
+    assert!(err.to_string().contains("\"Bad_NS\""), "{err}");
+}
+
+#[test]
 fn malformed_tokens_are_rejected() {
     let bad = [
         String::new(),

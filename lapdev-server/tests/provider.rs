@@ -528,3 +528,60 @@ async fn a_create_interrupted_after_the_provider_accepted_it_is_resumed() {
     }
     second.shutdown();
 }
+
+#[tokio::test]
+async fn a_create_whose_intent_cannot_be_written_never_reaches_the_provider() {
+    use sea_orm::ConnectionTrait;
+    let gke = GkeStandIn::start().await.unwrap();
+    let s = start().await;
+    s.providers
+        .create_provider(
+            "gcp".into(),
+            K8sProviderKind::GCP,
+            gke.config_json(Some("europe-west1")),
+            String::from_utf8(gke.key_json()).unwrap(),
+            false,
+        )
+        .await
+        .unwrap();
+    // A database fault exactly at the intent's insert (the name check before
+    // it passes): with the provider called first, this is the billable cluster
+    // nothing tracks.
+    let conn = s.server.state.db.connection();
+    conn.execute_unprepared(
+        "CREATE TRIGGER refuse_cluster_rows BEFORE INSERT ON kube_cluster \
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+    )
+    .await
+    .unwrap();
+    let e = service_error(
+        s.providers
+            .create_cluster("gcp".into(), "orphan".into(), None, ClusterMode::Autopilot)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, Code::Unavailable, "{e:?}");
+    assert_eq!(
+        gke.api_calls("create"),
+        0,
+        "Google was asked before the row"
+    );
+    assert!(gke.cluster("europe-west1", "orphan").is_none());
+    let e = service_error(s.admin.get_cluster("orphan".into()).await.unwrap_err());
+    assert_eq!(e.code, Code::NotFound);
+
+    // With the fault gone the same create goes through, and the stand-in
+    // counts it (so the zero above is not a blind counter).
+    conn.execute_unprepared("DROP TRIGGER refuse_cluster_rows")
+        .await
+        .unwrap();
+    let ok = s
+        .providers
+        .create_cluster("gcp".into(), "orphan".into(), None, ClusterMode::Autopilot)
+        .await
+        .unwrap();
+    assert_eq!(ok.cluster.status, ClusterStatus::Provisioning);
+    assert_eq!(gke.api_calls("create"), 1);
+    assert!(gke.cluster("europe-west1", "orphan").is_some());
+    s.server.shutdown();
+}

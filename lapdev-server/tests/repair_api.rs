@@ -172,7 +172,8 @@ async fn todays_manager_protocol_is_accepted() {
             "status": "running",
             "message": null,
             "pod_name": format!("ws-{id}"),
-            "observed_at": "2026-11-29T10:00:00Z"
+            // Now: an observation older than the create reply's is stale.
+            "observed_at": chrono::Utc::now().to_rfc3339()
         }}),
     )
     .await;

@@ -254,3 +254,82 @@ async fn deleted_reports_end_wanted_deletions_and_flag_unwanted_ones() {
         Value::Array(vec![])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_report_does_not_overwrite_a_newer_one() {
+    let t = TestServer::postgres().await;
+    let admin = t.admin();
+    let created = admin
+        .create_cluster("dev".into(), None, None, None)
+        .await
+        .unwrap();
+    let manager_api = t.cluster_client(&created.token_secret);
+    manager_api
+        .report_cluster_info(sample_info())
+        .await
+        .unwrap();
+    let fake = Arc::new(FakeManager::default());
+    let session = dial(&t, &created.token_secret, fake.clone()).await.unwrap();
+    let _run = tokio::spawn(session.run());
+    eventually("cluster connected", || {
+        let admin = admin.clone();
+        async move { admin.get_cluster("dev".into()).await.unwrap().status == ClusterStatus::Connected }
+    })
+    .await;
+    let ws = json(lapdev(
+        &t,
+        &[
+            "workspace",
+            "create",
+            "w",
+            "--image",
+            "ubuntu",
+            "-o",
+            "json",
+        ],
+    ));
+    let id: Uuid = ws["id"].as_str().unwrap().parse().unwrap();
+    eventually("created", || {
+        let fake = fake.clone();
+        async move { fake.has(id).is_some() }
+    })
+    .await;
+
+    // The newer observation: a terminal failure, which the conductor leaves
+    // alone until the user acts.
+    let newer = lapdev_kube_rpc::WorkspaceObservation {
+        reason: Some(lapdev_common::reason::WorkspaceReason::InvalidImage),
+        message: Some("invalid image reference".into()),
+        ..observation(id, WorkspaceStatus::Failed)
+    };
+    manager_api
+        .report_workspace_status(newer.clone())
+        .await
+        .unwrap();
+    // An older one arriving later, singly or in a snapshot, changes nothing
+    // (`creating` may follow `failed`, so only its age refuses it).
+    let older = lapdev_kube_rpc::WorkspaceObservation {
+        observed_at: newer.observed_at - chrono::Duration::seconds(1),
+        ..observation(id, WorkspaceStatus::Creating)
+    };
+    manager_api
+        .report_workspace_status(older.clone())
+        .await
+        .unwrap();
+    manager_api
+        .report_workspace_snapshot(vec![older])
+        .await
+        .unwrap();
+    let got = json(lapdev(&t, &["workspace", "get", "w", "-o", "json"]));
+    assert_eq!(got["status"], "failed", "{got}");
+    assert_eq!(got["reason"], "InvalidImage", "{got}");
+
+    // As new as the stored one: applied (ties go to the report).
+    let tie = lapdev_kube_rpc::WorkspaceObservation {
+        observed_at: newer.observed_at,
+        ..observation(id, WorkspaceStatus::Creating)
+    };
+    manager_api.report_workspace_status(tie).await.unwrap();
+    let got = json(lapdev(&t, &["workspace", "get", "w", "-o", "json"]));
+    assert_eq!(got["status"], "creating", "{got}");
+}

@@ -26,6 +26,7 @@ mod m20251129_000008_workspace_repair_and_cluster_profile;
 mod m20251129_000009_people;
 mod m20251130_000010_cluster_placement;
 mod m20251130_000011_sessions_oidc;
+mod m20251130_000012_workspace_observed_at;
 mod m20251130_000013_oidc_pending;
 
 /// Every migration, in the order they run.
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20251129_000009_people::Migration),
             Box::new(m20251130_000010_cluster_placement::Migration),
             Box::new(m20251130_000011_sessions_oidc::Migration),
+            Box::new(m20251130_000012_workspace_observed_at::Migration),
             Box::new(m20251130_000013_oidc_pending::Migration),
         ]
     }

@@ -140,7 +140,11 @@ impl ManagerConnector for Connector {
 }
 
 impl Connector {
-    pub fn connect(&self, cluster_id: Uuid, manager: Arc<FakeManager>) {
+    pub fn connect<M: KubeManagerRpc + Send + Sync + 'static>(
+        &self,
+        cluster_id: Uuid,
+        manager: Arc<M>,
+    ) {
         let router = KubeManagerRpcServer::from_arc(manager).into_router();
         self.managers.lock().unwrap().insert(
             cluster_id,

@@ -33,6 +33,7 @@ pub struct Model {
     pub next_attempt_at: Option<DateTimeWithTimeZone>,
     pub volume_created: bool,
     pub forgotten_at: Option<DateTimeWithTimeZone>,
+    pub observed_at: Option<DateTimeWithTimeZone>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
