@@ -79,6 +79,10 @@ reasons! {
     CreateRefused => "CreateRefused",
     /// The cluster autoscaler is adding a node for the pod.
     WaitingForScaleUp => "WaitingForScaleUp",
+    /// The cluster autoscaler declined to add a node for the pod
+    /// (`NotTriggerScaleUp`: no node group fits it, or the groups are at their
+    /// maximum); the message carries its reasons.
+    ScaleUpDeclined => "ScaleUpDeclined",
     /// The workspace was forgotten while its cluster was unreachable; its objects
     /// are removed when the cluster's manager reconnects.
     ClusterGone => "ClusterGone",

@@ -320,9 +320,12 @@ impl SchedulingSettings {
         selector_ok && arch_ok && taints_ok
     }
 
-    /// The node selector the pod gets: the admin's plus the architecture.
+    /// The node selector the pod gets: the admin's plus the architecture, and
+    /// always `kubernetes.io/os: linux`, so the scheduler keeps workspaces off
+    /// Windows nodes as placement does (capacity counts Linux nodes only).
     pub fn pod_node_selector(&self) -> BTreeMap<String, String> {
         let mut s = self.node_selector.clone();
+        s.insert(OS_LABEL.to_owned(), "linux".to_owned());
         if let Some(a) = &self.arch {
             s.insert(ARCH_LABEL.to_owned(), a.clone());
         }
