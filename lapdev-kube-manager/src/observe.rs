@@ -786,9 +786,10 @@ fn pending(pod: &PodFacts, input: &Input<'_>) -> Observed {
     if let Scheduled::No(reason, message) = &pod.scheduled
         && reason == "Unschedulable"
     {
-        let verdict = latest(pod_events(pod, input.events).filter(|e| {
-            e.reason == "TriggeredScaleUp" || e.reason == "NotTriggerScaleUp"
-        }));
+        let verdict = latest(
+            pod_events(pod, input.events)
+                .filter(|e| e.reason == "TriggeredScaleUp" || e.reason == "NotTriggerScaleUp"),
+        );
         if let Some(e) = verdict {
             return if e.reason == "TriggeredScaleUp" {
                 Observed::with(

@@ -109,7 +109,8 @@ async fn only_schedulable_nodes_count_and_one_node_must_hold_the_workspace() {
     ];
     let env = Env::with(CapacityMode::Nodes, nodes).await;
     let h = env.double.handle();
-    h.taint_node("gpu", "dedicated", "gpu", "NoSchedule").unwrap();
+    h.taint_node("gpu", "dedicated", "gpu", "NoSchedule")
+        .unwrap();
     h.taint_node("draining", "maintenance", "", "NoExecute")
         .unwrap();
     let node_api: Api<Node> = Api::all(env.double.client().await.unwrap());

@@ -237,11 +237,7 @@ fn the_clusters_scheduling_settings_land_on_the_pod() {
         plain["spec"]["nodeSelector"],
         json!({"kubernetes.io/os": "linux"})
     );
-    for field in [
-        "tolerations",
-        "imagePullSecrets",
-        "priorityClassName",
-    ] {
+    for field in ["tolerations", "imagePullSecrets", "priorityClassName"] {
         assert!(
             plain["spec"].get(field).is_none(),
             "{field} without settings"

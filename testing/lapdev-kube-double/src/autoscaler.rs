@@ -152,7 +152,14 @@ impl DoubleHandle {
         };
         let n = self
             .store
-            .list(nodes, None, &selector, &FieldSelector::default(), None, None)
+            .list(
+                nodes,
+                None,
+                &selector,
+                &FieldSelector::default(),
+                None,
+                None,
+            )
             .items
             .len();
         u32::try_from(n).unwrap_or(u32::MAX)

@@ -147,7 +147,10 @@ impl DoubleHandle {
         ]);
         labels.extend(spec.labels);
         let os = labels.get("kubernetes.io/os").cloned().unwrap_or_default();
-        let arch = labels.get("kubernetes.io/arch").cloned().unwrap_or_default();
+        let arch = labels
+            .get("kubernetes.io/arch")
+            .cloned()
+            .unwrap_or_default();
         labels.insert("beta.kubernetes.io/os".to_owned(), os.clone());
         labels.insert("beta.kubernetes.io/arch".to_owned(), arch.clone());
         let capacity = json!({"cpu": spec.cpu, "memory": spec.memory, "pods": "110", "ephemeral-storage": "100Gi"});

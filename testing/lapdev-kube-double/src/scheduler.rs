@@ -122,7 +122,8 @@ pub(crate) fn node_failures(
     used: (f64, f64),
 ) -> Vec<String> {
     let nodes_res = resource::core_resource("nodes");
-    let cordon = serde_json::json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"});
+    let cordon =
+        serde_json::json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"});
     let mut taints = node.attrs.taints.clone();
     let lifecycle_tainted = taints.iter().any(|t| {
         matches!(

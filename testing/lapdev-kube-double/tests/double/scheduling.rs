@@ -238,13 +238,17 @@ async fn os_and_arch_labels_match_node_info_and_selectors() {
     assert_eq!(info.operating_system, "windows");
     let arm = double.add_node("arm", labels("linux", "arm64")).unwrap();
     let info = arm.status.unwrap().node_info.unwrap();
-    assert_eq!((info.operating_system.as_str(), info.architecture.as_str()), ("linux", "arm64"));
+    assert_eq!(
+        (info.operating_system.as_str(), info.architecture.as_str()),
+        ("linux", "arm64")
+    );
     let _kubelet = double.run_kubelet(KubeletConfig {
         delay: Duration::from_millis(10),
         ..KubeletConfig::default()
     });
     let pods: Api<Pod> = Api::namespaced(client, "default");
-    let linux_amd64 = json!({"nodeSelector": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}});
+    let linux_amd64 =
+        json!({"nodeSelector": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}});
     pods.create(&PostParams::default(), &pod("ws", linux_amd64))
         .await
         .unwrap();
