@@ -264,6 +264,7 @@ async fn other_workloads_count_only_with_capacity_pods() {
         placement(&env, &url, "shared")["largest_free_node"]["free_cpu_millis"] == 2000
     })
     .await;
+    connected(&env, &url, "shared").await;
     let node = &placement(&env, &url, "shared")["largest_free_node"];
     assert_eq!(node["free_memory_bytes"], 24_i64 << 30);
     let err = refused(&env, &url, "w1", "4", "4Gi");
