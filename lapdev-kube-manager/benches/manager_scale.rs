@@ -321,7 +321,9 @@ async fn churn_pods(server: &FakeServer, client: &Client) -> (usize, f64) {
             pods.create(&PostParams::default(), &pod).await.unwrap();
             if n >= lifetime_ticks {
                 let old = format!("churn-{}", n - lifetime_ticks);
-                let _ = pods.delete(&old, &DeleteParams::default().grace_period(0)).await;
+                let _ = pods
+                    .delete(&old, &DeleteParams::default().grace_period(0))
+                    .await;
             }
         }));
     }
