@@ -557,7 +557,6 @@ async fn autopilot_clusters_are_known_from_the_gke_api() {
     }
     let ap = s.admin.get_cluster("ap".into()).await.unwrap();
     assert_eq!(ap.detected_autoscaling, Some(Autoscaling::GKE_AUTOPILOT));
-    assert!(Autoscaling::GKE_AUTOPILOT.per_pod_limit);
     let std = s.admin.get_cluster("std".into()).await.unwrap();
     assert_eq!(std.detected_autoscaling, None);
 
