@@ -79,6 +79,12 @@ reasons! {
     CreateRefused => "CreateRefused",
     /// The cluster autoscaler is adding a node for the pod.
     WaitingForScaleUp => "WaitingForScaleUp",
+    /// The cluster autoscaler declined to add a node for the pod
+    /// (`NotTriggerScaleUp`: no node group fits it, or the groups are at their
+    /// maximum); the message carries its reasons. Terminal for the conductor
+    /// (recreating the pod cannot change the autoscaler's mind); the pod stays,
+    /// so a later scale-up still starts it.
+    ScaleUpDeclined => "ScaleUpDeclined",
     /// The workspace was forgotten while its cluster was unreachable; its objects
     /// are removed when the cluster's manager reconnects.
     ClusterGone => "ClusterGone",
@@ -99,7 +105,9 @@ impl WorkspaceReason {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            WorkspaceReason::InvalidImage | WorkspaceReason::StartDeadlineExceeded
+            WorkspaceReason::InvalidImage
+                | WorkspaceReason::StartDeadlineExceeded
+                | WorkspaceReason::ScaleUpDeclined
         )
     }
 }
@@ -161,6 +169,7 @@ mod tests {
         assert!(WorkspaceReason::Evicted.pod_ended());
         assert!(!WorkspaceReason::ImagePullFailing.pod_ended());
         assert!(WorkspaceReason::InvalidImage.is_terminal());
+        assert!(WorkspaceReason::ScaleUpDeclined.is_terminal());
         assert!(!WorkspaceReason::CrashLooping.is_terminal());
     }
 }

@@ -320,9 +320,12 @@ impl SchedulingSettings {
         selector_ok && arch_ok && taints_ok
     }
 
-    /// The node selector the pod gets: the admin's plus the architecture.
+    /// The node selector the pod gets: the admin's plus the architecture, and
+    /// always `kubernetes.io/os: linux`, so the scheduler keeps workspaces off
+    /// Windows nodes as placement does (capacity counts Linux nodes only).
     pub fn pod_node_selector(&self) -> BTreeMap<String, String> {
         let mut s = self.node_selector.clone();
+        s.insert(OS_LABEL.to_owned(), "linux".to_owned());
         if let Some(a) = &self.arch {
             s.insert(ARCH_LABEL.to_owned(), a.clone());
         }
@@ -342,6 +345,11 @@ pub struct Autoscaling {
     /// How many nodes the cluster may have at most, when known.
     #[serde(default)]
     pub max_nodes: Option<u32>,
+    /// The maximums are per pod, not per node (GKE Autopilot refuses a larger
+    /// pod whatever its nodes), so they bound every workspace, even one that a
+    /// current node could hold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_pod_limit: bool,
 }
 
 impl Autoscaling {
@@ -352,7 +360,16 @@ impl Autoscaling {
         max_node_cpu_millis: 30_000,
         max_node_memory_bytes: 110 << 30,
         max_nodes: None,
+        per_pod_limit: true,
     };
+
+    /// Whether a workspace of this size is within the per-pod maximums (always,
+    /// when the maximums are per node).
+    pub fn admits_pod(&self, cpu_millis: i64, memory_bytes: i64) -> bool {
+        !self.per_pod_limit
+            || (cpu_millis <= self.max_node_cpu_millis
+                && memory_bytes <= self.max_node_memory_bytes)
+    }
 
     /// Parses the CLI form `max-node-cpu,max-node-memory[,max-nodes]` (CPU and
     /// memory in Kubernetes quantity syntax, e.g. `16,64Gi,20`).
@@ -386,6 +403,7 @@ impl Autoscaling {
             max_node_cpu_millis: cpu,
             max_node_memory_bytes: mem,
             max_nodes,
+            per_pod_limit: false,
         })
     }
 }

@@ -22,7 +22,9 @@
 //! An autoscaling cluster (declared, or detected: GKE Autopilot) also fits a
 //! workspace no current node holds, when the largest node its autoscaler can add
 //! would hold it (and the node limit is not reached). Such clusters rank after
-//! every cluster that has room now.
+//! every cluster that has room now. GKE Autopilot's maximums are per pod: a
+//! workspace beyond them does not fit the cluster at all, however large its
+//! current nodes.
 //!
 //! # Score
 //!
@@ -185,6 +187,12 @@ impl Candidate {
         })
     }
 
+    /// Whether `req` is within the cluster's per-pod maximums (GKE Autopilot).
+    fn within_pod_limit(&self, req: &PlacementRequest) -> bool {
+        self.autoscaling
+            .is_none_or(|a| a.admits_pod(req.cpu_millis, req.memory_bytes))
+    }
+
     /// Free and allocatable totals: over the admitted nodes when reported.
     fn totals(&self) -> (i64, i64, i64, i64) {
         match &self.nodes {
@@ -252,6 +260,24 @@ pub enum PlacementError {
         largest_cpu_millis: i64,
         /// Its free memory.
         largest_memory_bytes: i64,
+    },
+    /// A cluster has room, but takes no pod this large (GKE Autopilot's
+    /// per-pod maximums).
+    #[error(
+        "no connected cluster can fit {} CPU / {}; {cluster} takes at most {} CPU / {} per workspace (GKE Autopilot)",
+        Cpu(*cpu_millis), Mem(*memory_bytes), Cpu(*max_cpu_millis), Mem(*max_memory_bytes)
+    )]
+    OverPodLimit {
+        /// The cluster.
+        cluster: String,
+        /// The request's CPU.
+        cpu_millis: i64,
+        /// The request's memory.
+        memory_bytes: i64,
+        /// Its per-pod CPU maximum.
+        max_cpu_millis: i64,
+        /// Its per-pod memory maximum.
+        max_memory_bytes: i64,
     },
 }
 
@@ -357,9 +383,24 @@ pub fn rank(
     }
     let mut fitting: Vec<(f64, &Candidate)> = matching
         .iter()
-        .filter(|c| c.fits_now(req) || c.fits_after_scale_up(req))
+        .filter(|c| (c.fits_now(req) || c.fits_after_scale_up(req)) && c.within_pod_limit(req))
         .map(|c| (score(c, req), *c))
         .collect();
+    if fitting.is_empty()
+        && let Some(c) = matching
+            .iter()
+            .find(|c| !c.within_pod_limit(req) && (c.fits_now(req) || c.fits_after_scale_up(req)))
+        && let Some(a) = c.autoscaling
+    {
+        // Room enough, but the cluster refuses pods this large.
+        return Err(PlacementError::OverPodLimit {
+            cluster: c.name.clone(),
+            cpu_millis: req.cpu_millis,
+            memory_bytes: req.memory_bytes,
+            max_cpu_millis: a.max_node_cpu_millis,
+            max_memory_bytes: a.max_node_memory_bytes,
+        });
+    }
     if fitting.is_empty() && matching.iter().any(|c| c.nodes.is_some()) {
         // The node that comes closest to holding the request, over every
         // cluster that reports nodes.

@@ -385,6 +385,32 @@ impl Db {
             .and_then(cluster_from_model)
     }
 
+    /// Sets the autoscaler a provider's API reports for the cluster (GKE
+    /// Autopilot); managers' reports leave it alone on provider clusters.
+    pub async fn set_detected_autoscaling(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        autoscaling: Option<&Autoscaling>,
+    ) -> DbResult<()> {
+        let value = autoscaling
+            .map(|a| to_json("detected_autoscaling", a))
+            .transpose()?;
+        self.update_live_cluster(
+            org_id,
+            id,
+            kube_cluster::Entity::update_many()
+                .col_expr(
+                    kube_cluster::Column::DetectedAutoscaling,
+                    Expr::value(value),
+                )
+                .col_expr(kube_cluster::Column::UpdatedAt, Expr::value(tz(now()))),
+        )
+        .await?;
+        self.cluster_changed(org_id, id);
+        Ok(())
+    }
+
     /// Records what the manager reported; also sets `last_reported_at` and
     /// `last_seen_at`. One `UPDATE`, no read.
     pub async fn update_cluster_info(
@@ -419,7 +445,15 @@ impl Db {
             id,
             kube_cluster::Entity::update_many()
                 .col_expr(C::Nodes, Expr::value(nodes))
-                .col_expr(C::DetectedAutoscaling, Expr::value(detected))
+                // A provider cluster's autoscaler is known from the provider's
+                // API (set at import or create), which the manager's guess
+                // from node labels does not override.
+                .col_expr(
+                    C::DetectedAutoscaling,
+                    Expr::case(C::ProviderId.is_null(), Expr::value(detected))
+                        .finally(Expr::col(C::DetectedAutoscaling))
+                        .into(),
+                )
                 .col_expr(
                     C::KubernetesVersion,
                     Expr::value(Some(info.kubernetes_version.clone())),

@@ -7,17 +7,24 @@
 //! - **idle**: 1 node, no pods;
 //! - **scale**: 2,000 nodes, 20,000 pods that are not workspaces, and 1,000
 //!   workspaces (1,000 pods and 1,000 claims, made with the manager's own
-//!   object builders).
+//!   object builders);
+//! - **pods**: the same cluster with `capacity: pods` (the manager also
+//!   watches every pod, trimmed, to count other workloads' requests);
+//! - **churn**: the same, `capacity: pods`, while 50 pods a second are created
+//!   (each bound to a node, 500m / 512 MiB, deleted 5 s later): how many
+//!   capacity reports reach the server per second, which the coalescing bounds
+//!   (at most one per `LAPDEV_CAPACITY_REPORT_SECS`, default 5 s).
 //!
 //! For each: the manager's peak RSS (`VmHWM` in `/proc/<pid>/status`) after it
 //! reported and idled for a while, and the time from the tunnel opening (and
 //! from process start) to the first full report (cluster info with every node
 //! and the snapshot with every workspace). Floors: idle ≤ 30 MiB, scale ≤
-//! 150 MiB, first report ≤ 2 s; the run fails if one is missed.
+//! 150 MiB, pods ≤ 80 MiB, first report ≤ 2 s; the run fails if one is missed.
 //!
 //! ```sh
 //! cargo build --release -p lapdev-kube-manager -p lapdev-kube-double --bins
 //! LAPDEV_BENCH_BIN_DIR=target/release cargo bench --profile dev -p lapdev-kube-manager --bench manager_scale
+//! # one run: ... --bench manager_scale -- pods   (or idle, scale, churn)
 //! ```
 //!
 //! `LAPDEV_BENCH_BIN_DIR` names where both binaries are, relative to the
@@ -47,6 +54,11 @@ use uuid::Uuid;
 const NAMESPACE: &str = "lapdev-workspaces";
 const IDLE_FLOOR_MIB: f64 = 30.0;
 const SCALE_FLOOR_MIB: f64 = 150.0;
+const PODS_FLOOR_MIB: f64 = 80.0;
+/// Pods created per second in the churn run (each deleted 5 s later).
+const CHURN_PER_SEC: u64 = 50;
+const CHURN_LIFETIME: Duration = Duration::from_secs(5);
+const CHURN_SECS: u64 = 30;
 const FIRST_REPORT_FLOOR: Duration = Duration::from_secs(2);
 
 struct Killed(Child);
@@ -198,12 +210,28 @@ struct Outcome {
     start_to_report: Duration,
 }
 
-async fn measure(kubeconfig: &Path, nodes: u32, workspaces: usize) -> Outcome {
+/// Whether a report counts other workloads' pods (`capacity: pods` has seen
+/// the cluster's pods).
+fn counts_other_pods(info: &lapdev_common::kube::KubeClusterInfo) -> bool {
+    info.nodes
+        .as_ref()
+        .is_some_and(|n| n.iter().any(|n| n.cpu_other_millis > 0))
+}
+
+async fn measure(
+    kubeconfig: &Path,
+    nodes: u32,
+    workspaces: usize,
+    env: &[(&str, &str)],
+    churn: Option<&Client>,
+) -> Outcome {
+    let pods_mode = env.contains(&("LAPDEV_CAPACITY", "pods"));
     let server = FakeServer::start_with("127.0.0.1:0".parse().unwrap(), 10).await;
     let exe = bin_dir().join("lapdev-kube-manager");
     let started = Instant::now();
     let child = Command::new(&exe)
         .env_clear()
+        .envs(env.iter().copied())
         .env("KUBECONFIG", kubeconfig)
         .env("LAPDEV_SERVER_URL", server.url())
         .env("LAPDEV_KUBE_CLUSTER_TOKEN", TOKEN)
@@ -219,7 +247,9 @@ async fn measure(kubeconfig: &Path, nodes: u32, workspaces: usize) -> Outcome {
     let _child = Killed(child);
     let r = server
         .wait_for("the first full report", Duration::from_secs(60), |r| {
-            r.infos.iter().any(|i| i.node_count == nodes)
+            r.infos
+                .iter()
+                .any(|i| i.node_count == nodes && (!pods_mode || counts_other_pods(i)))
                 && r.snapshots.iter().map(Vec::len).sum::<usize>() >= workspaces
                 && !r.snapshots.is_empty()
         })
@@ -228,6 +258,18 @@ async fn measure(kubeconfig: &Path, nodes: u32, workspaces: usize) -> Outcome {
     let done_at = r.first_snapshot_at.unwrap().max(r.first_info_at.unwrap());
     // Let it settle (watch bookmarks, heartbeats, probes) before reading the peak.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    if let Some(c) = churn {
+        let (reports, secs) = churn_pods(&server, c).await;
+        println!(
+            "churn: {CHURN_PER_SEC} pods/s created and deleted {} s later for {CHURN_SECS} s: \
+             {reports} capacity reports in the last {secs:.0} s = {:.2} reports/s \
+             (coalescing bound: 1 per {} s = {:.2}/s)",
+            CHURN_LIFETIME.as_secs(),
+            reports as f64 / secs,
+            report_secs(env),
+            1.0 / report_secs(env),
+        );
+    }
     let out = Outcome {
         peak_rss_kib: status_kib(pid, "VmHWM:"),
         rss_kib: status_kib(pid, "VmRSS:"),
@@ -236,6 +278,61 @@ async fn measure(kubeconfig: &Path, nodes: u32, workspaces: usize) -> Outcome {
     };
     server.stop().await;
     out
+}
+
+fn report_secs(env: &[(&str, &str)]) -> f64 {
+    env.iter()
+        .find(|(k, _)| *k == "LAPDEV_CAPACITY_REPORT_SECS")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(5.0)
+}
+
+/// Creates [`CHURN_PER_SEC`] pods a second for [`CHURN_SECS`] (each bound to
+/// a node and deleted [`CHURN_LIFETIME`] later) and counts the cluster-info
+/// reports the server receives once the churn is steady (after the first
+/// lifetime). Returns (reports, seconds counted).
+async fn churn_pods(server: &FakeServer, client: &Client) -> (usize, f64) {
+    use kube::api::DeleteParams;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "churn"}})).unwrap();
+    let _ = namespaces.create(&PostParams::default(), &ns).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "churn");
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / CHURN_PER_SEC));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let lifetime_ticks = CHURN_LIFETIME.as_secs() * CHURN_PER_SEC;
+    let started = Instant::now();
+    let mut counted_from: Option<(Instant, usize)> = None;
+    let mut calls = Vec::new();
+    for n in 0..CHURN_SECS * CHURN_PER_SEC {
+        tick.tick().await;
+        if n == lifetime_ticks {
+            counted_from = Some((Instant::now(), server.recorded().infos.len()));
+        }
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("churn-{n}")},
+            "spec": {"nodeName": format!("double-node-{}", n % 2_000), "containers": [{
+                "name": "main", "image": "registry.k8s.io/pause:3.10",
+                "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}}]},
+        }))
+        .unwrap();
+        let pods = pods.clone();
+        calls.push(tokio::spawn(async move {
+            pods.create(&PostParams::default(), &pod).await.unwrap();
+            if n >= lifetime_ticks {
+                let old = format!("churn-{}", n - lifetime_ticks);
+                let _ = pods
+                    .delete(&old, &DeleteParams::default().grace_period(0))
+                    .await;
+            }
+        }));
+    }
+    for c in calls {
+        let _ = c.await;
+    }
+    let (from, before) = counted_from.unwrap_or((started, 0));
+    let reports = server.recorded().infos.len() - before;
+    (reports, from.elapsed().as_secs_f64())
 }
 
 fn report(name: &str, o: &Outcome, floor_mib: f64) -> bool {
@@ -264,11 +361,11 @@ async fn main() {
 
     if wanted("idle") {
         let (_double, kubeconfig) = start_double(dir.path(), 1, 0).await;
-        let o = measure(&kubeconfig, 1, 0).await;
+        let o = measure(&kubeconfig, 1, 0, &[], None).await;
         ok &= report("idle", &o, IDLE_FLOOR_MIB);
     }
 
-    if wanted("scale") {
+    if wanted("scale") || wanted("pods") || wanted("churn") {
         let seeding = Instant::now();
         let (_double, kubeconfig) = start_double(dir.path(), 2_000, 20_000).await;
         let c = client(&kubeconfig).await;
@@ -277,8 +374,20 @@ async fn main() {
             "scale: seeded 2,000 nodes, 20,000 other pods, 1,000 workspaces in {:.1} s",
             seeding.elapsed().as_secs_f64()
         );
-        let o = measure(&kubeconfig, 2_000, 1_000).await;
-        ok &= report("scale", &o, SCALE_FLOOR_MIB);
+        if wanted("scale") {
+            let o = measure(&kubeconfig, 2_000, 1_000, &[], None).await;
+            ok &= report("scale", &o, SCALE_FLOOR_MIB);
+        }
+        if wanted("pods") {
+            let pods = [("LAPDEV_CAPACITY", "pods")];
+            let o = measure(&kubeconfig, 2_000, 1_000, &pods, None).await;
+            ok &= report("pods", &o, PODS_FLOOR_MIB);
+        }
+        if wanted("churn") {
+            let pods = [("LAPDEV_CAPACITY", "pods")];
+            let o = measure(&kubeconfig, 2_000, 1_000, &pods, Some(&c)).await;
+            ok &= report("churn", &o, PODS_FLOOR_MIB);
+        }
     }
     assert!(ok, "a floor was missed");
 }

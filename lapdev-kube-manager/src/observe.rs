@@ -22,7 +22,8 @@
 //! | 11 | phase `Running`, condition `Ready=True` | `running` | — | "outdated: restart to apply …" when the pod was built from another spec |
 //! | 12 | the container never started and nothing progressed (created, scheduled, image pulled) for `start_deadline` | `failed` | `StartDeadlineExceeded` | what it was waiting for (rows 13–17) |
 //! | 13 | claim `Pending` and the pod is scheduled, or the scheduler says the claim is unbound | `creating` | `WaitingForVolume` | the provisioner's warning, if any |
-//! | 14 | `PodScheduled=False` `Unschedulable`, with a `TriggeredScaleUp` Event | `creating` | `WaitingForScaleUp` | the autoscaler's message |
+//! | 14 | `PodScheduled=False` `Unschedulable`, the autoscaler's latest Event `TriggeredScaleUp` | `creating` | `WaitingForScaleUp` | the autoscaler's message |
+//! | 14b | `PodScheduled=False` `Unschedulable`, the autoscaler's latest Event `NotTriggerScaleUp` (it declined to add a node) | `failed` | `ScaleUpDeclined` | the autoscaler's reasons |
 //! | 15 | `PodScheduled=False` `Unschedulable` | `creating` | `Unschedulable` | the scheduler's message |
 //! | 16 | `FailedAttachVolume`/`FailedMount` Events on the pod | `creating` | `VolumeAttachFailing` | the attach failure, else the mount failure |
 //! | 17 | container waiting `ErrImagePull` or `ImagePullBackOff` | `creating` | `ImagePullFailing` | the pull error |
@@ -778,21 +779,37 @@ fn pending(pod: &PodFacts, input: &Input<'_>) -> Observed {
         };
         return Observed::with(Creating, WorkspaceReason::WaitingForVolume, message);
     }
-    // Rows 14 and 15.
+    // Rows 14, 14b and 15. cluster-autoscaler records one of its two Events on
+    // each pass over an unschedulable pod; the latest is its current verdict
+    // (a scale-up that failed is followed by a decline, a declined pod may be
+    // helped once the group's limits change).
     if let Scheduled::No(reason, message) = &pod.scheduled
         && reason == "Unschedulable"
     {
-        if let Some(e) =
-            latest(pod_events(pod, input.events).filter(|e| e.reason == "TriggeredScaleUp"))
-        {
-            return Observed::with(
-                Creating,
-                WorkspaceReason::WaitingForScaleUp,
-                with_detail(
-                    "the cluster autoscaler is adding a node".to_owned(),
-                    &e.message,
-                ),
-            );
+        let verdict = latest(
+            pod_events(pod, input.events)
+                .filter(|e| e.reason == "TriggeredScaleUp" || e.reason == "NotTriggerScaleUp"),
+        );
+        if let Some(e) = verdict {
+            return if e.reason == "TriggeredScaleUp" {
+                Observed::with(
+                    Creating,
+                    WorkspaceReason::WaitingForScaleUp,
+                    with_detail(
+                        "the cluster autoscaler is adding a node".to_owned(),
+                        &e.message,
+                    ),
+                )
+            } else {
+                Observed::with(
+                    WorkspaceStatus::Failed,
+                    WorkspaceReason::ScaleUpDeclined,
+                    with_detail(
+                        "the cluster autoscaler will not add a node".to_owned(),
+                        &e.message,
+                    ),
+                )
+            };
         }
         return Observed::with(
             Creating,

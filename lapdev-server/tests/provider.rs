@@ -585,3 +585,81 @@ async fn a_create_whose_intent_cannot_be_written_never_reaches_the_provider() {
     assert!(gke.cluster("europe-west1", "orphan").is_some());
     s.server.shutdown();
 }
+
+/// GKE Autopilot is known from the GKE API's `autopilot.enabled` (import) or
+/// the mode asked for (create), not guessed from node labels; a manager's
+/// report (which guesses from labels) does not override it.
+#[tokio::test]
+async fn autopilot_clusters_are_known_from_the_gke_api() {
+    use lapdev_common::scheduling::Autoscaling;
+    let gke = GkeStandIn::start().await.unwrap();
+    gke.add_autopilot_cluster("europe-west1", "ap", "1.33.5-gke.100");
+    gke.add_cluster("europe-west1", "std", "1.33.5-gke.100", 1);
+    let s = start().await;
+    s.providers
+        .create_provider(
+            "gcp".into(),
+            K8sProviderKind::GCP,
+            gke.config_json(Some("europe-west1")),
+            String::from_utf8(gke.key_json()).unwrap(),
+            false,
+        )
+        .await
+        .unwrap();
+    for name in ["ap", "std"] {
+        s.providers
+            .import_cluster("gcp".into(), name.into(), None, None, false)
+            .await
+            .unwrap();
+    }
+    let ap = s.admin.get_cluster("ap".into()).await.unwrap();
+    assert_eq!(ap.detected_autoscaling, Some(Autoscaling::GKE_AUTOPILOT));
+    let std = s.admin.get_cluster("std".into()).await.unwrap();
+    assert_eq!(std.detected_autoscaling, None);
+
+    // The manager reports no autoscaler (its nodes carry no Autopilot label
+    // yet): the API's answer stays.
+    let token = s
+        .admin
+        .create_cluster_token("ap".into(), "t1".into(), None)
+        .await
+        .unwrap()
+        .token_secret;
+    let manager = lapdev_kube_rpc::KubeClusterRpcClient::new(
+        Client::http(&format!("http://{}/rpc", s.server.local_addr)).unwrap(),
+    )
+    .with_header(
+        http::HeaderName::from_static("x-lapdev-cluster-token"),
+        http::HeaderValue::from_str(&token).unwrap(),
+    );
+    let info = lapdev_common::kube::KubeClusterInfo {
+        kubernetes_version: "v1.33.5-gke.100".into(),
+        node_count: 0,
+        cpu_capacity_millis: 0,
+        cpu_allocatable_millis: 0,
+        memory_capacity_bytes: 0,
+        memory_allocatable_bytes: 0,
+        provider: lapdev_common::status::CloudProvider::Gcp,
+        region: Some("europe-west1".into()),
+        manager_version: "0.1.0".into(),
+        manager_namespace: "lapdev".into(),
+        workspace_namespace: "lapdev-workspaces".into(),
+        manifest_revision: None,
+        nodes: Some(Vec::new()),
+        capacity_mode: None,
+        autoscaling: None,
+    };
+    manager.report_cluster_info(info).await.unwrap();
+    let ap = s.admin.get_cluster("ap".into()).await.unwrap();
+    assert_eq!(ap.kubernetes_version.as_deref(), Some("v1.33.5-gke.100"));
+    assert_eq!(ap.detected_autoscaling, Some(Autoscaling::GKE_AUTOPILOT));
+
+    // A cluster created as Autopilot is known as one from the start.
+    s.providers
+        .create_cluster("gcp".into(), "fresh".into(), None, ClusterMode::Autopilot)
+        .await
+        .unwrap();
+    let fresh = s.admin.get_cluster("fresh".into()).await.unwrap();
+    assert_eq!(fresh.detected_autoscaling, Some(Autoscaling::GKE_AUTOPILOT));
+    s.server.shutdown();
+}

@@ -129,6 +129,7 @@ fn autoscaling_clusters_take_what_the_largest_addable_node_holds_and_rank_last()
         max_node_cpu_millis: 32_000,
         max_node_memory_bytes: 128 * GIB,
         max_nodes: Some(3),
+        per_pod_limit: false,
     });
     let fixed = cluster(
         "fixed",
@@ -161,4 +162,28 @@ fn clusters_without_a_node_report_keep_the_totals_rule() {
     old.cpu_allocatable_millis = 8000;
     old.memory_allocatable_bytes = 32 * GIB;
     assert_eq!(rank(&req(8000, 32), &[old]).unwrap()[0].name, "old");
+}
+
+#[test]
+fn autopilot_maximums_bound_every_workspace() {
+    // A current node larger than Autopilot's per-pod maximums (30 CPU).
+    let nodes = [node("big", 48_000, 192)];
+    let mut autopilot = cluster("autopilot", &nodes, &SchedulingSettings::default());
+    autopilot.autoscaling = Some(Autoscaling::GKE_AUTOPILOT);
+    assert_eq!(
+        rank(&req(16_000, 64), std::slice::from_ref(&autopilot)).unwrap()[0].name,
+        "autopilot"
+    );
+    let err = rank(&req(40_000, 64), std::slice::from_ref(&autopilot)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no connected cluster can fit 40 CPU / 64 GiB; autopilot takes at most 30 CPU / 110 GiB per workspace (GKE Autopilot)"
+    );
+    // The same node under declared (per-node) limits holds it.
+    let mut declared = autopilot.clone();
+    declared.autoscaling = Some(Autoscaling {
+        per_pod_limit: false,
+        ..Autoscaling::GKE_AUTOPILOT
+    });
+    assert!(rank(&req(40_000, 64), &[declared]).is_ok());
 }

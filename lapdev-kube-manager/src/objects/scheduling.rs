@@ -5,13 +5,10 @@
 use k8s_openapi::api::core::v1::{LocalObjectReference, PodSpec, Toleration};
 use lapdev_common::scheduling::{SchedulingSettings, TolerationOperator};
 
-/// Sets the settings on `pod` (fields left unset when a setting is empty, so a
-/// cluster without settings builds the same pod as before).
+/// Sets the settings on `pod` (fields left unset when a setting is empty; the
+/// node selector always holds `kubernetes.io/os: linux`).
 pub fn apply(settings: &SchedulingSettings, pod: &mut PodSpec) {
-    let selector = settings.pod_node_selector();
-    if !selector.is_empty() {
-        pod.node_selector = Some(selector);
-    }
+    pod.node_selector = Some(settings.pod_node_selector());
     if !settings.tolerations.is_empty() {
         pod.tolerations = Some(
             settings

@@ -232,12 +232,12 @@ fn workspace_ids_come_from_the_label() {
 fn the_clusters_scheduling_settings_land_on_the_pod() {
     use lapdev_common::scheduling::{SchedulingSettings, Toleration};
     let plain = pod_json(&settings());
-    for field in [
-        "nodeSelector",
-        "tolerations",
-        "imagePullSecrets",
-        "priorityClassName",
-    ] {
+    // Linux only, as placement counts (Windows nodes are left out).
+    assert_eq!(
+        plain["spec"]["nodeSelector"],
+        json!({"kubernetes.io/os": "linux"})
+    );
+    for field in ["tolerations", "imagePullSecrets", "priorityClassName"] {
         assert!(
             plain["spec"].get(field).is_none(),
             "{field} without settings"
@@ -258,7 +258,7 @@ fn the_clusters_scheduling_settings_land_on_the_pod() {
     let pod = serde_json::to_value(workspace_pod(&s, &settings())).unwrap();
     assert_eq!(
         pod["spec"]["nodeSelector"],
-        json!({"pool": "dev", "kubernetes.io/arch": "arm64"})
+        json!({"pool": "dev", "kubernetes.io/arch": "arm64", "kubernetes.io/os": "linux"})
     );
     assert_eq!(
         pod["spec"]["tolerations"],

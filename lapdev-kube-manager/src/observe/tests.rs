@@ -430,6 +430,48 @@ fn row_14_waiting_for_scale_up() {
 }
 
 #[test]
+fn row_14b_the_autoscaler_declines() {
+    let pending = || unschedulable("0/1 nodes are available: 1 Insufficient cpu.");
+    let declined = event(
+        EventObject::Pod,
+        "NotTriggerScaleUp",
+        "pod didn't trigger scale-up: 1 max node group size reached",
+        minutes(1),
+    );
+    let o = run(&Case {
+        events: vec![declined.clone()],
+        ..with_pod(pending())
+    });
+    assert_row(&o, S::Failed, Some(R::ScaleUpDeclined));
+    assert_eq!(
+        o.message.as_deref(),
+        Some(
+            "the cluster autoscaler will not add a node: pod didn't trigger scale-up: 1 max node group size reached"
+        )
+    );
+    // The latest verdict wins: a decline after a scale-up (it failed), and a
+    // scale-up after a decline (the group grew).
+    let triggered = |at| {
+        event(
+            EventObject::Pod,
+            "TriggeredScaleUp",
+            "pod triggered scale-up: [{pool-1 1->2 (max: 5)}]",
+            at,
+        )
+    };
+    let o = run(&Case {
+        events: vec![triggered(minutes(0)), declined.clone()],
+        ..with_pod(pending())
+    });
+    assert_row(&o, S::Failed, Some(R::ScaleUpDeclined));
+    let o = run(&Case {
+        events: vec![declined, triggered(minutes(2))],
+        ..with_pod(pending())
+    });
+    assert_row(&o, S::Creating, Some(R::WaitingForScaleUp));
+}
+
+#[test]
 fn row_15_unschedulable() {
     let a = run(&with_pod(unschedulable(
         "0/3 nodes are available: 3 Insufficient cpu. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.",

@@ -296,6 +296,20 @@ impl GkeStandIn {
             .insert((location.to_owned(), name.to_owned()), cluster);
     }
 
+    /// Adds a `RUNNING` GKE Autopilot cluster: `autopilot.enabled` and no node
+    /// pools of its own, as the real API shows one.
+    pub fn add_autopilot_cluster(&self, location: &str, name: &str, version: &str) {
+        let mut inner = self.lock();
+        let mut cluster = cluster_json(&self.shared.base_url, location, name, &inner);
+        cluster["status"] = json!("RUNNING");
+        cluster["currentMasterVersion"] = json!(version);
+        cluster["currentNodeCount"] = json!(0);
+        cluster["autopilot"] = json!({"enabled": true});
+        inner
+            .clusters
+            .insert((location.to_owned(), name.to_owned()), cluster);
+    }
+
     /// The cluster JSON as stored, if present.
     pub fn cluster(&self, location: &str, name: &str) -> Option<Value> {
         self.lock()

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lapdev_common::scheduling::Autoscaling;
 use lapdev_common::status::{ClusterStatus, K8sProviderKind};
 use lapdev_db::{
     Cluster, CredentialKey, Db, DbError, NewCluster, NewClusterToken, NewProvider, Provider,
@@ -391,6 +392,19 @@ impl ProviderService {
     async fn set_status(&self, org: Uuid, id: Uuid, status: ClusterStatus) {
         if let Err(e) = self.inner.db.set_cluster_status(org, id, status).await {
             tracing::warn!(cluster_id = %id, error = %e, "could not record cluster status");
+        }
+    }
+
+    /// The provider's API says the cluster is GKE Autopilot: its per-pod
+    /// maximums apply to placement (see `lapdev_conductor::placement`).
+    async fn record_autopilot(&self, org: Uuid, id: Uuid) {
+        if let Err(e) = self
+            .inner
+            .db
+            .set_detected_autoscaling(org, id, Some(&Autoscaling::GKE_AUTOPILOT))
+            .await
+        {
+            tracing::warn!(cluster_id = %id, error = %e, "could not record GKE Autopilot");
         }
     }
 
@@ -932,6 +946,9 @@ impl ProviderRpc for ProviderService {
             )
             .await
             .map_err(db_error)?;
+        if remote.autopilot {
+            self.record_autopilot(who.organization_id, created.id).await;
+        }
         lock(&self.inner.detected).insert(created.id, cluster_view_of(&remote, None));
         if install
             && let Err(message) = self
@@ -1022,6 +1039,9 @@ impl ProviderRpc for ProviderService {
             )
             .await
             .map_err(db_error)?;
+        if mode == ClusterMode::Autopilot {
+            self.record_autopilot(org, cluster.id).await;
+        }
         let op = match client
             .create_cluster(&NewProviderCluster {
                 name: name.clone(),

@@ -87,6 +87,8 @@ pub struct DoubleHandle {
     pub(crate) auth: Arc<crate::rbac::Auth>,
     /// Local exec, the exec protocols offered and the pods' registered ports.
     pub(crate) streams: Arc<crate::stream::Streams>,
+    /// The stand-in cluster-autoscaler's node group, when it is on.
+    pub(crate) autoscaler: Arc<std::sync::Mutex<Option<crate::autoscaler::AutoscalerState>>>,
 }
 
 fn resource_of<K: kube::Resource<DynamicType = ()>>() -> Result<&'static ResourceDef, HandleError> {
@@ -121,6 +123,21 @@ pub(crate) fn set_condition(conditions: &mut Vec<Value>, ty: &str, status: &str)
 impl DoubleHandle {
     /// Adds a node with the given capacity (as the node's kubelet would register it).
     pub fn add_node(&self, name: &str, spec: NodeSpec) -> Result<Node, HandleError> {
+        let node = self.node_object(name, spec);
+        let out = self.store.create(
+            resource::core_resource("nodes"),
+            "",
+            node,
+            &WriteCtx::by("kubelet"),
+        )?;
+        to_typed(&out)
+    }
+
+    /// The Node object a kubelet registers for `spec`: the well-known labels
+    /// (`kubernetes.io/os` and `kubernetes.io/arch` default to linux and amd64,
+    /// and `status.nodeInfo` says the same as the labels), capacity,
+    /// allocatable and conditions.
+    pub(crate) fn node_object(&self, name: &str, spec: NodeSpec) -> Value {
         let mut labels: BTreeMap<String, String> = BTreeMap::from([
             ("kubernetes.io/hostname".to_owned(), name.to_owned()),
             ("kubernetes.io/os".to_owned(), "linux".to_owned()),
@@ -129,6 +146,13 @@ impl DoubleHandle {
             ("beta.kubernetes.io/arch".to_owned(), "amd64".to_owned()),
         ]);
         labels.extend(spec.labels);
+        let os = labels.get("kubernetes.io/os").cloned().unwrap_or_default();
+        let arch = labels
+            .get("kubernetes.io/arch")
+            .cloned()
+            .unwrap_or_default();
+        labels.insert("beta.kubernetes.io/os".to_owned(), os.clone());
+        labels.insert("beta.kubernetes.io/arch".to_owned(), arch.clone());
         let capacity = json!({"cpu": spec.cpu, "memory": spec.memory, "pods": "110", "ephemeral-storage": "100Gi"});
         let allocatable = json!({
             "cpu": spec.allocatable_cpu.unwrap_or(spec.cpu),
@@ -161,8 +185,8 @@ impl DoubleHandle {
                     "kubeletVersion": self.kubernetes_version,
                     "kubeProxyVersion": self.kubernetes_version,
                     "osImage": "lapdev-kube-double (not a real node)",
-                    "operatingSystem": "linux",
-                    "architecture": "amd64",
+                    "operatingSystem": os,
+                    "architecture": arch,
                     "kernelVersion": "6.1.0",
                     "containerRuntimeVersion": "none://0.0.0",
                     "machineID": "", "systemUUID": "", "bootID": "",
@@ -172,13 +196,7 @@ impl DoubleHandle {
         if let Some(p) = spec.provider_id {
             node["spec"]["providerID"] = json!(p);
         }
-        let out = self.store.create(
-            resource::core_resource("nodes"),
-            "",
-            node,
-            &WriteCtx::by("kubelet"),
-        )?;
-        to_typed(&out)
+        node
     }
 
     /// Removes a node (as deleting the Node object would); the pod garbage

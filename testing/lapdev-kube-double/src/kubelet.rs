@@ -227,6 +227,7 @@ impl DoubleHandle {
                             &message,
                             None,
                         );
+                        self.consider_scale_up(&pod);
                     }
                     return;
                 }

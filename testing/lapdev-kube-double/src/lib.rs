@@ -83,6 +83,12 @@
 //!   ([`DoubleHandle::taint_node`], e.g. [`OUT_OF_SERVICE`]), and the pod garbage
 //!   collector ([`DoubleHandle::set_pod_gc`]). The stand-in scheduler records
 //!   `Scheduled` and `FailedScheduling` Events.
+//! - A stand-in cluster-autoscaler with one node group
+//!   ([`DoubleHandle::enable_autoscaler`]): a pod no node fits gets
+//!   `TriggeredScaleUp` when a node of the group's template would take it and
+//!   the group is below its maximum, else `NotTriggerScaleUp` with the
+//!   autoscaler's reasons; the triggered nodes appear on
+//!   [`DoubleHandle::complete_scale_up`].
 //!
 //! Note that kube's default client retries 429, 503 and 504 answers (up to 15
 //! times, with exponential backoff from 5 ms): a test that wants the caller to see
@@ -169,7 +175,9 @@
 //!   `NoSchedule`/`NoExecute` taint (a not-Ready node without one counts as
 //!   tainted `node.kubernetes.io/not-ready`), `nodeSelector` and required node
 //!   affinity (e.g. `kubernetes.io/arch`), and allocatable CPU and memory that
-//!   still fit the pod's requests (spreading pods in turn); otherwise it leaves
+//!   still fit the pod's requests (counted as the scheduler counts them: sidecar
+//!   init containers added, the largest init container, `spec.overhead`;
+//!   spreading pods in turn); otherwise it leaves
 //!   the pod `Pending` with `PodScheduled=False`/`Unschedulable` and a
 //!   `FailedScheduling` Event with the real message (`0/3 nodes are available:
 //!   ...`, without the preemption part), retrying when nodes change or pods go.
@@ -195,6 +203,7 @@
 //!   `pods/attach` are not served.
 
 mod admission;
+mod autoscaler;
 mod control;
 mod error;
 mod events;
@@ -224,6 +233,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use admission::DEFAULT_CLASS_ANNOTATION;
+pub use autoscaler::{NODE_GROUP_LABEL, NodeGroup};
 pub use control::{FailureMode, Verb};
 pub use error::{ApiError, Cause, HandleError, StartError};
 pub use handle::{DoubleHandle, KubeletConfig, NodeSpec};
@@ -302,6 +312,7 @@ impl KubeDouble {
             control: control.clone(),
             kubernetes_version: config.kubernetes_version.clone(),
             scheduler: Arc::default(),
+            autoscaler: Arc::default(),
             kubelet: Arc::default(),
             auth: Arc::default(),
             streams: Arc::new(stream::Streams::new(config.local_exec)),

@@ -61,22 +61,36 @@ fn container_requests(c: &Value, resource: &str) -> f64 {
     quantity(requested.or(limited))
 }
 
-/// A pod's effective request: the sum over containers, or the largest init
-/// container when that is more (as the scheduler computes it).
+/// A pod's effective request, as the scheduler computes it
+/// (`k8s.io/component-helpers/resource.PodRequests`): the containers plus the
+/// sidecar init containers (`restartPolicy: Always`), or the largest init
+/// container plus the sidecars started before it when that is more, plus
+/// `spec.overhead`.
 fn pod_requests(pod: &Value, resource: &str) -> f64 {
     let list = |key: &str| {
         pod.pointer(&format!("/spec/{key}"))
             .and_then(Value::as_array)
-            .map(|cs| {
-                cs.iter()
-                    .map(|c| container_requests(c, resource))
-                    .collect::<Vec<_>>()
-            })
+            .cloned()
             .unwrap_or_default()
     };
-    let sum: f64 = list("containers").iter().sum();
-    let init = list("initContainers").into_iter().fold(0.0, f64::max);
-    sum.max(init)
+    let mut sidecars = 0.0;
+    let mut init_peak: f64 = 0.0;
+    for c in list("initContainers") {
+        let r = container_requests(&c, resource);
+        if c.get("restartPolicy").and_then(Value::as_str) == Some("Always") {
+            sidecars += r;
+            init_peak = init_peak.max(sidecars);
+        } else {
+            init_peak = init_peak.max(sidecars + r);
+        }
+    }
+    let app: f64 = sidecars
+        + list("containers")
+            .iter()
+            .map(|c| container_requests(c, resource))
+            .sum::<f64>();
+    let overhead = quantity(pod.pointer("/spec/overhead").and_then(|o| o.get(resource)));
+    app.max(init_peak) + overhead
 }
 
 /// The string value of a dotted field path, as the field-selector index sees it.

@@ -111,6 +111,56 @@ fn affinity_matches(pod: &Value, node_name: &str, labels: &BTreeMap<String, Stri
     })
 }
 
+/// Why `pod` cannot go to `node`, which already holds `used` (CPU, memory):
+/// the reason of the first filter it fails, two for CPU and memory both short;
+/// empty when it fits. The cluster autoscaler asks the same of a node it could
+/// add.
+pub(crate) fn node_failures(
+    pod_value: &Value,
+    pod: &Stored,
+    node: &Stored,
+    used: (f64, f64),
+) -> Vec<String> {
+    let nodes_res = resource::core_resource("nodes");
+    let cordon =
+        serde_json::json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"});
+    let mut taints = node.attrs.taints.clone();
+    let lifecycle_tainted = taints.iter().any(|t| {
+        matches!(
+            str_at(t, "key"),
+            "node.kubernetes.io/not-ready" | "node.kubernetes.io/unreachable"
+        )
+    });
+    if !node.attrs.ready && !lifecycle_tainted {
+        taints.push(
+            serde_json::json!({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}),
+        );
+    }
+    if node.attrs.field(nodes_res, "spec.unschedulable") == "true"
+        && untolerated(pod_value, std::slice::from_ref(&cordon)).is_some()
+    {
+        return vec!["node(s) were unschedulable".to_owned()];
+    }
+    if let Some(t) = untolerated(pod_value, &taints) {
+        return vec![format!(
+            "node(s) had untolerated taint {{{}: {}}}",
+            str_at(t, "key"),
+            str_at(t, "value")
+        )];
+    }
+    if !affinity_matches(pod_value, &node.attrs.name, &node.attrs.labels) {
+        return vec!["node(s) didn't match Pod's node affinity/selector".to_owned()];
+    }
+    let mut out = Vec::new();
+    if node.attrs.cpu - used.0 < pod.attrs.cpu - 1e-9 {
+        out.push("Insufficient cpu".to_owned());
+    }
+    if node.attrs.memory - used.1 < pod.attrs.memory - 1e-9 {
+        out.push("Insufficient memory".to_owned());
+    }
+    out
+}
+
 impl DoubleHandle {
     /// A node for `pod` (see the module docs); candidates that fit are taken in
     /// turn (`pick`) to spread pods. The error is the real scheduler's message.
@@ -137,47 +187,16 @@ impl DoubleHandle {
             }
         }
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        let mut count = |r: String| *reasons.entry(r).or_default() += 1;
-        let cordon =
-            serde_json::json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"});
         let mut fits = Vec::new();
         for n in &nodes {
             let name = &n.attrs.name;
-            let mut taints = n.attrs.taints.clone();
-            let lifecycle_tainted = taints.iter().any(|t| {
-                matches!(
-                    str_at(t, "key"),
-                    "node.kubernetes.io/not-ready" | "node.kubernetes.io/unreachable"
-                )
-            });
-            if !n.attrs.ready && !lifecycle_tainted {
-                taints.push(serde_json::json!({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}));
+            let used = used.get(name).copied().unwrap_or_default();
+            let failed = node_failures(&pod_value, pod, n, used);
+            if failed.is_empty() {
+                fits.push(name.clone());
             }
-            let (cpu, memory) = used.get(name).copied().unwrap_or_default();
-            if n.attrs.field(nodes_res, "spec.unschedulable") == "true"
-                && untolerated(&pod_value, std::slice::from_ref(&cordon)).is_some()
-            {
-                count("node(s) were unschedulable".to_owned());
-            } else if let Some(t) = untolerated(&pod_value, &taints) {
-                count(format!(
-                    "node(s) had untolerated taint {{{}: {}}}",
-                    str_at(t, "key"),
-                    str_at(t, "value")
-                ));
-            } else if !affinity_matches(&pod_value, name, &n.attrs.labels) {
-                count("node(s) didn't match Pod's node affinity/selector".to_owned());
-            } else {
-                let no_cpu = n.attrs.cpu - cpu < pod.attrs.cpu - 1e-9;
-                let no_memory = n.attrs.memory - memory < pod.attrs.memory - 1e-9;
-                if no_cpu {
-                    count("Insufficient cpu".to_owned());
-                }
-                if no_memory {
-                    count("Insufficient memory".to_owned());
-                }
-                if !no_cpu && !no_memory {
-                    fits.push(name.clone());
-                }
+            for r in failed {
+                *reasons.entry(r).or_default() += 1;
             }
         }
         if let Some(node) = fits.get(pick % fits.len().max(1)) {

@@ -156,3 +156,174 @@ async fn a_lost_node_is_tainted_unreachable_for_the_scheduler() {
     let node = node_of(&pods, "agent").await;
     assert!(node == "n1" || node == "n2", "{node}");
 }
+
+async fn event_message(events: &Api<Event>, pod: &str, reason: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = events
+            .list(&ListParams::default().fields(&format!("involvedObject.name={pod}")))
+            .await
+            .unwrap();
+        if let Some(e) = list
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+        {
+            assert_eq!(e.type_.as_deref(), Some("Normal"));
+            assert_eq!(
+                e.source.and_then(|s| s.component).as_deref(),
+                Some("cluster-autoscaler")
+            );
+            return e.message.unwrap_or_default();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pod} never got {reason}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn requesting(cpu: &str) -> serde_json::Value {
+    json!({"containers": [{"name": "main", "image": "ubuntu:24.04", "resources": {"requests": {"cpu": cpu}}}]})
+}
+
+// "Resource sharing within containers" and "Pod Overhead" in the Kubernetes
+// docs: sidecars (restartable init containers) add to the containers, a
+// regular init container counts alone (plus the sidecars before it), and the
+// overhead comes on top.
+#[tokio::test]
+async fn sidecars_init_containers_and_overhead_count_like_the_scheduler() {
+    let (double, client) = start().await;
+    double.add_node("n1", NodeSpec::default()).unwrap(); // 4 CPU
+    let _kubelet = double.run_kubelet(KubeletConfig {
+        delay: Duration::from_millis(10),
+        ..KubeletConfig::default()
+    });
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let c = |name: &str, cpu: &str| json!({"name": name, "image": "ubuntu:24.04", "resources": {"requests": {"cpu": cpu}}});
+    let mut sidecar = c("proxy", "1500m");
+    sidecar["restartPolicy"] = json!("Always");
+    // 2 + 1.5 (sidecar) + 1 (overhead) = 4.5 > 4.
+    let too_big = json!({"containers": [c("main", "2")], "initContainers": [sidecar], "overhead": {"cpu": "1"}});
+    pods.create(&PostParams::default(), &pod("sidecar", too_big))
+        .await
+        .unwrap();
+    assert_eq!(
+        unschedulable_message(&pods, "sidecar").await,
+        "0/1 nodes are available: 1 Insufficient cpu."
+    );
+    // max(1, 3.5) = 3.5 <= 4: a regular init container is not added.
+    let init = json!({"containers": [c("main", "1")], "initContainers": [c("setup", "3500m")]});
+    pods.create(&PostParams::default(), &pod("init", init))
+        .await
+        .unwrap();
+    assert_eq!(node_of(&pods, "init").await, "n1");
+}
+
+// A Windows node's kubelet labels it `kubernetes.io/os=windows` (and reports
+// it in `nodeInfo`); a pod selecting Linux stays off it.
+#[tokio::test]
+async fn os_and_arch_labels_match_node_info_and_selectors() {
+    let (double, client) = start().await;
+    let labels = |os: &str, arch: &str| NodeSpec {
+        labels: BTreeMap::from([
+            ("kubernetes.io/os".to_owned(), os.to_owned()),
+            ("kubernetes.io/arch".to_owned(), arch.to_owned()),
+        ]),
+        ..NodeSpec::default()
+    };
+    let win = double.add_node("win", labels("windows", "amd64")).unwrap();
+    let info = win.status.unwrap().node_info.unwrap();
+    assert_eq!(info.operating_system, "windows");
+    let arm = double.add_node("arm", labels("linux", "arm64")).unwrap();
+    let info = arm.status.unwrap().node_info.unwrap();
+    assert_eq!(
+        (info.operating_system.as_str(), info.architecture.as_str()),
+        ("linux", "arm64")
+    );
+    let _kubelet = double.run_kubelet(KubeletConfig {
+        delay: Duration::from_millis(10),
+        ..KubeletConfig::default()
+    });
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let linux_amd64 =
+        json!({"nodeSelector": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}});
+    pods.create(&PostParams::default(), &pod("ws", linux_amd64))
+        .await
+        .unwrap();
+    assert_eq!(
+        unschedulable_message(&pods, "ws").await,
+        "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector."
+    );
+    let linux = json!({"nodeSelector": {"kubernetes.io/os": "linux"}});
+    pods.create(&PostParams::default(), &pod("any-arch", linux))
+        .await
+        .unwrap();
+    assert_eq!(node_of(&pods, "any-arch").await, "arm");
+}
+
+// cluster-autoscaler's FAQ ("How does scale-up work?"): a pending pod that a
+// new node of a group would fit triggers a scale-up of that group; one that no
+// group can help gets NotTriggerScaleUp with the reasons.
+#[tokio::test]
+async fn the_autoscaler_adds_a_node_for_a_pod_its_template_fits() {
+    let (double, client) = start().await;
+    double.add_node("small", NodeSpec::default()).unwrap(); // 4 CPU
+    double.enable_autoscaler(lapdev_kube_double::NodeGroup {
+        name: "pool".to_owned(),
+        template: NodeSpec {
+            cpu: "8".to_owned(),
+            memory: "32Gi".to_owned(),
+            ..NodeSpec::default()
+        },
+        max_nodes: 1,
+    });
+    let _kubelet = double.run_kubelet(KubeletConfig {
+        delay: Duration::from_millis(10),
+        ..KubeletConfig::default()
+    });
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+
+    pods.create(&PostParams::default(), &pod("big", requesting("6")))
+        .await
+        .unwrap();
+    assert_eq!(
+        unschedulable_message(&pods, "big").await,
+        "0/1 nodes are available: 1 Insufficient cpu."
+    );
+    assert_eq!(
+        event_message(&events, "big", "TriggeredScaleUp").await,
+        "pod triggered scale-up: [{pool 0->1 (max: 1)}]"
+    );
+    assert_eq!(double.upcoming_nodes(), 1);
+
+    // Larger than the template: no node group helps.
+    pods.create(&PostParams::default(), &pod("huge", requesting("16")))
+        .await
+        .unwrap();
+    assert_eq!(
+        event_message(&events, "huge", "NotTriggerScaleUp").await,
+        "pod didn't trigger scale-up: 1 Insufficient cpu"
+    );
+
+    // The node arrives and takes the pod that waited for it.
+    assert_eq!(double.complete_scale_up().unwrap(), vec!["pool-1"]);
+    assert_eq!(node_of(&pods, "big").await, "pool-1");
+    let node: Node = Api::all(client).get("pool-1").await.unwrap();
+    assert_eq!(
+        node.metadata.labels.unwrap()[lapdev_kube_double::NODE_GROUP_LABEL],
+        "pool"
+    );
+
+    // The group is at its maximum: a pod the template would fit is declined.
+    pods.create(&PostParams::default(), &pod("next", requesting("5")))
+        .await
+        .unwrap();
+    assert_eq!(
+        event_message(&events, "next", "NotTriggerScaleUp").await,
+        "pod didn't trigger scale-up: 1 max node group size reached"
+    );
+    assert_eq!(double.upcoming_nodes(), 0);
+}

@@ -1,0 +1,261 @@
+//! Shared by the tests that run every real binary (`e2e`, `placement`):
+//! `lapdev-server` on PostgreSQL, the Kubernetes API test double,
+//! `lapdev-kube-manager` talking to both as the ServiceAccount of the rendered
+//! manifest (RBAC enforced), and the `lapdev` CLI.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use lapdev_common::status::CapacityMode;
+use lapdev_db::test_support::TestDatabase;
+use lapdev_kube::manifest::{ManifestParams, manager_manifest};
+use lapdev_kube_double::{KubeDouble, NodeSpec};
+use serde_json::Value;
+
+pub const NAMESPACE: &str = "lapdev-workspaces";
+
+/// Builds (if needed, once per test process) and returns the path of a
+/// workspace binary.
+pub fn binary(package: &'static str, name: &'static str) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static BUILT: OnceLock<Mutex<HashMap<&'static str, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Mutex::default).lock().unwrap();
+    built
+        .entry(name)
+        .or_insert_with(|| build(package, name))
+        .clone()
+}
+
+fn build(package: &str, name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q", "-p", package, "--bin", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().unwrap();
+    assert!(status.success(), "building {name} failed");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} does not exist", path.display());
+    path
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    child: Child,
+    name: &'static str,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        eprintln!("stopped {}", self.name);
+    }
+}
+
+pub struct Env {
+    pub server_bin: PathBuf,
+    pub manager_bin: PathBuf,
+    pub database: TestDatabase,
+    pub data_dir: tempfile::TempDir,
+    pub double: KubeDouble,
+    pub kubeconfig: PathBuf,
+}
+
+impl Env {
+    pub async fn new() -> Env {
+        let nodes = (0..3)
+            .map(|i| {
+                let spec = NodeSpec {
+                    cpu: "4".into(),
+                    memory: "16Gi".into(),
+                    ..NodeSpec::default()
+                };
+                (format!("node-{i}"), spec)
+            })
+            .collect();
+        Env::with(CapacityMode::Nodes, nodes).await
+    }
+
+    /// An environment whose double has `nodes`, and whose manager's rights
+    /// are those of the manifest rendered for `capacity`.
+    pub async fn with(capacity: CapacityMode, nodes: Vec<(String, NodeSpec)>) -> Env {
+        let server_bin = binary("lapdev-server", "lapdev-server");
+        let manager_bin = binary("lapdev-kube-manager", "lapdev-kube-manager");
+        let database = TestDatabase::postgres().await;
+        let data_dir = tempfile::tempdir().unwrap();
+        let double = KubeDouble::start().await.unwrap();
+        let h = double.handle();
+        // The manager runs as the ServiceAccount of the manifest the server
+        // renders, with RBAC enforced from the Role and ClusterRole it applies
+        // and Pod Security from its namespace labels: a Kubernetes call the
+        // manifest does not allow fails this test.
+        let mut params = ManifestParams::new(
+            "http://127.0.0.1:1",
+            "lapdev_ct_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_abcde",
+            "e2e",
+        );
+        params.capacity_mode = capacity;
+        let manifest = manager_manifest(&params).unwrap();
+        h.create(&manifest.manager_namespace).unwrap();
+        h.create(&manifest.workspace_namespace).unwrap();
+        h.create(&manifest.service_account).unwrap();
+        h.create(&manifest.cluster_role).unwrap();
+        h.create(&manifest.cluster_role_binding).unwrap();
+        h.create(&manifest.role).unwrap();
+        h.create(&manifest.role_binding).unwrap();
+        h.enable_rbac();
+        for (name, spec) in nodes {
+            h.add_node(&name, spec).unwrap();
+        }
+        let kubeconfig = double
+            .service_account_kubeconfig("lapdev", "lapdev-kube-manager")
+            .unwrap();
+        Env {
+            server_bin,
+            manager_bin,
+            database,
+            data_dir,
+            double,
+            kubeconfig,
+        }
+    }
+
+    /// Starts the server (on `port`, 0 for any) and returns it with its base URL.
+    pub fn server(&self, port: u16) -> (Proc, String) {
+        let mut child = Command::new(&self.server_bin)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(self.data_dir.path().join("data"))
+            .args(["--database-url", self.database.url()])
+            // Short, so silence is noticed quickly, but not so short that a
+            // scheduling stall of a loaded two-core machine (three missed
+            // intervals) reads as a lost manager and flaps the status.
+            .args(["--heartbeat-interval-secs", "2"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("the server printed its address")
+                .unwrap();
+            if let Some(url) = line.strip_prefix("lapdev-server listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        (
+            Proc {
+                child,
+                name: "lapdev-server",
+            },
+            url,
+        )
+    }
+
+    pub fn manager(&self, server: &str, token: &str) -> Proc {
+        self.manager_with(server, token, &[])
+    }
+
+    /// The manager with extra environment (e.g. `LAPDEV_CAPACITY`).
+    pub fn manager_with(&self, server: &str, token: &str, env: &[(&str, &str)]) -> Proc {
+        let child = Command::new(&self.manager_bin)
+            .envs(env.iter().copied())
+            .args(["--listen", "127.0.0.1:0"])
+            .env("LAPDEV_SERVER_URL", server)
+            .env("LAPDEV_KUBE_CLUSTER_TOKEN", token)
+            .env("LAPDEV_WORKSPACE_NAMESPACE", NAMESPACE)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Proc {
+            child,
+            name: "lapdev-kube-manager",
+        }
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("data/admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    pub fn lapdev(&self, server: &str, args: &[&str]) -> Output {
+        Command::new(lapdev_bin())
+            .args(args)
+            .env("LAPDEV_SERVER", server)
+            .env("LAPDEV_TOKEN", self.admin_token())
+            .output()
+            .unwrap()
+    }
+
+    pub fn json(&self, server: &str, args: &[&str]) -> Value {
+        let out = self.lapdev(server, args);
+        assert!(
+            out.status.success(),
+            "lapdev {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn pods(&self) -> Vec<Pod> {
+        self.double.handle().list::<Pod>().unwrap()
+    }
+
+    pub fn pvcs(&self) -> Vec<PersistentVolumeClaim> {
+        self.double
+            .handle()
+            .list::<PersistentVolumeClaim>()
+            .unwrap()
+    }
+}
+
+/// Polls `f` until it holds (bounded); the processes under test move on their own.
+/// The bound is generous: on a loaded 2-core CI machine three of these tests run
+/// real binaries side by side.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn pod_name(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap()
+}
+
+/// The `lapdev` CLI of the package under test.
+fn lapdev_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lapdev"))
+}
