@@ -27,6 +27,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
+mod ssh;
+
 const NAMESPACE: &str = "lapdev-workspaces";
 
 struct Env {
@@ -36,6 +38,8 @@ struct Env {
     pod: String,
     tunnel: tokio::task::JoinHandle<()>,
     fake: Arc<FakeManager>,
+    /// The cluster token the manager's tunnel uses.
+    token_id: Uuid,
 }
 
 /// A running workspace `box` with its pod in the double (local exec on);
@@ -155,6 +159,7 @@ async fn env_with(tunnel: bool) -> Env {
         pod,
         tunnel,
         fake,
+        token_id: created.token.id,
     }
 }
 
@@ -253,6 +258,28 @@ async fn exec_keeps_streams_apart_and_exits_with_the_remote_code() {
         !text.contains("echo out"),
         "arguments must not be audited: {text}"
     );
+    // `/metrics` labels the session by its route template, not `other`.
+    let metrics = http_get(&e.t, "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("lapdev_http_requests_total")
+            && l.contains(r#"route="/api/v1/workspaces/{workspace}/exec""#)),
+        "{metrics}"
+    );
+}
+
+/// A plain `GET` on the server, its body as text.
+async fn http_get(t: &TestServer, path: &str) -> String {
+    let transport =
+        lapdev_hrpc::HttpTransport::new(lapdev_hrpc::HttpTransportConfig::default()).unwrap();
+    let response = transport
+        .send(
+            http::Request::get(format!("{}{path}", t.base()))
+                .body(Bytes::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    String::from_utf8_lossy(response.body()).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -625,4 +652,72 @@ async fn through_the_real_tunnel_exec_and_port_forward_work_and_a_drop_ends_the_
     assert!(!out.status.success(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error:"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_cluster_token_ends_open_sessions_with_the_reason() {
+    let e = env_with(true).await;
+    e.double
+        .register_pod_port(NAMESPACE, &e.pod, 8080, echo_server().await);
+    let spawn = |args: &[&str]| {
+        lapdev_cmd(&e.t, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // An open exec session and an open forwarded connection, each shown live
+    // by a round trip.
+    let mut exec = spawn(&["workspace", "exec", "-i", "box", "--", "cat"]);
+    let mut proxy = spawn(&["workspace", "proxy", "box", "8080"]);
+    let mut inputs = Vec::new();
+    for child in [&mut exec, &mut proxy] {
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        stdin.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(60), stdout.read_exact(&mut back))
+            .await
+            .expect("the session answered")
+            .unwrap();
+        assert_eq!(&back, b"ping");
+        // Kept open: the sessions end only because of the revocation.
+        inputs.push((stdin, stdout));
+    }
+
+    let out = lapdev(
+        &e.t,
+        &["cluster", "token", "revoke", "dev", &e.token_id.to_string()],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+
+    for (what, child) in [("exec", exec), ("proxy", proxy)] {
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("{what} still runs after the revocation"))
+            .unwrap();
+        assert!(!out.status.success(), "{what}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.trim_end(),
+            "error: the cluster's token was revoked",
+            "{what}"
+        );
+    }
+    drop(inputs);
+    // The revoked token's tunnel is gone, so a new session is refused with
+    // a reason, not a hang.
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        lapdev(&e.t, &["workspace", "exec", "box", "--", "true"]),
+    )
+    .await
+    .expect("no hang");
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("error: "),
+        "{out:?}"
+    );
 }
