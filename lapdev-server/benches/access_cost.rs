@@ -209,7 +209,10 @@ async fn start_stack(base: String, token: String, manager_url: &str, dir: &Path)
         .expect("the manager starts");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let c = admin.get_cluster("bench".into()).await.expect("the cluster");
+        let c = admin
+            .get_cluster("bench".into())
+            .await
+            .expect("the cluster");
         if c.status == ClusterStatus::Connected && c.node_count == Some(1) {
             break;
         }
@@ -463,9 +466,11 @@ async fn interactive(stack: &Stack, samples: usize) {
     let (mut cli, mut kube) = (Vec::new(), Vec::new());
     for _ in 0..samples {
         let t = Instant::now();
-        ws.send(Message::Binary(Frame::Stdin(Bytes::from_static(b"x")).to_bytes()))
-            .await
-            .expect("a send");
+        ws.send(Message::Binary(
+            Frame::Stdin(Bytes::from_static(b"x")).to_bytes(),
+        ))
+        .await
+        .expect("a send");
         let mut got = 0;
         while got < 1 {
             got += cli_read(&mut ws, &mut decoder).await.len();
@@ -486,14 +491,28 @@ async fn interactive(stack: &Stack, samples: usize) {
         percentile(&kube, 0.5),
         percentile(&kube, 0.99),
     );
-    println!("interactive latency, one byte echoed in a TTY ({samples} samples each, interleaved):");
+    println!(
+        "interactive latency, one byte echoed in a TTY ({samples} samples each, interleaved):"
+    );
     println!("  path                         p50 ms   p99 ms");
-    println!("  server+tunnel+manager (WS) {:>8.3} {:>8.3}", ms(c50), ms(c99));
-    println!("  kube exec to the double    {:>8.3} {:>8.3}", ms(k50), ms(k99));
+    println!(
+        "  server+tunnel+manager (WS) {:>8.3} {:>8.3}",
+        ms(c50),
+        ms(c99)
+    );
+    println!(
+        "  kube exec to the double    {:>8.3} {:>8.3}",
+        ms(k50),
+        ms(k99)
+    );
     println!(
         "  added by Lapdev: p50 {:.3} ms (floor ≤ 1 ms: {}), p99 {:.3} ms",
         ms(c50) - ms(k50),
-        if ms(c50) - ms(k50) <= 1.0 { "met" } else { "MISSED" },
+        if ms(c50) - ms(k50) <= 1.0 {
+            "met"
+        } else {
+            "MISSED"
+        },
         ms(c99) - ms(k99)
     );
 }
@@ -509,7 +528,10 @@ async fn idle_memory(sink: &Sink, via: SocketAddr, n: usize, procs: &[(&str, u32
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while sink.accepted.load(Ordering::Relaxed) < accepted + n {
-        assert!(Instant::now() < deadline, "the connections never reached the sink");
+        assert!(
+            Instant::now() < deadline,
+            "the connections never reached the sink"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Let the last sessions settle.
@@ -633,11 +655,12 @@ async fn fairness(secs: u64) {
     let sink = start_sink().await;
     let (_cli, via) = cli_forward(&stack, sink.port).await;
     let kube = &server.state.kube;
-    let manager = kube.manager_client(stack.cluster_id).expect("a manager client");
+    let manager = kube
+        .manager_client(stack.cluster_id)
+        .expect("a manager client");
     let tunnel = kube.tunnel(stack.cluster_id).expect("the tunnel");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let start_count = sink.received.load(Ordering::Relaxed);
     let mut pushers = Vec::new();
     for _ in 0..4 {
         let stop = stop.clone();
@@ -680,7 +703,6 @@ async fn fairness(secs: u64) {
     for p in pushers {
         drop(p.await);
     }
-    let _ = start_count;
     let limits = lapdev_hrpc::tunnel::StreamLimits::default();
     let windows = (4 * limits.stream_window_bytes).min(limits.connection_window_bytes) as f64;
     let bound = 2.0 * ms(one_way) + windows / rate * 1e3 + 10.0;
@@ -767,7 +789,11 @@ async fn main_async() {
         println!(
             "  {conns:>5}   {lapdev:>13.1}   {kube:>9.1}   {:.2}× ({})",
             lapdev / kube,
-            if lapdev / kube >= 0.4 { "met" } else { "MISSED" }
+            if lapdev / kube >= 0.4 {
+                "met"
+            } else {
+                "MISSED"
+            }
         );
     }
 

@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
+#[path = "access/ssh.rs"]
 mod ssh;
 
 const NAMESPACE: &str = "lapdev-workspaces";
@@ -261,14 +262,17 @@ async fn exec_keeps_streams_apart_and_exits_with_the_remote_code() {
     // `/metrics` labels the session by its route template, not `other`.
     let metrics = http_get(&e.t, "/metrics").await;
     assert!(
-        metrics.lines().any(|l| l.starts_with("lapdev_http_requests_total")
-            && l.contains(r#"route="/api/v1/workspaces/{workspace}/exec""#)),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("lapdev_http_requests_total")
+                && l.contains(r#"route="/api/v1/workspaces/{workspace}/exec""#)),
         "{metrics}"
     );
 }
 
 /// A plain `GET` on the server, its body as text.
 async fn http_get(t: &TestServer, path: &str) -> String {
+    use lapdev_hrpc::Transport as _;
     let transport =
         lapdev_hrpc::HttpTransport::new(lapdev_hrpc::HttpTransportConfig::default()).unwrap();
     let response = transport

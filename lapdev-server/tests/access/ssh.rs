@@ -74,7 +74,15 @@ fn keygen(keygen: &Path, path: &Path) {
     let _ = std::fs::remove_file(path.with_extension("pub"));
     run(
         keygen,
-        &["-q", "-t", "ed25519", "-N", "", "-f", path.to_str().unwrap()],
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            path.to_str().unwrap(),
+        ],
     );
 }
 
