@@ -9,7 +9,7 @@
 use chrono::Duration;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, TransactionTrait,
+    QueryOrder,
 };
 use uuid::Uuid;
 
@@ -62,7 +62,7 @@ impl Db {
             &ProviderCredential::new(payload),
         )?;
         let at = now();
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         oidc_pending::Entity::delete_many()
             .filter(P::ExpiresAt.lte(tz(at)))
             .exec(&txn)

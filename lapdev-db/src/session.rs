@@ -276,7 +276,7 @@ impl Db {
         audit: NewAuditEntry,
     ) -> DbResult<Option<Uuid>> {
         use browser_session::Column as S;
-        let txn = self.conn.begin().await?;
+        let txn = self.begin_write().await?;
         let mut find = browser_session::Entity::find_by_id(id).filter(S::OrganizationId.eq(org_id));
         if let Some(user) = user_id {
             find = find.filter(S::UserId.eq(user));

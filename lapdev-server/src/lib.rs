@@ -120,11 +120,14 @@ pub fn app(state: AppState) -> Router {
     app_with(state, &AppOptions::default())
 }
 
-/// The routes that get a metrics label of their own: the fixed endpoints and
-/// every HRPC method the descriptors list.
+/// The routes that get a metrics label of their own: the fixed endpoints, the
+/// session endpoints (by their route templates, so a workspace's name never
+/// becomes a label) and every HRPC method the descriptors list.
 pub fn known_routes() -> KnownRoutes {
     KnownRoutes::new(
-        ["/healthz", "/readyz", "/metrics", "/rpc/_tunnel"],
+        ["/healthz", "/readyz", "/metrics", "/rpc/_tunnel"]
+            .into_iter()
+            .chain(access::ROUTES),
         "/rpc",
         &[
             lapdev_kube_rpc::KubeClusterRpcClient::DESCRIPTOR,

@@ -185,6 +185,15 @@ mod tests {
     }
 
     #[test]
+    fn session_endpoints_are_labelled_by_their_templates() {
+        let routes = crate::known_routes();
+        for route in crate::access::ROUTES {
+            assert_eq!(routes.label(Some(route)), route);
+        }
+        assert_eq!(routes.label(Some("/api/v1/workspaces/box/exec")), OTHER);
+    }
+
+    #[test]
     fn the_token_is_required_when_configured() {
         let access = MetricsAccess {
             token: Some("s3cret".into()),

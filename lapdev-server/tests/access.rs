@@ -34,6 +34,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
+#[path = "access/ssh.rs"]
+mod ssh;
+
 const NAMESPACE: &str = "lapdev-workspaces";
 
 struct Env {
@@ -45,6 +48,8 @@ struct Env {
     fake: Arc<FakeManager>,
     /// The manager's side of the cluster API.
     manager_api: lapdev_kube_rpc::KubeClusterRpcClient,
+    /// The cluster token the manager's tunnel uses.
+    token_id: Uuid,
 }
 
 /// A running workspace `box` with its pod in the double (local exec on);
@@ -165,6 +170,7 @@ async fn env_with(tunnel: bool) -> Env {
         tunnel,
         fake,
         manager_api,
+        token_id: created.token.id,
     }
 }
 
@@ -263,6 +269,31 @@ async fn exec_keeps_streams_apart_and_exits_with_the_remote_code() {
         !text.contains("echo out"),
         "arguments must not be audited: {text}"
     );
+    // `/metrics` labels the session by its route template, not `other`.
+    let metrics = http_get(&e.t, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("lapdev_http_requests_total")
+                && l.contains(r#"route="/api/v1/workspaces/{workspace}/exec""#)),
+        "{metrics}"
+    );
+}
+
+/// A plain `GET` on the server, its body as text.
+async fn http_get(t: &TestServer, path: &str) -> String {
+    use lapdev_hrpc::Transport as _;
+    let transport =
+        lapdev_hrpc::HttpTransport::new(lapdev_hrpc::HttpTransportConfig::default()).unwrap();
+    let response = transport
+        .send(
+            http::Request::get(format!("{}{path}", t.base()))
+                .body(Bytes::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    String::from_utf8_lossy(response.body()).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -939,5 +970,73 @@ async fn revoking_a_token_or_browser_session_ends_only_the_sessions_it_opened() 
     assert!(
         text.contains("token.revoke") && text.contains("session.revoke"),
         "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_cluster_token_ends_open_sessions_with_the_reason() {
+    let e = env_with(true).await;
+    e.double
+        .register_pod_port(NAMESPACE, &e.pod, 8080, echo_server().await);
+    let spawn = |args: &[&str]| {
+        lapdev_cmd(&e.t, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // An open exec session and an open forwarded connection, each shown live
+    // by a round trip.
+    let mut exec = spawn(&["workspace", "exec", "-i", "box", "--", "cat"]);
+    let mut proxy = spawn(&["workspace", "proxy", "box", "8080"]);
+    let mut inputs = Vec::new();
+    for child in [&mut exec, &mut proxy] {
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        stdin.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(60), stdout.read_exact(&mut back))
+            .await
+            .expect("the session answered")
+            .unwrap();
+        assert_eq!(&back, b"ping");
+        // Kept open: the sessions end only because of the revocation.
+        inputs.push((stdin, stdout));
+    }
+
+    let out = lapdev(
+        &e.t,
+        &["cluster", "token", "revoke", "dev", &e.token_id.to_string()],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+
+    for (what, child) in [("exec", exec), ("proxy", proxy)] {
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("{what} still runs after the revocation"))
+            .unwrap();
+        assert!(!out.status.success(), "{what}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.trim_end(),
+            "error: the cluster's token was revoked",
+            "{what}"
+        );
+    }
+    drop(inputs);
+    // The revoked token's tunnel is gone, so a new session is refused with
+    // a reason, not a hang.
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        lapdev(&e.t, &["workspace", "exec", "box", "--", "true"]),
+    )
+    .await
+    .expect("no hang");
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("error: "),
+        "{out:?}"
     );
 }

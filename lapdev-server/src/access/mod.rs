@@ -71,14 +71,18 @@ pub struct AccessState {
     pub streams: Arc<dyn StreamOpener>,
 }
 
+/// The exec endpoint's route template (also its `/metrics` route label).
+pub const EXEC_ROUTE: &str = "/api/v1/workspaces/{workspace}/exec";
+/// The port-forward endpoint's route template (also its `/metrics` route label).
+pub const PORTFORWARD_ROUTE: &str = "/api/v1/workspaces/{workspace}/portforward";
+/// Every route [`routes`] serves.
+pub const ROUTES: [&str; 2] = [EXEC_ROUTE, PORTFORWARD_ROUTE];
+
 /// The two endpoints.
 pub fn routes(state: AccessState) -> Router {
     Router::new()
-        .route("/api/v1/workspaces/{workspace}/exec", get(exec))
-        .route(
-            "/api/v1/workspaces/{workspace}/portforward",
-            get(portforward),
-        )
+        .route(EXEC_ROUTE, get(exec))
+        .route(PORTFORWARD_ROUTE, get(portforward))
         .with_state(state)
 }
 

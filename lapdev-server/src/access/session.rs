@@ -242,11 +242,15 @@ async fn bridge(
     };
     let (code, reason, clean) = {
         tokio::pin!(download);
+        // `stop` first: revoking a cluster token publishes the change before
+        // it closes the tunnel, so checking it first reports why the stream
+        // failed ("the cluster's token was revoked") rather than that it did.
         tokio::select! {
-            (code, reason) = &mut download => (code, reason, code == 1000),
-            why = upload => (1000, why, true),
+            biased;
             why = stop => (1001, why, false),
             why = live.revoked() => (1008, why.to_owned(), false),
+            (code, reason) = &mut download => (code, reason, code == 1000),
+            why = upload => (1000, why, true),
         }
     };
     let mut ended = Ended {
