@@ -234,12 +234,16 @@ impl FakeManager {
     }
 
     fn record(&self, id: Uuid, status: WorkspaceStatus) -> WorkspaceObservation {
+        // Observed before it becomes visible, as a real manager observes and
+        // then replies: a test that sees `has(id)` and then reports stamps a
+        // later time than this reply, whatever order they arrive in.
+        let seen = observation(id, status);
         if status == WorkspaceStatus::Deleted {
             self.workspaces.lock().unwrap().remove(&id);
         } else {
             self.workspaces.lock().unwrap().insert(id, status);
         }
-        observation(id, status)
+        seen
     }
 }
 
