@@ -170,6 +170,16 @@ where
         }
     };
     let ping_interval = config.ping_interval.max(Duration::from_millis(1));
+    // The peer's close, once read. The WebSocket library answers a close as it
+    // reads it and refuses every later send ("Sending after closing"), so a
+    // writer that fails after it reports the peer's close, not its own error.
+    let peer_closed: Mutex<Option<CloseReason>> = Mutex::new(None);
+    let write_failed = |e: E| -> CloseReason {
+        match peer_closed.lock().ok().and_then(|p| p.clone()) {
+            Some(peer) => peer,
+            None => map_err(e),
+        }
+    };
 
     let reason = {
         let reader = async {
@@ -209,7 +219,11 @@ where
                         };
                         // Keep reading: the WebSocket library answers the close and
                         // the stream ends once the handshake is done.
-                        peer_close = Some(CloseReason::Peer { code, reason });
+                        let peer = CloseReason::Peer { code, reason };
+                        if let Ok(mut p) = peer_closed.lock() {
+                            *p = Some(peer.clone());
+                        }
+                        peer_close = Some(peer);
                     }
                 }
             }
@@ -233,22 +247,22 @@ where
                 };
                 if !config.coalesce_writes {
                     if let Err(e) = sink.send(msg).await {
-                        return map_err(e);
+                        return write_failed(e);
                     }
                     continue;
                 }
                 // Write what is queued back to back; flush when the queue is
                 // empty (never on a timer), so a burst costs one flush.
                 if let Err(e) = sink.feed(msg).await {
-                    return map_err(e);
+                    return write_failed(e);
                 }
                 while let Ok(msg) = outbound.try_recv() {
                     if let Err(e) = sink.feed(msg).await {
-                        return map_err(e);
+                        return write_failed(e);
                     }
                 }
                 if let Err(e) = sink.flush().await {
-                    return map_err(e);
+                    return write_failed(e);
                 }
             }
         };
