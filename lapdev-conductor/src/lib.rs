@@ -214,12 +214,21 @@ fn lapdev_db_error(e: DbError) -> HrpcError {
 
 /// An organisation's clusters and their summed requests, as placement last read
 /// them, plus the placements made since.
+/// An organisation's clusters as placement sees them, built once per read
+/// (every decision then only refreshes whose tunnel is up), and kept current by
+/// the placements made meanwhile ([`Candidate::charge`]).
 struct Snapshot {
     read_at: Instant,
-    clusters: Vec<lapdev_db::Cluster>,
-    requested: HashMap<Uuid, lapdev_db::ResourceRequests>,
-    /// Requests of workspaces placed but maybe not bound to a node yet.
-    unbound: HashMap<Uuid, lapdev_db::ResourceRequests>,
+    candidates: Vec<Candidate>,
+}
+
+/// One cluster in a placement decision, best first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RankedCluster {
+    /// The cluster.
+    pub cluster_id: Uuid,
+    /// Its name.
+    pub name: String,
 }
 
 /// Pauses a placement between its decision and its write (a test seam: it lets a
@@ -348,10 +357,16 @@ impl Conductor {
         &self,
         org_id: Uuid,
         req: &PlacementRequest,
-    ) -> Result<Vec<Candidate>, ConductorError> {
+    ) -> Result<Vec<RankedCluster>, ConductorError> {
         let mut snapshots = self.inner.placement.lock().await;
         let candidates = self.candidates(&mut snapshots, org_id).await?;
-        Ok(placement::rank(req, &candidates)?)
+        Ok(placement::rank(req, candidates)?
+            .into_iter()
+            .map(|c| RankedCluster {
+                cluster_id: c.cluster_id,
+                name: c.name.clone(),
+            })
+            .collect())
     }
 
     /// Forgets what placement knows about `org_id`'s clusters. Cluster changes
@@ -569,39 +584,41 @@ impl Conductor {
     }
 
     /// The organisation's clusters as placement sees them, from the snapshot
-    /// (read again when older than the TTL).
-    async fn candidates(
+    /// (read again when older than the TTL), with whose tunnel is up now.
+    async fn candidates<'a>(
         &self,
-        snapshots: &mut HashMap<Uuid, Snapshot>,
+        snapshots: &'a mut HashMap<Uuid, Snapshot>,
         org_id: Uuid,
-    ) -> Result<Vec<Candidate>, ConductorError> {
+    ) -> Result<&'a [Candidate], ConductorError> {
         self.apply_changes(snapshots);
         let fresh = snapshots
             .get(&org_id)
             .is_some_and(|s| s.read_at.elapsed() < self.inner.config.placement_cache_ttl);
         if !fresh {
-            let read_at = Instant::now();
-            let clusters = self.inner.db.list_clusters(org_id).await?;
-            let requested = self.inner.db.cluster_requested_resources(org_id).await?;
-            let unbound = self.inner.db.cluster_unbound_requests(org_id).await?;
-            snapshots.insert(
-                org_id,
-                Snapshot {
-                    read_at,
-                    clusters,
-                    requested,
-                    unbound,
-                },
-            );
+            let snapshot = self.read_snapshot(org_id).await?;
+            snapshots.insert(org_id, snapshot);
         }
-        let snapshot = &snapshots[&org_id];
-        Ok(snapshot
-            .clusters
+        let Some(snapshot) = snapshots.get_mut(&org_id) else {
+            unreachable!("inserted above");
+        };
+        for c in &mut snapshot.candidates {
+            c.tunnel_up = self.inner.connector.is_connected(c.cluster_id);
+        }
+        Ok(&snapshot.candidates)
+    }
+
+    /// Reads the organisation's clusters and the requests placed on them.
+    async fn read_snapshot(&self, org_id: Uuid) -> Result<Snapshot, ConductorError> {
+        let read_at = Instant::now();
+        let clusters = self.inner.db.list_clusters(org_id).await?;
+        let requested = self.inner.db.cluster_requested_resources(org_id).await?;
+        let unbound = self.inner.db.cluster_unbound_requests(org_id).await?;
+        let candidates = clusters
             .iter()
             .map(|c| {
-                let used = snapshot.requested.get(&c.id).copied().unwrap_or_default();
+                let used = requested.get(&c.id).copied().unwrap_or_default();
                 Candidate {
-                    tunnel_up: self.inner.connector.is_connected(c.id),
+                    tunnel_up: false,
                     region: c.effective_region().map(str::to_owned),
                     cluster_id: c.id,
                     name: c.name.clone(),
@@ -613,12 +630,16 @@ impl Conductor {
                     memory_requested_bytes: used.memory_bytes,
                     nodes: placement::node_rooms(
                         c,
-                        snapshot.unbound.get(&c.id).copied().unwrap_or_default(),
+                        unbound.get(&c.id).copied().unwrap_or_default(),
                     ),
                     autoscaling: c.autoscaling(),
                 }
             })
-            .collect())
+            .collect();
+        Ok(Snapshot {
+            read_at,
+            candidates,
+        })
     }
 
     /// The workspace's spec with its cluster's scheduling settings.
@@ -651,16 +672,20 @@ impl Conductor {
             region: ws.placement_region.clone(),
         };
         let candidates = self.candidates(&mut snapshots, ws.organization_id).await?;
-        let mut ranked = placement::rank(&req, &candidates)?;
-        let refused = lock(&self.inner.refused)
-            .get(&ws.id)
-            .cloned()
-            .unwrap_or_default();
-        if !refused.is_empty() {
+        let ranked = placement::rank(&req, candidates)?;
+        let chosen = {
+            let refused = lock(&self.inner.refused);
+            let refused = refused.get(&ws.id);
             // Clusters that refused this workspace go last, keeping their order.
-            ranked.sort_by_key(|c| refused.contains(&c.cluster_id));
-        }
-        let chosen = &ranked[0];
+            let best = ranked
+                .iter()
+                .find(|c| refused.is_none_or(|r| !r.contains(&c.cluster_id)))
+                .unwrap_or(&ranked[0]);
+            RankedCluster {
+                cluster_id: best.cluster_id,
+                name: best.name.clone(),
+            }
+        };
         let current = if current.status == WorkspaceStatus::Pending {
             self.inner
                 .db
@@ -708,16 +733,12 @@ impl Conductor {
             Err(e) => return Err(e.into()),
         };
         // The snapshot counts this placement from now on.
-        if let Some(snapshot) = snapshots.get_mut(&ws.organization_id) {
-            let used = snapshot.requested.entry(chosen.cluster_id).or_default();
-            used.cpu_millis += placed.cpu_millis;
-            used.memory_bytes += placed.memory_bytes;
-            used.storage_bytes += placed.storage_bytes;
-            used.workspaces += 1;
-            let unbound = snapshot.unbound.entry(chosen.cluster_id).or_default();
-            unbound.cpu_millis += placed.cpu_millis;
-            unbound.memory_bytes += placed.memory_bytes;
-            unbound.workspaces += 1;
+        if let Some(c) = snapshots.get_mut(&ws.organization_id).and_then(|s| {
+            s.candidates
+                .iter_mut()
+                .find(|c| c.cluster_id == chosen.cluster_id)
+        }) {
+            c.charge(placed.cpu_millis, placed.memory_bytes);
         }
         tracing::info!(workspace_id = %ws.id, cluster = %chosen.name, "workspace placed");
         Ok(placed)

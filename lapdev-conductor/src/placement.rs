@@ -135,17 +135,23 @@ pub fn charge_unbound(
             free_memory_bytes: n.free_memory_bytes(),
         })
         .collect();
-    if (unbound_cpu_millis > 0 || unbound_memory_bytes > 0)
+    charge_most_room(&mut rooms, unbound_cpu_millis, unbound_memory_bytes);
+    rooms
+}
+
+/// Charges a request not yet bound to a node to the node with the most room
+/// (ties: the first by name), never below zero.
+fn charge_most_room(rooms: &mut [NodeRoom], cpu_millis: i64, memory_bytes: i64) {
+    if (cpu_millis > 0 || memory_bytes > 0)
         && let Some(most) = rooms.iter_mut().max_by(|a, b| {
             (a.free_cpu_millis, a.free_memory_bytes)
                 .cmp(&(b.free_cpu_millis, b.free_memory_bytes))
                 .then_with(|| b.name.cmp(&a.name))
         })
     {
-        most.free_cpu_millis = (most.free_cpu_millis - unbound_cpu_millis).max(0);
-        most.free_memory_bytes = (most.free_memory_bytes - unbound_memory_bytes).max(0);
+        most.free_cpu_millis = (most.free_cpu_millis - cpu_millis).max(0);
+        most.free_memory_bytes = (most.free_memory_bytes - memory_bytes).max(0);
     }
-    rooms
 }
 
 impl Candidate {
@@ -157,6 +163,17 @@ impl Candidate {
     /// Free memory in bytes (never negative).
     pub fn free_memory_bytes(&self) -> i64 {
         (self.memory_allocatable_bytes - self.memory_requested_bytes).max(0)
+    }
+
+    /// Counts a workspace just placed here (not bound to a node yet): its
+    /// requests join the cluster's, and are charged to the node with the most
+    /// room, as a fresh read would charge the cluster's unbound requests.
+    pub fn charge(&mut self, cpu_millis: i64, memory_bytes: i64) {
+        self.cpu_requested_millis += cpu_millis;
+        self.memory_requested_bytes += memory_bytes;
+        if let Some(nodes) = &mut self.nodes {
+            charge_most_room(nodes, cpu_millis, memory_bytes);
+        }
     }
 
     fn usable(&self) -> bool {
@@ -352,10 +369,10 @@ fn score(c: &Candidate, req: &PlacementRequest) -> f64 {
 }
 
 /// The clusters that can take `req`, best first. Errors say why none can.
-pub fn rank(
+pub fn rank<'a>(
     req: &PlacementRequest,
-    clusters: &[Candidate],
-) -> Result<Vec<Candidate>, PlacementError> {
+    clusters: &'a [Candidate],
+) -> Result<Vec<&'a Candidate>, PlacementError> {
     if let Some(name) = &req.cluster
         && !clusters.iter().any(|c| &c.name == name)
     {
@@ -469,7 +486,7 @@ pub fn rank(
             .then_with(|| a.name.cmp(&b.name))
             .then_with(|| a.cluster_id.cmp(&b.cluster_id))
     });
-    Ok(fitting.into_iter().map(|(_, c)| c.clone()).collect())
+    Ok(fitting.into_iter().map(|(_, c)| c).collect())
 }
 
 #[cfg(test)]
@@ -507,8 +524,8 @@ mod tests {
         }
     }
 
-    fn names(r: Result<Vec<Candidate>, PlacementError>) -> Vec<String> {
-        r.unwrap().into_iter().map(|c| c.name).collect()
+    fn names(r: Result<Vec<&Candidate>, PlacementError>) -> Vec<String> {
+        r.unwrap().into_iter().map(|c| c.name.clone()).collect()
     }
 
     #[test]

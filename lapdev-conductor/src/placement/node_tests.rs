@@ -93,6 +93,34 @@ fn unbound_workspaces_are_charged_to_the_roomiest_node() {
 }
 
 #[test]
+fn placements_in_one_snapshot_are_charged_one_by_one_to_the_roomiest_node() {
+    // Two 8-CPU nodes take two 5-CPU workspaces, one each, and no third: the
+    // snapshot charges each placement to the node with the most room then
+    // (charging their sum to one node would clamp at zero and leave the
+    // other node looking empty).
+    let nodes = [node("n1", 8000, 32), node("n2", 8000, 32)];
+    let mut c = cluster("prod", &nodes, &SchedulingSettings::default());
+    for _ in 0..2 {
+        assert_eq!(
+            rank(&req(5000, 4), std::slice::from_ref(&c)).unwrap().len(),
+            1
+        );
+        c.charge(5000, 4 * GIB);
+    }
+    let rooms = c.nodes.as_ref().unwrap();
+    assert_eq!(
+        (rooms[0].free_cpu_millis, rooms[1].free_cpu_millis),
+        (3000, 3000)
+    );
+    assert_eq!(c.cpu_requested_millis, 10_000);
+    let err = rank(&req(5000, 4), std::slice::from_ref(&c)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no connected cluster can fit 5 CPU / 4 GiB; largest free node: 3 CPU / 28 GiB on n1 of prod"
+    );
+}
+
+#[test]
 fn the_settings_decide_which_nodes_count() {
     let mut arm = node("arm", 16_000, 64);
     arm.labels.insert(ARCH_LABEL.into(), "arm64".into());
@@ -136,13 +164,14 @@ fn autoscaling_clusters_take_what_the_largest_addable_node_holds_and_rank_last()
         &[node("m1", 8000, 32)],
         &SchedulingSettings::default(),
     );
+    let both = [auto.clone(), fixed];
     // Beyond current nodes, within the addable node: placed.
-    let ranked = rank(&req(16_000, 64), &[auto.clone(), fixed.clone()]).unwrap();
+    let ranked = rank(&req(16_000, 64), &both).unwrap();
     assert_eq!(ranked.len(), 1);
     assert_eq!(ranked[0].name, "auto");
     // Both fit now: fixed has room now and auto's room now is smaller, so the
     // ordering is by score; when only auto's scale-up fits, it ranks last.
-    let ranked = rank(&req(6000, 8), &[auto.clone(), fixed.clone()]).unwrap();
+    let ranked = rank(&req(6000, 8), &both).unwrap();
     assert_eq!(ranked[0].name, "fixed");
     // Larger than the addable node: refused.
     assert!(rank(&req(40_000, 8), std::slice::from_ref(&auto)).is_err());
