@@ -58,7 +58,10 @@
 //! Placement works from a per-organisation snapshot of clusters and summed
 //! requests. It reads the database's change feed ([`lapdev_db::changes`]) before
 //! every use: a cluster created, changed or deleted anywhere in the process drops
-//! that organisation's snapshot, so nobody has to remember to invalidate it.
+//! that organisation's snapshot, so nobody has to remember to invalidate it. A
+//! decision charges its choice to the snapshot under the placement lock and
+//! writes it after releasing the lock, so concurrent creates commit side by side
+//! (the `snapshot` module says how in-flight choices survive a fresh read).
 //!
 //! The conductor reaches managers only through [`ManagerConnector`], which the
 //! server implements with its tunnel registry.
@@ -66,13 +69,14 @@
 pub mod backoff;
 mod dispatch;
 pub mod placement;
+mod snapshot;
 mod tombstones;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapdev_common::kube::WorkspaceSpec;
 use lapdev_common::reason::WorkspaceReason;
@@ -85,6 +89,7 @@ use uuid::Uuid;
 
 use crate::backoff::Clock;
 use crate::placement::{Candidate, PlacementError, PlacementRequest};
+use crate::snapshot::{Snapshot, Snapshots};
 
 /// How many times a user action reads and writes a workspace before a version
 /// conflict reaches the user (each conflict means someone else's write landed,
@@ -214,14 +219,6 @@ fn lapdev_db_error(e: DbError) -> HrpcError {
 
 /// An organisation's clusters and their summed requests, as placement last read
 /// them, plus the placements made since.
-/// An organisation's clusters as placement sees them, built once per read
-/// (every decision then only refreshes whose tunnel is up), and kept current by
-/// the placements made meanwhile ([`Candidate::charge`]).
-struct Snapshot {
-    read_at: Instant,
-    candidates: Vec<Candidate>,
-}
-
 /// One cluster in a placement decision, best first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RankedCluster {
@@ -229,6 +226,33 @@ pub struct RankedCluster {
     pub cluster_id: Uuid,
     /// Its name.
     pub name: String,
+}
+
+/// A placement charged to the snapshot and being written: settled when the
+/// write ends, or (when the caller gave up mid-write) when dropped, which then
+/// counts as not written.
+struct InFlight<'a> {
+    conductor: &'a Conductor,
+    workspace_id: Uuid,
+    written: Option<bool>,
+}
+
+impl InFlight<'_> {
+    async fn settle(mut self, written: bool) {
+        let mut snapshots = self.conductor.inner.placement.lock().await;
+        snapshots.settle(self.workspace_id, written);
+        self.written = Some(written);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.written.is_none() {
+            let inner = self.conductor.inner.clone();
+            let id = self.workspace_id;
+            tokio::spawn(async move { inner.placement.lock().await.settle(id, false) });
+        }
+    }
 }
 
 /// Pauses a placement between its decision and its write (a test seam: it lets a
@@ -240,10 +264,11 @@ struct Inner {
     db: Db,
     connector: Arc<dyn ManagerConnector>,
     config: ConductorConfig,
-    // Placement reads free capacity and writes the choice; holding this across
-    // both keeps concurrent creates from over-committing a cluster. It also
-    // guards the per-organisation snapshot placement works from.
-    placement: tokio::sync::Mutex<HashMap<Uuid, Snapshot>>,
+    // Guards the per-organisation snapshots placement decides from: a decision
+    // and the charge of its choice happen under it, so concurrent creates never
+    // over-commit a cluster; the choice is written after it is released (see
+    // the `snapshot` module).
+    placement: tokio::sync::Mutex<Snapshots>,
     // The database's change feed, drained before the snapshot is used.
     changes: Mutex<broadcast::Receiver<Change>>,
     placement_hook: Mutex<Option<PlacementHook>>,
@@ -285,7 +310,7 @@ impl Conductor {
                 config,
                 changes,
                 placement_hook: Mutex::new(None),
-                placement: tokio::sync::Mutex::new(HashMap::new()),
+                placement: tokio::sync::Mutex::new(Snapshots::default()),
                 action_hook: Mutex::new(None),
                 wake: Notify::new(),
                 dispatch: dispatch::Dispatcher::default(),
@@ -373,7 +398,7 @@ impl Conductor {
     /// written through [`Db`] do this by themselves (the change feed); this is for
     /// changes the database does not see.
     pub async fn invalidate(&self, org_id: Uuid) {
-        self.inner.placement.lock().await.remove(&org_id);
+        self.inner.placement.lock().await.remove(org_id);
     }
 
     /// Installs a [`PlacementHook`], awaited after a placement chose a cluster and
@@ -564,7 +589,7 @@ impl Conductor {
 
     /// Drops the snapshots of organisations whose clusters changed since the
     /// last look (or all of them, if the feed overflowed).
-    fn apply_changes(&self, snapshots: &mut HashMap<Uuid, Snapshot>) {
+    fn apply_changes(&self, snapshots: &mut Snapshots) {
         let mut changes = lock(&self.inner.changes);
         loop {
             match changes.try_recv() {
@@ -574,7 +599,7 @@ impl Conductor {
                 | Ok(Change::ClusterDeleted {
                     organization_id, ..
                 }) => {
-                    snapshots.remove(&organization_id);
+                    snapshots.remove(organization_id);
                 }
                 Ok(_) => {}
                 Err(broadcast::error::TryRecvError::Lagged(_)) => snapshots.clear(),
@@ -587,59 +612,22 @@ impl Conductor {
     /// (read again when older than the TTL), with whose tunnel is up now.
     async fn candidates<'a>(
         &self,
-        snapshots: &'a mut HashMap<Uuid, Snapshot>,
+        snapshots: &'a mut Snapshots,
         org_id: Uuid,
     ) -> Result<&'a [Candidate], ConductorError> {
         self.apply_changes(snapshots);
-        let fresh = snapshots
-            .get(&org_id)
-            .is_some_and(|s| s.read_at.elapsed() < self.inner.config.placement_cache_ttl);
-        if !fresh {
-            let snapshot = self.read_snapshot(org_id).await?;
+        let ttl = self.inner.config.placement_cache_ttl;
+        if snapshots.fresh(org_id, ttl).is_none() {
+            let snapshot = Snapshot::read(&self.inner.db, org_id).await?;
             snapshots.insert(org_id, snapshot);
         }
-        let Some(snapshot) = snapshots.get_mut(&org_id) else {
+        let Some(snapshot) = snapshots.fresh(org_id, Duration::MAX) else {
             unreachable!("inserted above");
         };
         for c in &mut snapshot.candidates {
             c.tunnel_up = self.inner.connector.is_connected(c.cluster_id);
         }
         Ok(&snapshot.candidates)
-    }
-
-    /// Reads the organisation's clusters and the requests placed on them.
-    async fn read_snapshot(&self, org_id: Uuid) -> Result<Snapshot, ConductorError> {
-        let read_at = Instant::now();
-        let clusters = self.inner.db.list_clusters(org_id).await?;
-        let requested = self.inner.db.cluster_requested_resources(org_id).await?;
-        let unbound = self.inner.db.cluster_unbound_requests(org_id).await?;
-        let candidates = clusters
-            .iter()
-            .map(|c| {
-                let used = requested.get(&c.id).copied().unwrap_or_default();
-                Candidate {
-                    tunnel_up: false,
-                    region: c.effective_region().map(str::to_owned),
-                    cluster_id: c.id,
-                    name: c.name.clone(),
-                    status: c.status,
-                    cordoned: c.cordoned,
-                    cpu_allocatable_millis: c.cpu_allocatable_millis,
-                    memory_allocatable_bytes: c.memory_allocatable_bytes,
-                    cpu_requested_millis: used.cpu_millis,
-                    memory_requested_bytes: used.memory_bytes,
-                    nodes: placement::node_rooms(
-                        c,
-                        unbound.get(&c.id).copied().unwrap_or_default(),
-                    ),
-                    autoscaling: c.autoscaling(),
-                }
-            })
-            .collect();
-        Ok(Snapshot {
-            read_at,
-            candidates,
-        })
     }
 
     /// The workspace's spec with its cluster's scheduling settings.
@@ -656,7 +644,6 @@ impl Conductor {
     /// Chooses a cluster and records the choice (status `creating`). A
     /// workspace someone else placed meanwhile is returned as it is.
     async fn place(&self, ws: &Workspace) -> Result<Workspace, ConductorError> {
-        let mut snapshots = self.inner.placement.lock().await;
         let current = self
             .inner
             .db
@@ -671,9 +658,10 @@ impl Conductor {
             cluster: ws.placement_cluster.clone(),
             region: ws.placement_region.clone(),
         };
-        let candidates = self.candidates(&mut snapshots, ws.organization_id).await?;
-        let ranked = placement::rank(&req, candidates)?;
         let chosen = {
+            let mut snapshots = self.inner.placement.lock().await;
+            let candidates = self.candidates(&mut snapshots, ws.organization_id).await?;
+            let ranked = placement::rank(&req, candidates)?;
             let refused = lock(&self.inner.refused);
             let refused = refused.get(&ws.id);
             // Clusters that refused this workspace go last, keeping their order.
@@ -681,11 +669,44 @@ impl Conductor {
                 .iter()
                 .find(|c| refused.is_none_or(|r| !r.contains(&c.cluster_id)))
                 .unwrap_or(&ranked[0]);
-            RankedCluster {
+            let chosen = RankedCluster {
                 cluster_id: best.cluster_id,
                 name: best.name.clone(),
-            }
+            };
+            // Counted from now on, before the write, by every decision.
+            snapshots.charge(
+                ws.organization_id,
+                ws.id,
+                chosen.cluster_id,
+                ws.cpu_millis,
+                ws.memory_bytes,
+            );
+            chosen
         };
+        let in_flight = InFlight {
+            conductor: self,
+            workspace_id: ws.id,
+            written: None,
+        };
+        let result = self.write_placement(ws, current, &chosen).await;
+        // Placed by someone else or not at all: the charge was not ours to keep.
+        let ours = matches!(&result, Ok(p) if p.cluster_id == Some(chosen.cluster_id));
+        in_flight.settle(ours).await;
+        if ours {
+            tracing::info!(workspace_id = %ws.id, cluster = %chosen.name, "workspace placed");
+        }
+        result
+    }
+
+    /// Writes a placement decision (status `scheduling`, then `creating` on the
+    /// chosen cluster). A workspace someone else placed meanwhile is returned as
+    /// it is.
+    async fn write_placement(
+        &self,
+        ws: &Workspace,
+        current: Workspace,
+        chosen: &RankedCluster,
+    ) -> Result<Workspace, ConductorError> {
         let current = if current.status == WorkspaceStatus::Pending {
             self.inner
                 .db
@@ -703,7 +724,7 @@ impl Conductor {
         if let Some(hook) = hook {
             hook(ws.id).await;
         }
-        let placed = match self
+        match self
             .inner
             .db
             .place_workspace(
@@ -715,7 +736,7 @@ impl Conductor {
             )
             .await
         {
-            Ok(placed) => placed,
+            Ok(placed) => Ok(placed),
             Err(e @ (DbError::Conflict { .. } | DbError::InvalidTransition { .. })) => {
                 // Another placer (the API path, the reconciler, another replica)
                 // won: its choice stands.
@@ -728,20 +749,10 @@ impl Conductor {
                     return Err(e.into());
                 }
                 tracing::debug!(workspace_id = %ws.id, "placed by someone else");
-                return Ok(now);
+                Ok(now)
             }
-            Err(e) => return Err(e.into()),
-        };
-        // The snapshot counts this placement from now on.
-        if let Some(c) = snapshots.get_mut(&ws.organization_id).and_then(|s| {
-            s.candidates
-                .iter_mut()
-                .find(|c| c.cluster_id == chosen.cluster_id)
-        }) {
-            c.charge(placed.cpu_millis, placed.memory_bytes);
+            Err(e) => Err(e.into()),
         }
-        tracing::info!(workspace_id = %ws.id, cluster = %chosen.name, "workspace placed");
-        Ok(placed)
     }
 
     /// One step towards the desired state; a failure is recorded in the row with

@@ -4,10 +4,15 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use common::{GIB, Mode, env};
 use lapdev_common::status::{DesiredState, WorkspaceStatus};
+use lapdev_conductor::placement::PlacementRequest;
 use lapdev_conductor::{Conductor, ConductorConfig, ConductorError, CreateWorkspace};
 use lapdev_hrpc::{Code, HrpcError};
+use tokio::sync::Notify;
 
 #[tokio::test]
 async fn a_workspace_goes_through_its_whole_lifecycle() {
@@ -157,6 +162,101 @@ async fn concurrent_creates_never_overcommit() {
     }
     let requested = e.db.cluster_requested_resources(e.org).await.unwrap();
     assert!(requested[&a].cpu_millis <= 5000 && requested[&b].cpu_millis <= 3000);
+}
+
+/// Pauses the first placement between its decision and its write until the
+/// test lets it go on (`reached` is notified when it gets there); later ones
+/// pass.
+fn pause_first_placement(e: &common::Env) -> (Arc<Notify>, Arc<Notify>) {
+    let reached = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (r, g) = (reached.clone(), release.clone());
+    e.conductor.set_placement_hook(Arc::new(move |_| {
+        let (r, g) = (r.clone(), g.clone());
+        let pause = first.swap(false, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if pause {
+                r.notify_one();
+                g.notified().await;
+            }
+        })
+    }));
+    (reached, release)
+}
+
+#[tokio::test]
+async fn a_placement_being_written_counts_in_a_fresh_read() {
+    // Every decision reads the database again, which does not hold a choice
+    // still being written: the in-flight charge must count anyway.
+    let e = common::env_with(ConductorConfig {
+        placement_cache_ttl: Duration::ZERO,
+        ..Default::default()
+    })
+    .await;
+    let (a, _) = e.cluster("a", 1000, 64, "r", Mode::Normal).await;
+    let (reached, release) = pause_first_placement(&e);
+    let first = {
+        let conductor = e.conductor.clone();
+        let req = e.request("first", 1000, 1);
+        let (org, owner) = (e.org, e.owner);
+        tokio::spawn(async move { conductor.create_workspace(org, owner, req).await })
+    };
+    reached.notified().await;
+    let second = e
+        .conductor
+        .create_workspace(e.org, e.owner, e.request("second", 1000, 1))
+        .await;
+    assert!(
+        second.as_ref().is_err_and(|e| e
+            .to_string()
+            .starts_with("no connected cluster can fit 1 CPU")),
+        "{second:?}"
+    );
+    release.notify_one();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.cluster_id, Some(a));
+}
+
+#[tokio::test]
+async fn a_placement_abandoned_mid_write_gives_its_room_back() {
+    let e = common::env_with(ConductorConfig {
+        placement_cache_ttl: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await;
+    let (a, _) = e.cluster("a", 1000, 64, "r", Mode::Normal).await;
+    let (reached, _release) = pause_first_placement(&e);
+    let first = {
+        let conductor = e.conductor.clone();
+        let req = e.request("first", 1000, 1);
+        let (org, owner) = (e.org, e.owner);
+        tokio::spawn(async move { conductor.create_workspace(org, owner, req).await })
+    };
+    reached.notified().await;
+    let req = PlacementRequest {
+        cpu_millis: 1000,
+        memory_bytes: GIB,
+        cluster: None,
+        region: None,
+    };
+    assert!(e.conductor.plan(e.org, &req).await.is_err(), "charged");
+    // The caller goes away (a dropped request) while its choice is written.
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    // The charge is released (by a task the abandoned placement started).
+    let mut tries = 0;
+    while e.conductor.plan(e.org, &req).await.is_err() {
+        tries += 1;
+        assert!(tries < 10_000, "the abandoned charge was never released");
+        tokio::task::yield_now().await;
+    }
+    let second = e
+        .conductor
+        .create_workspace(e.org, e.owner, e.request("second", 1000, 1))
+        .await
+        .unwrap();
+    assert_eq!(second.cluster_id, Some(a));
 }
 
 async fn futures_join<T: Send + 'static>(

@@ -206,8 +206,11 @@ impl Workspace {
 /// Whether the observed status `to` may follow `from`.
 ///
 /// Staying in the same status is allowed (it updates the message). `deleted` is final.
-/// `failed` may be retried (rescheduled or recreated) or cleaned up. A stopped
-/// workspace starts again through `creating` on its cluster.
+/// `failed` may be retried (rescheduled or recreated) or cleaned up, and becomes
+/// `running` when its pod recovers by itself (an image that appeared, a node the
+/// autoscaler added after declining once, a crash loop that ended): observation
+/// order, not this table, keeps an older report from undoing a newer failure. A
+/// stopped workspace starts again through `creating` on its cluster.
 pub fn workspace_transition_allowed(from: WorkspaceStatus, to: WorkspaceStatus) -> bool {
     use WorkspaceStatus::*;
     if from == to {
@@ -224,7 +227,7 @@ pub fn workspace_transition_allowed(from: WorkspaceStatus, to: WorkspaceStatus) 
         Deleted => false,
         Failed => matches!(
             to,
-            Pending | Scheduling | Creating | Stopping | Deleting | Deleted
+            Pending | Scheduling | Creating | Running | Stopping | Deleting | Deleted
         ),
     }
 }
@@ -951,6 +954,15 @@ mod tests {
         ] {
             assert!(!workspace_transition_allowed(from, to), "{from} -> {to}");
         }
+    }
+
+    #[test]
+    fn a_failed_workspace_whose_pod_recovers_becomes_running() {
+        use WorkspaceStatus::*;
+        // e.g. the autoscaler declined (`ScaleUpDeclined`), then a node appeared.
+        assert!(workspace_transition_allowed(Failed, Running));
+        // Stopping still goes through `stopping`.
+        assert!(!workspace_transition_allowed(Failed, Stopped));
     }
 
     #[test]
