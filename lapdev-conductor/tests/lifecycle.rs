@@ -13,6 +13,7 @@ use lapdev_conductor::placement::PlacementRequest;
 use lapdev_conductor::{Conductor, ConductorConfig, ConductorError, CreateWorkspace};
 use lapdev_hrpc::{Code, HrpcError};
 use tokio::sync::Notify;
+use uuid::Uuid;
 
 #[tokio::test]
 async fn a_workspace_goes_through_its_whole_lifecycle() {
@@ -164,10 +165,20 @@ async fn concurrent_creates_never_overcommit() {
     assert!(requested[&a].cpu_millis <= 5000 && requested[&b].cpu_millis <= 3000);
 }
 
-/// Pauses the first placement between its decision and its write until the
-/// test lets it go on (`reached` is notified when it gets there); later ones
-/// pass.
-fn pause_first_placement(e: &common::Env) -> (Arc<Notify>, Arc<Notify>) {
+type PausedCreate = tokio::task::JoinHandle<Result<lapdev_db::Workspace, ConductorError>>;
+
+/// One cluster with room for one 1-CPU workspace, and a create of one that is
+/// paused between its placement decision and its write until `release` is
+/// notified (later placements pass).
+async fn a_create_paused_mid_write(
+    placement_cache_ttl: Duration,
+) -> (common::Env, Uuid, Arc<Notify>, PausedCreate) {
+    let e = common::env_with(ConductorConfig {
+        placement_cache_ttl,
+        ..Default::default()
+    })
+    .await;
+    let (cluster, _) = e.cluster("a", 1000, 64, "r", Mode::Normal).await;
     let reached = Arc::new(Notify::new());
     let release = Arc::new(Notify::new());
     let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -182,27 +193,21 @@ fn pause_first_placement(e: &common::Env) -> (Arc<Notify>, Arc<Notify>) {
             }
         })
     }));
-    (reached, release)
-}
-
-#[tokio::test]
-async fn a_placement_being_written_counts_in_a_fresh_read() {
-    // Every decision reads the database again, which does not hold a choice
-    // still being written: the in-flight charge must count anyway.
-    let e = common::env_with(ConductorConfig {
-        placement_cache_ttl: Duration::ZERO,
-        ..Default::default()
-    })
-    .await;
-    let (a, _) = e.cluster("a", 1000, 64, "r", Mode::Normal).await;
-    let (reached, release) = pause_first_placement(&e);
-    let first = {
+    let create = {
         let conductor = e.conductor.clone();
         let req = e.request("first", 1000, 1);
         let (org, owner) = (e.org, e.owner);
         tokio::spawn(async move { conductor.create_workspace(org, owner, req).await })
     };
     reached.notified().await;
+    (e, cluster, release, create)
+}
+
+#[tokio::test]
+async fn a_placement_being_written_counts_in_a_fresh_read() {
+    // Every decision reads the database again, which does not hold a choice
+    // still being written: the in-flight charge must count anyway.
+    let (e, a, release, first) = a_create_paused_mid_write(Duration::ZERO).await;
     let second = e
         .conductor
         .create_workspace(e.org, e.owner, e.request("second", 1000, 1))
@@ -220,20 +225,7 @@ async fn a_placement_being_written_counts_in_a_fresh_read() {
 
 #[tokio::test]
 async fn a_placement_abandoned_mid_write_gives_its_room_back() {
-    let e = common::env_with(ConductorConfig {
-        placement_cache_ttl: Duration::from_secs(3600),
-        ..Default::default()
-    })
-    .await;
-    let (a, _) = e.cluster("a", 1000, 64, "r", Mode::Normal).await;
-    let (reached, _release) = pause_first_placement(&e);
-    let first = {
-        let conductor = e.conductor.clone();
-        let req = e.request("first", 1000, 1);
-        let (org, owner) = (e.org, e.owner);
-        tokio::spawn(async move { conductor.create_workspace(org, owner, req).await })
-    };
-    reached.notified().await;
+    let (e, a, _release, first) = a_create_paused_mid_write(Duration::from_secs(3600)).await;
     let req = PlacementRequest {
         cpu_millis: 1000,
         memory_bytes: GIB,
