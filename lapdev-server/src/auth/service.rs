@@ -275,7 +275,8 @@ impl PeopleService {
     }
 
     /// A new browser session for a user who just signed in, revoking the one
-    /// the browser came with (rotation), audited in the same transaction.
+    /// the browser came with (rotation), audited in the same transaction; the
+    /// shell, exec and port-forward sessions the replaced one opened end.
     pub async fn start_session(
         &self,
         u: &User,
@@ -305,6 +306,14 @@ impl PeopleService {
             )
             .await
             .map_err(people_error)
+            .inspect(|created| {
+                if let Some(old) = created.replaced {
+                    self.auth.revoked(Revocation::BrowserSessionRevoked {
+                        user_id: old.user_id,
+                        session_id: old.id,
+                    });
+                }
+            })
     }
 
     /// The database (for the `/auth/` endpoints).
