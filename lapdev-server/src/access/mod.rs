@@ -178,7 +178,15 @@ async fn admit(
         }
         other => lapdev_kube::db_error(other),
     })?;
-    let decision = may_open_session(&state.db, &caller, &ws).await?;
+    let mut decision = may_open_session(&state.db, &caller, &ws).await?;
+    if decision == Decision::AllowAdminAudited {
+        // Marked first, then checked again with a fresh role: a demotion or
+        // the setting turned off either refuses this session or finds it
+        // marked in the registry and ends it.
+        live.mark_in_others_workspace(ws.organization_id);
+        let now = check_credential(state, headers).await?;
+        decision = may_open_session(&state.db, &now, &ws).await?;
+    }
     if let Some(refusal) = decision.refusal(workspace) {
         return Err(refusal);
     }

@@ -30,6 +30,7 @@ use super::oidc::http::{Egress, check_url};
 use super::password::{Passwords, SlowDown};
 use super::principal::{Caller, Credential};
 use crate::access::Revocation;
+use crate::auth::shell_access::session_access_allowed;
 
 /// Audit rows for failed sign-ins, at most, per minute.
 pub const FAILED_SIGN_IN_AUDITS_PER_MINUTE: u32 = 60;
@@ -221,6 +222,12 @@ impl PeopleService {
             UserChange::Delete => self
                 .auth
                 .revoked(Revocation::UserDeleted { user_id: user.id }),
+            // A role that may not enter others' workspaces (whatever the
+            // organisation's setting) ends the sessions the user has in them.
+            UserChange::SetRole(role) if !session_access_allowed(role, false, true).allowed() => {
+                self.auth
+                    .revoked(Revocation::AdminAccessWithdrawn { user_id: user.id })
+            }
             UserChange::SetRole(_) | UserChange::Enable => self.auth.cache.clear(),
         }
         if matches!(change, UserChange::Disable | UserChange::Delete) {
@@ -870,6 +877,11 @@ impl PeopleRpc for PeopleService {
             )
             .await
             .map_err(db_error)?;
+        if !s.admins_may_open_shells {
+            self.auth.revoked(Revocation::AdminSessionsDisallowed {
+                organization_id: who.organization_id,
+            });
+        }
         Ok(OrgSettingsView {
             admins_may_open_shells: s.admins_may_open_shells,
         })
