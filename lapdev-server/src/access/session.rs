@@ -3,7 +3,9 @@
 //! revoked or the cluster deleted, the stream to the manager fails (the
 //! tunnel dropped), or the caller's authority is revoked (user disabled or
 //! deleted, the token or browser session that opened it revoked; close code
-//! 1008 with the reason). Each session is logged, audited (who, workspace, kind, the
+//! 1008 with the reason). A session whose change feed lagged (it missed
+//! changes) reads the workspace and the cluster's tokens again rather than
+//! trust that nothing it missed ended it. Each session is logged, audited (who, workspace, kind, the
 //! command's first word or the port, start, end, bytes each way) and counted.
 //!
 //! Metrics (labels from closed sets): `lapdev_sessions_total{kind, outcome}`
