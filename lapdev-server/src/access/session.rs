@@ -91,6 +91,11 @@ pub(super) async fn start(
     let db = state.db.clone();
     Ok(upgrade
         .max_message_size(1 << 20)
+        // tungstenite's default read buffer (128 KiB) is filled before each
+        // read, so every idle forwarded connection kept it resident: the
+        // tunnel's smaller buffer keeps the server's cost per idle connection
+        // under 64 KiB (issue 14's floor, measured by benches/access_cost.rs).
+        .read_buffer_size(lapdev_hrpc::tunnel::DEFAULT_WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             let mut live = live;
             let started = Utc::now();
