@@ -60,7 +60,9 @@ pub use org::{NewUser, OrgSettings, Organization, User};
 pub use pat::{CreatedPat, PersonalAccessToken, VerifiedPat};
 pub use people::{SignInCandidate, UserChange};
 pub use provider::{NewProvider, Provider};
-pub use session::{BrowserSession, CreatedSession, SessionLifetime, VerifiedSession};
+pub use session::{
+    BrowserSession, CreatedSession, ReplacedSession, SessionLifetime, VerifiedSession,
+};
 pub use token::{
     ClusterToken, ClusterTokenSecret, CreatedClusterToken, NewClusterToken, VerifiedClusterToken,
 };

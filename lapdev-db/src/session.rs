@@ -46,6 +46,18 @@ pub struct CreatedSession {
     pub secret: String,
     /// When it ends at the latest.
     pub expires_at: DateTime<Utc>,
+    /// The live session this one replaced (the cookie the browser came with),
+    /// revoked in the same transaction: whatever it opened must end too.
+    pub replaced: Option<ReplacedSession>,
+}
+
+/// A browser session revoked because a sign-in replaced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplacedSession {
+    /// The revoked session's id.
+    pub id: Uuid,
+    /// Its user (not necessarily the one who just signed in).
+    pub user_id: Uuid,
 }
 
 impl std::fmt::Debug for CreatedSession {
@@ -53,6 +65,7 @@ impl std::fmt::Debug for CreatedSession {
         f.debug_struct("CreatedSession")
             .field("id", &self.id)
             .field("expires_at", &self.expires_at)
+            .field("replaced", &self.replaced)
             .finish_non_exhaustive()
     }
 }
@@ -128,16 +141,28 @@ impl Db {
         let expires_at = at + lifetime.absolute;
         let id = Uuid::new_v4();
         let txn = self.begin_write().await?;
+        let mut replaced = None;
         if let Some(old) = replaces.filter(|s| is_well_formed(s)) {
-            browser_session::Entity::update_many()
-                .col_expr(
-                    browser_session::Column::RevokedAt,
-                    Expr::value(Some(tz(at))),
-                )
+            let live = browser_session::Entity::find()
                 .filter(browser_session::Column::SessionHash.eq(token_hash(old)))
                 .filter(browser_session::Column::RevokedAt.is_null())
-                .exec(&txn)
+                .one(&txn)
                 .await?;
+            if let Some(row) = live {
+                browser_session::Entity::update_many()
+                    .col_expr(
+                        browser_session::Column::RevokedAt,
+                        Expr::value(Some(tz(at))),
+                    )
+                    .filter(browser_session::Column::Id.eq(row.id))
+                    .filter(browser_session::Column::RevokedAt.is_null())
+                    .exec(&txn)
+                    .await?;
+                replaced = Some(ReplacedSession {
+                    id: row.id,
+                    user_id: row.user_id,
+                });
+            }
         }
         browser_session::ActiveModel {
             id: Set(id),
@@ -157,6 +182,7 @@ impl Db {
             id,
             secret,
             expires_at,
+            replaced,
         })
     }
 

@@ -46,6 +46,15 @@ async fn sessions(test: TestDatabase) {
         .create_session(org.id, u.id, life, Some(&s1.secret), entry("auth.sign_in"))
         .await
         .unwrap();
+    assert_eq!(s1.replaced, None);
+    assert_eq!(
+        s2.replaced,
+        Some(lapdev_db::ReplacedSession {
+            id: s1.id,
+            user_id: u.id
+        }),
+        "the rotated session is named, so what it opened can end"
+    );
     assert!(matches!(
         db.verify_session(&s1.secret, life).await,
         Err(DbError::InvalidToken(TokenRejection::Revoked))

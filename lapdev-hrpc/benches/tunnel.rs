@@ -6,6 +6,12 @@
 //! from the manager through version 2 streams (1 and 8 at once), against the
 //! same route over plain HTTP/2 on loopback TCP.
 //!
+//! One more row is a prototype, not a transport the crate ships:
+//! "yamux+h1 on TCP" is HRPC as HTTP/1.1 on yamux streams (pooled keep-alive
+//! connections, one per stream) over one TCP connection, without the WebSocket
+//! (`support/yamux_h1.rs`): the alternative to HTTP/2 the issue allows,
+//! measured at its best before building it into the tunnel.
+//!
 //! Three judges:
 //!
 //! - **Calls/s** (default): for each cell, `BENCH_ROUNDS` rounds (default 5);
@@ -31,6 +37,9 @@
 //! is set, as the binaries set one.
 //!
 //! Run: `cargo bench -p lapdev-hrpc --bench tunnel [-- --counts | --instructions]`.
+
+#[path = "support/yamux_h1.rs"]
+mod yamux_h1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -227,12 +236,13 @@ async fn tarpc_client() -> ReferenceClient {
 /// version 1 with the WebSocket read buffer it had before this bench's last
 /// changes (tungstenite's default, 128 KiB): today's tunnel, which the floors
 /// are stated against.
-const TRANSPORTS: [&str; 5] = [
+const TRANSPORTS: [&str; 6] = [
     "v1 as shipped",
     "tunnel v1",
     "tunnel v2",
     "HRPC over HTTP",
     "tarpc over TCP",
+    "yamux+h1 on TCP",
 ];
 
 /// Column indexes in [`TRANSPORTS`].
@@ -271,6 +281,11 @@ async fn caller(name: &str) -> Arc<Caller> {
             hrpc(Client::new(&format!("http://{addr}"), transport).unwrap())
         }
         "tarpc over TCP" => Arc::new(Caller::Tarpc(tarpc_client().await)),
+        "yamux+h1 on TCP" => {
+            let addr = yamux_h1::serve(manager_router()).await;
+            let t = yamux_h1::YamuxTransport::connect(addr).await;
+            hrpc(Client::with_shared_transport("http://tunnel", Arc::new(t)).unwrap())
+        }
         other => panic!("unknown transport {other:?}"),
     }
 }

@@ -28,9 +28,21 @@
 //!    in flight ÷ bandwidth + 10 ms, the windows being
 //!    `min(4 × stream window, connection window)` of `StreamLimits::default()`.
 //!
-//! Run: `cargo bench -p lapdev-server --bench access_cost` (builds the
-//! manager and double binaries in the same profile first). Knobs: `BENCH_MIB`
-//! (128), `BENCH_ECHOES` (1000), `BENCH_IDLE` (200), `BENCH_FAIR_SECS` (10).
+//! Run (the first command builds the manager's and the double's binaries with
+//! the bench in one feature resolution, so nothing is built twice; cargo
+//! builds this package's own `lapdev-server` and `lapdev` for the bench):
+//!
+//! ```sh
+//! cargo build --profile bench -p lapdev-server -p lapdev-kube-manager -p lapdev-kube-double \
+//!     -p lapdev-hrpc --bins --bench access_cost --bench tunnel
+//! target/release/deps/access_cost-<hash> --bench   # the executable the build printed
+//! ```
+//!
+//! (`cargo bench -p lapdev-server --bench access_cost` works too once the two
+//! binaries exist, at the price of its own feature resolution.)
+//! `LAPDEV_BENCH_BIN_DIR` names where the manager and double binaries are
+//! (default: next to this bench's executable). Knobs: `BENCH_MIB` (128),
+//! `BENCH_ECHOES` (1000), `BENCH_IDLE` (200), `BENCH_FAIR_SECS` (10).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -65,25 +77,34 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// Builds (if needed) a workspace binary with the cargo running this bench,
-/// in the same profile.
-fn binary(package: &str, name: &str) -> PathBuf {
+/// Where the manager's and the double's binaries are: `LAPDEV_BENCH_BIN_DIR`
+/// (relative to the workspace root, or absolute), else next to this bench's
+/// own executable (`target/release` for `cargo bench`).
+fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LAPDEV_BENCH_BIN_DIR") {
+        // Relative to the workspace root (cargo runs benches in the package's directory).
+        return Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
+    }
+    // target/<profile>/deps/access_cost-… → target/<profile>
     let exe = std::env::current_exe().expect("the bench knows its path");
-    let dir = exe
-        .parent()
+    exe.parent()
         .and_then(Path::parent)
         .expect("the bench runs from a target dir")
-        .to_owned();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "-q", "-p", package, "--bin", name])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if dir.ends_with("release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("cargo runs");
-    assert!(status.success(), "building {name} failed");
-    dir.join(name)
+        .to_owned()
+}
+
+/// A binary of another workspace package, built beforehand in the same
+/// cargo invocation as this bench (see the module docs): building it from
+/// here would resolve that package's features alone and rebuild half the
+/// workspace in release.
+fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with this bench in one command (module docs), or set LAPDEV_BENCH_BIN_DIR",
+        path.display()
+    );
+    path
 }
 
 fn free_port() -> u16 {
@@ -141,7 +162,7 @@ struct Double {
 }
 
 async fn start_double(dir: &Path) -> Double {
-    let bin = binary("lapdev-kube-double", "lapdev-kube-double");
+    let bin = binary("lapdev-kube-double");
     let kubeconfig = dir.join("double.kubeconfig");
     let mut child = Command::new(bin)
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
@@ -195,7 +216,7 @@ async fn start_stack(base: String, token: String, manager_url: &str, dir: &Path)
         .create_cluster("bench".into(), None, None, None)
         .await
         .expect("a cluster");
-    let manager = Command::new(binary("lapdev-kube-manager", "lapdev-kube-manager"))
+    let manager = Command::new(binary("lapdev-kube-manager"))
         .args(["--listen", "127.0.0.1:0"])
         .env("LAPDEV_SERVER_URL", manager_url)
         .env("LAPDEV_KUBE_CLUSTER_TOKEN", &created.token_secret)
@@ -750,7 +771,7 @@ async fn main_async() {
 
     // Parts 1–3: the server binary.
     let dir = tempfile::tempdir().expect("a temp dir");
-    let mut server = Command::new(binary("lapdev-server", "lapdev-server"))
+    let mut server = Command::new(env!("CARGO_BIN_EXE_lapdev-server"))
         .args(["--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir.path().join("data"))

@@ -121,12 +121,14 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// The routes that get a metrics label of their own: the fixed endpoints, the
-/// session endpoints (by their route templates, so a workspace's name never
-/// becomes a label) and every HRPC method the descriptors list.
+/// sign-in endpoints, the session endpoints (by their route templates, so a
+/// workspace's name never becomes a label) and every HRPC method the
+/// descriptors list.
 pub fn known_routes() -> KnownRoutes {
     KnownRoutes::new(
         ["/healthz", "/readyz", "/metrics", "/rpc/_tunnel"]
             .into_iter()
+            .chain(auth::web::ROUTES)
             .chain(access::ROUTES),
         "/rpc",
         &[

@@ -194,6 +194,15 @@ mod tests {
     }
 
     #[test]
+    fn sign_in_endpoints_are_labelled_by_their_routes() {
+        let routes = crate::known_routes();
+        for route in crate::auth::web::ROUTES {
+            assert_eq!(routes.label(Some(route)), route);
+        }
+        assert_eq!(routes.label(Some("/auth/other")), OTHER);
+    }
+
+    #[test]
     fn the_token_is_required_when_configured() {
         let access = MetricsAccess {
             token: Some("s3cret".into()),

@@ -842,6 +842,48 @@ async fn disabling_a_user_ends_their_sessions_and_stops_their_workspaces() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demoting_an_admin_or_disallowing_admin_shells_ends_their_sessions_in_others_workspaces() {
+    let e = env().await;
+    let t = &e.t;
+    let owner = people_api(t, &t.admin_token);
+    owner
+        .set_org_settings(OrgSettingsView {
+            admins_may_open_shells: true,
+        })
+        .await
+        .unwrap();
+    let ada = user_with_token(t, "ada", Role::Admin).await;
+    let carl = user_with_token(t, "carl", Role::Admin).await;
+    // `box` is the owner's: ada and carl are in another user's workspace.
+    let mut ada_shell = live_cat(cat_request(t, &ada)).await;
+    let mut carl_shell = live_cat(cat_request(t, &carl)).await;
+    let mut owner_shell = live_cat(cat_request(t, &t.admin_token)).await;
+
+    owner
+        .set_user_role("ada".into(), Role::Member)
+        .await
+        .unwrap();
+    let (code, reason) = closed(&mut ada_shell).await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("role"), "{reason}");
+    still_echoes(&mut carl_shell).await;
+    still_echoes(&mut owner_shell).await;
+
+    owner
+        .set_org_settings(OrgSettingsView {
+            admins_may_open_shells: false,
+        })
+        .await
+        .unwrap();
+    let (code, reason) = closed(&mut carl_shell).await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("organisation"), "{reason}");
+    // The owner's session in their own workspace stays.
+    still_echoes(&mut owner_shell).await;
+    assert_eq!(t.server.state.auth.live.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_token_or_browser_session_ends_only_the_sessions_it_opened() {
     let e = env().await;
     let t = &e.t;

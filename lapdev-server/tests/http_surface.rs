@@ -29,6 +29,19 @@ async fn health_readiness_and_metrics() {
     assert_eq!(get(&t.base(), "/readyz").await.0, 200);
 
     t.admin().list_clusters(false).await.unwrap();
+    // A sign-in endpoint (refused: no code) is labelled by its route, not `other`.
+    let transport =
+        lapdev_hrpc::HttpTransport::new(lapdev_hrpc::HttpTransportConfig::default()).unwrap();
+    let exchange = transport
+        .send(
+            http::Request::post(format!("{}/auth/cli/exchange", t.base()))
+                .header("content-type", "application/json")
+                .body(bytes::Bytes::from_static(b"{}"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(exchange.status().is_client_error(), "{exchange:?}");
     let (status, body) = get(&t.base(), "/metrics").await;
     assert_eq!(status, 200);
     assert!(
@@ -40,6 +53,12 @@ async fn health_readiness_and_metrics() {
             .any(|l| l.starts_with("lapdev_http_requests_total")
                 && l.contains("route=\"/rpc/AdminRpc/list_clusters\"")
                 && l.contains("status=\"200\"")),
+        "{body}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("lapdev_http_requests_total")
+                && l.contains("route=\"/auth/cli/exchange\"")),
         "{body}"
     );
     assert!(body.contains("lapdev_http_request_duration_seconds"));

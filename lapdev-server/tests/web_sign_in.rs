@@ -519,6 +519,11 @@ async fn browser_sessions_need_csrf_and_end_at_once() {
     .await;
     assert_eq!(bearer.status, StatusCode::OK, "{}", bearer.body);
 
+    // A shell or port-forward opened with this cookie is registered under it.
+    let auth = &ts.server.state.auth;
+    let opener = auth.authenticate_session(&session).await.unwrap();
+    let mut opened = auth.live.open(opener.user_id, opener.credential);
+
     // Signing in again rotates the session: the old cookie is dead.
     let again = send(
         Method::POST,
@@ -540,6 +545,11 @@ async fn browser_sessions_need_csrf_and_end_at_once() {
             .status,
         StatusCode::UNAUTHORIZED
     );
+    // ...and what it opened has ended, with the reason (before the answer
+    // to the sign-in was sent).
+    let why = futures::FutureExt::now_or_never(opened.revoked())
+        .expect("the session opened with the replaced cookie ended");
+    assert!(why.contains("browser session"), "{why}");
 
     // Logout revokes: refused on the very next call.
     let out = send(

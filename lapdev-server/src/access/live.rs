@@ -62,26 +62,47 @@ pub enum Revocation {
         /// The browser session.
         session_id: Uuid,
     },
+    /// The user lost the role that let them into others' workspaces (demoted
+    /// to member): their sessions in others' workspaces end, those in their
+    /// own stay.
+    AdminAccessWithdrawn {
+        /// The user.
+        user_id: Uuid,
+    },
+    /// The organisation turned `admins_may_open_shells` off: every session
+    /// in a workspace of another user ends, whoever opened it.
+    AdminSessionsDisallowed {
+        /// The organisation.
+        organization_id: Uuid,
+    },
 }
 
 impl Revocation {
-    /// The user whose sessions it concerns.
-    pub fn user_id(&self) -> Uuid {
+    /// The user whose sessions it concerns (`None`: any user's).
+    pub fn user_id(&self) -> Option<Uuid> {
         match *self {
             Revocation::UserDisabled { user_id }
             | Revocation::UserDeleted { user_id }
             | Revocation::PatRevoked { user_id, .. }
-            | Revocation::BrowserSessionRevoked { user_id, .. } => user_id,
+            | Revocation::BrowserSessionRevoked { user_id, .. }
+            | Revocation::AdminAccessWithdrawn { user_id } => Some(user_id),
+            Revocation::AdminSessionsDisallowed { .. } => None,
         }
     }
 
-    /// Whether a session opened with `credential` ends.
-    fn covers(&self, credential: Credential) -> bool {
+    /// Whether a session of `entry`'s kind ends.
+    fn covers(&self, entry: &Entry) -> bool {
         match *self {
             Revocation::UserDisabled { .. } | Revocation::UserDeleted { .. } => true,
-            Revocation::PatRevoked { token_id, .. } => credential == Credential::Pat(token_id),
+            Revocation::PatRevoked { token_id, .. } => {
+                entry.credential == Credential::Pat(token_id)
+            }
             Revocation::BrowserSessionRevoked { session_id, .. } => {
-                credential == Credential::BrowserSession(session_id)
+                entry.credential == Credential::BrowserSession(session_id)
+            }
+            Revocation::AdminAccessWithdrawn { .. } => entry.in_others_workspace.is_some(),
+            Revocation::AdminSessionsDisallowed { organization_id } => {
+                entry.in_others_workspace == Some(organization_id)
             }
         }
     }
@@ -97,12 +118,22 @@ impl Revocation {
             Revocation::BrowserSessionRevoked { .. } => {
                 "the browser session that opened this session was revoked"
             }
+            Revocation::AdminAccessWithdrawn { .. } => {
+                "your role no longer lets you into others' workspaces; the session was ended"
+            }
+            Revocation::AdminSessionsDisallowed { .. } => {
+                "the organisation no longer lets admins into others' workspaces; the session was ended"
+            }
         }
     }
 }
 
 struct Entry {
     credential: Credential,
+    /// Set (to the workspace's organisation) when the session is in a
+    /// workspace of another user, as an admin: a withdrawn role or setting
+    /// ends it.
+    in_others_workspace: Option<Uuid>,
     end: oneshot::Sender<&'static str>,
 }
 
@@ -133,10 +164,14 @@ impl LiveSessions {
     pub fn open(&self, user_id: Uuid, credential: Credential) -> LiveSession {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (end, ended) = oneshot::channel();
-        self.lock()
-            .entry(user_id)
-            .or_default()
-            .insert(id, Entry { credential, end });
+        self.lock().entry(user_id).or_default().insert(
+            id,
+            Entry {
+                credential,
+                in_others_workspace: None,
+                end,
+            },
+        );
         LiveSession {
             registry: self.clone(),
             user_id,
@@ -147,20 +182,26 @@ impl LiveSessions {
 
     /// Ends every session `revocation` covers; returns how many.
     pub fn revoke(&self, revocation: Revocation) -> usize {
-        let user = revocation.user_id();
         let ended: Vec<Entry> = {
             let mut users = self.lock();
-            let Some(sessions) = users.get_mut(&user) else {
-                return 0;
+            let keys: Vec<Uuid> = match revocation.user_id() {
+                Some(user) => vec![user],
+                None => users.keys().copied().collect(),
             };
-            let ids: Vec<u64> = sessions
-                .iter()
-                .filter(|(_, e)| revocation.covers(e.credential))
-                .map(|(id, _)| *id)
-                .collect();
-            let ended = ids.iter().filter_map(|id| sessions.remove(id)).collect();
-            if sessions.is_empty() {
-                users.remove(&user);
+            let mut ended = Vec::new();
+            for user in keys {
+                let Some(sessions) = users.get_mut(&user) else {
+                    continue;
+                };
+                let ids: Vec<u64> = sessions
+                    .iter()
+                    .filter(|(_, e)| revocation.covers(e))
+                    .map(|(id, _)| *id)
+                    .collect();
+                ended.extend(ids.iter().filter_map(|id| sessions.remove(id)));
+                if sessions.is_empty() {
+                    users.remove(&user);
+                }
             }
             ended
         };
@@ -170,7 +211,12 @@ impl LiveSessions {
             let _ = e.end.send(revocation.reason());
         }
         if n > 0 {
-            tracing::info!(user = %user, sessions = n, reason = revocation.reason(), "access sessions ended");
+            tracing::info!(
+                ?revocation,
+                sessions = n,
+                reason = revocation.reason(),
+                "access sessions ended"
+            );
         }
         n
     }
@@ -207,6 +253,21 @@ impl std::fmt::Debug for LiveSession {
 }
 
 impl LiveSession {
+    /// Marks the session as one in a workspace of another user of
+    /// `organization_id`, opened as an admin: demoting the user or turning
+    /// the organisation's `admins_may_open_shells` off ends it. Mark before
+    /// the final check that admits it (see `admit` in `mod.rs`).
+    pub fn mark_in_others_workspace(&self, organization_id: Uuid) {
+        if let Some(entry) = self
+            .registry
+            .lock()
+            .get_mut(&self.user_id)
+            .and_then(|s| s.get_mut(&self.id))
+        {
+            entry.in_others_workspace = Some(organization_id);
+        }
+    }
+
     /// Resolves with the reason when the session's authority is revoked; never
     /// otherwise.
     pub async fn revoked(&mut self) -> &'static str {
@@ -274,6 +335,46 @@ mod tests {
     }
 
     #[test]
+    fn withdrawn_admin_access_ends_only_sessions_in_others_workspaces() {
+        let live = LiveSessions::default();
+        let (ada, carl) = (Uuid::new_v4(), Uuid::new_v4());
+        let (org, other_org) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut ada_own = live.open(ada, Credential::Jwt);
+        let mut ada_others = live.open(ada, Credential::Jwt);
+        ada_others.mark_in_others_workspace(org);
+        let mut carl_others = live.open(carl, Credential::Jwt);
+        carl_others.mark_in_others_workspace(org);
+        let mut elsewhere = live.open(carl, Credential::Jwt);
+        elsewhere.mark_in_others_workspace(other_org);
+
+        assert_eq!(
+            live.revoke(Revocation::AdminAccessWithdrawn { user_id: ada }),
+            1
+        );
+        assert!(ended_now(&mut ada_others).unwrap().contains("role"));
+        assert_eq!(ended_now(&mut ada_own), None, "her own workspace's stays");
+        assert_eq!(ended_now(&mut carl_others), None);
+
+        assert_eq!(
+            live.revoke(Revocation::AdminSessionsDisallowed {
+                organization_id: org
+            }),
+            1
+        );
+        assert!(
+            ended_now(&mut carl_others)
+                .unwrap()
+                .contains("organisation")
+        );
+        assert_eq!(
+            ended_now(&mut elsewhere),
+            None,
+            "another organisation's stays"
+        );
+        assert_eq!(ended_now(&mut ada_own), None);
+    }
+
+    #[test]
     fn a_dropped_session_is_unregistered() {
         let live = LiveSessions::default();
         let user = Uuid::new_v4();
@@ -298,6 +399,8 @@ mod tests {
                 user_id: u,
                 session_id: u,
             },
+            Revocation::AdminAccessWithdrawn { user_id: u },
+            Revocation::AdminSessionsDisallowed { organization_id: u },
         ] {
             assert!(r.reason().len() <= 123, "{r:?}");
         }

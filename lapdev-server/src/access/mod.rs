@@ -14,8 +14,11 @@
 //! or a browser session cookie on an upgrade carrying the server's own
 //! `Origin`. Every open session is registered in [`LiveSessions`] under its
 //! user and the credential that opened it, and ends at once, with the reason as
-//! its close reason (code 1008), when that user is disabled or deleted or that
-//! token or browser session is revoked.
+//! its close reason (code 1008), when that user is disabled or deleted, that
+//! token or browser session is revoked (a sign-in that rotates the browser's
+//! session revokes the old one), or, for an admin's session in another user's
+//! workspace, the admin is demoted to member or the organisation turns
+//! `admins_may_open_shells` off.
 //! Who may open a session is decided in one place, [`may_open_session`]. Every
 //! refusal before the upgrade is an ordinary HRPC error response (JSON
 //! `{code, message}`); another organisation's workspace is `404`.
@@ -178,7 +181,15 @@ async fn admit(
         }
         other => lapdev_kube::db_error(other),
     })?;
-    let decision = may_open_session(&state.db, &caller, &ws).await?;
+    let mut decision = may_open_session(&state.db, &caller, &ws).await?;
+    if decision == Decision::AllowAdminAudited {
+        // Marked first, then checked again with a fresh role: a demotion or
+        // the setting turned off either refuses this session or finds it
+        // marked in the registry and ends it.
+        live.mark_in_others_workspace(ws.organization_id);
+        let now = check_credential(state, headers).await?;
+        decision = may_open_session(&state.db, &now, &ws).await?;
+    }
     if let Some(refusal) = decision.refusal(workspace) {
         return Err(refusal);
     }

@@ -3,7 +3,9 @@
 //! revoked or the cluster deleted, the stream to the manager fails (the
 //! tunnel dropped), or the caller's authority is revoked (user disabled or
 //! deleted, the token or browser session that opened it revoked; close code
-//! 1008 with the reason). Each session is logged, audited (who, workspace, kind, the
+//! 1008 with the reason). A session whose change feed lagged (it missed
+//! changes) reads the workspace and the cluster's tokens again rather than
+//! trust that nothing it missed ended it. Each session is logged, audited (who, workspace, kind, the
 //! command's first word or the port, start, end, bytes each way) and counted.
 //!
 //! Metrics (labels from closed sets): `lapdev_sessions_total{kind, outcome}`
@@ -15,11 +17,11 @@ use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::{SinkExt as _, StreamExt as _};
 use http_body_util::BodyExt as _;
 use lapdev_common::status::WorkspaceStatus;
-use lapdev_db::{Change, NewAuditEntry, Workspace};
+use lapdev_db::{Change, Db, DbError, NewAuditEntry, Workspace};
 use lapdev_hrpc::HrpcError;
 use lapdev_kube_rpc::stream::STREAM_ERROR_TRAILER;
 use uuid::Uuid;
@@ -77,7 +79,9 @@ pub(super) async fn start(
     header: String,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, HrpcError> {
-    // Subscribe before the stream opens so no stop in between is missed.
+    // Subscribe before the stream opens so no stop in between is missed; a
+    // re-check after missed changes looks for revocations from this time on.
+    let subscribed_at = Utc::now();
     let changes = state.db.subscribe();
     let (to_manager, from_manager) =
         super::open_on_manager(state, open.cluster, path, header).await?;
@@ -87,6 +91,11 @@ pub(super) async fn start(
     let db = state.db.clone();
     Ok(upgrade
         .max_message_size(1 << 20)
+        // tungstenite's default read buffer (128 KiB) is filled before each
+        // read, so every idle forwarded connection kept it resident: the
+        // tunnel's smaller buffer keeps the server's cost per idle connection
+        // under 64 KiB (issue 14's floor, measured by benches/access_cost.rs).
+        .read_buffer_size(lapdev_hrpc::tunnel::DEFAULT_WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             let mut live = live;
             let started = Utc::now();
@@ -95,7 +104,12 @@ pub(super) async fn start(
                 detail = %open.detail, "session open"
             );
             metrics::gauge!("lapdev_sessions_open", "kind" => kind.as_str()).increment(1);
-            let ended = bridge(socket, to_manager, from_manager, changes, &mut live, &open).await;
+            let feed = Feed {
+                changes,
+                db: &db,
+                subscribed_at,
+            };
+            let ended = bridge(socket, to_manager, from_manager, feed, &mut live, &open).await;
             drop(live);
             metrics::gauge!("lapdev_sessions_open", "kind" => kind.as_str()).decrement(1);
             metrics::counter!("lapdev_sessions_total", "kind" => kind.as_str(), "outcome" => "ended")
@@ -157,11 +171,84 @@ fn ends_session(change: &Change, workspace: Uuid, cluster: Uuid) -> Option<&'sta
     }
 }
 
+/// The change feed a session watches, and what it needs to re-check the
+/// state when it missed changes.
+struct Feed<'a> {
+    changes: tokio::sync::broadcast::Receiver<Change>,
+    db: &'a Db,
+    /// When the session subscribed: revocations from then on end it.
+    subscribed_at: DateTime<Utc>,
+}
+
+/// Waits for a change that ends the session and returns why. When the
+/// receiver lagged (more than the feed's capacity published while it was not
+/// looking), the missed changes may have held the one that ends it, so
+/// `recheck` reads the current state instead.
+async fn watch_changes<F, Fut>(
+    mut changes: tokio::sync::broadcast::Receiver<Change>,
+    workspace: Uuid,
+    cluster: Uuid,
+    mut recheck: F,
+) -> String
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<&'static str>>,
+{
+    loop {
+        match changes.recv().await {
+            Ok(c) => {
+                if let Some(why) = ends_session(&c, workspace, cluster) {
+                    return why.to_owned();
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(%workspace, missed, "an access session missed change notifications; re-checking");
+                if let Some(why) = recheck().await {
+                    return why.to_owned();
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                return "the server is shutting down".to_owned();
+            }
+        }
+    }
+}
+
+/// What [`ends_session`] would have said of the changes a lagged session
+/// missed, read from the database: the workspace no longer running where the
+/// session is, the cluster deleted, or one of its tokens revoked since the
+/// session subscribed. Conservative: a state that cannot be read ends the
+/// session too.
+async fn recheck(db: &Db, open: &Open, since: DateTime<Utc>) -> Option<&'static str> {
+    let org = open.workspace.organization_id;
+    match db.get_workspace(org, open.workspace.id).await {
+        Ok(ws) if ws.status == WorkspaceStatus::Running && ws.cluster_id == Some(open.cluster) => {}
+        Ok(_) => return Some("the workspace stopped"),
+        Err(DbError::NotFound { .. }) => return Some("the workspace was deleted"),
+        Err(_) => return Some(RECHECK_FAILED),
+    }
+    match db.list_cluster_tokens(org, open.cluster).await {
+        Ok(tokens)
+            if tokens
+                .iter()
+                .any(|t| t.revoked_at.is_some_and(|at| at >= since)) =>
+        {
+            Some("the cluster's token was revoked")
+        }
+        Ok(_) => None,
+        Err(DbError::NotFound { .. }) => Some("the cluster was deleted"),
+        Err(_) => Some(RECHECK_FAILED),
+    }
+}
+
+const RECHECK_FAILED: &str =
+    "the session missed change notifications and the workspace's state could not be read again";
+
 async fn bridge(
     socket: WebSocket,
     mut to_manager: futures::channel::mpsc::Sender<Bytes>,
     mut from_manager: Body,
-    mut changes: tokio::sync::broadcast::Receiver<Change>,
+    changes: Feed<'_>,
     live: &mut LiveSession,
     open: &Open,
 ) -> Ended {
@@ -225,21 +312,9 @@ async fn bridge(
             }
         }
     };
-    let stop = async {
-        loop {
-            match changes.recv().await {
-                Ok(c) => {
-                    if let Some(why) = ends_session(&c, open.workspace.id, open.cluster) {
-                        return why.to_owned();
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                    return "the server is shutting down".to_owned();
-                }
-            }
-        }
-    };
+    let stop = watch_changes(changes.changes, open.workspace.id, open.cluster, || {
+        recheck(changes.db, open, changes.subscribed_at)
+    });
     let (code, reason, clean) = {
         tokio::pin!(download);
         // `stop` first: revoking a cluster token publishes the change before
@@ -282,4 +357,92 @@ async fn bridge(
         ended.clean = false;
     }
     ended
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use futures::FutureExt as _;
+    use lapdev_db::WorkspaceChange;
+    use tokio::sync::broadcast;
+
+    use super::*;
+
+    fn stopped(workspace: Uuid, cluster: Uuid) -> Change {
+        Change::Workspace(WorkspaceChange {
+            organization_id: Uuid::nil(),
+            workspace_id: workspace,
+            cluster_id: Some(cluster),
+            previous_status: Some(WorkspaceStatus::Running),
+            status: WorkspaceStatus::Stopping,
+            reason: None,
+            repair: false,
+        })
+    }
+
+    fn unrelated() -> Change {
+        Change::ClusterChanged {
+            organization_id: Uuid::nil(),
+            cluster_id: Uuid::new_v4(),
+        }
+    }
+
+    /// A feed of capacity 2 that lost the change ending the session: the
+    /// session's stop was published, then 3 more, so the receiver lags past it.
+    /// The sender is returned so the feed stays open (a closed one ends the
+    /// watch as "shutting down").
+    fn lagged_past_a_stop(
+        workspace: Uuid,
+        cluster: Uuid,
+    ) -> (broadcast::Sender<Change>, broadcast::Receiver<Change>) {
+        let (tx, rx) = broadcast::channel(2);
+        tx.send(stopped(workspace, cluster)).unwrap();
+        for _ in 0..3 {
+            tx.send(unrelated()).unwrap();
+        }
+        (tx, rx)
+    }
+
+    #[test]
+    fn a_stop_on_the_feed_ends_the_session() {
+        let (w, c) = (Uuid::new_v4(), Uuid::new_v4());
+        let (tx, rx) = broadcast::channel(16);
+        tx.send(unrelated()).unwrap();
+        tx.send(stopped(w, c)).unwrap();
+        let why = watch_changes(rx, w, c, || async { None }).now_or_never();
+        assert_eq!(why.as_deref(), Some("the workspace stopped"));
+    }
+
+    #[test]
+    fn a_lagged_feed_rechecks_and_ends_the_session_when_the_state_says_so() {
+        let (w, c) = (Uuid::new_v4(), Uuid::new_v4());
+        let rechecks = Cell::new(0);
+        let (_tx, rx) = lagged_past_a_stop(w, c);
+        let why = watch_changes(rx, w, c, || {
+            rechecks.set(rechecks.get() + 1);
+            async { Some("the workspace stopped") }
+        })
+        .now_or_never();
+        assert_eq!(
+            why.as_deref(),
+            Some("the workspace stopped"),
+            "a lagged session must not miss the stop it lost"
+        );
+        assert_eq!(rechecks.get(), 1);
+    }
+
+    #[test]
+    fn a_lagged_feed_whose_recheck_finds_nothing_keeps_the_session() {
+        let (w, c) = (Uuid::new_v4(), Uuid::new_v4());
+        let rechecks = Cell::new(0);
+        let (_tx, rx) = lagged_past_a_stop(w, c);
+        let why = watch_changes(rx, w, c, || {
+            rechecks.set(rechecks.get() + 1);
+            async { None }
+        })
+        .now_or_never();
+        assert_eq!(why, None, "still waiting for a change");
+        assert_eq!(rechecks.get(), 1);
+    }
 }

@@ -30,6 +30,7 @@ use super::oidc::http::{Egress, check_url};
 use super::password::{Passwords, SlowDown};
 use super::principal::{Caller, Credential};
 use crate::access::Revocation;
+use crate::auth::shell_access::session_access_allowed;
 
 /// Audit rows for failed sign-ins, at most, per minute.
 pub const FAILED_SIGN_IN_AUDITS_PER_MINUTE: u32 = 60;
@@ -221,6 +222,12 @@ impl PeopleService {
             UserChange::Delete => self
                 .auth
                 .revoked(Revocation::UserDeleted { user_id: user.id }),
+            // A role that may not enter others' workspaces (whatever the
+            // organisation's setting) ends the sessions the user has in them.
+            UserChange::SetRole(role) if !session_access_allowed(role, false, true).allowed() => {
+                self.auth
+                    .revoked(Revocation::AdminAccessWithdrawn { user_id: user.id })
+            }
             UserChange::SetRole(_) | UserChange::Enable => self.auth.cache.clear(),
         }
         if matches!(change, UserChange::Disable | UserChange::Delete) {
@@ -275,7 +282,8 @@ impl PeopleService {
     }
 
     /// A new browser session for a user who just signed in, revoking the one
-    /// the browser came with (rotation), audited in the same transaction.
+    /// the browser came with (rotation), audited in the same transaction; the
+    /// shell, exec and port-forward sessions the replaced one opened end.
     pub async fn start_session(
         &self,
         u: &User,
@@ -305,6 +313,14 @@ impl PeopleService {
             )
             .await
             .map_err(people_error)
+            .inspect(|created| {
+                if let Some(old) = created.replaced {
+                    self.auth.revoked(Revocation::BrowserSessionRevoked {
+                        user_id: old.user_id,
+                        session_id: old.id,
+                    });
+                }
+            })
     }
 
     /// The database (for the `/auth/` endpoints).
@@ -861,6 +877,11 @@ impl PeopleRpc for PeopleService {
             )
             .await
             .map_err(db_error)?;
+        if !s.admins_may_open_shells {
+            self.auth.revoked(Revocation::AdminSessionsDisallowed {
+                organization_id: who.organization_id,
+            });
+        }
         Ok(OrgSettingsView {
             admins_may_open_shells: s.admins_may_open_shells,
         })

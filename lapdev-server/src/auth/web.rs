@@ -48,14 +48,33 @@ pub struct WebState {
     pub policy: WebPolicy,
 }
 
+/// Password sign-in's route.
+pub const SESSION_ROUTE: &str = "/auth/session";
+/// Sign-out's route.
+pub const LOGOUT_ROUTE: &str = "/auth/logout";
+/// The OpenID Connect login's start.
+pub const OIDC_START_ROUTE: &str = "/auth/oidc/start";
+/// The OpenID Connect provider's redirect back.
+pub const OIDC_CALLBACK_ROUTE: &str = "/auth/oidc/callback";
+/// The CLI's code exchange.
+pub const CLI_EXCHANGE_ROUTE: &str = "/auth/cli/exchange";
+/// Every route [`routes`] serves (each also its `/metrics` route label).
+pub const ROUTES: [&str; 5] = [
+    SESSION_ROUTE,
+    LOGOUT_ROUTE,
+    OIDC_START_ROUTE,
+    OIDC_CALLBACK_ROUTE,
+    CLI_EXCHANGE_ROUTE,
+];
+
 /// The `/auth/` routes.
 pub fn routes(state: WebState) -> Router {
     Router::new()
-        .route("/auth/session", post(password_session))
-        .route("/auth/logout", post(logout))
-        .route("/auth/oidc/start", get(oidc_start))
-        .route("/auth/oidc/callback", get(oidc_callback))
-        .route("/auth/cli/exchange", post(cli_exchange))
+        .route(SESSION_ROUTE, post(password_session))
+        .route(LOGOUT_ROUTE, post(logout))
+        .route(OIDC_START_ROUTE, get(oidc_start))
+        .route(OIDC_CALLBACK_ROUTE, get(oidc_callback))
+        .route(CLI_EXCHANGE_ROUTE, post(cli_exchange))
         .with_state(state)
 }
 
