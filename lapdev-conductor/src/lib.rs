@@ -205,6 +205,8 @@ fn lapdev_db_error(e: DbError) -> HrpcError {
             HrpcError::failed_precondition(e.to_string())
         }
         DbError::Conflict { .. } => HrpcError::new(Code::Aborted, e.to_string()),
+        DbError::QuotaExceeded(q) => HrpcError::new(Code::ResourceExhausted, q.to_string())
+            .with_details(serde_json::json!({ "quota": q })),
         other => {
             tracing::error!(error = %other, "database error");
             HrpcError::unavailable("the database is not available")
@@ -313,7 +315,7 @@ impl Conductor {
         let ws = self
             .inner
             .db
-            .create_workspace(
+            .create_workspace_at(
                 org_id,
                 NewWorkspace {
                     owner_id,
@@ -326,6 +328,7 @@ impl Conductor {
                     placement_cluster: req.cluster,
                     placement_region: req.region,
                 },
+                self.inner.config.clock.now(),
             )
             .await?;
         let placed = match self.place(&ws).await {
@@ -422,7 +425,13 @@ impl Conductor {
         let mut ws = self
             .inner
             .db
-            .set_workspace_desired_state(org_id, workspace_id, ws.version, desired)
+            .set_workspace_desired_state_at(
+                org_id,
+                workspace_id,
+                ws.version,
+                desired,
+                self.inner.config.clock.now(),
+            )
             .await?;
         // Starting a workspace that failed for good is the user's "try again":
         // the terminal reason no longer holds it back.
