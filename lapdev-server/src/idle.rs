@@ -153,7 +153,9 @@ impl IdleSweeper {
     /// Sweeps every [`IdleConfig::sweep_interval`] until `shutdown` resolves.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut tick = tokio::time::interval(self.config.sweep_interval);
+        // The first sweep one interval after the start, not at once.
+        let period = self.config.sweep_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

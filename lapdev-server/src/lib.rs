@@ -191,6 +191,7 @@ pub fn app_with(state: AppState, options: &AppOptions) -> Router {
     if options.metrics_on_public {
         router = router.merge(metrics_router(
             state.kube.clone(),
+            state.db.clone(),
             options.metrics_access.clone(),
         ));
     }
@@ -219,17 +220,20 @@ pub fn app_with(state: AppState, options: &AppOptions) -> Router {
 /// `/metrics` alone, for the public router or a listener of its own.
 pub fn metrics_router<S: Clone + Send + Sync + 'static>(
     kube: KubeClusterServer,
+    db: Db,
     access: MetricsAccess,
 ) -> Router<S> {
     Router::new().route(
         "/metrics",
         get(move |headers: http::HeaderMap| {
             let kube = kube.clone();
+            let db = db.clone();
             let access = access.clone();
             async move {
                 if !access.allows(&headers) {
                     return MetricsAccess::refusal();
                 }
+                quota::export_usage(&db).await;
                 ::metrics::gauge!("lapdev_connected_clusters")
                     .set(kube.connected_clusters().len() as f64);
                 (
@@ -613,7 +617,7 @@ impl Server {
         };
         let serve_config = serve::ServeConfig::from_limits(&limits, tls);
         let metrics_task = metrics_listener.map(|listener| {
-            let router = metrics_router::<()>(kube.clone(), metrics_access);
+            let router = metrics_router::<()>(kube.clone(), db.clone(), metrics_access);
             let config = serve::ServeConfig {
                 tls: None,
                 ..serve_config.clone()

@@ -91,6 +91,34 @@ fn caller(ctx: &Context) -> Result<&Caller, HrpcError> {
         .ok_or_else(|| HrpcError::unauthenticated("no caller on this request"))
 }
 
+/// Sets the per-organisation gauges of what running workspaces request
+/// (`lapdev_org_running_workspaces`, `lapdev_org_requested_cpu_millis`,
+/// `lapdev_org_requested_memory_bytes`, labelled `organization` by id), read
+/// at scrape time with one grouped query; organisations with nothing running
+/// read 0.
+pub async fn export_usage(db: &Db) {
+    let (orgs, usage) = match (
+        db.list_organizations().await,
+        db.usage_by_organization().await,
+    ) {
+        (Ok(orgs), Ok(usage)) => (orgs, usage),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot read workspace usage for /metrics");
+            return;
+        }
+    };
+    for org in orgs {
+        let u = usage.get(&org.id).copied().unwrap_or_default();
+        let id = org.id.to_string();
+        metrics::gauge!("lapdev_org_running_workspaces", "organization" => id.clone())
+            .set(u.running_workspaces as f64);
+        metrics::gauge!("lapdev_org_requested_cpu_millis", "organization" => id.clone())
+            .set(u.cpu_millis as f64);
+        metrics::gauge!("lapdev_org_requested_memory_bytes", "organization" => id)
+            .set(u.memory_bytes as f64);
+    }
+}
+
 /// Counts a refusal in `lapdev_quota_refusals_total{holder, resource}`.
 pub fn count_refusal(q: &QuotaExceeded) {
     metrics::counter!(

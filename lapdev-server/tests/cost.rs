@@ -180,6 +180,16 @@ async fn quotas_through_the_cli() {
         metrics.contains("lapdev_quota_refusals_total{holder=\"member\",resource=\"cpu\"}"),
         "{metrics}"
     );
+    // b and c run: 2 workspaces, 2 CPU, 2 GiB.
+    let org = org_of(&t).await;
+    for (name, value) in [
+        ("lapdev_org_running_workspaces", 2i64),
+        ("lapdev_org_requested_cpu_millis", 2000),
+        ("lapdev_org_requested_memory_bytes", 2 << 30),
+    ] {
+        let line = format!("{name}{{organization=\"{org}\"}} {value}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
 }
 
 /// The server's `/metrics` page.
@@ -293,6 +303,11 @@ async fn an_idle_workspace_stops_after_its_timeout_and_an_open_session_keeps_it(
         sweeper.sweep_once().await.unwrap().idle_stopped,
         0,
         "never twice"
+    );
+    let metrics = metrics_page(&t).await;
+    assert!(
+        metrics.contains("lapdev_workspace_timer_stops_total{kind=\"idle\"} 1"),
+        "{metrics}"
     );
     eventually("the manager stopped it", || {
         let fake = fake.clone();
