@@ -65,6 +65,7 @@
 
 pub mod backoff;
 mod dispatch;
+pub mod idle;
 pub mod placement;
 mod tombstones;
 

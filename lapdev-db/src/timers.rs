@@ -246,15 +246,25 @@ pub(crate) async fn arm(
 /// Clears a workspace's deadlines (the user stopped or deleted it), and the
 /// reason of the server's last stop with them.
 pub(crate) async fn disarm(txn: &impl ConnectionTrait, workspace_id: Uuid) -> DbResult<()> {
+    disarm_many(txn, &[workspace_id]).await
+}
+
+/// [`disarm`] for many workspaces at once (a disabled user's).
+pub(crate) async fn disarm_many(
+    txn: &impl ConnectionTrait,
+    workspace_ids: &[Uuid],
+) -> DbResult<()> {
     use workspace_timer::Column as T;
-    workspace_timer::Entity::update_many()
-        .col_expr(T::IdleDeadline, Expr::value(none_at()))
-        .col_expr(T::LifetimeDeadline, Expr::value(none_at()))
-        .col_expr(T::StopReason, Expr::value(Option::<String>::None))
-        .col_expr(T::StoppedAt, Expr::value(none_at()))
-        .filter(T::WorkspaceId.eq(workspace_id))
-        .exec(txn)
-        .await?;
+    for chunk in workspace_ids.chunks(1000) {
+        workspace_timer::Entity::update_many()
+            .col_expr(T::IdleDeadline, Expr::value(none_at()))
+            .col_expr(T::LifetimeDeadline, Expr::value(none_at()))
+            .col_expr(T::StopReason, Expr::value(Option::<String>::None))
+            .col_expr(T::StoppedAt, Expr::value(none_at()))
+            .filter(T::WorkspaceId.is_in(chunk.iter().copied()))
+            .exec(txn)
+            .await?;
+    }
     Ok(())
 }
 

@@ -751,6 +751,7 @@ impl Db {
         if result.rows_affected == 0 {
             return Err(self.lost_race(org_id, id, expected_version).await);
         }
+        timers::disarm(&self.conn, id).await?;
         self.publish_deleted(&current, None);
         Ok(())
     }
@@ -800,6 +801,7 @@ impl Db {
         if result.rows_affected == 0 {
             return Err(self.lost_race(org_id, id, expected_version).await);
         }
+        timers::disarm(&self.conn, id).await?;
         let ws = kube_workspace::Entity::find_by_id(id)
             .one(&self.conn)
             .await?

@@ -480,7 +480,6 @@ impl Server {
         let streams = streams.unwrap_or_else(|| Arc::new(access::TunnelStreams(kube.clone())));
         let activity = idle::WorkspaceActivity::new(db.clone(), conductor.clock().clone());
         let idle = idle::IdleSweeper::new(
-            db.clone(),
             conductor.clone(),
             activity.clone(),
             idle::IdleConfig::default(),
