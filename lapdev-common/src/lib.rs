@@ -10,6 +10,7 @@ pub mod headers;
 pub mod kube;
 pub mod name;
 pub mod quantity;
+pub mod quota;
 pub mod reason;
 pub mod role;
 pub mod scheduling;

@@ -88,6 +88,10 @@ reasons! {
     /// The workspace was forgotten while its cluster was unreachable; its objects
     /// are removed when the cluster's manager reconnects.
     ClusterGone => "ClusterGone",
+    /// Stopped by the server: nobody used it for its idle timeout.
+    IdleStopped => "IdleStopped",
+    /// Stopped by the server: it ran for the organisation's maximum lifetime.
+    LifetimeExpired => "LifetimeExpired",
 }
 
 impl WorkspaceReason {

@@ -244,6 +244,13 @@ pub struct SchedulingSettings {
     /// The pods' `priorityClassName`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class: Option<String>,
+    /// Run workspace pods in their own user namespace (`hostUsers: false`):
+    /// root in the container is an unprivileged user on the node. Needs a
+    /// cluster that supports it (Kubernetes 1.33+ with a container runtime
+    /// and kernel that do, e.g. containerd 2 on Linux 6.3+); elsewhere the
+    /// pods fail to start, so it is off unless the admin turns it on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub user_namespaces: bool,
 }
 
 /// A scheduling setting is not valid.

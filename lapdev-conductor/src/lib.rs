@@ -68,6 +68,7 @@
 
 pub mod backoff;
 mod dispatch;
+pub mod idle;
 pub mod placement;
 mod snapshot;
 mod tombstones;
@@ -210,6 +211,8 @@ fn lapdev_db_error(e: DbError) -> HrpcError {
             HrpcError::failed_precondition(e.to_string())
         }
         DbError::Conflict { .. } => HrpcError::new(Code::Aborted, e.to_string()),
+        DbError::QuotaExceeded(q) => HrpcError::new(Code::ResourceExhausted, q.to_string())
+            .with_details(serde_json::json!({ "quota": q })),
         other => {
             tracing::error!(error = %other, "database error");
             HrpcError::unavailable("the database is not available")
@@ -347,7 +350,7 @@ impl Conductor {
         let ws = self
             .inner
             .db
-            .create_workspace(
+            .create_workspace_at(
                 org_id,
                 NewWorkspace {
                     owner_id,
@@ -360,6 +363,7 @@ impl Conductor {
                     placement_cluster: req.cluster,
                     placement_region: req.region,
                 },
+                self.inner.config.clock.now(),
             )
             .await?;
         let placed = match self.place(&ws).await {
@@ -462,7 +466,13 @@ impl Conductor {
         let mut ws = self
             .inner
             .db
-            .set_workspace_desired_state(org_id, workspace_id, ws.version, desired)
+            .set_workspace_desired_state_at(
+                org_id,
+                workspace_id,
+                ws.version,
+                desired,
+                self.inner.config.clock.now(),
+            )
             .await?;
         // Starting a workspace that failed for good is the user's "try again":
         // the terminal reason no longer holds it back.

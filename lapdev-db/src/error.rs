@@ -150,6 +150,10 @@ pub enum DbError {
         /// What kind of rows those are.
         user_kind: EntityKind,
     },
+    /// Creating or starting the workspace would exceed a quota; the message
+    /// says which, in numbers.
+    #[error(transparent)]
+    QuotaExceeded(#[from] lapdev_common::quota::QuotaExceeded),
     /// A presented cluster token is not valid.
     #[error("invalid cluster token: {0}")]
     InvalidToken(TokenRejection),

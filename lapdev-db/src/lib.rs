@@ -40,9 +40,11 @@ mod org;
 mod pat;
 mod people;
 mod provider;
+mod quota;
 mod session;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+mod timers;
 mod token;
 mod util;
 mod workspace;
@@ -60,8 +62,12 @@ pub use org::{NewUser, OrgSettings, Organization, User};
 pub use pat::{CreatedPat, PersonalAccessToken, VerifiedPat};
 pub use people::{SignInCandidate, UserChange};
 pub use provider::{NewProvider, Provider};
+pub use quota::OrgQuotas;
 pub use session::{
     BrowserSession, CreatedSession, ReplacedSession, SessionLifetime, VerifiedSession,
+};
+pub use timers::{
+    DEFAULT_VOLUME_RETENTION_SECS, DueTimer, TimerKind, WorkspacePolicy, WorkspaceTimer,
 };
 pub use token::{
     ClusterToken, ClusterTokenSecret, CreatedClusterToken, NewClusterToken, VerifiedClusterToken,

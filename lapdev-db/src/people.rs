@@ -233,6 +233,7 @@ async fn stop_workspaces_of(
         .filter(W::Id.is_in(ids.clone()))
         .exec(txn)
         .await?;
+    crate::timers::disarm_many(txn, &ids).await?;
     Ok(ids)
 }
 

@@ -265,6 +265,85 @@ pub async fn seed_placed_workspaces(
     Ok(())
 }
 
+/// A seeded workspace's `(idle_deadline, lifetime_deadline)`.
+pub type Deadlines = (
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+/// Inserts many running workspaces with armed timers (batched `INSERT`s): one
+/// per `(idle_deadline, lifetime_deadline)` pair, placed on `cluster_id`.
+/// Returns their ids in order.
+pub async fn seed_timed_workspaces(
+    db: &Db,
+    org_id: Uuid,
+    owner_id: Uuid,
+    cluster_id: Uuid,
+    deadlines: &[Deadlines],
+) -> crate::DbResult<Vec<Uuid>> {
+    use lapdev_common::status::{DesiredState, WorkspaceStatus};
+    use sea_orm::{ActiveValue::Set, EntityTrait};
+
+    use crate::entities::{kube_workspace, workspace_timer};
+    use crate::util::tz;
+
+    let at = tz(crate::db::now());
+    let mut ids = Vec::with_capacity(deadlines.len());
+    for chunk in deadlines.chunks(1000) {
+        let chunk_ids: Vec<Uuid> = chunk.iter().map(|_| Uuid::new_v4()).collect();
+        let workspaces = chunk_ids.iter().map(|&id| kube_workspace::ActiveModel {
+            id: Set(id),
+            organization_id: Set(org_id),
+            owner_id: Set(owner_id),
+            name: Set(format!("timed-{id}")),
+            cluster_id: Set(Some(cluster_id)),
+            namespace: Set(Some("lapdev-workspaces".to_owned())),
+            image: Set("seed".to_owned()),
+            cpu_millis: Set(100),
+            memory_bytes: Set(1 << 28),
+            storage_bytes: Set(1 << 30),
+            desired_state: Set(DesiredState::Running.as_str().to_owned()),
+            status: Set(WorkspaceStatus::Running.as_str().to_owned()),
+            status_message: Set(None),
+            pod_name: Set(None),
+            version: Set(1),
+            created_at: Set(at),
+            updated_at: Set(at),
+            deleted_at: Set(None),
+            placement_cluster: Set(None),
+            placement_region: Set(None),
+            status_reason: Set(None),
+            repair_attempts: Set(0),
+            next_attempt_at: Set(None),
+            volume_created: Set(true),
+            forgotten_at: Set(None),
+            observed_at: Set(None),
+        });
+        kube_workspace::Entity::insert_many(workspaces)
+            .exec(db.connection())
+            .await?;
+        let timers = chunk_ids.iter().zip(chunk).map(|(&id, (idle, lifetime))| {
+            workspace_timer::ActiveModel {
+                workspace_id: Set(id),
+                organization_id: Set(org_id),
+                idle_timeout_secs: Set(None),
+                last_active_at: Set(Some(at)),
+                idle_deadline: Set(idle.map(tz)),
+                lifetime_deadline: Set(lifetime.map(tz)),
+                stop_reason: Set(None),
+                stopped_at: Set(None),
+                volume_retained_until: Set(None),
+                volume_deleted_at: Set(None),
+            }
+        });
+        workspace_timer::Entity::insert_many(timers)
+            .exec(db.connection())
+            .await?;
+        ids.extend(chunk_ids);
+    }
+    Ok(ids)
+}
+
 /// Runs raw SQL on `db` (tests that break the database on purpose, e.g. to see
 /// that a failed audit write loses no action), so test crates need no sea-orm.
 pub async fn execute_sql(db: &Db, sql: &str) -> Result<(), sea_orm::DbErr> {

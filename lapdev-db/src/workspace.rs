@@ -41,6 +41,7 @@ use crate::entities::kube_cluster;
 use crate::entities::kube_workspace;
 use crate::error::{DbError, DbResult, EntityKind, parse_stored, unique_violation};
 use crate::util::{check_name, check_named, check_non_negative, tz, utc};
+use crate::{quota, timers};
 
 /// A developer workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,15 +265,31 @@ fn workspace_from_model(m: kube_workspace::Model) -> DbResult<Workspace> {
 }
 
 impl Db {
-    /// Creates a `pending` workspace (version 1) for a user of `org_id`.
+    /// Creates a `pending` workspace (version 1) for a user of `org_id`, within
+    /// the organisation's and the owner's quotas, with its timers armed from
+    /// now (see [`Db::create_workspace_at`]).
     pub async fn create_workspace(&self, org_id: Uuid, new: NewWorkspace) -> DbResult<Workspace> {
+        self.create_workspace_at(org_id, new, now()).await
+    }
+
+    /// Creates a `pending` workspace (version 1) for a user of `org_id`. In one
+    /// transaction: the quotas admit it (`QuotaExceeded` says which limit
+    /// refused, in numbers; see `quota.rs`), the row is written, and a workspace
+    /// meant to run gets its idle and lifetime timers armed from `at` (the
+    /// caller's clock).
+    pub async fn create_workspace_at(
+        &self,
+        org_id: Uuid,
+        new: NewWorkspace,
+        at: DateTime<Utc>,
+    ) -> DbResult<Workspace> {
         check_named(lapdev_common::name::NameKind::Workspace, &new.name)?;
         check_name("image", &new.image)?;
         check_non_negative("cpu_millis", new.cpu_millis)?;
         check_non_negative("memory_bytes", new.memory_bytes)?;
         check_non_negative("storage_bytes", new.storage_bytes)?;
         self.get_user(org_id, new.owner_id).await?;
-        let at = tz(now());
+        let created = tz(now());
         let model = kube_workspace::ActiveModel {
             id: Set(Uuid::new_v4()),
             organization_id: Set(org_id),
@@ -289,8 +306,8 @@ impl Db {
             status_message: Set(None),
             pod_name: Set(None),
             version: Set(1),
-            created_at: Set(at),
-            updated_at: Set(at),
+            created_at: Set(created),
+            updated_at: Set(created),
             deleted_at: Set(None),
             placement_cluster: Set(new.placement_cluster),
             placement_region: Set(new.placement_region),
@@ -300,10 +317,24 @@ impl Db {
             volume_created: Set(false),
             forgotten_at: Set(None),
             observed_at: Set(None),
+        };
+        let needs = quota::needs(
+            new.desired_state,
+            new.cpu_millis,
+            new.memory_bytes,
+            new.storage_bytes,
+            true,
+        );
+        let txn = self.begin_write().await?;
+        Db::admit(&txn, org_id, new.owner_id, &needs).await?;
+        let model = model
+            .insert(&txn)
+            .await
+            .map_err(unique_violation(EntityKind::Workspace, &new.name))?;
+        if new.desired_state == DesiredState::Running {
+            timers::arm(&txn, org_id, model.id, at).await?;
         }
-        .insert(&self.conn)
-        .await
-        .map_err(unique_violation(EntityKind::Workspace, &new.name))?;
+        txn.commit().await?;
         let ws = workspace_from_model(model)?;
         self.publish_workspace(None, &ws, false);
         Ok(ws)
@@ -612,13 +643,29 @@ impl Db {
         Ok(ws)
     }
 
-    /// Sets what the user wants. Once `deleted` is asked for, it cannot be taken back.
+    /// Sets what the user wants (see [`Db::set_workspace_desired_state_at`]).
     pub async fn set_workspace_desired_state(
         &self,
         org_id: Uuid,
         id: Uuid,
         expected_version: i64,
         desired: DesiredState,
+    ) -> DbResult<Workspace> {
+        self.set_workspace_desired_state_at(org_id, id, expected_version, desired, now())
+            .await
+    }
+
+    /// Sets what the user wants. Once `deleted` is asked for, it cannot be taken
+    /// back. Starting a workspace that was not meant to run is admitted by the
+    /// quotas and arms its timers from `at`; stopping or deleting clears them;
+    /// all in the transaction that writes the wish.
+    pub async fn set_workspace_desired_state_at(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        desired: DesiredState,
+        at: DateTime<Utc>,
     ) -> DbResult<Workspace> {
         let current = self.get_workspace(org_id, id).await?;
         check_version(&current, expected_version)?;
@@ -637,9 +684,37 @@ impl Db {
                 W::NextAttemptAt,
                 Expr::value(Option::<sea_orm::prelude::DateTimeWithTimeZone>::None),
             );
-        let ws = self
-            .update_workspace_versioned(org_id, id, expected_version, update)
+        let starting =
+            desired == DesiredState::Running && current.desired_state != DesiredState::Running;
+        let txn = self.begin_write().await?;
+        if starting {
+            let needs = quota::needs(
+                desired,
+                current.cpu_millis,
+                current.memory_bytes,
+                current.storage_bytes,
+                false,
+            );
+            Db::admit(&txn, org_id, current.owner_id, &needs).await?;
+            timers::arm(&txn, org_id, id, at).await?;
+        } else if desired != DesiredState::Running {
+            timers::disarm(&txn, id).await?;
+        }
+        let result = update
+            .col_expr(W::Version, Expr::col(W::Version).add(1))
+            .col_expr(W::UpdatedAt, Expr::value(tz(now())))
+            .filter(W::Id.eq(id))
+            .filter(W::OrganizationId.eq(org_id))
+            .filter(W::Version.eq(expected_version))
+            .filter(W::DeletedAt.is_null())
+            .exec(&txn)
             .await?;
+        if result.rows_affected == 0 {
+            drop(txn);
+            return Err(self.lost_race(org_id, id, expected_version).await);
+        }
+        txn.commit().await?;
+        let ws = self.read_version(org_id, id, expected_version + 1).await?;
         self.publish_workspace(Some(current.status), &ws, false);
         Ok(ws)
     }
@@ -679,6 +754,7 @@ impl Db {
         if result.rows_affected == 0 {
             return Err(self.lost_race(org_id, id, expected_version).await);
         }
+        timers::disarm(&self.conn, id).await?;
         self.publish_deleted(&current, None);
         Ok(())
     }
@@ -728,6 +804,7 @@ impl Db {
         if result.rows_affected == 0 {
             return Err(self.lost_race(org_id, id, expected_version).await);
         }
+        timers::disarm(&self.conn, id).await?;
         let ws = kube_workspace::Entity::find_by_id(id)
             .one(&self.conn)
             .await?
@@ -837,18 +914,23 @@ impl Db {
         if result.rows_affected == 0 {
             return Err(self.lost_race(org_id, id, expected_version).await);
         }
-        // Read back by the version this write produced, so a later writer's row is
-        // never mistaken for ours.
+        self.read_version(org_id, id, expected_version + 1).await
+    }
+
+    /// The row as a write that produced `version` left it. Read back by that
+    /// version, so a later writer's row is never mistaken for ours.
+    async fn read_version(&self, org_id: Uuid, id: Uuid, version: i64) -> DbResult<Workspace> {
+        use kube_workspace::Column as W;
         kube_workspace::Entity::find_by_id(id)
             .filter(W::OrganizationId.eq(org_id))
-            .filter(W::Version.eq(expected_version + 1))
+            .filter(W::Version.eq(version))
             .one(&self.conn)
             .await?
             .map(workspace_from_model)
             .unwrap_or(Err(DbError::Conflict {
                 entity: EntityKind::Workspace,
                 id,
-                expected_version: expected_version + 1,
+                expected_version: version,
             }))
     }
 

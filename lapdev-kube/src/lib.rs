@@ -23,6 +23,10 @@ pub fn db_error(e: DbError) -> HrpcError {
             HrpcError::failed_precondition(e.to_string())
         }
         DbError::Conflict { .. } => HrpcError::new(lapdev_hrpc::Code::Aborted, e.to_string()),
+        DbError::QuotaExceeded(q) => {
+            HrpcError::new(lapdev_hrpc::Code::ResourceExhausted, q.to_string())
+                .with_details(serde_json::json!({ "quota": q }))
+        }
         other => {
             tracing::error!(error = %other, "database error");
             HrpcError::unavailable("the database is not available")

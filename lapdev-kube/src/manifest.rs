@@ -5,7 +5,9 @@
 //! `lapdev-workspaces` for workspaces, under *baseline*), the manager's ServiceAccount,
 //! its least-privilege RBAC, a Secret carrying the manager's env contract
 //! (`LAPDEV_SERVER_URL`, `LAPDEV_KUBE_CLUSTER_TOKEN`, optional `LAPDEV_SERVER_CA`) and
-//! the Deployment.
+//! the Deployment, then the NetworkPolicies that isolate workspaces (`network.rs`:
+//! no ingress to workspace pods; no egress to the cloud metadata service or the
+//! manager's namespace).
 //!
 //! The objects are built as typed [`k8s_openapi`] structs and written with a YAML
 //! serializer ([`serde_saphyr`]), never with string formatting, so no input (a cluster
@@ -29,6 +31,7 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext,
     ServiceAccount, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
@@ -38,6 +41,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use lapdev_common::status::{CapacityMode, SecurityProfile};
 use lapdev_common::token::is_well_formed_cluster_token;
 use serde::Serialize;
+
+mod network;
+
+pub use network::{
+    DENY_INGRESS_POLICY, EGRESS_POLICY, MANAGER_POLICY, METADATA_CIDR_V4, METADATA_CIDR_V6,
+};
 
 /// Namespace the manager runs in (restricted Pod Security Standard).
 pub const DEFAULT_MANAGER_NAMESPACE: &str = "lapdev";
@@ -83,7 +92,7 @@ pub const PODS_RULE_REASON_ANNOTATION: &str = "lapdev.dev/pods-access-reason";
 /// The revision of the manifest this build renders. Bump it whenever the
 /// rendered objects change in a way an installed cluster should re-apply
 /// (RBAC rules, env contract, namespace labels).
-pub const MANIFEST_REVISION: &str = "5";
+pub const MANIFEST_REVISION: &str = "6";
 
 /// Longest accepted cluster name, in characters.
 pub const MAX_CLUSTER_NAME_CHARS: usize = 253;
@@ -405,6 +414,9 @@ pub struct ManagerManifest {
     pub secret: Secret,
     /// The manager itself.
     pub deployment: Deployment,
+    /// Workspace isolation: deny ingress, restricted egress, and the manager
+    /// closed to workspaces (see `network.rs`).
+    pub network_policies: [NetworkPolicy; 3],
 }
 
 /// One object of [`ManagerManifest`], serialised as itself.
@@ -419,10 +431,11 @@ enum AnyObject<'a> {
     RoleBinding(&'a RoleBinding),
     Secret(&'a Secret),
     Deployment(&'a Deployment),
+    NetworkPolicy(&'a NetworkPolicy),
 }
 
 impl ManagerManifest {
-    fn objects(&self) -> [AnyObject<'_>; 9] {
+    fn objects(&self) -> [AnyObject<'_>; 12] {
         [
             AnyObject::Namespace(&self.manager_namespace),
             AnyObject::Namespace(&self.workspace_namespace),
@@ -433,6 +446,9 @@ impl ManagerManifest {
             AnyObject::RoleBinding(&self.role_binding),
             AnyObject::Secret(&self.secret),
             AnyObject::Deployment(&self.deployment),
+            AnyObject::NetworkPolicy(&self.network_policies[0]),
+            AnyObject::NetworkPolicy(&self.network_policies[1]),
+            AnyObject::NetworkPolicy(&self.network_policies[2]),
         ]
     }
 
@@ -832,5 +848,6 @@ fn build(params: &ManifestParams) -> ManagerManifest {
         },
         secret,
         deployment: deployment(params),
+        network_policies: network::policies(manager_ns, workspace_ns),
     }
 }

@@ -21,7 +21,7 @@ MIIBszCCAVmgAwIBAgIUdGVzdHRlc3R0ZXN0dGVzdHRlc3R0ZXN0MAoGCCqGSM49\n\
 BAMCMBQxEjAQBgNVBAMMCWxhcGRldi1jYTAeFw0yNjAxMDEwMDAwMDBaFw0zNjAx\n\
 -----END CERTIFICATE-----\n";
 
-const KINDS: [&str; 9] = [
+const KINDS: [&str; 12] = [
     "Namespace",
     "Namespace",
     "ServiceAccount",
@@ -31,6 +31,9 @@ const KINDS: [&str; 9] = [
     "RoleBinding",
     "Secret",
     "Deployment",
+    "NetworkPolicy",
+    "NetworkPolicy",
+    "NetworkPolicy",
 ];
 
 fn params() -> ManifestParams {
@@ -614,7 +617,7 @@ fn the_manager_pod_satisfies_the_restricted_pod_security_standard() {
                 "name": "lapdev-kube-manager", "key": "LAPDEV_SERVER_CA", "optional": true}}},
             {"name": "LAPDEV_WORKSPACE_NAMESPACE", "value": "lapdev-workspaces"},
             {"name": "LAPDEV_SECURITY_PROFILE", "value": "baseline"},
-            {"name": "LAPDEV_MANIFEST_REVISION", "value": "5"},
+            {"name": "LAPDEV_MANIFEST_REVISION", "value": "6"},
             {"name": "LAPDEV_CAPACITY", "value": "nodes"},
             {"name": "HTTPS_PROXY", "valueFrom": {"secretKeyRef": {
                 "name": "lapdev-kube-manager", "key": "HTTPS_PROXY", "optional": true}}},
@@ -665,6 +668,56 @@ fn capacity_pods_adds_the_cluster_wide_pod_watch() {
 }
 
 /// The full RBAC, so that any change to it is deliberate.
+/// Workspaces are isolated by static NetworkPolicies that follow the chosen
+/// namespaces: no ingress to workspace pods, egress everywhere but the cloud
+/// metadata service and the manager's namespace, and the manager closed to
+/// workspaces. (The RBAC test above pins that the manager gets no rights on
+/// them.)
+#[test]
+fn network_policies_isolate_workspaces() {
+    let mut p = params();
+    p.manager_namespace = "lapdev-system".into();
+    p.workspace_namespace = "dev-boxes".into();
+    let objects = render_and_parse(&p);
+    let deny = find(&objects, "NetworkPolicy", "lapdev-workspaces-deny-ingress");
+    assert_eq!(deny["metadata"]["namespace"], "dev-boxes");
+    assert_eq!(
+        deny["spec"],
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+        "every pod, no ingress rule: nothing gets in"
+    );
+    let egress = find(&objects, "NetworkPolicy", "lapdev-workspaces-egress");
+    assert_eq!(egress["metadata"]["namespace"], "dev-boxes");
+    assert_eq!(
+        egress["spec"],
+        json!({
+            "podSelector": {},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {"to": [{"namespaceSelector": {"matchExpressions": [
+                    {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                     "values": ["lapdev-system"]}]}}]},
+                {"to": [
+                    {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}},
+                    {"ipBlock": {"cidr": "::/0", "except": ["fd00:ec2::254/128"]}},
+                ]},
+            ],
+        })
+    );
+    let manager = find(
+        &objects,
+        "NetworkPolicy",
+        "lapdev-kube-manager-deny-workspaces",
+    );
+    assert_eq!(manager["metadata"]["namespace"], "lapdev-system");
+    assert_eq!(
+        manager["spec"]["ingress"],
+        json!([{"from": [{"namespaceSelector": {"matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+             "values": ["dev-boxes"]}]}}]}])
+    );
+}
+
 #[test]
 fn rbac_is_exactly_what_the_manager_needs() {
     let objects = render_and_parse(&params());

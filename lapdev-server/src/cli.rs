@@ -20,6 +20,7 @@ pub mod oidc_login;
 pub mod people;
 pub mod placement;
 pub mod provider;
+pub mod quota;
 pub mod sessions;
 pub mod settings;
 
@@ -109,6 +110,12 @@ pub enum Command {
     /// The organisation's settings.
     #[command(subcommand)]
     Org(settings::OrgCommand),
+    /// Workspace quotas: running workspaces, CPU, memory, storage.
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
+    /// Idle auto-stop, lifetimes and home-volume retention.
+    #[command(subcommand)]
+    WorkspacePolicy(quota::PolicyCommand),
 }
 
 /// `lapdev workspace …`
@@ -148,6 +155,16 @@ pub enum WorkspaceCommand {
     Get {
         /// Workspace name.
         name: String,
+    },
+    /// Restart a running workspace's idle timeout from now (its lifetime is
+    /// not extended); with --idle-timeout, set its own timeout first (at most
+    /// the organisation's maximum).
+    KeepAlive {
+        /// Workspace name.
+        name: String,
+        /// The workspace's own idle timeout (`4h`, `90m`).
+        #[arg(long)]
+        idle_timeout: Option<String>,
     },
     /// Stop a workspace (its volume is kept).
     Stop {
@@ -452,7 +469,18 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     let people_api = || people::PeopleRpcClient::new(admin.client().clone());
     match cli.command {
         Command::Login { .. } | Command::Logout => Ok(()),
-        Command::Whoami => people::whoami(&people_api(), out).await,
+        Command::Whoami => {
+            let quotas = crate::quota::QuotaRpcClient::new(admin.client().clone());
+            people::whoami(&people_api(), &quotas, out).await
+        }
+        Command::Quota(cmd) => {
+            let api = crate::quota::QuotaRpcClient::new(admin.client().clone());
+            quota::quota(&api, out, cmd).await
+        }
+        Command::WorkspacePolicy(cmd) => {
+            let api = crate::idle::api::WorkspaceTimerRpcClient::new(admin.client().clone());
+            quota::policy(&api, out, cmd).await
+        }
         Command::Token(cmd) => people::token(&people_api(), out, cmd).await,
         Command::User(cmd) => people::user(&people_api(), out, cmd).await,
         Command::Session(cmd) => sessions::session(&people_api(), out, cmd).await,
@@ -480,6 +508,11 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 } => access::port_forward(&endpoint, &name, &ports, address).await,
                 WorkspaceCommand::Proxy { name, port } => {
                     access::proxy(&endpoint, &name, port).await
+                }
+                WorkspaceCommand::KeepAlive { name, idle_timeout } => {
+                    let api =
+                        crate::idle::api::WorkspaceTimerRpcClient::new(admin.client().clone());
+                    quota::keep_alive(&api, out, name, idle_timeout).await
                 }
                 WorkspaceCommand::SshConfig { name, user, port } => {
                     let view = workspaces
@@ -573,6 +606,7 @@ async fn workspace(
         | WorkspaceCommand::Exec { .. }
         | WorkspaceCommand::PortForward { .. }
         | WorkspaceCommand::Proxy { .. }
+        | WorkspaceCommand::KeepAlive { .. }
         | WorkspaceCommand::SshConfig { .. } => {
             anyhow::bail!("sessions are handled before this point")
         }
@@ -600,6 +634,8 @@ pub fn workspace_json(w: &WorkspaceView) -> Value {
         "created_at": w.created_at,
         "deleted_at": w.deleted_at,
         "forgotten_at": w.forgotten_at,
+        "stops_at": w.timer.as_ref().and_then(|t| t.stops_at),
+        "stops_for": w.timer.as_ref().and_then(|t| t.stops_for.clone()),
     })
 }
 

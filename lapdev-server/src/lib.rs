@@ -31,9 +31,11 @@ pub mod config;
 pub mod conn_class;
 pub mod connector;
 pub mod datadir;
+pub mod idle;
 pub mod jwt;
 pub mod lifecycle_metrics;
 pub mod metrics;
+pub mod quota;
 pub mod secret_file;
 pub mod serve;
 pub mod tls;
@@ -91,6 +93,14 @@ pub struct AppState {
     pub web: auth::web::WebState,
     /// Work requests leave running (provider operations); ends with the server.
     pub background: background::Background,
+    /// Open sessions per workspace (what keeps a workspace from idling).
+    pub activity: idle::WorkspaceActivity,
+    /// The idle and lifetime sweep (tests call `sweep_once`).
+    pub idle: idle::IdleSweeper,
+    /// Workspace quotas.
+    pub quota: quota::QuotaService,
+    /// Idle, lifetime and retention policy; keep-alive.
+    pub timers: idle::api::WorkspaceTimerService,
 }
 
 /// How the HTTP surface is put together beyond its state.
@@ -137,6 +147,8 @@ pub fn known_routes() -> KnownRoutes {
             admin::workspaces::WorkspaceRpcClient::DESCRIPTOR,
             admin::providers::ProviderRpcClient::DESCRIPTOR,
             auth::api::PeopleRpcClient::DESCRIPTOR,
+            quota::QuotaRpcClient::DESCRIPTOR,
+            idle::api::WorkspaceTimerRpcClient::DESCRIPTOR,
         ],
     )
 }
@@ -152,11 +164,19 @@ pub fn app_with(state: AppState, options: &AppOptions) -> Router {
     let workspaces = WorkspaceRpcServer::new(state.workspaces.clone())
         .into_routes()
         .route_layer(jwt());
+    let quotas = quota::QuotaRpcServer::new(state.quota.clone())
+        .into_routes()
+        .route_layer(jwt());
+    let timers = idle::api::WorkspaceTimerRpcServer::new(state.timers.clone())
+        .into_routes()
+        .route_layer(jwt());
     let rpc = RpcRouter::new()
         .merge(state.kube.routes())
         .merge(admin::providers::routes(&state))
         .merge(admin)
         .merge(workspaces)
+        .merge(quotas)
+        .merge(timers)
         .merge(auth::api::PeopleRpcServer::new(state.people.clone()).into_routes())
         .into_router()
         .layer(axum::middleware::from_fn_with_state(
@@ -173,6 +193,7 @@ pub fn app_with(state: AppState, options: &AppOptions) -> Router {
     if options.metrics_on_public {
         router = router.merge(metrics_router(
             state.kube.clone(),
+            state.db.clone(),
             options.metrics_access.clone(),
         ));
     }
@@ -180,6 +201,7 @@ pub fn app_with(state: AppState, options: &AppOptions) -> Router {
         db: state.db.clone(),
         auth: state.auth.clone(),
         streams: state.streams.clone(),
+        activity: state.activity.clone(),
     });
     let web = auth::web::routes(state.web.clone());
     router
@@ -200,17 +222,20 @@ pub fn app_with(state: AppState, options: &AppOptions) -> Router {
 /// `/metrics` alone, for the public router or a listener of its own.
 pub fn metrics_router<S: Clone + Send + Sync + 'static>(
     kube: KubeClusterServer,
+    db: Db,
     access: MetricsAccess,
 ) -> Router<S> {
     Router::new().route(
         "/metrics",
         get(move |headers: http::HeaderMap| {
             let kube = kube.clone();
+            let db = db.clone();
             let access = access.clone();
             async move {
                 if !access.allows(&headers) {
                     return MetricsAccess::refusal();
                 }
+                quota::export_usage(&db).await;
                 ::metrics::gauge!("lapdev_connected_clusters")
                     .set(kube.connected_clusters().len() as f64);
                 (
@@ -455,7 +480,17 @@ impl Server {
             policy: web_policy,
         };
         let streams = streams.unwrap_or_else(|| Arc::new(access::TunnelStreams(kube.clone())));
+        let activity = idle::WorkspaceActivity::new(db.clone(), conductor.clock().clone());
+        let idle = idle::IdleSweeper::new(
+            conductor.clone(),
+            activity.clone(),
+            idle::IdleConfig::default(),
+        );
         let state = AppState {
+            quota: quota::QuotaService::new(db.clone()),
+            timers: idle::api::WorkspaceTimerService::new(db.clone(), conductor.clock().clone()),
+            idle: idle.clone(),
+            activity,
             background: background::Background::default(),
             streams,
             web,
@@ -557,6 +592,15 @@ impl Server {
                 .await;
             })
         };
+        let idle_sweeper = {
+            let mut rx = shutdown_rx.clone();
+            tokio::spawn(async move {
+                idle.run(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await;
+            })
+        };
         let reconciler = {
             let mut rx = shutdown_rx.clone();
             tokio::spawn(async move {
@@ -574,7 +618,7 @@ impl Server {
         };
         let serve_config = serve::ServeConfig::from_limits(&limits, tls);
         let metrics_task = metrics_listener.map(|listener| {
-            let router = metrics_router::<()>(kube.clone(), metrics_access);
+            let router = metrics_router::<()>(kube.clone(), db.clone(), metrics_access);
             let config = serve::ServeConfig {
                 tls: None,
                 ..serve_config.clone()
@@ -596,6 +640,7 @@ impl Server {
             let _ = sweeper.await;
             let _ = flusher.await;
             let _ = reconciler.await;
+            let _ = idle_sweeper.await;
             let _ = lifecycle.await;
             Ok(())
         });

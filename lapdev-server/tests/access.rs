@@ -563,6 +563,9 @@ async fn stopping_the_workspace_ends_its_sessions_and_refuses_new_ones() {
         .unwrap();
     let (out, _) = read_until(&mut ws, |o| o == b"ping").await;
     assert_eq!(out, b"ping");
+    // The open session keeps the workspace from idling.
+    let activity = e.t.server.state.activity.clone();
+    assert_eq!(activity.open_sessions(e.workspace), 1);
     let out = lapdev(&e.t, &["workspace", "stop", "box"]).await;
     assert!(out.status.success(), "{out:?}");
     let closed = tokio::time::timeout(Duration::from_secs(60), async {
@@ -576,6 +579,12 @@ async fn stopping_the_workspace_ends_its_sessions_and_refuses_new_ones() {
     .await
     .expect("the session ends");
     assert!(closed.contains("stopped"), "{closed}");
+    eventually("the session no longer counts as use", || {
+        let activity = activity.clone();
+        let workspace = e.workspace;
+        async move { activity.open_sessions(workspace) == 0 }
+    })
+    .await;
     eventually("the workspace stopped", || {
         let fake = e.fake.clone();
         let workspace = e.workspace;

@@ -69,6 +69,12 @@ const EXPECTED: &[(&str, &str)] = &[
     ("/PeopleRpc/clear_oidc_provider", "owner"),
     ("/PeopleRpc/get_org_settings", "admin"),
     ("/PeopleRpc/set_org_settings", "owner"),
+    ("/QuotaRpc/set_quota", "owner"),
+    ("/QuotaRpc/list_quotas", "admin"),
+    ("/QuotaRpc/my_quota", "member"),
+    ("/WorkspaceTimerRpc/get_workspace_policy", "member"),
+    ("/WorkspaceTimerRpc/set_workspace_policy", "owner"),
+    ("/WorkspaceTimerRpc/keep_alive_workspace", "member"),
 ];
 
 fn client(base: &str, token: Option<&str>) -> Client {

@@ -28,6 +28,8 @@ mod m20251130_000010_cluster_placement;
 mod m20251130_000011_sessions_oidc;
 mod m20251130_000012_workspace_observed_at;
 mod m20251130_000013_oidc_pending;
+mod m20251201_000014_workspace_quota;
+mod m20251201_000015_workspace_timers;
 
 /// Every migration, in the order they run.
 #[derive(Debug)]
@@ -50,6 +52,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20251130_000011_sessions_oidc::Migration),
             Box::new(m20251130_000012_workspace_observed_at::Migration),
             Box::new(m20251130_000013_oidc_pending::Migration),
+            Box::new(m20251201_000014_workspace_quota::Migration),
+            Box::new(m20251201_000015_workspace_timers::Migration),
         ]
     }
 }

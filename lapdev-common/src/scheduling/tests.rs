@@ -105,8 +105,21 @@ fn settings_are_validated() {
         arch: Some("arm64".into()),
         image_pull_secrets: vec!["regcred".into()],
         priority_class: Some("dev-low".into()),
+        user_namespaces: true,
     };
     ok.validate().unwrap();
+    // Round-trips, and stays out of the JSON when off (older managers and
+    // stored rows see what they always saw).
+    let json = serde_json::to_value(&ok).unwrap();
+    assert_eq!(json["user_namespaces"], true);
+    assert_eq!(
+        serde_json::from_value::<SchedulingSettings>(json).unwrap(),
+        ok
+    );
+    assert_eq!(
+        serde_json::to_value(SchedulingSettings::default()).unwrap(),
+        serde_json::json!({})
+    );
     assert_eq!(
         ok.pod_node_selector().get(ARCH_LABEL).map(String::as_str),
         Some("arm64")

@@ -178,7 +178,12 @@ pub async fn env() -> Env {
 
 /// An environment whose conductor runs with `config`.
 pub async fn env_with(config: ConductorConfig) -> Env {
-    let test = TestDatabase::postgres().await;
+    env_on(TestDatabase::postgres().await, config).await
+}
+
+/// An environment on `test` (PostgreSQL or SQLite) whose conductor runs with
+/// `config`.
+pub async fn env_on(test: TestDatabase, config: ConductorConfig) -> Env {
     let db = test.db().clone();
     let org = db.create_organization("acme").await.unwrap().id;
     let owner = db

@@ -14,3 +14,6 @@ pub mod organization;
 pub mod personal_access_token;
 pub mod user;
 pub mod user_identity;
+pub mod workspace_policy;
+pub mod workspace_quota;
+pub mod workspace_timer;

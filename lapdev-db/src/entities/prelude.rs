@@ -12,3 +12,6 @@ pub use super::organization::Entity as Organization;
 pub use super::personal_access_token::Entity as PersonalAccessToken;
 pub use super::user::Entity as User;
 pub use super::user_identity::Entity as UserIdentity;
+pub use super::workspace_policy::Entity as WorkspacePolicy;
+pub use super::workspace_quota::Entity as WorkspaceQuota;
+pub use super::workspace_timer::Entity as WorkspaceTimer;

@@ -1,6 +1,7 @@
 //! The cluster's scheduling settings on a workspace pod: node selector (with
-//! the architecture), tolerations, image pull secrets and priority class. The
-//! pull secrets are only named: the manager never reads them.
+//! the architecture), tolerations, image pull secrets, priority class and user
+//! namespaces (`hostUsers: false`). The pull secrets are only named: the
+//! manager never reads them.
 
 use k8s_openapi::api::core::v1::{LocalObjectReference, PodSpec, Toleration};
 use lapdev_common::scheduling::{SchedulingSettings, TolerationOperator};
@@ -41,5 +42,8 @@ pub fn apply(settings: &SchedulingSettings, pod: &mut PodSpec) {
     }
     if let Some(p) = &settings.priority_class {
         pod.priority_class_name = Some(p.clone());
+    }
+    if settings.user_namespaces {
+        pod.host_users = Some(false);
     }
 }

@@ -237,7 +237,12 @@ fn the_clusters_scheduling_settings_land_on_the_pod() {
         plain["spec"]["nodeSelector"],
         json!({"kubernetes.io/os": "linux"})
     );
-    for field in ["tolerations", "imagePullSecrets", "priorityClassName"] {
+    for field in [
+        "tolerations",
+        "imagePullSecrets",
+        "priorityClassName",
+        "hostUsers",
+    ] {
         assert!(
             plain["spec"].get(field).is_none(),
             "{field} without settings"
@@ -253,6 +258,7 @@ fn the_clusters_scheduling_settings_land_on_the_pod() {
         arch: Some("arm64".into()),
         image_pull_secrets: vec!["regcred".into()],
         priority_class: Some("dev-low".into()),
+        user_namespaces: true,
     };
     validate(&s).unwrap();
     let pod = serde_json::to_value(workspace_pod(&s, &settings())).unwrap();
@@ -272,6 +278,7 @@ fn the_clusters_scheduling_settings_land_on_the_pod() {
         json!([{"name": "regcred"}])
     );
     assert_eq!(pod["spec"]["priorityClassName"], "dev-low");
+    assert_eq!(pod["spec"]["hostUsers"], false);
     s.scheduling.image_pull_secrets = vec!["Not Valid".into()];
     assert!(
         validate(&s)

@@ -72,6 +72,8 @@ pub struct AccessState {
     pub auth: AuthState,
     /// How streams reach managers.
     pub streams: Arc<dyn StreamOpener>,
+    /// Open sessions per workspace (they keep it from idling).
+    pub activity: crate::idle::WorkspaceActivity,
 }
 
 /// The exec endpoint's route template (also its `/metrics` route label).

@@ -89,6 +89,7 @@ pub(super) async fn start(
     metrics::counter!("lapdev_sessions_total", "kind" => kind.as_str(), "outcome" => "ok")
         .increment(1);
     let db = state.db.clone();
+    let activity = state.activity.clone();
     Ok(upgrade
         .max_message_size(1 << 20)
         // tungstenite's default read buffer (128 KiB) is filled before each
@@ -98,6 +99,9 @@ pub(super) async fn start(
         .read_buffer_size(lapdev_hrpc::tunnel::DEFAULT_WS_READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             let mut live = live;
+            let in_use = activity
+                .open(open.workspace.organization_id, open.workspace.id)
+                .await;
             let started = Utc::now();
             tracing::info!(
                 kind = kind.as_str(), user = %open.caller.name, workspace = %open.workspace.name,
@@ -111,6 +115,7 @@ pub(super) async fn start(
             };
             let ended = bridge(socket, to_manager, from_manager, feed, &mut live, &open).await;
             drop(live);
+            in_use.end().await;
             metrics::gauge!("lapdev_sessions_open", "kind" => kind.as_str()).decrement(1);
             metrics::counter!("lapdev_sessions_total", "kind" => kind.as_str(), "outcome" => "ended")
                 .increment(1);

@@ -8,14 +8,15 @@
 use chrono::{DateTime, Utc};
 use lapdev_common::reason::WorkspaceReason;
 use lapdev_common::status::{DesiredState, WorkspaceStatus};
-use lapdev_conductor::{Conductor, CreateWorkspace};
-use lapdev_db::{Db, Workspace};
+use lapdev_conductor::{Conductor, ConductorError, CreateWorkspace};
+use lapdev_db::{Db, DbError, Workspace, WorkspacePolicy, WorkspaceTimer};
 use lapdev_hrpc::{Context, HrpcError};
 use lapdev_kube::db_error;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::auth::Caller;
+use crate::idle::api::TimerView;
 use crate::jwt::AdminIdentity;
 
 /// A workspace as the admin API shows it.
@@ -46,6 +47,9 @@ pub struct WorkspaceView {
     /// manager to reconnect.
     #[serde(default)]
     pub forgotten_at: Option<DateTime<Utc>>,
+    /// Its idle and lifetime timers (when it will be stopped), once it ran.
+    #[serde(default)]
+    pub timer: Option<TimerView>,
 }
 
 /// What `create_workspace` takes.
@@ -138,6 +142,39 @@ impl WorkspaceService {
     }
 
     async fn view(&self, who: AdminIdentity, ws: Workspace) -> Result<WorkspaceView, HrpcError> {
+        let timer = self
+            .db
+            .workspace_timer(who.organization_id, ws.id)
+            .await
+            .map_err(db_error)?;
+        let policy = self
+            .db
+            .workspace_policy(who.organization_id)
+            .await
+            .map_err(db_error)?;
+        self.view_with(who, ws, timer, &policy).await
+    }
+
+    async fn view_with(
+        &self,
+        who: AdminIdentity,
+        ws: Workspace,
+        timer: Option<WorkspaceTimer>,
+        policy: &WorkspacePolicy,
+    ) -> Result<WorkspaceView, HrpcError> {
+        // The server's own stop (idle, lifetime) is the latest word until the
+        // workspace is started again or a cluster gives a reason of its own.
+        let (mut reason, mut message) = (ws.status_reason, ws.status_message);
+        if let Some(t) = &timer
+            && let (Some(why), Some(at)) = (&t.stop_reason, t.stopped_at)
+            && reason.is_none()
+        {
+            message = Some(format!(
+                "{why}: stopped by the server at {}",
+                at.to_rfc3339()
+            ));
+            reason = Some(why.clone());
+        }
         let cluster = match ws.cluster_id {
             Some(id) => self
                 .db
@@ -153,7 +190,7 @@ impl WorkspaceService {
             cluster,
             status: ws.status,
             desired_state: ws.desired_state,
-            message: ws.status_message,
+            message,
             image: ws.image,
             cpu_millis: ws.cpu_millis,
             memory_bytes: ws.memory_bytes,
@@ -161,8 +198,9 @@ impl WorkspaceService {
             created_at: ws.created_at,
             pod_name: ws.pod_name,
             deleted_at: ws.deleted_at,
-            reason: ws.status_reason,
+            reason,
             forgotten_at: ws.forgotten_at,
+            timer: timer.map(|t| TimerView::new(&t, policy)),
         })
     }
 
@@ -182,7 +220,8 @@ impl WorkspaceService {
         let ws = self
             .conductor
             .set_desired_state(who.organization_id, ws.id, desired)
-            .await?;
+            .await
+            .inspect_err(count_quota_refusal)?;
         self.view(who, ws).await
     }
 }
@@ -197,9 +236,15 @@ fn only_owner(ctx: &Context) -> Result<Option<Uuid>, HrpcError> {
     }
 }
 
+fn count_quota_refusal(e: &ConductorError) {
+    if let ConductorError::Db(DbError::QuotaExceeded(q)) = e {
+        crate::quota::count_refusal(q);
+    }
+}
+
 /// `ws` if the caller may see it, else `not_found` (never `permission_denied`,
 /// which would confirm that the name exists).
-fn visible(ctx: &Context, ws: Workspace, name: &str) -> Result<Workspace, HrpcError> {
+pub(crate) fn visible(ctx: &Context, ws: Workspace, name: &str) -> Result<Workspace, HrpcError> {
     match only_owner(ctx)? {
         Some(owner) if ws.owner_id != owner => Err(HrpcError::not_found(format!(
             "workspace {name:?} not found"
@@ -208,7 +253,7 @@ fn visible(ctx: &Context, ws: Workspace, name: &str) -> Result<Workspace, HrpcEr
     }
 }
 
-fn who(ctx: &Context) -> Result<AdminIdentity, HrpcError> {
+pub(crate) fn who(ctx: &Context) -> Result<AdminIdentity, HrpcError> {
     ctx.extension::<AdminIdentity>()
         .copied()
         .ok_or_else(|| HrpcError::unauthenticated("no admin identity on this request"))
@@ -241,7 +286,8 @@ impl WorkspaceRpc for WorkspaceService {
                     region: workspace.region,
                 },
             )
-            .await?;
+            .await
+            .inspect_err(count_quota_refusal)?;
         self.view(who, ws).await
     }
 
@@ -260,12 +306,23 @@ impl WorkspaceRpc for WorkspaceService {
         }
         .map_err(db_error)?;
         let owner = only_owner(&ctx)?;
+        let mut timers = self
+            .db
+            .workspace_timers(who.organization_id)
+            .await
+            .map_err(db_error)?;
+        let policy = self
+            .db
+            .workspace_policy(who.organization_id)
+            .await
+            .map_err(db_error)?;
         let mut views = Vec::with_capacity(list.len());
         for ws in list
             .into_iter()
             .filter(|w| owner.is_none_or(|o| w.owner_id == o))
         {
-            views.push(self.view(who, ws).await?);
+            let timer = timers.remove(&ws.id);
+            views.push(self.view_with(who, ws, timer, &policy).await?);
         }
         Ok(views)
     }

@@ -48,6 +48,8 @@ pub const ADMIN_SERVICES: &[ServiceDescriptor] = &[
     ProviderRpcClient::DESCRIPTOR,
     WorkspaceRpcClient::DESCRIPTOR,
     PeopleRpcClient::DESCRIPTOR,
+    crate::quota::QuotaRpcClient::DESCRIPTOR,
+    crate::idle::api::WorkspaceTimerRpcClient::DESCRIPTOR,
 ];
 
 /// Methods whose calls are audited by this layer, and the action they record.
@@ -78,6 +80,11 @@ const AUDITED: &[(&str, &str)] = &[
     ("/WorkspaceRpc/start_workspace", "workspace.start"),
     ("/WorkspaceRpc/delete_workspace", "workspace.delete"),
     ("/WorkspaceRpc/forget_workspace", "workspace.forget"),
+    ("/QuotaRpc/set_quota", "quota.set"),
+    (
+        "/WorkspaceTimerRpc/set_workspace_policy",
+        "workspace_policy.set",
+    ),
 ];
 
 /// Bodies of audited calls are read up to this size to name the target; larger

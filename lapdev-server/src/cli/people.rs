@@ -286,9 +286,26 @@ fn print_user(out: Output, u: &UserView) -> anyhow::Result<()> {
     }
 }
 
-/// `lapdev whoami`.
-pub async fn whoami(api: &PeopleRpcClient, out: Output) -> anyhow::Result<()> {
-    print_user(out, &api.whoami().await.map_err(call_error)?)
+/// `lapdev whoami`: the user, and their quota and usage.
+pub async fn whoami(
+    api: &PeopleRpcClient,
+    quotas: &crate::quota::QuotaRpcClient,
+    out: Output,
+) -> anyhow::Result<()> {
+    let mut v = user_json(&api.whoami().await.map_err(call_error)?);
+    let quota = super::quota::whoami_quota(quotas).await?;
+    if let (Some(user), Value::Object(extra)) = (v.as_object_mut(), quota) {
+        for (k, value) in extra {
+            // JSON gets the numbers, the table the readable lines.
+            if (out == Output::Json) == (k == "quota") {
+                user.insert(k, value);
+            }
+        }
+    }
+    match out {
+        Output::Json => print_json(&v),
+        Output::Table => print_fields(v),
+    }
 }
 
 /// `lapdev token …`.

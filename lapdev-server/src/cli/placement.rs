@@ -37,6 +37,11 @@ pub struct PlacementArgs {
     /// The workspace pods' priority class.
     #[arg(long)]
     pub priority_class: Option<String>,
+    /// Run workspace pods in their own user namespace (`hostUsers: false`);
+    /// only where the cluster supports it (Kubernetes 1.33+, a runtime and
+    /// kernel with user namespaces).
+    #[arg(long)]
+    pub user_namespaces: bool,
 }
 
 impl PlacementArgs {
@@ -49,6 +54,7 @@ impl PlacementArgs {
             && self.arch.is_none()
             && self.image_pull_secrets.is_empty()
             && self.priority_class.is_none()
+            && !self.user_namespaces
     }
 
     /// The settings the flags say, validated.
@@ -68,6 +74,7 @@ impl PlacementArgs {
         scheduling.arch = self.arch.clone();
         scheduling.image_pull_secrets = self.image_pull_secrets.clone();
         scheduling.priority_class = self.priority_class.clone();
+        scheduling.user_namespaces = self.user_namespaces;
         scheduling.validate()?;
         let capacity_mode = match self.capacity.as_deref() {
             None => CapacityMode::default(),
