@@ -20,6 +20,8 @@
 //!   ([`auth::web`]); WebSocket upgrades from another `Origin` are refused.
 //! - `/api/v1/workspaces/{name}/exec` and `/portforward`: WebSocket sessions
 //!   into workspaces for the CLI ([`access`]), bridged to streams on managers.
+//! - `/`, `/sign-in`, `/workspaces/…`, `/clusters`, `/connect`, `/assets/…`,
+//!   `/events`: the web dashboard ([`web`]).
 
 pub mod access;
 pub mod admin;
@@ -37,6 +39,7 @@ pub mod metrics;
 pub mod secret_file;
 pub mod serve;
 pub mod tls;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -91,6 +94,8 @@ pub struct AppState {
     pub web: auth::web::WebState,
     /// Work requests leave running (provider operations); ends with the server.
     pub background: background::Background,
+    /// The dashboard's live updates.
+    pub events: web::events::EventHub,
 }
 
 /// How the HTTP surface is put together beyond its state.
@@ -164,7 +169,8 @@ pub fn app_with(state: AppState, options: &AppOptions) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             options.request_timeout,
             unary_timeout,
-        ));
+        ))
+        .layer(axum::middleware::map_response(web::security::no_store));
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
@@ -184,6 +190,7 @@ pub fn app_with(state: AppState, options: &AppOptions) -> Router {
         .with_state(state.clone())
         .merge(access)
         .merge(web)
+        .merge(web::routes(state.clone()))
         .nest("/rpc", rpc)
         .layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
@@ -455,6 +462,7 @@ impl Server {
         let streams = streams.unwrap_or_else(|| Arc::new(access::TunnelStreams(kube.clone())));
         let state = AppState {
             background: background::Background::default(),
+            events: web::events::EventHub::default(),
             streams,
             web,
             auth,
@@ -555,6 +563,14 @@ impl Server {
                 .await;
             })
         };
+        let events = {
+            let hub = state.events.clone();
+            let db = db.clone();
+            let mut rx = shutdown_rx.clone();
+            tokio::spawn(hub.run(db, async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }))
+        };
         let reconciler = {
             let mut rx = shutdown_rx.clone();
             tokio::spawn(async move {
@@ -595,6 +611,7 @@ impl Server {
             let _ = flusher.await;
             let _ = reconciler.await;
             let _ = lifecycle.await;
+            let _ = events.await;
             Ok(())
         });
         Ok(Server {
