@@ -85,8 +85,7 @@ async fn the_dashboard_walk_in_chromium() {
             .await
             .unwrap();
     }
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/dashboard-screenshots");
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard-screenshots");
     let mut node = Command::new("node")
         .arg(walk_dir().join("walk.mjs"))
         .current_dir(walk_dir())
@@ -134,9 +133,16 @@ async fn the_dashboard_walk_in_chromium() {
         "ok member sees only their own",
         "ok done",
     ] {
-        assert!(steps.iter().any(|s| s == step), "the walk never said {step:?}");
+        assert!(
+            steps.iter().any(|s| s == step),
+            "the walk never said {step:?}"
+        );
     }
-    for shot in ["clusters-1280.png", "workspaces-1280.png", "workspaces-390.png"] {
+    for shot in [
+        "clusters-1280.png",
+        "workspaces-1280.png",
+        "workspaces-390.png",
+    ] {
         assert!(shots.join(shot).exists(), "no screenshot {shot}");
     }
 }

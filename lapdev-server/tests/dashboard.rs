@@ -116,16 +116,14 @@ async fn browser(t: &TestServer, name: &str, role: Role) -> String {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let cookie = r
-        .headers
+    r.headers
         .get_all(http::header::SET_COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .filter_map(|v| v.split(';').next())
         .find(|kv| kv.starts_with(SESSION))
         .expect("a session cookie")
-        .to_owned();
-    cookie
+        .to_owned()
 }
 
 async fn page(t: &TestServer, path: &str, cookie: &str) -> Reply {
