@@ -617,3 +617,27 @@ async fn events_are_filtered_by_role_and_replayed_by_last_event_id() {
     .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_stream_outlives_the_request_and_idle_timeouts() {
+    let t = TestServer::embedded_with(lapdev_server::config::LimitsConfig {
+        request_timeout_secs: 2,
+        idle_timeout_secs: 2,
+        ..Default::default()
+    })
+    .await;
+    let ada = browser(&t, "ada", Role::Admin).await;
+    let (head, mut events) = Events::open(&t, &ada, None).await;
+    assert_eq!(head.status, StatusCode::OK);
+    // Longer than both limits with nothing on the stream (its keep-alive
+    // comment comes every 15 s): a unary request or an idle connection would
+    // be cut by now.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    t.admin()
+        .create_cluster("late".into(), None, None, None)
+        .await
+        .unwrap();
+    let (_, name, data) = events.next().await;
+    assert_eq!(name, "change");
+    assert!(data.contains("\"cluster\""), "{data}");
+}
