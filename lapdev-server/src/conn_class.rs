@@ -7,7 +7,7 @@
 //! | class | first request | budget (flag) |
 //! |---|---|---|
 //! | tunnel | `GET …/_tunnel` with `upgrade`, answered `101` | `--max-tunnel-connections` |
-//! | api | carries `authorization` or a cluster token | `--max-api-connections` |
+//! | api | carries `authorization`, a cluster token or the dashboard's session cookie | `--max-api-connections` |
 //! | unauthenticated | neither | `--max-unauthenticated-connections` |
 //!
 //! A request whose class is full is answered `503 unavailable` with
@@ -46,6 +46,7 @@ impl ConnClass {
             ConnClass::Tunnel
         } else if headers.contains_key(http::header::AUTHORIZATION)
             || headers.contains_key(KUBE_CLUSTER_TOKEN_HEADER)
+            || carries_session_cookie(headers)
         {
             ConnClass::Api
         } else {
@@ -61,6 +62,19 @@ impl ConnClass {
             ConnClass::Unauthenticated => "unauthenticated",
         }
     }
+}
+
+/// Whether a request carries the dashboard's session cookie (either name; see
+/// `auth::web_policy`): a signed-in browser's event stream and pages are API
+/// traffic, not anonymous.
+fn carries_session_cookie(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(name, _)| name == "lapdev_session" || name == "__Host-lapdev_session")
 }
 
 /// The budgets of the classes.
@@ -170,6 +184,11 @@ mod tests {
         assert_eq!(ConnClass::of(&tunnel), ConnClass::Tunnel);
         assert_eq!(ConnClass::of(&api), ConnClass::Api);
         assert_eq!(ConnClass::of(&anon), ConnClass::Unauthenticated);
+        // A signed-in browser (its event stream included) is API traffic.
+        let browser = request("GET", "/events", &[("cookie", "a=1; lapdev_session=s")]);
+        assert_eq!(ConnClass::of(&browser), ConnClass::Api);
+        let other = request("GET", "/", &[("cookie", "not_lapdev_session=s")]);
+        assert_eq!(ConnClass::of(&other), ConnClass::Unauthenticated);
 
         let first = ClassSlot::default();
         assert_eq!(first.admit(&budgets, &anon), Admission::Serve);

@@ -20,6 +20,8 @@
 //!   ([`auth::web`]); WebSocket upgrades from another `Origin` are refused.
 //! - `/api/v1/workspaces/{name}/exec` and `/portforward`: WebSocket sessions
 //!   into workspaces for the CLI ([`access`]), bridged to streams on managers.
+//! - `/`, `/sign-in`, `/workspaces/…`, `/clusters`, `/connect`, `/assets/…`,
+//!   `/events`: the web dashboard ([`web`]).
 
 pub mod access;
 pub mod admin;
@@ -39,6 +41,7 @@ pub mod quota;
 pub mod secret_file;
 pub mod serve;
 pub mod tls;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -101,6 +104,8 @@ pub struct AppState {
     pub quota: quota::QuotaService,
     /// Idle, lifetime and retention policy; keep-alive.
     pub timers: idle::api::WorkspaceTimerService,
+    /// The dashboard's live updates.
+    pub events: web::events::EventHub,
 }
 
 /// How the HTTP surface is put together beyond its state.
@@ -186,7 +191,8 @@ pub fn app_with(state: AppState, options: &AppOptions) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             options.request_timeout,
             unary_timeout,
-        ));
+        ))
+        .layer(axum::middleware::map_response(web::security::no_store));
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
@@ -208,6 +214,7 @@ pub fn app_with(state: AppState, options: &AppOptions) -> Router {
         .with_state(state.clone())
         .merge(access)
         .merge(web)
+        .merge(web::routes(state.clone()))
         .nest("/rpc", rpc)
         .layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
@@ -492,6 +499,7 @@ impl Server {
             idle: idle.clone(),
             activity,
             background: background::Background::default(),
+            events: web::events::EventHub::default(),
             streams,
             web,
             auth,
@@ -601,6 +609,14 @@ impl Server {
                 .await;
             })
         };
+        let events = {
+            let hub = state.events.clone();
+            let db = db.clone();
+            let mut rx = shutdown_rx.clone();
+            tokio::spawn(hub.run(db, async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }))
+        };
         let reconciler = {
             let mut rx = shutdown_rx.clone();
             tokio::spawn(async move {
@@ -642,6 +658,7 @@ impl Server {
             let _ = reconciler.await;
             let _ = idle_sweeper.await;
             let _ = lifecycle.await;
+            let _ = events.await;
             Ok(())
         });
         Ok(Server {

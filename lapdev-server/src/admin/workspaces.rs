@@ -226,6 +226,31 @@ impl WorkspaceService {
     }
 }
 
+/// Checks what the conductor would refuse, naming the request field in
+/// `details.field` (so a form can show the error beside its control).
+fn check_request(w: &NewWorkspaceRequest) -> Result<(), HrpcError> {
+    let bad = |field: &str, message: &str| {
+        Err(HrpcError::invalid_argument(message)
+            .with_details(serde_json::json!({ "field": field })))
+    };
+    if w.image.trim().is_empty() {
+        return bad("workspace.image", "the image must not be empty");
+    }
+    if w.image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("workspace.image", "the image must not contain whitespace");
+    }
+    for (field, value, what) in [
+        ("workspace.cpu_millis", w.cpu_millis, "cpu"),
+        ("workspace.memory_bytes", w.memory_bytes, "memory"),
+        ("workspace.storage_bytes", w.storage_bytes, "storage"),
+    ] {
+        if value <= 0 {
+            return bad(field, &format!("{what} must be more than 0"));
+        }
+    }
+    Ok(())
+}
+
 /// The owner a caller is restricted to: `None` for admins and owners. Without a
 /// [`Caller`] (the authorization layer did not run) the caller sees only their own.
 fn only_owner(ctx: &Context) -> Result<Option<Uuid>, HrpcError> {
@@ -271,6 +296,7 @@ impl WorkspaceRpc for WorkspaceService {
             lapdev_common::name::NameKind::Workspace,
             &workspace.name,
         )?;
+        check_request(&workspace)?;
         let ws = self
             .conductor
             .create_workspace(

@@ -1,0 +1,84 @@
+//! The frame of every page: head (hashed assets, no inline code), navigation,
+//! the sign-out button, a live region for results, and the main content.
+
+use axum::response::{IntoResponse, Response};
+use http::header::CACHE_CONTROL;
+use maud::{DOCTYPE, Markup, html};
+
+use super::assets::{SCRIPT, STYLE};
+use super::session::Viewer;
+
+/// The project's documentation.
+pub const DOCS_URL: &str = "https://github.com/lapce/lapdev";
+
+/// Which navigation entry is current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nav {
+    Workspaces,
+    Clusters,
+    Connect,
+    None,
+}
+
+/// A full page. Pages are per-user and may show secrets the script put there,
+/// so none is ever stored by a cache (`no-store`).
+pub fn page(title: &str, name: &str, viewer: Option<&Viewer>, nav: Nav, main: Markup) -> Response {
+    let link = |to: Nav, href: &str, text: &str| {
+        html! {
+            @if nav == to { a href=(href) aria-current="page" { (text) } }
+            @else { a href=(href) { (text) } }
+        }
+    };
+    let body = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Lapdev" }
+                link rel="stylesheet" href=(STYLE.url());
+                script src=(SCRIPT.url()) defer {}
+            }
+            body data-page=(name) {
+                header {
+                    nav aria-label="Main" {
+                        span.brand { "Lapdev" }
+                        @if let Some(v) = viewer {
+                            (link(Nav::Workspaces, "/", "Workspaces"))
+                            @if v.is_admin() { (link(Nav::Clusters, "/clusters", "Clusters")) }
+                            (link(Nav::Connect, "/connect", "Connect"))
+                        }
+                        a href=(DOCS_URL) rel="noopener" { "Docs" }
+                        @if let Some(v) = viewer {
+                            span.who { (v.0.name) " (" (v.0.role.as_str()) ")" }
+                            button #sign-out type="button" { "Sign out" }
+                        }
+                    }
+                }
+                main { (main) }
+                p #toast role="status" aria-live="polite" {}
+            }
+        }
+    };
+    (
+        [(CACHE_CONTROL, "no-store")],
+        axum::response::Html(body.into_string()),
+    )
+        .into_response()
+}
+
+/// A page saying the viewer may not see what they asked for.
+pub fn forbidden(viewer: &Viewer, what: &str) -> Response {
+    let mut r = page(
+        "Not allowed",
+        "forbidden",
+        Some(viewer),
+        Nav::None,
+        html! {
+            h1 { "Not allowed" }
+            p { (what) " is for admins and owners." }
+        },
+    );
+    *r.status_mut() = http::StatusCode::FORBIDDEN;
+    r
+}

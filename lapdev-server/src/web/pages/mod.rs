@@ -1,0 +1,8 @@
+//! One file per page. Each renders from the services' own answers; text that
+//! came from a user or a cluster is only ever spliced as escaped text.
+
+pub mod clusters;
+pub mod connect;
+pub mod sign_in;
+pub mod workspace;
+pub mod workspaces;

@@ -1,0 +1,231 @@
+// The dashboard walk, in Debian's chromium driven by playwright-core. Started by
+// lapdev-server/tests/browser.rs, which runs the real server, Kubernetes API
+// double and manager, and reads this script's stdout:
+//   `token <secret>`  the cluster token the page showed: start a manager with it
+//   `ok <step>`       a step passed
+// Any failure throws: the exit code is non-zero and stderr says which step.
+import { readFileSync, mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { chromium } from 'playwright-core';
+
+const require = createRequire(import.meta.url);
+const AXE = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+const BASE = process.env.LAPDEV_URL;
+const PASSWORD = process.env.LAPDEV_PASSWORD;
+const SHOTS = process.env.LAPDEV_SCREENSHOTS;
+const HOSTILE = '<img/src=x/onerror=window.pwned=1>';
+const TIMEOUT = 60_000;
+mkdirSync(SHOTS, { recursive: true });
+
+const say = (line) => process.stdout.write(`${line}\n`);
+
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+});
+
+async function newPage() {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  // Runs before the page's own code (through the DevTools protocol, not subject
+  // to the page's CSP): records every policy violation.
+  await context.addInitScript(() => {
+    window.cspViolations = [];
+    document.addEventListener('securitypolicyviolation', (e) => {
+      window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`);
+    });
+  });
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  page.errors = [];
+  page.on('pageerror', (e) => page.errors.push(String(e)));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !m.location().url.endsWith('/favicon.ico')) page.errors.push(m.text());
+  });
+  page.promptAnswer = null;
+  page.on('dialog', (d) => (d.type() === 'prompt' ? d.accept(page.promptAnswer ?? '') : d.accept()));
+  return page;
+}
+
+async function clean(page, where) {
+  const violations = await page.evaluate(() => window.cspViolations);
+  if (violations.length) throw new Error(`${where}: CSP violations ${JSON.stringify(violations)}`);
+  // Refusals the walk provokes (a wrong password, a member's 403) are logged
+  // by the browser as failed loads; anything else is an error.
+  const errors = page.errors.filter((e) => !e.startsWith('Failed to load resource'));
+  if (errors.length) throw new Error(`${where}: page errors ${JSON.stringify(errors)}`);
+  if (await page.evaluate(() => window.pwned)) throw new Error(`${where}: injected code ran`);
+}
+
+async function axe(page, where) {
+  await page.evaluate(AXE);
+  const result = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
+  }));
+  if (result.violations.length) {
+    const found = result.violations.map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
+    throw new Error(`${where}: axe-core found ${found.join('; ')}`);
+  }
+  say(`ok axe ${where}`);
+}
+
+async function signIn(page, user) {
+  await page.goto(`${BASE}/`);
+  await page.waitForURL(`${BASE}/sign-in`);
+  await axe(page, 'sign-in');
+  await page.getByLabel('User name').fill(user);
+  await page.getByLabel('Password').fill('wrong password!');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.locator('#sign-in-error:not(:empty)').waitFor();
+  const refusal = await page.locator('#sign-in-error').textContent();
+  await page.getByLabel('Password').fill(PASSWORD);
+  await page.evaluate(() => { document.getElementById('sign-in-error').textContent = ''; });
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await Promise.race([
+    page.waitForURL(`${BASE}/`),
+    page.locator('#sign-in-error:not(:empty)').waitFor().then(async () => {
+      const e = await page.locator('#sign-in-error').textContent();
+      throw new Error(`sign-in refused: ${e} (after the wrong password: ${refusal})`);
+    }),
+  ]);
+  say(`ok signed in ${user}`);
+}
+
+const status = (page, table, name) => page.locator(`#${table} tr[data-name="${name}"] .status .badge`).first();
+
+async function waitStatus(page, table, name, want) {
+  try {
+    await page.waitForFunction(([t, n, w]) => {
+      const b = document.querySelector(`#${t} tr[data-name="${n}"] .status .badge`);
+      return b && b.textContent === w;
+    }, [table, name, want], { timeout: TIMEOUT });
+  } catch (e) {
+    const row = await page.locator(`#${table} tr[data-name="${name}"]`).textContent().catch(() => 'no row');
+    const toast = await page.locator('#toast').textContent();
+    const live = await page.evaluate(() => document.body.dataset.live);
+    const api = await page.evaluate(async (t) => {
+      const r = await fetch(`/rpc/${t === 'clusters' ? 'AdminRpc/list_clusters' : 'WorkspaceRpc/list_workspaces'}`, {
+        method: 'POST', headers: { 'content-type': 'application/json', 'x-lapdev-csrf': '1' },
+        body: '{"include_deleted":false}',
+      });
+      return r.text();
+    }, table);
+    throw new Error(`${name} never became ${want}: row "${row}", toast "${toast}", events ${live}, API says ${api}`);
+  }
+}
+
+// ---- the admin ------------------------------------------------------------
+const admin = await newPage();
+await signIn(admin, process.env.LAPDEV_ADMIN);
+
+// Connect a cluster and watch it turn connected, without reloading.
+await admin.getByRole('link', { name: 'Clusters' }).click();
+await admin.waitForURL(`${BASE}/clusters`);
+await axe(admin, 'clusters');
+await admin.evaluate(() => { window.notReloaded = true; });
+await admin.getByLabel('Cluster name').fill('web');
+await admin.getByRole('button', { name: 'Create and show the install command' }).click();
+await admin.locator('#connect-result').waitFor({ state: 'visible' });
+const command = await admin.locator('#connect-command').textContent();
+if (command !== 'kubectl apply -f web-manager.yaml') throw new Error(`install command: ${command}`);
+const href = await admin.locator('#manifest-download').getAttribute('href');
+if (!href.startsWith('blob:')) throw new Error(`manifest link: ${href}`);
+const token = (await admin.locator('#connect-token').textContent()).trim();
+if (!token.startsWith('lapdev_ct_')) throw new Error(`token: ${token}`);
+await waitStatus(admin, 'clusters', 'web', 'pending');
+say(`token ${token}`);
+await waitStatus(admin, 'clusters', 'web', 'connected');
+await admin.locator('#clusters tr[data-name="web"] meter').first().waitFor();
+if (!(await admin.evaluate(() => window.notReloaded))) throw new Error('the clusters page reloaded');
+say('ok cluster connected live');
+await admin.screenshot({ path: `${SHOTS}/clusters-1280.png` });
+
+// Workspaces: a validation error beside its field, then create and watch.
+await admin.getByRole('link', { name: 'Workspaces' }).click();
+await admin.waitForURL(`${BASE}/`);
+await axe(admin, 'workspaces');
+await admin.evaluate(() => { window.notReloaded = true; });
+await admin.getByLabel('Name').fill('Bad Name');
+await admin.getByRole('button', { name: 'Create' }).click();
+await admin.locator('#ws-name-error:not(:empty)').waitFor();
+if ((await admin.locator('#ws-name').getAttribute('aria-invalid')) !== 'true') throw new Error('name not marked invalid');
+await admin.getByLabel('Name').fill('hello');
+await admin.getByLabel('CPU (cores)').fill('0');
+await admin.getByRole('button', { name: 'Create' }).click();
+await admin.locator('#ws-cpu-error:not(:empty)').waitFor();
+if (await admin.locator('#ws-name-error').textContent()) throw new Error('a stale error stayed');
+say('ok validation errors beside their fields');
+await admin.getByLabel('CPU (cores)').fill('0.5');
+await admin.getByLabel('Memory (GiB)').fill('1');
+await admin.getByLabel('Storage (GiB)').fill('1');
+await admin.getByRole('button', { name: 'Create' }).click();
+await admin.locator('#workspaces tr[data-name="hello"]').waitFor();
+await waitStatus(admin, 'workspaces', 'hello', 'running');
+if (!(await admin.evaluate(() => window.notReloaded))) throw new Error('the workspaces page reloaded');
+say('ok workspace running live');
+
+// A hostile image name stays text.
+await admin.getByLabel('Name').fill('xss');
+await admin.getByLabel('Image').fill(HOSTILE);
+await admin.getByRole('button', { name: 'Create' }).click();
+await admin.locator('#workspaces tr[data-name="xss"]').waitFor();
+const shown = await admin.locator('#workspaces tr[data-name="xss"] .image').textContent();
+if (shown !== HOSTILE) throw new Error(`image shown as ${shown}`);
+if (await admin.locator('main img').count()) throw new Error('an <img> got into the page');
+await admin.reload();
+if (await admin.locator('main img').count()) throw new Error('an <img> got into the rendered page');
+await clean(admin, 'workspaces');
+say('ok hostile text stays text');
+
+// Stop, start, delete.
+await admin.evaluate(() => { window.notReloaded = true; });
+await admin.getByRole('button', { name: 'Stop hello' }).click();
+await waitStatus(admin, 'workspaces', 'hello', 'stopped');
+await admin.getByRole('button', { name: 'Start hello' }).click();
+await waitStatus(admin, 'workspaces', 'hello', 'running');
+say('ok stop and start');
+await admin.screenshot({ path: `${SHOTS}/workspaces-1280.png` });
+await admin.setViewportSize({ width: 390, height: 844 });
+await admin.screenshot({ path: `${SHOTS}/workspaces-390.png`, fullPage: true });
+await admin.setViewportSize({ width: 1280, height: 800 });
+await admin.getByRole('button', { name: 'Delete hello' }).click();
+await admin.locator('#workspaces tr[data-name="hello"]').waitFor({ state: 'detached' });
+if (!(await admin.evaluate(() => window.notReloaded))) throw new Error('the page reloaded');
+say('ok delete');
+
+await admin.goto(`${BASE}/workspaces/xss`);
+await axe(admin, 'workspace');
+await admin.goto(`${BASE}/connect`);
+await axe(admin, 'connect');
+await clean(admin, 'admin walk');
+await admin.getByRole('button', { name: 'Sign out' }).click();
+await admin.waitForURL(`${BASE}/sign-in`);
+await admin.goto(`${BASE}/`);
+await admin.waitForURL(`${BASE}/sign-in`);
+say('ok signed out');
+
+// ---- a member -------------------------------------------------------------
+const member = await newPage();
+await signIn(member, process.env.LAPDEV_MEMBER);
+await member.getByLabel('Name').fill('mine');
+await member.getByLabel('CPU (cores)').fill('0.5');
+await member.getByLabel('Memory (GiB)').fill('1');
+await member.getByLabel('Storage (GiB)').fill('1');
+await member.getByRole('button', { name: 'Create' }).click();
+await waitStatus(member, 'workspaces', 'mine', 'running');
+const names = await member.locator('#workspaces tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.name));
+if (JSON.stringify(names) !== '["mine"]') throw new Error(`a member sees ${names}`);
+if (await member.getByRole('link', { name: 'Clusters' }).count()) throw new Error('a member has a clusters link');
+const refused = await member.goto(`${BASE}/clusters`);
+if (refused.status() !== 403) throw new Error(`a member got /clusters: ${refused.status()}`);
+if (await member.locator('#connect-cluster, #clusters').count()) throw new Error('a member sees cluster controls');
+await member.setViewportSize({ width: 390, height: 844 });
+await member.goto(`${BASE}/`);
+await member.screenshot({ path: `${SHOTS}/member-390.png`, fullPage: true });
+await clean(member, 'member walk');
+say('ok member sees only their own');
+await member.getByRole('button', { name: 'Sign out' }).click();
+await member.waitForURL(`${BASE}/sign-in`);
+
+await browser.close();
+say('ok done');

@@ -1,0 +1,400 @@
+// Lapdev dashboard: forms, actions and live updates.
+//
+// Every action calls the HRPC method the CLI calls (POST /rpc/{Service}/{method}
+// with a JSON body), signed in by the session cookie, with the CSRF header the
+// server requires. Text from the server is only ever set with textContent:
+// nothing here parses HTML.
+'use strict';
+
+const CSRF = { 'x-lapdev-csrf': '1' };
+
+class RpcError extends Error {
+  constructor(status, body) {
+    super((body && body.message) || `request failed (${status})`);
+    this.status = status;
+    this.code = body && body.code;
+    this.details = body && body.details;
+  }
+}
+
+async function rpc(service, method, args) {
+  const r = await fetch(`/rpc/${service}/${method}`, {
+    method: 'POST',
+    credentials: 'same-origin',
+    headers: { 'content-type': 'application/json', ...CSRF },
+    body: JSON.stringify(args || {}),
+  });
+  const text = await r.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch (_) { body = { message: text }; }
+  if (r.status === 401) { location.assign('/sign-in'); }
+  if (!r.ok) throw new RpcError(r.status, body);
+  return body;
+}
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === 'class') e.className = v;
+    else if (k === 'dataset') Object.assign(e.dataset, v);
+    else e.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const c of children) {
+    if (c === null || c === undefined) continue;
+    e.append(typeof c === 'string' ? document.createTextNode(c) : c);
+  }
+  return e;
+}
+
+function toast(text, isError) {
+  const t = document.getElementById('toast');
+  if (!t) return;
+  t.textContent = text;
+  t.classList.toggle('error', !!isError);
+}
+
+// Human units, as the server renders them.
+function trimNum(n, digits) {
+  return n.toFixed(digits).replace(/\.?0+$/, '');
+}
+function cores(millis) {
+  const t = millis % 1000 === 0 ? String(millis / 1000) : trimNum(millis / 1000, 2);
+  return t === '1' ? '1 core' : `${t} cores`;
+}
+function gib(bytes) {
+  return `${trimNum(bytes / 2 ** 30, 1)} GiB`;
+}
+function ago(iso) {
+  const secs = Math.max(0, Math.floor((Date.now() - Date.parse(iso)) / 1000));
+  if (secs < 10) return 'just now';
+  if (secs < 60) return `${secs} s ago`;
+  if (secs < 3600) return `${Math.floor(secs / 60)} min ago`;
+  if (secs < 86400) return `${Math.floor(secs / 3600)} h ago`;
+  return `${Math.floor(secs / 86400)} days ago`;
+}
+function timeEl(iso) {
+  if (!iso) return document.createTextNode('never');
+  const exact = new Date(iso).toISOString().replace(/\.\d{3}Z$/, 'Z');
+  return el('time', { datetime: exact, title: exact }, ago(iso));
+}
+function refreshTimes() {
+  for (const t of document.querySelectorAll('time[datetime]')) {
+    t.textContent = ago(t.getAttribute('datetime'));
+  }
+}
+
+function actionButton(action, name, label, danger) {
+  return el('button', { type: 'button', class: danger ? 'danger' : null, dataset: { action, name } },
+    label, el('span', { class: 'sr-only' }, ` ${name}`));
+}
+
+// ---- sign-in and sign-out -------------------------------------------------
+
+function setupSignIn() {
+  const form = document.getElementById('sign-in-form');
+  if (!form) return;
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const err = document.getElementById('sign-in-error');
+    err.textContent = '';
+    const r = await fetch('/auth/session', {
+      method: 'POST',
+      credentials: 'same-origin',
+      headers: { 'content-type': 'application/json', ...CSRF },
+      body: JSON.stringify({ user: form.user.value, password: form.password.value }),
+    });
+    if (r.ok) { location.assign('/'); return; }
+    let message = `sign-in failed (${r.status})`;
+    try { message = (await r.json()).message || message; } catch (_) { /* plain text */ }
+    err.textContent = message;
+  });
+}
+
+function setupSignOut() {
+  const b = document.getElementById('sign-out');
+  if (!b) return;
+  b.addEventListener('click', async () => {
+    await fetch('/auth/logout', { method: 'POST', credentials: 'same-origin', headers: CSRF });
+    location.assign('/sign-in');
+  });
+}
+
+// ---- copy buttons ---------------------------------------------------------
+
+function setupCopy() {
+  document.addEventListener('click', async (ev) => {
+    const b = ev.target.closest('button.copy');
+    if (!b) return;
+    const code = b.closest('.command').querySelector('code');
+    try {
+      await navigator.clipboard.writeText(code.textContent);
+      toast('Copied.');
+    } catch (_) {
+      const range = document.createRange();
+      range.selectNodeContents(code);
+      const sel = getSelection();
+      sel.removeAllRanges();
+      sel.addRange(range);
+      toast('Selected: press Ctrl+C to copy.');
+    }
+  });
+}
+
+// ---- workspaces -----------------------------------------------------------
+
+function workspaceRow(w) {
+  const actions = el('td', { class: 'actions' });
+  if (w.desired_state === 'running') actions.append(actionButton('stop', w.name, 'Stop'));
+  else if (w.desired_state === 'stopped') actions.append(actionButton('start', w.name, 'Start'));
+  actions.append(actionButton('delete', w.name, 'Delete', true));
+  const message = el('td', { class: 'message' });
+  if (w.reason) message.append(el('span', { class: 'reason' }, w.reason), ' ');
+  message.append(el('span', { class: 'text' }, w.message || ''));
+  return el('tr', { dataset: { name: w.name } },
+    el('th', { scope: 'row' }, el('a', { href: `/workspaces/${encodeURIComponent(w.name)}` }, w.name)),
+    el('td', { class: 'status' }, el('span', { class: 'badge', dataset: { status: w.status } }, w.status)),
+    message,
+    el('td', { class: 'image' }, w.image),
+    el('td', { class: 'cluster' }, w.cluster || '—'),
+    el('td', {}, `${cores(w.cpu_millis)} · ${gib(w.memory_bytes)} · ${gib(w.storage_bytes)}`),
+    el('td', {}, timeEl(w.created_at)),
+    actions);
+}
+
+async function refreshWorkspaces() {
+  const body = document.querySelector('#workspaces tbody');
+  if (!body) return;
+  const list = await rpc('WorkspaceRpc', 'list_workspaces', { include_deleted: false });
+  body.replaceChildren(...list.map(workspaceRow));
+  const empty = document.getElementById('workspaces-empty');
+  if (empty) empty.hidden = list.length > 0;
+}
+
+async function refreshWorkspace() {
+  const facts = document.getElementById('workspace');
+  if (!facts) return;
+  let w;
+  try {
+    w = await rpc('WorkspaceRpc', 'get_workspace', { name: facts.dataset.name });
+  } catch (e) { toast(e.message, true); return; }
+  const badge = facts.querySelector('.status .badge');
+  badge.textContent = w.status;
+  badge.dataset.status = w.status;
+  facts.querySelector('.reason').textContent = w.reason || '—';
+  facts.querySelector('.message').textContent = w.message || '—';
+  facts.querySelector('.cluster').textContent = w.cluster || '—';
+}
+
+function clearFieldErrors(form) {
+  for (const p of form.querySelectorAll('.field-error, .form-error')) p.textContent = '';
+  for (const i of form.querySelectorAll('[aria-invalid]')) i.removeAttribute('aria-invalid');
+}
+
+// Shows an HRPC error beside the field its `details.field` names, else on the
+// form. Returns the element that shows it.
+function showError(form, formError, e) {
+  const field = e.details && e.details.field;
+  const p = field && [...form.querySelectorAll('.field-error')].find((x) => x.dataset.field === field);
+  if (p) {
+    p.textContent = e.message;
+    const input = document.getElementById(p.id.replace(/-error$/, ''));
+    if (input) { input.setAttribute('aria-invalid', 'true'); input.focus(); }
+    return p;
+  }
+  formError.textContent = e.message;
+  return formError;
+}
+
+function setupWorkspaces() {
+  const form = document.getElementById('create-workspace');
+  if (form) {
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      clearFieldErrors(form);
+      const num = (input) => Number(input.value || '0');
+      const request = {
+        name: form.name.value.trim(),
+        image: form.image.value.trim(),
+        cpu_millis: Math.round(num(form.cpu) * 1000),
+        memory_bytes: Math.round(num(form.memory) * 2 ** 30),
+        storage_bytes: Math.round(num(form.storage) * 2 ** 30),
+        cluster: form.cluster.value || null,
+        region: form.region.value.trim() || null,
+      };
+      const button = form.querySelector('button[type=submit]');
+      button.disabled = true;
+      toast(`Creating ${request.name}…`);
+      try {
+        const w = await rpc('WorkspaceRpc', 'create_workspace', { workspace: request });
+        toast(`Workspace ${w.name} created; it is ${w.status}.`);
+        form.name.value = '';
+        await refreshWorkspaces();
+      } catch (e) {
+        showError(form, document.getElementById('create-error'), e);
+        toast(`Not created: ${e.message}`, true);
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+  document.addEventListener('click', async (ev) => {
+    const b = ev.target.closest('button[data-action]');
+    if (!b || !['stop', 'start', 'delete'].includes(b.dataset.action)) return;
+    const { action, name } = b.dataset;
+    if (action === 'delete' && !confirm(`Delete workspace ${name} and its volume?`)) return;
+    b.disabled = true;
+    try {
+      const w = await rpc('WorkspaceRpc', `${action}_workspace`, { name });
+      toast(`${name}: ${w.status}.`);
+      await refreshWorkspaces();
+      await refreshWorkspace();
+    } catch (e) {
+      toast(`${name}: ${e.message}`, true);
+      b.disabled = false;
+    }
+  });
+}
+
+// ---- clusters -------------------------------------------------------------
+
+function capacity(c) {
+  const cap = {
+    cpuAlloc: c.cpu_allocatable_millis || 0, memAlloc: c.memory_allocatable_bytes || 0,
+    cpuUsed: 0, memUsed: 0, largest: null,
+  };
+  for (const n of c.nodes || []) {
+    const cpu = n.cpu_lapdev_millis + (n.cpu_other_millis || 0);
+    const mem = n.memory_lapdev_bytes + (n.memory_other_bytes || 0);
+    cap.cpuUsed += cpu;
+    cap.memUsed += mem;
+    const free = [Math.max(0, n.cpu_allocatable_millis - cpu), Math.max(0, n.memory_allocatable_bytes - mem)];
+    if (!cap.largest || free[0] > cap.largest[1] || (free[0] === cap.largest[1] && free[1] > cap.largest[2])) {
+      cap.largest = [n.name, free[0], free[1]];
+    }
+  }
+  return cap;
+}
+
+function bar(label, used, alloc, show) {
+  const td = el('td');
+  if (alloc > 0) {
+    td.append(el('meter', { min: 0, max: alloc, value: used, 'aria-label': label }),
+      el('span', { class: 'bar-text' }, `${show(Math.max(0, alloc - used))} free of ${show(alloc)}`));
+  } else td.append('—');
+  return td;
+}
+
+function clusterRow(c) {
+  const cap = capacity(c);
+  const status = el('td', { class: 'status' }, el('span', { class: 'badge', dataset: { status: c.status } }, c.status));
+  if (c.cordoned) status.append(' ', el('span', { class: 'badge', dataset: { status: 'cordoned' } }, 'cordoned'));
+  const actions = el('td', { class: 'actions' },
+    c.cordoned ? actionButton('uncordon', c.name, 'Uncordon') : actionButton('cordon', c.name, 'Cordon'),
+    actionButton('delete-cluster', c.name, 'Delete', true));
+  return el('tr', { dataset: { name: c.name } },
+    el('th', { scope: 'row' }, c.name),
+    status,
+    el('td', {}, timeEl(c.last_reported_at)),
+    el('td', { class: 'version' }, c.kubernetes_version || '—'),
+    el('td', {}, c.node_count === null || c.node_count === undefined ? '—' : String(c.node_count)),
+    el('td', { class: 'region' }, c.region || '—'),
+    el('td', {}, c.provider),
+    bar(`CPU used on ${c.name}`, cap.cpuUsed, cap.cpuAlloc, cores),
+    bar(`Memory used on ${c.name}`, cap.memUsed, cap.memAlloc, gib),
+    el('td', {}, cap.largest ? `${cap.largest[0]}: ${cores(cap.largest[1])} · ${gib(cap.largest[2])}` : '—'),
+    actions);
+}
+
+async function refreshClusters() {
+  const body = document.querySelector('#clusters tbody');
+  if (!body) return;
+  const list = await rpc('AdminRpc', 'list_clusters', { include_deleted: false });
+  body.replaceChildren(...list.map(clusterRow));
+}
+
+let manifestUrl = null;
+
+function setupClusters() {
+  const form = document.getElementById('connect-cluster');
+  if (form) {
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      clearFieldErrors(form);
+      const name = form.name.value.trim();
+      toast(`Registering ${name}…`);
+      try {
+        const created = await rpc('AdminRpc', 'create_cluster', {
+          name, region: null, security_profile: null, placement: null,
+        });
+        const file = `${created.cluster.name}-manager.yaml`;
+        document.getElementById('connect-command').textContent = `kubectl apply -f ${file}`;
+        document.getElementById('connect-token').textContent = created.token_secret;
+        if (manifestUrl) URL.revokeObjectURL(manifestUrl);
+        manifestUrl = URL.createObjectURL(new Blob([created.manifest], { type: 'application/yaml' }));
+        const a = document.getElementById('manifest-download');
+        a.href = manifestUrl;
+        a.setAttribute('download', file);
+        document.getElementById('connect-result').hidden = false;
+        toast(`Cluster ${name} registered; waiting for its manager.`);
+        await refreshClusters();
+      } catch (e) {
+        const err = document.getElementById('connect-error');
+        showError(form, err, e);
+        toast(`Not registered: ${e.message}`, true);
+      }
+    });
+  }
+  document.addEventListener('click', async (ev) => {
+    const b = ev.target.closest('button[data-action]');
+    if (!b || !['cordon', 'uncordon', 'delete-cluster'].includes(b.dataset.action)) return;
+    const { action, name } = b.dataset;
+    try {
+      if (action === 'delete-cluster') {
+        const typed = prompt(`Type the cluster's name (${name}) to delete it.`);
+        if (typed === null) return;
+        if (typed !== name) { toast('The name did not match; nothing was deleted.', true); return; }
+        await rpc('AdminRpc', 'delete_cluster', { name });
+        toast(`Cluster ${name} deleted.`);
+      } else {
+        const c = await rpc('AdminRpc', 'set_cluster_cordoned', { name, cordoned: action === 'cordon' });
+        toast(`Cluster ${name} is ${c.cordoned ? 'cordoned' : 'open for new workspaces'}.`);
+      }
+      await refreshClusters();
+    } catch (e) {
+      toast(`${name}: ${e.message}`, true);
+    }
+  });
+}
+
+// ---- live updates ---------------------------------------------------------
+
+function refreshAll() {
+  const jobs = [refreshWorkspaces(), refreshWorkspace(), refreshClusters()];
+  return Promise.all(jobs.map((p) => p.catch((e) => toast(e.message, true))));
+}
+
+function setupEvents() {
+  if (!document.querySelector('#workspaces, #workspace, #clusters')) return;
+  const source = new EventSource('/events');
+  let pending = null;
+  // Bursts of changes become one refresh.
+  const schedule = () => {
+    if (pending) return;
+    pending = setTimeout(() => { pending = null; refreshAll(); }, 100);
+  };
+  source.addEventListener('change', schedule);
+  source.addEventListener('reload', () => location.reload());
+  source.addEventListener('open', () => { document.body.dataset.live = 'open'; });
+  source.addEventListener('error', () => { document.body.dataset.live = 'reconnecting'; });
+}
+
+document.addEventListener('DOMContentLoaded', () => {
+  setupSignIn();
+  setupSignOut();
+  setupCopy();
+  setupWorkspaces();
+  setupClusters();
+  setupEvents();
+  setInterval(refreshTimes, 30000);
+});
