@@ -28,7 +28,9 @@
 //! - core/v1 `namespaces`, `nodes`, `pods`, `persistentvolumeclaims`, `events`,
 //!   `services`, `configmaps`, `secrets`, `serviceaccounts`; `coordination.k8s.io/v1`
 //!   `leases`; `events.k8s.io/v1` `events` (what kube's event `Recorder` writes);
-//!   `apps/v1` `deployments`; `storage.k8s.io/v1` `storageclasses`;
+//!   `apps/v1` `deployments`; `networking.k8s.io/v1` `networkpolicies` (stored
+//!   and validated, not enforced: the double has no pod network); `storage.k8s.io/v1`
+//!   `storageclasses`;
 //!   `rbac.authorization.k8s.io/v1` roles, cluster roles
 //!   and their bindings (enforced once RBAC is enabled, see below). All at the
 //!   real namespaced and cluster-scoped paths, with `/status` for namespaces, nodes, pods, PVCs,

@@ -268,6 +268,16 @@ pub static RESOURCES: &[ResourceDef] = &[
         &[],
     ),
     grouped(
+        "networking.k8s.io",
+        "networkpolicies",
+        "networkpolicy",
+        "NetworkPolicy",
+        true,
+        &["netpol"],
+        false,
+        &[],
+    ),
+    grouped(
         "storage.k8s.io",
         "storageclasses",
         "storageclass",

@@ -288,7 +288,9 @@ fn check_types(res: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
 }
 
 fn with_type(res: &ResourceDef, obj: &Value, v: &mut impl TypedCheck) -> Result<(), ApiError> {
-    use k8s_openapi::api::{apps, coordination, core::v1 as core, events, rbac, storage};
+    use k8s_openapi::api::{
+        apps, coordination, core::v1 as core, events, networking, rbac, storage,
+    };
     match (res.group, res.plural) {
         ("", "namespaces") => v.check::<core::Namespace>(res, obj),
         ("", "nodes") => v.check::<core::Node>(res, obj),
@@ -302,6 +304,9 @@ fn with_type(res: &ResourceDef, obj: &Value, v: &mut impl TypedCheck) -> Result<
         ("coordination.k8s.io", "leases") => v.check::<coordination::v1::Lease>(res, obj),
         ("events.k8s.io", "events") => v.check::<events::v1::Event>(res, obj),
         ("apps", "deployments") => v.check::<apps::v1::Deployment>(res, obj),
+        ("networking.k8s.io", "networkpolicies") => {
+            v.check::<networking::v1::NetworkPolicy>(res, obj)
+        }
         ("storage.k8s.io", "storageclasses") => v.check::<storage::v1::StorageClass>(res, obj),
         ("rbac.authorization.k8s.io", "roles") => v.check::<rbac::v1::Role>(res, obj),
         ("rbac.authorization.k8s.io", "rolebindings") => v.check::<rbac::v1::RoleBinding>(res, obj),
