@@ -244,6 +244,7 @@ impl InFlight<'_> {
     async fn settle(mut self, written: bool) {
         let mut snapshots = self.conductor.inner.placement.lock().await;
         snapshots.settle(self.workspace_id, written);
+        self.conductor.inner.settled.notify_waiters();
         self.written = Some(written);
     }
 }
@@ -253,7 +254,10 @@ impl Drop for InFlight<'_> {
         if self.written.is_none() {
             let inner = self.conductor.inner.clone();
             let id = self.workspace_id;
-            tokio::spawn(async move { inner.placement.lock().await.settle(id, false) });
+            tokio::spawn(async move {
+                inner.placement.lock().await.settle(id, false);
+                inner.settled.notify_waiters();
+            });
         }
     }
 }
@@ -272,6 +276,8 @@ struct Inner {
     // over-commit a cluster; the choice is written after it is released (see
     // the `snapshot` module).
     placement: tokio::sync::Mutex<Snapshots>,
+    // Notified whenever an in-flight placement settles.
+    settled: Notify,
     // The database's change feed, drained before the snapshot is used.
     changes: Mutex<broadcast::Receiver<Change>>,
     placement_hook: Mutex<Option<PlacementHook>>,
@@ -314,6 +320,7 @@ impl Conductor {
                 changes,
                 placement_hook: Mutex::new(None),
                 placement: tokio::sync::Mutex::new(Snapshots::default()),
+                settled: Notify::new(),
                 action_hook: Mutex::new(None),
                 wake: Notify::new(),
                 dispatch: dispatch::Dispatcher::default(),
@@ -654,22 +661,31 @@ impl Conductor {
     /// Chooses a cluster and records the choice (status `creating`). A
     /// workspace someone else placed meanwhile is returned as it is.
     async fn place(&self, ws: &Workspace) -> Result<Workspace, ConductorError> {
-        let current = self
-            .inner
-            .db
-            .get_workspace(ws.organization_id, ws.id)
-            .await?;
-        if !placeable(&current) {
-            return Ok(current);
-        }
         let req = PlacementRequest {
             cpu_millis: ws.cpu_millis,
             memory_bytes: ws.memory_bytes,
             cluster: ws.placement_cluster.clone(),
             region: ws.placement_region.clone(),
         };
-        let chosen = {
+        let (current, chosen) = loop {
+            // Registered before looking, so a settle in between is not missed.
+            let settled = self.inner.settled.notified();
+            let current = self
+                .inner
+                .db
+                .get_workspace(ws.organization_id, ws.id)
+                .await?;
+            if !placeable(&current) {
+                return Ok(current);
+            }
             let mut snapshots = self.inner.placement.lock().await;
+            if snapshots.is_in_flight(ws.id) {
+                // This process is placing it already (the API path and the
+                // reconciler): wait for that write, then look again.
+                drop(snapshots);
+                settled.await;
+                continue;
+            }
             let candidates = self.candidates(&mut snapshots, ws.organization_id).await?;
             let ranked = placement::rank(&req, candidates)?;
             let refused = lock(&self.inner.refused);
@@ -691,7 +707,7 @@ impl Conductor {
                 ws.cpu_millis,
                 ws.memory_bytes,
             );
-            chosen
+            break (current, chosen);
         };
         let in_flight = InFlight {
             conductor: self,

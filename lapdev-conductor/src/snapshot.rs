@@ -146,6 +146,11 @@ impl Snapshots {
         self.in_flight.insert(workspace_id, charge);
     }
 
+    /// Whether a placement of the workspace is being written.
+    pub(crate) fn is_in_flight(&self, workspace_id: Uuid) -> bool {
+        self.in_flight.contains_key(&workspace_id)
+    }
+
     /// The write of a charged decision ended: written (the database counts it
     /// from now on) or not (the organisation's snapshot is read again).
     pub(crate) fn settle(&mut self, workspace_id: Uuid, written: bool) {
