@@ -220,8 +220,7 @@ pub async fn seed_placed_workspaces(
     owner_id: Uuid,
     workspaces: &[SeedWorkspace],
 ) -> crate::DbResult<()> {
-    use lapdev_common::status::{DesiredState, WorkspaceStatus};
-    use sea_orm::{ActiveValue::Set, EntityTrait};
+    use sea_orm::EntityTrait;
 
     use crate::entities::kube_workspace;
 
@@ -229,34 +228,9 @@ pub async fn seed_placed_workspaces(
     for chunk in workspaces.chunks(1000) {
         let models = chunk.iter().map(|w| {
             let id = Uuid::new_v4();
-            kube_workspace::ActiveModel {
-                id: Set(id),
-                organization_id: Set(org_id),
-                owner_id: Set(owner_id),
-                name: Set(format!("seed-{id}")),
-                cluster_id: Set(Some(w.cluster_id)),
-                namespace: Set(Some("lapdev-workspaces".to_owned())),
-                image: Set("seed".to_owned()),
-                cpu_millis: Set(w.cpu_millis),
-                memory_bytes: Set(w.memory_bytes),
-                storage_bytes: Set(1 << 30),
-                desired_state: Set(DesiredState::Running.as_str().to_owned()),
-                status: Set(WorkspaceStatus::Running.as_str().to_owned()),
-                status_message: Set(None),
-                pod_name: Set(None),
-                version: Set(1),
-                created_at: Set(at),
-                updated_at: Set(at),
-                deleted_at: Set(None),
-                placement_cluster: Set(None),
-                placement_region: Set(None),
-                status_reason: Set(None),
-                repair_attempts: Set(0),
-                next_attempt_at: Set(None),
-                volume_created: Set(true),
-                forgotten_at: Set(None),
-                observed_at: Set(None),
-            }
+            let name = format!("seed-{id}");
+            let (cpu, mem) = (w.cpu_millis, w.memory_bytes);
+            running_model(id, org_id, owner_id, name, w.cluster_id, cpu, mem, at)
         });
         kube_workspace::Entity::insert_many(models)
             .exec(db.connection())
@@ -281,7 +255,6 @@ pub async fn seed_timed_workspaces(
     cluster_id: Uuid,
     deadlines: &[Deadlines],
 ) -> crate::DbResult<Vec<Uuid>> {
-    use lapdev_common::status::{DesiredState, WorkspaceStatus};
     use sea_orm::{ActiveValue::Set, EntityTrait};
 
     use crate::entities::{kube_workspace, workspace_timer};
@@ -291,33 +264,9 @@ pub async fn seed_timed_workspaces(
     let mut ids = Vec::with_capacity(deadlines.len());
     for chunk in deadlines.chunks(1000) {
         let chunk_ids: Vec<Uuid> = chunk.iter().map(|_| Uuid::new_v4()).collect();
-        let workspaces = chunk_ids.iter().map(|&id| kube_workspace::ActiveModel {
-            id: Set(id),
-            organization_id: Set(org_id),
-            owner_id: Set(owner_id),
-            name: Set(format!("timed-{id}")),
-            cluster_id: Set(Some(cluster_id)),
-            namespace: Set(Some("lapdev-workspaces".to_owned())),
-            image: Set("seed".to_owned()),
-            cpu_millis: Set(100),
-            memory_bytes: Set(1 << 28),
-            storage_bytes: Set(1 << 30),
-            desired_state: Set(DesiredState::Running.as_str().to_owned()),
-            status: Set(WorkspaceStatus::Running.as_str().to_owned()),
-            status_message: Set(None),
-            pod_name: Set(None),
-            version: Set(1),
-            created_at: Set(at),
-            updated_at: Set(at),
-            deleted_at: Set(None),
-            placement_cluster: Set(None),
-            placement_region: Set(None),
-            status_reason: Set(None),
-            repair_attempts: Set(0),
-            next_attempt_at: Set(None),
-            volume_created: Set(true),
-            forgotten_at: Set(None),
-            observed_at: Set(None),
+        let workspaces = chunk_ids.iter().map(|&id| {
+            let name = format!("timed-{id}");
+            running_model(id, org_id, owner_id, name, cluster_id, 100, 1 << 28, at)
         });
         kube_workspace::Entity::insert_many(workspaces)
             .exec(db.connection())
@@ -349,4 +298,48 @@ pub async fn seed_timed_workspaces(
 pub async fn execute_sql(db: &Db, sql: &str) -> Result<(), sea_orm::DbErr> {
     use sea_orm::ConnectionTrait as _;
     db.connection().execute_unprepared(sql).await.map(|_| ())
+}
+
+/// A running, placed workspace row with a volume, for seeding.
+#[allow(clippy::too_many_arguments)]
+fn running_model(
+    id: Uuid,
+    org_id: Uuid,
+    owner_id: Uuid,
+    name: String,
+    cluster_id: Uuid,
+    cpu_millis: i64,
+    memory_bytes: i64,
+    at: sea_orm::prelude::DateTimeWithTimeZone,
+) -> crate::entities::kube_workspace::ActiveModel {
+    use lapdev_common::status::{DesiredState, WorkspaceStatus};
+    use sea_orm::ActiveValue::Set;
+    crate::entities::kube_workspace::ActiveModel {
+        id: Set(id),
+        organization_id: Set(org_id),
+        owner_id: Set(owner_id),
+        name: Set(name),
+        cluster_id: Set(Some(cluster_id)),
+        namespace: Set(Some("lapdev-workspaces".to_owned())),
+        image: Set("seed".to_owned()),
+        cpu_millis: Set(cpu_millis),
+        memory_bytes: Set(memory_bytes),
+        storage_bytes: Set(1 << 30),
+        desired_state: Set(DesiredState::Running.as_str().to_owned()),
+        status: Set(WorkspaceStatus::Running.as_str().to_owned()),
+        status_message: Set(None),
+        pod_name: Set(None),
+        version: Set(1),
+        created_at: Set(at),
+        updated_at: Set(at),
+        deleted_at: Set(None),
+        placement_cluster: Set(None),
+        placement_region: Set(None),
+        status_reason: Set(None),
+        repair_attempts: Set(0),
+        next_attempt_at: Set(None),
+        volume_created: Set(true),
+        forgotten_at: Set(None),
+        observed_at: Set(None),
+    }
 }
