@@ -1159,7 +1159,14 @@ impl Conductor {
             (DesiredState::Running, WorkspaceStatus::Running)
                 | (DesiredState::Stopped, WorkspaceStatus::Stopped)
         );
-        if settled {
+        // A pod that ended while this step's call was answering was reported
+        // after it: the repair path owns that schedule and announces it.
+        let ended = current.status == WorkspaceStatus::Failed
+            && current
+                .status_reason
+                .as_ref()
+                .is_some_and(WorkspaceReason::pod_ended);
+        if settled || ended {
             return;
         }
         let (next, _) = self.next_backoff(&current);

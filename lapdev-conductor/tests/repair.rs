@@ -390,3 +390,121 @@ async fn failing_workspaces_cost_a_bounded_number_of_calls() {
     assert!(starts <= 50 * 6, "{starts} calls");
     assert!(starts >= 50 * 3, "{starts} calls: repairs did happen");
 }
+
+/// A manager whose pod fails while its answer to `create` is on the way: the
+/// failure report (newer than the answer) reaches the database first.
+struct FailsWhileAnswering {
+    inner: Arc<common::FakeManager>,
+    db: lapdev_db::Db,
+    org: Uuid,
+}
+
+impl lapdev_kube_rpc::KubeManagerRpc for FailsWhileAnswering {
+    async fn create_workspace(
+        &self,
+        spec: lapdev_common::kube::WorkspaceSpec,
+    ) -> Result<lapdev_kube_rpc::WorkspaceObservation, lapdev_hrpc::HrpcError> {
+        let id = spec.workspace_id;
+        let answer = self.inner.create_workspace(spec).await?;
+        for (status, reason, later) in [
+            (WorkspaceStatus::Running, None, 1),
+            (WorkspaceStatus::Failed, Some(WorkspaceReason::Evicted), 2),
+        ] {
+            let current = self.db.get_workspace(self.org, id).await.unwrap();
+            self.db
+                .transition_workspace(
+                    self.org,
+                    id,
+                    current.version,
+                    WorkspaceTransition {
+                        observed_at: Some(answer.observed_at + chrono::Duration::seconds(later)),
+                        status_message: reason
+                            .as_ref()
+                            .map(|_| "the node was low on memory".into()),
+                        backoff: reason.as_ref().map(|_| Backoff {
+                            attempts: current.repair_attempts,
+                            next_attempt_at: None,
+                        }),
+                        ..WorkspaceTransition::to(status).reason(reason)
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        Ok(answer)
+    }
+    async fn start_workspace(
+        &self,
+        spec: lapdev_common::kube::WorkspaceSpec,
+    ) -> Result<lapdev_kube_rpc::WorkspaceObservation, lapdev_hrpc::HrpcError> {
+        self.inner.start_workspace(spec).await
+    }
+    async fn stop_workspace(
+        &self,
+        id: Uuid,
+    ) -> Result<lapdev_kube_rpc::WorkspaceObservation, lapdev_hrpc::HrpcError> {
+        self.inner.stop_workspace(id).await
+    }
+    async fn delete_workspace(
+        &self,
+        id: Uuid,
+    ) -> Result<lapdev_kube_rpc::WorkspaceObservation, lapdev_hrpc::HrpcError> {
+        self.inner.delete_workspace(id).await
+    }
+    async fn get_workspace_status(
+        &self,
+        id: Uuid,
+    ) -> Result<lapdev_kube_rpc::WorkspaceObservation, lapdev_hrpc::HrpcError> {
+        self.inner.get_workspace_status(id).await
+    }
+    async fn list_workspaces(
+        &self,
+    ) -> Result<Vec<lapdev_kube_rpc::WorkspaceObservation>, lapdev_hrpc::HrpcError> {
+        self.inner.list_workspaces().await
+    }
+    async fn get_cluster_info(
+        &self,
+    ) -> Result<lapdev_common::kube::KubeClusterInfo, lapdev_hrpc::HrpcError> {
+        self.inner.get_cluster_info().await
+    }
+}
+
+/// A failure reported while the conductor's own call was still answering is
+/// newer news: the step's recheck must not push it back, so the next look
+/// announces the repair (CI once saw the announcement never come).
+#[tokio::test]
+async fn a_failure_reported_during_a_create_is_announced_at_the_next_look() {
+    let e = env_with(config()).await;
+    let (cluster, fake) = e.cluster("c", 8000, 32, "r", Mode::Normal).await;
+    e.connector.connect(
+        cluster,
+        Arc::new(FailsWhileAnswering {
+            inner: fake.clone(),
+            db: e.db.clone(),
+            org: e.org,
+        }),
+    );
+    let mut req = e.request("w", 1000, 1);
+    req.cluster = Some("c".into());
+    let ws = e
+        .conductor
+        .create_workspace(e.org, e.owner, req)
+        .await
+        .unwrap();
+    e.conductor.reconcile_once().await;
+    let got = e.get(ws.id).await;
+    assert_eq!(
+        (got.status, got.status_reason.clone()),
+        (WorkspaceStatus::Failed, Some(WorkspaceReason::Evicted)),
+        "the stale answer does not overwrite the failure"
+    );
+    e.conductor.reconcile_once().await;
+    let got = e.get(ws.id).await;
+    let message = got.status_message.unwrap_or_default();
+    assert!(
+        message.starts_with("pod evicted: the node was low on memory; new pod at "),
+        "{message}"
+    );
+    assert_eq!(got.repair_attempts, 1);
+    assert_eq!(Env::count(&fake, "start"), 0, "announced, not yet made");
+}
