@@ -177,3 +177,71 @@ async fn login_tokens_users_and_audit_from_the_cli() {
     let after = lapdev(&t, &mel_cfg, Some(stored.trim()), &["whoami"], "");
     assert!(!after.status.success());
 }
+
+/// The first start's owner has a token and no password: `user set-password`
+/// gives them one for the dashboard and `login`; a short one is refused with
+/// the rule, and a member cannot set anyone's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_sets_a_password_and_signs_in_with_it() {
+    let t = TestServer::postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let owner_cfg = dir.path().join("owner");
+    let owner = Some(t.admin_token.as_str());
+    let me = json(&lapdev(&t, &owner_cfg, owner, &["whoami", "-o", "json"], ""));
+    let name = me["name"].as_str().unwrap().to_owned();
+
+    let short = lapdev(&t, &owner_cfg, owner, &["user", "set-password", &name], "short\n");
+    assert!(!short.status.success());
+    assert!(
+        String::from_utf8_lossy(&short.stderr).contains("at least 8 characters"),
+        "{}",
+        String::from_utf8_lossy(&short.stderr)
+    );
+    let set = json(&lapdev(
+        &t,
+        &owner_cfg,
+        owner,
+        &["user", "set-password", &name, "-o", "json"],
+        "owner-password\n",
+    ));
+    assert_eq!(set["password_set"], true);
+
+    let login_cfg = dir.path().join("login");
+    let login = json(&lapdev(
+        &t,
+        &login_cfg,
+        None,
+        &["login", "--user", &name, "-o", "json"],
+        "owner-password\n",
+    ));
+    assert_eq!(login["user"].as_str(), Some(name.as_str()));
+
+    json(&lapdev(
+        &t,
+        &owner_cfg,
+        owner,
+        &["user", "create", "mel", "--password-stdin", "-o", "json"],
+        "mel-password\n",
+    ));
+    let mel_cfg = dir.path().join("mel");
+    json(&lapdev(
+        &t,
+        &mel_cfg,
+        None,
+        &["login", "--user", "mel", "-o", "json"],
+        "mel-password\n",
+    ));
+    let refused = lapdev(
+        &t,
+        &mel_cfg,
+        None,
+        &["user", "set-password", &name],
+        "taken-over-password\n",
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("permission_denied"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

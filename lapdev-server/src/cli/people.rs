@@ -73,6 +73,13 @@ pub enum UserCommand {
         /// `owner`, `admin` or `member`.
         role: Role,
     },
+    /// Set a user's password (read from stdin; at least 8 characters), for
+    /// signing in to the dashboard or with `lapdev login`. The first start's
+    /// owner `admin` has none until this sets one.
+    SetPassword {
+        /// User name.
+        name: String,
+    },
     /// Disable a user. At once: their tokens and browser sessions are revoked
     /// and their open shells, exec and port-forward sessions end. Their
     /// running workspaces are stopped and kept with their volumes (an owner or
@@ -421,6 +428,17 @@ pub async fn user(api: &PeopleRpcClient, out: Output, cmd: UserCommand) -> anyho
             .set_user_disabled(name, false)
             .await
             .map_err(call_error)?,
+        UserCommand::SetPassword { name } => {
+            let password = read_line("Password: ", true)?;
+            api.set_user_password(name.clone(), password)
+                .await
+                .map_err(call_error)?;
+            return done(
+                out,
+                json!({"name": name, "password_set": true}),
+                &format!("set the password of {name}"),
+            );
+        }
         UserCommand::Delete { name } => {
             api.delete_user(name.clone()).await.map_err(call_error)?;
             return done(
