@@ -42,7 +42,8 @@
 //! binaries exist, at the price of its own feature resolution.)
 //! `LAPDEV_BENCH_BIN_DIR` names where the manager and double binaries are
 //! (default: next to this bench's executable). Knobs: `BENCH_MIB` (128),
-//! `BENCH_ECHOES` (1000), `BENCH_IDLE` (200), `BENCH_FAIR_SECS` (10).
+//! `BENCH_ECHOES` (1000), `BENCH_IDLE` (200), `BENCH_FAIR_SECS` (10);
+//! `BENCH_ONLY=fairness` runs part 4 alone.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -612,6 +613,13 @@ async fn shaped_link(target: SocketAddr, rate: f64, one_way: Duration) -> Socket
 /// One direction of the link: each chunk is serialised at `rate` (reading
 /// waits until the previous one is on the wire), then delivered `one_way`
 /// later.
+///
+/// The serialisation clock (`free_at`) runs on from the previous chunk while
+/// the link is busy: tokio's timer fires up to a millisecond late, and a
+/// 16 KiB chunk takes 0.8 ms at 20 MB/s, so restarting the clock at "now"
+/// after each sleep would lose most of a chunk's time on every chunk (the
+/// link then delivered 8 MB/s, not 20). Only a link idle for longer than
+/// `IDLE` restarts it, so a burst after a pause is not sent faster than `rate`.
 async fn shaped_pipe(
     mut r: tokio::net::tcp::OwnedReadHalf,
     mut w: tokio::net::tcp::OwnedWriteHalf,
@@ -628,6 +636,7 @@ async fn shaped_pipe(
         }
         let _ = w.shutdown().await;
     });
+    const IDLE: Duration = Duration::from_millis(2);
     let mut free_at = tokio::time::Instant::now();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -635,7 +644,8 @@ async fn shaped_pipe(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let start = free_at.max(tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        let start = if now > free_at + IDLE { now } else { free_at };
         free_at = start + Duration::from_secs_f64(n as f64 / rate);
         tokio::time::sleep_until(free_at).await;
         let chunk = Bytes::copy_from_slice(&buf[..n]);
@@ -768,6 +778,10 @@ async fn main_async() {
     let echoes = env_or("BENCH_ECHOES", 1000usize);
     let idle = env_or("BENCH_IDLE", 200usize);
     let fair_secs = env_or("BENCH_FAIR_SECS", 10u64);
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "fairness") {
+        fairness(fair_secs).await;
+        return;
+    }
 
     // Parts 1–3: the server binary.
     let dir = tempfile::tempdir().expect("a temp dir");
