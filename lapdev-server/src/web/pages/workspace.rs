@@ -44,6 +44,7 @@ pub async fn page(
             dt { "Created" } dd { (time(Some(w.created_at))) }
         }
         h2 { "Connect" }
+        p { a.button #open-terminal href={ "/workspaces/" (form_urlencoded::byte_serialize(n.as_bytes()).collect::<String>()) "/terminal" } { "Open a terminal" } }
         p { "With the " code { "lapdev" } " CLI signed in to this server (see " a href="/connect" { "Connect" } "):" }
         (command("A shell", &format!("lapdev workspace shell {n}")))
         (command("Run one command", &format!("lapdev workspace exec {n} -- uname -a")))
