@@ -11,8 +11,9 @@
 //!
 //! Without Node.js or npm, or when npm fails (offline with an empty cache),
 //! the build still succeeds: it warns, and the server is built without the
-//! terminal page (the page then shows the CLI command instead). `LAPDEV_NPM`
-//! names the npm to run (default `npm`).
+//! terminal page (the page then shows the CLI command instead). Cargo does
+//! not look again by itself once Node.js is installed: touch the lockfile.
+//! `LAPDEV_NPM` names the npm to run (default `npm`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,14 +38,16 @@ fn main() {
         Ok(()) => println!("cargo:rustc-cfg=lapdev_terminal"),
         Err(why) => println!(
             "cargo:warning=the dashboard's terminal page is not built in: {why} \
-             (install Node.js and npm and build again; `lapdev workspace shell` works without it)"
+             (install Node.js and npm, `touch lapdev-server/web/package-lock.json` and build \
+             again; `lapdev workspace shell` works without it)"
         ),
     }
 }
 
 fn bundle(web: &Path, out: &Path) -> Result<(), String> {
     let npm_dir = out.join("npm");
-    std::fs::create_dir_all(&npm_dir).map_err(|e| format!("creating {}: {e}", npm_dir.display()))?;
+    std::fs::create_dir_all(&npm_dir)
+        .map_err(|e| format!("creating {}: {e}", npm_dir.display()))?;
     let lock = read(&web.join("package-lock.json"))?;
     let stamp = npm_dir.join("installed-from.lock.json");
     let installed = std::fs::read(&stamp).ok();
@@ -53,7 +56,10 @@ fn bundle(web: &Path, out: &Path) -> Result<(), String> {
         let _ = std::fs::remove_file(&stamp);
         let _ = std::fs::remove_dir_all(npm_dir.join("node_modules"));
         copy(&web.join("package.json"), &npm_dir.join("package.json"))?;
-        copy(&web.join("package-lock.json"), &npm_dir.join("package-lock.json"))?;
+        copy(
+            &web.join("package-lock.json"),
+            &npm_dir.join("package-lock.json"),
+        )?;
         let npm = std::env::var("LAPDEV_NPM").unwrap_or_else(|_| "npm".into());
         run(Command::new(&npm)
             .args([
@@ -106,7 +112,11 @@ fn copy(from: &Path, to: &Path) -> Result<(), String> {
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
-    let shown = format!("{cmd:?}");
+    let program = Path::new(cmd.get_program());
+    let program = program.file_name().unwrap_or(program.as_os_str());
+    let first = cmd.get_args().next().map(Path::new);
+    let first = first.and_then(Path::file_name).unwrap_or_default();
+    let shown = format!("`{} {}`", program.display(), first.display());
     let output = cmd
         .output()
         .map_err(|e| format!("cannot run {shown}: {e}"))?;
@@ -114,6 +124,10 @@ fn run(cmd: &mut Command) -> Result<(), String> {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     Err(format!("{shown} failed ({}): {last}", output.status))
 }

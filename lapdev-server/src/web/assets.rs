@@ -108,7 +108,9 @@ pub fn terminal() -> Option<(&'static Asset, &'static Asset)> {
 /// Every asset served.
 fn all() -> impl Iterator<Item = &'static Asset> {
     let terminal = terminal().into_iter().flat_map(|(js, css)| [js, css]);
-    [&*SCRIPT, &*STYLE, &*CLUSTER_SCRIPT].into_iter().chain(terminal)
+    [&*SCRIPT, &*STYLE, &*CLUSTER_SCRIPT]
+        .into_iter()
+        .chain(terminal)
 }
 
 /// The long cache of a content-hashed asset.

@@ -80,10 +80,8 @@ async fn the_terminal_page_relaxes_only_its_style_policy() {
     // The relaxed policy is the strict one with inline styles allowed, and
     // scripts still from this origin only.
     assert_eq!(
-        TERMINAL_CONTENT_SECURITY_POLICY.replace(
-            "style-src 'self' 'unsafe-inline'",
-            "style-src 'self'"
-        ),
+        TERMINAL_CONTENT_SECURITY_POLICY
+            .replace("style-src 'self' 'unsafe-inline'", "style-src 'self'"),
         CONTENT_SECURITY_POLICY
     );
     let r = page(&t, "/workspaces/box/terminal", &ada).await;
@@ -157,7 +155,10 @@ async fn the_terminal_page_relaxes_only_its_style_policy() {
     let r = page(&t, "/workspaces/box/terminal", &ada).await;
     assert_eq!(r.header("content-security-policy"), CONTENT_SECURITY_POLICY);
     assert!(!r.text().contains("id=\"terminal\""));
-    assert!(r.text().contains("a terminal opens into a running workspace"));
+    assert!(
+        r.text()
+            .contains("a terminal opens into a running workspace")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +264,10 @@ async fn the_cluster_page_is_for_admins_and_shows_a_token_once() {
         .nth(1)
         .and_then(|rest| rest.split("</tr>").next())
         .expect("the revoked token's row");
-    assert!(row.contains("revoked") && !row.contains("revoke-token"), "{row}");
+    assert!(
+        row.contains("revoked") && !row.contains("revoke-token"),
+        "{row}"
+    );
 
     let r = page(&t, "/clusters/nope", &ada).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);

@@ -28,7 +28,11 @@ pub async fn page(
     if !viewer.is_admin() {
         return layout::forbidden(&viewer, "A cluster's page");
     }
-    let c = match state.admin.get_cluster(viewer.context(), name.clone()).await {
+    let c = match state
+        .admin
+        .get_cluster(viewer.context(), name.clone())
+        .await
+    {
         Ok(c) => c,
         Err(e) => {
             let mut r = layout::page(

@@ -52,7 +52,9 @@ pub async fn page(
     {
         Ok(ws) => ws,
         Err(DbError::NotFound { .. }) => {
-            return refused(HrpcError::not_found(format!("workspace {name:?} not found")));
+            return refused(HrpcError::not_found(format!(
+                "workspace {name:?} not found"
+            )));
         }
         Err(e) => return refused(lapdev_kube::db_error(e)),
     };
@@ -64,32 +66,37 @@ pub async fn page(
         }
         Err(e) => return refused(e),
     }
-    let running = ws.status == WorkspaceStatus::Running;
-    let bundle = if running { assets::terminal() } else { None };
-    let body = html! {
-        h1 { "Terminal · " (name) }
-        p { a href={ "/workspaces/" (urlencode(&name)) } { "Back to workspace " (name) } }
-        @if !running {
-            p.form-error role="alert" {
-                "Workspace " (name) " is " (ws.status.as_str()) "; a terminal opens into a running workspace. Start it on its page."
-            }
-        } @else if let Some((script, style)) = bundle {
-            (terminal(&name, script, style))
-        } @else {
-            p.form-error role="alert" {
-                "The terminal is not built into this server (it was built without Node.js and npm). Use the CLI:"
-            }
-            (command("A shell", &format!("lapdev workspace shell {name}")))
-        }
-    };
+    let bundle = assets::terminal();
+    let body = content(&name, ws.status, bundle);
     let mut response = layout::page(&title, "terminal", Some(&viewer), Nav::Workspaces, body);
-    if bundle.is_some() {
+    if ws.status == WorkspaceStatus::Running && bundle.is_some() {
         response.headers_mut().insert(
             CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(TERMINAL_CONTENT_SECURITY_POLICY),
         );
     }
     response
+}
+
+/// What the page shows: the terminal when the workspace runs and the bundle
+/// is built in; otherwise why not, and the CLI's way in.
+fn content(name: &str, status: WorkspaceStatus, bundle: Option<(&Asset, &Asset)>) -> Markup {
+    html! {
+        h1 { "Terminal · " (name) }
+        p { a href={ "/workspaces/" (urlencode(name)) } { "Back to workspace " (name) } }
+        @if status != WorkspaceStatus::Running {
+            p.form-error role="alert" {
+                "Workspace " (name) " is " (status.as_str()) "; a terminal opens into a running workspace. Start it on its page."
+            }
+        } @else if let Some((script, style)) = bundle {
+            (terminal(name, script, style))
+        } @else {
+            p.form-error role="alert" {
+                "The terminal is not built into this server (it was built without Node.js and npm). Use the CLI:"
+            }
+            (command("A shell", &format!("lapdev workspace shell {name}")))
+        }
+    }
 }
 
 /// The terminal's element: where its WebSocket goes (the CLI's exec endpoint
@@ -113,4 +120,52 @@ fn terminal(name: &str, script: &Asset, style: &Asset) -> Markup {
 
 fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_the_bundle_the_page_shows_the_cli_command() {
+        let html = content("box", WorkspaceStatus::Running, None).into_string();
+        assert!(html.contains("not built into this server"), "{html}");
+        assert!(html.contains("lapdev workspace shell box"), "{html}");
+        assert!(!html.contains("<script") && !html.contains("id=\"terminal\""));
+    }
+
+    #[test]
+    fn the_terminal_opens_the_clis_shell_with_a_tty() {
+        let js = Asset {
+            name: "terminal.0.js".into(),
+            bytes: b"",
+            content_type: "text/javascript",
+        };
+        let css = Asset {
+            name: "terminal.0.css".into(),
+            bytes: b"",
+            content_type: "text/css",
+        };
+        let html = content("box", WorkspaceStatus::Running, Some((&js, &css))).into_string();
+        assert!(
+            html.contains("data-path=\"/api/v1/workspaces/box/exec\""),
+            "{html}"
+        );
+        let query = html
+            .split("data-query=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let query = query.replace("&amp;", "&");
+        let cmd: Vec<String> = form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k == "cmd")
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        assert_eq!(cmd, crate::cli::access::login_shell());
+        assert!(query.ends_with("tty=1&stdin=1"), "{query}");
+        let stopped = content("box", WorkspaceStatus::Stopped, Some((&js, &css))).into_string();
+        assert!(!stopped.contains("<script") && stopped.contains("is stopped"));
+    }
 }
