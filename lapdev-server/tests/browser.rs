@@ -130,6 +130,7 @@ async fn the_dashboard_walk_in_chromium() {
     for step in [
         "ok cluster connected live",
         "ok cluster tokens",
+        "ok cluster scheduling",
         "ok terminal runs a command",
         "ok terminal resizes",
         "ok terminal exit shown",

@@ -157,8 +157,19 @@ await admin.waitForFunction(() => [...document.querySelectorAll('#tokens tbody t
   .some((r) => r.querySelector('th').textContent === 'rotated' && r.querySelector('.badge').textContent === 'revoked'));
 const firstState = await admin.locator(`#tokens tr[data-id="${firstToken}"] .badge`).textContent();
 if (firstState !== 'live') throw new Error(`the manager's token is ${firstState}`);
-await clean(admin, 'cluster');
 say('ok cluster tokens');
+// Its scheduling settings: set an architecture, then clear it again (the
+// double's nodes carry none, and the walk's workspaces must still be placed).
+async function saveArch(arch) {
+  await admin.getByLabel('Architecture (empty: any)').fill(arch);
+  // Saved, the page reloads with the settings as the server now has them.
+  await Promise.all([admin.waitForEvent('load'), admin.getByRole('button', { name: 'Save scheduling' }).click()]);
+  return admin.locator('#placement').textContent();
+}
+if (!(await saveArch('arm64')).includes('arm64')) throw new Error('the architecture was not saved');
+if ((await saveArch('')).includes('arm64')) throw new Error('the architecture was not cleared');
+await clean(admin, 'cluster');
+say('ok cluster scheduling');
 
 // Workspaces: a validation error beside its field, then create and watch.
 await admin.getByRole('link', { name: 'Workspaces' }).click();

@@ -1,6 +1,7 @@
 // The cluster detail page (/clusters/{name}): create a token (shown once, with
-// the manifest that carries it) and revoke tokens, through the HRPC methods
-// `lapdev cluster token create|revoke` call. Loaded after app.js, whose
+// the manifest that carries it), revoke tokens and change the scheduling
+// settings, through the HRPC methods `lapdev cluster token create|revoke` and
+// `lapdev cluster placement` call. Loaded after app.js, whose
 // helpers (rpc, el, toast, timeEl, showError, clearFieldErrors) it uses.
 'use strict';
 
@@ -84,4 +85,43 @@ function setupClusterDetail() {
   });
 }
 
-document.addEventListener('DOMContentLoaded', setupClusterDetail);
+// The scheduling form: the cluster's placement as the server has it, with the
+// form's fields put in (tolerations and autoscaling unchanged).
+function setupPlacement() {
+  const form = document.getElementById('edit-placement');
+  if (!form) return;
+  const cluster = form.dataset.cluster;
+  const list = (v) => v.split(',').map((x) => x.trim()).filter(Boolean);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    clearFieldErrors(form);
+    const err = document.getElementById('placement-error');
+    const nodeSelector = {};
+    for (const kv of list(form['pl-node-selector'].value)) {
+      const i = kv.indexOf('=');
+      if (i <= 0) { err.textContent = `Node selector ${kv}: expected key=value.`; return; }
+      nodeSelector[kv.slice(0, i).trim()] = kv.slice(i + 1).trim();
+    }
+    try {
+      const { placement } = await rpc('AdminRpc', 'get_cluster', { name: cluster });
+      placement.capacity_mode = form['pl-capacity'].value;
+      Object.assign(placement.scheduling, {
+        node_selector: nodeSelector,
+        arch: form['pl-arch'].value.trim() || null,
+        image_pull_secrets: list(form['pl-pull-secrets'].value),
+        priority_class: form['pl-priority'].value.trim() || null,
+        user_namespaces: form['pl-userns'].checked,
+      });
+      await rpc('AdminRpc', 'set_cluster_placement', { name: cluster, placement });
+      location.reload();
+    } catch (e) {
+      err.textContent = e.message;
+      toast(`Not saved: ${e.message}`, true);
+    }
+  });
+}
+
+document.addEventListener('DOMContentLoaded', () => {
+  setupClusterDetail();
+  setupPlacement();
+});

@@ -8,6 +8,7 @@
 use axum::extract::{Path, State};
 use axum::response::Response;
 use chrono::Utc;
+use lapdev_common::status::CapacityMode;
 use maud::{Markup, html};
 
 use super::workspace::command;
@@ -34,17 +35,7 @@ pub async fn page(
         .await
     {
         Ok(c) => c,
-        Err(e) => {
-            let mut r = layout::page(
-                "Cluster",
-                "cluster",
-                Some(&viewer),
-                Nav::Clusters,
-                html! { h1 { "Cluster" } p.form-error role="alert" { (e.message) } },
-            );
-            *r.status_mut() = e.http_status();
-            return r;
-        }
+        Err(e) => return layout::error("Cluster", "cluster", &viewer, Nav::Clusters, &e),
     };
     let tokens = state
         .admin
@@ -122,7 +113,8 @@ pub async fn page(
         section aria-labelledby="placement-heading" {
             h2 #placement-heading { "Scheduling" }
             (placement(&c))
-            p { "Change these with " code { "lapdev cluster placement " (n) " …" } " (see " code { "--help" } "); they apply to each workspace at its next create or start." }
+            (placement_form(&c))
+            p { "Tolerations and autoscaling are set with " code { "lapdev cluster placement " (n) " --toleration … --autoscaling …" } ". Settings apply to each workspace at its next create or start; a new capacity mode needs a new manifest (create a token)." }
         }
     };
     layout::page(
@@ -233,6 +225,46 @@ fn placement(c: &ClusterView) -> Markup {
                     None => "none declared",
                 }
             }
+        }
+    }
+}
+
+/// The settings `cluster.js` changes through `set_cluster_placement` (the
+/// rest of the placement is sent back as it was).
+fn placement_form(c: &ClusterView) -> Markup {
+    let s = &c.placement.scheduling;
+    let selector: Vec<String> = s
+        .node_selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let field = |id: &str, label: &str, value: String| {
+        html! {
+            div.field {
+                label for=(id) { (label) }
+                input id=(id) name=(id) type="text" value=(value) autocomplete="off";
+            }
+        }
+    };
+    html! {
+        form #edit-placement.card data-cluster=(c.name) novalidate {
+            div.field {
+                label for="pl-capacity" { "Free room counts" }
+                select #pl-capacity name="pl-capacity" {
+                    @for mode in CapacityMode::ALL.iter().copied() {
+                        option value=(mode.as_str()) selected[mode == c.placement.capacity_mode] { (mode.as_str()) }
+                    }
+                }
+            }
+            (field("pl-node-selector", "Node selector (key=value, comma-separated)", selector.join(", ")))
+            (field("pl-arch", "Architecture (empty: any)", s.arch.clone().unwrap_or_default()))
+            (field("pl-pull-secrets", "Image pull secrets (comma-separated)", s.image_pull_secrets.join(", ")))
+            (field("pl-priority", "Priority class (empty: the default)", s.priority_class.clone().unwrap_or_default()))
+            div.field {
+                label { input #pl-userns name="pl-userns" type="checkbox" checked[s.user_namespaces]; " Run workspace pods in their own user namespace" }
+            }
+            p.form-error #placement-error role="alert" {}
+            button type="submit" { "Save scheduling" }
         }
     }
 }

@@ -34,17 +34,8 @@ pub async fn page(
     viewer: Viewer,
 ) -> Response {
     let title = format!("Terminal · {name}");
-    let refused = |e: HrpcError| {
-        let mut r = layout::page(
-            &title,
-            "terminal",
-            Some(&viewer),
-            Nav::Workspaces,
-            html! { h1 { "Terminal" } p.form-error role="alert" { (e.message) } },
-        );
-        *r.status_mut() = e.http_status();
-        r
-    };
+    let refused =
+        |e: HrpcError| layout::error("Terminal", "terminal", &viewer, Nav::Workspaces, &e);
     let ws = match state
         .db
         .get_workspace_by_name(viewer.0.organization_id, &name)

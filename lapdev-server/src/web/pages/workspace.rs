@@ -19,17 +19,7 @@ pub async fn page(
 ) -> Response {
     let w = match state.workspaces.get_workspace(viewer.context(), name).await {
         Ok(w) => w,
-        Err(e) => {
-            let mut r = layout::page(
-                "Workspace",
-                "workspace",
-                Some(&viewer),
-                Nav::Workspaces,
-                html! { h1 { "Workspace" } p.form-error role="alert" { (e.message) } },
-            );
-            *r.status_mut() = e.http_status();
-            return r;
-        }
+        Err(e) => return layout::error("Workspace", "workspace", &viewer, Nav::Workspaces, &e),
     };
     let n = &w.name;
     let body = html! {
