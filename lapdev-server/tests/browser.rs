@@ -2,10 +2,12 @@
 //! `playwright-core` (`tests/browser/walk.mjs`), against the real server on
 //! PostgreSQL, the Kubernetes API double and a real manager. The walk signs
 //! in, connects a cluster and watches it turn connected without a reload,
-//! creates a workspace and watches it go running, stops, starts and deletes
-//! it, checks a validation error beside its field, hostile text from an image
-//! name, axe-core on every page, a member's view, and signs out; screenshots
-//! go to `target/dashboard-screenshots/`.
+//! creates and revokes a token on the cluster's page, creates a workspace and
+//! watches it go running, runs a command in its terminal (resized, then
+//! exited), stops, starts and deletes it, checks a validation error beside
+//! its field, hostile text from an image name, axe-core on every page, a
+//! member's view, and signs out; screenshots go to
+//! `target/dashboard-screenshots/`.
 //!
 //! Without chromium or the npm packages this test FAILS with the command that
 //! installs them (`.ci/run` runs both).
@@ -62,6 +64,9 @@ async fn the_dashboard_walk_in_chromium() {
         .double
         .handle()
         .run_kubelet(lapdev_kube_double::KubeletConfig::default());
+    // The terminal's commands run as local processes (on a pseudo-terminal),
+    // as `lapdev workspace shell` does in the access tests.
+    env.double.handle().enable_local_exec();
     // A known port: the public URL (the origin the CSRF rules expect) is
     // derived from the listen address, and port 0 would not be the page's.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -124,6 +129,11 @@ async fn the_dashboard_walk_in_chromium() {
     assert!(status.success(), "the walk failed after {steps:#?}");
     for step in [
         "ok cluster connected live",
+        "ok cluster tokens",
+        "ok cluster scheduling",
+        "ok terminal runs a command",
+        "ok terminal resizes",
+        "ok terminal exit shown",
         "ok validation errors beside their fields",
         "ok workspace running live",
         "ok hostile text stays text",

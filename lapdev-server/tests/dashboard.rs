@@ -4,6 +4,8 @@
 //! the live event stream (filtered by role, replayable by `Last-Event-ID`).
 
 mod common;
+#[path = "dashboard/terminal.rs"]
+mod terminal;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -61,12 +61,64 @@ pub static STYLE: LazyLock<Asset> = LazyLock::new(|| {
     )
 });
 
+/// The cluster detail page's script (tokens, placement), after [`SCRIPT`],
+/// whose helpers it uses.
+pub static CLUSTER_SCRIPT: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "cluster",
+        "js",
+        include_bytes!("../../web/static/cluster.js"),
+        "text/javascript; charset=utf-8",
+    )
+});
+
+/// The terminal page's bundle (xterm.js, its fit addon and
+/// `web/terminal/terminal.js`), built by `build.rs` into `OUT_DIR`.
+#[cfg(lapdev_terminal)]
+static TERMINAL_BUNDLE: LazyLock<(Asset, Asset)> = LazyLock::new(|| {
+    (
+        Asset::new(
+            "terminal",
+            "js",
+            include_bytes!(concat!(env!("OUT_DIR"), "/terminal/terminal.js")),
+            "text/javascript; charset=utf-8",
+        ),
+        Asset::new(
+            "terminal",
+            "css",
+            include_bytes!(concat!(env!("OUT_DIR"), "/terminal/terminal.css")),
+            "text/css; charset=utf-8",
+        ),
+    )
+});
+
+/// The terminal's script and stylesheet, or `None` when this server was built
+/// without Node.js (`build.rs` warned).
+pub fn terminal() -> Option<(&'static Asset, &'static Asset)> {
+    #[cfg(lapdev_terminal)]
+    {
+        Some((&TERMINAL_BUNDLE.0, &TERMINAL_BUNDLE.1))
+    }
+    #[cfg(not(lapdev_terminal))]
+    {
+        None
+    }
+}
+
+/// Every asset served.
+fn all() -> impl Iterator<Item = &'static Asset> {
+    let terminal = terminal().into_iter().flat_map(|(js, css)| [js, css]);
+    [&*SCRIPT, &*STYLE, &*CLUSTER_SCRIPT]
+        .into_iter()
+        .chain(terminal)
+}
+
 /// The long cache of a content-hashed asset.
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 /// `GET /assets/{file}`.
 pub async fn serve(Path(file): Path<String>) -> Response {
-    match [&*SCRIPT, &*STYLE].into_iter().find(|a| a.name == file) {
+    match all().find(|a| a.name == file) {
         Some(a) => (
             [(CONTENT_TYPE, a.content_type), (CACHE_CONTROL, IMMUTABLE)],
             a.bytes,
@@ -91,5 +143,7 @@ mod tests {
         assert_eq!(SCRIPT.name, format!("app.{expected}.js"));
         assert!(STYLE.name.starts_with("app.") && STYLE.name.ends_with(".css"));
         assert_ne!(SCRIPT.name, STYLE.name);
+        let names: std::collections::HashSet<_> = all().map(|a| &a.name).collect();
+        assert_eq!(names.len(), all().count(), "two assets share a name");
     }
 }

@@ -3,6 +3,7 @@
 
 use axum::response::{IntoResponse, Response};
 use http::header::CACHE_CONTROL;
+use lapdev_hrpc::HrpcError;
 use maud::{DOCTYPE, Markup, html};
 
 use super::assets::{SCRIPT, STYLE};
@@ -80,5 +81,19 @@ pub fn forbidden(viewer: &Viewer, what: &str) -> Response {
         },
     );
     *r.status_mut() = http::StatusCode::FORBIDDEN;
+    r
+}
+
+/// A page saying why what was asked for cannot be shown (an HRPC error from
+/// the service behind it), with the error's HTTP status.
+pub fn error(title: &str, name: &str, viewer: &Viewer, nav: Nav, e: &HrpcError) -> Response {
+    let mut r = page(
+        title,
+        name,
+        Some(viewer),
+        nav,
+        html! { h1 { (title) } p.form-error role="alert" { (e.message) } },
+    );
+    *r.status_mut() = e.http_status();
     r
 }

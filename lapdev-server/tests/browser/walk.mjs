@@ -140,6 +140,37 @@ if (!(await admin.evaluate(() => window.notReloaded))) throw new Error('the clus
 say('ok cluster connected live');
 await admin.screenshot({ path: `${SHOTS}/clusters-1280.png` });
 
+// The cluster's page: a second token, shown once, then revoked (the first
+// one, which the manager uses, stays live).
+await admin.getByRole('link', { name: 'web', exact: true }).click();
+await admin.waitForURL(`${BASE}/clusters/web`);
+await axe(admin, 'cluster');
+const firstToken = await admin.locator('#tokens tbody tr').first().getAttribute('data-id');
+await admin.getByLabel('Token name').fill('rotated');
+await admin.getByRole('button', { name: 'Create token' }).click();
+await admin.locator('#token-result').waitFor({ state: 'visible' });
+const second = (await admin.locator('#token-secret').textContent()).trim();
+if (!second.startsWith('lapdev_ct_') || second === token) throw new Error(`new token: ${second}`);
+if (!(await admin.locator('#token-manifest').getAttribute('href')).startsWith('blob:')) throw new Error('no manifest link');
+await admin.getByRole('button', { name: 'Revoke token rotated' }).click();
+await admin.waitForFunction(() => [...document.querySelectorAll('#tokens tbody tr')]
+  .some((r) => r.querySelector('th').textContent === 'rotated' && r.querySelector('.badge').textContent === 'revoked'));
+const firstState = await admin.locator(`#tokens tr[data-id="${firstToken}"] .badge`).textContent();
+if (firstState !== 'live') throw new Error(`the manager's token is ${firstState}`);
+say('ok cluster tokens');
+// Its scheduling settings: set an architecture, then clear it again (the
+// double's nodes carry none, and the walk's workspaces must still be placed).
+async function saveArch(arch) {
+  await admin.getByLabel('Architecture (empty: any)').fill(arch);
+  // Saved, the page reloads with the settings as the server now has them.
+  await Promise.all([admin.waitForEvent('load'), admin.getByRole('button', { name: 'Save scheduling' }).click()]);
+  return admin.locator('#placement').textContent();
+}
+if (!(await saveArch('arm64')).includes('arm64')) throw new Error('the architecture was not saved');
+if ((await saveArch('')).includes('arm64')) throw new Error('the architecture was not cleared');
+await clean(admin, 'cluster');
+say('ok cluster scheduling');
+
 // Workspaces: a validation error beside its field, then create and watch.
 await admin.getByRole('link', { name: 'Workspaces' }).click();
 await admin.waitForURL(`${BASE}/`);
@@ -163,6 +194,51 @@ await admin.locator('#workspaces tr[data-name="hello"]').waitFor();
 await waitStatus(admin, 'workspaces', 'hello', 'running');
 if (!(await admin.evaluate(() => window.notReloaded))) throw new Error('the workspaces page reloaded');
 say('ok workspace running live');
+
+// Its terminal: a command runs in the workspace (the double runs it as a
+// local process on a pseudo-terminal) and its output comes back; a narrower
+// window resizes the terminal; the shell's exit is shown.
+await admin.goto(`${BASE}/workspaces/hello`);
+await admin.getByRole('link', { name: 'Open a terminal' }).click();
+await admin.waitForURL(`${BASE}/workspaces/hello/terminal`);
+await admin.waitForFunction(() => ['open', 'refused', 'failed', 'closed', 'exited'].includes(document.body.dataset.terminal));
+if ((await admin.evaluate(() => document.body.dataset.terminal)) !== 'open') {
+  throw new Error(`terminal: ${await admin.locator('#terminal-status').textContent()}`);
+}
+const screen = () => admin.locator('#terminal .xterm-rows').textContent();
+async function run(command, want) {
+  await admin.locator('#terminal').click();
+  await admin.keyboard.type(command);
+  await admin.keyboard.press('Enter');
+  try {
+    await admin.waitForFunction((w) => new RegExp(w).test(document.querySelector('#terminal .xterm-rows').textContent), want.source);
+  } catch (e) {
+    throw new Error(`terminal never showed ${want}: ${await screen()} (${await admin.locator('#terminal-status').textContent()})`);
+  }
+  return (await screen()).match(want);
+}
+const marker = `m${Math.floor(Math.random() * 1e9)}`;
+await run(`echo ${marker}-$((6*7))`, new RegExp(`${marker}-42`));
+await axe(admin, 'terminal');
+say('ok terminal runs a command');
+const wide = Number((await run('echo cols=$(stty size | cut -d" " -f2)', /cols=(\d+)/))[1]);
+await admin.screenshot({ path: `${SHOTS}/terminal-1280.png` });
+await admin.setViewportSize({ width: 390, height: 844 });
+const narrow = Number((await run('echo narrow=$(stty size | cut -d" " -f2)', /narrow=(\d+)/))[1]);
+if (!(narrow < wide)) throw new Error(`the terminal was ${wide} columns wide at 1280 px and ${narrow} at 390 px`);
+await admin.setViewportSize({ width: 1280, height: 800 });
+say('ok terminal resizes');
+await admin.locator('#terminal').click();
+await admin.keyboard.type('exit 3');
+await admin.keyboard.press('Enter');
+await admin.waitForFunction(() => document.body.dataset.terminal === 'exited');
+const ended = await admin.locator('#terminal-status').textContent();
+if (!ended.includes('code 3')) throw new Error(`exit shown as ${ended}`);
+await admin.locator('#terminal-again').waitFor({ state: 'visible' });
+await clean(admin, 'terminal');
+say('ok terminal exit shown');
+await admin.goto(`${BASE}/`);
+await admin.evaluate(() => { window.notReloaded = true; });
 
 // A hostile image name stays text.
 await admin.getByLabel('Name').fill('xss');

@@ -293,7 +293,7 @@ function clusterRow(c) {
     c.cordoned ? actionButton('uncordon', c.name, 'Uncordon') : actionButton('cordon', c.name, 'Cordon'),
     actionButton('delete-cluster', c.name, 'Delete', true));
   return el('tr', { dataset: { name: c.name } },
-    el('th', { scope: 'row' }, c.name),
+    el('th', { scope: 'row' }, el('a', { href: `/clusters/${encodeURIComponent(c.name)}` }, c.name)),
     status,
     el('td', {}, timeEl(c.last_reported_at)),
     el('td', { class: 'version' }, c.kubernetes_version || '—'),

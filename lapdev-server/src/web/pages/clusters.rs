@@ -131,7 +131,7 @@ pub fn row(c: &ClusterView) -> Markup {
     let n = &c.name;
     html! {
         tr data-name=(n) {
-            th scope="row" { (n) }
+            th scope="row" { a href={ "/clusters/" (n) } { (n) } }
             td.status {
                 span.badge data-status=(c.status.as_str()) { (c.status.as_str()) }
                 @if c.cordoned { " " span.badge data-status="cordoned" { "cordoned" } }

@@ -19,17 +19,7 @@ pub async fn page(
 ) -> Response {
     let w = match state.workspaces.get_workspace(viewer.context(), name).await {
         Ok(w) => w,
-        Err(e) => {
-            let mut r = layout::page(
-                "Workspace",
-                "workspace",
-                Some(&viewer),
-                Nav::Workspaces,
-                html! { h1 { "Workspace" } p.form-error role="alert" { (e.message) } },
-            );
-            *r.status_mut() = e.http_status();
-            return r;
-        }
+        Err(e) => return layout::error("Workspace", "workspace", &viewer, Nav::Workspaces, &e),
     };
     let n = &w.name;
     let body = html! {
@@ -44,6 +34,7 @@ pub async fn page(
             dt { "Created" } dd { (time(Some(w.created_at))) }
         }
         h2 { "Connect" }
+        p { a.button #open-terminal href={ "/workspaces/" (form_urlencoded::byte_serialize(n.as_bytes()).collect::<String>()) "/terminal" } { "Open a terminal" } }
         p { "With the " code { "lapdev" } " CLI signed in to this server (see " a href="/connect" { "Connect" } "):" }
         (command("A shell", &format!("lapdev workspace shell {n}")))
         (command("Run one command", &format!("lapdev workspace exec {n} -- uname -a")))
