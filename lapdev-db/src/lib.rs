@@ -41,6 +41,7 @@ mod pat;
 mod people;
 mod provider;
 mod quota;
+pub mod replica;
 mod session;
 #[cfg(feature = "test-support")]
 pub mod test_support;
@@ -63,6 +64,7 @@ pub use pat::{CreatedPat, PersonalAccessToken, VerifiedPat};
 pub use people::{SignInCandidate, UserChange};
 pub use provider::{NewProvider, Provider};
 pub use quota::OrgQuotas;
+pub use replica::{LeaseTiming, Replica, ReplicaInfo, ReplicaLease, StartupLock};
 pub use session::{
     BrowserSession, CreatedSession, ReplacedSession, SessionLifetime, VerifiedSession,
 };
