@@ -41,6 +41,7 @@ mod pat;
 mod people;
 mod provider;
 mod quota;
+pub mod relay;
 pub mod replica;
 mod session;
 #[cfg(feature = "test-support")]
@@ -51,7 +52,7 @@ mod util;
 mod workspace;
 
 pub use audit::{AuditEntry, AuditQuery, MAX_AUDIT_PAGE, NewAuditEntry};
-pub use changes::{Change, WorkspaceChange};
+pub use changes::{Change, Revocation, WorkspaceChange};
 pub use cluster::{Cluster, ClusterInfoUpdate, NewCluster, ResourceRequests};
 pub use cluster_placement::PlacementSettings;
 pub use crypto::{CredentialError, CredentialKey, ProviderCredential};

@@ -39,6 +39,7 @@ pub mod lifecycle_metrics;
 pub mod metrics;
 pub mod quota;
 pub mod replica;
+pub mod replica_changes;
 pub mod secret_file;
 pub mod serve;
 pub mod tls;
@@ -401,6 +402,16 @@ impl Server {
                  written with; start with the original LAPDEV_ENCRYPTION_KEY (or data \
                  directory)",
             )?;
+        // Other replicas' changes reach this one's feed, and this one's theirs.
+        let relay = if db.supports_replicas() {
+            Some(
+                db.start_change_relay()
+                    .await
+                    .context("listening for other replicas' changes")?,
+            )
+        } else {
+            None
+        };
         // Replicas started together bootstrap one after the other, so only
         // one creates the first organisation.
         let startup = db.startup_lock().await.context("taking the startup lock")?;
@@ -603,6 +614,22 @@ impl Server {
                 let _ = rx.wait_for(|stop| *stop).await;
             }
         };
+        let relay = relay.map(|relay| {
+            let mut rx = shutdown_rx.clone();
+            let relay_task = tokio::spawn(relay.run(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }));
+            let mut rx = shutdown_rx.clone();
+            let apply_task = tokio::spawn(replica_changes::run(
+                db.clone(),
+                state.auth.clone(),
+                kube.clone(),
+                async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                },
+            ));
+            (relay_task, apply_task)
+        });
         let keeper = if db.supports_replicas() {
             let info = lapdev_db::ReplicaInfo {
                 id: uuid::Uuid::new_v4(),
@@ -716,6 +743,10 @@ impl Server {
             let _ = events.await;
             if let Some(keeper) = keeper {
                 let _ = keeper.await;
+            }
+            if let Some((relay, apply)) = relay {
+                let _ = relay.await;
+                let _ = apply.await;
             }
             drop(serve_lock);
             Ok(())

@@ -162,3 +162,146 @@ async fn a_second_server_on_one_sqlite_file_refuses_but_admin_token_works() {
     again.shutdown();
     again.wait().await.unwrap();
 }
+
+/// A second replica beside `a`: the same database and the same secrets (its
+/// data directory holds only them on PostgreSQL).
+async fn second_replica(a: &common::TestServer) -> common::TestServer {
+    let server = Server::start(common::config(
+        a.data_dir.path().join("data"),
+        Some(a.database.as_ref().unwrap().url().to_owned()),
+    ))
+    .await
+    .unwrap();
+    common::TestServer {
+        addr: server.local_addr,
+        server,
+        admin_token: a.admin_token.clone(),
+        data_dir: tempfile::tempdir().unwrap(),
+        database: None,
+    }
+}
+
+/// Waits until `f` holds, for at most 5 s: shorter than every cache's
+/// lifetime (10 s for personal access tokens), so only the change arriving
+/// from the other replica can make it hold in time.
+async fn within_five_seconds<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 5 s: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pat_revoked_on_one_replica_is_refused_on_another() {
+    use lapdev_server::auth::api::PeopleRpcClient;
+    let a = common::TestServer::postgres().await;
+    let b = second_replica(&a).await;
+    let people = |t: &common::TestServer, token: &str| {
+        PeopleRpcClient::new(lapdev_hrpc::Client::http(&format!("{}/rpc", t.base())).unwrap())
+            .with_header(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+            )
+    };
+    let created = people(&a, &a.admin_token)
+        .create_token("laptop".into(), None)
+        .await
+        .unwrap();
+    // B has verified and cached it.
+    people(&b, &created.token_secret).whoami().await.unwrap();
+    people(&a, &a.admin_token)
+        .revoke_token(created.token.id)
+        .await
+        .unwrap();
+    // Refused on the revoking replica at once…
+    let refused = people(&a, &created.token_secret)
+        .whoami()
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, lapdev_hrpc::Code::Unauthenticated);
+    // …and on the other as soon as the notification arrives.
+    within_five_seconds("the other replica refuses the revoked token", || {
+        let client = people(&b, &created.token_secret);
+        async move { client.whoami().await.is_err() }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_token_revoked_on_one_replica_closes_the_tunnel_another_holds() {
+    let a = common::TestServer::postgres().await;
+    let b = second_replica(&a).await;
+    let created = a
+        .admin()
+        .create_cluster("c1".into(), None, None, None)
+        .await
+        .unwrap();
+    let cluster_id = created.cluster.id;
+    let token = a
+        .admin()
+        .create_cluster_token("c1".into(), "second".into(), None)
+        .await
+        .unwrap();
+    let session = common::dial(&b, &token.token_secret, std::sync::Arc::default())
+        .await
+        .unwrap();
+    let handle = session.handle();
+    let run = tokio::spawn(session.run());
+    let kube_b = b.server.state.kube.clone();
+    common::eventually("the tunnel is up on B", || {
+        let kube = kube_b.clone();
+        async move { kube.is_tunnel_up(cluster_id) }
+    })
+    .await;
+    let token_id = token.token.id;
+    a.admin()
+        .revoke_cluster_token("c1".into(), token_id)
+        .await
+        .unwrap();
+    within_five_seconds("B closes the tunnel of the revoked token", || {
+        let kube = kube_b.clone();
+        let handle = handle.clone();
+        async move { !kube.is_tunnel_up(cluster_id) && handle.is_closed() }
+    })
+    .await;
+    let _ = run.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_events_of_one_replica_show_a_change_made_on_another() {
+    use futures::StreamExt as _;
+    let a = common::TestServer::postgres().await;
+    let b = second_replica(&a).await;
+    let caller = b
+        .server
+        .state
+        .auth
+        .authenticate(&b.admin_token)
+        .await
+        .unwrap();
+    let mut events = Box::pin(
+        b.server
+            .state
+            .events
+            .stream(lapdev_server::web::Viewer(caller), None),
+    );
+    a.admin()
+        .create_cluster("seen-on-b".into(), None, None, None)
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.next())
+        .await
+        .expect("B's event stream shows A's change within 5 s")
+        .unwrap()
+        .unwrap();
+    let shown = format!("{event:?}");
+    assert!(shown.contains("cluster"), "{shown}");
+}
