@@ -62,6 +62,11 @@
 //! decision charges its choice to the snapshot under the placement lock and
 //! writes it after releasing the lock, so concurrent creates commit side by side
 //! (the `snapshot` module says how in-flight choices survive a fresh read).
+//! The snapshot and the in-flight charges are per process; with several
+//! replicas the write itself is checked: it re-reads the chosen cluster's
+//! placed requests under the organisation's database lock
+//! (`Db::place_workspace_checked`), and a choice another replica made stale
+//! is decided again from a fresh read.
 //!
 //! The conductor reaches managers only through [`ManagerConnector`], which the
 //! server implements with its tunnel registry.

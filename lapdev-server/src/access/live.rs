@@ -8,9 +8,9 @@
 //! has committed a user's disabling or deletion, a personal access token's
 //! revocation or a browser session's; each matching session ends with the
 //! revocation's [`reason`](Revocation::reason) as its close reason. The
-//! registry is per process: with several replicas (issue 18) each replica
-//! receives the same [`Revocation`] (e.g. by `LISTEN/NOTIFY`) and calls
-//! `revoke` on its own registry; nothing else changes.
+//! registry is per process: with several replicas each replica receives the
+//! same [`Revocation`] through the change feed (`LISTEN/NOTIFY`, see
+//! `crate::replica_changes`) and calls `revoke` on its own registry.
 //!
 //! A session registers *before* the check that admits it is final: see
 //! `admit` in `mod.rs`, which re-checks the credential when the authorization
