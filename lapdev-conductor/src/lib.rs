@@ -62,6 +62,11 @@
 //! decision charges its choice to the snapshot under the placement lock and
 //! writes it after releasing the lock, so concurrent creates commit side by side
 //! (the `snapshot` module says how in-flight choices survive a fresh read).
+//! The snapshot and the in-flight charges are per process; with several
+//! replicas the write itself is checked: it re-reads the chosen cluster's
+//! placed requests under the organisation's database lock
+//! (`Db::place_workspace_checked`), and a choice another replica made stale
+//! is decided again from a fresh read.
 //!
 //! The conductor reaches managers only through [`ManagerConnector`], which the
 //! server implements with its tunnel registry.
@@ -261,6 +266,10 @@ impl Drop for InFlight<'_> {
         }
     }
 }
+
+/// How often a placement decides again after another replica's placement took
+/// the room it chose, before giving up for now.
+const MAX_REFITS: u32 = 8;
 
 /// Pauses a placement between its decision and its write (a test seam: it lets a
 /// test interleave two placers deterministically).
@@ -618,8 +627,11 @@ impl Conductor {
                 }) => {
                     snapshots.remove(organization_id);
                 }
+                // Another replica's changes may have been missed.
+                Ok(Change::Resync) | Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    snapshots.clear()
+                }
                 Ok(_) => {}
-                Err(broadcast::error::TryRecvError::Lagged(_)) => snapshots.clear(),
                 Err(_) => return,
             }
         }
@@ -660,7 +672,40 @@ impl Conductor {
 
     /// Chooses a cluster and records the choice (status `creating`). A
     /// workspace someone else placed meanwhile is returned as it is.
+    ///
+    /// The decision comes from this process's snapshot (in-flight choices of
+    /// this process charged to it); the write re-reads the chosen cluster's
+    /// placed requests under the organisation's placement lock, which every
+    /// replica's placements take, and refuses when another replica's
+    /// placement took the room meanwhile. Then the snapshot is read afresh
+    /// and the decision made again.
     async fn place(&self, ws: &Workspace) -> Result<Workspace, ConductorError> {
+        let mut attempt = 0;
+        loop {
+            match self.place_once(ws).await {
+                Err(ConductorError::Db(DbError::NoLongerFits { cluster_id }))
+                    if attempt < MAX_REFITS =>
+                {
+                    attempt += 1;
+                    tracing::debug!(workspace_id = %ws.id, %cluster_id, "the chosen cluster filled up meanwhile; deciding again");
+                    self.inner.placement.lock().await.remove(ws.organization_id);
+                }
+                Err(ConductorError::Db(DbError::NoLongerFits { .. })) => {
+                    // Still racing after many fresh reads: let the caller
+                    // (or the reconciler's next round) try again later.
+                    return Err(DbError::Conflict {
+                        entity: lapdev_db::EntityKind::Workspace,
+                        id: ws.id,
+                        expected_version: ws.version,
+                    }
+                    .into());
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn place_once(&self, ws: &Workspace) -> Result<Workspace, ConductorError> {
         let req = PlacementRequest {
             cpu_millis: ws.cpu_millis,
             memory_bytes: ws.memory_bytes,
@@ -753,7 +798,7 @@ impl Conductor {
         match self
             .inner
             .db
-            .place_workspace(
+            .place_workspace_checked(
                 ws.organization_id,
                 ws.id,
                 current.version,
@@ -1260,7 +1305,7 @@ fn workspace_transition_ok(from: WorkspaceStatus, to: WorkspaceStatus) -> bool {
 /// Whether a change needs the reconciler now rather than at its next round.
 fn wakes(change: &Change) -> bool {
     match change {
-        Change::ClusterChanged { .. } => true,
+        Change::ClusterChanged { .. } | Change::Resync => true,
         Change::Workspace(w) => {
             w.status == WorkspaceStatus::Failed
                 && w.previous_status != Some(WorkspaceStatus::Failed)

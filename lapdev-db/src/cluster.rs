@@ -186,7 +186,7 @@ pub struct ResourceRequests {
     pub workspaces: i64,
 }
 
-fn cluster_from_model(m: kube_cluster::Model) -> DbResult<Cluster> {
+pub(crate) fn cluster_from_model(m: kube_cluster::Model) -> DbResult<Cluster> {
     let labels = serde_json::from_value(m.labels).map_err(|source| DbError::CorruptJson {
         table: "kube_cluster",
         column: "labels",
@@ -236,7 +236,7 @@ fn cluster_from_model(m: kube_cluster::Model) -> DbResult<Cluster> {
 
 /// Workspace statuses whose requests count against a cluster's allocatable resources:
 /// everything placed and live except `stopped` (no pod) and `deleted`.
-const COUNTED_STATUSES: [WorkspaceStatus; 7] = [
+pub(crate) const COUNTED_STATUSES: [WorkspaceStatus; 7] = [
     WorkspaceStatus::Pending,
     WorkspaceStatus::Scheduling,
     WorkspaceStatus::Creating,

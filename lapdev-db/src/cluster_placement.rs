@@ -169,3 +169,69 @@ impl Db {
             .collect())
     }
 }
+
+/// Takes the organisation's placement lock for the rest of `txn` (PostgreSQL:
+/// a transaction-scoped advisory lock keyed by the organisation, released at
+/// commit or rollback; SQLite: nothing, its write transaction is exclusive
+/// already).
+pub(crate) async fn lock_org_placement(
+    txn: &sea_orm::DatabaseTransaction,
+    org_id: Uuid,
+) -> DbResult<()> {
+    use sea_orm::ConnectionTrait as _;
+    if txn.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return Ok(());
+    }
+    txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock(hashtext('lapdev.placement'), hashtext($1))",
+        [org_id.to_string().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Refuses with [`DbError::NoLongerFits`] when `workspace` does not fit
+/// `cluster`'s allocatable CPU and memory beside the requests already placed
+/// there (read in `txn`, under the placement lock). Autoscaling clusters pass.
+pub(crate) async fn check_still_fits(
+    txn: &sea_orm::DatabaseTransaction,
+    cluster: kube_cluster::Model,
+    workspace: &crate::Workspace,
+) -> DbResult<()> {
+    use kube_workspace::Column as W;
+    let cluster = crate::cluster::cluster_from_model(cluster)?;
+    if cluster.autoscaling().is_some() {
+        return Ok(());
+    }
+    let sum = |col: W| {
+        Expr::from(Func::coalesce([
+            Expr::from(Func::cast_as(
+                Func::sum(Expr::col(col)),
+                Alias::new("BIGINT"),
+            )),
+            Expr::val(0i64),
+        ]))
+    };
+    let (cpu, memory): (i64, i64) = kube_workspace::Entity::find()
+        .select_only()
+        .column_as(sum(W::CpuMillis), "cpu_millis")
+        .column_as(sum(W::MemoryBytes), "memory_bytes")
+        .filter(W::ClusterId.eq(cluster.id))
+        .filter(W::Id.ne(workspace.id))
+        .filter(W::DeletedAt.is_null())
+        .filter(W::Status.is_in(crate::cluster::COUNTED_STATUSES.map(WorkspaceStatus::as_str)))
+        .into_tuple()
+        .one(txn)
+        .await?
+        .unwrap_or((0, 0));
+    let fits = cpu.saturating_add(workspace.cpu_millis) <= cluster.cpu_allocatable_millis
+        && memory.saturating_add(workspace.memory_bytes) <= cluster.memory_allocatable_bytes;
+    if fits {
+        Ok(())
+    } else {
+        Err(DbError::NoLongerFits {
+            cluster_id: cluster.id,
+        })
+    }
+}

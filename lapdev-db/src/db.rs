@@ -85,10 +85,15 @@ impl Db {
                 .busy_timeout(busy_timeout)
         });
         let conn = Database::connect(options).await.map_err(DbError::Connect)?;
+        let db = Db::from_connection(conn);
         if config.run_migrations {
-            Migrator::up(&conn, None).await.map_err(DbError::Migrate)?;
+            // Replicas started together migrate one after the other.
+            let lock = db.startup_lock().await?;
+            let migrated = Migrator::up(&db.conn, None).await.map_err(DbError::Migrate);
+            lock.release().await?;
+            migrated?;
         }
-        Ok(Db::from_connection(conn))
+        Ok(db)
     }
 
     /// Wraps an existing connection without migrating it.

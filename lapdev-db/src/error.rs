@@ -89,6 +89,36 @@ pub enum DbError {
     /// Applying pending migrations failed.
     #[error("could not apply database migrations")]
     Migrate(#[source] DbErr),
+    /// Taking or giving back the startup advisory lock (PostgreSQL) failed.
+    #[error("could not take the database's startup lock")]
+    StartupLock(#[source] sea_orm::sqlx::Error),
+    /// Listening for other replicas' changes failed.
+    #[error("could not listen for other replicas' changes")]
+    Listen(#[source] sea_orm::sqlx::Error),
+    /// [`Db::start_change_relay`](crate::Db::start_change_relay) was called
+    /// twice on one handle.
+    #[error("this database handle already relays its changes")]
+    RelayRunning,
+    /// The cluster a placer chose has no room for the workspace any more
+    /// (placements elsewhere, e.g. on another replica, took it meanwhile):
+    /// decide again from a fresh read.
+    #[error("cluster {cluster_id} no longer has room for the workspace")]
+    NoLongerFits {
+        /// The cluster chosen.
+        cluster_id: Uuid,
+    },
+    /// The replica's lease ran out (or another start of it took a newer
+    /// generation): whatever it was about to write on the strength of its
+    /// lease is refused.
+    #[error("this replica's lease is lost (generation {generation})")]
+    LeaseLost {
+        /// The generation the write was fenced with.
+        generation: i64,
+    },
+    /// The operation exists only on PostgreSQL (several replicas); SQLite is
+    /// single-replica.
+    #[error("{0} needs PostgreSQL; SQLite serves one replica only")]
+    PostgresOnly(&'static str),
     /// The row does not exist, is soft-deleted, or belongs to another organisation.
     #[error("{entity} {key} not found")]
     NotFound {

@@ -41,6 +41,8 @@ mod pat;
 mod people;
 mod provider;
 mod quota;
+pub mod relay;
+pub mod replica;
 mod session;
 #[cfg(feature = "test-support")]
 pub mod test_support;
@@ -50,7 +52,7 @@ mod util;
 mod workspace;
 
 pub use audit::{AuditEntry, AuditQuery, MAX_AUDIT_PAGE, NewAuditEntry};
-pub use changes::{Change, WorkspaceChange};
+pub use changes::{Change, Revocation, WorkspaceChange};
 pub use cluster::{Cluster, ClusterInfoUpdate, NewCluster, ResourceRequests};
 pub use cluster_placement::PlacementSettings;
 pub use crypto::{CredentialError, CredentialKey, ProviderCredential};
@@ -63,6 +65,7 @@ pub use pat::{CreatedPat, PersonalAccessToken, VerifiedPat};
 pub use people::{SignInCandidate, UserChange};
 pub use provider::{NewProvider, Provider};
 pub use quota::OrgQuotas;
+pub use replica::{LeaseTiming, Replica, ReplicaInfo, ReplicaLease, StartupLock};
 pub use session::{
     BrowserSession, CreatedSession, ReplacedSession, SessionLifetime, VerifiedSession,
 };

@@ -343,3 +343,18 @@ fn running_model(
         observed_at: Set(None),
     }
 }
+
+/// Ends replica `id`'s lease now, in the database's clock, as if it had
+/// missed its heartbeats (PostgreSQL).
+pub async fn expire_replica_lease(db: &Db, id: Uuid) -> crate::DbResult<()> {
+    use sea_orm::ConnectionTrait as _;
+    db.connection()
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "UPDATE server_replica SET lease_expires_at = now() - interval '1 second' \
+             WHERE id = $1",
+            [id.into()],
+        ))
+        .await?;
+    Ok(())
+}

@@ -239,6 +239,36 @@ impl Db {
         })
     }
 
+    /// Of `token_ids`, those that still work: not revoked, not expired, their
+    /// cluster not deleted. A replica whose change listener reconnected checks
+    /// its tunnels' tokens with it (revocations may have been missed).
+    pub async fn live_cluster_token_ids(
+        &self,
+        token_ids: &[Uuid],
+    ) -> DbResult<std::collections::HashSet<Uuid>> {
+        use kube_cluster_token::Column as T;
+        if token_ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let at = tz(now());
+        let ids: Vec<Uuid> = kube_cluster_token::Entity::find()
+            .select_only()
+            .column(T::Id)
+            .inner_join(kube_cluster::Entity)
+            .filter(T::Id.is_in(token_ids.iter().copied()))
+            .filter(T::RevokedAt.is_null())
+            .filter(
+                sea_orm::Condition::any()
+                    .add(T::ExpiresAt.is_null())
+                    .add(T::ExpiresAt.gt(at)),
+            )
+            .filter(kube_cluster::Column::DeletedAt.is_null())
+            .into_tuple()
+            .all(&self.conn)
+            .await?;
+        Ok(ids.into_iter().collect())
+    }
+
     /// Revokes a token of one of `org_id`'s clusters. Revoking twice keeps the first
     /// revocation time.
     pub async fn revoke_cluster_token(&self, org_id: Uuid, token_id: Uuid) -> DbResult<()> {

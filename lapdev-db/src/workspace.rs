@@ -593,21 +593,61 @@ impl Db {
         cluster_id: Uuid,
         namespace: &str,
     ) -> DbResult<Workspace> {
+        self.place_workspace_with(org_id, id, expected_version, cluster_id, namespace, false)
+            .await
+    }
+
+    /// [`place_workspace`](Self::place_workspace) for a placer that decided
+    /// from a cache (the conductor): under the organisation's placement lock
+    /// (PostgreSQL's `pg_advisory_xact_lock`, so placements of one
+    /// organisation on every replica write one at a time; on SQLite the
+    /// write transaction already serialises them) it reads the requests
+    /// already placed on the cluster again and refuses with
+    /// [`DbError::NoLongerFits`] when the workspace does not fit its
+    /// allocatable any more (another replica placed meanwhile). Clusters that
+    /// scale themselves are not checked: their room grows on demand.
+    pub async fn place_workspace_checked(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        cluster_id: Uuid,
+        namespace: &str,
+    ) -> DbResult<Workspace> {
+        self.place_workspace_with(org_id, id, expected_version, cluster_id, namespace, true)
+            .await
+    }
+
+    async fn place_workspace_with(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        cluster_id: Uuid,
+        namespace: &str,
+        check_fit: bool,
+    ) -> DbResult<Workspace> {
         check_name("namespace", namespace)?;
         let current = self.get_workspace(org_id, id).await?;
         check_version(&current, expected_version)?;
         check_placeable(&current)?;
         use kube_workspace::Column as W;
         let txn = self.begin_write().await?;
+        if check_fit {
+            crate::cluster_placement::lock_org_placement(&txn, org_id).await?;
+        }
         // Shared lock: placements onto one cluster run side by side, but a cluster
         // deletion (which locks the row exclusively) waits for them, and they for it.
-        kube_cluster::Entity::find_by_id(cluster_id)
+        let cluster = kube_cluster::Entity::find_by_id(cluster_id)
             .filter(kube_cluster::Column::OrganizationId.eq(org_id))
             .filter(kube_cluster::Column::DeletedAt.is_null())
             .lock_shared()
             .one(&txn)
             .await?
             .ok_or_else(|| DbError::not_found(EntityKind::Cluster, cluster_id))?;
+        if check_fit {
+            crate::cluster_placement::check_still_fits(&txn, cluster, &current).await?;
+        }
         let result = kube_workspace::Entity::update_many()
             .col_expr(W::ClusterId, Expr::value(Some(cluster_id)))
             .col_expr(W::Namespace, Expr::value(Some(namespace.to_owned())))

@@ -4,7 +4,8 @@
 use lapdev_db::test_support::TestDatabase;
 use migrations::{Migrator, MigratorTrait, SchemaManager};
 
-const TABLES: [&str; 11] = [
+const TABLES: [&str; 12] = [
+    "server_replica",
     "organization",
     "user",
     "k8s_provider",

@@ -341,6 +341,8 @@ async fn changes_are_published_once(db: Db) {
             Change::ClusterChanged { .. } => "cluster changed".into(),
             Change::ClusterDeleted { .. } => "cluster deleted".into(),
             Change::TokenRevoked { .. } => "token revoked".into(),
+            Change::Revoked(_) => "revoked".into(),
+            Change::Resync => "resync".into(),
         })
         .collect();
     assert_eq!(

@@ -257,6 +257,21 @@ impl KubeClusterServer {
         });
     }
 
+    /// Revocations may have been missed (another replica's notifications were
+    /// lost while this one's change listener reconnected): forgets every
+    /// verified token and closes each tunnel whose token no longer works.
+    /// Returns how many tokens were found revoked.
+    pub async fn recheck_tunnel_tokens(&self) -> Result<usize, lapdev_db::DbError> {
+        self.inner.verifier.forget_all();
+        let tokens = self.inner.tunnel_tokens.tokens();
+        let live = self.inner.db.live_cluster_token_ids(&tokens).await?;
+        let gone: Vec<Uuid> = tokens.into_iter().filter(|t| !live.contains(t)).collect();
+        for token_id in &gone {
+            self.token_revoked(*token_id);
+        }
+        Ok(gone.len())
+    }
+
     /// A cluster was deleted: its tokens stop working and its tunnel closes.
     pub fn cluster_deleted(&self, cluster_id: Uuid) {
         self.inner.verifier.forget_cluster(cluster_id);

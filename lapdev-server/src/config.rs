@@ -243,6 +243,20 @@ pub struct LimitsConfig {
     /// outage shorter than this drops no tunnel and changes no cluster status.
     #[arg(long, env = "LAPDEV_TOKEN_STALE_IF_ERROR_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86400))]
     pub token_stale_if_error_secs: u64,
+    /// Several replicas (PostgreSQL only): how often this replica renews its
+    /// lease in the replica registry, in seconds.
+    #[arg(long, env = "LAPDEV_REPLICA_HEARTBEAT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub replica_heartbeat_secs: u64,
+    /// How long a replica's lease lasts without a renewal, in seconds (in the
+    /// database's clock; at least three heartbeats). Another replica takes
+    /// over a dead one's clusters after this.
+    #[arg(long, env = "LAPDEV_REPLICA_LEASE_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub replica_lease_secs: u64,
+    /// The address (`host:port`) other replicas reach this one's internal
+    /// endpoint on, as written in the replica registry (in Kubernetes: the
+    /// pod's IP). Default: the listen address.
+    #[arg(long, env = "LAPDEV_REPLICA_ADDRESS")]
+    pub replica_address: Option<String>,
 }
 
 impl Default for LimitsConfig {
@@ -264,6 +278,9 @@ impl Default for LimitsConfig {
             session_max_hours: 168,
             token_cache_ttl_secs: 5,
             token_stale_if_error_secs: 300,
+            replica_heartbeat_secs: 5,
+            replica_lease_secs: 20,
+            replica_address: None,
         }
     }
 }
@@ -282,6 +299,17 @@ impl LimitsConfig {
     /// The TLS handshake timeout.
     pub fn tls_handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.tls_handshake_timeout_secs)
+    }
+
+    /// The replica registry's heartbeat and lease, checked to be at least
+    /// three heartbeats long.
+    pub fn lease_timing(
+        &self,
+    ) -> Result<lapdev_db::LeaseTiming, lapdev_db::replica::LeaseTooShort> {
+        lapdev_db::LeaseTiming::new(
+            Duration::from_secs(self.replica_heartbeat_secs),
+            Duration::from_secs(self.replica_lease_secs),
+        )
     }
 
     /// The unary request timeout.

@@ -38,6 +38,8 @@ pub mod jwt;
 pub mod lifecycle_metrics;
 pub mod metrics;
 pub mod quota;
+pub mod replica;
+pub mod replica_changes;
 pub mod secret_file;
 pub mod serve;
 pub mod tls;
@@ -106,6 +108,8 @@ pub struct AppState {
     pub timers: idle::api::WorkspaceTimerService,
     /// The dashboard's live updates.
     pub events: web::events::EventHub,
+    /// This replica's place in the replica registry (`/readyz` reads it).
+    pub replica: replica::ReplicaStatus,
 }
 
 /// How the HTTP surface is put together beyond its state.
@@ -280,6 +284,13 @@ pub async fn unary_timeout(
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if !state.replica.is_ready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not registered in the replica registry",
+        )
+            .into_response();
+    }
     match state.db.ping().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(e) => {
@@ -378,6 +389,9 @@ impl Server {
             Some(url) => url.clone(),
             None => data_dir.sqlite_url()?,
         };
+        let lease_timing = limits.lease_timing()?;
+        // SQLite is single-replica: only one serving process per file.
+        let serve_lock = replica::ServeLock::take(&url)?;
         let db = lapdev_db::connect(&url)
             .await
             .with_context(|| format!("opening the database at {}", redact_url(&url)))?;
@@ -388,17 +402,39 @@ impl Server {
                  written with; start with the original LAPDEV_ENCRYPTION_KEY (or data \
                  directory)",
             )?;
+        // Other replicas' changes reach this one's feed, and this one's theirs.
+        let relay = if db.supports_replicas() {
+            Some(
+                db.start_change_relay()
+                    .await
+                    .context("listening for other replicas' changes")?,
+            )
+        } else {
+            None
+        };
+        // Replicas started together bootstrap one after the other, so only
+        // one creates the first organisation.
+        let startup = db.startup_lock().await.context("taking the startup lock")?;
         // Tunnels live in memory: after a restart no manager is connected until
-        // it dials in again.
-        let stale = db
-            .mark_connected_clusters_disconnected()
-            .await
-            .context("resetting cluster connection status")?;
-        if stale > 0 {
-            tracing::info!(
-                clusters = stale,
-                "marked clusters disconnected until their managers reconnect"
-            );
+        // it dials in again. With other live replicas the connected clusters
+        // are theirs, not stale.
+        let alone = !db.supports_replicas()
+            || db
+                .live_replicas()
+                .await
+                .context("reading the replica registry")?
+                .is_empty();
+        if alone {
+            let stale = db
+                .mark_connected_clusters_disconnected()
+                .await
+                .context("resetting cluster connection status")?;
+            if stale > 0 {
+                tracing::info!(
+                    clusters = stale,
+                    "marked clusters disconnected until their managers reconnect"
+                );
+            }
         }
         let bootstrap = bootstrap::ensure_first_admin(
             &db,
@@ -407,6 +443,15 @@ impl Server {
         )
         .await
         .context("creating the first organisation and owner")?;
+        startup
+            .release()
+            .await
+            .context("releasing the startup lock")?;
+        let replica_status = if db.supports_replicas() {
+            replica::ReplicaStatus::unregistered()
+        } else {
+            replica::ReplicaStatus::single()
+        };
 
         let kube = KubeClusterServer::new(
             db.clone(),
@@ -500,6 +545,7 @@ impl Server {
             activity,
             background: background::Background::default(),
             events: web::events::EventHub::default(),
+            replica: replica_status.clone(),
             streams,
             web,
             auth,
@@ -567,6 +613,42 @@ impl Server {
             async move {
                 let _ = rx.wait_for(|stop| *stop).await;
             }
+        };
+        let relay = relay.map(|relay| {
+            let mut rx = shutdown_rx.clone();
+            let relay_task = tokio::spawn(relay.run(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }));
+            let mut rx = shutdown_rx.clone();
+            let apply_task = tokio::spawn(replica_changes::run(
+                db.clone(),
+                state.auth.clone(),
+                kube.clone(),
+                async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                },
+            ));
+            (relay_task, apply_task)
+        });
+        let keeper = if db.supports_replicas() {
+            let info = lapdev_db::ReplicaInfo {
+                id: uuid::Uuid::new_v4(),
+                address: limits
+                    .replica_address
+                    .clone()
+                    .unwrap_or_else(|| local_addr.to_string()),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            };
+            let keeper = replica_status
+                .register(&db, info, lease_timing)
+                .await
+                .context("registering in the replica registry")?;
+            let mut rx = shutdown_rx.clone();
+            Some(tokio::spawn(keeper.run(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })))
+        } else {
+            None
         };
 
         let sweeper = {
@@ -659,6 +741,14 @@ impl Server {
             let _ = idle_sweeper.await;
             let _ = lifecycle.await;
             let _ = events.await;
+            if let Some(keeper) = keeper {
+                let _ = keeper.await;
+            }
+            if let Some((relay, apply)) = relay {
+                let _ = relay.await;
+                let _ = apply.await;
+            }
+            drop(serve_lock);
             Ok(())
         });
         Ok(Server {
@@ -674,6 +764,8 @@ impl Server {
     /// Asks the server to stop: no new connections, in-flight requests finish,
     /// background loops flush and end.
     pub fn shutdown(&self) {
+        // Readiness fails first, so the load balancer stops sending work.
+        self.state.replica.withdraw();
         let _ = self.shutdown.send(true);
     }
 

@@ -40,9 +40,9 @@ pub async fn run(db: Db, shutdown: impl Future<Output = ()>) {
             _ = &mut shutdown => return,
             change = changes.recv() => match change {
                 Ok(Change::Workspace(w)) => tracker.apply(&w),
-                Ok(_) => {}
                 // Missed events: start times may be wrong, so forget them.
-                Err(RecvError::Lagged(_)) => tracker.started.clear(),
+                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => tracker.started.clear(),
+                Ok(_) => {}
                 Err(RecvError::Closed) => return,
             },
         }

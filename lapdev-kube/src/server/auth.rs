@@ -298,6 +298,11 @@ impl TokenVerifier {
         }
     }
 
+    /// Forgets every cached token (revocations may have been missed).
+    pub fn forget_all(&self) {
+        self.forget(|_| true);
+    }
+
     /// Forgets a token at once (it was revoked).
     pub fn forget_token(&self, token_id: Uuid) {
         self.forget(|c| c.identity.token_id == token_id);

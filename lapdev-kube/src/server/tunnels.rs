@@ -152,6 +152,15 @@ impl TunnelBook {
         }
     }
 
+    /// The tokens that opened the current tunnels.
+    pub(crate) fn tokens(&self) -> Vec<Uuid> {
+        let state = lock(&self.state);
+        let mut tokens: Vec<Uuid> = state.current.values().map(|o| o.token_id).collect();
+        tokens.sort_unstable();
+        tokens.dedup();
+        tokens
+    }
+
     /// A cluster was deleted.
     pub(crate) fn forget_cluster(&self, cluster_id: Uuid) {
         lock(&self.state).current.remove(&cluster_id);

@@ -8,9 +8,9 @@
 //! has committed a user's disabling or deletion, a personal access token's
 //! revocation or a browser session's; each matching session ends with the
 //! revocation's [`reason`](Revocation::reason) as its close reason. The
-//! registry is per process: with several replicas (issue 18) each replica
-//! receives the same [`Revocation`] (e.g. by `LISTEN/NOTIFY`) and calls
-//! `revoke` on its own registry; nothing else changes.
+//! registry is per process: with several replicas each replica receives the
+//! same [`Revocation`] through the change feed (`LISTEN/NOTIFY`, see
+//! `crate::replica_changes`) and calls `revoke` on its own registry.
 //!
 //! A session registers *before* the check that admits it is final: see
 //! `admit` in `mod.rs`, which re-checks the credential when the authorization
@@ -35,95 +35,19 @@ pub enum Credential {
     Jwt,
 }
 
-/// Authority taken away. Each ends the sessions it covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Revocation {
-    /// The user was disabled: every session of theirs ends.
-    UserDisabled {
-        /// The user.
-        user_id: Uuid,
-    },
-    /// The user was deleted: every session of theirs ends.
-    UserDeleted {
-        /// The user.
-        user_id: Uuid,
-    },
-    /// A personal access token was revoked: the sessions it opened end.
-    PatRevoked {
-        /// Its user.
-        user_id: Uuid,
-        /// The token.
-        token_id: Uuid,
-    },
-    /// A browser session was revoked (signed out): the sessions it opened end.
-    BrowserSessionRevoked {
-        /// Its user.
-        user_id: Uuid,
-        /// The browser session.
-        session_id: Uuid,
-    },
-    /// The user lost the role that let them into others' workspaces (demoted
-    /// to member): their sessions in others' workspaces end, those in their
-    /// own stay.
-    AdminAccessWithdrawn {
-        /// The user.
-        user_id: Uuid,
-    },
-    /// The organisation turned `admins_may_open_shells` off: every session
-    /// in a workspace of another user ends, whoever opened it.
-    AdminSessionsDisallowed {
-        /// The organisation.
-        organization_id: Uuid,
-    },
-}
+pub use lapdev_db::changes::Revocation;
 
-impl Revocation {
-    /// The user whose sessions it concerns (`None`: any user's).
-    pub fn user_id(&self) -> Option<Uuid> {
-        match *self {
-            Revocation::UserDisabled { user_id }
-            | Revocation::UserDeleted { user_id }
-            | Revocation::PatRevoked { user_id, .. }
-            | Revocation::BrowserSessionRevoked { user_id, .. }
-            | Revocation::AdminAccessWithdrawn { user_id } => Some(user_id),
-            Revocation::AdminSessionsDisallowed { .. } => None,
+/// Whether `revocation` ends a session of `entry`'s kind.
+fn covers(revocation: &Revocation, entry: &Entry) -> bool {
+    match *revocation {
+        Revocation::UserDisabled { .. } | Revocation::UserDeleted { .. } => true,
+        Revocation::PatRevoked { token_id, .. } => entry.credential == Credential::Pat(token_id),
+        Revocation::BrowserSessionRevoked { session_id, .. } => {
+            entry.credential == Credential::BrowserSession(session_id)
         }
-    }
-
-    /// Whether a session of `entry`'s kind ends.
-    fn covers(&self, entry: &Entry) -> bool {
-        match *self {
-            Revocation::UserDisabled { .. } | Revocation::UserDeleted { .. } => true,
-            Revocation::PatRevoked { token_id, .. } => {
-                entry.credential == Credential::Pat(token_id)
-            }
-            Revocation::BrowserSessionRevoked { session_id, .. } => {
-                entry.credential == Credential::BrowserSession(session_id)
-            }
-            Revocation::AdminAccessWithdrawn { .. } => entry.in_others_workspace.is_some(),
-            Revocation::AdminSessionsDisallowed { organization_id } => {
-                entry.in_others_workspace == Some(organization_id)
-            }
-        }
-    }
-
-    /// The close reason the ended sessions give (at most 123 bytes).
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Revocation::UserDisabled { .. } => "your user was disabled; the session was ended",
-            Revocation::UserDeleted { .. } => "your user was deleted; the session was ended",
-            Revocation::PatRevoked { .. } => {
-                "the personal access token that opened this session was revoked"
-            }
-            Revocation::BrowserSessionRevoked { .. } => {
-                "the browser session that opened this session was revoked"
-            }
-            Revocation::AdminAccessWithdrawn { .. } => {
-                "your role no longer lets you into others' workspaces; the session was ended"
-            }
-            Revocation::AdminSessionsDisallowed { .. } => {
-                "the organisation no longer lets admins into others' workspaces; the session was ended"
-            }
+        Revocation::AdminAccessWithdrawn { .. } => entry.in_others_workspace.is_some(),
+        Revocation::AdminSessionsDisallowed { organization_id } => {
+            entry.in_others_workspace == Some(organization_id)
         }
     }
 }
@@ -195,7 +119,7 @@ impl LiveSessions {
                 };
                 let ids: Vec<u64> = sessions
                     .iter()
-                    .filter(|(_, e)| revocation.covers(e))
+                    .filter(|(_, e)| covers(&revocation, e))
                     .map(|(id, _)| *id)
                     .collect();
                 ended.extend(ids.iter().filter_map(|id| sessions.remove(id)));

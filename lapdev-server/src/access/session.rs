@@ -201,6 +201,13 @@ where
 {
     loop {
         match changes.recv().await {
+            // Another replica's changes may have been missed: as if lagged.
+            Ok(Change::Resync) => {
+                tracing::warn!(%workspace, "an access session may have missed another replica's changes; re-checking");
+                if let Some(why) = recheck().await {
+                    return why.to_owned();
+                }
+            }
             Ok(c) => {
                 if let Some(why) = ends_session(&c, workspace, cluster) {
                     return why.to_owned();

@@ -161,9 +161,17 @@ impl AuthState {
     /// Authority was taken away (the database has committed it): forgets every
     /// cached token and user, so the very next call is checked afresh, then
     /// ends the open shell, exec and port-forward sessions `revocation` covers.
-    /// The one call every revocation makes; a replica told of a revocation by
-    /// another makes the same call.
+    /// The one call every revocation makes. It also tells the other replicas
+    /// (PostgreSQL's `NOTIFY`), which make [`revoked_elsewhere`](Self::revoked_elsewhere).
     pub fn revoked(&self, revocation: Revocation) {
+        self.revoked_elsewhere(revocation);
+        self.db.announce(lapdev_db::Change::Revoked(revocation));
+    }
+
+    /// Another replica took authority away: the same as
+    /// [`revoked`](Self::revoked) on this replica's caches and sessions,
+    /// without announcing it again.
+    pub fn revoked_elsewhere(&self, revocation: Revocation) {
         self.cache.clear();
         self.live.revoke(revocation);
     }

@@ -249,8 +249,12 @@ impl EventHub {
                     "change",
                     serde_json::json!({"kind": "token", "id": cluster_id}).to_string(),
                 ),
-                // Events were lost: every page must reload.
-                Err(RecvError::Lagged(_)) => {
+                // Revocations end sessions; pages learn of them by their
+                // next call.
+                Ok(Change::Revoked(_)) => {}
+                // Events were lost (here, or another replica's): every page
+                // must reload.
+                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {
                     self.publish(None, Audience::Everyone, "reload", "{}".into());
                 }
                 Err(RecvError::Closed) => return,

@@ -25,6 +25,8 @@ mod pages;
 pub mod security;
 mod session;
 
+pub use session::Viewer;
+
 use axum::Router;
 use axum::routing::get;
 use tower_http::compression::CompressionLayer;
