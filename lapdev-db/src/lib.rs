@@ -41,6 +41,7 @@ mod pat;
 mod people;
 mod provider;
 mod quota;
+mod retention;
 mod session;
 #[cfg(feature = "test-support")]
 pub mod test_support;
@@ -63,6 +64,7 @@ pub use pat::{CreatedPat, PersonalAccessToken, VerifiedPat};
 pub use people::{SignInCandidate, UserChange};
 pub use provider::{NewProvider, Provider};
 pub use quota::OrgQuotas;
+pub use retention::{DueVolumePurge, RestoreRefusal};
 pub use session::{
     BrowserSession, CreatedSession, ReplacedSession, SessionLifetime, VerifiedSession,
 };

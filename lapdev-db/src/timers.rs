@@ -103,6 +103,11 @@ pub struct WorkspaceTimer {
     pub stop_reason: Option<WorkspaceReason>,
     /// When the server stopped it.
     pub stopped_at: Option<DateTime<Utc>>,
+    /// Deleted with its home volume kept: the volume is deleted at this time
+    /// unless the workspace is restored before (`lapdev workspace restore`).
+    pub volume_retained_until: Option<DateTime<Utc>>,
+    /// When the kept volume was deleted (the retention window ended).
+    pub volume_deleted_at: Option<DateTime<Utc>>,
 }
 
 impl WorkspaceTimer {
@@ -161,14 +166,14 @@ fn secs(n: i64) -> chrono::Duration {
     chrono::Duration::try_seconds(n).unwrap_or(chrono::Duration::MAX)
 }
 
-fn plus(at: DateTime<Utc>, n: Option<i64>) -> Option<DateTime<Utc>> {
+pub(crate) fn plus(at: DateTime<Utc>, n: Option<i64>) -> Option<DateTime<Utc>> {
     n.map(|n| {
         at.checked_add_signed(secs(n))
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     })
 }
 
-fn timer_from_model(m: workspace_timer::Model) -> WorkspaceTimer {
+pub(crate) fn timer_from_model(m: workspace_timer::Model) -> WorkspaceTimer {
     WorkspaceTimer {
         idle_timeout_secs: m.idle_timeout_secs,
         last_active_at: m.last_active_at.map(utc),
@@ -176,10 +181,12 @@ fn timer_from_model(m: workspace_timer::Model) -> WorkspaceTimer {
         lifetime_deadline: m.lifetime_deadline.map(utc),
         stop_reason: m.stop_reason.as_deref().map(WorkspaceReason::parse),
         stopped_at: m.stopped_at.map(utc),
+        volume_retained_until: m.volume_retained_until.map(utc),
+        volume_deleted_at: m.volume_deleted_at.map(utc),
     }
 }
 
-async fn read_policy(conn: &impl ConnectionTrait, org_id: Uuid) -> DbResult<WorkspacePolicy> {
+pub(crate) async fn read_policy(conn: &impl ConnectionTrait, org_id: Uuid) -> DbResult<WorkspacePolicy> {
     Ok(workspace_policy::Entity::find_by_id(org_id)
         .one(conn)
         .await?
@@ -192,7 +199,7 @@ async fn read_policy(conn: &impl ConnectionTrait, org_id: Uuid) -> DbResult<Work
         .unwrap_or_default())
 }
 
-async fn read_timer(
+pub(crate) async fn read_timer(
     conn: &impl ConnectionTrait,
     workspace_id: Uuid,
 ) -> DbResult<Option<workspace_timer::Model>> {
@@ -268,7 +275,7 @@ pub(crate) async fn disarm_many(
     Ok(())
 }
 
-fn none_at() -> Option<sea_orm::prelude::DateTimeWithTimeZone> {
+pub(crate) fn none_at() -> Option<sea_orm::prelude::DateTimeWithTimeZone> {
     None
 }
 
