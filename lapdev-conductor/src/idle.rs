@@ -12,6 +12,10 @@
 //!   the reason (`IdleStopped`, `LifetimeExpired`) is recorded beside the
 //!   timers, and the reconciler is woken to stop the pod.
 //!
+//! Before that, workspaces whose lifetime notice is due (some time before the
+//! lifetime deadline: `lapdev_db`'s `notice.rs`) are told, once, when they
+//! will stop and that keep-alive cannot extend a lifetime.
+//!
 //! The stop is conditional on the deadline the sweep read
 //! ([`lapdev_db::Db::stop_for_timer`]), so two sweeps (two replicas, or a
 //! restart in the middle) or a keep-alive racing the sweep never stop a
@@ -51,6 +55,8 @@ pub struct SweepOutcome {
     pub lifetime_stopped: usize,
     /// Idle deadlines postponed because a session was open.
     pub postponed: usize,
+    /// Workspaces told that their lifetime ends soon.
+    pub noticed: usize,
     /// For each stop, how long after its deadline it happened.
     pub stop_delays: Vec<Duration>,
 }
@@ -87,6 +93,25 @@ impl TimerSweeper {
         let db = &self.conductor.inner.db;
         let clock = self.conductor.clock();
         let mut outcome = SweepOutcome::default();
+        // Notices first: a workspace whose notice and stop are both due is
+        // told, then stopped.
+        loop {
+            let due = db.due_lifetime_notices(clock.now(), self.batch).await?;
+            let mut given = 0;
+            for notice in &due {
+                if let Some((ws, deadline)) = db.give_lifetime_notice(notice, clock.now()).await? {
+                    given += 1;
+                    tracing::info!(
+                        workspace = %ws.name, organization = %ws.organization_id,
+                        %deadline, "the workspace's lifetime ends soon"
+                    );
+                }
+            }
+            outcome.noticed += given;
+            if (due.len() as u64) < self.batch || given == 0 {
+                break;
+            }
+        }
         loop {
             let now = clock.now();
             let due = db.due_workspace_timers(now, self.batch).await?;

@@ -34,6 +34,7 @@ pub mod crypto;
 mod db;
 pub mod entities;
 mod error;
+mod notice;
 mod oidc;
 mod oidc_pending;
 mod org;
@@ -57,6 +58,7 @@ pub use cluster_placement::PlacementSettings;
 pub use crypto::{CredentialError, CredentialKey, ProviderCredential};
 pub use db::{ConnectConfig, CreateWithTokenError, Db, connect};
 pub use error::{DbError, DbResult, EntityKind, TokenRejection};
+pub use notice::{DueNotice, lifetime_notice};
 pub use oidc::{NewOidcProvider, OidcProvider};
 pub use oidc_pending::{MAX_OIDC_PENDING, OidcPendingKind};
 pub use org::{NewUser, OrgSettings, Organization, User};
@@ -69,7 +71,7 @@ pub use session::{
     BrowserSession, CreatedSession, ReplacedSession, SessionLifetime, VerifiedSession,
 };
 pub use timers::{
-    DEFAULT_VOLUME_RETENTION_SECS, DueTimer, TimerKind, WorkspacePolicy, WorkspaceTimer,
+    DEFAULT_LIFETIME_NOTICE_SECS, DEFAULT_VOLUME_RETENTION_SECS, DueTimer, TimerKind, WorkspacePolicy, WorkspaceTimer,
 };
 pub use token::{
     ClusterToken, ClusterTokenSecret, CreatedClusterToken, NewClusterToken, VerifiedClusterToken,

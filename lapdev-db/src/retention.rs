@@ -130,6 +130,8 @@ pub(crate) async fn keep_volume(
         stopped_at: Set(None),
         volume_retained_until: Set(Some(tz(until.trunc_subsecs(6)))),
         volume_deleted_at: Set(None),
+        lifetime_notice_at: Set(None),
+        lifetime_noticed_at: Set(None),
     })
     .on_conflict(
         OnConflict::column(T::WorkspaceId)

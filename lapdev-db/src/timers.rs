@@ -37,6 +37,10 @@ use crate::workspace::Workspace;
 /// organisation says otherwise.
 pub const DEFAULT_VOLUME_RETENTION_SECS: i64 = 7 * 24 * 3600;
 
+/// A workspace gets its notice this long before its lifetime stop unless the
+/// organisation says otherwise.
+pub const DEFAULT_LIFETIME_NOTICE_SECS: i64 = 15 * 60;
+
 /// An organisation's idle, lifetime and retention settings (seconds; `None`
 /// is the built-in default: no idle stop, no override cap, no lifetime, 7 days
 /// of retention).
@@ -54,9 +58,23 @@ pub struct WorkspacePolicy {
     /// How long a deleted workspace's home volume is kept.
     #[serde(default)]
     pub volume_retention_secs: Option<i64>,
+    /// How long before a lifetime stop the workspace gets its notice.
+    #[serde(default)]
+    pub lifetime_notice_secs: Option<i64>,
 }
 
 impl WorkspacePolicy {
+    /// When a workspace started at `start` whose lifetime ends at `deadline`
+    /// gets its notice (at once when the notice is longer than the lifetime).
+    pub fn notice_at(&self, start: DateTime<Utc>, deadline: DateTime<Utc>) -> DateTime<Utc> {
+        let notice = self
+            .lifetime_notice_secs
+            .unwrap_or(DEFAULT_LIFETIME_NOTICE_SECS);
+        deadline
+            .checked_sub_signed(secs(notice))
+            .map_or(start, |at| Ord::max(at, start))
+    }
+
     /// The idle timeout of a workspace whose own override is `own`.
     pub fn idle_timeout(&self, own: Option<i64>) -> Option<i64> {
         own.or(self.idle_timeout_secs)
@@ -68,6 +86,7 @@ impl WorkspacePolicy {
             ("max_idle_timeout_secs", self.max_idle_timeout_secs),
             ("max_lifetime_secs", self.max_lifetime_secs),
             ("volume_retention_secs", self.volume_retention_secs),
+            ("lifetime_notice_secs", self.lifetime_notice_secs),
         ] {
             if v.is_some_and(|v| v <= 0) {
                 return Err(DbError::InvalidInput {
@@ -108,6 +127,8 @@ pub struct WorkspaceTimer {
     pub volume_retained_until: Option<DateTime<Utc>>,
     /// When the kept volume was deleted (the retention window ended).
     pub volume_deleted_at: Option<DateTime<Utc>>,
+    /// When it got the notice that its lifetime ends soon (this start).
+    pub lifetime_noticed_at: Option<DateTime<Utc>>,
 }
 
 impl WorkspaceTimer {
@@ -183,6 +204,7 @@ pub(crate) fn timer_from_model(m: workspace_timer::Model) -> WorkspaceTimer {
         stopped_at: m.stopped_at.map(utc),
         volume_retained_until: m.volume_retained_until.map(utc),
         volume_deleted_at: m.volume_deleted_at.map(utc),
+        lifetime_noticed_at: m.lifetime_noticed_at.map(utc),
     }
 }
 
@@ -195,6 +217,7 @@ pub(crate) async fn read_policy(conn: &impl ConnectionTrait, org_id: Uuid) -> Db
             max_idle_timeout_secs: m.max_idle_timeout_secs,
             max_lifetime_secs: m.max_lifetime_secs,
             volume_retention_secs: m.volume_retention_secs,
+            lifetime_notice_secs: m.lifetime_notice_secs,
         })
         .unwrap_or_default())
 }
@@ -222,17 +245,20 @@ pub(crate) async fn arm(
         .await?
         .and_then(|t| t.idle_timeout_secs);
     use workspace_timer::Column as T;
+    let lifetime = plus(at, policy.max_lifetime_secs);
     workspace_timer::Entity::insert(workspace_timer::ActiveModel {
         workspace_id: Set(workspace_id),
         organization_id: Set(org_id),
         idle_timeout_secs: Set(own),
         last_active_at: Set(Some(tz(at))),
         idle_deadline: Set(plus(at, policy.idle_timeout(own)).map(tz)),
-        lifetime_deadline: Set(plus(at, policy.max_lifetime_secs).map(tz)),
+        lifetime_deadline: Set(lifetime.map(tz)),
         stop_reason: Set(None),
         stopped_at: Set(None),
         volume_retained_until: Set(None),
         volume_deleted_at: Set(None),
+        lifetime_notice_at: Set(lifetime.map(|l| tz(policy.notice_at(at, l)))),
+        lifetime_noticed_at: Set(None),
     })
     .on_conflict(
         OnConflict::column(T::WorkspaceId)
@@ -242,6 +268,8 @@ pub(crate) async fn arm(
                 T::LifetimeDeadline,
                 T::StopReason,
                 T::StoppedAt,
+                T::LifetimeNoticeAt,
+                T::LifetimeNoticedAt,
             ])
             .to_owned(),
     )
@@ -268,6 +296,8 @@ pub(crate) async fn disarm_many(
             .col_expr(T::LifetimeDeadline, Expr::value(none_at()))
             .col_expr(T::StopReason, Expr::value(Option::<String>::None))
             .col_expr(T::StoppedAt, Expr::value(none_at()))
+            .col_expr(T::LifetimeNoticeAt, Expr::value(none_at()))
+            .col_expr(T::LifetimeNoticedAt, Expr::value(none_at()))
             .filter(T::WorkspaceId.is_in(chunk.iter().copied()))
             .exec(txn)
             .await?;
@@ -301,6 +331,7 @@ impl Db {
             max_idle_timeout_secs: Set(policy.max_idle_timeout_secs),
             max_lifetime_secs: Set(policy.max_lifetime_secs),
             volume_retention_secs: Set(policy.volume_retention_secs),
+            lifetime_notice_secs: Set(policy.lifetime_notice_secs),
             updated_at: Set(tz(now())),
         })
         .on_conflict(
@@ -310,6 +341,7 @@ impl Db {
                     P::MaxIdleTimeoutSecs,
                     P::MaxLifetimeSecs,
                     P::VolumeRetentionSecs,
+                    P::LifetimeNoticeSecs,
                     P::UpdatedAt,
                 ])
                 .to_owned(),
@@ -437,6 +469,8 @@ impl Db {
             stopped_at: Set(None),
             volume_retained_until: Set(None),
             volume_deleted_at: Set(None),
+            lifetime_notice_at: Set(None),
+            lifetime_noticed_at: Set(None),
         })
         .on_conflict(
             OnConflict::column(T::WorkspaceId)
@@ -554,6 +588,8 @@ impl Db {
                 Expr::value(Some(due.kind.reason().as_str().to_owned())),
             )
             .col_expr(T::StoppedAt, Expr::value(Some(tz(at.trunc_subsecs(6)))))
+            .col_expr(T::LifetimeNoticeAt, Expr::value(none_at()))
+            .col_expr(T::LifetimeNoticedAt, Expr::value(none_at()))
             .filter(T::WorkspaceId.eq(due.workspace_id))
             .filter(column.eq(tz(due.deadline)))
             .exec(&txn)

@@ -196,6 +196,14 @@ impl WorkspaceService {
             ));
             reason = Some(why.clone());
         }
+        // The notice before a lifetime stop, while it still runs.
+        if reason.is_none()
+            && ws.status == WorkspaceStatus::Running
+            && let Some(notice) = timer.as_ref().and_then(|t| t.lifetime_notice(policy))
+        {
+            message = Some(notice);
+            reason = Some(WorkspaceReason::LifetimeEnding);
+        }
         let kept = timer.as_ref().and_then(|t| t.volume_retained_until);
         let purged = timer.as_ref().and_then(|t| t.volume_deleted_at);
         if let (Some(until), None, Some(_)) = (kept, purged, ws.deleted_at) {
