@@ -16,8 +16,8 @@
 //! lifetime deadline: `lapdev_db`'s `notice.rs`) are told, once, when they
 //! will stop and that keep-alive cannot extend a lifetime.
 //!
-//! The stop is conditional on the deadline the sweep read
-//! ([`lapdev_db::Db::stop_for_timer`]), so two sweeps (two replicas, or a
+//! The stops of one batch are one transaction, each conditional on the
+//! deadline the sweep read ([`lapdev_db::Db::stop_for_timers`]), so two sweeps (two replicas, or a
 //! restart in the middle) or a keep-alive racing the sweep never stop a
 //! workspace twice or stop one that was just kept alive. Time comes from the
 //! conductor's [`Clock`](crate::backoff::Clock).
@@ -117,6 +117,7 @@ impl TimerSweeper {
             let due = db.due_workspace_timers(now, self.batch).await?;
             let full = due.len() as u64 >= self.batch;
             let mut acted = 0;
+            let mut to_stop = Vec::with_capacity(due.len());
             for timer in &due {
                 if timer.kind == TimerKind::Idle
                     && self.activity.open_sessions(timer.workspace_id) > 0
@@ -133,22 +134,24 @@ impl TimerSweeper {
                     }
                     continue;
                 }
-                let at = clock.now();
-                if let Some(ws) = db.stop_for_timer(timer, at).await? {
-                    acted += 1;
-                    match timer.kind {
-                        TimerKind::Idle => outcome.idle_stopped += 1,
-                        TimerKind::Lifetime => outcome.lifetime_stopped += 1,
-                    }
-                    outcome
-                        .stop_delays
-                        .push((at - timer.deadline).to_std().unwrap_or_default());
-                    tracing::info!(
-                        workspace = %ws.name, organization = %ws.organization_id,
-                        reason = %timer.kind.reason(), deadline = %timer.deadline,
-                        "stopping workspace"
-                    );
+                to_stop.push(*timer);
+            }
+            // One transaction for the batch's stops.
+            let at = clock.now();
+            for (timer, ws) in db.stop_for_timers(&to_stop, at).await? {
+                acted += 1;
+                match timer.kind {
+                    TimerKind::Idle => outcome.idle_stopped += 1,
+                    TimerKind::Lifetime => outcome.lifetime_stopped += 1,
                 }
+                outcome
+                    .stop_delays
+                    .push((at - timer.deadline).to_std().unwrap_or_default());
+                tracing::info!(
+                    workspace = %ws.name, organization = %ws.organization_id,
+                    reason = %timer.kind.reason(), deadline = %timer.deadline,
+                    "stopping workspace"
+                );
             }
             // Another batch only when this one was full and made progress
             // (rows someone else changed meanwhile are not due any more).

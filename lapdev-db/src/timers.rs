@@ -11,11 +11,12 @@
 //! run, and a sweep reads only the due rows through the deadline indexes
 //! ([`Db::due_workspace_timers`]).
 //!
-//! A due timer stops its workspace through [`Db::stop_for_timer`]: one
-//! transaction that clears the deadline only if it still holds the value the
-//! sweep read, records why, and sets the desired state to `stopped`. Two
-//! sweepers (or a sweep racing a keep-alive) cannot both win, so a workspace
-//! is never stopped twice, and a deadline pushed meanwhile is not acted on.
+//! Due timers stop their workspaces through [`Db::stop_for_timers`]: one
+//! transaction per sweep batch that clears each deadline only if it still
+//! holds the value the sweep read, records why, and sets the desired state to
+//! `stopped`. Two sweepers (or a sweep racing a keep-alive) cannot both win,
+//! so a workspace is never stopped twice, and a deadline pushed meanwhile is
+//! not acted on.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use lapdev_common::reason::WorkspaceReason;
@@ -565,59 +566,99 @@ impl Db {
         Ok(policy.idle_timeout(own))
     }
 
-    /// Stops the workspace of a due timer: clears its deadlines (only if the
-    /// due one is unchanged), records the reason, and sets the desired state
-    /// to `stopped`, in one transaction. `None` when someone else acted first
-    /// (another sweep, a keep-alive, the user), so nothing is stopped twice.
-    pub async fn stop_for_timer(
+    /// Stops the workspaces of due timers, all in one transaction (one
+    /// commit for a sweep's batch): for each, clears its deadlines only if
+    /// the due one is unchanged, records the reason, and sets the desired
+    /// state to `stopped` if it was `running`. Returns the workspaces stopped,
+    /// each with the timer that stopped it; a timer someone else acted on
+    /// first (another sweep, a keep-alive, the user) stops nothing, so nothing
+    /// is stopped twice.
+    pub async fn stop_for_timers(
         &self,
-        due: &DueTimer,
+        due: &[DueTimer],
         at: DateTime<Utc>,
-    ) -> DbResult<Option<Workspace>> {
-        use workspace_timer::Column as T;
-        let txn = self.begin_write().await?;
-        let column = match due.kind {
-            TimerKind::Idle => T::IdleDeadline,
-            TimerKind::Lifetime => T::LifetimeDeadline,
-        };
-        let claimed = workspace_timer::Entity::update_many()
-            .col_expr(T::IdleDeadline, Expr::value(none_at()))
-            .col_expr(T::LifetimeDeadline, Expr::value(none_at()))
-            .col_expr(
-                T::StopReason,
-                Expr::value(Some(due.kind.reason().as_str().to_owned())),
-            )
-            .col_expr(T::StoppedAt, Expr::value(Some(tz(at.trunc_subsecs(6)))))
-            .col_expr(T::LifetimeNoticeAt, Expr::value(none_at()))
-            .col_expr(T::LifetimeNoticedAt, Expr::value(none_at()))
-            .filter(T::WorkspaceId.eq(due.workspace_id))
-            .filter(column.eq(tz(due.deadline)))
-            .exec(&txn)
-            .await?;
-        if claimed.rows_affected == 0 {
-            return Ok(None);
-        }
+    ) -> DbResult<Vec<(DueTimer, Workspace)>> {
         use kube_workspace::Column as W;
-        let stopped = kube_workspace::Entity::update_many()
-            .col_expr(W::DesiredState, Expr::value(DesiredState::Stopped.as_str()))
-            .col_expr(W::RepairAttempts, Expr::value(0))
-            .col_expr(W::NextAttemptAt, Expr::value(none_at()))
-            .col_expr(W::Version, Expr::col(W::Version).add(1))
-            .col_expr(W::UpdatedAt, Expr::value(tz(now())))
-            .filter(W::Id.eq(due.workspace_id))
-            .filter(W::DesiredState.eq(DesiredState::Running.as_str()))
-            .filter(W::DeletedAt.is_null())
-            .exec(&txn)
-            .await?;
-        txn.commit().await?;
-        if stopped.rows_affected == 0 {
-            // Not meant to run any more: the deadline was stale; cleared.
-            return Ok(None);
+        use workspace_timer::Column as T;
+        if due.is_empty() {
+            return Ok(Vec::new());
         }
-        let ws = self
-            .get_workspace(due.organization_id, due.workspace_id)
-            .await?;
-        self.publish_workspace(Some(ws.status), &ws, false);
-        Ok(Some(ws))
+        let at = tz(at.trunc_subsecs(6));
+        let txn = self.begin_write().await?;
+        // The claim stays one conditional statement per timer (its deadline as
+        // read), so rows_affected says which ones this sweep won.
+        // In workspace order, so concurrent sweeps lock rows in one order
+        // (no deadlock between them).
+        let mut order: Vec<&DueTimer> = due.iter().collect();
+        order.sort_by_key(|t| t.workspace_id);
+        let mut claimed = Vec::with_capacity(due.len());
+        for timer in order {
+            let column = match timer.kind {
+                TimerKind::Idle => T::IdleDeadline,
+                TimerKind::Lifetime => T::LifetimeDeadline,
+            };
+            let won = workspace_timer::Entity::update_many()
+                .col_expr(T::IdleDeadline, Expr::value(none_at()))
+                .col_expr(T::LifetimeDeadline, Expr::value(none_at()))
+                .col_expr(
+                    T::StopReason,
+                    Expr::value(Some(timer.kind.reason().as_str().to_owned())),
+                )
+                .col_expr(T::StoppedAt, Expr::value(Some(at)))
+                .col_expr(T::LifetimeNoticeAt, Expr::value(none_at()))
+                .col_expr(T::LifetimeNoticedAt, Expr::value(none_at()))
+                .filter(T::WorkspaceId.eq(timer.workspace_id))
+                .filter(column.eq(tz(timer.deadline)))
+                .exec(&txn)
+                .await?;
+            if won.rows_affected == 1 {
+                claimed.push(*timer);
+            }
+        }
+        // Of those, the ones still meant to run (locked until the commit).
+        let mut running = std::collections::HashSet::new();
+        for chunk in claimed.chunks(1000) {
+            let ids: Vec<Uuid> = kube_workspace::Entity::find()
+                .select_only()
+                .column(W::Id)
+                .filter(W::Id.is_in(chunk.iter().map(|t| t.workspace_id)))
+                .filter(W::DesiredState.eq(DesiredState::Running.as_str()))
+                .filter(W::DeletedAt.is_null())
+                .lock_exclusive()
+                .into_tuple()
+                .all(&txn)
+                .await?;
+            running.extend(ids);
+        }
+        let stopping: Vec<Uuid> = running.iter().copied().collect();
+        for chunk in stopping.chunks(1000) {
+            kube_workspace::Entity::update_many()
+                .col_expr(W::DesiredState, Expr::value(DesiredState::Stopped.as_str()))
+                .col_expr(W::RepairAttempts, Expr::value(0))
+                .col_expr(W::NextAttemptAt, Expr::value(none_at()))
+                .col_expr(W::Version, Expr::col(W::Version).add(1))
+                .col_expr(W::UpdatedAt, Expr::value(tz(now())))
+                .filter(W::Id.is_in(chunk.iter().copied()))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        // Stale deadlines (not meant to run any more) were only cleared.
+        let mut stopped = std::collections::HashMap::new();
+        for chunk in stopping.chunks(1000) {
+            for m in kube_workspace::Entity::find()
+                .filter(W::Id.is_in(chunk.iter().copied()))
+                .all(&self.conn)
+                .await?
+            {
+                let ws = crate::workspace::workspace_from_model(m)?;
+                self.publish_workspace(Some(ws.status), &ws, false);
+                stopped.insert(ws.id, ws);
+            }
+        }
+        Ok(claimed
+            .into_iter()
+            .filter_map(|t| stopped.remove(&t.workspace_id).map(|ws| (t, ws)))
+            .collect())
     }
 }
