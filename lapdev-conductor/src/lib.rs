@@ -791,7 +791,9 @@ impl Conductor {
         let reason = ws.status_reason.clone();
         let result = match (ws.desired_state, ws.status, ws.cluster_id) {
             // Reported deleted (or never placed): only the row is left.
-            (D::Deleted, S::Deleted, _) | (D::Deleted, _, None) => self.finish_delete(&ws, false).await,
+            (D::Deleted, S::Deleted, _) | (D::Deleted, _, None) => {
+                self.finish_delete(&ws, false).await
+            }
             (D::Deleted, _, Some(cluster)) => self.delete(&ws, cluster).await,
             (D::Running, S::Running, _) => Ok(()),
             (D::Running, S::Failed, Some(_))

@@ -51,18 +51,22 @@ async fn delete_keeps_the_volume_restore_brings_it_back_and_the_purge_ends_it() 
     ));
     let timer = e.db.workspace_timer(e.org, id).await.unwrap().unwrap();
     let until = timer.volume_retained_until.expect("the volume is kept");
-    assert!((until - (deleted_at + chrono::Duration::days(7))).num_seconds().abs() <= 1);
+    assert!(
+        (until - (deleted_at + chrono::Duration::days(7)))
+            .num_seconds()
+            .abs()
+            <= 1
+    );
     assert_eq!(timer.volume_deleted_at, None);
     assert!(manager.calls().contains(&"delete".to_owned()));
 
     // Six days later: restored, stopped, same row; start runs it again on
     // its cluster (the manager's start reuses the volume).
     clock.advance(6 * DAY);
-    let restored = e
-        .db
-        .restore_workspace(e.org, id, None, clock.now())
-        .await
-        .unwrap();
+    let restored =
+        e.db.restore_workspace(e.org, id, None, clock.now())
+            .await
+            .unwrap();
     assert_eq!(restored.id, id);
     assert_eq!(restored.status, WorkspaceStatus::Stopped);
     assert_eq!(restored.desired_state, DesiredState::Stopped);
@@ -95,7 +99,10 @@ async fn delete_keeps_the_volume_restore_brings_it_back_and_the_purge_ends_it() 
     assert!(manager.calls().contains(&"purge".to_owned()));
     let timer = e.db.workspace_timer(e.org, id).await.unwrap().unwrap();
     let purged_at = timer.volume_deleted_at.expect("recorded");
-    let row = e.db.find_deleted_workspace_by_name(e.org, "w").await.unwrap();
+    let row =
+        e.db.find_deleted_workspace_by_name(e.org, "w")
+            .await
+            .unwrap();
     assert!(
         row.status_message
             .as_deref()
@@ -106,11 +113,10 @@ async fn delete_keeps_the_volume_restore_brings_it_back_and_the_purge_ends_it() 
     assert_eq!(purger.purge_once().await.unwrap().purged, 0);
 
     // A restore after the window is refused, saying why.
-    let refused = e
-        .db
-        .restore_workspace(e.org, id, None, clock.now())
-        .await
-        .unwrap_err();
+    let refused =
+        e.db.restore_workspace(e.org, id, None, clock.now())
+            .await
+            .unwrap_err();
     match &refused {
         DbError::NotRestorable {
             why: RestoreRefusal::WindowEnded { deleted_at, .. },
@@ -138,11 +144,10 @@ async fn a_new_workspace_may_take_the_name_and_restore_then_needs_another() {
         .create_workspace(e.org, e.owner, e.request("api", 1000, 1))
         .await
         .expect("the name is free at once");
-    let refused = e
-        .db
-        .restore_workspace(e.org, old, None, now)
-        .await
-        .unwrap_err();
+    let refused =
+        e.db.restore_workspace(e.org, old, None, now)
+            .await
+            .unwrap_err();
     assert!(
         matches!(
             refused,
@@ -154,11 +159,10 @@ async fn a_new_workspace_may_take_the_name_and_restore_then_needs_another() {
         "{refused:?}"
     );
     assert!(refused.to_string().contains("--as"), "{refused}");
-    let restored = e
-        .db
-        .restore_workspace(e.org, old, Some("api-old"), now)
-        .await
-        .unwrap();
+    let restored =
+        e.db.restore_workspace(e.org, old, Some("api-old"), now)
+            .await
+            .unwrap();
     assert_eq!(restored.name, "api-old");
     assert_eq!(e.get(new.id).await.name, "api");
 }
@@ -179,15 +183,19 @@ async fn the_retention_window_is_the_organisations_setting() {
     let clock = e.conductor.clock().clone();
     let at = clock.now();
     let id = created_then_deleted(&e, "w").await;
-    let until = e
-        .db
-        .workspace_timer(e.org, id)
-        .await
-        .unwrap()
-        .unwrap()
-        .volume_retained_until
-        .unwrap();
-    assert!((until - (at + chrono::Duration::hours(1))).num_seconds().abs() <= 1);
+    let until =
+        e.db.workspace_timer(e.org, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .volume_retained_until
+            .unwrap();
+    assert!(
+        (until - (at + chrono::Duration::hours(1)))
+            .num_seconds()
+            .abs()
+            <= 1
+    );
     clock.advance(Duration::from_secs(3601));
     assert!(matches!(
         e.db.restore_workspace(e.org, id, None, clock.now()).await,

@@ -71,7 +71,8 @@ pub use session::{
     BrowserSession, CreatedSession, ReplacedSession, SessionLifetime, VerifiedSession,
 };
 pub use timers::{
-    DEFAULT_LIFETIME_NOTICE_SECS, DEFAULT_VOLUME_RETENTION_SECS, DueTimer, TimerKind, WorkspacePolicy, WorkspaceTimer,
+    DEFAULT_LIFETIME_NOTICE_SECS, DEFAULT_VOLUME_RETENTION_SECS, DueTimer, TimerKind,
+    WorkspacePolicy, WorkspaceTimer,
 };
 pub use token::{
     ClusterToken, ClusterTokenSecret, CreatedClusterToken, NewClusterToken, VerifiedClusterToken,

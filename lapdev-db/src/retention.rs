@@ -331,10 +331,12 @@ impl Db {
             .exec(&txn)
             .await
             // Taken by a create that committed after the check above.
-            .map_err(|e| match unique_violation(EntityKind::Workspace, &name)(e) {
-                DbError::AlreadyExists { .. } => refuse(RestoreRefusal::NameTaken),
-                other => other,
-            })?;
+            .map_err(
+                |e| match unique_violation(EntityKind::Workspace, &name)(e) {
+                    DbError::AlreadyExists { .. } => refuse(RestoreRefusal::NameTaken),
+                    other => other,
+                },
+            )?;
         if result.rows_affected == 0 {
             return Err(DbError::Conflict {
                 entity: EntityKind::Workspace,
@@ -403,7 +405,11 @@ impl Db {
     /// Records that the kept volume of `due` was deleted at `at`, only if its
     /// window is still the one read; the workspace's row says so. Returns
     /// whether it was recorded.
-    pub async fn mark_volume_purged(&self, due: &DueVolumePurge, at: DateTime<Utc>) -> DbResult<bool> {
+    pub async fn mark_volume_purged(
+        &self,
+        due: &DueVolumePurge,
+        at: DateTime<Utc>,
+    ) -> DbResult<bool> {
         use workspace_timer::Column as T;
         let at = at.trunc_subsecs(6);
         let txn = self.begin_write().await?;

@@ -209,7 +209,10 @@ pub(crate) fn timer_from_model(m: workspace_timer::Model) -> WorkspaceTimer {
     }
 }
 
-pub(crate) async fn read_policy(conn: &impl ConnectionTrait, org_id: Uuid) -> DbResult<WorkspacePolicy> {
+pub(crate) async fn read_policy(
+    conn: &impl ConnectionTrait,
+    org_id: Uuid,
+) -> DbResult<WorkspacePolicy> {
     Ok(workspace_policy::Entity::find_by_id(org_id)
         .one(conn)
         .await?

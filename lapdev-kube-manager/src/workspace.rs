@@ -240,10 +240,7 @@ impl Workspaces {
     /// the claim (as stop does), and answers `deleted` once the pod is gone
     /// (`deleting` while it terminates). The claim is not marked: the
     /// manager's Role has no `patch` on claims, and this does not grow it.
-    pub async fn delete_keeping_volume(
-        &self,
-        id: Uuid,
-    ) -> Result<WorkspaceObservation, HrpcError> {
+    pub async fn delete_keeping_volume(&self, id: Uuid) -> Result<WorkspaceObservation, HrpcError> {
         let pod = self.delete_pod(&pod_name(id)).await?;
         let claim = self.get_claim(&pvc_name(id)).await?;
         let mut obs = self.tracker.observe_pod(id, pod.as_ref(), claim.as_ref());

@@ -21,9 +21,7 @@ pub fn db_error(e: DbError) -> HrpcError {
         DbError::InvalidToken(_) => HrpcError::unauthenticated(e.to_string()),
         DbError::InUse { .. }
         | DbError::InvalidTransition { .. }
-        | DbError::NotRestorable { .. } => {
-            HrpcError::failed_precondition(e.to_string())
-        }
+        | DbError::NotRestorable { .. } => HrpcError::failed_precondition(e.to_string()),
         DbError::Conflict { .. } => HrpcError::new(lapdev_hrpc::Code::Aborted, e.to_string()),
         DbError::QuotaExceeded(q) => {
             HrpcError::new(lapdev_hrpc::Code::ResourceExhausted, q.to_string())

@@ -450,7 +450,10 @@ async fn a_lifetime_stop_is_announced_before_it_once() {
 
     // Once; keep-alive does not move the lifetime, and the stop comes on time.
     assert_eq!(sweeper.sweep_once().await.unwrap().noticed, 0);
-    json(lapdev(&t, &["workspace", "keep-alive", "long", "-o", "json"]));
+    json(lapdev(
+        &t,
+        &["workspace", "keep-alive", "long", "-o", "json"],
+    ));
     assert_eq!(get(&t, "long")["stops_at"], ws["stops_at"]);
     clock.advance(15 * MINUTE);
     let swept = sweeper.sweep_once().await.unwrap();
