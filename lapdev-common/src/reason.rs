@@ -92,6 +92,9 @@ reasons! {
     IdleStopped => "IdleStopped",
     /// Stopped by the server: it ran for the organisation's maximum lifetime.
     LifetimeExpired => "LifetimeExpired",
+    /// Still running, but its lifetime ends soon (the notice before a
+    /// `LifetimeExpired` stop).
+    LifetimeEnding => "LifetimeEnding",
 }
 
 impl WorkspaceReason {

@@ -54,6 +54,15 @@ impl KubeManagerRpc for Idle {
     async fn get_cluster_info(&self) -> Result<KubeClusterInfo, HrpcError> {
         Err(HrpcError::unavailable("bench"))
     }
+    async fn delete_workspace_keeping_volume(
+        &self,
+        _: lapdev_kube_rpc::KeepVolume,
+    ) -> Result<WorkspaceObservation, HrpcError> {
+        Err(HrpcError::unavailable("bench"))
+    }
+    async fn purge_workspace_volume(&self, _: Uuid) -> Result<WorkspaceObservation, HrpcError> {
+        Err(HrpcError::unavailable("bench"))
+    }
 }
 
 struct AllConnected(KubeManagerRpcClient);

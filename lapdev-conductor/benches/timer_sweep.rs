@@ -9,11 +9,13 @@
 //! due: the clock is the real one plus the moves, so it keeps running).
 //!
 //! Printed: wall time per sweep (all of it database round trips: the due
-//! query, and per stop one conditional timer update, one desired-state update
-//! and one read-back), and the delay from each deadline to its stop on the
-//! sweep's clock (the interval plus the sweep's own time), p50/p99/max.
+//! query, then per batch of up to 500 one transaction with a conditional
+//! timer update per stop, one locking read and one desired-state update, and
+//! one read-back after the commit), and the delay from each deadline to its
+//! stop on the sweep's clock (the interval plus the sweep's own time),
+//! p50/p99/max.
 //!
-//! Run: `cargo bench -p lapdev-conductor --bench timer_sweep`.
+//! Run: `cargo bench -p lapdev-conductor --bench timer_sweep --profile dev`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -12,8 +12,12 @@
 //!   the reason (`IdleStopped`, `LifetimeExpired`) is recorded beside the
 //!   timers, and the reconciler is woken to stop the pod.
 //!
-//! The stop is conditional on the deadline the sweep read
-//! ([`lapdev_db::Db::stop_for_timer`]), so two sweeps (two replicas, or a
+//! Before that, workspaces whose lifetime notice is due (some time before the
+//! lifetime deadline: `lapdev_db`'s `notice.rs`) are told, once, when they
+//! will stop and that keep-alive cannot extend a lifetime.
+//!
+//! The stops of one batch are one transaction, each conditional on the
+//! deadline the sweep read ([`lapdev_db::Db::stop_for_timers`]), so two sweeps (two replicas, or a
 //! restart in the middle) or a keep-alive racing the sweep never stop a
 //! workspace twice or stop one that was just kept alive. Time comes from the
 //! conductor's [`Clock`](crate::backoff::Clock).
@@ -51,6 +55,8 @@ pub struct SweepOutcome {
     pub lifetime_stopped: usize,
     /// Idle deadlines postponed because a session was open.
     pub postponed: usize,
+    /// Workspaces told that their lifetime ends soon.
+    pub noticed: usize,
     /// For each stop, how long after its deadline it happened.
     pub stop_delays: Vec<Duration>,
 }
@@ -87,11 +93,31 @@ impl TimerSweeper {
         let db = &self.conductor.inner.db;
         let clock = self.conductor.clock();
         let mut outcome = SweepOutcome::default();
+        // Notices first: a workspace whose notice and stop are both due is
+        // told, then stopped.
+        loop {
+            let due = db.due_lifetime_notices(clock.now(), self.batch).await?;
+            let mut given = 0;
+            for notice in &due {
+                if let Some((ws, deadline)) = db.give_lifetime_notice(notice, clock.now()).await? {
+                    given += 1;
+                    tracing::info!(
+                        workspace = %ws.name, organization = %ws.organization_id,
+                        %deadline, "the workspace's lifetime ends soon"
+                    );
+                }
+            }
+            outcome.noticed += given;
+            if (due.len() as u64) < self.batch || given == 0 {
+                break;
+            }
+        }
         loop {
             let now = clock.now();
             let due = db.due_workspace_timers(now, self.batch).await?;
             let full = due.len() as u64 >= self.batch;
             let mut acted = 0;
+            let mut to_stop = Vec::with_capacity(due.len());
             for timer in &due {
                 if timer.kind == TimerKind::Idle
                     && self.activity.open_sessions(timer.workspace_id) > 0
@@ -108,22 +134,24 @@ impl TimerSweeper {
                     }
                     continue;
                 }
-                let at = clock.now();
-                if let Some(ws) = db.stop_for_timer(timer, at).await? {
-                    acted += 1;
-                    match timer.kind {
-                        TimerKind::Idle => outcome.idle_stopped += 1,
-                        TimerKind::Lifetime => outcome.lifetime_stopped += 1,
-                    }
-                    outcome
-                        .stop_delays
-                        .push((at - timer.deadline).to_std().unwrap_or_default());
-                    tracing::info!(
-                        workspace = %ws.name, organization = %ws.organization_id,
-                        reason = %timer.kind.reason(), deadline = %timer.deadline,
-                        "stopping workspace"
-                    );
+                to_stop.push(*timer);
+            }
+            // One transaction for the batch's stops.
+            let at = clock.now();
+            for (timer, ws) in db.stop_for_timers(&to_stop, at).await? {
+                acted += 1;
+                match timer.kind {
+                    TimerKind::Idle => outcome.idle_stopped += 1,
+                    TimerKind::Lifetime => outcome.lifetime_stopped += 1,
                 }
+                outcome
+                    .stop_delays
+                    .push((at - timer.deadline).to_std().unwrap_or_default());
+                tracing::info!(
+                    workspace = %ws.name, organization = %ws.organization_id,
+                    reason = %timer.kind.reason(), deadline = %timer.deadline,
+                    "stopping workspace"
+                );
             }
             // Another batch only when this one was full and made progress
             // (rows someone else changed meanwhile are not due any more).

@@ -18,7 +18,8 @@
 //! | running | creating, failed (placed) | `create_workspace` (idempotent) |
 //! | running | stopped | `start_workspace` |
 //! | stopped | creating, running, stopping, failed (placed) | `stop_workspace` |
-//! | deleted | anything placed | `delete_workspace`, then mark deleted |
+//! | deleted | placed, had a volume | `delete_workspace_keeping_volume`, then mark deleted with the volume kept ([`retention`]) |
+//! | deleted | placed, never had a volume | `delete_workspace`, then mark deleted |
 //! | deleted | never placed | mark deleted |
 //!
 //! Every call has a deadline. The reconciler lists unsettled workspaces from the
@@ -75,6 +76,7 @@ pub mod backoff;
 mod dispatch;
 pub mod idle;
 pub mod placement;
+pub mod retention;
 mod snapshot;
 mod tombstones;
 
@@ -212,9 +214,9 @@ fn lapdev_db_error(e: DbError) -> HrpcError {
         DbError::NotFound { .. } => HrpcError::not_found(e.to_string()),
         DbError::AlreadyExists { .. } => HrpcError::already_exists(e.to_string()),
         DbError::InvalidInput { .. } => HrpcError::invalid_argument(e.to_string()),
-        DbError::InvalidTransition { .. } | DbError::InUse { .. } => {
-            HrpcError::failed_precondition(e.to_string())
-        }
+        DbError::InvalidTransition { .. }
+        | DbError::InUse { .. }
+        | DbError::NotRestorable { .. } => HrpcError::failed_precondition(e.to_string()),
         DbError::Conflict { .. } => HrpcError::new(Code::Aborted, e.to_string()),
         DbError::QuotaExceeded(q) => HrpcError::new(Code::ResourceExhausted, q.to_string())
             .with_details(serde_json::json!({ "quota": q })),
@@ -834,7 +836,9 @@ impl Conductor {
         let reason = ws.status_reason.clone();
         let result = match (ws.desired_state, ws.status, ws.cluster_id) {
             // Reported deleted (or never placed): only the row is left.
-            (D::Deleted, S::Deleted, _) | (D::Deleted, _, None) => self.finish_delete(&ws).await,
+            (D::Deleted, S::Deleted, _) | (D::Deleted, _, None) => {
+                self.finish_delete(&ws, false).await
+            }
             (D::Deleted, _, Some(cluster)) => self.delete(&ws, cluster).await,
             (D::Running, S::Running, _) => Ok(()),
             (D::Running, S::Failed, Some(_))
@@ -1036,12 +1040,24 @@ impl Conductor {
     async fn delete(&self, ws: &Workspace, cluster: Uuid) -> Result<(), Failure> {
         let ws = self.ensure_status(ws, WorkspaceStatus::Deleting).await?;
         let manager = self.manager(cluster)?;
+        if ws.volume_created {
+            // The grace period: the pod goes, the volume stays (see `retention`).
+            let obs = retention::delete_keeping_volume(self, &manager, &ws).await?;
+            return if obs.status == WorkspaceStatus::Deleted {
+                self.finish_delete(&ws, true).await
+            } else {
+                Err(Failure::new(format!(
+                    "the manager is still deleting the pod ({})",
+                    obs.status
+                )))
+            };
+        }
         let obs = manager
             .delete_workspace(ws.id)
             .await
             .map_err(|e| call_failure(&ws, e))?;
         if obs.status == WorkspaceStatus::Deleted {
-            self.finish_delete(&ws).await
+            self.finish_delete(&ws, false).await
         } else {
             Err(Failure::new(format!(
                 "the manager is still deleting ({})",
@@ -1050,20 +1066,30 @@ impl Conductor {
         }
     }
 
-    async fn finish_delete(&self, ws: &Workspace) -> Result<(), Failure> {
+    /// Soft-deletes the row; with `keep_volume`, its volume's retention window
+    /// starts now.
+    async fn finish_delete(&self, ws: &Workspace, keep_volume: bool) -> Result<(), Failure> {
         let current = self
             .inner
             .db
             .get_workspace(ws.organization_id, ws.id)
             .await
             .map_err(|e| Failure::new(e.to_string()))?;
-        self.inner
-            .db
-            .delete_workspace(ws.organization_id, ws.id, current.version)
-            .await
-            .map_err(|e| Failure::new(e.to_string()))?;
+        let db = &self.inner.db;
+        let (org, id, version) = (ws.organization_id, ws.id, current.version);
+        if keep_volume {
+            let until = db
+                .delete_workspace_keeping_volume(org, id, version, self.inner.config.clock.now())
+                .await
+                .map_err(|e| Failure::new(e.to_string()))?;
+            tracing::info!(workspace_id = %ws.id, volume_kept_until = %until, "workspace deleted; its home volume is kept");
+        } else {
+            db.delete_workspace(org, id, version)
+                .await
+                .map_err(|e| Failure::new(e.to_string()))?;
+            tracing::info!(workspace_id = %ws.id, "workspace deleted");
+        }
         lock(&self.inner.refused).remove(&ws.id);
-        tracing::info!(workspace_id = %ws.id, "workspace deleted");
         Ok(())
     }
 

@@ -87,6 +87,15 @@ impl KubeManagerRpc for Overtaken {
     async fn get_cluster_info(&self) -> Result<KubeClusterInfo, HrpcError> {
         Err(HrpcError::new(Code::Unimplemented, "not in this stand-in"))
     }
+    async fn delete_workspace_keeping_volume(
+        &self,
+        _: lapdev_kube_rpc::KeepVolume,
+    ) -> Result<WorkspaceObservation, HrpcError> {
+        Err(HrpcError::new(Code::Unimplemented, "not in this stand-in"))
+    }
+    async fn purge_workspace_volume(&self, _: Uuid) -> Result<WorkspaceObservation, HrpcError> {
+        Err(HrpcError::new(Code::Unimplemented, "not in this stand-in"))
+    }
 }
 
 /// Creates a workspace on a cluster served by an `Overtaken` manager and lets

@@ -642,13 +642,14 @@ impl Db {
     /// workspace placed.
     pub async fn delete_cluster(&self, org_id: Uuid, id: Uuid) -> DbResult<()> {
         let txn = self.begin_write().await?;
-        kube_cluster::Entity::find_by_id(id)
+        let cluster = kube_cluster::Entity::find_by_id(id)
             .filter(kube_cluster::Column::OrganizationId.eq(org_id))
             .filter(kube_cluster::Column::DeletedAt.is_null())
             .lock_exclusive()
             .one(&txn)
             .await?
             .ok_or_else(|| DbError::not_found(EntityKind::Cluster, id))?;
+        let cluster_name = cluster.name.clone();
         let workspaces = kube_workspace::Entity::find()
             .filter(kube_workspace::Column::ClusterId.eq(id))
             .filter(kube_workspace::Column::DeletedAt.is_null())
@@ -662,6 +663,8 @@ impl Db {
                 user_kind: EntityKind::Workspace,
             });
         }
+        // Home volumes kept for deleted workspaces stay on the cluster.
+        crate::retention::abandon_volumes(&txn, id, &cluster_name).await?;
         let at = tz(now());
         kube_cluster::Entity::update_many()
             .col_expr(kube_cluster::Column::DeletedAt, Expr::value(Some(at)))

@@ -184,6 +184,15 @@ pub enum DbError {
     /// says which, in numbers.
     #[error(transparent)]
     QuotaExceeded(#[from] lapdev_common::quota::QuotaExceeded),
+    /// `workspace restore` cannot bring the deleted workspace back; the
+    /// message says why and what to do.
+    #[error("workspace {name:?} cannot be restored: {why}")]
+    NotRestorable {
+        /// The name it was asked for by.
+        name: String,
+        /// Why not.
+        why: crate::retention::RestoreRefusal,
+    },
     /// A presented cluster token is not valid.
     #[error("invalid cluster token: {0}")]
     InvalidToken(TokenRejection),

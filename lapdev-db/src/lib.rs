@@ -34,6 +34,7 @@ pub mod crypto;
 mod db;
 pub mod entities;
 mod error;
+mod notice;
 mod oidc;
 mod oidc_pending;
 mod org;
@@ -43,6 +44,7 @@ mod provider;
 mod quota;
 pub mod relay;
 pub mod replica;
+mod retention;
 mod session;
 #[cfg(feature = "test-support")]
 pub mod test_support;
@@ -58,6 +60,7 @@ pub use cluster_placement::PlacementSettings;
 pub use crypto::{CredentialError, CredentialKey, ProviderCredential};
 pub use db::{ConnectConfig, CreateWithTokenError, Db, connect};
 pub use error::{DbError, DbResult, EntityKind, TokenRejection};
+pub use notice::{DueNotice, lifetime_notice};
 pub use oidc::{NewOidcProvider, OidcProvider};
 pub use oidc_pending::{MAX_OIDC_PENDING, OidcPendingKind};
 pub use org::{NewUser, OrgSettings, Organization, User};
@@ -66,11 +69,13 @@ pub use people::{SignInCandidate, UserChange};
 pub use provider::{NewProvider, Provider};
 pub use quota::OrgQuotas;
 pub use replica::{LeaseTiming, Replica, ReplicaInfo, ReplicaLease, StartupLock};
+pub use retention::{DueVolumePurge, RestoreRefusal};
 pub use session::{
     BrowserSession, CreatedSession, ReplacedSession, SessionLifetime, VerifiedSession,
 };
 pub use timers::{
-    DEFAULT_VOLUME_RETENTION_SECS, DueTimer, TimerKind, WorkspacePolicy, WorkspaceTimer,
+    DEFAULT_LIFETIME_NOTICE_SECS, DEFAULT_VOLUME_RETENTION_SECS, DueTimer, TimerKind,
+    WorkspacePolicy, WorkspaceTimer,
 };
 pub use token::{
     ClusterToken, ClusterTokenSecret, CreatedClusterToken, NewClusterToken, VerifiedClusterToken,

@@ -283,6 +283,8 @@ pub async fn seed_timed_workspaces(
                 stopped_at: Set(None),
                 volume_retained_until: Set(None),
                 volume_deleted_at: Set(None),
+                lifetime_notice_at: Set(None),
+                lifetime_noticed_at: Set(None),
             }
         });
         workspace_timer::Entity::insert_many(timers)

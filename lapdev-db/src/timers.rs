@@ -11,11 +11,12 @@
 //! run, and a sweep reads only the due rows through the deadline indexes
 //! ([`Db::due_workspace_timers`]).
 //!
-//! A due timer stops its workspace through [`Db::stop_for_timer`]: one
-//! transaction that clears the deadline only if it still holds the value the
-//! sweep read, records why, and sets the desired state to `stopped`. Two
-//! sweepers (or a sweep racing a keep-alive) cannot both win, so a workspace
-//! is never stopped twice, and a deadline pushed meanwhile is not acted on.
+//! Due timers stop their workspaces through [`Db::stop_for_timers`]: one
+//! transaction per sweep batch that clears each deadline only if it still
+//! holds the value the sweep read, records why, and sets the desired state to
+//! `stopped`. Two sweepers (or a sweep racing a keep-alive) cannot both win,
+//! so a workspace is never stopped twice, and a deadline pushed meanwhile is
+//! not acted on.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use lapdev_common::reason::WorkspaceReason;
@@ -37,6 +38,10 @@ use crate::workspace::Workspace;
 /// organisation says otherwise.
 pub const DEFAULT_VOLUME_RETENTION_SECS: i64 = 7 * 24 * 3600;
 
+/// A workspace gets its notice this long before its lifetime stop unless the
+/// organisation says otherwise.
+pub const DEFAULT_LIFETIME_NOTICE_SECS: i64 = 15 * 60;
+
 /// An organisation's idle, lifetime and retention settings (seconds; `None`
 /// is the built-in default: no idle stop, no override cap, no lifetime, 7 days
 /// of retention).
@@ -54,9 +59,23 @@ pub struct WorkspacePolicy {
     /// How long a deleted workspace's home volume is kept.
     #[serde(default)]
     pub volume_retention_secs: Option<i64>,
+    /// How long before a lifetime stop the workspace gets its notice.
+    #[serde(default)]
+    pub lifetime_notice_secs: Option<i64>,
 }
 
 impl WorkspacePolicy {
+    /// When a workspace started at `start` whose lifetime ends at `deadline`
+    /// gets its notice (at once when the notice is longer than the lifetime).
+    pub fn notice_at(&self, start: DateTime<Utc>, deadline: DateTime<Utc>) -> DateTime<Utc> {
+        let notice = self
+            .lifetime_notice_secs
+            .unwrap_or(DEFAULT_LIFETIME_NOTICE_SECS);
+        deadline
+            .checked_sub_signed(secs(notice))
+            .map_or(start, |at| Ord::max(at, start))
+    }
+
     /// The idle timeout of a workspace whose own override is `own`.
     pub fn idle_timeout(&self, own: Option<i64>) -> Option<i64> {
         own.or(self.idle_timeout_secs)
@@ -68,6 +87,7 @@ impl WorkspacePolicy {
             ("max_idle_timeout_secs", self.max_idle_timeout_secs),
             ("max_lifetime_secs", self.max_lifetime_secs),
             ("volume_retention_secs", self.volume_retention_secs),
+            ("lifetime_notice_secs", self.lifetime_notice_secs),
         ] {
             if v.is_some_and(|v| v <= 0) {
                 return Err(DbError::InvalidInput {
@@ -103,6 +123,13 @@ pub struct WorkspaceTimer {
     pub stop_reason: Option<WorkspaceReason>,
     /// When the server stopped it.
     pub stopped_at: Option<DateTime<Utc>>,
+    /// Deleted with its home volume kept: the volume is deleted at this time
+    /// unless the workspace is restored before (`lapdev workspace restore`).
+    pub volume_retained_until: Option<DateTime<Utc>>,
+    /// When the kept volume was deleted (the retention window ended).
+    pub volume_deleted_at: Option<DateTime<Utc>>,
+    /// When it got the notice that its lifetime ends soon (this start).
+    pub lifetime_noticed_at: Option<DateTime<Utc>>,
 }
 
 impl WorkspaceTimer {
@@ -161,14 +188,14 @@ fn secs(n: i64) -> chrono::Duration {
     chrono::Duration::try_seconds(n).unwrap_or(chrono::Duration::MAX)
 }
 
-fn plus(at: DateTime<Utc>, n: Option<i64>) -> Option<DateTime<Utc>> {
+pub(crate) fn plus(at: DateTime<Utc>, n: Option<i64>) -> Option<DateTime<Utc>> {
     n.map(|n| {
         at.checked_add_signed(secs(n))
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     })
 }
 
-fn timer_from_model(m: workspace_timer::Model) -> WorkspaceTimer {
+pub(crate) fn timer_from_model(m: workspace_timer::Model) -> WorkspaceTimer {
     WorkspaceTimer {
         idle_timeout_secs: m.idle_timeout_secs,
         last_active_at: m.last_active_at.map(utc),
@@ -176,10 +203,16 @@ fn timer_from_model(m: workspace_timer::Model) -> WorkspaceTimer {
         lifetime_deadline: m.lifetime_deadline.map(utc),
         stop_reason: m.stop_reason.as_deref().map(WorkspaceReason::parse),
         stopped_at: m.stopped_at.map(utc),
+        volume_retained_until: m.volume_retained_until.map(utc),
+        volume_deleted_at: m.volume_deleted_at.map(utc),
+        lifetime_noticed_at: m.lifetime_noticed_at.map(utc),
     }
 }
 
-async fn read_policy(conn: &impl ConnectionTrait, org_id: Uuid) -> DbResult<WorkspacePolicy> {
+pub(crate) async fn read_policy(
+    conn: &impl ConnectionTrait,
+    org_id: Uuid,
+) -> DbResult<WorkspacePolicy> {
     Ok(workspace_policy::Entity::find_by_id(org_id)
         .one(conn)
         .await?
@@ -188,11 +221,12 @@ async fn read_policy(conn: &impl ConnectionTrait, org_id: Uuid) -> DbResult<Work
             max_idle_timeout_secs: m.max_idle_timeout_secs,
             max_lifetime_secs: m.max_lifetime_secs,
             volume_retention_secs: m.volume_retention_secs,
+            lifetime_notice_secs: m.lifetime_notice_secs,
         })
         .unwrap_or_default())
 }
 
-async fn read_timer(
+pub(crate) async fn read_timer(
     conn: &impl ConnectionTrait,
     workspace_id: Uuid,
 ) -> DbResult<Option<workspace_timer::Model>> {
@@ -215,17 +249,20 @@ pub(crate) async fn arm(
         .await?
         .and_then(|t| t.idle_timeout_secs);
     use workspace_timer::Column as T;
+    let lifetime = plus(at, policy.max_lifetime_secs);
     workspace_timer::Entity::insert(workspace_timer::ActiveModel {
         workspace_id: Set(workspace_id),
         organization_id: Set(org_id),
         idle_timeout_secs: Set(own),
         last_active_at: Set(Some(tz(at))),
         idle_deadline: Set(plus(at, policy.idle_timeout(own)).map(tz)),
-        lifetime_deadline: Set(plus(at, policy.max_lifetime_secs).map(tz)),
+        lifetime_deadline: Set(lifetime.map(tz)),
         stop_reason: Set(None),
         stopped_at: Set(None),
         volume_retained_until: Set(None),
         volume_deleted_at: Set(None),
+        lifetime_notice_at: Set(lifetime.map(|l| tz(policy.notice_at(at, l)))),
+        lifetime_noticed_at: Set(None),
     })
     .on_conflict(
         OnConflict::column(T::WorkspaceId)
@@ -235,6 +272,8 @@ pub(crate) async fn arm(
                 T::LifetimeDeadline,
                 T::StopReason,
                 T::StoppedAt,
+                T::LifetimeNoticeAt,
+                T::LifetimeNoticedAt,
             ])
             .to_owned(),
     )
@@ -261,6 +300,8 @@ pub(crate) async fn disarm_many(
             .col_expr(T::LifetimeDeadline, Expr::value(none_at()))
             .col_expr(T::StopReason, Expr::value(Option::<String>::None))
             .col_expr(T::StoppedAt, Expr::value(none_at()))
+            .col_expr(T::LifetimeNoticeAt, Expr::value(none_at()))
+            .col_expr(T::LifetimeNoticedAt, Expr::value(none_at()))
             .filter(T::WorkspaceId.is_in(chunk.iter().copied()))
             .exec(txn)
             .await?;
@@ -268,7 +309,7 @@ pub(crate) async fn disarm_many(
     Ok(())
 }
 
-fn none_at() -> Option<sea_orm::prelude::DateTimeWithTimeZone> {
+pub(crate) fn none_at() -> Option<sea_orm::prelude::DateTimeWithTimeZone> {
     None
 }
 
@@ -294,6 +335,7 @@ impl Db {
             max_idle_timeout_secs: Set(policy.max_idle_timeout_secs),
             max_lifetime_secs: Set(policy.max_lifetime_secs),
             volume_retention_secs: Set(policy.volume_retention_secs),
+            lifetime_notice_secs: Set(policy.lifetime_notice_secs),
             updated_at: Set(tz(now())),
         })
         .on_conflict(
@@ -303,6 +345,7 @@ impl Db {
                     P::MaxIdleTimeoutSecs,
                     P::MaxLifetimeSecs,
                     P::VolumeRetentionSecs,
+                    P::LifetimeNoticeSecs,
                     P::UpdatedAt,
                 ])
                 .to_owned(),
@@ -430,6 +473,8 @@ impl Db {
             stopped_at: Set(None),
             volume_retained_until: Set(None),
             volume_deleted_at: Set(None),
+            lifetime_notice_at: Set(None),
+            lifetime_noticed_at: Set(None),
         })
         .on_conflict(
             OnConflict::column(T::WorkspaceId)
@@ -524,57 +569,99 @@ impl Db {
         Ok(policy.idle_timeout(own))
     }
 
-    /// Stops the workspace of a due timer: clears its deadlines (only if the
-    /// due one is unchanged), records the reason, and sets the desired state
-    /// to `stopped`, in one transaction. `None` when someone else acted first
-    /// (another sweep, a keep-alive, the user), so nothing is stopped twice.
-    pub async fn stop_for_timer(
+    /// Stops the workspaces of due timers, all in one transaction (one
+    /// commit for a sweep's batch): for each, clears its deadlines only if
+    /// the due one is unchanged, records the reason, and sets the desired
+    /// state to `stopped` if it was `running`. Returns the workspaces stopped,
+    /// each with the timer that stopped it; a timer someone else acted on
+    /// first (another sweep, a keep-alive, the user) stops nothing, so nothing
+    /// is stopped twice.
+    pub async fn stop_for_timers(
         &self,
-        due: &DueTimer,
+        due: &[DueTimer],
         at: DateTime<Utc>,
-    ) -> DbResult<Option<Workspace>> {
-        use workspace_timer::Column as T;
-        let txn = self.begin_write().await?;
-        let column = match due.kind {
-            TimerKind::Idle => T::IdleDeadline,
-            TimerKind::Lifetime => T::LifetimeDeadline,
-        };
-        let claimed = workspace_timer::Entity::update_many()
-            .col_expr(T::IdleDeadline, Expr::value(none_at()))
-            .col_expr(T::LifetimeDeadline, Expr::value(none_at()))
-            .col_expr(
-                T::StopReason,
-                Expr::value(Some(due.kind.reason().as_str().to_owned())),
-            )
-            .col_expr(T::StoppedAt, Expr::value(Some(tz(at.trunc_subsecs(6)))))
-            .filter(T::WorkspaceId.eq(due.workspace_id))
-            .filter(column.eq(tz(due.deadline)))
-            .exec(&txn)
-            .await?;
-        if claimed.rows_affected == 0 {
-            return Ok(None);
-        }
+    ) -> DbResult<Vec<(DueTimer, Workspace)>> {
         use kube_workspace::Column as W;
-        let stopped = kube_workspace::Entity::update_many()
-            .col_expr(W::DesiredState, Expr::value(DesiredState::Stopped.as_str()))
-            .col_expr(W::RepairAttempts, Expr::value(0))
-            .col_expr(W::NextAttemptAt, Expr::value(none_at()))
-            .col_expr(W::Version, Expr::col(W::Version).add(1))
-            .col_expr(W::UpdatedAt, Expr::value(tz(now())))
-            .filter(W::Id.eq(due.workspace_id))
-            .filter(W::DesiredState.eq(DesiredState::Running.as_str()))
-            .filter(W::DeletedAt.is_null())
-            .exec(&txn)
-            .await?;
-        txn.commit().await?;
-        if stopped.rows_affected == 0 {
-            // Not meant to run any more: the deadline was stale; cleared.
-            return Ok(None);
+        use workspace_timer::Column as T;
+        if due.is_empty() {
+            return Ok(Vec::new());
         }
-        let ws = self
-            .get_workspace(due.organization_id, due.workspace_id)
-            .await?;
-        self.publish_workspace(Some(ws.status), &ws, false);
-        Ok(Some(ws))
+        let at = tz(at.trunc_subsecs(6));
+        let txn = self.begin_write().await?;
+        // The claim stays one conditional statement per timer (its deadline as
+        // read), so rows_affected says which ones this sweep won.
+        // In workspace order, so concurrent sweeps lock rows in one order
+        // (no deadlock between them).
+        let mut order: Vec<&DueTimer> = due.iter().collect();
+        order.sort_by_key(|t| t.workspace_id);
+        let mut claimed = Vec::with_capacity(due.len());
+        for timer in order {
+            let column = match timer.kind {
+                TimerKind::Idle => T::IdleDeadline,
+                TimerKind::Lifetime => T::LifetimeDeadline,
+            };
+            let won = workspace_timer::Entity::update_many()
+                .col_expr(T::IdleDeadline, Expr::value(none_at()))
+                .col_expr(T::LifetimeDeadline, Expr::value(none_at()))
+                .col_expr(
+                    T::StopReason,
+                    Expr::value(Some(timer.kind.reason().as_str().to_owned())),
+                )
+                .col_expr(T::StoppedAt, Expr::value(Some(at)))
+                .col_expr(T::LifetimeNoticeAt, Expr::value(none_at()))
+                .col_expr(T::LifetimeNoticedAt, Expr::value(none_at()))
+                .filter(T::WorkspaceId.eq(timer.workspace_id))
+                .filter(column.eq(tz(timer.deadline)))
+                .exec(&txn)
+                .await?;
+            if won.rows_affected == 1 {
+                claimed.push(*timer);
+            }
+        }
+        // Of those, the ones still meant to run (locked until the commit).
+        let mut running = std::collections::HashSet::new();
+        for chunk in claimed.chunks(1000) {
+            let ids: Vec<Uuid> = kube_workspace::Entity::find()
+                .select_only()
+                .column(W::Id)
+                .filter(W::Id.is_in(chunk.iter().map(|t| t.workspace_id)))
+                .filter(W::DesiredState.eq(DesiredState::Running.as_str()))
+                .filter(W::DeletedAt.is_null())
+                .lock_exclusive()
+                .into_tuple()
+                .all(&txn)
+                .await?;
+            running.extend(ids);
+        }
+        let stopping: Vec<Uuid> = running.iter().copied().collect();
+        for chunk in stopping.chunks(1000) {
+            kube_workspace::Entity::update_many()
+                .col_expr(W::DesiredState, Expr::value(DesiredState::Stopped.as_str()))
+                .col_expr(W::RepairAttempts, Expr::value(0))
+                .col_expr(W::NextAttemptAt, Expr::value(none_at()))
+                .col_expr(W::Version, Expr::col(W::Version).add(1))
+                .col_expr(W::UpdatedAt, Expr::value(tz(now())))
+                .filter(W::Id.is_in(chunk.iter().copied()))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        // Stale deadlines (not meant to run any more) were only cleared.
+        let mut stopped = std::collections::HashMap::new();
+        for chunk in stopping.chunks(1000) {
+            for m in kube_workspace::Entity::find()
+                .filter(W::Id.is_in(chunk.iter().copied()))
+                .all(&self.conn)
+                .await?
+            {
+                let ws = crate::workspace::workspace_from_model(m)?;
+                self.publish_workspace(Some(ws.status), &ws, false);
+                stopped.insert(ws.id, ws);
+            }
+        }
+        Ok(claimed
+            .into_iter()
+            .filter_map(|t| stopped.remove(&t.workspace_id).map(|ws| (t, ws)))
+            .collect())
     }
 }

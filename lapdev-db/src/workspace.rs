@@ -233,7 +233,7 @@ pub fn workspace_transition_allowed(from: WorkspaceStatus, to: WorkspaceStatus) 
     }
 }
 
-fn workspace_from_model(m: kube_workspace::Model) -> DbResult<Workspace> {
+pub(crate) fn workspace_from_model(m: kube_workspace::Model) -> DbResult<Workspace> {
     Ok(Workspace {
         desired_state: parse_stored("kube_workspace", "desired_state", &m.desired_state)?,
         status: parse_stored("kube_workspace", "status", &m.status)?,
@@ -761,12 +761,25 @@ impl Db {
 
     /// Marks the workspace `deleted` and soft-deletes it, freeing its name. Allowed from
     /// any status that may become `deleted` (e.g. after the manager removed its objects,
-    /// or before it was ever placed).
+    /// or before it was ever placed). Nothing of it is kept: see
+    /// [`Db::delete_workspace_keeping_volume`] for the retention window.
     pub async fn delete_workspace(
         &self,
         org_id: Uuid,
         id: Uuid,
         expected_version: i64,
+    ) -> DbResult<()> {
+        self.soft_delete(org_id, id, expected_version, None).await
+    }
+
+    /// [`Db::delete_workspace`]; with `kept_until`, its home volume is kept on
+    /// its cluster until then (recorded in `workspace_timer`, same transaction).
+    pub(crate) async fn soft_delete(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        expected_version: i64,
+        kept_until: Option<DateTime<Utc>>,
     ) -> DbResult<()> {
         let current = self.get_workspace(org_id, id).await?;
         check_version(&current, expected_version)?;
@@ -775,6 +788,7 @@ impl Db {
         }
         use kube_workspace::Column as W;
         let at = tz(now());
+        let txn = self.begin_write().await?;
         let result = kube_workspace::Entity::update_many()
             .col_expr(W::Status, Expr::value(WorkspaceStatus::Deleted.as_str()))
             .col_expr(W::DesiredState, Expr::value(DesiredState::Deleted.as_str()))
@@ -789,12 +803,17 @@ impl Db {
             .filter(W::OrganizationId.eq(org_id))
             .filter(W::Version.eq(expected_version))
             .filter(W::DeletedAt.is_null())
-            .exec(&self.conn)
+            .exec(&txn)
             .await?;
         if result.rows_affected == 0 {
+            drop(txn);
             return Err(self.lost_race(org_id, id, expected_version).await);
         }
-        timers::disarm(&self.conn, id).await?;
+        timers::disarm(&txn, id).await?;
+        if let Some(until) = kept_until {
+            crate::retention::keep_volume(&txn, org_id, id, until).await?;
+        }
+        txn.commit().await?;
         self.publish_deleted(&current, None);
         Ok(())
     }
@@ -976,7 +995,7 @@ impl Db {
 
     /// Why a guarded update matched no row: the workspace is gone, or someone else
     /// changed it first.
-    async fn lost_race(&self, org_id: Uuid, id: Uuid, expected_version: i64) -> DbError {
+    pub(crate) async fn lost_race(&self, org_id: Uuid, id: Uuid, expected_version: i64) -> DbError {
         match self.get_workspace(org_id, id).await {
             Ok(_) => DbError::Conflict {
                 entity: EntityKind::Workspace,

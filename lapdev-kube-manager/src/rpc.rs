@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use lapdev_common::kube::{KubeClusterInfo, WorkspaceSpec};
 use lapdev_hrpc::HrpcError;
-use lapdev_kube_rpc::{KubeManagerRpc, WorkspaceObservation};
+use lapdev_kube_rpc::{KeepVolume, KubeManagerRpc, WorkspaceObservation};
 use uuid::Uuid;
 
 use crate::tracker::Tracker;
@@ -105,6 +105,34 @@ impl KubeManagerRpc for ManagerRpc {
         let started = Instant::now();
         record(
             "delete_workspace",
+            Some(workspace_id),
+            started,
+            self.workspaces.delete(workspace_id).await,
+        )
+    }
+
+    async fn delete_workspace_keeping_volume(
+        &self,
+        request: KeepVolume,
+    ) -> Result<WorkspaceObservation, HrpcError> {
+        let started = Instant::now();
+        let id = request.workspace_id;
+        tracing::info!(workspace_id = %id, retained_until = ?request.retained_until, "deleting the pod; the home volume is kept");
+        record(
+            "delete_workspace_keeping_volume",
+            Some(id),
+            started,
+            self.workspaces.delete_keeping_volume(id).await,
+        )
+    }
+
+    async fn purge_workspace_volume(
+        &self,
+        workspace_id: Uuid,
+    ) -> Result<WorkspaceObservation, HrpcError> {
+        let started = Instant::now();
+        record(
+            "purge_workspace_volume",
             Some(workspace_id),
             started,
             self.workspaces.delete(workspace_id).await,

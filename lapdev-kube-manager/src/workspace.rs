@@ -10,8 +10,10 @@
 //!   make the pod when it is absent, replace a pod that has ended (`Failed`,
 //!   `Succeeded`, evicted: the repair path), wait for one that is still
 //!   terminating, and leave a live pod alone, even an outdated one;
-//! - stop deletes the pod and keeps the claim; delete removes both; "already
-//!   gone" is success;
+//! - stop deletes the pod and keeps the claim; delete removes both; delete
+//!   keeping the volume is stop that answers `deleted` (the server's grace
+//!   period), and purging the volume later is delete; "already gone" is
+//!   success;
 //! - a pod whose deletion is stuck on a lost node is force-deleted once that is
 //!   safe (see [`crate::observe::force_delete_due`]); until then the answer
 //!   says `NodeLost` and when.
@@ -232,6 +234,22 @@ impl Workspaces {
         let pod = self.delete_pod(&pod_name(id)).await?;
         let claim = self.get_claim(&pvc_name(id)).await?;
         Ok(self.tracker.observe_pod(id, pod.as_ref(), claim.as_ref()))
+    }
+
+    /// A deleted workspace whose volume is kept: deletes the pod and keeps
+    /// the claim (as stop does), and answers `deleted` once the pod is gone
+    /// (`deleting` while it terminates). The claim is not marked: the
+    /// manager's Role has no `patch` on claims, and this does not grow it.
+    pub async fn delete_keeping_volume(&self, id: Uuid) -> Result<WorkspaceObservation, HrpcError> {
+        let pod = self.delete_pod(&pod_name(id)).await?;
+        let claim = self.get_claim(&pvc_name(id)).await?;
+        let mut obs = self.tracker.observe_pod(id, pod.as_ref(), claim.as_ref());
+        obs.status = if pod.is_none() {
+            WorkspaceStatus::Deleted
+        } else {
+            WorkspaceStatus::Deleting
+        };
+        Ok(obs)
     }
 
     /// Deletes the pod and the claim.

@@ -146,6 +146,40 @@ pub trait KubeManagerRpc {
 
     /// The cluster's info, gathered now.
     async fn get_cluster_info(&self) -> Result<KubeClusterInfo, HrpcError>;
+
+    /// Deletes the workspace's pod and keeps its volume for the retention
+    /// window, marking the claim with when it ends (so the cluster's owner can
+    /// see what is kept and why). Answers `deleted` once the pod is gone.
+    ///
+    /// Added after the first release: a manager without it answers
+    /// `unimplemented`, and the server falls back to `stop_workspace`, which
+    /// leaves the same objects.
+    async fn delete_workspace_keeping_volume(
+        &self,
+        request: KeepVolume,
+    ) -> Result<WorkspaceObservation, HrpcError>;
+
+    /// Deletes the kept volume of a deleted workspace (and a pod, should one
+    /// be left). Answers `deleted` once both are gone.
+    ///
+    /// Added after the first release: a manager without it answers
+    /// `unimplemented`, and the server falls back to `delete_workspace`, which
+    /// removes the same objects.
+    async fn purge_workspace_volume(
+        &self,
+        workspace_id: Uuid,
+    ) -> Result<WorkspaceObservation, HrpcError>;
+}
+
+/// What `delete_workspace_keeping_volume` takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepVolume {
+    /// Which workspace.
+    pub workspace_id: Uuid,
+    /// When the server will delete the volume unless the workspace is
+    /// restored (shown on the claim).
+    #[serde(default)]
+    pub retained_until: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]
@@ -206,6 +240,20 @@ mod tests {
                 "/KubeClusterRpc/report_workspace_snapshot"
             ]
         );
-        assert_eq!(KubeManagerRpcClient::DESCRIPTOR.methods.len(), 7);
+        // New methods only ever go at the end (older peers answer
+        // `unimplemented` for them).
+        let manager: Vec<_> = KubeManagerRpcClient::DESCRIPTOR
+            .methods
+            .iter()
+            .map(|m| m.path)
+            .collect();
+        assert_eq!(manager.len(), 9);
+        assert_eq!(
+            manager[7..],
+            [
+                "/KubeManagerRpc/delete_workspace_keeping_volume",
+                "/KubeManagerRpc/purge_workspace_volume"
+            ]
+        );
     }
 }

@@ -19,9 +19,9 @@ pub fn db_error(e: DbError) -> HrpcError {
         DbError::AlreadyExists { .. } => HrpcError::already_exists(e.to_string()),
         DbError::InvalidInput { .. } => HrpcError::invalid_argument(e.to_string()),
         DbError::InvalidToken(_) => HrpcError::unauthenticated(e.to_string()),
-        DbError::InUse { .. } | DbError::InvalidTransition { .. } => {
-            HrpcError::failed_precondition(e.to_string())
-        }
+        DbError::InUse { .. }
+        | DbError::InvalidTransition { .. }
+        | DbError::NotRestorable { .. } => HrpcError::failed_precondition(e.to_string()),
         DbError::Conflict { .. } => HrpcError::new(lapdev_hrpc::Code::Aborted, e.to_string()),
         DbError::QuotaExceeded(q) => {
             HrpcError::new(lapdev_hrpc::Code::ResourceExhausted, q.to_string())

@@ -176,7 +176,10 @@ pub enum WorkspaceCommand {
         /// Workspace name.
         name: String,
     },
-    /// Delete a workspace and everything it owns.
+    /// Delete a workspace: its pod goes at once; a home volume it has is kept
+    /// for the organisation's retention window (`workspace-policy set
+    /// --volume-retention`, default 7 days; `workspace restore` brings it
+    /// back) and deleted after it.
     ///
     /// With --force, a workspace whose cluster is disconnected or deleted is
     /// forgotten at once (reason ClusterGone): it disappears for users, and its
@@ -188,6 +191,16 @@ pub enum WorkspaceCommand {
         /// disconnected or deleted).
         #[arg(long)]
         force: bool,
+    },
+    /// Bring a deleted workspace back, stopped, with its kept home volume
+    /// (within the retention window); `workspace start` then runs it on that
+    /// volume. A name taken by a newer workspace meanwhile needs --as.
+    Restore {
+        /// The deleted workspace's name.
+        name: String,
+        /// Restore it under this name instead.
+        #[arg(long = "as", value_name = "NEW_NAME")]
+        new_name: Option<String>,
     },
     /// An interactive login shell in the workspace (a TTY; Ctrl-C and Ctrl-D
     /// reach the remote side).
@@ -602,6 +615,10 @@ async fn workspace(
         WorkspaceCommand::Delete { name, force: true } => {
             api.forget_workspace(name).await.map_err(call_error)?
         }
+        WorkspaceCommand::Restore { name, new_name } => api
+            .restore_workspace(name, new_name)
+            .await
+            .map_err(call_error)?,
         WorkspaceCommand::Shell { .. }
         | WorkspaceCommand::Exec { .. }
         | WorkspaceCommand::PortForward { .. }
@@ -636,6 +653,8 @@ pub fn workspace_json(w: &WorkspaceView) -> Value {
         "forgotten_at": w.forgotten_at,
         "stops_at": w.timer.as_ref().and_then(|t| t.stops_at),
         "stops_for": w.timer.as_ref().and_then(|t| t.stops_for.clone()),
+        "volume_kept_until": w.volume_kept_until,
+        "volume_deleted_at": w.volume_deleted_at,
     })
 }
 
@@ -711,7 +730,17 @@ async fn cluster(admin: &AdminRpcClient, out: Output, cmd: ClusterCommand) -> an
                     }
                 }
             }
-            provider::delete_cluster(admin, out, name, yes, keep_in_provider).await
+            provider::delete_cluster(admin, out, name.clone(), yes, keep_in_provider).await?;
+            if force && out == Output::Table {
+                // Said plainly: nothing of Lapdev will ever reach them again.
+                println!(
+                    "volumes in cluster {name} that Lapdev did not delete (home volumes of workspaces \
+                     whose objects could not be removed, and volumes kept for deleted workspaces) \
+                     are left to the cluster's owner: they are the PersistentVolumeClaims \
+                     ws-<id>-home in its workspace namespace"
+                );
+            }
+            Ok(())
         }
         ClusterCommand::Placement { name, placement } => {
             let c = admin

@@ -2,7 +2,8 @@
 //! ([`activity`]: the sessions through this server), the policy and
 //! keep-alive API ([`api`]), and the periodic sweep ([`IdleSweeper`], around
 //! the conductor's [`TimerSweeper`], which holds the rules: see
-//! `lapdev_conductor::idle`). The sweep runs every
+//! `lapdev_conductor::idle`), and the purge of kept home volumes after their
+//! retention window (`lapdev_conductor::retention`). The sweep runs every
 //! [`IdleConfig::sweep_interval`] and counts its stops in
 //! `lapdev_workspace_timer_stops_total{kind}`.
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use lapdev_conductor::Conductor;
 use lapdev_conductor::idle::{SessionActivity, TimerSweeper};
+use lapdev_conductor::retention::{PurgeOutcome, VolumePurger};
 use lapdev_db::{DbResult, TimerKind};
 
 pub use activity::{InUse, WorkspaceActivity};
@@ -45,10 +47,13 @@ impl Default for IdleConfig {
 }
 
 /// Stops workspaces whose deadlines have passed ([`TimerSweeper`]), counting
-/// the stops in `lapdev_workspace_timer_stops_total{kind}`. Cheap to clone.
+/// the stops in `lapdev_workspace_timer_stops_total{kind}`, and deletes the
+/// kept home volumes whose retention window has ended ([`VolumePurger`]).
+/// Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct IdleSweeper {
     sweeper: TimerSweeper,
+    purger: VolumePurger,
     config: IdleConfig,
 }
 
@@ -57,6 +62,7 @@ impl IdleSweeper {
     /// use.
     pub fn new(conductor: Conductor, activity: WorkspaceActivity, config: IdleConfig) -> Self {
         Self {
+            purger: VolumePurger::new(conductor.clone(), config.batch),
             sweeper: TimerSweeper::new(conductor, Arc::new(activity), config.batch),
             config,
         }
@@ -77,7 +83,13 @@ impl IdleSweeper {
         Ok(outcome)
     }
 
-    /// Sweeps every [`IdleConfig::sweep_interval`] until `shutdown` resolves.
+    /// Deletes (a batch of) the kept volumes whose window has ended.
+    pub async fn purge_volumes_once(&self) -> DbResult<PurgeOutcome> {
+        self.purger.purge_once().await
+    }
+
+    /// Sweeps (and purges) every [`IdleConfig::sweep_interval`] until
+    /// `shutdown` resolves.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         // The first sweep one interval after the start, not at once.
@@ -90,6 +102,9 @@ impl IdleSweeper {
                 _ = tick.tick() => {
                     if let Err(e) = self.sweep_once().await {
                         tracing::warn!(error = %e, "idle and lifetime sweep failed");
+                    }
+                    if let Err(e) = self.purge_volumes_once().await {
+                        tracing::warn!(error = %e, "kept-volume purge failed");
                     }
                 }
             }

@@ -391,3 +391,78 @@ async fn lifetime_timers_survive_a_restart_and_stop_once() {
     assert_eq!(ws["desired_state"], "stopped");
     assert_eq!(ws["reason"], "LifetimeExpired");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lifetime_stop_is_announced_before_it_once() {
+    let t = TestServer::postgres().await;
+    let (api, fake) = connected(&t).await;
+    let policy = json(lapdev(
+        &t,
+        &[
+            "workspace-policy",
+            "set",
+            "--max-lifetime",
+            "8h",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(policy["lifetime_notice"], "15m");
+    let id = running(&t, &api, &fake, "long").await;
+    let clock = t.server.state.conductor.clock().clone();
+    let sweeper = t.server.state.idle.clone();
+    let mut feed = t.server.state.db.subscribe();
+
+    // Not before the notice time (8 h - 15 min).
+    clock.advance(7 * HOUR + 44 * MINUTE);
+    assert_eq!(sweeper.sweep_once().await.unwrap().noticed, 0);
+    assert_ne!(get(&t, "long")["reason"], "LifetimeEnding");
+
+    clock.advance(2 * MINUTE);
+    let swept = sweeper.sweep_once().await.unwrap();
+    assert_eq!((swept.noticed, swept.lifetime_stopped), (1, 0));
+    let ws = get(&t, "long");
+    assert_eq!(ws["status"], "running");
+    assert_eq!(ws["reason"], "LifetimeEnding");
+    let stops_at: chrono::DateTime<chrono::Utc> = ws["stops_at"].as_str().unwrap().parse().unwrap();
+    let message = ws["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "stops at {} UTC (lifetime 8 h); `lapdev workspace keep-alive` cannot extend a lifetime",
+            stops_at.format("%H:%M")
+        )),
+        "{message}"
+    );
+    // On the change feed, for the dashboard's live updates.
+    let announced = loop {
+        match feed.try_recv() {
+            Ok(lapdev_db::Change::Workspace(w))
+                if w.workspace_id == id
+                    && w.reason == Some(lapdev_common::reason::WorkspaceReason::LifetimeEnding) =>
+            {
+                break true;
+            }
+            Ok(_) => continue,
+            Err(_) => break false,
+        }
+    };
+    assert!(announced, "the notice is published");
+
+    // Once; keep-alive does not move the lifetime, and the stop comes on time.
+    assert_eq!(sweeper.sweep_once().await.unwrap().noticed, 0);
+    json(lapdev(
+        &t,
+        &["workspace", "keep-alive", "long", "-o", "json"],
+    ));
+    assert_eq!(get(&t, "long")["stops_at"], ws["stops_at"]);
+    clock.advance(15 * MINUTE);
+    let swept = sweeper.sweep_once().await.unwrap();
+    assert_eq!((swept.noticed, swept.lifetime_stopped), (0, 1));
+    let ws = get(&t, "long");
+    assert_eq!(ws["reason"], "LifetimeExpired");
+
+    // A new start arms a new lifetime and a new notice.
+    json(lapdev(&t, &["workspace", "start", "long", "-o", "json"]));
+    clock.advance(7 * HOUR + 46 * MINUTE);
+    assert_eq!(sweeper.sweep_once().await.unwrap().noticed, 1);
+}

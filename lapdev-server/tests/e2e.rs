@@ -98,13 +98,16 @@ async fn a_workspace_from_create_to_delete_with_real_binaries() {
         env.json(&url, &["workspace", "get", "w1", "-o", "json"])["status"] == "deleted"
     })
     .await;
-    eventually("everything is gone", || {
+    // The pod is gone; the home volume is kept for the retention window
+    // (tests/volume_retention.rs follows it to its end).
+    eventually("the pod is gone", || {
         for p in env.pods() {
             let _ = env.double.handle().terminate_pod(NAMESPACE, &pod_name(&p));
         }
-        env.pods().is_empty() && env.pvcs().is_empty()
+        env.pods().is_empty()
     })
     .await;
+    assert_eq!(env.pvcs().len(), 1, "delete keeps the volume");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,7 @@ mod m20251130_000012_workspace_observed_at;
 mod m20251130_000013_oidc_pending;
 mod m20251201_000014_workspace_quota;
 mod m20251201_000015_workspace_timers;
+mod m20251202_000016_lifetime_notice;
 mod m20251202_000017_server_replica;
 
 /// Every migration, in the order they run.
@@ -55,6 +56,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20251130_000013_oidc_pending::Migration),
             Box::new(m20251201_000014_workspace_quota::Migration),
             Box::new(m20251201_000015_workspace_timers::Migration),
+            Box::new(m20251202_000016_lifetime_notice::Migration),
             Box::new(m20251202_000017_server_replica::Migration),
         ]
     }

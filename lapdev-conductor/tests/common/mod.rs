@@ -82,6 +82,18 @@ impl FakeManager {
     }
 }
 
+fn gone(id: Uuid) -> WorkspaceObservation {
+    WorkspaceObservation {
+        workspace_id: id,
+        status: WorkspaceStatus::Deleted,
+        message: None,
+        pod_name: None,
+        node_name: None,
+        reason: None,
+        observed_at: Utc::now(),
+    }
+}
+
 impl KubeManagerRpc for FakeManager {
     async fn create_workspace(
         &self,
@@ -104,15 +116,7 @@ impl KubeManagerRpc for FakeManager {
     async fn delete_workspace(&self, id: Uuid) -> Result<WorkspaceObservation, HrpcError> {
         self.gate("delete").await?;
         self.workspaces.lock().unwrap().remove(&id);
-        Ok(WorkspaceObservation {
-            workspace_id: id,
-            status: WorkspaceStatus::Deleted,
-            message: None,
-            pod_name: None,
-            node_name: None,
-            reason: None,
-            observed_at: Utc::now(),
-        })
+        Ok(gone(id))
     }
     async fn get_workspace_status(&self, id: Uuid) -> Result<WorkspaceObservation, HrpcError> {
         match self.has(id) {
@@ -125,6 +129,18 @@ impl KubeManagerRpc for FakeManager {
     }
     async fn get_cluster_info(&self) -> Result<KubeClusterInfo, HrpcError> {
         Err(HrpcError::new(Code::Unimplemented, "not in this stand-in"))
+    }
+    async fn delete_workspace_keeping_volume(
+        &self,
+        keep: lapdev_kube_rpc::KeepVolume,
+    ) -> Result<WorkspaceObservation, HrpcError> {
+        self.gate("delete").await?;
+        self.workspaces.lock().unwrap().remove(&keep.workspace_id);
+        Ok(gone(keep.workspace_id))
+    }
+    async fn purge_workspace_volume(&self, id: Uuid) -> Result<WorkspaceObservation, HrpcError> {
+        self.gate("purge").await?;
+        Ok(gone(id))
     }
 }
 

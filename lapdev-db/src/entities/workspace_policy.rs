@@ -12,6 +12,7 @@ pub struct Model {
     pub max_idle_timeout_secs: Option<i64>,
     pub max_lifetime_secs: Option<i64>,
     pub volume_retention_secs: Option<i64>,
+    pub lifetime_notice_secs: Option<i64>,
     pub updated_at: DateTimeWithTimeZone,
 }
 

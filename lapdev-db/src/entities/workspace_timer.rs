@@ -17,6 +17,8 @@ pub struct Model {
     pub stopped_at: Option<DateTimeWithTimeZone>,
     pub volume_retained_until: Option<DateTimeWithTimeZone>,
     pub volume_deleted_at: Option<DateTimeWithTimeZone>,
+    pub lifetime_notice_at: Option<DateTimeWithTimeZone>,
+    pub lifetime_noticed_at: Option<DateTimeWithTimeZone>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -50,6 +50,13 @@ pub struct WorkspaceView {
     /// Its idle and lifetime timers (when it will be stopped), once it ran.
     #[serde(default)]
     pub timer: Option<TimerView>,
+    /// Deleted with its home volume kept: the volume is deleted at this time
+    /// unless the workspace is restored before (`workspace restore`).
+    #[serde(default)]
+    pub volume_kept_until: Option<DateTime<Utc>>,
+    /// When its kept home volume was deleted (the retention window ended).
+    #[serde(default)]
+    pub volume_deleted_at: Option<DateTime<Utc>>,
 }
 
 /// What `create_workspace` takes.
@@ -108,6 +115,20 @@ pub trait WorkspaceRpc {
         &self,
         ctx: Context,
         name: String,
+    ) -> Result<WorkspaceView, HrpcError>;
+
+    /// Brings a deleted workspace back, stopped, with the home volume kept
+    /// for it (`workspace restore NAME [--as NEW_NAME]`); start it to run it on
+    /// that volume. `not_found` when no deleted workspace has the name;
+    /// `failed_precondition` saying why when its volume was not kept, its
+    /// retention window ended, or a live workspace took the name (then
+    /// `new_name` brings it back under another).
+    #[hrpc(role = "member")]
+    async fn restore_workspace(
+        &self,
+        ctx: Context,
+        name: String,
+        new_name: Option<String>,
     ) -> Result<WorkspaceView, HrpcError>;
 
     /// Forgets a workspace whose cluster is disconnected or deleted (`workspace
@@ -175,6 +196,23 @@ impl WorkspaceService {
             ));
             reason = Some(why.clone());
         }
+        // The notice before a lifetime stop, while it still runs.
+        if reason.is_none()
+            && ws.status == WorkspaceStatus::Running
+            && let Some(notice) = timer.as_ref().and_then(|t| t.lifetime_notice(policy))
+        {
+            message = Some(notice);
+            reason = Some(WorkspaceReason::LifetimeEnding);
+        }
+        let kept = timer.as_ref().and_then(|t| t.volume_retained_until);
+        let purged = timer.as_ref().and_then(|t| t.volume_deleted_at);
+        if let (Some(until), None, Some(_)) = (kept, purged, ws.deleted_at) {
+            message = Some(format!(
+                "deleted; its home volume is kept until {} (`lapdev workspace restore {}`)",
+                until.to_rfc3339(),
+                ws.name
+            ));
+        }
         let cluster = match ws.cluster_id {
             Some(id) => self
                 .db
@@ -201,6 +239,8 @@ impl WorkspaceService {
             reason,
             forgotten_at: ws.forgotten_at,
             timer: timer.map(|t| TimerView::new(&t, policy)),
+            volume_kept_until: kept.filter(|_| purged.is_none()),
+            volume_deleted_at: purged,
         })
     }
 
@@ -382,6 +422,46 @@ impl WorkspaceRpc for WorkspaceService {
         name: String,
     ) -> Result<WorkspaceView, HrpcError> {
         self.desire(&ctx, &name, DesiredState::Deleted).await
+    }
+
+    async fn restore_workspace(
+        &self,
+        ctx: Context,
+        name: String,
+        new_name: Option<String>,
+    ) -> Result<WorkspaceView, HrpcError> {
+        let who = who(&ctx)?;
+        if let Some(n) = &new_name {
+            crate::check_name("new_name", lapdev_common::name::NameKind::Workspace, n)?;
+        }
+        let ws = self
+            .db
+            .find_deleted_workspace_by_name(who.organization_id, &name)
+            .await
+            .map_err(|e| match e {
+                DbError::NotFound { .. } => {
+                    HrpcError::not_found(format!("no deleted workspace is named {name:?}"))
+                }
+                other => db_error(other),
+            })?;
+        let ws = visible(&ctx, ws, &name)?;
+        let restored = self
+            .db
+            .restore_workspace(
+                who.organization_id,
+                ws.id,
+                new_name.as_deref(),
+                self.conductor.clock().now(),
+            )
+            .await
+            .map_err(|e| {
+                if let DbError::QuotaExceeded(q) = &e {
+                    crate::quota::count_refusal(q);
+                }
+                db_error(e)
+            })?;
+        self.conductor.wake();
+        self.view(who, restored).await
     }
 
     async fn forget_workspace(

@@ -49,7 +49,8 @@ pub enum QuotaCommand {
 pub enum PolicyCommand {
     /// Set the policy (owners). Durations like `2h`, `30m`, `7d`; a setting
     /// not given returns to its default (no idle stop, no lifetime, 7 days of
-    /// retention). Applies from each workspace's next start.
+    /// retention, a notice 15 minutes before a lifetime stop). Timers apply
+    /// from each workspace's next start; retention from the next delete.
     Set {
         /// Idle timeout of workspaces without their own.
         #[arg(long)]
@@ -60,9 +61,14 @@ pub enum PolicyCommand {
         /// The longest a workspace runs per start.
         #[arg(long)]
         max_lifetime: Option<String>,
-        /// How long a deleted workspace's home volume is kept.
+        /// How long a deleted workspace's home volume is kept (`workspace
+        /// restore` brings it back until then).
         #[arg(long)]
         volume_retention: Option<String>,
+        /// How long before a lifetime stop the workspace is told (default
+        /// 15m).
+        #[arg(long)]
+        lifetime_notice: Option<String>,
     },
     /// Show the policy.
     Get,
@@ -230,12 +236,14 @@ pub async fn policy(
             max_idle_timeout,
             max_lifetime,
             volume_retention,
+            lifetime_notice,
         } => {
             let policy = WorkspacePolicy {
                 idle_timeout_secs: secs("idle-timeout", idle_timeout)?,
                 max_idle_timeout_secs: secs("max-idle-timeout", max_idle_timeout)?,
                 max_lifetime_secs: secs("max-lifetime", max_lifetime)?,
                 volume_retention_secs: secs("volume-retention", volume_retention)?,
+                lifetime_notice_secs: secs("lifetime-notice", lifetime_notice)?,
             };
             api.set_workspace_policy(policy).await.map_err(call_error)?
         }
@@ -249,6 +257,11 @@ pub async fn policy(
             policy
                 .volume_retention_secs
                 .unwrap_or(lapdev_db::DEFAULT_VOLUME_RETENTION_SECS)
+        )),
+        "lifetime_notice": duration_text(Some(
+            policy
+                .lifetime_notice_secs
+                .unwrap_or(lapdev_db::DEFAULT_LIFETIME_NOTICE_SECS)
         )),
     });
     match out {

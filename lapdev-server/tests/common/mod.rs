@@ -297,6 +297,23 @@ impl KubeManagerRpc for FakeManager {
     async fn get_cluster_info(&self) -> Result<KubeClusterInfo, HrpcError> {
         Ok(sample_info())
     }
+    // A manager from before the volume grace period: the server falls back
+    // to stop_workspace and delete_workspace.
+    async fn delete_workspace_keeping_volume(
+        &self,
+        _: lapdev_kube_rpc::KeepVolume,
+    ) -> Result<WorkspaceObservation, HrpcError> {
+        Err(HrpcError::new(
+            lapdev_hrpc::Code::Unimplemented,
+            "an older manager",
+        ))
+    }
+    async fn purge_workspace_volume(&self, _: Uuid) -> Result<WorkspaceObservation, HrpcError> {
+        Err(HrpcError::new(
+            lapdev_hrpc::Code::Unimplemented,
+            "an older manager",
+        ))
+    }
 }
 
 pub async fn dial(
