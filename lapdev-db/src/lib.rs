@@ -73,5 +73,6 @@ pub use token::{
     ClusterToken, ClusterTokenSecret, CreatedClusterToken, NewClusterToken, VerifiedClusterToken,
 };
 pub use workspace::{
-    Backoff, NewWorkspace, Workspace, WorkspaceTransition, workspace_transition_allowed,
+    Backoff, NewWorkspace, PageCursor, Workspace, WorkspaceTransition,
+    workspace_transition_allowed,
 };

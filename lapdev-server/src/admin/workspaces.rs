@@ -19,6 +19,9 @@ use crate::auth::Caller;
 use crate::idle::api::TimerView;
 use crate::jwt::AdminIdentity;
 
+mod page;
+pub use page::{PAGE_SIZE, WorkspacePage, WorkspacePageRequest};
+
 /// A workspace as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkspaceView {
@@ -88,6 +91,16 @@ pub trait WorkspaceRpc {
         ctx: Context,
         include_deleted: bool,
     ) -> Result<Vec<WorkspaceView>, HrpcError>;
+
+    /// One page of the live workspaces, by name (the dashboard's list): at
+    /// most `limit` (default and cap [`PAGE_SIZE`]) after or before a name,
+    /// with the names that start the next and previous pages.
+    #[hrpc(role = "member")]
+    async fn list_workspaces_page(
+        &self,
+        ctx: Context,
+        page: WorkspacePageRequest,
+    ) -> Result<WorkspacePage, HrpcError>;
 
     /// One workspace by name (a deleted one too, so its end can be seen).
     #[hrpc(role = "member")]
@@ -162,19 +175,6 @@ impl WorkspaceService {
         timer: Option<WorkspaceTimer>,
         policy: &WorkspacePolicy,
     ) -> Result<WorkspaceView, HrpcError> {
-        // The server's own stop (idle, lifetime) is the latest word until the
-        // workspace is started again or a cluster gives a reason of its own.
-        let (mut reason, mut message) = (ws.status_reason, ws.status_message);
-        if let Some(t) = &timer
-            && let (Some(why), Some(at)) = (&t.stop_reason, t.stopped_at)
-            && reason.is_none()
-        {
-            message = Some(format!(
-                "{why}: stopped by the server at {}",
-                at.to_rfc3339()
-            ));
-            reason = Some(why.clone());
-        }
         let cluster = match ws.cluster_id {
             Some(id) => self
                 .db
@@ -184,24 +184,7 @@ impl WorkspaceService {
                 .map(|c| c.name),
             None => None,
         };
-        Ok(WorkspaceView {
-            id: ws.id,
-            name: ws.name,
-            cluster,
-            status: ws.status,
-            desired_state: ws.desired_state,
-            message,
-            image: ws.image,
-            cpu_millis: ws.cpu_millis,
-            memory_bytes: ws.memory_bytes,
-            storage_bytes: ws.storage_bytes,
-            created_at: ws.created_at,
-            pod_name: ws.pod_name,
-            deleted_at: ws.deleted_at,
-            reason,
-            forgotten_at: ws.forgotten_at,
-            timer: timer.map(|t| TimerView::new(&t, policy)),
-        })
+        Ok(view_named(ws, timer, policy, cluster))
     }
 
     async fn desire(
@@ -253,6 +236,46 @@ fn check_request(w: &NewWorkspaceRequest) -> Result<(), HrpcError> {
 
 /// The owner a caller is restricted to: `None` for admins and owners. Without a
 /// [`Caller`] (the authorization layer did not run) the caller sees only their own.
+/// A workspace's view once its cluster's name is known.
+fn view_named(
+    ws: Workspace,
+    timer: Option<WorkspaceTimer>,
+    policy: &WorkspacePolicy,
+    cluster: Option<String>,
+) -> WorkspaceView {
+    // The server's own stop (idle, lifetime) is the latest word until the
+    // workspace is started again or a cluster gives a reason of its own.
+    let (mut reason, mut message) = (ws.status_reason, ws.status_message);
+    if let Some(t) = &timer
+        && let (Some(why), Some(at)) = (&t.stop_reason, t.stopped_at)
+        && reason.is_none()
+    {
+        message = Some(format!(
+            "{why}: stopped by the server at {}",
+            at.to_rfc3339()
+        ));
+        reason = Some(why.clone());
+    }
+    WorkspaceView {
+        id: ws.id,
+        name: ws.name,
+        cluster,
+        status: ws.status,
+        desired_state: ws.desired_state,
+        message,
+        image: ws.image,
+        cpu_millis: ws.cpu_millis,
+        memory_bytes: ws.memory_bytes,
+        storage_bytes: ws.storage_bytes,
+        created_at: ws.created_at,
+        pod_name: ws.pod_name,
+        deleted_at: ws.deleted_at,
+        reason,
+        forgotten_at: ws.forgotten_at,
+        timer: timer.map(|t| TimerView::new(&t, policy)),
+    }
+}
+
 fn only_owner(ctx: &Context) -> Result<Option<Uuid>, HrpcError> {
     match ctx.extension::<Caller>() {
         Some(c) if c.sees_all_workspaces() => Ok(None),
@@ -351,6 +374,14 @@ impl WorkspaceRpc for WorkspaceService {
             views.push(self.view_with(who, ws, timer, &policy).await?);
         }
         Ok(views)
+    }
+
+    async fn list_workspaces_page(
+        &self,
+        ctx: Context,
+        page: WorkspacePageRequest,
+    ) -> Result<WorkspacePage, HrpcError> {
+        self.page(&ctx, page).await
     }
 
     async fn get_workspace(&self, ctx: Context, name: String) -> Result<WorkspaceView, HrpcError> {

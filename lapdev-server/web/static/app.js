@@ -163,10 +163,14 @@ function workspaceRow(w) {
 }
 
 async function refreshWorkspaces() {
-  const body = document.querySelector('#workspaces tbody');
-  if (!body) return;
-  const list = await rpc('WorkspaceRpc', 'list_workspaces', { include_deleted: false });
-  body.replaceChildren(...list.map(workspaceRow));
+  const table = document.getElementById('workspaces');
+  if (!table) return;
+  // The page this table shows (by name, as the server rendered it).
+  const page = await rpc('WorkspaceRpc', 'list_workspaces_page', {
+    page: { after: table.dataset.after || null, before: table.dataset.before || null },
+  });
+  const list = page.workspaces;
+  table.tBodies[0].replaceChildren(...list.map(workspaceRow));
   const empty = document.getElementById('workspaces-empty');
   if (empty) empty.hidden = list.length > 0;
 }
