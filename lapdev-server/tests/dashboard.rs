@@ -92,7 +92,8 @@ async fn assets_are_hashed_long_cached_and_compressed() {
     let t = TestServer::embedded().await;
     let html = page(&t, "/sign-in", "").await.text();
     let urls = asset_urls(&html);
-    assert_eq!(urls.len(), 2, "{urls:?}");
+    // The stylesheet, the script and the events worker.
+    assert_eq!(urls.len(), 3, "{urls:?}");
     for url in urls {
         let plain = page(&t, &url, "").await;
         assert_eq!(plain.status, StatusCode::OK, "{url}");

@@ -7,8 +7,8 @@
 mod common;
 
 use common::TestServer;
-use common::web::{browser, call, page};
-use http::StatusCode;
+use common::web::{Events, ORIGIN, browser, call, page, send};
+use http::{Method, StatusCode};
 use lapdev_common::role::Role;
 use lapdev_db::test_support::{SeedWorkspace, seed_placed_workspaces};
 use lapdev_server::admin::workspaces::PAGE_SIZE;
@@ -122,4 +122,253 @@ async fn the_workspace_list_pages_in_a_stable_order() {
     let r = page(&t, "/?after=zzzz", &ada).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(rows(&r.text()).0.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_pages_and_methods_are_refused_to_members() {
+    let t = TestServer::embedded().await;
+    let mel = browser(&t, "mel", Role::Member).await;
+    for path in ["/users", "/audit", "/audit?actor=ada"] {
+        let r = page(&t, path, &mel).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(!r.text().contains("<table"), "{path}");
+    }
+    let home = page(&t, "/", &mel).await.text();
+    assert!(home.contains("href=\"/tokens\""));
+    assert!(!home.contains("href=\"/users\"") && !home.contains("href=\"/audit\""));
+    for (path, body) in [
+        ("PeopleRpc/list_users", "{}".to_owned()),
+        ("PeopleRpc/list_audit", r#"{"filter":{}}"#.to_owned()),
+        (
+            "PeopleRpc/create_user",
+            r#"{"name":"eve","email":null,"role":"owner","password":null}"#.to_owned(),
+        ),
+        (
+            "PeopleRpc/set_user_role",
+            r#"{"name":"mel","role":"owner"}"#.to_owned(),
+        ),
+        (
+            "PeopleRpc/set_user_disabled",
+            r#"{"name":"mel","disabled":true}"#.to_owned(),
+        ),
+        ("PeopleRpc/delete_user", r#"{"name":"mel"}"#.to_owned()),
+    ] {
+        let r = call(&t, &mel, path, &body).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}: {}", r.text());
+    }
+    // An admin reads users and the audit log but may not change roles.
+    let ada = browser(&t, "ada", Role::Admin).await;
+    let users = page(&t, "/users", &ada).await;
+    assert_eq!(users.status, StatusCode::OK);
+    let html = users.text();
+    assert!(html.contains("<tr data-name=\"mel\""), "{html}");
+    assert!(!html.contains("id=\"create-user\""));
+    assert!(!html.contains("data-action=\"set-role\""));
+    let r = call(
+        &t,
+        &ada,
+        "PeopleRpc/set_user_role",
+        r#"{"name":"mel","role":"admin"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_manage_users_and_the_audit_log_shows_it() {
+    let t = TestServer::embedded().await;
+    let olga = browser(&t, "olga", Role::Owner).await;
+    let html = page(&t, "/users", &olga).await.text();
+    for control in [
+        "id=\"create-user\"",
+        "for=\"user-name\"",
+        "for=\"user-role\"",
+        "for=\"user-password\"",
+    ] {
+        assert!(html.contains(control), "{control}");
+    }
+    // The calls the page's script makes, as the browser makes them.
+    let r = call(
+        &t,
+        &olga,
+        "PeopleRpc/create_user",
+        r#"{"name":"<img src=x onerror=alert(1)>","email":null,"role":"member","password":null}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // A user's name is text on the page, never markup.
+    let html = page(&t, "/users", &olga).await.text();
+    assert!(!html.contains("<img"), "{html}");
+    assert!(html.contains("&lt;img src=x onerror=alert(1)&gt;"));
+    let r = call(
+        &t,
+        &olga,
+        "PeopleRpc/create_user",
+        r#"{"name":"bo","email":"bo@example.com","role":"member","password":null}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = call(
+        &t,
+        &olga,
+        "PeopleRpc/set_user_role",
+        r#"{"name":"bo","role":"admin"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let html = page(&t, "/users", &olga).await.text();
+    let row = html.split("<tr data-name=\"bo\"").nth(1).unwrap();
+    let row = row.split("</tr>").next().unwrap();
+    assert!(
+        row.contains("value=\"admin\" selected"),
+        "the role select shows admin: {row}"
+    );
+    assert!(row.contains("aria-label=\"Role of bo\""));
+    // Owners cannot change their own role from the page (no select on "you").
+    let me = html.split("<tr data-name=\"olga\"").nth(1).unwrap();
+    assert!(!me.split("</tr>").next().unwrap().contains("<select"));
+
+    let audit = page(&t, "/audit", &olga).await;
+    assert_eq!(audit.status, StatusCode::OK);
+    let text = audit.text();
+    assert!(text.contains("user.create"), "{text}");
+    let filtered = page(&t, "/audit?action=user.set_role", &olga).await.text();
+    assert!(filtered.contains("value=\"user.set_role\""));
+    let body = filtered.split("<tbody>").nth(1).unwrap();
+    assert!(!body.contains("user.create"), "the filter holds: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_creates_and_revokes_their_own_tokens() {
+    let t = TestServer::embedded().await;
+    let mel = browser(&t, "mel", Role::Member).await;
+    let r = page(&t, "/tokens", &mel).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("cache-control"), "no-store");
+    assert!(r.text().contains("No tokens yet."));
+    let r = call(
+        &t,
+        &mel,
+        "PeopleRpc/create_token",
+        r#"{"name":"laptop","expires_in_days":7}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // The one answer that carries the secret is never stored by a cache.
+    assert_eq!(r.header("cache-control"), "no-store");
+    let created: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let secret = created["token_secret"].as_str().unwrap().to_owned();
+    let id = created["token"]["id"].as_str().unwrap().to_owned();
+    // The list shows the token by name and prefix, never its secret.
+    let html = page(&t, "/tokens", &mel).await.text();
+    assert!(html.contains("<th scope=\"row\">laptop</th>"), "{html}");
+    assert!(!html.contains(&secret));
+    assert!(html.contains("data-action=\"revoke-token\""));
+    // The token works until revoked from the page.
+    let whoami = |token: String| {
+        let base = t.base();
+        async move {
+            lapdev_server::auth::api::PeopleRpcClient::new(
+                lapdev_hrpc::Client::http(&format!("{base}/rpc"))
+                    .unwrap()
+                    .with_header(
+                        http::header::AUTHORIZATION,
+                        http::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+                    ),
+            )
+            .whoami()
+            .await
+        }
+    };
+    assert_eq!(whoami(secret.clone()).await.unwrap().name, "mel");
+    let r = call(
+        &t,
+        &mel,
+        "PeopleRpc/revoke_token",
+        &serde_json::json!({ "token_id": id }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(whoami(secret).await.is_err());
+    let html = page(&t, "/tokens", &mel).await.text();
+    assert!(html.contains("data-status=\"revoked\""));
+    assert!(!html.contains("data-action=\"revoke-token\""));
+    // A bad expiry is refused with a message.
+    let r = call(
+        &t,
+        &mel,
+        "PeopleRpc/create_token",
+        r#"{"name":"forever","expires_in_days":100000}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+}
+
+/// The stream's next event is `ended`, then the body ends.
+async fn ends(events: &mut Events) -> String {
+    let (_, name, data) = events.next().await;
+    assert_eq!(name, "ended", "{data}");
+    assert!(events.finished().await, "the stream stays open after ended");
+    data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_ends_with_its_session() {
+    let t = TestServer::embedded().await;
+    // Signing out ends the stream at once.
+    let ada = browser(&t, "ada", Role::Admin).await;
+    let (head, mut events) = Events::open(&t, &ada, None).await;
+    assert_eq!(head.status, StatusCode::OK);
+    let (_, mut other_tab) = Events::open(&t, &ada, None).await;
+    let other = browser(&t, "bea", Role::Admin).await;
+    let (_, mut bea) = Events::open(&t, &other, None).await;
+    let r = send(
+        Method::POST,
+        &format!("{}/auth/logout", t.base()),
+        &[("cookie", &ada), ("x-lapdev-csrf", "1"), ("origin", ORIGIN)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    assert!(ends(&mut events).await.contains("browser session"));
+    assert!(ends(&mut other_tab).await.contains("browser session"));
+    // The reconnect is refused.
+    let (again, _) = Events::open(&t, &ada, None).await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+    // Another user's stream goes on.
+    t.admin()
+        .create_cluster("dev".into(), None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(bea.next().await.1, "change");
+
+    // Revoking the session from elsewhere (the CLI's `session revoke`) too.
+    let sessions = call(&t, &other, "PeopleRpc/list_sessions", r#"{"user":null}"#).await;
+    let list: serde_json::Value = serde_json::from_slice(&sessions.body).unwrap();
+    let id = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == true)
+        .unwrap()["id"]
+        .clone();
+    let olga = browser(&t, "olga", Role::Owner).await;
+    let revoke = call(
+        &t,
+        &olga,
+        "PeopleRpc/revoke_session",
+        &serde_json::json!({ "id": id }).to_string(),
+    )
+    .await;
+    assert_eq!(revoke.status, StatusCode::OK, "{}", revoke.text());
+    ends(&mut bea).await;
+
+    // Disabling a user ends theirs.
+    let cy = browser(&t, "cy", Role::Member).await;
+    let (_, mut cy_events) = Events::open(&t, &cy, None).await;
+    lapdev_server::auth::api::PeopleRpcClient::new(common::web::bearer(&t))
+        .set_user_disabled("cy".into(), true)
+        .await
+        .unwrap();
+    assert!(ends(&mut cy_events).await.contains("disabled"));
 }

@@ -103,6 +103,9 @@ pub struct AuthState {
     pub cache: Arc<AuthCache>,
     /// Open shell, exec and port-forward sessions, ended on revocation.
     pub live: LiveSessions,
+    /// Open dashboard event streams (`/events`), ended on revocation; apart
+    /// from `live` so they never count as shell sessions.
+    pub streams: LiveSessions,
     trusted_proxies: Arc<Vec<IpAddr>>,
     web: Option<Arc<WebPolicy>>,
     methods: Arc<HashMap<&'static str, Option<&'static str>>>,
@@ -133,6 +136,7 @@ impl AuthState {
             jwt,
             cache: Arc::new(AuthCache::default()),
             live: LiveSessions::default(),
+            streams: LiveSessions::default(),
             trusted_proxies: Arc::new(Vec::new()),
             web: None,
             methods: Arc::new(methods),
@@ -160,12 +164,13 @@ impl AuthState {
 
     /// Authority was taken away (the database has committed it): forgets every
     /// cached token and user, so the very next call is checked afresh, then
-    /// ends the open shell, exec and port-forward sessions `revocation` covers.
-    /// The one call every revocation makes; a replica told of a revocation by
-    /// another makes the same call.
+    /// ends the open shell, exec and port-forward sessions and the dashboard
+    /// event streams `revocation` covers. The one call every revocation makes;
+    /// a replica told of a revocation by another makes the same call.
     pub fn revoked(&self, revocation: Revocation) {
         self.cache.clear();
         self.live.revoke(revocation);
+        self.streams.revoke(revocation);
     }
 
     /// The browser rules, when sessions are accepted.

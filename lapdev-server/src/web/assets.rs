@@ -61,12 +61,34 @@ pub static STYLE: LazyLock<Asset> = LazyLock::new(|| {
     )
 });
 
+/// The script of the admin and token pages (users, tokens, audit).
+pub static ADMIN_SCRIPT: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "admin",
+        "js",
+        include_bytes!("../../web/static/admin.js"),
+        "text/javascript; charset=utf-8",
+    )
+});
+
+/// The shared worker that holds a browser's one event stream for all its
+/// tabs (`app.js` falls back to a stream per tab without `SharedWorker`).
+pub static EVENTS_WORKER: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "events-worker",
+        "js",
+        include_bytes!("../../web/static/events-worker.js"),
+        "text/javascript; charset=utf-8",
+    )
+});
+
 /// The long cache of a content-hashed asset.
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 /// `GET /assets/{file}`.
 pub async fn serve(Path(file): Path<String>) -> Response {
-    match [&*SCRIPT, &*STYLE].into_iter().find(|a| a.name == file) {
+    match [&*SCRIPT, &*STYLE, &*ADMIN_SCRIPT, &*EVENTS_WORKER]
+        .into_iter().find(|a| a.name == file) {
         Some(a) => (
             [(CONTENT_TYPE, a.content_type), (CACHE_CONTROL, IMMUTABLE)],
             a.bytes,

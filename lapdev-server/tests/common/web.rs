@@ -210,5 +210,22 @@ impl Events {
             }
         }
     }
-}
 
+    /// Whether the body ends (after any keep-alive comments) within 30 s.
+    pub async fn finished(&mut self) -> bool {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), self.body.frame()).await {
+                Err(_) => return false,
+                Ok(None) => return true,
+                Ok(Some(Err(_))) => return true,
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data()
+                        && String::from_utf8_lossy(&data).contains("event:")
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -2,7 +2,10 @@
 //! came from a user or a cluster is only ever spliced as escaped text.
 
 pub mod clusters;
+pub mod audit;
 pub mod connect;
 pub mod sign_in;
+pub mod tokens;
+pub mod users;
 pub mod workspace;
 pub mod workspaces;
