@@ -83,9 +83,15 @@ fn get(url: &str, cookie: &str, gzip: bool) -> Request<Full<Bytes>> {
 
 /// Status and body bytes (as sent: compressed when gzip was asked for).
 async fn fetch(http: &Http, url: &str, cookie: &str, gzip: bool) -> (StatusCode, Bytes) {
-    let r = http.request(get(url, cookie, gzip)).await.expect("an answer");
+    let r = http
+        .request(get(url, cookie, gzip))
+        .await
+        .expect("an answer");
     let status = r.status();
-    (status, r.into_body().collect().await.expect("a body").to_bytes())
+    (
+        status,
+        r.into_body().collect().await.expect("a body").to_bytes(),
+    )
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -121,7 +127,10 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let base = format!("http://{}", server.local_addr);
-    let token = server.first_admin_token.clone().expect("a first admin token");
+    let token = server
+        .first_admin_token
+        .clone()
+        .expect("a first admin token");
     let rpc = lapdev_hrpc::Client::http(&format!("{base}/rpc"))?.with_header(
         http::header::AUTHORIZATION,
         http::HeaderValue::from_str(&format!("Bearer {token}"))?,
@@ -210,9 +219,17 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "  floors: p99 <= {P99_PAGE_MS} ms: {}; compressed <= {} KB: {}",
-        if worst_p99 <= P99_PAGE_MS { "met" } else { "MISSED" },
+        if worst_p99 <= P99_PAGE_MS {
+            "met"
+        } else {
+            "MISSED"
+        },
         PAGE_BYTES / 1000,
-        if worst_bytes <= PAGE_BYTES { "met" } else { "MISSED" },
+        if worst_bytes <= PAGE_BYTES {
+            "met"
+        } else {
+            "MISSED"
+        },
     );
 
     // 3. First load (before the streams, so the process is quiet).
@@ -241,16 +258,19 @@ async fn main() -> anyhow::Result<()> {
     let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
     for _ in 0..streams {
         let mut request = get(&format!("{base}/events"), &cookie, false);
-        request
-            .headers_mut()
-            .insert("accept", http::HeaderValue::from_static("text/event-stream"));
+        request.headers_mut().insert(
+            "accept",
+            http::HeaderValue::from_static("text/event-stream"),
+        );
         let response = http.request(request).await?;
         assert_eq!(response.status(), StatusCode::OK);
         let mut body = response.into_body();
         let (seen, all_seen, arrivals) = (seen.clone(), all_seen.clone(), arrivals.clone());
         tokio::spawn(async move {
             while let Some(Ok(frame)) = body.frame().await {
-                let Ok(data) = frame.into_data() else { continue };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
                 let events = data.windows(13).filter(|w| w == b"event: change").count();
                 for _ in 0..events {
                     arrivals.lock().await.push(Instant::now());

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::web::{Events, browser, call, page, send, bearer, ORIGIN};
+use common::web::{Events, ORIGIN, bearer, browser, call, page, send};
 use common::{FakeManager, TestServer, dial, eventually, observation, sample_info};
 use http::{Method, StatusCode};
 use lapdev_common::role::Role;

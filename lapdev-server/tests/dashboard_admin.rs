@@ -372,3 +372,117 @@ async fn an_event_stream_ends_with_its_session() {
         .unwrap();
     assert!(ends(&mut cy_events).await.contains("disabled"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_add_a_gke_provider_by_its_key_and_import_and_create_clusters() {
+    let double = lapdev_kube_double::KubeDouble::start().await.unwrap();
+    let gke = lapdev_kube::provider::testing::GkeStandIn::start()
+        .await
+        .unwrap();
+    gke.set_cluster_endpoint(&double.url(), None);
+    gke.add_cluster("us-central1-a", "existing", "1.32.9-gke.100", 2);
+    // The stand-in listens on loopback http.
+    let t = TestServer::embedded_with(lapdev_server::config::LimitsConfig {
+        allow_provider_test_endpoints: true,
+        ..Default::default()
+    })
+    .await;
+    let mel = browser(&t, "mel", Role::Member).await;
+    assert_eq!(
+        page(&t, "/providers", &mel).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let r = call(&t, &mel, "ProviderRpc/list_providers", "{}").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    let ada = browser(&t, "ada", Role::Admin).await;
+    let html = page(&t, "/providers", &ada).await.text();
+    for control in [
+        "for=\"provider-name\"",
+        "for=\"provider-project\"",
+        "for=\"provider-key\"",
+        "type=\"file\"",
+    ] {
+        assert!(html.contains(control), "{control}");
+    }
+    let add = |credential: String| {
+        serde_json::json!({
+            "name": "gcp",
+            "kind": "gcp",
+            "config": gke.config_json(Some("europe-west1")),
+            "credential": credential,
+            "validate": true,
+        })
+        .to_string()
+    };
+    let good = String::from_utf8(gke.key_json()).unwrap();
+    let mut no_private_key: serde_json::Value = serde_json::from_str(&good).unwrap();
+    no_private_key
+        .as_object_mut()
+        .unwrap()
+        .remove("private_key");
+    let mut wrong_type: serde_json::Value = serde_json::from_str(&good).unwrap();
+    wrong_type["type"] = "authorized_user".into();
+    // Each bad key is refused before anything is stored, saying what is wrong.
+    for (key, says) in [
+        ("not a key at all".to_owned(), "not JSON"),
+        (wrong_type.to_string(), "expected \\\"service_account\\\""),
+        (no_private_key.to_string(), "private_key is missing"),
+    ] {
+        let r = call(&t, &ada, "ProviderRpc/create_provider", &add(key)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+        assert!(r.text().contains(says), "{says}: {}", r.text());
+        assert!(!r.text().contains("PRIVATE KEY"));
+    }
+    let r = call(&t, &ada, "ProviderRpc/list_providers", "{}").await;
+    assert_eq!(r.text(), "[]");
+    let r = call(&t, &ada, "ProviderRpc/create_provider", &add(good)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let created: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(created["credentials_checked"], true);
+
+    // The provider's clusters, one imported, one created: what the page's
+    // script calls, and the status it follows until the manager dials in.
+    let r = call(
+        &t,
+        &ada,
+        "ProviderRpc/list_provider_clusters",
+        r#"{"provider":"gcp"}"#,
+    )
+    .await;
+    let remote: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(remote[0]["name"], "existing", "{remote}");
+    let r = call(
+        &t,
+        &ada,
+        "ProviderRpc/import_cluster",
+        r#"{"provider":"gcp","cluster":"existing","location":"us-central1-a","name":null,"install":true}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = call(
+        &t,
+        &ada,
+        "ProviderRpc/create_cluster",
+        r#"{"provider":"gcp","name":"fresh","location":null,"mode":{"mode":"autopilot"}}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let started: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(started["cluster"]["status"], "provisioning");
+    common::eventually("the created cluster waits for its manager", || {
+        let (t, ada) = (&t, &ada);
+        async move {
+            let r = call(
+                t,
+                ada,
+                "ProviderRpc/get_managed_cluster",
+                r#"{"name":"fresh"}"#,
+            )
+            .await;
+            let m: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            m["cluster"]["status"] == "pending"
+        }
+    })
+    .await;
+}

@@ -88,7 +88,9 @@ pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// `GET /assets/{file}`.
 pub async fn serve(Path(file): Path<String>) -> Response {
     match [&*SCRIPT, &*STYLE, &*ADMIN_SCRIPT, &*EVENTS_WORKER]
-        .into_iter().find(|a| a.name == file) {
+        .into_iter()
+        .find(|a| a.name == file)
+    {
         Some(a) => (
             [(CONTENT_TYPE, a.content_type), (CACHE_CONTROL, IMMUTABLE)],
             a.bytes,

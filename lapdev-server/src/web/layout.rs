@@ -20,6 +20,7 @@ pub enum Nav {
     Tokens,
     Users,
     Audit,
+    Providers,
     None,
 }
 
@@ -66,6 +67,7 @@ pub fn page_with(
                             (link(Nav::Connect, "/connect", "Connect"))
                             (link(Nav::Tokens, "/tokens", "Tokens"))
                             @if v.is_admin() {
+                                (link(Nav::Providers, "/providers", "Providers"))
                                 (link(Nav::Users, "/users", "Users"))
                                 (link(Nav::Audit, "/audit", "Audit log"))
                             }

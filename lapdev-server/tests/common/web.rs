@@ -152,7 +152,11 @@ pub struct Events {
 }
 
 impl Events {
-    pub async fn open(t: &TestServer, cookie: &str, last_event_id: Option<&str>) -> (Reply, Events) {
+    pub async fn open(
+        t: &TestServer,
+        cookie: &str,
+        last_event_id: Option<&str>,
+    ) -> (Reply, Events) {
         let mut headers = vec![("cookie", cookie), ("accept", "text/event-stream")];
         if let Some(id) = last_event_id {
             headers.push(("last-event-id", id));

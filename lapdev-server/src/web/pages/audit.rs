@@ -36,7 +36,12 @@ pub async fn page(
     if !viewer.is_admin() {
         return layout::forbidden(&viewer, "The audit log");
     }
-    let nonempty = |s: &Option<String>| s.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+    let nonempty = |s: &Option<String>| {
+        s.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
     let (actor, action) = (nonempty(&q.actor), nonempty(&q.action));
     let filter = AuditFilter {
         since: None,

@@ -13,6 +13,7 @@ use crate::auth::api::{PeopleRpc as _, UserView};
 use crate::web::assets::ADMIN_SCRIPT;
 use crate::web::format::time;
 use crate::web::layout::{self, Nav};
+use crate::web::pages::workspaces::field;
 use crate::web::session::Viewer;
 
 const ROLES: [(Role, &str); 3] = [
@@ -90,16 +91,6 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
         body,
         Some(&ADMIN_SCRIPT),
     )
-}
-
-fn field(id: &str, error_field: &str, label: &str, control: Markup) -> Markup {
-    html! {
-        div.field {
-            label for=(id) { (label) }
-            (control)
-            p.field-error id={ (id) "-error" } data-field=(error_field) {}
-        }
-    }
 }
 
 fn role_select(id: &str, name: &str, current: Role) -> Markup {

@@ -124,8 +124,8 @@ fn pager(previous: Option<&str>, next: Option<&str>) -> Markup {
 }
 
 /// A labelled control with the place its validation error goes (matched by
-/// the error's `details.field`).
-fn field(id: &str, error_field: &str, label: &str, control: Markup) -> Markup {
+/// the error's `details.field`); other pages' forms use it too.
+pub(crate) fn field(id: &str, error_field: &str, label: &str, control: Markup) -> Markup {
     html! {
         div.field {
             label for=(id) { (label) }
