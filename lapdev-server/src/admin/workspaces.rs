@@ -168,6 +168,22 @@ impl WorkspaceService {
         self.view_with(who, ws, timer, &policy).await
     }
 
+    /// The organisation's workspace timers (by workspace) and its policy.
+    async fn timers_and_policy(
+        &self,
+        org: Uuid,
+    ) -> Result<
+        (
+            std::collections::HashMap<Uuid, WorkspaceTimer>,
+            WorkspacePolicy,
+        ),
+        HrpcError,
+    > {
+        let timers = self.db.workspace_timers(org).await.map_err(db_error)?;
+        let policy = self.db.workspace_policy(org).await.map_err(db_error)?;
+        Ok((timers, policy))
+    }
+
     async fn view_with(
         &self,
         who: AdminIdentity,
@@ -355,16 +371,7 @@ impl WorkspaceRpc for WorkspaceService {
         }
         .map_err(db_error)?;
         let owner = only_owner(&ctx)?;
-        let mut timers = self
-            .db
-            .workspace_timers(who.organization_id)
-            .await
-            .map_err(db_error)?;
-        let policy = self
-            .db
-            .workspace_policy(who.organization_id)
-            .await
-            .map_err(db_error)?;
+        let (mut timers, policy) = self.timers_and_policy(who.organization_id).await?;
         let mut views = Vec::with_capacity(list.len());
         for ws in list
             .into_iter()

@@ -89,16 +89,7 @@ impl WorkspaceService {
             .into_iter()
             .map(|c| (c.id, c.name))
             .collect();
-        let mut timers = self
-            .db
-            .workspace_timers(who.organization_id)
-            .await
-            .map_err(db_error)?;
-        let policy = self
-            .db
-            .workspace_policy(who.organization_id)
-            .await
-            .map_err(db_error)?;
+        let (mut timers, policy) = self.timers_and_policy(who.organization_id).await?;
         let workspaces = rows
             .into_iter()
             .map(|ws| {
