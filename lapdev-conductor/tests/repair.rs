@@ -479,18 +479,6 @@ impl lapdev_kube_rpc::KubeManagerRpc for FailsWhileAnswering {
     ) -> Result<lapdev_common::kube::KubeClusterInfo, lapdev_hrpc::HrpcError> {
         self.inner.get_cluster_info().await
     }
-    async fn delete_workspace_keeping_volume(
-        &self,
-        keep: lapdev_kube_rpc::KeepVolume,
-    ) -> Result<lapdev_kube_rpc::WorkspaceObservation, lapdev_hrpc::HrpcError> {
-        self.inner.delete_workspace_keeping_volume(keep).await
-    }
-    async fn purge_workspace_volume(
-        &self,
-        id: Uuid,
-    ) -> Result<lapdev_kube_rpc::WorkspaceObservation, lapdev_hrpc::HrpcError> {
-        self.inner.purge_workspace_volume(id).await
-    }
 }
 
 /// A failure reported while the conductor's own call was still answering is

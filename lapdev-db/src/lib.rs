@@ -81,5 +81,5 @@ pub use token::{
     ClusterToken, ClusterTokenSecret, CreatedClusterToken, NewClusterToken, VerifiedClusterToken,
 };
 pub use workspace::{
-    Backoff, NewWorkspace, Workspace, WorkspaceTransition, workspace_transition_allowed,
+    Backoff, NewWorkspace, PageCursor, Workspace, WorkspaceTransition, workspace_transition_allowed,
 };

@@ -410,6 +410,46 @@ impl Db {
             .collect()
     }
 
+    /// One page of the live workspaces of `org_id` (only `owner`'s when
+    /// given), in name order: at most `limit` names after `after`, or, with
+    /// `before` instead, the last `limit` names before it (still returned in
+    /// name order). Live names are unique in an organisation, so the order is
+    /// stable and a page boundary is just a name.
+    pub async fn list_workspaces_page(
+        &self,
+        org_id: Uuid,
+        owner: Option<Uuid>,
+        cursor: PageCursor<'_>,
+        limit: u64,
+    ) -> DbResult<Vec<Workspace>> {
+        let mut q = kube_workspace::Entity::find()
+            .filter(kube_workspace::Column::OrganizationId.eq(org_id))
+            .filter(kube_workspace::Column::DeletedAt.is_null());
+        if let Some(o) = owner {
+            q = q.filter(kube_workspace::Column::OwnerId.eq(o));
+        }
+        let q = match cursor {
+            PageCursor::First => q.order_by_asc(kube_workspace::Column::Name),
+            PageCursor::After(n) => q
+                .filter(kube_workspace::Column::Name.gt(n))
+                .order_by_asc(kube_workspace::Column::Name),
+            PageCursor::Before(n) => q
+                .filter(kube_workspace::Column::Name.lt(n))
+                .order_by_desc(kube_workspace::Column::Name),
+        };
+        let mut rows = q
+            .limit(limit)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(workspace_from_model)
+            .collect::<DbResult<Vec<_>>>()?;
+        if matches!(cursor, PageCursor::Before(_)) {
+            rows.reverse();
+        }
+        Ok(rows)
+    }
+
     /// The live workspaces of `org_id` placed on `cluster_id`, by name.
     pub async fn list_cluster_workspaces(
         &self,
@@ -1048,6 +1088,17 @@ fn check_transition(current: &Workspace, to: WorkspaceStatus) -> DbResult<()> {
         });
     }
     Ok(())
+}
+
+/// Where a page of a name-ordered list starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageCursor<'a> {
+    /// The first page.
+    First,
+    /// The names after this one.
+    After(&'a str),
+    /// The names before this one.
+    Before(&'a str),
 }
 
 #[cfg(test)]

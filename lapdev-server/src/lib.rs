@@ -20,8 +20,9 @@
 //!   ([`auth::web`]); WebSocket upgrades from another `Origin` are refused.
 //! - `/api/v1/workspaces/{name}/exec` and `/portforward`: WebSocket sessions
 //!   into workspaces for the CLI ([`access`]), bridged to streams on managers.
-//! - `/`, `/sign-in`, `/workspaces/…`, `/clusters`, `/connect`, `/assets/…`,
-//!   `/events`: the web dashboard ([`web`]).
+//! - `/`, `/sign-in`, `/workspaces/…`, `/clusters`, `/connect`, `/tokens`,
+//!   `/users`, `/audit`, `/providers`, `/assets/…`, `/events`: the web
+//!   dashboard ([`web`]).
 
 pub mod access;
 pub mod admin;

@@ -139,8 +139,10 @@ async fn the_dashboard_walk_in_chromium() {
         "ok hostile text stays text",
         "ok stop and start",
         "ok delete",
+        "ok users and audit pages",
         "ok signed out",
         "ok member sees only their own",
+        "ok member tokens",
         "ok done",
     ] {
         assert!(

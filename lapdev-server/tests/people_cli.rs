@@ -187,10 +187,22 @@ async fn the_owner_sets_a_password_and_signs_in_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let owner_cfg = dir.path().join("owner");
     let owner = Some(t.admin_token.as_str());
-    let me = json(&lapdev(&t, &owner_cfg, owner, &["whoami", "-o", "json"], ""));
+    let me = json(&lapdev(
+        &t,
+        &owner_cfg,
+        owner,
+        &["whoami", "-o", "json"],
+        "",
+    ));
     let name = me["name"].as_str().unwrap().to_owned();
 
-    let short = lapdev(&t, &owner_cfg, owner, &["user", "set-password", &name], "short\n");
+    let short = lapdev(
+        &t,
+        &owner_cfg,
+        owner,
+        &["user", "set-password", &name],
+        "short\n",
+    );
     assert!(!short.status.success());
     assert!(
         String::from_utf8_lossy(&short.stderr).contains("at least 8 characters"),

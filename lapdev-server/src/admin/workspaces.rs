@@ -19,6 +19,9 @@ use crate::auth::Caller;
 use crate::idle::api::TimerView;
 use crate::jwt::AdminIdentity;
 
+mod page;
+pub use page::{PAGE_SIZE, WorkspacePage, WorkspacePageRequest};
+
 /// A workspace as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkspaceView {
@@ -95,6 +98,16 @@ pub trait WorkspaceRpc {
         ctx: Context,
         include_deleted: bool,
     ) -> Result<Vec<WorkspaceView>, HrpcError>;
+
+    /// One page of the live workspaces, by name (the dashboard's list): at
+    /// most `limit` (default and cap [`PAGE_SIZE`]) after or before a name,
+    /// with the names that start the next and previous pages.
+    #[hrpc(role = "member")]
+    async fn list_workspaces_page(
+        &self,
+        ctx: Context,
+        page: WorkspacePageRequest,
+    ) -> Result<WorkspacePage, HrpcError>;
 
     /// One workspace by name (a deleted one too, so its end can be seen).
     #[hrpc(role = "member")]
@@ -176,6 +189,22 @@ impl WorkspaceService {
         self.view_with(who, ws, timer, &policy).await
     }
 
+    /// The organisation's workspace timers (by workspace) and its policy.
+    async fn timers_and_policy(
+        &self,
+        org: Uuid,
+    ) -> Result<
+        (
+            std::collections::HashMap<Uuid, WorkspaceTimer>,
+            WorkspacePolicy,
+        ),
+        HrpcError,
+    > {
+        let timers = self.db.workspace_timers(org).await.map_err(db_error)?;
+        let policy = self.db.workspace_policy(org).await.map_err(db_error)?;
+        Ok((timers, policy))
+    }
+
     async fn view_with(
         &self,
         who: AdminIdentity,
@@ -183,36 +212,6 @@ impl WorkspaceService {
         timer: Option<WorkspaceTimer>,
         policy: &WorkspacePolicy,
     ) -> Result<WorkspaceView, HrpcError> {
-        // The server's own stop (idle, lifetime) is the latest word until the
-        // workspace is started again or a cluster gives a reason of its own.
-        let (mut reason, mut message) = (ws.status_reason, ws.status_message);
-        if let Some(t) = &timer
-            && let (Some(why), Some(at)) = (&t.stop_reason, t.stopped_at)
-            && reason.is_none()
-        {
-            message = Some(format!(
-                "{why}: stopped by the server at {}",
-                at.to_rfc3339()
-            ));
-            reason = Some(why.clone());
-        }
-        // The notice before a lifetime stop, while it still runs.
-        if reason.is_none()
-            && ws.status == WorkspaceStatus::Running
-            && let Some(notice) = timer.as_ref().and_then(|t| t.lifetime_notice(policy))
-        {
-            message = Some(notice);
-            reason = Some(WorkspaceReason::LifetimeEnding);
-        }
-        let kept = timer.as_ref().and_then(|t| t.volume_retained_until);
-        let purged = timer.as_ref().and_then(|t| t.volume_deleted_at);
-        if let (Some(until), None, Some(_)) = (kept, purged, ws.deleted_at) {
-            message = Some(format!(
-                "deleted; its home volume is kept until {} (`lapdev workspace restore {}`)",
-                until.to_rfc3339(),
-                ws.name
-            ));
-        }
         let cluster = match ws.cluster_id {
             Some(id) => self
                 .db
@@ -222,26 +221,7 @@ impl WorkspaceService {
                 .map(|c| c.name),
             None => None,
         };
-        Ok(WorkspaceView {
-            id: ws.id,
-            name: ws.name,
-            cluster,
-            status: ws.status,
-            desired_state: ws.desired_state,
-            message,
-            image: ws.image,
-            cpu_millis: ws.cpu_millis,
-            memory_bytes: ws.memory_bytes,
-            storage_bytes: ws.storage_bytes,
-            created_at: ws.created_at,
-            pod_name: ws.pod_name,
-            deleted_at: ws.deleted_at,
-            reason,
-            forgotten_at: ws.forgotten_at,
-            timer: timer.map(|t| TimerView::new(&t, policy)),
-            volume_kept_until: kept.filter(|_| purged.is_none()),
-            volume_deleted_at: purged,
-        })
+        Ok(view_named(ws, timer, policy, cluster))
     }
 
     async fn desire(
@@ -289,6 +269,65 @@ fn check_request(w: &NewWorkspaceRequest) -> Result<(), HrpcError> {
         }
     }
     Ok(())
+}
+
+/// A workspace's view once its cluster's name is known.
+fn view_named(
+    ws: Workspace,
+    timer: Option<WorkspaceTimer>,
+    policy: &WorkspacePolicy,
+    cluster: Option<String>,
+) -> WorkspaceView {
+    // The server's own stop (idle, lifetime) is the latest word until the
+    // workspace is started again or a cluster gives a reason of its own.
+    let (mut reason, mut message) = (ws.status_reason, ws.status_message);
+    if let Some(t) = &timer
+        && let (Some(why), Some(at)) = (&t.stop_reason, t.stopped_at)
+        && reason.is_none()
+    {
+        message = Some(format!(
+            "{why}: stopped by the server at {}",
+            at.to_rfc3339()
+        ));
+        reason = Some(why.clone());
+    }
+    // The notice before a lifetime stop, while it still runs.
+    if reason.is_none()
+        && ws.status == WorkspaceStatus::Running
+        && let Some(notice) = timer.as_ref().and_then(|t| t.lifetime_notice(policy))
+    {
+        message = Some(notice);
+        reason = Some(WorkspaceReason::LifetimeEnding);
+    }
+    let kept = timer.as_ref().and_then(|t| t.volume_retained_until);
+    let purged = timer.as_ref().and_then(|t| t.volume_deleted_at);
+    if let (Some(until), None, Some(_)) = (kept, purged, ws.deleted_at) {
+        message = Some(format!(
+            "deleted; its home volume is kept until {} (`lapdev workspace restore {}`)",
+            until.to_rfc3339(),
+            ws.name
+        ));
+    }
+    WorkspaceView {
+        id: ws.id,
+        name: ws.name,
+        cluster,
+        status: ws.status,
+        desired_state: ws.desired_state,
+        message,
+        image: ws.image,
+        cpu_millis: ws.cpu_millis,
+        memory_bytes: ws.memory_bytes,
+        storage_bytes: ws.storage_bytes,
+        created_at: ws.created_at,
+        pod_name: ws.pod_name,
+        deleted_at: ws.deleted_at,
+        reason,
+        forgotten_at: ws.forgotten_at,
+        timer: timer.map(|t| TimerView::new(&t, policy)),
+        volume_kept_until: kept.filter(|_| purged.is_none()),
+        volume_deleted_at: purged,
+    }
 }
 
 /// The owner a caller is restricted to: `None` for admins and owners. Without a
@@ -372,16 +411,7 @@ impl WorkspaceRpc for WorkspaceService {
         }
         .map_err(db_error)?;
         let owner = only_owner(&ctx)?;
-        let mut timers = self
-            .db
-            .workspace_timers(who.organization_id)
-            .await
-            .map_err(db_error)?;
-        let policy = self
-            .db
-            .workspace_policy(who.organization_id)
-            .await
-            .map_err(db_error)?;
+        let (mut timers, policy) = self.timers_and_policy(who.organization_id).await?;
         let mut views = Vec::with_capacity(list.len());
         for ws in list
             .into_iter()
@@ -391,6 +421,14 @@ impl WorkspaceRpc for WorkspaceService {
             views.push(self.view_with(who, ws, timer, &policy).await?);
         }
         Ok(views)
+    }
+
+    async fn list_workspaces_page(
+        &self,
+        ctx: Context,
+        page: WorkspacePageRequest,
+    ) -> Result<WorkspacePage, HrpcError> {
+        self.page(&ctx, page).await
     }
 
     async fn get_workspace(&self, ctx: Context, name: String) -> Result<WorkspaceView, HrpcError> {

@@ -103,6 +103,9 @@ pub struct AuthState {
     pub cache: Arc<AuthCache>,
     /// Open shell, exec and port-forward sessions, ended on revocation.
     pub live: LiveSessions,
+    /// Open dashboard event streams (`/events`), ended on revocation; apart
+    /// from `live` so they never count as shell sessions.
+    pub streams: LiveSessions,
     trusted_proxies: Arc<Vec<IpAddr>>,
     web: Option<Arc<WebPolicy>>,
     methods: Arc<HashMap<&'static str, Option<&'static str>>>,
@@ -133,6 +136,7 @@ impl AuthState {
             jwt,
             cache: Arc::new(AuthCache::default()),
             live: LiveSessions::default(),
+            streams: LiveSessions::default(),
             trusted_proxies: Arc::new(Vec::new()),
             web: None,
             methods: Arc::new(methods),
@@ -160,9 +164,10 @@ impl AuthState {
 
     /// Authority was taken away (the database has committed it): forgets every
     /// cached token and user, so the very next call is checked afresh, then
-    /// ends the open shell, exec and port-forward sessions `revocation` covers.
-    /// The one call every revocation makes. It also tells the other replicas
-    /// (PostgreSQL's `NOTIFY`), which make [`revoked_elsewhere`](Self::revoked_elsewhere).
+    /// ends the open shell, exec and port-forward sessions and the dashboard
+    /// event streams `revocation` covers. The one call every revocation makes.
+    /// It also tells the other replicas (PostgreSQL's `NOTIFY`), which make
+    /// [`revoked_elsewhere`](Self::revoked_elsewhere).
     pub fn revoked(&self, revocation: Revocation) {
         self.revoked_elsewhere(revocation);
         self.db.announce(lapdev_db::Change::Revoked(revocation));
@@ -174,6 +179,7 @@ impl AuthState {
     pub fn revoked_elsewhere(&self, revocation: Revocation) {
         self.cache.clear();
         self.live.revoke(revocation);
+        self.streams.revoke(revocation);
     }
 
     /// The browser rules, when sessions are accepted.

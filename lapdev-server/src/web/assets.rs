@@ -72,6 +72,16 @@ pub static CLUSTER_SCRIPT: LazyLock<Asset> = LazyLock::new(|| {
     )
 });
 
+/// The script of the admin and token pages (users, tokens, audit).
+pub static ADMIN_SCRIPT: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "admin",
+        "js",
+        include_bytes!("../../web/static/admin.js"),
+        "text/javascript; charset=utf-8",
+    )
+});
+
 /// The terminal page's bundle (xterm.js, its fit addon and
 /// `web/terminal/terminal.js`), built by `build.rs` into `OUT_DIR`.
 #[cfg(lapdev_terminal)]
@@ -108,10 +118,27 @@ pub fn terminal() -> Option<(&'static Asset, &'static Asset)> {
 /// Every asset served.
 fn all() -> impl Iterator<Item = &'static Asset> {
     let terminal = terminal().into_iter().flat_map(|(js, css)| [js, css]);
-    [&*SCRIPT, &*STYLE, &*CLUSTER_SCRIPT]
-        .into_iter()
-        .chain(terminal)
+    [
+        &*SCRIPT,
+        &*STYLE,
+        &*CLUSTER_SCRIPT,
+        &*ADMIN_SCRIPT,
+        &*EVENTS_WORKER,
+    ]
+    .into_iter()
+    .chain(terminal)
 }
+
+/// The shared worker that holds a browser's one event stream for all its
+/// tabs (`app.js` falls back to a stream per tab without `SharedWorker`).
+pub static EVENTS_WORKER: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "events-worker",
+        "js",
+        include_bytes!("../../web/static/events-worker.js"),
+        "text/javascript; charset=utf-8",
+    )
+});
 
 /// The long cache of a content-hashed asset.
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";

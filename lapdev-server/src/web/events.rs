@@ -15,6 +15,12 @@
 //! page reloads rather than show stale state. A stream that falls behind the
 //! live feed gets `reload` too.
 //!
+//! A stream ends when the authority behind it is taken away: it registers
+//! with [`AuthState::streams`](crate::auth::AuthState) under its browser
+//! session, and signing out, revoking the session, or disabling or deleting
+//! the user sends one `ended` event (its data the reason) and closes it; the
+//! browser's reconnect is then refused (`401`) and the page goes to sign-in.
+//!
 //! Streams are long-lived responses: the unary request timeout covers `/rpc`
 //! only, the accept loop's idle rule counts a response in flight until its
 //! body ends, the compression layer leaves `text/event-stream` alone, and a
@@ -39,6 +45,7 @@ use uuid::Uuid;
 
 use super::session::{PageRefusal, Viewer};
 use crate::AppState;
+use crate::auth::web_policy::cookie;
 
 /// How many recent events a reconnecting browser may catch up on.
 pub const REPLAY_WINDOW: usize = 1024;
@@ -340,11 +347,33 @@ pub async fn stream(
         )
             .into_response();
     }
+    // Registered first, then the session checked again: a sign-out between
+    // the first check and the registration either fails this check or finds
+    // the stream registered and ends it.
+    let mut registration = state
+        .auth
+        .streams
+        .open(viewer.0.user_id, viewer.0.credential);
+    let Some(secret) = cookie(&headers, state.web.policy.session_cookie()) else {
+        return (StatusCode::UNAUTHORIZED, "sign in first\n").into_response();
+    };
+    if state.auth.authenticate_session(secret).await.is_err() {
+        return (StatusCode::UNAUTHORIZED, "sign in first\n").into_response();
+    }
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let events = state.events.stream(viewer, last);
+    // The reason, once the stream's authority is taken away.
+    let reason = Arc::new(std::sync::OnceLock::new());
+    let set = reason.clone();
+    let revoked = async move {
+        let _ = set.set(registration.revoked().await);
+    };
+    let ended = stream::once(async move { reason.get().copied() }).filter_map(|r| {
+        futures::future::ready(r.map(|r| Ok(Event::default().event("ended").data(r))))
+    });
     (
         [(http::header::CACHE_CONTROL, "no-store")],
-        Sse::new(events).keep_alive(KeepAlive::default()),
+        Sse::new(events.take_until(revoked).chain(ended)).keep_alive(KeepAlive::default()),
     )
         .into_response()
 }

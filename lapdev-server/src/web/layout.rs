@@ -6,7 +6,7 @@ use http::header::CACHE_CONTROL;
 use lapdev_hrpc::HrpcError;
 use maud::{DOCTYPE, Markup, html};
 
-use super::assets::{SCRIPT, STYLE};
+use super::assets::{Asset, EVENTS_WORKER, SCRIPT, STYLE};
 use super::session::Viewer;
 
 /// The project's documentation.
@@ -18,12 +18,28 @@ pub enum Nav {
     Workspaces,
     Clusters,
     Connect,
+    Tokens,
+    Users,
+    Audit,
+    Providers,
     None,
 }
 
 /// A full page. Pages are per-user and may show secrets the script put there,
 /// so none is ever stored by a cache (`no-store`).
 pub fn page(title: &str, name: &str, viewer: Option<&Viewer>, nav: Nav, main: Markup) -> Response {
+    page_with(title, name, viewer, nav, main, None)
+}
+
+/// [`page`] with a script of its own besides the dashboard's.
+pub fn page_with(
+    title: &str,
+    name: &str,
+    viewer: Option<&Viewer>,
+    nav: Nav,
+    main: Markup,
+    script: Option<&Asset>,
+) -> Response {
     let link = |to: Nav, href: &str, text: &str| {
         html! {
             @if nav == to { a href=(href) aria-current="page" { (text) } }
@@ -38,7 +54,9 @@ pub fn page(title: &str, name: &str, viewer: Option<&Viewer>, nav: Nav, main: Ma
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Lapdev" }
                 link rel="stylesheet" href=(STYLE.url());
+                meta name="lapdev-events-worker" content=(EVENTS_WORKER.url());
                 script src=(SCRIPT.url()) defer {}
+                @if let Some(s) = script { script src=(s.url()) defer {} }
             }
             body data-page=(name) {
                 header {
@@ -48,6 +66,12 @@ pub fn page(title: &str, name: &str, viewer: Option<&Viewer>, nav: Nav, main: Ma
                             (link(Nav::Workspaces, "/", "Workspaces"))
                             @if v.is_admin() { (link(Nav::Clusters, "/clusters", "Clusters")) }
                             (link(Nav::Connect, "/connect", "Connect"))
+                            (link(Nav::Tokens, "/tokens", "Tokens"))
+                            @if v.is_admin() {
+                                (link(Nav::Providers, "/providers", "Providers"))
+                                (link(Nav::Users, "/users", "Users"))
+                                (link(Nav::Audit, "/audit", "Audit log"))
+                            }
                         }
                         a href=(DOCS_URL) rel="noopener" { "Docs" }
                         @if let Some(v) = viewer {

@@ -2,7 +2,8 @@
 //! compile time and escaped by default), one small script of our own for forms
 //! and live updates, and a stream of Server-Sent Events fed by the change feed.
 //!
-//! - `assets.rs`: the script and stylesheet, embedded in the binary and served
+//! - `assets.rs`: the scripts (the dashboard's, the admin pages', the
+//!   shared events worker) and the stylesheet, embedded in the binary and served
 //!   under content-hashed names with a year-long immutable cache;
 //! - `security.rs`: the headers every dashboard response carries (a strict
 //!   Content-Security-Policy with no inline script or style, `frame-ancestors
@@ -10,8 +11,10 @@
 //! - `session.rs`: who is looking at a page (the browser session cookie), and
 //!   calls into the same services the HRPC methods run, as that caller;
 //! - `layout.rs`: the page frame; `format.rs`: human units and times;
-//! - `pages/`: one file per page;
-//! - `events.rs`: `GET /events`, the live updates.
+//! - `pages/`: one file per page (workspaces, paged by name; clusters;
+//!   connect; tokens; users and roles; the audit log; providers);
+//! - `events.rs`: `GET /events`, the live updates, one stream per browser
+//!   (shared by its tabs), ended when its session is.
 //!
 //! The pages only read. Every action (sign-in, create, stop, delete…) is the
 //! script calling the HRPC method the CLI calls, with the session cookie, the
@@ -45,6 +48,10 @@ pub fn routes(state: AppState) -> Router {
         .route("/clusters", get(pages::clusters::page))
         .route("/clusters/{name}", get(pages::cluster::page))
         .route("/connect", get(pages::connect::page))
+        .route("/tokens", get(pages::tokens::page))
+        .route("/users", get(pages::users::page))
+        .route("/providers", get(pages::providers::page))
+        .route("/audit", get(pages::audit::page))
         .route("/assets/{file}", get(assets::serve))
         .route("/events", get(events::stream))
         .with_state(state)

@@ -116,6 +116,7 @@ function setupSignOut() {
   if (!b) return;
   b.addEventListener('click', async () => {
     await fetch('/auth/logout', { method: 'POST', credentials: 'same-origin', headers: CSRF });
+    tellEvents('ended');
     location.assign('/sign-in');
   });
 }
@@ -163,10 +164,14 @@ function workspaceRow(w) {
 }
 
 async function refreshWorkspaces() {
-  const body = document.querySelector('#workspaces tbody');
-  if (!body) return;
-  const list = await rpc('WorkspaceRpc', 'list_workspaces', { include_deleted: false });
-  body.replaceChildren(...list.map(workspaceRow));
+  const table = document.getElementById('workspaces');
+  if (!table) return;
+  // The page this table shows (by name, as the server rendered it).
+  const page = await rpc('WorkspaceRpc', 'list_workspaces_page', {
+    page: { after: table.dataset.after || null, before: table.dataset.before || null },
+  });
+  const list = page.workspaces;
+  table.tBodies[0].replaceChildren(...list.map(workspaceRow));
   const empty = document.getElementById('workspaces-empty');
   if (empty) empty.hidden = list.length > 0;
 }
@@ -374,19 +379,45 @@ function refreshAll() {
   return Promise.all(jobs.map((p) => p.catch((e) => toast(e.message, true))));
 }
 
+// The browser's one event stream: a SharedWorker holds it for every tab
+// (plain HTTP/1.1 allows six connections per origin); without SharedWorker,
+// a stream of this tab's own. `on(type, data)` gets change, reload, ended,
+// open and error.
+function liveEvents(on) {
+  const meta = document.querySelector('meta[name="lapdev-events-worker"]');
+  if (meta && typeof SharedWorker === 'function') {
+    const worker = new SharedWorker(meta.content, { name: 'lapdev-events' });
+    worker.port.onmessage = (m) => on(m.data.type, m.data.data);
+    worker.port.start();
+    addEventListener('pagehide', () => worker.port.postMessage('bye'));
+    return (message) => worker.port.postMessage(message);
+  }
+  const source = new EventSource('/events');
+  for (const type of ['change', 'reload', 'ended']) {
+    source.addEventListener(type, (e) => on(type, e.data));
+  }
+  source.addEventListener('open', () => on('open'));
+  source.addEventListener('error', () => on('error'));
+  return (message) => { if (message === 'ended') source.close(); };
+}
+
+let tellEvents = () => {};
+
 function setupEvents() {
   if (!document.querySelector('#workspaces, #workspace, #clusters')) return;
-  const source = new EventSource('/events');
   let pending = null;
   // Bursts of changes become one refresh.
   const schedule = () => {
     if (pending) return;
     pending = setTimeout(() => { pending = null; refreshAll(); }, 100);
   };
-  source.addEventListener('change', schedule);
-  source.addEventListener('reload', () => location.reload());
-  source.addEventListener('open', () => { document.body.dataset.live = 'open'; });
-  source.addEventListener('error', () => { document.body.dataset.live = 'reconnecting'; });
+  tellEvents = liveEvents((type) => {
+    if (type === 'change') schedule();
+    else if (type === 'reload') location.reload();
+    else if (type === 'ended') location.assign('/sign-in');
+    else if (type === 'open') document.body.dataset.live = 'open';
+    else document.body.dataset.live = 'reconnecting';
+  });
 }
 
 document.addEventListener('DOMContentLoaded', () => {

@@ -1,24 +1,33 @@
 //! `GET /`: the viewer's workspaces (an admin's: the organisation's), the
 //! create form, and stop/start/delete on each row. The script keeps status,
-//! reason and message live from `/events`.
+//! reason and message live from `/events`. The list is paged by name
+//! (`?after=NAME`, `?before=NAME`; [`PAGE_SIZE`] a page), and the script
+//! refreshes the page it shows.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::response::Response;
 use lapdev_common::status::DesiredState;
 use maud::{Markup, html};
 
 use crate::AppState;
 use crate::admin::api::AdminRpc as _;
-use crate::admin::workspaces::{WorkspaceRpc as _, WorkspaceView};
+use crate::admin::workspaces::{
+    PAGE_SIZE, WorkspacePage, WorkspacePageRequest, WorkspaceRpc as _, WorkspaceView,
+};
 use crate::web::format::{cores, gib, time};
 use crate::web::layout::{self, Nav};
 use crate::web::session::Viewer;
 
 /// The page.
-pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
+pub async fn page(
+    State(state): State<AppState>,
+    Query(at): Query<WorkspacePageRequest>,
+    viewer: Viewer,
+) -> Response {
+    let at = WorkspacePageRequest { limit: None, ..at };
     let list = state
         .workspaces
-        .list_workspaces(viewer.context(), false)
+        .list_workspaces_page(viewer.context(), at.clone())
         .await;
     let clusters = state
         .admin
@@ -67,9 +76,11 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
         section aria-labelledby="list-heading" {
             h2 #list-heading { "Your workspaces" }
             @match &list {
-                Ok(list) => {
+                Ok(WorkspacePage { workspaces: list, next, previous }) => {
                     div.table-wrap {
-                        table #workspaces {
+                        table #workspaces
+                            data-after=[at.after.as_deref()]
+                            data-before=[at.after.is_none().then_some(at.before.as_deref()).flatten()] {
                             thead { tr {
                                 th scope="col" { "Name" } th scope="col" { "Status" }
                                 th scope="col" { "Message" } th scope="col" { "Image" }
@@ -80,6 +91,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
                         }
                     }
                     p #workspaces-empty hidden[!list.is_empty()] { "No workspaces yet." }
+                    (pager(previous.as_deref(), next.as_deref()))
                 }
                 Err(e) => p.form-error role="alert" { "The workspaces could not be listed: " (e.message) },
             }
@@ -94,9 +106,26 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
     )
 }
 
+/// Links to the previous and next pages (names are query-encoded).
+fn pager(previous: Option<&str>, next: Option<&str>) -> Markup {
+    let q = |key: &str, name: &str| {
+        let mut s = form_urlencoded::Serializer::new(String::new());
+        s.append_pair(key, name);
+        format!("/?{}", s.finish())
+    };
+    html! {
+        @if previous.is_some() || next.is_some() {
+            nav.pager aria-label="Workspace pages" {
+                @if let Some(p) = previous { a #page-previous href=(q("before", p)) rel="prev" { "← Previous " (PAGE_SIZE) } }
+                @if let Some(n) = next { a #page-next href=(q("after", n)) rel="next" { "Next " (PAGE_SIZE) " →" } }
+            }
+        }
+    }
+}
+
 /// A labelled control with the place its validation error goes (matched by
-/// the error's `details.field`).
-fn field(id: &str, error_field: &str, label: &str, control: Markup) -> Markup {
+/// the error's `details.field`); other pages' forms use it too.
+pub(crate) fn field(id: &str, error_field: &str, label: &str, control: Markup) -> Markup {
     html! {
         div.field {
             label for=(id) { (label) }
