@@ -77,7 +77,7 @@ pub async fn page(
         }
         @match &page {
             Ok(page) => {
-                div.table-wrap {
+                div.table-wrap tabindex="0" role="region" aria-label="Audit log" {
                     table #audit {
                         thead { tr {
                             th scope="col" { "When" } th scope="col" { "Actor" }

@@ -79,7 +79,7 @@ pub async fn page(
                 p { a #token-manifest.button download="" href="#" { "Download the manifest" } }
             }
             @match &tokens {
-                Ok(tokens) => div.table-wrap {
+                Ok(tokens) => div.table-wrap tabindex="0" role="region" aria-label="Tokens" {
                     table #tokens data-cluster=(n) {
                         thead { tr {
                             th scope="col" { "Name" } th scope="col" { "Prefix" }
@@ -97,7 +97,7 @@ pub async fn page(
             h2 #cluster-workspaces-heading { "Workspaces on " (n) }
             @match &workspaces {
                 Ok(list) if list.is_empty() => p { "No workspaces run here." },
-                Ok(list) => div.table-wrap {
+                Ok(list) => div.table-wrap tabindex="0" role="region" aria-label="Workspaces on this cluster" {
                     table #cluster-workspaces {
                         thead { tr {
                             th scope="col" { "Name" } th scope="col" { "Status" }

@@ -53,7 +53,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
         section aria-labelledby="clusters-heading" {
             h2 #clusters-heading { "Registered clusters" }
             @match &list {
-                Ok(list) => div.table-wrap {
+                Ok(list) => div.table-wrap tabindex="0" role="region" aria-label="Registered clusters" {
                     table #clusters {
                         thead { tr {
                             th scope="col" { "Name" } th scope="col" { "Status" }

@@ -46,7 +46,7 @@ pub async fn page(viewer: Viewer) -> Response {
         }
         section aria-labelledby="providers-heading" {
             h2 #providers-heading { "Providers" }
-            div.table-wrap {
+            div.table-wrap tabindex="0" role="region" aria-label="Providers" {
                 table #providers {
                     thead { tr {
                         th scope="col" { "Name" } th scope="col" { "Kind" }
@@ -60,7 +60,7 @@ pub async fn page(viewer: Viewer) -> Response {
         }
         section #provider-clusters-section aria-labelledby="provider-clusters-heading" hidden {
             h2 #provider-clusters-heading { "Clusters in " span #provider-clusters-of {} }
-            div.table-wrap {
+            div.table-wrap tabindex="0" role="region" aria-label="Provider clusters" {
                 table #provider-clusters {
                     thead { tr {
                         th scope="col" { "Name" } th scope="col" { "Location" }

@@ -50,7 +50,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
             h2 #tokens-heading { "Your tokens" }
             @match &list {
                 Ok(list) => {
-                    div.table-wrap {
+                    div.table-wrap tabindex="0" role="region" aria-label="Your tokens" {
                         table #tokens {
                             thead { tr {
                                 th scope="col" { "Name" } th scope="col" { "Starts with" }

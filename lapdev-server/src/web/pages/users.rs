@@ -62,7 +62,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
         section aria-labelledby="users-heading" {
             h2 #users-heading { "Members of the organisation" }
             @match &list {
-                Ok(list) => div.table-wrap {
+                Ok(list) => div.table-wrap tabindex="0" role="region" aria-label="Members" {
                     table #users {
                         thead { tr {
                             th scope="col" { "Name" } th scope="col" { "Email" }

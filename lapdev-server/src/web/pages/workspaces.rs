@@ -77,7 +77,7 @@ pub async fn page(
             h2 #list-heading { "Your workspaces" }
             @match &list {
                 Ok(WorkspacePage { workspaces: list, next, previous }) => {
-                    div.table-wrap {
+                    div.table-wrap tabindex="0" role="region" aria-label="Your workspaces" {
                         table #workspaces
                             data-after=[at.after.as_deref()]
                             data-before=[at.after.is_none().then_some(at.before.as_deref()).flatten()] {
