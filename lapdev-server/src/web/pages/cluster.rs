@@ -72,7 +72,7 @@ pub async fn page(
             div #token-result hidden {
                 div.command {
                     p.command-label { "New token (shown once; it is inside the manifest)" }
-                    pre { code #token-secret {} }
+                    pre tabindex="0" { code #token-secret {} }
                     button.copy type="button" { "Copy" span.sr-only { ": new token" } }
                 }
                 (command("Apply the manifest that carries it", &format!("kubectl apply -f {n}-manager.yaml")))

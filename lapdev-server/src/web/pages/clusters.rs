@@ -39,13 +39,13 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
                 p { "Apply this manifest in the cluster; this page turns the cluster connected when its manager dials in." }
                 div.command {
                     p.command-label { "Install the manager" }
-                    pre { code #connect-command {} }
+                    pre tabindex="0" { code #connect-command {} }
                     button.copy type="button" { "Copy" span.sr-only { ": install command" } }
                 }
                 p { a #manifest-download.button download="" href="#" { "Download the manifest" } }
                 div.command {
                     p.command-label { "Cluster token (shown once; it is inside the manifest)" }
-                    pre { code #connect-token {} }
+                    pre tabindex="0" { code #connect-token {} }
                     button.copy type="button" { "Copy" span.sr-only { ": cluster token" } }
                 }
             }

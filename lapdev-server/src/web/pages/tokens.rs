@@ -41,7 +41,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
             div #token-result hidden {
                 div.command {
                     p.command-label { "Your new token (shown once: copy it now)" }
-                    pre { code #token-secret {} }
+                    pre tabindex="0" { code #token-secret {} }
                     button.copy type="button" { "Copy" span.sr-only { ": new token" } }
                 }
             }

@@ -55,7 +55,7 @@ pub fn command(label: &str, text: &str) -> Markup {
     html! {
         div.command {
             p.command-label { (label) }
-            pre { code { (text) } }
+            pre tabindex="0" { code { (text) } }
             button.copy type="button" { "Copy" span.sr-only { ": " (label) } }
         }
     }
