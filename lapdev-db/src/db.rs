@@ -6,6 +6,14 @@
 //! NORMAL` (durable across a process crash; WAL's usual pairing) and a busy
 //! timeout ([`ConnectConfig::sqlite_busy_timeout`], 10 s by default) so
 //! concurrent writers queue instead of failing with `SQLITE_BUSY`.
+//!
+//! SQLite migrations run over a pool of their own with one connection
+//! ([`Db::migration_connection`]), closed before the serving pool opens. In
+//! WAL mode a pooled connection that still holds a read snapshot (a statement
+//! its driver has not reset yet) parses against the schema of that snapshot,
+//! so with several connections one migration's `ALTER TABLE` on one of them
+//! can be invisible to the next migration on another (`duplicate column
+//! name`, `no such column`). One connection sees every change it made.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -61,6 +69,28 @@ impl std::fmt::Debug for Db {
     }
 }
 
+fn is_sqlite_file(url: &str) -> bool {
+    url.starts_with("sqlite:") && !url.contains(":memory:") && !url.contains("mode=memory")
+}
+
+fn connect_options(config: &ConnectConfig, max_connections: u32) -> ConnectOptions {
+    let mut options = ConnectOptions::new(config.url.clone());
+    options
+        .max_connections(max_connections)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false);
+    let busy_timeout = config.sqlite_busy_timeout;
+    options.map_sqlx_sqlite_opts(move |sqlite| {
+        use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+        sqlite
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(busy_timeout)
+    });
+    options
+}
+
 /// Connects to `url` and applies pending migrations.
 pub async fn connect(url: &str) -> DbResult<Db> {
     Db::connect_with(&ConnectConfig::new(url)).await
@@ -70,23 +100,20 @@ impl Db {
     /// Connects as `config` says.
     pub async fn connect_with(config: &ConnectConfig) -> DbResult<Db> {
         create_sqlite_parent_dir(&config.url)?;
-        let mut options = ConnectOptions::new(config.url.clone());
-        options
-            .max_connections(config.max_connections)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(30))
-            .sqlx_logging(false);
-        let busy_timeout = config.sqlite_busy_timeout;
-        options.map_sqlx_sqlite_opts(move |sqlite| {
-            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-            sqlite
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(busy_timeout)
-        });
-        let conn = Database::connect(options).await.map_err(DbError::Connect)?;
+        // An in-memory database lives in its connections: it migrates on its pool.
+        let sqlite_file = is_sqlite_file(&config.url);
+        if config.run_migrations && sqlite_file {
+            // One connection for the whole run (see the module docs).
+            let conn = Self::migration_connection(config).await?;
+            let migrated = Migrator::up(&conn, None).await.map_err(DbError::Migrate);
+            conn.close().await?;
+            migrated?;
+        }
+        let conn = Database::connect(connect_options(config, config.max_connections))
+            .await
+            .map_err(DbError::Connect)?;
         let db = Db::from_connection(conn);
-        if config.run_migrations {
+        if config.run_migrations && !sqlite_file {
             // Replicas started together migrate one after the other.
             let lock = db.startup_lock().await?;
             let migrated = Migrator::up(&db.conn, None).await.map_err(DbError::Migrate);
@@ -94,6 +121,15 @@ impl Db {
             migrated?;
         }
         Ok(db)
+    }
+
+    /// A pool of one connection to `config.url`, with the same settings as the
+    /// serving pool: what SQLite migrations run over (see the module docs), and
+    /// what tests that step migrations down and up use. The caller closes it.
+    pub async fn migration_connection(config: &ConnectConfig) -> DbResult<DatabaseConnection> {
+        Database::connect(connect_options(config, 1))
+            .await
+            .map_err(DbError::Connect)
     }
 
     /// Wraps an existing connection without migrating it.

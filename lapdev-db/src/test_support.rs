@@ -146,6 +146,21 @@ impl TestDatabase {
         &self.db
     }
 
+    /// A pool of one connection to this database, as the server's SQLite
+    /// migrations use ([`Db::migration_connection`]): what tests that step
+    /// migrations down and up between data writes migrate over, since a
+    /// pooled SQLite connection may still read an older schema.
+    pub async fn migration_connection(&self) -> sea_orm::DatabaseConnection {
+        Db::migration_connection(&ConnectConfig::new(self.url.clone()))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "opening a migration connection to {} failed: {e:?}",
+                    self.url
+                )
+            })
+    }
+
     /// The database URL (to hand to a binary under test).
     pub fn url(&self) -> &str {
         &self.url

@@ -178,7 +178,11 @@ async fn workspaces_placed_before_migration_8_keep_their_volume_sqlite() {
 /// has none.
 async fn placed_rows_are_marked_as_having_a_volume(test: TestDatabase) {
     use lapdev_common::status::{DesiredState, WorkspaceStatus};
-    let conn = test.db().connection();
+    // Migrations go over one connection of their own, as the server's do: a
+    // pooled SQLite connection that last read through the repository may still
+    // see an older schema.
+    let migrations = test.migration_connection().await;
+    let conn = &migrations;
     Migrator::up(conn, None).await.unwrap();
     let db = test.db();
     let org = db.create_organization("acme").await.unwrap().id;

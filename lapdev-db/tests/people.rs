@@ -70,13 +70,15 @@ async fn first_user_becomes_owner(test: TestDatabase) {
     let db = test.db();
     // Back to before the people migration (the ninth; later ones run after
     // it), with two users in one organisation.
+    // Migrations and the rows written under the old schema go over one
+    // connection of their own, as the server's migrations do: a pooled SQLite
+    // connection may still see the schema it last read.
+    let migrations = test.migration_connection().await;
+    let conn = &migrations;
     let total = Migrator::migrations().len() as u32;
-    Migrator::down(db.connection(), Some(total - 8))
-        .await
-        .unwrap();
+    Migrator::down(conn, Some(total - 8)).await.unwrap();
     let org = uuid::Uuid::new_v4();
     let (first, second) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-    let conn = db.connection();
     let now = Utc::now();
     for (sql, values) in [
         (
@@ -101,7 +103,7 @@ async fn first_user_becomes_owner(test: TestDatabase) {
         .await
         .unwrap();
     }
-    Migrator::up(db.connection(), None).await.unwrap();
+    Migrator::up(conn, None).await.unwrap();
     assert_eq!(
         Migrator::get_applied_migrations(conn).await.unwrap().len() as u32,
         total
