@@ -4,6 +4,10 @@
 //! known one; and [`SlowDown`], the exponential delay after failed attempts, per
 //! user and per client address (a delay, never a lockout an attacker could use
 //! against a victim).
+//!
+//! The counts live in this process: each replica of a multi-replica
+//! deployment slows down the attempts it sees, so spreading guesses over N
+//! replicas buys N times the attempts (README, "Several replicas").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
