@@ -483,6 +483,43 @@ async fn closing_through_the_registry_ends_the_manager_session() {
 }
 
 #[tokio::test]
+async fn a_staggered_close_ends_every_session_one_after_another() {
+    let mut server = start_server(TunnelConfig::default()).await;
+    let mut managers = Vec::new();
+    for token in ["good-drain-1", "good-drain-2", "good-drain-3"] {
+        managers.push(start_manager(&server.url(), token).await);
+        server.next_tunnel().await;
+    }
+    assert_eq!(server.registry.len(), 3);
+    let closed = within(
+        "the staggered close",
+        server
+            .registry
+            .close_all_staggered("server shutting down", Duration::from_millis(300)),
+    )
+    .await;
+    assert_eq!(closed, 3);
+    assert!(server.registry.is_empty());
+    for manager in managers {
+        match manager.ended().await {
+            CloseReason::Peer { code, reason } => {
+                assert_eq!(code, Some(1000));
+                assert_eq!(reason, "server shutting down");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Nothing left to close.
+    assert_eq!(
+        server
+            .registry
+            .close_all_staggered("again", Duration::from_secs(10))
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
 async fn the_manager_can_close_its_session() {
     let mut server = start_server(TunnelConfig::default()).await;
     let manager = start_manager(&server.url(), "good-bye").await;

@@ -36,6 +36,7 @@ pub mod auth;
 mod tunnels;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -143,6 +144,8 @@ struct Inner {
     // closes it; the lock that orders registration against revocation.
     tunnel_tokens: tunnels::TunnelBook,
     presence: Mutex<HashMap<Uuid, Presence>>,
+    // Set by `drain`: new tunnels are refused so managers dial another replica.
+    draining: AtomicBool,
 }
 
 /// The server side of the manager protocol. Cheap to clone.
@@ -168,6 +171,10 @@ const SEEN_WRITERS: usize = 4;
 /// HRPC body limit (4 MiB) bounds the bytes independently.
 pub const MAX_SNAPSHOT_WORKSPACES: usize = 5_000;
 
+/// Why a draining server closed a tunnel (the manager sees it as the close
+/// reason and dials again).
+pub const DRAIN_REASON: &str = "server shutting down";
+
 /// A status change the server made, for logs and metrics.
 type StatusChange = (Uuid, Uuid, ClusterStatus);
 
@@ -184,8 +191,23 @@ impl KubeClusterServer {
                 tunnels: TunnelRegistry::new(),
                 tunnel_tokens: tunnels::TunnelBook::default(),
                 presence: Mutex::default(),
+                draining: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Drains this server before it stops: from now on a tunnel upgrade is
+    /// refused (`503` with `Retry-After`, so the manager dials again and the
+    /// load balancer sends it to another replica), and the open tunnels are
+    /// closed with [`DRAIN_REASON`], one at a time, spread evenly over
+    /// `over`, so their managers do not all redial in the same instant.
+    /// Returns how many tunnels were closed.
+    pub async fn drain(&self, over: Duration) -> usize {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        self.inner
+            .tunnels
+            .close_all_staggered(DRAIN_REASON, over)
+            .await
     }
 
     /// The token verifier (the admin API tells it about revocations).
@@ -451,6 +473,15 @@ async fn tunnel_upgrade(
     axum::Extension(identity): axum::Extension<ClusterIdentity>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if server.inner.draining.load(Ordering::SeqCst) {
+        let mut refused = HrpcError::unavailable("this server is shutting down; dial again")
+            .into_response();
+        refused.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return refused;
+    }
     let config = server.inner.config.tunnel;
     // `configure_upgrade` chooses version 2 when the manager offers it and
     // version 1 otherwise (managers not yet upgraded); both register alike.

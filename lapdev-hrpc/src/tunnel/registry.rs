@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use super::TunnelTransport;
 
@@ -125,6 +126,31 @@ where
         }
     }
 
+    /// Closes every tunnel with `reason`, one at a time, spaced evenly over
+    /// `over`: with `n` tunnels the `i`-th closes `over * i / n` after the
+    /// call, so the first closes at once and the last before `over` has
+    /// passed. Used when a server drains, so that its managers redial spread
+    /// out instead of all at once. A tunnel registered meanwhile is closed at
+    /// the end. Returns how many tunnels were closed.
+    pub async fn close_all_staggered(&self, reason: &str, over: Duration) -> usize {
+        let keys = self.keys();
+        let mut closed = 0;
+        for (i, delay) in stagger(keys.len(), over).into_iter().enumerate() {
+            tokio::time::sleep(delay).await;
+            if self.close(&keys[i], reason) {
+                closed += 1;
+            }
+        }
+        let late: Vec<TunnelTransport> = lock(&self.map).drain().map(|(_, t)| t).collect();
+        for t in late {
+            if !t.is_closed() {
+                t.close(reason);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Number of live tunnels.
     pub fn len(&self) -> usize {
         let mut map = lock(&self.map);
@@ -145,9 +171,47 @@ where
     }
 }
 
+/// The waits between `n` staggered closes spread over `over`: none before the
+/// first, `over / n` before each later one.
+fn stagger(n: usize, over: Duration) -> Vec<Duration> {
+    let step = match u32::try_from(n) {
+        Ok(0) => return Vec::new(),
+        Ok(n) => over / n,
+        Err(_) => Duration::ZERO,
+    };
+    (0..n)
+        .map(|i| if i == 0 { Duration::ZERO } else { step })
+        .collect()
+}
+
 fn remove_if_current<K: Eq + Hash>(map: &Map<K>, key: &K, transport: &TunnelTransport) {
     let mut map = lock(map);
     if map.get(key).is_some_and(|t| t.same_tunnel(transport)) {
         map.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closes_are_spread_evenly_and_end_before_the_window() {
+        assert!(stagger(0, Duration::from_secs(10)).is_empty());
+        assert_eq!(stagger(1, Duration::from_secs(10)), vec![Duration::ZERO]);
+        let waits = stagger(4, Duration::from_secs(10));
+        assert_eq!(
+            waits,
+            vec![
+                Duration::ZERO,
+                Duration::from_millis(2500),
+                Duration::from_millis(2500),
+                Duration::from_millis(2500)
+            ]
+        );
+        let total: Duration = waits.iter().sum();
+        assert!(total < Duration::from_secs(10));
+        // No window: everything at once.
+        assert!(stagger(3, Duration::ZERO).iter().all(|d| d.is_zero()));
     }
 }
