@@ -474,8 +474,8 @@ async fn tunnel_upgrade(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if server.inner.draining.load(Ordering::SeqCst) {
-        let mut refused = HrpcError::unavailable("this server is shutting down; dial again")
-            .into_response();
+        let mut refused =
+            HrpcError::unavailable("this server is shutting down; dial again").into_response();
         refused.headers_mut().insert(
             axum::http::header::RETRY_AFTER,
             axum::http::HeaderValue::from_static("1"),

@@ -257,6 +257,13 @@ pub struct LimitsConfig {
     /// pod's IP). Default: the listen address.
     #[arg(long, env = "LAPDEV_REPLICA_ADDRESS")]
     pub replica_address: Option<String>,
+    /// At shutdown (SIGTERM), after readiness fails: close the managers'
+    /// tunnels one at a time spread over this many seconds, so they redial
+    /// the other replicas spread out rather than all at once; new tunnels are
+    /// refused meanwhile. 0 closes them all at once. Keep it under the pod's
+    /// `terminationGracePeriodSeconds`.
+    #[arg(long, env = "LAPDEV_SHUTDOWN_DRAIN_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub shutdown_drain_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -281,6 +288,7 @@ impl Default for LimitsConfig {
             replica_heartbeat_secs: 5,
             replica_lease_secs: 20,
             replica_address: None,
+            shutdown_drain_secs: 10,
         }
     }
 }
@@ -310,6 +318,11 @@ impl LimitsConfig {
             Duration::from_secs(self.replica_heartbeat_secs),
             Duration::from_secs(self.replica_lease_secs),
         )
+    }
+
+    /// How long shutdown spreads the tunnels' closes over.
+    pub fn shutdown_drain(&self) -> Duration {
+        Duration::from_secs(self.shutdown_drain_secs)
     }
 
     /// The unary request timeout.

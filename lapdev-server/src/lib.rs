@@ -359,6 +359,7 @@ pub struct Server {
     /// The admin token minted on first start, if this was the first start.
     pub first_admin_token: Option<String>,
     shutdown: watch::Sender<bool>,
+    drain: Duration,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -758,16 +759,38 @@ impl Server {
             state,
             first_admin_token: bootstrap,
             shutdown,
+            drain: limits.shutdown_drain(),
             task,
         })
     }
 
     /// Asks the server to stop: no new connections, in-flight requests finish,
     /// background loops flush and end.
+    ///
+    /// Readiness fails first, so the load balancer stops sending work; then
+    /// the managers' tunnels close one at a time over the drain window
+    /// (`--shutdown-drain-secs`, [`KubeClusterServer::drain`]) and only then
+    /// does the listener stop. [`Server::wait`] returns after both.
     pub fn shutdown(&self) {
-        // Readiness fails first, so the load balancer stops sending work.
         self.state.replica.withdraw();
-        let _ = self.shutdown.send(true);
+        let kube = self.state.kube.clone();
+        let stop = self.shutdown.clone();
+        let over = self.drain;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let closed = kube.drain(over).await;
+                    if closed > 0 {
+                        tracing::info!(tunnels = closed, "drained the managers' tunnels");
+                    }
+                    let _ = stop.send(true);
+                });
+            }
+            // No runtime (a drop at exit): nothing left to spread the closes on.
+            Err(_) => {
+                let _ = stop.send(true);
+            }
+        }
     }
 
     /// Waits until the server has stopped.

@@ -184,3 +184,65 @@ async fn the_newest_tunnel_of_a_cluster_wins() {
     client.get_cluster_info().await.unwrap();
     assert!(!second_handle.is_closed());
 }
+
+#[tokio::test]
+async fn shutdown_fails_readiness_then_drains_tunnels_one_at_a_time_and_refuses_new_ones() {
+    // A long window: with two tunnels the second closes half-way through it,
+    // so the server is still draining (and serving) while the test looks.
+    let limits = lapdev_server::config::LimitsConfig {
+        shutdown_drain_secs: 120,
+        ..Default::default()
+    };
+    let t = TestServer::postgres_with(limits).await;
+    let admin = t.admin();
+    let mut runs = Vec::new();
+    let mut tokens = Vec::new();
+    for name in ["drain-a", "drain-b"] {
+        let created = admin
+            .create_cluster(name.into(), None, None, None)
+            .await
+            .unwrap();
+        let session = dial(&t, &created.token_secret, FakeManager::blocking_stop())
+            .await
+            .unwrap();
+        runs.push(tokio::spawn(session.run()));
+        tokens.push(created.token_secret);
+    }
+    let kube = t.server.state.kube.clone();
+    eventually("both tunnels registered", || {
+        let kube = kube.clone();
+        async move { kube.connected_clusters().len() == 2 }
+    })
+    .await;
+
+    t.server.shutdown();
+    assert!(!t.server.state.replica.is_ready(), "readiness fails first");
+    // One tunnel closes at once, the other waits its turn.
+    eventually("the first tunnel closed", || {
+        let kube = kube.clone();
+        async move { kube.connected_clusters().len() == 1 }
+    })
+    .await;
+    eventually("its manager's session ended", || {
+        let done = runs.iter().any(|r| r.is_finished());
+        async move { done }
+    })
+    .await;
+    let (ended, waiting): (Vec<_>, Vec<_>) = runs.into_iter().partition(|r| r.is_finished());
+    assert_eq!((ended.len(), waiting.len()), (1, 1));
+    match ended.into_iter().next().unwrap().await.unwrap() {
+        lapdev_hrpc::tunnel::CloseReason::Peer { reason, .. } => {
+            assert_eq!(reason, lapdev_kube::server::DRAIN_REASON)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Meanwhile a manager dialling this server is sent elsewhere.
+    match dial(&t, &tokens[0], FakeManager::blocking_stop()).await {
+        Err(lapdev_hrpc::tunnel::TunnelConnectError::Rejected { status, .. }) => {
+            assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE)
+        }
+        Err(other) => panic!("expected 503, got {other:?}"),
+        Ok(_) => panic!("a draining server accepted a new tunnel"),
+    }
+    assert_eq!(kube.connected_clusters().len(), 1);
+}
