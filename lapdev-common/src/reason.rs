@@ -83,7 +83,8 @@ reasons! {
     /// (`NotTriggerScaleUp`: no node group fits it, or the groups are at their
     /// maximum); the message carries its reasons. Terminal for the conductor
     /// (recreating the pod cannot change the autoscaler's mind); the pod stays,
-    /// so a later scale-up still starts it.
+    /// so a later scale-up still starts it, and the workspace becomes `running`
+    /// when its manager reports the pod running.
     ScaleUpDeclined => "ScaleUpDeclined",
     /// The workspace was forgotten while its cluster was unreachable; its objects
     /// are removed when the cluster's manager reconnects.

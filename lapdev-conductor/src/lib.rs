@@ -14,7 +14,7 @@
 //! |---|---|---|
 //! | running | pending, scheduling, failed (unplaced, or never given a volume) | place it, then create |
 //! | running | failed, reason says the pod ended (`Evicted`, `OOMKilled`, `PodEnded`) | self-repair: announce the retry, then `start_workspace` when it is due |
-//! | running | failed, terminal reason (`InvalidImage`, `StartDeadlineExceeded`, `ScaleUpDeclined`) | nothing until the user starts it again |
+//! | running | failed, terminal reason (`InvalidImage`, `StartDeadlineExceeded`, `ScaleUpDeclined`) | nothing until the user starts it again (a manager's report that the pod runs still makes it `running`: the autoscaler may add the node after declining) |
 //! | running | creating, failed (placed) | `create_workspace` (idempotent) |
 //! | running | stopped | `start_workspace` |
 //! | stopped | creating, running, stopping, failed (placed) | `stop_workspace` |

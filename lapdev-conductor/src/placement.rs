@@ -356,16 +356,22 @@ fn share(free_after: i64, allocatable: i64) -> f64 {
     }
 }
 
-fn score(c: &Candidate, req: &PlacementRequest) -> f64 {
+/// The candidate's score for `req`, or `None` when it cannot take it (no room
+/// now, none after a scale-up, or over its per-pod maximums). One look at its
+/// nodes per decision.
+fn score(c: &Candidate, req: &PlacementRequest) -> Option<f64> {
+    if !c.within_pod_limit(req) {
+        return None;
+    }
     if !c.fits_now(req) {
         // Fits only once the autoscaler adds a node: after every cluster with
         // room now.
-        return -1.0;
+        return c.fits_after_scale_up(req).then_some(-1.0);
     }
     let (free_cpu, cpu_alloc, free_mem, mem_alloc) = c.totals();
     let cpu = share(free_cpu - req.cpu_millis, cpu_alloc);
     let mem = share(free_mem - req.memory_bytes, mem_alloc);
-    cpu.min(mem)
+    Some(cpu.min(mem))
 }
 
 /// The clusters that can take `req`, best first. Errors say why none can.
@@ -400,8 +406,7 @@ pub fn rank<'a>(
     }
     let mut fitting: Vec<(f64, &Candidate)> = matching
         .iter()
-        .filter(|c| (c.fits_now(req) || c.fits_after_scale_up(req)) && c.within_pod_limit(req))
-        .map(|c| (score(c, req), *c))
+        .filter_map(|c| Some((score(c, req)?, *c)))
         .collect();
     if fitting.is_empty()
         && let Some(c) = matching
@@ -480,7 +485,8 @@ pub fn rank<'a>(
             largest_memory_bytes: largest.free_memory_bytes(),
         });
     }
-    fitting.sort_by(|(sa, a), (sb, b)| {
+    // Name, then id, make the order total: an unstable sort gives the same answer.
+    fitting.sort_unstable_by(|(sa, a), (sb, b)| {
         sb.partial_cmp(sa)
             .unwrap_or(Ordering::Equal)
             .then_with(|| a.name.cmp(&b.name))

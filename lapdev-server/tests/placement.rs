@@ -368,4 +368,18 @@ async fn an_autoscaling_cluster_grows_for_a_workspace_or_says_why_not() {
         pod.spec.unwrap().node_name.is_none(),
         "no node took the declined pod"
     );
+
+    // The cloud's limit is raised: the autoscaler adds a node after all and
+    // the pod runs there. What is observed wins over the stale decline.
+    assert!(h.set_autoscaler_max_nodes(2));
+    eventually("the second scale-up", || h.upcoming_nodes() == 1).await;
+    assert_eq!(h.complete_scale_up().unwrap(), vec!["pool-2"]);
+    eventually("next runs on the added node", || {
+        env.json(&url, &["workspace", "get", "next", "-o", "json"])["status"] == "running"
+    })
+    .await;
+    let next = env.json(&url, &["workspace", "get", "next", "-o", "json"]);
+    assert!(next["reason"].is_null(), "{next}");
+    let pod = pod_of(&env, next["id"].as_str().unwrap()).expect("next's pod");
+    assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("pool-2"));
 }

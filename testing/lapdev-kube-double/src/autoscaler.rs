@@ -13,7 +13,11 @@
 //!
 //! Both are `Normal` Events from `cluster-autoscaler`. A pod whose scale-up is
 //! under way gets no second Event (the real one counts it against the
-//! upcoming node). Simplified: one node group, no scale-down, no backoff.
+//! upcoming node). Raising the group's maximum
+//! ([`DoubleHandle::set_autoscaler_max_nodes`]) runs a scan, as the real one
+//! looks at every unschedulable pod each scan interval, so a pod declined
+//! before may trigger a scale-up then. Simplified: one node group, no
+//! scale-down, no backoff, no periodic scan.
 
 use std::collections::HashSet;
 
@@ -67,6 +71,51 @@ impl DoubleHandle {
             triggered: HashSet::new(),
             added: 0,
         });
+    }
+
+    /// Changes the node group's maximum size (the cloud's limit was raised or
+    /// lowered), then looks again at every pod the scheduler found no node for
+    /// (`PodScheduled=False`), as the real autoscaler's next scan would: one
+    /// declined before may trigger a scale-up now. Returns false when the
+    /// autoscaler is off.
+    pub fn set_autoscaler_max_nodes(&self, max_nodes: u32) -> bool {
+        match self.autoscaler_lock().as_mut() {
+            Some(a) => a.group.max_nodes = max_nodes,
+            None => return false,
+        }
+        // The autoscaler's next scan: every pod the scheduler found no node for.
+        let _one_at_a_time = self
+            .scheduler
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pods = resource::core_resource("pods");
+        let page = self.store.list(
+            pods,
+            None,
+            &LabelSelector::default(),
+            &FieldSelector::default(),
+            None,
+            None,
+        );
+        for pod in page.items {
+            let unschedulable = pod
+                .value()
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|list| {
+                    list.iter().any(|c| {
+                        c.get("type") == Some(&Value::from("PodScheduled"))
+                            && c.get("status") == Some(&Value::from("False"))
+                    })
+                });
+            if unschedulable
+                && pod.attrs.field(pods, "spec.nodeName").is_empty()
+                && pod.attrs.field(pods, "status.phase") == "Pending"
+            {
+                self.consider_scale_up(&pod);
+            }
+        }
+        true
     }
 
     /// How many nodes the autoscaler has decided to add and not yet added.

@@ -90,7 +90,9 @@
 //!   `TriggeredScaleUp` when a node of the group's template would take it and
 //!   the group is below its maximum, else `NotTriggerScaleUp` with the
 //!   autoscaler's reasons; the triggered nodes appear on
-//!   [`DoubleHandle::complete_scale_up`].
+//!   [`DoubleHandle::complete_scale_up`]. Raising the group's limit
+//!   ([`DoubleHandle::set_autoscaler_max_nodes`]) looks again at the pods
+//!   declined before.
 //!
 //! Note that kube's default client retries 429, 503 and 504 answers (up to 15
 //! times, with exponential backoff from 5 ms): a test that wants the caller to see

@@ -326,4 +326,14 @@ async fn the_autoscaler_adds_a_node_for_a_pod_its_template_fits() {
         "pod didn't trigger scale-up: 1 max node group size reached"
     );
     assert_eq!(double.upcoming_nodes(), 0);
+
+    // The group's maximum is raised: the declined pod triggers a scale-up at
+    // the scheduler's next retry, and the new node takes it.
+    assert!(double.set_autoscaler_max_nodes(2));
+    assert_eq!(
+        event_message(&events, "next", "TriggeredScaleUp").await,
+        "pod triggered scale-up: [{pool 1->2 (max: 2)}]"
+    );
+    assert_eq!(double.complete_scale_up().unwrap(), vec!["pool-2"]);
+    assert_eq!(node_of(&pods, "next").await, "pool-2");
 }
