@@ -83,7 +83,17 @@ impl WorkspaceService {
             .into_iter()
             .map(|c| (c.id, c.name))
             .collect();
-        let (mut timers, policy) = self.timers_and_policy(who.organization_id).await?;
+        let ids: Vec<_> = rows.iter().map(|w| w.id).collect();
+        let mut timers = self
+            .db
+            .workspace_timers_of(who.organization_id, &ids)
+            .await
+            .map_err(db_error)?;
+        let policy = self
+            .db
+            .workspace_policy(who.organization_id)
+            .await
+            .map_err(db_error)?;
         let workspaces = rows
             .into_iter()
             .map(|ws| {
