@@ -21,6 +21,7 @@ use crate::db::{Db, now};
 use crate::entities::{kube_cluster, kube_workspace};
 use crate::error::{DbError, DbResult, EntityKind, parse_stored, unique_violation};
 use crate::util::{check_named, check_non_negative, tz, utc};
+use crate::workspace::PageCursor;
 
 /// A registered or imported Kubernetes cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,6 +348,41 @@ impl Db {
             .into_iter()
             .map(cluster_from_model)
             .collect()
+    }
+
+    /// One page of the live clusters of `org_id`, in name order: at most
+    /// `limit` after the cursor's name, or the last `limit` before it (still
+    /// returned in name order). Live cluster names are unique in an
+    /// organisation, so a page boundary is just a name.
+    pub async fn list_clusters_page(
+        &self,
+        org_id: Uuid,
+        cursor: PageCursor<'_>,
+        limit: u64,
+    ) -> DbResult<Vec<Cluster>> {
+        let q = kube_cluster::Entity::find()
+            .filter(kube_cluster::Column::OrganizationId.eq(org_id))
+            .filter(kube_cluster::Column::DeletedAt.is_null());
+        let q = match cursor {
+            PageCursor::First => q.order_by_asc(kube_cluster::Column::Name),
+            PageCursor::After(n) => q
+                .filter(kube_cluster::Column::Name.gt(n))
+                .order_by_asc(kube_cluster::Column::Name),
+            PageCursor::Before(n) => q
+                .filter(kube_cluster::Column::Name.lt(n))
+                .order_by_desc(kube_cluster::Column::Name),
+        };
+        let mut rows = q
+            .limit(limit)
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(cluster_from_model)
+            .collect::<DbResult<Vec<_>>>()?;
+        if matches!(cursor, PageCursor::Before(_)) {
+            rows.reverse();
+        }
+        Ok(rows)
     }
 
     /// All of `org_id`'s clusters including soft-deleted ones, by name.

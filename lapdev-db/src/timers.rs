@@ -382,6 +382,26 @@ impl Db {
             .collect())
     }
 
+    /// The timers of these workspaces of `org_id` (a page's worth: one
+    /// query, however many workspaces the organisation holds).
+    pub async fn workspace_timers_of(
+        &self,
+        org_id: Uuid,
+        workspace_ids: &[Uuid],
+    ) -> DbResult<std::collections::HashMap<Uuid, WorkspaceTimer>> {
+        if workspace_ids.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        Ok(workspace_timer::Entity::find()
+            .filter(workspace_timer::Column::OrganizationId.eq(org_id))
+            .filter(workspace_timer::Column::WorkspaceId.is_in(workspace_ids.iter().copied()))
+            .all(&self.conn)
+            .await?
+            .into_iter()
+            .map(|m| (m.workspace_id, timer_from_model(m)))
+            .collect())
+    }
+
     /// Records use of a running workspace at `at`: its idle deadline moves to
     /// `at` plus its idle timeout (never earlier than it was). Does nothing to
     /// a workspace whose timers are not armed (stopped, or no idle timeout).

@@ -410,8 +410,8 @@ impl Db {
             .collect()
     }
 
-    /// One page of the live workspaces of `org_id` (only `owner`'s when
-    /// given), in name order: at most `limit` names after `after`, or, with
+    /// One page of the live workspaces of `org_id` (only `owner`'s, and only
+    /// those placed on `cluster`, when given), in name order: at most `limit` names after `after`, or, with
     /// `before` instead, the last `limit` names before it (still returned in
     /// name order). Live names are unique in an organisation, so the order is
     /// stable and a page boundary is just a name.
@@ -419,6 +419,7 @@ impl Db {
         &self,
         org_id: Uuid,
         owner: Option<Uuid>,
+        cluster: Option<Uuid>,
         cursor: PageCursor<'_>,
         limit: u64,
     ) -> DbResult<Vec<Workspace>> {
@@ -427,6 +428,9 @@ impl Db {
             .filter(kube_workspace::Column::DeletedAt.is_null());
         if let Some(o) = owner {
             q = q.filter(kube_workspace::Column::OwnerId.eq(o));
+        }
+        if let Some(c) = cluster {
+            q = q.filter(kube_workspace::Column::ClusterId.eq(c));
         }
         let q = match cursor {
             PageCursor::First => q.order_by_asc(kube_workspace::Column::Name),

@@ -93,6 +93,8 @@ pub struct AppState {
     pub people: auth::service::PeopleService,
     /// Which endpoints cloud providers may use.
     pub provider_endpoints: lapdev_kube::provider::EndpointPolicy,
+    /// Cloud providers and the clusters they manage (`ProviderRpc`).
+    pub providers: admin::providers::ProviderService,
     /// How exec and port-forward streams reach managers.
     pub streams: Arc<dyn access::StreamOpener>,
     /// The browser and CLI sign-in endpoints (`/auth/`).
@@ -540,12 +542,33 @@ impl Server {
             activity.clone(),
             idle::IdleConfig::default(),
         );
+        let background = background::Background::default();
+        let provider_endpoints = if limits.allow_provider_test_endpoints {
+            tracing::warn!(
+                "--allow-provider-test-endpoints: providers may call any https URL or \
+                 loopback http; use this only with local stand-ins"
+            );
+            lapdev_kube::provider::EndpointPolicy::AllowTestStandIns
+        } else {
+            lapdev_kube::provider::EndpointPolicy::GoogleOnly
+        };
+        let providers = admin::providers::ProviderService::new(
+            db.clone(),
+            kube.clone(),
+            admin.manifest_defaults().clone(),
+            admin.credential_key().clone(),
+            admin::providers::ProviderSettings {
+                endpoints: provider_endpoints,
+                ..admin::providers::ProviderSettings::default()
+            },
+        )
+        .with_background(background.clone());
         let state = AppState {
             quota: quota::QuotaService::new(db.clone()),
             timers: idle::api::WorkspaceTimerService::new(db.clone(), conductor.clock().clone()),
             idle: idle.clone(),
             activity,
-            background: background::Background::default(),
+            background,
             events: web::events::EventHub::default(),
             replica: replica_status.clone(),
             streams,
@@ -558,15 +581,8 @@ impl Server {
             admin,
             workspaces: WorkspaceService::new(db.clone(), conductor.clone()),
             conductor: conductor.clone(),
-            provider_endpoints: if limits.allow_provider_test_endpoints {
-                tracing::warn!(
-                    "--allow-provider-test-endpoints: providers may call any https URL or \
-                     loopback http; use this only with local stand-ins"
-                );
-                lapdev_kube::provider::EndpointPolicy::AllowTestStandIns
-            } else {
-                lapdev_kube::provider::EndpointPolicy::GoogleOnly
-            },
+            provider_endpoints,
+            providers,
         };
         let metrics_access = MetricsAccess {
             token: match &limits.metrics_token_file {

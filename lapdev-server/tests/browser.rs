@@ -6,7 +6,10 @@
 //! watches it go running, runs a command in its terminal (resized, then
 //! exited), stops, starts and deletes it, checks a validation error beside
 //! its field, hostile text from an image name, axe-core on every page, a
-//! member's view, and signs out; screenshots go to
+//! member's view, and signs out; then two tabs of one browser: one event
+//! stream between them (the server's `/metrics` gauge says 1), both update
+//! live (the clusters list, the cluster's facts and workspaces), the last
+//! tab keeps the stream; the providers page. Screenshots go to
 //! `target/dashboard-screenshots/`.
 //!
 //! Without chromium or the npm packages this test FAILS with the command that
@@ -143,6 +146,10 @@ async fn the_dashboard_walk_in_chromium() {
         "ok signed out",
         "ok member sees only their own",
         "ok member tokens",
+        "ok two tabs share one event stream",
+        "ok both tabs update live",
+        "ok the last tab keeps the stream",
+        "ok providers and clusters pages",
         "ok done",
     ] {
         assert!(

@@ -441,6 +441,23 @@ async fn admins_add_a_gke_provider_by_its_key_and_import_and_create_clusters() {
     let created: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(created["credentials_checked"], true);
 
+    // The server renders the providers, and a provider's clusters when asked:
+    // both lists work without the script.
+    let html = page(&t, "/providers", &ada).await.text();
+    assert!(html.contains("<tr data-name=\"gcp\">"), "{html}");
+    assert!(html.contains("href=\"/providers?clusters=gcp#provider-clusters-heading\""));
+    assert!(
+        !html.contains("data-name=\"existing\""),
+        "clusters only when asked"
+    );
+    let html = page(&t, "/providers?clusters=gcp", &ada).await.text();
+    let listed = html.split("id=\"provider-clusters\"").nth(1).unwrap();
+    assert!(listed.contains("<tr data-name=\"existing\">"), "{html}");
+    assert!(listed.contains("data-action=\"import-cluster\""));
+    let r = page(&t, "/providers?clusters=nope", &ada).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text().contains("could not be listed"), "{}", r.text());
+
     // The provider's clusters, one imported, one created: what the page's
     // script calls, and the status it follows until the manager dials in.
     let r = call(

@@ -27,6 +27,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("/AdminRpc/set_cluster_placement", "admin"),
     ("/AdminRpc/forget_cluster_workspaces", "admin"),
     ("/AdminRpc/list_clusters", "member"),
+    ("/AdminRpc/list_clusters_page", "member"),
     ("/AdminRpc/get_cluster", "member"),
     ("/AdminRpc/delete_cluster", "admin"),
     ("/AdminRpc/set_cluster_cordoned", "admin"),

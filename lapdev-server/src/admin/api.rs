@@ -16,6 +16,8 @@ use lapdev_hrpc::{Context, HrpcError};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::admin::paging::PageRequest;
+
 /// A cluster as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterView {
@@ -79,6 +81,17 @@ pub struct ClusterPlacement {
     /// The largest node the cluster's autoscaler can add, when declared.
     #[serde(default)]
     pub autoscaling: Option<Autoscaling>,
+}
+
+/// One page of clusters, in name order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterPage {
+    pub clusters: Vec<ClusterView>,
+    /// Ask with `after` set to this for the next page (none: this is the last).
+    pub next: Option<String>,
+    /// Ask with `before` set to this for the previous page (none: this is the
+    /// first).
+    pub previous: Option<String>,
 }
 
 /// A cluster token's metadata (never the secret).
@@ -180,6 +193,17 @@ pub trait AdminRpc {
         ctx: Context,
         include_deleted: bool,
     ) -> Result<Vec<ClusterView>, HrpcError>;
+
+    /// One page of the live clusters, by name (the dashboard's list): at most
+    /// `page.limit` (default and cap [`PAGE_SIZE`](crate::admin::paging::PAGE_SIZE))
+    /// after or before a name, with the names that start the next and
+    /// previous pages.
+    #[hrpc(role = "member")]
+    async fn list_clusters_page(
+        &self,
+        ctx: Context,
+        page: PageRequest,
+    ) -> Result<ClusterPage, HrpcError>;
 
     /// One cluster by name.
     #[hrpc(role = "member")]

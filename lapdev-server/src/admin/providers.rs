@@ -1207,17 +1207,7 @@ impl ProviderRpc for ProviderService {
 /// be merged into the `/rpc` router).
 pub fn routes(state: &crate::AppState) -> axum::Router {
     use lapdev_hrpc::IntoRoutes as _;
-    let service = ProviderService::new(
-        state.db.clone(),
-        state.kube.clone(),
-        state.admin.manifest_defaults().clone(),
-        state.admin.credential_key().clone(),
-        ProviderSettings {
-            endpoints: state.provider_endpoints,
-            ..ProviderSettings::default()
-        },
-    )
-    .with_background(state.background.clone());
+    let service = state.providers.clone();
     // Provider operations a restart interrupted go on in the background.
     if tokio::runtime::Handle::try_current().is_ok() {
         let resuming = service.clone();

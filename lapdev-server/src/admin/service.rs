@@ -17,8 +17,10 @@ use lapdev_kube::server::KubeClusterServer;
 use uuid::Uuid;
 
 use super::api::{
-    AdminRpc, ClusterPlacement, ClusterView, CreatedCluster, CreatedToken, TokenView,
+    AdminRpc, ClusterPage, ClusterPlacement, ClusterView, CreatedCluster, CreatedToken,
+    PageRequest, TokenView,
 };
+use super::paging::cut;
 use crate::jwt::{AdminIdentity, JwtKeys};
 
 /// At most this many live tokens per cluster: one in use, one being rolled out.
@@ -293,6 +295,27 @@ impl AdminRpc for AdminService {
         }
         .map_err(db_error)?;
         Ok(clusters.into_iter().map(cluster_view).collect())
+    }
+
+    async fn list_clusters_page(
+        &self,
+        ctx: Context,
+        page: PageRequest,
+    ) -> Result<ClusterPage, HrpcError> {
+        let who = who(&ctx)?;
+        let (cursor, limit) = (page.cursor(), page.limit());
+        // One more than a page says whether there is another in that direction.
+        let rows = self
+            .db
+            .list_clusters_page(who.organization_id, cursor, limit + 1)
+            .await
+            .map_err(db_error)?;
+        let (rows, next, previous) = cut(rows, cursor, limit, |c| &c.name);
+        Ok(ClusterPage {
+            clusters: rows.into_iter().map(cluster_view).collect(),
+            next,
+            previous,
+        })
     }
 
     async fn get_cluster(&self, ctx: Context, name: String) -> Result<ClusterView, HrpcError> {

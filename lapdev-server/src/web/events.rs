@@ -21,6 +21,8 @@
 //! the user sends one `ended` event (its data the reason) and closes it; the
 //! browser's reconnect is then refused (`401`) and the page goes to sign-in.
 //!
+//! `/metrics` counts the open streams ([`STREAMS_GAUGE`]).
+//!
 //! Streams are long-lived responses: the unary request timeout covers `/rpc`
 //! only, the accept loop's idle rule counts a response in flight until its
 //! body ends, the compression layer leaves `text/event-stream` alone, and a
@@ -371,11 +373,37 @@ pub async fn stream(
     let ended = stream::once(async move { reason.get().copied() }).filter_map(|r| {
         futures::future::ready(r.map(|r| Ok(Event::default().event("ended").data(r))))
     });
+    // Counted until the response body is dropped (the stream ended, or the
+    // browser went away).
+    let open = OpenStream::count();
+    let events = events.take_until(revoked).chain(ended).inspect(move |_| {
+        let _ = &open;
+    });
     (
         [(http::header::CACHE_CONTROL, "no-store")],
-        Sse::new(events.take_until(revoked).chain(ended)).keep_alive(KeepAlive::default()),
+        Sse::new(events).keep_alive(KeepAlive::default()),
     )
         .into_response()
+}
+
+/// The gauge [`STREAMS_GAUGE`] counts one open stream while this lives.
+struct OpenStream;
+
+/// The `/metrics` gauge of open `/events` streams (one per browser whose tabs
+/// share a worker; one per tab without).
+pub const STREAMS_GAUGE: &str = "lapdev_dashboard_event_streams";
+
+impl OpenStream {
+    fn count() -> Self {
+        metrics::gauge!(STREAMS_GAUGE).increment(1);
+        OpenStream
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!(STREAMS_GAUGE).decrement(1);
+    }
 }
 
 #[cfg(test)]

@@ -92,6 +92,30 @@ pub fn page_with(
         .into_response()
 }
 
+/// Links to a list's previous and next pages: `{path}?before=NAME` and
+/// `{path}?after=NAME` (names query-encoded), labelled with the page size.
+pub fn pager(
+    path: &str,
+    label: &str,
+    page_size: u64,
+    previous: Option<&str>,
+    next: Option<&str>,
+) -> Markup {
+    let q = |key: &str, name: &str| {
+        let mut s = form_urlencoded::Serializer::new(String::new());
+        s.append_pair(key, name);
+        format!("{path}?{}", s.finish())
+    };
+    html! {
+        @if previous.is_some() || next.is_some() {
+            nav.pager aria-label=(label) {
+                @if let Some(p) = previous { a #page-previous href=(q("before", p)) rel="prev" { "← Previous " (page_size) } }
+                @if let Some(n) = next { a #page-next href=(q("after", n)) rel="next" { "Next " (page_size) " →" } }
+            }
+        }
+    }
+}
+
 /// A page saying the viewer may not see what they asked for.
 pub fn forbidden(viewer: &Viewer, what: &str) -> Response {
     let mut r = page(

@@ -25,16 +25,20 @@ const browser = await chromium.launch({
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
 });
 
-async function newPage() {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  // Runs before the page's own code (through the DevTools protocol, not subject
-  // to the page's CSP): records every policy violation.
-  await context.addInitScript(() => {
-    window.cspViolations = [];
-    document.addEventListener('securitypolicyviolation', (e) => {
-      window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`);
+// A page in a new browser context, or another tab of `context` (tabs of one
+// context share cookies and the events SharedWorker, as a browser's do).
+async function newPage(context) {
+  if (!context) {
+    context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    // Runs before the page's own code (through the DevTools protocol, not subject
+    // to the page's CSP): records every policy violation.
+    await context.addInitScript(() => {
+      window.cspViolations = [];
+      document.addEventListener('securitypolicyviolation', (e) => {
+        window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`);
+      });
     });
-  });
+  }
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
   page.errors = [];
@@ -340,6 +344,76 @@ await clean(member, 'member tokens');
 say('ok member tokens');
 await member.getByRole('button', { name: 'Sign out' }).click();
 await member.waitForURL(`${BASE}/sign-in`);
+
+// ---- two tabs of one browser share one event stream --------------------------
+// The server's own count of open /events streams (a /metrics gauge).
+async function openStreams() {
+  const text = await (await fetch(`${BASE}/metrics`)).text();
+  const m = text.match(/^lapdev_dashboard_event_streams (\S+)$/m);
+  return m ? Number(m[1]) : 0;
+}
+async function waitStreams(want, when) {
+  const deadline = Date.now() + TIMEOUT;
+  let n = await openStreams();
+  while (n !== want) {
+    if (Date.now() > deadline) throw new Error(`${when}: the server has ${n} event streams open, not ${want}`);
+    await new Promise((r) => setTimeout(r, 200));
+    n = await openStreams();
+  }
+}
+const live = (page) => page.waitForFunction(() => document.body.dataset.live === 'open');
+// Everyone signed out: their streams ended.
+await waitStreams(0, 'after signing out');
+const tab1 = await newPage();
+await signIn(tab1, process.env.LAPDEV_ADMIN);
+const tab2 = await newPage(tab1.context());
+await tab2.goto(`${BASE}/clusters/web`);
+await tab1.goto(`${BASE}/clusters`);
+await Promise.all([live(tab1), live(tab2)]);
+const shared = await openStreams();
+if (shared !== 1) throw new Error(`two tabs of one browser opened ${shared} event streams`);
+say('ok two tabs share one event stream');
+await tab2.locator('#cluster dd.cpu meter').waitFor();
+await tab2.evaluate(() => { window.notReloaded = true; });
+// A change made in one tab shows in both: the clusters list and the cluster's
+// page (its facts and its workspaces).
+await tab1.getByRole('button', { name: 'Cordon web' }).click();
+await tab1.locator('#clusters tr[data-name="web"] .badge[data-status="cordoned"]').waitFor();
+await tab2.locator('#cluster .status .badge[data-status="cordoned"]').waitFor();
+const rpcIn = (page, method, args) => page.evaluate(async ([m, a]) => {
+  const r = await fetch(`/rpc/${m}`, {
+    method: 'POST', headers: { 'content-type': 'application/json', 'x-lapdev-csrf': '1' }, body: JSON.stringify(a),
+  });
+  if (!r.ok) throw new Error(`${m}: ${r.status} ${await r.text()}`);
+}, [method, args]);
+await waitStatus(tab2, 'cluster-workspaces', 'mine', 'running');
+await rpcIn(tab1, 'WorkspaceRpc/stop_workspace', { name: 'mine' });
+await waitStatus(tab2, 'cluster-workspaces', 'mine', 'stopped');
+say('ok both tabs update live');
+await axe(tab2, 'cluster, live');
+await clean(tab1, 'tab 1');
+// The last tab keeps the stream: closing one tab does not end it.
+await tab1.close({ runBeforeUnload: true });
+await rpcIn(tab2, 'AdminRpc/set_cluster_cordoned', { name: 'web', cordoned: false });
+await tab2.waitForFunction(() => !document.querySelector('#cluster .status .badge[data-status="cordoned"]'));
+if (!(await tab2.evaluate(() => window.notReloaded))) throw new Error('the cluster page reloaded');
+await waitStreams(1, 'after closing one of two tabs');
+say('ok the last tab keeps the stream');
+await tab2.setViewportSize({ width: 390, height: 844 });
+await axe(tab2, 'cluster at 390 px');
+// Providers: the list is the server's (no script needed); axe at both sizes.
+await tab2.goto(`${BASE}/providers`);
+await tab2.locator('#providers-empty').waitFor();
+await axe(tab2, 'providers at 390 px');
+await tab2.setViewportSize({ width: 1280, height: 800 });
+await axe(tab2, 'providers');
+await tab2.goto(`${BASE}/clusters`);
+await tab2.setViewportSize({ width: 390, height: 844 });
+await axe(tab2, 'clusters at 390 px');
+await clean(tab2, 'tab 2');
+say('ok providers and clusters pages');
+await tab2.getByRole('button', { name: 'Sign out' }).click();
+await tab2.waitForURL(`${BASE}/sign-in`);
 
 await browser.close();
 say('ok done');

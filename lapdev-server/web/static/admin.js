@@ -136,8 +136,12 @@ function providerRow(p) {
     el('td', {}, (p.config && p.config.project) || '—'),
     el('td', {}, (p.config && p.config.location) || '—'),
     el('td', { class: 'actions' },
-      el('button', { type: 'button', dataset: { action: 'provider-clusters', name: p.name } },
-        'Clusters', el('span', { class: 'sr-only' }, ` of ${p.name}`)),
+      el('a', {
+        class: 'button',
+        href: `/providers?${new URLSearchParams({ clusters: p.name })}#provider-clusters-heading`,
+        dataset: { action: 'provider-clusters', name: p.name },
+      }, 'Clusters', el('span', { class: 'sr-only' }, ` of ${p.name}`)),
+      ' ',
       el('button', { type: 'button', class: 'danger', dataset: { action: 'delete-provider', name: p.name } },
         'Delete', el('span', { class: 'sr-only' }, ` ${p.name}`))));
 }
@@ -203,7 +207,8 @@ async function followCluster(name) {
 function setupProviders() {
   const form = document.getElementById('add-provider');
   if (!form) return;
-  refreshProviders().catch((e) => toast(e.message, true));
+  // The server rendered the lists (and this provider's clusters, when asked).
+  shownProvider = document.getElementById('provider-clusters-section').dataset.provider || null;
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     clearFieldErrors(form);
@@ -251,8 +256,10 @@ function setupProviders() {
     }
   });
   document.addEventListener('click', async (ev) => {
-    const b = ev.target.closest('button[data-action]');
+    const b = ev.target.closest('[data-action]');
     if (!b || !['provider-clusters', 'delete-provider', 'import-cluster'].includes(b.dataset.action)) return;
+    // The clusters link works without the script; with it, they are shown in place.
+    ev.preventDefault();
     const { action, name } = b.dataset;
     try {
       if (action === 'provider-clusters') await showProviderClusters(name);

@@ -281,8 +281,8 @@ function capacity(c) {
   return cap;
 }
 
-function bar(label, used, alloc, show) {
-  const td = el('td');
+function bar(label, used, alloc, show, tag) {
+  const td = el(tag || 'td');
   if (alloc > 0) {
     td.append(el('meter', { min: 0, max: alloc, value: used, 'aria-label': label }),
       el('span', { class: 'bar-text' }, `${show(Math.max(0, alloc - used))} free of ${show(alloc)}`));
@@ -312,10 +312,73 @@ function clusterRow(c) {
 }
 
 async function refreshClusters() {
-  const body = document.querySelector('#clusters tbody');
-  if (!body) return;
-  const list = await rpc('AdminRpc', 'list_clusters', { include_deleted: false });
-  body.replaceChildren(...list.map(clusterRow));
+  const table = document.getElementById('clusters');
+  if (!table) return;
+  // The page this table shows (by name, as the server rendered it).
+  const page = await rpc('AdminRpc', 'list_clusters_page', {
+    page: { after: table.dataset.after || null, before: table.dataset.before || null },
+  });
+  table.tBodies[0].replaceChildren(...page.clusters.map(clusterRow));
+  const empty = document.getElementById('clusters-empty');
+  if (empty) empty.hidden = page.clusters.length > 0;
+}
+
+// One cluster's facts, as the server renders them (pages/cluster.rs `facts`).
+function clusterFacts(c) {
+  const cap = capacity(c);
+  const dash = (v) => (v === null || v === undefined ? '—' : String(v));
+  const status = el('dd', { class: 'status' }, el('span', { class: 'badge', dataset: { status: c.status } }, c.status));
+  if (c.cordoned) status.append(' ', el('span', { class: 'badge', dataset: { status: 'cordoned' } }, 'cordoned'));
+  const facts = [
+    ['Status', status],
+    ['Last seen', el('dd', {}, timeEl(c.last_reported_at))],
+    ['Kubernetes', el('dd', {}, dash(c.kubernetes_version))],
+    ['Manager', el('dd', {}, dash(c.manager_version))],
+    ['Nodes', el('dd', {}, dash(c.node_count))],
+    ['Region', el('dd', {}, dash(c.region))],
+    ['Provider', el('dd', {}, c.provider)],
+    ['CPU allocatable', el('dd', {}, c.cpu_allocatable_millis === null ? '—' : cores(c.cpu_allocatable_millis))],
+    ['Memory allocatable', el('dd', {}, c.memory_allocatable_bytes === null ? '—' : gib(c.memory_allocatable_bytes))],
+    ['CPU used', bar(`CPU used on ${c.name}`, cap.cpuUsed, cap.cpuAlloc, cores, 'dd')],
+    ['Memory used', bar(`Memory used on ${c.name}`, cap.memUsed, cap.memAlloc, gib, 'dd')],
+    ['Largest free node', el('dd', { class: 'largest' }, cap.largest ? `${cap.largest[0]}: ${cores(cap.largest[1])} · ${gib(cap.largest[2])}` : '—')],
+    ['Pod Security', el('dd', {}, c.security_profile)],
+    ['Registered', el('dd', {}, timeEl(c.created_at))],
+  ];
+  facts[9][1].classList.add('cpu');
+  facts[10][1].classList.add('memory');
+  return facts.flatMap(([term, dd]) => [el('dt', {}, term), dd]);
+}
+
+// A workspace on the cluster page, as the server renders it
+// (pages/cluster.rs `workspace_row`).
+function clusterWorkspaceRow(w) {
+  return el('tr', { dataset: { name: w.name } },
+    el('th', { scope: 'row' }, el('a', { href: `/workspaces/${encodeURIComponent(w.name)}` }, w.name)),
+    el('td', { class: 'status' }, el('span', { class: 'badge', dataset: { status: w.status } }, w.status)),
+    el('td', { class: 'image' }, w.image),
+    el('td', {}, `${cores(w.cpu_millis)} · ${gib(w.memory_bytes)} · ${gib(w.storage_bytes)}`),
+    el('td', {}, timeEl(w.created_at)));
+}
+
+// The cluster page: its facts and the page of its workspaces it shows.
+async function refreshCluster() {
+  const facts = document.getElementById('cluster');
+  if (!facts) return;
+  const c = await rpc('AdminRpc', 'get_cluster', { name: facts.dataset.name });
+  facts.replaceChildren(...clusterFacts(c));
+  const table = document.getElementById('cluster-workspaces');
+  if (!table) return;
+  const page = await rpc('WorkspaceRpc', 'list_workspaces_page', {
+    page: {
+      after: table.dataset.after || null,
+      before: table.dataset.before || null,
+      cluster: table.dataset.cluster,
+    },
+  });
+  table.tBodies[0].replaceChildren(...page.workspaces.map(clusterWorkspaceRow));
+  table.closest('.table-wrap').hidden = page.workspaces.length === 0;
+  document.getElementById('cluster-workspaces-empty').hidden = page.workspaces.length > 0;
 }
 
 let manifestUrl = null;
@@ -375,7 +438,7 @@ function setupClusters() {
 // ---- live updates ---------------------------------------------------------
 
 function refreshAll() {
-  const jobs = [refreshWorkspaces(), refreshWorkspace(), refreshClusters()];
+  const jobs = [refreshWorkspaces(), refreshWorkspace(), refreshClusters(), refreshCluster()];
   return Promise.all(jobs.map((p) => p.catch((e) => toast(e.message, true))));
 }
 
@@ -404,7 +467,7 @@ function liveEvents(on) {
 let tellEvents = () => {};
 
 function setupEvents() {
-  if (!document.querySelector('#workspaces, #workspace, #clusters')) return;
+  if (!document.querySelector('#workspaces, #workspace, #clusters, #cluster')) return;
   let pending = null;
   // Bursts of changes become one refresh.
   const schedule = () => {

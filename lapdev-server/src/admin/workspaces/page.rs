@@ -1,22 +1,19 @@
 //! `list_workspaces_page`: the workspace list a page at a time, for the
-//! dashboard (an organisation may hold thousands).
+//! dashboard (an organisation may hold thousands), optionally only one
+//! cluster's (the cluster page's list).
 //!
-//! Pages are keyset pages in name order: a page starts after (or ends before)
-//! a name, so a workspace created or deleted elsewhere never shifts another
-//! page's rows the way an offset would. The clusters' names are read once per
-//! page, not once per row.
+//! Pages are keyset pages in name order ([`crate::admin::paging`]). The
+//! clusters' names are read once per page, not once per row.
 
 use std::collections::HashMap;
 
-use lapdev_db::PageCursor;
 use lapdev_hrpc::{Context, HrpcError};
 use lapdev_kube::db_error;
 use serde::{Deserialize, Serialize};
 
 use super::{WorkspaceService, WorkspaceView, only_owner, view_named, who};
-
-/// The most workspaces one page holds (and the default).
-pub const PAGE_SIZE: u64 = 50;
+pub use crate::admin::paging::PAGE_SIZE;
+use crate::admin::paging::{PageRequest, cut};
 
 /// Which page `list_workspaces_page` returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +27,10 @@ pub struct WorkspacePageRequest {
     /// At most this many (default and cap [`PAGE_SIZE`]).
     #[serde(default)]
     pub limit: Option<u64>,
+    /// Only the workspaces placed on this cluster (by name; an unknown name
+    /// is `not_found`).
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 /// One page of workspaces, in name order.
@@ -51,36 +52,29 @@ impl WorkspaceService {
     ) -> Result<WorkspacePage, HrpcError> {
         let who = who(ctx)?;
         let owner = only_owner(ctx)?;
-        let limit = request.limit.unwrap_or(PAGE_SIZE).clamp(1, PAGE_SIZE);
-        let cursor = match (&request.after, &request.before) {
-            (Some(a), _) => PageCursor::After(a),
-            (None, Some(b)) => PageCursor::Before(b),
-            (None, None) => PageCursor::First,
+        let at = PageRequest {
+            after: request.after,
+            before: request.before,
+            limit: request.limit,
+        };
+        let (cursor, limit) = (at.cursor(), at.limit());
+        let cluster = match &request.cluster {
+            Some(name) => Some(
+                self.db
+                    .get_cluster_by_name(who.organization_id, name)
+                    .await
+                    .map_err(db_error)?
+                    .id,
+            ),
+            None => None,
         };
         // One more than a page says whether there is another in that direction.
-        let mut rows = self
+        let rows = self
             .db
-            .list_workspaces_page(who.organization_id, owner, cursor, limit + 1)
+            .list_workspaces_page(who.organization_id, owner, cluster, cursor, limit + 1)
             .await
             .map_err(db_error)?;
-        let more = rows.len() as u64 > limit;
-        if more {
-            match cursor {
-                PageCursor::Before(_) => drop(rows.remove(0)),
-                _ => rows.truncate(limit as usize),
-            }
-        }
-        let (has_next, has_previous) = match cursor {
-            PageCursor::First => (more, false),
-            PageCursor::After(_) => (more, true),
-            PageCursor::Before(_) => (true, more),
-        };
-        let next = has_next
-            .then(|| rows.last().map(|w| w.name.clone()))
-            .flatten();
-        let previous = has_previous
-            .then(|| rows.first().map(|w| w.name.clone()))
-            .flatten();
+        let (rows, next, previous) = cut(rows, cursor, limit, |w| &w.name);
         let clusters: HashMap<_, _> = self
             .db
             .list_clusters_including_deleted(who.organization_id)
@@ -89,7 +83,17 @@ impl WorkspaceService {
             .into_iter()
             .map(|c| (c.id, c.name))
             .collect();
-        let (mut timers, policy) = self.timers_and_policy(who.organization_id).await?;
+        let ids: Vec<_> = rows.iter().map(|w| w.id).collect();
+        let mut timers = self
+            .db
+            .workspace_timers_of(who.organization_id, &ids)
+            .await
+            .map_err(db_error)?;
+        let policy = self
+            .db
+            .workspace_policy(who.organization_id)
+            .await
+            .map_err(db_error)?;
         let workspaces = rows
             .into_iter()
             .map(|ws| {

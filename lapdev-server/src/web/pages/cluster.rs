@@ -4,17 +4,26 @@
 //! `lapdev cluster placement` sets). `web/static/cluster.js` runs the token
 //! actions through the HRPC methods `lapdev cluster token …` calls; their
 //! answers are `no-store`, and the page never holds a token's secret.
+//!
+//! The facts (status, last seen, capacity) and the workspaces list (paged by
+//! name, `?after=NAME`/`?before=NAME`, [`PAGE_SIZE`] a page) stay live from
+//! `/events`: the dashboard script re-reads them through `get_cluster` and
+//! `list_workspaces_page` and sets their text with `textContent`.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use chrono::Utc;
 use lapdev_common::status::CapacityMode;
 use maud::{Markup, html};
 
+use super::clusters::{bar, capacity};
 use super::workspace::command;
 use crate::AppState;
 use crate::admin::api::{AdminRpc as _, ClusterView, TokenView};
-use crate::admin::workspaces::{WorkspaceRpc as _, WorkspaceView};
+use crate::admin::paging::{PAGE_SIZE, PageRequest};
+use crate::admin::workspaces::{
+    WorkspacePage, WorkspacePageRequest, WorkspaceRpc as _, WorkspaceView,
+};
 use crate::web::assets::CLUSTER_SCRIPT;
 use crate::web::format::{cores, gib, time};
 use crate::web::layout::{self, Nav};
@@ -24,6 +33,7 @@ use crate::web::session::Viewer;
 pub async fn page(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(at): Query<PageRequest>,
     viewer: Viewer,
 ) -> Response {
     if !viewer.is_admin() {
@@ -43,13 +53,16 @@ pub async fn page(
         .await;
     let workspaces = state
         .workspaces
-        .list_workspaces(viewer.context(), false)
-        .await
-        .map(|list| {
-            list.into_iter()
-                .filter(|w| w.cluster.as_deref() == Some(&name))
-                .collect::<Vec<_>>()
-        });
+        .list_workspaces_page(
+            viewer.context(),
+            WorkspacePageRequest {
+                after: at.after.clone(),
+                before: at.before.clone(),
+                limit: None,
+                cluster: Some(name.clone()),
+            },
+        )
+        .await;
     let n = &c.name;
     let body = html! {
         script src=(CLUSTER_SCRIPT.url()) defer {}
@@ -96,16 +109,21 @@ pub async fn page(
         section aria-labelledby="cluster-workspaces-heading" {
             h2 #cluster-workspaces-heading { "Workspaces on " (n) }
             @match &workspaces {
-                Ok(list) if list.is_empty() => p { "No workspaces run here." },
-                Ok(list) => div.table-wrap tabindex="0" role="region" aria-label="Workspaces on this cluster" {
-                    table #cluster-workspaces {
-                        thead { tr {
-                            th scope="col" { "Name" } th scope="col" { "Status" }
-                            th scope="col" { "Image" } th scope="col" { "Resources" }
-                            th scope="col" { "Created" }
-                        } }
-                        tbody { @for w in list { (workspace_row(w)) } }
+                Ok(WorkspacePage { workspaces: list, next, previous }) => {
+                    div.table-wrap tabindex="0" role="region" aria-label="Workspaces on this cluster" hidden[list.is_empty()] {
+                        table #cluster-workspaces data-cluster=(n)
+                            data-after=[at.after.as_deref()]
+                            data-before=[at.after.is_none().then_some(at.before.as_deref()).flatten()] {
+                            thead { tr {
+                                th scope="col" { "Name" } th scope="col" { "Status" }
+                                th scope="col" { "Image" } th scope="col" { "Resources" }
+                                th scope="col" { "Created" }
+                            } }
+                            tbody { @for w in list { (workspace_row(w)) } }
+                        }
                     }
+                    p #cluster-workspaces-empty hidden[!list.is_empty()] { "No workspaces run here." }
+                    (layout::pager(&format!("/clusters/{n}"), "Pages of this cluster's workspaces", PAGE_SIZE, previous.as_deref(), next.as_deref()))
                 },
                 Err(e) => p.form-error role="alert" { "The workspaces could not be listed: " (e.message) },
             }
@@ -126,7 +144,10 @@ pub async fn page(
     )
 }
 
+/// The cluster's facts; the dashboard script rebuilds the same from
+/// `get_cluster` (`clusterFacts` in `app.js`).
 fn facts(c: &ClusterView) -> Markup {
+    let cap = capacity(c);
     let or_dash = |v: Option<&str>| v.unwrap_or("—").to_owned();
     html! {
         dl.facts #cluster data-name=(c.name) {
@@ -143,6 +164,15 @@ fn facts(c: &ClusterView) -> Markup {
             dt { "Provider" } dd { (c.provider.as_str()) }
             dt { "CPU allocatable" } dd { (c.cpu_allocatable_millis.map(cores).unwrap_or_else(|| "—".into())) }
             dt { "Memory allocatable" } dd { (c.memory_allocatable_bytes.map(gib).unwrap_or_else(|| "—".into())) }
+            dt { "CPU used" } dd.cpu { (bar(&format!("CPU used on {}", c.name), cap.cpu_used, cap.cpu_allocatable, cores)) }
+            dt { "Memory used" } dd.memory { (bar(&format!("Memory used on {}", c.name), cap.memory_used, cap.memory_allocatable, gib)) }
+            dt { "Largest free node" }
+            dd.largest {
+                @match &cap.largest_free {
+                    Some((node, cpu, mem)) => { (node) ": " (cores(*cpu)) " · " (gib(*mem)) }
+                    None => "—",
+                }
+            }
             dt { "Pod Security" } dd { (c.security_profile.as_str()) }
             dt { "Registered" } dd { (time(c.created_at)) }
         }

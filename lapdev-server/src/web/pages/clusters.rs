@@ -3,24 +3,36 @@
 //! used by Lapdev, free, and the largest free node), cordon/uncordon and
 //! delete with a typed confirmation; and "connect a cluster": a name, then the
 //! token (shown once), the `kubectl apply` command and the manifest download.
-//! The script turns a new cluster's row connected when its manager dials in.
+//! The list is paged by name (`?after=NAME`, `?before=NAME`;
+//! [`PAGE_SIZE`] a page); the script keeps the page it shows live from
+//! `/events` (status, last seen, capacity), so a new cluster's row turns
+//! connected when its manager dials in.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::response::Response;
 use maud::{Markup, html};
 
 use crate::AppState;
-use crate::admin::api::{AdminRpc as _, ClusterView};
+use crate::admin::api::{AdminRpc as _, ClusterPage, ClusterView};
+use crate::admin::paging::{PAGE_SIZE, PageRequest};
 use crate::web::format::{cores, gib, time};
 use crate::web::layout::{self, Nav};
 use crate::web::session::Viewer;
 
 /// The page.
-pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
+pub async fn page(
+    State(state): State<AppState>,
+    Query(at): Query<PageRequest>,
+    viewer: Viewer,
+) -> Response {
     if !viewer.is_admin() {
         return layout::forbidden(&viewer, "The clusters page");
     }
-    let list = state.admin.list_clusters(viewer.context(), false).await;
+    let at = PageRequest { limit: None, ..at };
+    let list = state
+        .admin
+        .list_clusters_page(viewer.context(), at.clone())
+        .await;
     let body = html! {
         h1 { "Clusters" }
         section aria-labelledby="connect-heading" {
@@ -53,8 +65,11 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
         section aria-labelledby="clusters-heading" {
             h2 #clusters-heading { "Registered clusters" }
             @match &list {
-                Ok(list) => div.table-wrap tabindex="0" role="region" aria-label="Registered clusters" {
-                    table #clusters {
+                Ok(ClusterPage { clusters: list, next, previous }) => {
+                    div.table-wrap tabindex="0" role="region" aria-label="Registered clusters" {
+                    table #clusters
+                        data-after=[at.after.as_deref()]
+                        data-before=[at.after.is_none().then_some(at.before.as_deref()).flatten()] {
                         thead { tr {
                             th scope="col" { "Name" } th scope="col" { "Status" }
                             th scope="col" { "Last seen" } th scope="col" { "Version" }
@@ -65,6 +80,9 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Response {
                         } }
                         tbody { @for c in list { (row(c)) } }
                     }
+                    }
+                    p #clusters-empty hidden[!list.is_empty()] { "No clusters yet." }
+                    (layout::pager("/clusters", "Cluster pages", PAGE_SIZE, previous.as_deref(), next.as_deref()))
                 },
                 Err(e) => p.form-error role="alert" { "The clusters could not be listed: " (e.message) },
             }
@@ -115,7 +133,7 @@ pub fn capacity(c: &ClusterView) -> Capacity {
     cap
 }
 
-fn bar(label: &str, used: i64, allocatable: i64, show: fn(i64) -> String) -> Markup {
+pub(crate) fn bar(label: &str, used: i64, allocatable: i64, show: fn(i64) -> String) -> Markup {
     let free = (allocatable - used).max(0);
     html! {
         @if allocatable > 0 {

@@ -24,7 +24,11 @@ pub async fn page(
     Query(at): Query<WorkspacePageRequest>,
     viewer: Viewer,
 ) -> Response {
-    let at = WorkspacePageRequest { limit: None, ..at };
+    let at = WorkspacePageRequest {
+        limit: None,
+        cluster: None,
+        ..at
+    };
     let list = state
         .workspaces
         .list_workspaces_page(viewer.context(), at.clone())
@@ -91,7 +95,7 @@ pub async fn page(
                         }
                     }
                     p #workspaces-empty hidden[!list.is_empty()] { "No workspaces yet." }
-                    (pager(previous.as_deref(), next.as_deref()))
+                    (layout::pager("/", "Workspace pages", PAGE_SIZE, previous.as_deref(), next.as_deref()))
                 }
                 Err(e) => p.form-error role="alert" { "The workspaces could not be listed: " (e.message) },
             }
@@ -104,23 +108,6 @@ pub async fn page(
         Nav::Workspaces,
         body,
     )
-}
-
-/// Links to the previous and next pages (names are query-encoded).
-fn pager(previous: Option<&str>, next: Option<&str>) -> Markup {
-    let q = |key: &str, name: &str| {
-        let mut s = form_urlencoded::Serializer::new(String::new());
-        s.append_pair(key, name);
-        format!("/?{}", s.finish())
-    };
-    html! {
-        @if previous.is_some() || next.is_some() {
-            nav.pager aria-label="Workspace pages" {
-                @if let Some(p) = previous { a #page-previous href=(q("before", p)) rel="prev" { "← Previous " (PAGE_SIZE) } }
-                @if let Some(n) = next { a #page-next href=(q("after", n)) rel="next" { "Next " (PAGE_SIZE) " →" } }
-            }
-        }
-    }
 }
 
 /// A labelled control with the place its validation error goes (matched by
