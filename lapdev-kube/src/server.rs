@@ -33,6 +33,7 @@
 //! request body can name another cluster.
 
 pub mod auth;
+mod owner;
 mod tunnels;
 
 use std::collections::HashMap;
@@ -57,6 +58,7 @@ use lapdev_kube_rpc::{
 use uuid::Uuid;
 
 pub use auth::{ClusterIdentity, TokenVerifier};
+pub use owner::{LeaseSource, SUPERSEDED};
 
 /// Settings of a [`KubeClusterServer`].
 #[derive(Debug, Clone)]
@@ -95,6 +97,8 @@ struct Presence {
     last_seen_at: DateTime<Utc>,
     seen_dirty: bool,
     health: ManagerHealth,
+    /// A heartbeat has told the health (not only the default).
+    heard_health: bool,
     reported: bool,
     tunnel: bool,
     status: Option<ClusterStatus>,
@@ -108,6 +112,7 @@ impl Presence {
             last_seen_at: Utc::now(),
             seen_dirty: true,
             health: ManagerHealth::Ok,
+            heard_health: false,
             reported: false,
             tunnel: false,
             status: None,
@@ -143,6 +148,8 @@ struct Inner {
     // closes it; the lock that orders registration against revocation.
     tunnel_tokens: tunnels::TunnelBook,
     presence: Mutex<HashMap<Uuid, Presence>>,
+    // Which clusters this replica owns (writes the status of).
+    ownership: owner::Ownership,
 }
 
 /// The server side of the manager protocol. Cheap to clone.
@@ -172,8 +179,13 @@ pub const MAX_SNAPSHOT_WORKSPACES: usize = 5_000;
 type StatusChange = (Uuid, Uuid, ClusterStatus);
 
 impl KubeClusterServer {
-    /// A server on `db`.
+    /// A server on `db` that is the only replica: it writes the status of
+    /// every cluster it hears (see [`Self::replicated`] for several).
     pub fn new(db: Db, config: KubeClusterServerConfig) -> Self {
+        Self::build(db, config, owner::Ownership::default())
+    }
+
+    fn build(db: Db, config: KubeClusterServerConfig, ownership: owner::Ownership) -> Self {
         let verifier = TokenVerifier::new(db.clone(), config.token_cache_ttl)
             .with_stale_if_error(config.token_stale_if_error);
         Self {
@@ -184,6 +196,7 @@ impl KubeClusterServer {
                 tunnels: TunnelRegistry::new(),
                 tunnel_tokens: tunnels::TunnelBook::default(),
                 presence: Mutex::default(),
+                ownership,
             }),
         }
     }
@@ -280,6 +293,7 @@ impl KubeClusterServer {
             .close(&cluster_id, "the cluster was deleted");
         lock(&self.inner.presence).remove(&cluster_id);
         self.inner.tunnel_tokens.forget_cluster(cluster_id);
+        self.inner.ownership.forget(cluster_id);
     }
 
     /// Runs the sweeper until `shutdown` resolves: marks silent clusters
@@ -315,16 +329,28 @@ impl KubeClusterServer {
     /// future without sleeping.
     pub async fn sweep_at(&self, now: Instant) -> usize {
         let stale_after = self.inner.config.heartbeat_interval * 3;
+        // Another replica may have heard what this one did not.
+        self.refresh_from_database(now).await;
+        let owned: Option<std::collections::HashSet<Uuid>> = self
+            .inner
+            .ownership
+            .owned()
+            .map(|o| o.into_iter().collect());
         let mut changes = Vec::new();
         let mut seen = Vec::new();
         {
             let mut presence = lock(&self.inner.presence);
             for (cluster_id, p) in presence.iter_mut() {
-                let stale = now.saturating_duration_since(p.last_seen) > stale_after;
-                let status = p.derived_status(stale);
-                if p.status != Some(status) && p.status.is_some() {
-                    p.status = Some(status);
-                    changes.push((*cluster_id, p.organization_id, status));
+                if owned.as_ref().is_some_and(|o| !o.contains(cluster_id)) {
+                    // Not this replica's to write.
+                    p.status = None;
+                } else {
+                    let stale = now.saturating_duration_since(p.last_seen) > stale_after;
+                    let status = p.derived_status(stale);
+                    if p.status != Some(status) && p.status.is_some() {
+                        p.status = Some(status);
+                        changes.push((*cluster_id, p.organization_id, status));
+                    }
                 }
                 if p.seen_dirty {
                     p.seen_dirty = false;
@@ -362,35 +388,38 @@ impl KubeClusterServer {
     }
 
     /// Updates the in-memory facts of a cluster and returns the status change
-    /// they imply, if any.
+    /// they imply, if any (never on a replica that does not own the cluster:
+    /// it tells the owner what it heard instead).
     fn update_presence(
         &self,
         identity: ClusterIdentity,
         f: impl FnOnce(&mut Presence),
     ) -> Option<StatusChange> {
+        let owner = self.inner.ownership.writes_status(identity.cluster_id);
         let mut presence = lock(&self.inner.presence);
         let p = presence
             .entry(identity.cluster_id)
             .or_insert_with(|| Presence::new(identity.organization_id));
         f(p);
+        if !owner {
+            p.status = None;
+            let heard = owner::Heard {
+                reported: p.reported,
+                health: p.heard_health.then(|| match &p.health {
+                    ManagerHealth::Ok => None,
+                    ManagerHealth::Degraded { reason } => Some(reason.clone()),
+                }),
+            };
+            drop(presence);
+            self.relay_heard(identity.cluster_id, heard);
+            return None;
+        }
         let status = p.derived_status(false);
         if p.status == Some(status) {
             return None;
         }
         p.status = Some(status);
         Some((identity.cluster_id, identity.organization_id, status))
-    }
-
-    async fn write_status(&self, (cluster_id, org_id, status): StatusChange) {
-        tracing::info!(%cluster_id, status = status.as_str(), "cluster status changed");
-        if let Err(e) = self
-            .inner
-            .db
-            .set_cluster_status(org_id, cluster_id, status)
-            .await
-        {
-            tracing::warn!(%cluster_id, error = %e, "could not record cluster status");
-        }
     }
 
     async fn seen(&self, identity: ClusterIdentity, health: Option<ManagerHealth>) {
@@ -400,6 +429,7 @@ impl KubeClusterServer {
             p.seen_dirty = true;
             if let Some(h) = health {
                 p.health = h;
+                p.heard_health = true;
             }
         });
         if let Some(change) = change {
@@ -471,6 +501,15 @@ async fn tunnel_upgrade(
                     return;
                 }
             };
+            // Several replicas: this one owns the cluster from here on, or
+            // the tunnel closes (the manager dials again).
+            if let Err(reason) = server.claim(identity).await {
+                tracing::info!(cluster_id = %identity.cluster_id, reason, "manager tunnel not kept");
+                transport.close(reason);
+                let _ = task.run().await;
+                server.tunnel_closed(identity, generation).await;
+                return;
+            }
             tracing::info!(
                 cluster_id = %identity.cluster_id,
                 protocol_version = transport.protocol_version(),
