@@ -11,6 +11,18 @@
 //! heartbeats update an in-memory last-seen time that a background task flushes
 //! every few seconds, so heartbeats cost no database write.
 //!
+//! # Several replicas
+//!
+//! On a shared PostgreSQL database ([`KubeClusterServer::replicated`]) a
+//! cluster's status is written only by the replica holding its newest tunnel,
+//! which claims the cluster in the database when the tunnel opens; a replica
+//! holding an older tunnel is told and closes it. A replica that hears the
+//! manager without holding its tunnel (heartbeats and reports are
+//! load-balanced on their own) writes no status: its last-seen flush records
+//! the time, and it signals the owner what else it heard. The owner reads the
+//! stored last-seen time before it declares a cluster it has not heard
+//! `disconnected`, so the status does not flap. See the `owner` module.
+//!
 //! # Tunnels and tokens
 //!
 //! A tunnel is usable only after its token id is recorded with the tunnel's
