@@ -185,6 +185,38 @@ impl Db {
         Ok(true)
     }
 
+    /// Writes the status of a cluster no replica ever claimed (its manager
+    /// never held a tunnel: `pending` or `disconnected`), as any replica that
+    /// hears it may. `Ok(false)` when a replica owns it (only the owner
+    /// writes then) or it does not exist. Publishes
+    /// [`Change::ClusterChanged`](crate::Change) when written.
+    pub async fn set_unowned_cluster_status(
+        &self,
+        org_id: Uuid,
+        cluster_id: Uuid,
+        status: ClusterStatus,
+    ) -> DbResult<bool> {
+        self.require_replicas("cluster ownership")?;
+        let updated = self
+            .conn
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "UPDATE kube_cluster SET status = $3, updated_at = now() \
+                 WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL \
+                   AND NOT EXISTS (SELECT 1 FROM kube_cluster_owner WHERE cluster_id = $1)",
+                [cluster_id.into(), org_id.into(), status.as_str().into()],
+            ))
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.changes.publish(crate::Change::ClusterChanged {
+            organization_id: org_id,
+            cluster_id,
+        });
+        Ok(true)
+    }
+
     /// When each of `cluster_ids` was last heard from, as any replica recorded
     /// it (`kube_cluster.last_seen_at`); clusters never heard are absent.
     pub async fn clusters_last_seen(

@@ -141,6 +141,12 @@ async fn a_cluster_claim_is_fenced_by_the_lease_and_only_the_newest_writes_statu
     let lease_a = db.register_replica(&a, timing).await.unwrap();
     let lease_b = db.register_replica(&b, timing).await.unwrap();
     assert_eq!(db.cluster_owner(cluster.id).await.unwrap(), None);
+    // Never claimed: any replica that hears the manager may write.
+    assert!(
+        db.set_unowned_cluster_status(org.id, cluster.id, ClusterStatus::Disconnected)
+            .await
+            .unwrap()
+    );
 
     let claim_a = db.claim_cluster(cluster.id, &lease_a).await.unwrap();
     assert_eq!((claim_a.replica_id, claim_a.epoch), (a.id, 1));
@@ -153,6 +159,12 @@ async fn a_cluster_claim_is_fenced_by_the_lease_and_only_the_newest_writes_statu
     assert_eq!(
         db.get_cluster(org.id, cluster.id).await.unwrap().status,
         ClusterStatus::Connected
+    );
+    // Claimed: only the owner writes.
+    assert!(
+        !db.set_unowned_cluster_status(org.id, cluster.id, ClusterStatus::Pending)
+            .await
+            .unwrap()
     );
 
     // B's newer tunnel: the newest claim wins, A's write is refused.

@@ -343,26 +343,16 @@ impl KubeClusterServer {
         let stale_after = self.inner.config.heartbeat_interval * 3;
         // Another replica may have heard what this one did not.
         self.refresh_from_database(now).await;
-        let owned: Option<std::collections::HashSet<Uuid>> = self
-            .inner
-            .ownership
-            .owned()
-            .map(|o| o.into_iter().collect());
         let mut changes = Vec::new();
         let mut seen = Vec::new();
         {
             let mut presence = lock(&self.inner.presence);
             for (cluster_id, p) in presence.iter_mut() {
-                if owned.as_ref().is_some_and(|o| !o.contains(cluster_id)) {
-                    // Not this replica's to write.
-                    p.status = None;
-                } else {
-                    let stale = now.saturating_duration_since(p.last_seen) > stale_after;
-                    let status = p.derived_status(stale);
-                    if p.status != Some(status) && p.status.is_some() {
-                        p.status = Some(status);
-                        changes.push((*cluster_id, p.organization_id, status));
-                    }
+                let stale = now.saturating_duration_since(p.last_seen) > stale_after;
+                let status = p.derived_status(stale);
+                if p.status != Some(status) && p.status.is_some() {
+                    p.status = Some(status);
+                    changes.push((*cluster_id, p.organization_id, status));
                 }
                 if p.seen_dirty {
                     p.seen_dirty = false;
@@ -400,8 +390,9 @@ impl KubeClusterServer {
     }
 
     /// Updates the in-memory facts of a cluster and returns the status change
-    /// they imply, if any (never on a replica that does not own the cluster:
-    /// it tells the owner what it heard instead).
+    /// they imply, if any (on a replica that does not own the cluster, the
+    /// change is written only while no replica owns it, and what it heard is
+    /// told to the owner).
     fn update_presence(
         &self,
         identity: ClusterIdentity,
@@ -413,25 +404,23 @@ impl KubeClusterServer {
             .entry(identity.cluster_id)
             .or_insert_with(|| Presence::new(identity.organization_id));
         f(p);
-        if !owner {
-            p.status = None;
-            let heard = owner::Heard {
-                reported: p.reported,
-                health: p.heard_health.then(|| match &p.health {
-                    ManagerHealth::Ok => None,
-                    ManagerHealth::Degraded { reason } => Some(reason.clone()),
-                }),
-            };
-            drop(presence);
-            self.relay_heard(identity.cluster_id, heard);
-            return None;
-        }
+        let heard = (!owner).then(|| owner::Heard {
+            reported: p.reported,
+            health: p.heard_health.then(|| match &p.health {
+                ManagerHealth::Ok => None,
+                ManagerHealth::Degraded { reason } => Some(reason.clone()),
+            }),
+        });
         let status = p.derived_status(false);
-        if p.status == Some(status) {
-            return None;
+        let change = (p.status != Some(status)).then(|| {
+            p.status = Some(status);
+            (identity.cluster_id, identity.organization_id, status)
+        });
+        drop(presence);
+        if let Some(heard) = heard {
+            self.relay_heard(identity.cluster_id, heard);
         }
-        p.status = Some(status);
-        Some((identity.cluster_id, identity.organization_id, status))
+        change
     }
 
     async fn seen(&self, identity: ClusterIdentity, health: Option<ManagerHealth>) {

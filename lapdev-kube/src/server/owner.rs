@@ -11,7 +11,10 @@
 //! lease is lost) or cannot record closes the new tunnel: the manager dials
 //! again, through the load balancer.
 //!
-//! Only the owner writes the cluster's status, and each write is fenced by
+//! Only the owner writes the status of a claimed cluster (a cluster no
+//! replica ever claimed, whose manager never held a tunnel, is written by
+//! whichever replica hears it: `pending` or `disconnected`, never
+//! `connected`), and each owner's write is fenced by
 //! its claim (`Db::set_cluster_status_as_owner`); a write that finds the claim
 //! superseded or the lease lost gives the cluster up and closes the tunnel. A
 //! replica that hears the manager without holding its tunnel (heartbeats and
@@ -334,6 +337,19 @@ impl KubeClusterServer {
         let db = &self.inner.db;
         let written = if self.inner.ownership.is_replicated() {
             let Some(claim) = self.owner_claim(cluster_id) else {
+                // Written only while no replica owns the cluster.
+                match db
+                    .set_unowned_cluster_status(org_id, cluster_id, status)
+                    .await
+                {
+                    Ok(true) => {
+                        tracing::info!(%cluster_id, status = status.as_str(), "cluster status changed")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(%cluster_id, error = %e, "could not record cluster status")
+                    }
+                }
                 return;
             };
             match db.set_cluster_status_as_owner(org_id, &claim, status).await {
