@@ -190,7 +190,12 @@ pub(crate) struct ChangeFeed {
     sender: broadcast::Sender<Change>,
     /// Set once the cross-replica relay runs (PostgreSQL): every change is
     /// also queued for `NOTIFY`.
-    pub(crate) relay: std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<Change>>>,
+    pub(crate) relay:
+        std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::relay::Outgoing>>>,
+    /// Replica-to-replica signals heard from the other replicas
+    /// ([`ReplicaSignal`](crate::relay::ReplicaSignal)); not part of the
+    /// change feed.
+    pub(crate) signals: broadcast::Sender<crate::relay::ReplicaSignal>,
     /// Tells this feed's own notifications apart from other replicas'.
     pub(crate) origin: Uuid,
 }
@@ -198,9 +203,11 @@ pub(crate) struct ChangeFeed {
 impl Default for ChangeFeed {
     fn default() -> Self {
         let (sender, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
+        let (signals, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
         ChangeFeed {
             sender,
             relay: Default::default(),
+            signals,
             origin: Uuid::new_v4(),
         }
     }
@@ -222,7 +229,9 @@ impl ChangeFeed {
     /// To the other replicas only.
     pub(crate) fn relay(&self, change: &Change) {
         if let Some(relay) = self.relay.get()
-            && relay.try_send(change.clone()).is_err()
+            && relay
+                .try_send(crate::relay::Outgoing::Change(change.clone()))
+                .is_err()
         {
             tracing::warn!(
                 ?change,

@@ -44,6 +44,7 @@ mod provider;
 mod quota;
 pub mod relay;
 pub mod replica;
+mod replica_owner;
 mod retention;
 mod session;
 #[cfg(feature = "test-support")]
@@ -68,7 +69,9 @@ pub use pat::{CreatedPat, PersonalAccessToken, VerifiedPat};
 pub use people::{SignInCandidate, UserChange};
 pub use provider::{NewProvider, Provider};
 pub use quota::OrgQuotas;
+pub use relay::ReplicaSignal;
 pub use replica::{LeaseTiming, Replica, ReplicaInfo, ReplicaLease, StartupLock};
+pub use replica_owner::ClusterClaim;
 pub use retention::{DueVolumePurge, RestoreRefusal};
 pub use session::{
     BrowserSession, CreatedSession, ReplacedSession, SessionLifetime, VerifiedSession,

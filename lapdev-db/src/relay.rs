@@ -18,6 +18,14 @@
 //! replica that dies between the two loses the notification as well, which the
 //! same caches' short lifetimes bound.
 //!
+//! Besides changes, replicas tell each other things that are no change of
+//! stored data and no business of the feed's consumers (pages, placement):
+//! [`ReplicaSignal`]s, on the [`SIGNAL_CHANNEL`] channel, heard through
+//! [`Db::subscribe_signals`]. A second channel, so a replica of a version that
+//! does not know signals never sees one. Like changes, signals sent while a
+//! listener was away are lost; [`Change::Resync`] tells their consumers to
+//! re-read what they stand for (the cluster owners in the database).
+//!
 //! `LISTEN` needs a session of its own: a connection pooler in transaction
 //! mode (PgBouncer's `pool_mode = transaction`) in front of PostgreSQL breaks
 //! it. Give the server PostgreSQL itself or a session-mode pool.
@@ -36,6 +44,54 @@ use crate::error::{DbError, DbResult};
 /// The PostgreSQL notification channel.
 pub const CHANNEL: &str = "lapdev_changes";
 
+/// The PostgreSQL notification channel of [`ReplicaSignal`]s.
+pub const SIGNAL_CHANNEL: &str = "lapdev_replica_signals";
+
+/// A message from one replica to the others that is not a change of stored
+/// data (so it is not on the change feed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReplicaSignal {
+    /// `replica_id` claimed the cluster under `epoch` (its manager's newest
+    /// tunnel opened there): a replica holding an older tunnel of the cluster
+    /// closes it.
+    ClusterClaimed {
+        /// The cluster.
+        cluster_id: Uuid,
+        /// The replica that holds the newest tunnel now.
+        replica_id: Uuid,
+        /// The claim's epoch ([`ClusterClaim::epoch`](crate::ClusterClaim)).
+        epoch: i64,
+    },
+    /// A manager was heard on a replica that does not hold its tunnel (its
+    /// heartbeats and reports are load-balanced apart from the tunnel): the
+    /// owner folds this into the cluster's status. Sent when what it says
+    /// changed, not on every heartbeat; the time heard reaches the owner
+    /// through `kube_cluster.last_seen_at`.
+    ManagerHeard {
+        /// The cluster.
+        cluster_id: Uuid,
+        /// The manager has reported its cluster's info.
+        reported: bool,
+        /// The health its last heartbeat gave: `None` for `ok`, the reason
+        /// when degraded; absent when no heartbeat was heard yet.
+        health: Option<Option<String>>,
+    },
+}
+
+/// What the relay sends.
+#[derive(Debug, Clone)]
+pub(crate) enum Outgoing {
+    Change(Change),
+    Signal(ReplicaSignal),
+}
+
+#[derive(Serialize, Deserialize)]
+struct SignalEnvelope {
+    origin: Uuid,
+    signal: ReplicaSignal,
+}
+
 /// How many changes may wait for `NOTIFY` before new ones are dropped (and
 /// logged).
 const RELAY_QUEUE: usize = 4096;
@@ -53,7 +109,7 @@ struct Envelope {
 pub struct ChangeRelay {
     db: Db,
     listener: PgListener,
-    queue: mpsc::Receiver<Change>,
+    queue: mpsc::Receiver<Outgoing>,
 }
 
 impl std::fmt::Debug for ChangeRelay {
@@ -89,11 +145,29 @@ impl Db {
     pub fn announce(&self, change: Change) {
         self.changes.relay(&change);
     }
+
+    /// Sends `signal` to the other replicas (not to this one). Nothing is sent
+    /// without a running relay (SQLite: there are no other replicas).
+    pub fn signal_replicas(&self, signal: ReplicaSignal) {
+        if let Some(relay) = self.changes.relay.get()
+            && relay.try_send(Outgoing::Signal(signal.clone())).is_err()
+        {
+            tracing::warn!(
+                ?signal,
+                "the cross-replica relay is full or stopped; other replicas miss this signal"
+            );
+        }
+    }
+
+    /// The other replicas' signals, from now on.
+    pub fn subscribe_signals(&self) -> tokio::sync::broadcast::Receiver<ReplicaSignal> {
+        self.changes.signals.subscribe()
+    }
 }
 
 async fn listen(db: &Db) -> Result<PgListener, sea_orm::sqlx::Error> {
     let mut listener = PgListener::connect_with(db.conn.get_postgres_connection_pool()).await?;
-    listener.listen(CHANNEL).await?;
+    listener.listen_all([CHANNEL, SIGNAL_CHANNEL]).await?;
     Ok(listener)
 }
 
@@ -119,6 +193,14 @@ async fn receive(db: &Db, mut listener: PgListener) {
     let origin = db.changes.origin;
     loop {
         match listener.try_recv().await {
+            Ok(Some(notification)) if notification.channel() == SIGNAL_CHANNEL => {
+                match serde_json::from_str::<SignalEnvelope>(notification.payload()) {
+                    Ok(e) if e.origin == origin => {}
+                    // No subscriber is not an error.
+                    Ok(e) => drop(db.changes.signals.send(e.signal)),
+                    Err(e) => tracing::warn!(error = %e, "an undecodable replica signal"),
+                }
+            }
             Ok(Some(notification)) => {
                 match serde_json::from_str::<Envelope>(notification.payload()) {
                     Ok(e) if e.origin == origin => {}
@@ -147,11 +229,20 @@ async fn receive(db: &Db, mut listener: PgListener) {
     }
 }
 
-async fn send(db: &Db, mut queue: mpsc::Receiver<Change>) {
+async fn send(db: &Db, mut queue: mpsc::Receiver<Outgoing>) {
     let pool = db.conn.get_postgres_connection_pool();
     let origin = db.changes.origin;
-    while let Some(change) = queue.recv().await {
-        let payload = match serde_json::to_string(&Envelope { origin, change }) {
+    while let Some(outgoing) = queue.recv().await {
+        let (channel, payload) = match outgoing {
+            Outgoing::Change(change) => {
+                (CHANNEL, serde_json::to_string(&Envelope { origin, change }))
+            }
+            Outgoing::Signal(signal) => (
+                SIGNAL_CHANNEL,
+                serde_json::to_string(&SignalEnvelope { origin, signal }),
+            ),
+        };
+        let payload = match payload {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "could not encode a change notification");
@@ -159,7 +250,7 @@ async fn send(db: &Db, mut queue: mpsc::Receiver<Change>) {
             }
         };
         if let Err(e) = sea_orm::sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
+            .bind(channel)
             .bind(&payload)
             .execute(pool)
             .await

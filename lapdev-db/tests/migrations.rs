@@ -4,7 +4,8 @@
 use lapdev_db::test_support::TestDatabase;
 use migrations::{Migrator, MigratorTrait, SchemaManager};
 
-const TABLES: [&str; 12] = [
+const TABLES: [&str; 13] = [
+    "kube_cluster_owner",
     "server_replica",
     "organization",
     "user",

@@ -122,3 +122,43 @@ async fn sqlite_has_no_relay() {
         Err(lapdev_db::DbError::PostgresOnly(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_signal_reaches_the_others_but_not_the_change_feed() {
+    use lapdev_db::ReplicaSignal;
+    let test = TestDatabase::postgres().await;
+    let a = replica(&test).await;
+    let b = replica(&test).await;
+    let mut signals_a = a.subscribe_signals();
+    let mut signals_b = b.subscribe_signals();
+    let mut feed_b = b.subscribe();
+    let signal = ReplicaSignal::ClusterClaimed {
+        cluster_id: Uuid::new_v4(),
+        replica_id: Uuid::new_v4(),
+        epoch: 7,
+    };
+    a.signal_replicas(signal.clone());
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(30), signals_b.recv())
+        .await
+        .expect("B hears A's signal")
+        .unwrap();
+    assert_eq!(heard, signal);
+    // B answers; PostgreSQL delivers notifications in commit order, so A
+    // hears B's after its own would have arrived: the first A hears is B's.
+    let answer = ReplicaSignal::ManagerHeard {
+        cluster_id: Uuid::new_v4(),
+        reported: true,
+        health: Some(Some("kube api down".into())),
+    };
+    b.signal_replicas(answer.clone());
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), signals_a.recv())
+        .await
+        .expect("A hears B's signal")
+        .unwrap();
+    assert_eq!(first, answer);
+    // Signals are not changes: B's change feed saw none.
+    assert!(matches!(
+        feed_b.try_recv(),
+        Err(broadcast::error::TryRecvError::Empty)
+    ));
+}

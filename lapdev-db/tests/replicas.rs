@@ -124,3 +124,95 @@ async fn replicas_started_together_migrate_one_after_the_other() {
         db.close().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_cluster_claim_is_fenced_by_the_lease_and_only_the_newest_writes_status() {
+    use lapdev_common::status::ClusterStatus;
+    let test = TestDatabase::postgres().await;
+    let db = test.db();
+    let timing = LeaseTiming::default();
+    let org = db.create_organization("acme").await.unwrap();
+    let cluster = db
+        .create_cluster(org.id, lapdev_db::NewCluster::named("c1"))
+        .await
+        .unwrap();
+    let a = info("10.0.0.1:8090");
+    let b = info("10.0.0.2:8090");
+    let lease_a = db.register_replica(&a, timing).await.unwrap();
+    let lease_b = db.register_replica(&b, timing).await.unwrap();
+    assert_eq!(db.cluster_owner(cluster.id).await.unwrap(), None);
+    // Never claimed: any replica that hears the manager may write.
+    assert!(
+        db.set_unowned_cluster_status(org.id, cluster.id, ClusterStatus::Disconnected)
+            .await
+            .unwrap()
+    );
+
+    let claim_a = db.claim_cluster(cluster.id, &lease_a).await.unwrap();
+    assert_eq!((claim_a.replica_id, claim_a.epoch), (a.id, 1));
+    assert_eq!(db.cluster_owner(cluster.id).await.unwrap(), Some(claim_a));
+    assert!(
+        db.set_cluster_status_as_owner(org.id, &claim_a, ClusterStatus::Connected)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        db.get_cluster(org.id, cluster.id).await.unwrap().status,
+        ClusterStatus::Connected
+    );
+    // Claimed: only the owner writes.
+    assert!(
+        !db.set_unowned_cluster_status(org.id, cluster.id, ClusterStatus::Pending)
+            .await
+            .unwrap()
+    );
+
+    // B's newer tunnel: the newest claim wins, A's write is refused.
+    let claim_b = db.claim_cluster(cluster.id, &lease_b).await.unwrap();
+    assert_eq!((claim_b.replica_id, claim_b.epoch), (b.id, 2));
+    assert!(
+        !db.set_cluster_status_as_owner(org.id, &claim_a, ClusterStatus::Disconnected)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        db.get_cluster(org.id, cluster.id).await.unwrap().status,
+        ClusterStatus::Connected
+    );
+
+    // A replica that lost its lease can neither claim nor write as owner.
+    expire_replica_lease(db, b.id).await.unwrap();
+    assert!(matches!(
+        db.set_cluster_status_as_owner(org.id, &claim_b, ClusterStatus::Disconnected)
+            .await,
+        Err(DbError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        db.claim_cluster(cluster.id, &lease_b).await,
+        Err(DbError::LeaseLost { .. })
+    ));
+    assert_eq!(db.cluster_owner(cluster.id).await.unwrap(), Some(claim_b));
+    // Nor claim a cluster that does not exist.
+    assert!(matches!(
+        db.claim_cluster(Uuid::new_v4(), &lease_a).await,
+        Err(DbError::NotFound { .. })
+    ));
+
+    // What any replica recorded as last heard is readable by the owner.
+    let at = chrono::Utc::now();
+    db.touch_cluster_seen_at(org.id, cluster.id, at)
+        .await
+        .unwrap();
+    let seen = db.clusters_last_seen(&[cluster.id]).await.unwrap();
+    assert!(seen[&cluster.id] >= at - chrono::Duration::milliseconds(1));
+    assert!(db.clusters_last_seen(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_has_no_cluster_owners() {
+    let test = TestDatabase::sqlite().await;
+    assert!(matches!(
+        test.db().cluster_owner(Uuid::new_v4()).await,
+        Err(DbError::PostgresOnly(_))
+    ));
+}

@@ -11,6 +11,18 @@
 //! heartbeats update an in-memory last-seen time that a background task flushes
 //! every few seconds, so heartbeats cost no database write.
 //!
+//! # Several replicas
+//!
+//! On a shared PostgreSQL database ([`KubeClusterServer::replicated`]) a
+//! cluster's status is written only by the replica holding its newest tunnel,
+//! which claims the cluster in the database when the tunnel opens; a replica
+//! holding an older tunnel is told and closes it. A replica that hears the
+//! manager without holding its tunnel (heartbeats and reports are
+//! load-balanced on their own) writes no status: its last-seen flush records
+//! the time, and it signals the owner what else it heard. The owner reads the
+//! stored last-seen time before it declares a cluster it has not heard
+//! `disconnected`, so the status does not flap. See the `owner` module.
+//!
 //! # Tunnels and tokens
 //!
 //! A tunnel is usable only after its token id is recorded with the tunnel's
@@ -33,6 +45,7 @@
 //! request body can name another cluster.
 
 pub mod auth;
+mod owner;
 mod tunnels;
 
 use std::collections::HashMap;
@@ -58,6 +71,7 @@ use lapdev_kube_rpc::{
 use uuid::Uuid;
 
 pub use auth::{ClusterIdentity, TokenVerifier};
+pub use owner::{LeaseSource, SUPERSEDED};
 
 /// Settings of a [`KubeClusterServer`].
 #[derive(Debug, Clone)]
@@ -96,6 +110,8 @@ struct Presence {
     last_seen_at: DateTime<Utc>,
     seen_dirty: bool,
     health: ManagerHealth,
+    /// A heartbeat has told the health (not only the default).
+    heard_health: bool,
     reported: bool,
     tunnel: bool,
     status: Option<ClusterStatus>,
@@ -109,6 +125,7 @@ impl Presence {
             last_seen_at: Utc::now(),
             seen_dirty: true,
             health: ManagerHealth::Ok,
+            heard_health: false,
             reported: false,
             tunnel: false,
             status: None,
@@ -146,6 +163,8 @@ struct Inner {
     presence: Mutex<HashMap<Uuid, Presence>>,
     // Set by `drain`: new tunnels are refused so managers dial another replica.
     draining: AtomicBool,
+    // Which clusters this replica owns (writes the status of).
+    ownership: owner::Ownership,
 }
 
 /// The server side of the manager protocol. Cheap to clone.
@@ -179,8 +198,13 @@ pub const DRAIN_REASON: &str = "server shutting down";
 type StatusChange = (Uuid, Uuid, ClusterStatus);
 
 impl KubeClusterServer {
-    /// A server on `db`.
+    /// A server on `db` that is the only replica: it writes the status of
+    /// every cluster it hears (see [`Self::replicated`] for several).
     pub fn new(db: Db, config: KubeClusterServerConfig) -> Self {
+        Self::build(db, config, owner::Ownership::default())
+    }
+
+    fn build(db: Db, config: KubeClusterServerConfig, ownership: owner::Ownership) -> Self {
         let verifier = TokenVerifier::new(db.clone(), config.token_cache_ttl)
             .with_stale_if_error(config.token_stale_if_error);
         Self {
@@ -192,6 +216,7 @@ impl KubeClusterServer {
                 tunnel_tokens: tunnels::TunnelBook::default(),
                 presence: Mutex::default(),
                 draining: AtomicBool::new(false),
+                ownership,
             }),
         }
     }
@@ -302,6 +327,7 @@ impl KubeClusterServer {
             .close(&cluster_id, "the cluster was deleted");
         lock(&self.inner.presence).remove(&cluster_id);
         self.inner.tunnel_tokens.forget_cluster(cluster_id);
+        self.inner.ownership.forget(cluster_id);
     }
 
     /// Runs the sweeper until `shutdown` resolves: marks silent clusters
@@ -337,6 +363,8 @@ impl KubeClusterServer {
     /// future without sleeping.
     pub async fn sweep_at(&self, now: Instant) -> usize {
         let stale_after = self.inner.config.heartbeat_interval * 3;
+        // Another replica may have heard what this one did not.
+        self.refresh_from_database(now).await;
         let mut changes = Vec::new();
         let mut seen = Vec::new();
         {
@@ -384,35 +412,37 @@ impl KubeClusterServer {
     }
 
     /// Updates the in-memory facts of a cluster and returns the status change
-    /// they imply, if any.
+    /// they imply, if any (on a replica that does not own the cluster, the
+    /// change is written only while no replica owns it, and what it heard is
+    /// told to the owner).
     fn update_presence(
         &self,
         identity: ClusterIdentity,
         f: impl FnOnce(&mut Presence),
     ) -> Option<StatusChange> {
+        let owner = self.inner.ownership.writes_status(identity.cluster_id);
         let mut presence = lock(&self.inner.presence);
         let p = presence
             .entry(identity.cluster_id)
             .or_insert_with(|| Presence::new(identity.organization_id));
         f(p);
+        let heard = (!owner).then(|| owner::Heard {
+            reported: p.reported,
+            health: p.heard_health.then(|| match &p.health {
+                ManagerHealth::Ok => None,
+                ManagerHealth::Degraded { reason } => Some(reason.clone()),
+            }),
+        });
         let status = p.derived_status(false);
-        if p.status == Some(status) {
-            return None;
+        let change = (p.status != Some(status)).then(|| {
+            p.status = Some(status);
+            (identity.cluster_id, identity.organization_id, status)
+        });
+        drop(presence);
+        if let Some(heard) = heard {
+            self.relay_heard(identity.cluster_id, heard);
         }
-        p.status = Some(status);
-        Some((identity.cluster_id, identity.organization_id, status))
-    }
-
-    async fn write_status(&self, (cluster_id, org_id, status): StatusChange) {
-        tracing::info!(%cluster_id, status = status.as_str(), "cluster status changed");
-        if let Err(e) = self
-            .inner
-            .db
-            .set_cluster_status(org_id, cluster_id, status)
-            .await
-        {
-            tracing::warn!(%cluster_id, error = %e, "could not record cluster status");
-        }
+        change
     }
 
     async fn seen(&self, identity: ClusterIdentity, health: Option<ManagerHealth>) {
@@ -422,6 +452,7 @@ impl KubeClusterServer {
             p.seen_dirty = true;
             if let Some(h) = health {
                 p.health = h;
+                p.heard_health = true;
             }
         });
         if let Some(change) = change {
@@ -502,6 +533,15 @@ async fn tunnel_upgrade(
                     return;
                 }
             };
+            // Several replicas: this one owns the cluster from here on, or
+            // the tunnel closes (the manager dials again).
+            if let Err(reason) = server.claim(identity).await {
+                tracing::info!(cluster_id = %identity.cluster_id, reason, "manager tunnel not kept");
+                transport.close(reason);
+                let _ = task.run().await;
+                server.tunnel_closed(identity, generation).await;
+                return;
+            }
             tracing::info!(
                 cluster_id = %identity.cluster_id,
                 protocol_version = transport.protocol_version(),

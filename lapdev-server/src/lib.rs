@@ -457,15 +457,19 @@ impl Server {
             replica::ReplicaStatus::single()
         };
 
-        let kube = KubeClusterServer::new(
-            db.clone(),
-            KubeClusterServerConfig {
-                heartbeat_interval: config.heartbeat_interval(),
-                token_cache_ttl: Duration::from_secs(limits.token_cache_ttl_secs),
-                token_stale_if_error: Duration::from_secs(limits.token_stale_if_error_secs),
-                ..Default::default()
-            },
-        );
+        let kube_config = KubeClusterServerConfig {
+            heartbeat_interval: config.heartbeat_interval(),
+            token_cache_ttl: Duration::from_secs(limits.token_cache_ttl_secs),
+            token_stale_if_error: Duration::from_secs(limits.token_stale_if_error_secs),
+            ..Default::default()
+        };
+        // Several replicas: each owns the clusters whose tunnels it holds.
+        let kube = if db.supports_replicas() {
+            let status = replica_status.clone();
+            KubeClusterServer::replicated(db.clone(), kube_config, Arc::new(move || status.lease()))
+        } else {
+            KubeClusterServer::new(db.clone(), kube_config)
+        };
         let public_ca = match &config.public_ca_file {
             Some(f) => Some(
                 std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,

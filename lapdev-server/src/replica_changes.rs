@@ -9,7 +9,11 @@
 //! deleted cluster's tunnel closes. Applying one of this replica's own changes
 //! again is harmless (each step is idempotent). When changes may have been
 //! missed (the listener reconnected, or this subscriber lagged) the caches
-//! are dropped and every tunnel's token is checked against the database.
+//! are dropped, every tunnel's token is checked against the database, and so
+//! is every cluster this replica owns (another may have claimed it).
+//!
+//! The other replicas' signals (`lapdev_db::ReplicaSignal`: a cluster claimed
+//! elsewhere, a manager heard elsewhere) go to the cluster server.
 
 use std::future::Future;
 
@@ -28,10 +32,19 @@ pub async fn run(
 ) {
     tokio::pin!(shutdown);
     let mut changes = db.subscribe();
+    let mut signals = db.subscribe_signals();
     loop {
         let change = tokio::select! {
             () = &mut shutdown => return,
             change = changes.recv() => change,
+            signal = signals.recv() => {
+                match signal {
+                    Ok(signal) => kube.apply_signal(signal).await,
+                    Err(RecvError::Lagged(_)) => recheck_ownership(&kube).await,
+                    Err(RecvError::Closed) => return,
+                }
+                continue;
+            }
         };
         match change {
             Ok(Change::Revoked(revocation)) => auth.revoked_elsewhere(revocation),
@@ -46,9 +59,18 @@ pub async fn run(
                     }
                     Err(e) => tracing::warn!(error = %e, "could not re-check the tunnels' tokens"),
                 }
+                recheck_ownership(&kube).await;
             }
             Ok(_) => {}
             Err(RecvError::Closed) => return,
         }
+    }
+}
+
+async fn recheck_ownership(kube: &KubeClusterServer) {
+    match kube.recheck_ownership().await {
+        Ok(0) => {}
+        Ok(lost) => tracing::info!(lost, "gave up clusters other replicas claimed meanwhile"),
+        Err(e) => tracing::warn!(error = %e, "could not re-check the clusters this replica owns"),
     }
 }

@@ -5,6 +5,8 @@ mod common;
 
 use std::process::Command;
 
+use lapdev_common::status::ClusterStatus;
+use lapdev_db::Change;
 use lapdev_db::test_support::{TestDatabase, expire_replica_lease};
 use lapdev_hrpc::Transport as _;
 use lapdev_server::Server;
@@ -312,4 +314,207 @@ async fn the_dashboard_events_of_one_replica_show_a_change_made_on_another() {
         .unwrap();
     let shown = format!("{event:?}");
     assert!(shown.contains("cluster"), "{shown}");
+}
+
+/// Two replicas A and B on one fresh PostgreSQL database whose managers
+/// heartbeat every `heartbeat_secs`, and a cluster created on A.
+async fn two_replicas_and_a_cluster(
+    heartbeat_secs: u64,
+) -> (common::TestServer, common::TestServer, uuid::Uuid, String) {
+    let database = TestDatabase::postgres().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(
+        data_dir.path().join("data"),
+        Some(database.url().to_owned()),
+    );
+    config.heartbeat_interval_secs = heartbeat_secs;
+    let server = Server::start(config.clone()).await.unwrap();
+    let a = common::TestServer {
+        addr: server.local_addr,
+        admin_token: server.first_admin_token.clone().unwrap(),
+        server,
+        data_dir,
+        database: Some(database),
+    };
+    let server = Server::start(config).await.unwrap();
+    let b = common::TestServer {
+        addr: server.local_addr,
+        server,
+        admin_token: a.admin_token.clone(),
+        data_dir: tempfile::tempdir().unwrap(),
+        database: None,
+    };
+    let created = a
+        .admin()
+        .create_cluster("c1".into(), None, None, None)
+        .await
+        .unwrap();
+    (a, b, created.cluster.id, created.token_secret)
+}
+
+async fn stored_status(t: &common::TestServer, cluster_id: uuid::Uuid) -> ClusterStatus {
+    let db = &t.server.state.db;
+    let org = db.list_organizations().await.unwrap()[0].id;
+    db.get_cluster(org, cluster_id).await.unwrap().status
+}
+
+/// Counts the cluster's changes on `watcher`'s feed (its own and, through
+/// the relay, the other replica's) from a barrier on: a marker cluster
+/// created on `other` and seen on `watcher`'s feed, so every change `other`
+/// made before has arrived (one replica's notifications arrive in order).
+async fn count_cluster_changes(
+    watcher: &common::TestServer,
+    other: &common::TestServer,
+    cluster_id: uuid::Uuid,
+    marker: &str,
+) -> impl FnMut() -> usize + use<> {
+    let mut feed = watcher.server.state.db.subscribe();
+    let marker_id = other
+        .admin()
+        .create_cluster(marker.into(), None, None, None)
+        .await
+        .unwrap()
+        .cluster
+        .id;
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            if let Ok(Change::ClusterChanged { cluster_id: c, .. }) = feed.recv().await
+                && c == marker_id
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the marker reaches the other replica");
+    let mut seen = 0;
+    move || {
+        while let Ok(change) = feed.try_recv() {
+            if matches!(change, Change::ClusterChanged { cluster_id: c, .. } if c == cluster_id) {
+                seen += 1;
+            }
+        }
+        seen
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_tunnel_wins_across_replicas_and_the_older_replica_closes_its_own() {
+    let (a, b, cluster_id, token) = two_replicas_and_a_cluster(10).await;
+    let replica_a = a.server.state.replica.lease().unwrap().id;
+    let replica_b = b.server.state.replica.lease().unwrap().id;
+
+    // The first tunnel, on A: A owns the cluster, in the database too.
+    let first = common::dial(&a, &token, std::sync::Arc::default())
+        .await
+        .unwrap();
+    let first_handle = first.handle();
+    let first_run = tokio::spawn(first.run());
+    let kube_a = a.server.state.kube.clone();
+    common::eventually("A claims the cluster", || {
+        let kube = kube_a.clone();
+        async move { kube.owner_claim(cluster_id).is_some() }
+    })
+    .await;
+    let db = a.server.state.db.clone();
+    let owner = db.cluster_owner(cluster_id).await.unwrap().unwrap();
+    assert_eq!((owner.replica_id, owner.epoch), (replica_a, 1));
+    assert!(b.server.state.kube.owner_claim(cluster_id).is_none());
+    a.cluster_client(&token)
+        .report_cluster_info(common::sample_info())
+        .await
+        .unwrap();
+    common::eventually("the cluster is connected", || {
+        let a = &a;
+        async move { stored_status(a, cluster_id).await == ClusterStatus::Connected }
+    })
+    .await;
+
+    // A newer tunnel on B: B owns it, and A is told and closes the older one.
+    let second = common::dial(&b, &token, std::sync::Arc::default())
+        .await
+        .unwrap();
+    let second_handle = second.handle();
+    let second_run = tokio::spawn(second.run());
+    let kube_b = b.server.state.kube.clone();
+    common::eventually("A closes the older tunnel", || {
+        let kube = kube_a.clone();
+        let handle = first_handle.clone();
+        async move { !kube.is_tunnel_up(cluster_id) && handle.is_closed() }
+    })
+    .await;
+    let owner = db.cluster_owner(cluster_id).await.unwrap().unwrap();
+    assert_eq!((owner.replica_id, owner.epoch), (replica_b, 2));
+    assert_eq!(kube_b.owner_claim(cluster_id), Some(owner));
+    assert!(kube_a.owner_claim(cluster_id).is_none());
+    assert!(kube_b.is_tunnel_up(cluster_id) && !second_handle.is_closed());
+    let closed = first_run.await.unwrap();
+    assert!(
+        format!("{closed:?}").contains(lapdev_kube::server::SUPERSEDED),
+        "{closed:?}"
+    );
+    // A's tunnel closing did not make the cluster disconnected: B owns it.
+    common::eventually("the cluster is connected under B", || {
+        let a = &a;
+        async move { stored_status(a, cluster_id).await == ClusterStatus::Connected }
+    })
+    .await;
+    second_handle.close("done");
+    let _ = second_run.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_on_the_replica_without_the_tunnel_keep_the_cluster_connected() {
+    let (a, b, cluster_id, token) = two_replicas_and_a_cluster(1).await;
+    let session = common::dial(&a, &token, std::sync::Arc::default())
+        .await
+        .unwrap();
+    let handle = session.handle();
+    let run = tokio::spawn(session.run());
+    // Everything but the tunnel goes to B.
+    let to_b = b.cluster_client(&token);
+    common::eventually("A claims the cluster", || {
+        let kube = a.server.state.kube.clone();
+        async move { kube.owner_claim(cluster_id).is_some() }
+    })
+    .await;
+    to_b.report_cluster_info(common::sample_info())
+        .await
+        .unwrap();
+    to_b.heartbeat(lapdev_kube_rpc::ManagerHealth::Ok)
+        .await
+        .unwrap();
+    common::eventually("the cluster is connected", || {
+        let a = &a;
+        async move { stored_status(a, cluster_id).await == ClusterStatus::Connected }
+    })
+    .await;
+
+    // Heartbeats only to B, every interval, for more than three intervals
+    // (A hears none): no status write anywhere, the cluster stays connected.
+    let mut changes_a = count_cluster_changes(&a, &b, cluster_id, "marker-b").await;
+    let mut changes_b = count_cluster_changes(&b, &a, cluster_id, "marker-a").await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(6) {
+        to_b.heartbeat(lapdev_kube_rpc::ManagerHealth::Ok)
+            .await
+            .unwrap();
+        // The manager's pace, not a wait for an outcome.
+        tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+        assert_eq!(
+            stored_status(&a, cluster_id).await,
+            ClusterStatus::Connected
+        );
+    }
+    assert_eq!(changes_a(), 0, "A wrote the cluster's status");
+    assert_eq!(changes_b(), 0, "B wrote the cluster's status");
+
+    // Heartbeats stop everywhere: the owner declares it disconnected.
+    common::eventually("the cluster is disconnected", || {
+        let a = &a;
+        async move { stored_status(a, cluster_id).await == ClusterStatus::Disconnected }
+    })
+    .await;
+    handle.close("done");
+    let _ = run.await;
 }

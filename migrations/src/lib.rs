@@ -32,6 +32,7 @@ mod m20251201_000014_workspace_quota;
 mod m20251201_000015_workspace_timers;
 mod m20251202_000016_lifetime_notice;
 mod m20251202_000017_server_replica;
+mod m20251203_000018_cluster_owner;
 
 /// Every migration, in the order they run.
 #[derive(Debug)]
@@ -58,6 +59,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20251201_000015_workspace_timers::Migration),
             Box::new(m20251202_000016_lifetime_notice::Migration),
             Box::new(m20251202_000017_server_replica::Migration),
+            Box::new(m20251203_000018_cluster_owner::Migration),
         ]
     }
 }
