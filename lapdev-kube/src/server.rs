@@ -535,7 +535,12 @@ async fn tunnel_upgrade(
             };
             // Several replicas: this one owns the cluster from here on, or
             // the tunnel closes (the manager dials again).
-            if let Err(reason) = server.claim(identity).await {
+            let current = || {
+                tunnels
+                    .get(&identity.cluster_id)
+                    .is_some_and(|t| t.same_tunnel(&transport))
+            };
+            if let Err(reason) = server.claim(identity, current).await {
                 tracing::info!(cluster_id = %identity.cluster_id, reason, "manager tunnel not kept");
                 transport.close(reason);
                 let _ = task.run().await;

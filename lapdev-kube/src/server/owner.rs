@@ -55,6 +55,10 @@ pub(super) struct Ownership {
     /// `None`: the only replica (owns everything it hears).
     lease: Option<LeaseSource>,
     clusters: Mutex<HashMap<Uuid, Local>>,
+    /// One claim at a time per cluster on this replica, so claims are made in
+    /// the order the tunnels registered: a replaced tunnel's claim can never
+    /// land after (and outrank) its replacement's.
+    claiming: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +83,7 @@ impl Ownership {
         Self {
             lease: Some(lease),
             clusters: Mutex::default(),
+            claiming: Mutex::default(),
         }
     }
 
@@ -162,11 +167,48 @@ impl KubeClusterServer {
     /// Claims the cluster whose tunnel just registered. `Err` with the close
     /// reason when the tunnel must not stay (the claim was refused, could not
     /// be recorded, or a newer claim elsewhere was already heard of).
-    pub(super) async fn claim(&self, identity: ClusterIdentity) -> Result<(), &'static str> {
+    ///
+    /// Claims of one cluster on this replica run one at a time, and a tunnel
+    /// that `still_current` says was replaced meanwhile claims nothing, so the
+    /// newest tunnel always holds the newest epoch.
+    pub(super) async fn claim(
+        &self,
+        identity: ClusterIdentity,
+        still_current: impl Fn() -> bool,
+    ) -> Result<(), &'static str> {
         let ownership = &self.inner.ownership;
         let Some(source) = &ownership.lease else {
             return Ok(());
         };
+        let turn = lock(&ownership.claiming)
+            .entry(identity.cluster_id)
+            .or_default()
+            .clone();
+        let result = {
+            let _turn = turn.lock().await;
+            if still_current() {
+                self.claim_in_turn(identity, source).await
+            } else {
+                Err(lapdev_hrpc::tunnel::REPLACED_REASON)
+            }
+        };
+        drop(turn);
+        let mut claiming = lock(&ownership.claiming);
+        if claiming
+            .get(&identity.cluster_id)
+            .is_some_and(|t| Arc::strong_count(t) == 1)
+        {
+            claiming.remove(&identity.cluster_id);
+        }
+        result
+    }
+
+    async fn claim_in_turn(
+        &self,
+        identity: ClusterIdentity,
+        source: &LeaseSource,
+    ) -> Result<(), &'static str> {
+        let ownership = &self.inner.ownership;
         let Some(lease) = source() else {
             return Err("this server replica is not registered; dial again");
         };
@@ -354,6 +396,11 @@ impl KubeClusterServer {
             };
             match db.set_cluster_status_as_owner(org_id, &claim, status).await {
                 Ok(true) => Ok(()),
+                Ok(false) if self.newer_claim_is_mine(&claim).await => {
+                    // A newer tunnel of this cluster, here, claimed it and has
+                    // not recorded its claim yet: it writes the status next.
+                    return;
+                }
                 Ok(false) | Err(DbError::LeaseLost { .. }) => {
                     if self.inner.ownership.give_up(&claim) {
                         self.superseded(cluster_id);
@@ -370,6 +417,20 @@ impl KubeClusterServer {
                 tracing::info!(%cluster_id, status = status.as_str(), "cluster status changed")
             }
             Err(e) => tracing::warn!(%cluster_id, error = %e, "could not record cluster status"),
+        }
+    }
+
+    /// Whether the claim that outranks `claim` in the database is this
+    /// replica's own (same lease generation): a newer tunnel here claimed the
+    /// cluster between `claim` being read and its status write.
+    async fn newer_claim_is_mine(&self, claim: &ClusterClaim) -> bool {
+        match self.inner.db.cluster_owner(claim.cluster_id).await {
+            Ok(Some(owner)) => {
+                owner.epoch > claim.epoch
+                    && owner.replica_id == claim.replica_id
+                    && owner.generation == claim.generation
+            }
+            _ => false,
         }
     }
 
