@@ -664,7 +664,13 @@ impl Server {
             let keeper = replica_status
                 .register(&db, info, lease_timing)
                 .await
-                .context("registering in the replica registry")?;
+                .context("registering in the replica registry")?
+                .on_lease_lost({
+                    let kube = kube.clone();
+                    move |generation| {
+                        kube.lease_lost(generation);
+                    }
+                });
             let mut rx = shutdown_rx.clone();
             Some(tokio::spawn(keeper.run(async move {
                 let _ = rx.wait_for(|stop| *stop).await;
