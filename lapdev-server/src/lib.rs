@@ -23,6 +23,10 @@
 //! - `/`, `/sign-in`, `/workspaces/…`, `/clusters`, `/connect`, `/tokens`,
 //!   `/users`, `/audit`, `/providers`, `/assets/…`, `/events`: the web
 //!   dashboard ([`web`]).
+//!
+//! On PostgreSQL a second listener (`--internal-listen`) serves only the other
+//! replicas: a cluster's forwarded manager calls and stream opens, signed
+//! ([`routing`]). The public router has no `/internal` route.
 
 pub mod access;
 pub mod admin;

@@ -367,3 +367,64 @@ async fn the_internal_endpoint_refuses_what_it_must_and_the_ports_stay_apart() {
     assert_eq!(public.status(), 404);
     e.tunnel.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_with_a_stale_owner_reads_it_again_and_retries_once_at_the_new_owner() {
+    let e = env().await;
+    // A caller whose owners cache is filled once and never refreshed by
+    // itself: it keeps believing A owns the cluster.
+    let owners = lapdev_server::routing::owners::Owners::new(e.a.server.state.db.clone());
+    owners.refresh_all().await.unwrap();
+    let caller = Routing::new(
+        e.a.server.state.kube.clone(),
+        owners,
+        routing(&e.a).key().clone(),
+        Uuid::new_v4(),
+    );
+    assert_eq!(
+        caller.remote(e.cluster_id).unwrap().replica_id,
+        routing(&e.a).replica_id()
+    );
+    // The manager's newer tunnel opens on B; A closes its own.
+    let token =
+        e.a.admin()
+            .create_cluster_token("c1".into(), "second".into(), None)
+            .await
+            .unwrap();
+    let fake_b = Arc::new(FakeManager::default());
+    let session = dial(&e.b, &token.token_secret, manager_router(fake_b)).await;
+    let on_b = tokio::spawn(async move {
+        let _ = session.run().await;
+    });
+    common::eventually("B owns the cluster and A let go", || {
+        let (a, b) = (e.a.server.state.kube.clone(), e.b.server.state.kube.clone());
+        let cluster_id = e.cluster_id;
+        async move { b.owner_claim(cluster_id).is_some() && !a.is_tunnel_up(cluster_id) }
+    })
+    .await;
+    assert_eq!(
+        caller.remote(e.cluster_id).unwrap().replica_id,
+        routing(&e.a).replica_id(),
+        "still stale"
+    );
+    let (served_a, served_b) = (
+        routing(&e.a).served().calls(),
+        routing(&e.b).served().calls(),
+    );
+    let info = RoutedConnector(caller.clone())
+        .manager(e.cluster_id)
+        .unwrap()
+        .get_cluster_info()
+        .await
+        .unwrap();
+    assert_eq!(info.manager_version, "0.1.0");
+    assert_eq!(routing(&e.a).served().calls(), served_a, "A refused it");
+    assert_eq!(routing(&e.b).served().calls(), served_b + 1, "B served it");
+    assert_eq!(
+        caller.remote(e.cluster_id).unwrap().replica_id,
+        routing(&e.b).replica_id(),
+        "the caller read the owner again"
+    );
+    on_b.abort();
+    e.tunnel.abort();
+}
