@@ -175,6 +175,14 @@ async fn a_workspace_created_and_stopped_on_b_reaches_the_manager_whose_tunnel_i
         routing(&e.a).served().calls() > served,
         "the create was forwarded to A"
     );
+    // Both sides count it (one process: one recorder for A and B).
+    let metrics = raw_get(e.b.addr, "/metrics").await;
+    for series in [
+        r#"lapdev_forwarded_total{kind="call",outcome="ok"}"#,
+        r#"lapdev_internal_requests_total{kind="call",outcome="ok"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing in\n{metrics}");
+    }
     workspaces(&e.b).stop_workspace("box".into()).await.unwrap();
     common::eventually("the manager got the stop", || {
         let fake = e.fake.clone();
@@ -279,6 +287,20 @@ async fn an_owner_whose_lease_expired_is_no_route() {
     assert!(!connector.is_connected(e.cluster_id));
     assert!(connector.manager(e.cluster_id).is_none());
     e.tunnel.abort();
+}
+
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let transport =
+        lapdev_hrpc::HttpTransport::new(lapdev_hrpc::HttpTransportConfig::default()).unwrap();
+    let response = transport
+        .send(
+            http::Request::get(format!("http://{addr}{path}"))
+                .body(Bytes::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    String::from_utf8_lossy(response.body()).into_owned()
 }
 
 /// A raw request to `addr`, signed by `signer` (sender `sender`) at `time`.
