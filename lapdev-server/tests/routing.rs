@@ -30,6 +30,7 @@ struct Env {
     a: TestServer,
     b: TestServer,
     cluster_id: Uuid,
+    token: String,
     fake: Arc<FakeManager>,
     tunnel: tokio::task::JoinHandle<()>,
 }
@@ -38,18 +39,21 @@ fn routing(t: &TestServer) -> Routing {
     t.server.state.routing.clone().expect("PostgreSQL routes")
 }
 
-/// A stand-in manager: the fake's RPCs plus a port-forward route that echoes
-/// its request body as its response body.
-fn manager_router(fake: Arc<FakeManager>) -> axum::Router {
-    let echo = axum::Router::new().route(
+/// A port-forward route that echoes its request body as its response body.
+fn echo_router() -> axum::Router {
+    axum::Router::new().route(
         PORTFORWARD_PATH,
         axum::routing::post(|request: axum::extract::Request| async move {
             http::Response::new(request.into_body())
         }),
-    );
+    )
+}
+
+/// A stand-in manager: the fake's RPCs plus `streams` (its stream routes).
+fn manager_router(fake: Arc<FakeManager>, streams: axum::Router) -> axum::Router {
     KubeManagerRpcServer::from_arc(fake)
         .into_router()
-        .merge(echo)
+        .merge(streams)
 }
 
 async fn dial(t: &TestServer, token: &str, router: axum::Router) -> TunnelSession {
@@ -65,9 +69,14 @@ async fn dial(t: &TestServer, token: &str, router: axum::Router) -> TunnelSessio
     .unwrap()
 }
 
-/// A and B on one database; a connected cluster whose tunnel is on A; B
-/// knows A owns it.
+/// A and B on one database; a connected cluster whose tunnel is on A (its
+/// manager echoes port-forward streams); B knows A owns it.
 async fn env() -> Env {
+    env_with(echo_router()).await
+}
+
+/// [`env`] whose manager serves `streams`.
+async fn env_with(streams: axum::Router) -> Env {
     let database = TestDatabase::postgres().await;
     let data_dir = tempfile::tempdir().unwrap();
     let config = common::config(
@@ -97,10 +106,22 @@ async fn env() -> Env {
         .unwrap();
     let cluster_id = created.cluster.id;
     let fake = Arc::new(FakeManager::default());
-    let session = dial(&a, &created.token_secret, manager_router(fake.clone())).await;
+    let session = dial(
+        &a,
+        &created.token_secret,
+        manager_router(fake.clone(), streams),
+    )
+    .await;
     let tunnel = tokio::spawn(async move {
         let _ = session.run().await;
     });
+    // Reports count once A owns the cluster (a real manager's next heartbeat
+    // would repair an earlier one; this one sends a single report).
+    common::eventually("A claims the cluster", || {
+        let kube = a.server.state.kube.clone();
+        async move { kube.owner_claim(cluster_id).is_some() }
+    })
+    .await;
     let manager_api = a.cluster_client(&created.token_secret);
     manager_api
         .report_cluster_info(common::sample_info())
@@ -130,6 +151,7 @@ async fn env() -> Env {
         a,
         b,
         cluster_id,
+        token: created.token_secret,
         fake,
         tunnel,
     }
@@ -414,7 +436,12 @@ async fn a_caller_with_a_stale_owner_reads_it_again_and_retries_once_at_the_new_
             .await
             .unwrap();
     let fake_b = Arc::new(FakeManager::default());
-    let session = dial(&e.b, &token.token_secret, manager_router(fake_b)).await;
+    let session = dial(
+        &e.b,
+        &token.token_secret,
+        manager_router(fake_b, echo_router()),
+    )
+    .await;
     let on_b = tokio::spawn(async move {
         let _ = session.run().await;
     });
@@ -448,5 +475,133 @@ async fn a_caller_with_a_stale_owner_reads_it_again_and_retries_once_at_the_new_
         "the caller read the owner again"
     );
     on_b.abort();
+    e.tunnel.abort();
+}
+
+/// A loopback server that echoes every connection.
+async fn echo_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = conn.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+fn lapdev_cmd(t: &TestServer, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_lapdev"));
+    cmd.args(args)
+        .env("LAPDEV_SERVER", t.base())
+        .env("LAPDEV_TOKEN", &t.admin_token)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_on_b_execs_and_proxies_into_a_workspace_whose_tunnel_is_on_a() {
+    use lapdev_kube_double::{KubeDouble, NodeSpec};
+    use lapdev_kube_manager::access::{Access, AccessSettings};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const NAMESPACE: &str = "lapdev-workspaces";
+    let double = KubeDouble::start().await.unwrap();
+    let access = lapdev_kube_manager::access::router(Access::new(
+        double.client().await.unwrap(),
+        AccessSettings {
+            namespace: NAMESPACE.into(),
+            max_sessions_per_workspace: 8,
+            max_forwards_per_workspace: 128,
+        },
+    ));
+    let e = env_with(access).await;
+    let ws = workspaces(&e.b)
+        .create_workspace(NewWorkspaceRequest {
+            name: "box".into(),
+            image: "ubuntu".into(),
+            cpu_millis: 100,
+            memory_bytes: 128 << 20,
+            storage_bytes: 1 << 30,
+            cluster: None,
+            region: None,
+        })
+        .await
+        .unwrap();
+    common::eventually("the manager got the create", || {
+        let fake = e.fake.clone();
+        async move { fake.has(ws.id).is_some() }
+    })
+    .await;
+    e.b.cluster_client(&e.token)
+        .report_workspace_status(common::observation(ws.id, WorkspaceStatus::Running))
+        .await
+        .unwrap();
+    double.add_node("n1", NodeSpec::default()).unwrap();
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}})).unwrap();
+    double.create(&ns).unwrap();
+    let pod = format!("ws-{}", ws.id);
+    let spec: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": pod, "namespace": NAMESPACE,
+                     "labels": {"lapdev.dev/workspace-id": ws.id.to_string()}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "workspace", "image": "ubuntu"}]},
+    }))
+    .unwrap();
+    double.seed_running_pod(&spec).unwrap();
+    double.enable_local_exec();
+    let served = routing(&e.a).served().streams();
+
+    // exec on B: output and exit code come back through A.
+    let out = lapdev_cmd(
+        &e.b,
+        &[
+            "workspace",
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "echo out; exit 3",
+        ],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(out.stdout, b"out\n");
+
+    // A port-forward on B carries 1 MiB both ways intact.
+    double.register_pod_port(NAMESPACE, &pod, 8080, echo_server().await);
+    let mut child = lapdev_cmd(&e.b, &["workspace", "proxy", "box", "8080"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut data = vec![0u8; 1 << 20];
+    rand::rng().fill_bytes(&mut data);
+    let sent = Sha256::digest(&data);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let writer = tokio::spawn(async move {
+        stdin.write_all(&data).await.unwrap();
+        stdin
+    });
+    let mut back = vec![0u8; 1 << 20];
+    tokio::time::timeout(Duration::from_secs(60), stdout.read_exact(&mut back))
+        .await
+        .expect("the echo arrives")
+        .unwrap();
+    assert_eq!(Sha256::digest(&back), sent);
+    drop(writer.await.unwrap());
+    let _ = child.kill().await;
+    assert_eq!(
+        routing(&e.a).served().streams(),
+        served + 2,
+        "both through A"
+    );
     e.tunnel.abort();
 }
