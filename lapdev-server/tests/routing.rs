@@ -115,11 +115,10 @@ async fn env_with(streams: axum::Router) -> Env {
     let tunnel = tokio::spawn(async move {
         let _ = session.run().await;
     });
-    // Reports count once A owns the cluster (a real manager's next heartbeat
-    // would repair an earlier one; this one sends a single report).
+    // Reports count once A owns the cluster and holds the tunnel.
     common::eventually("A claims the cluster", || {
         let kube = a.server.state.kube.clone();
-        async move { kube.owner_claim(cluster_id).is_some() }
+        async move { kube.owner_claim(cluster_id).is_some() && kube.is_tunnel_up(cluster_id) }
     })
     .await;
     let manager_api = a.cluster_client(&created.token_secret);
@@ -127,15 +126,21 @@ async fn env_with(streams: axum::Router) -> Env {
         .report_cluster_info(common::sample_info())
         .await
         .unwrap();
-    manager_api.heartbeat(ManagerHealth::Ok).await.unwrap();
+    // Heartbeats at a manager's pace until the cluster shows connected.
     let admin = a.admin();
-    common::eventually("the cluster is connected", || {
-        let admin = admin.clone();
-        async move {
-            admin.get_cluster("c1".into()).await.unwrap().status == ClusterStatus::Connected
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        manager_api.heartbeat(ManagerHealth::Ok).await.unwrap();
+        let status = admin.get_cluster("c1".into()).await.unwrap().status;
+        if status == ClusterStatus::Connected {
+            break;
         }
-    })
-    .await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cluster is {status:?}, not connected, after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let on_b = routing(&b);
     common::eventually("B knows A owns the cluster", || {
         let on_b = on_b.clone();
