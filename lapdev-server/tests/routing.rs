@@ -162,6 +162,36 @@ async fn env_with(streams: axum::Router) -> Env {
     }
 }
 
+/// Creates the workspace `box` through `t`'s public API. `t` learns the
+/// cluster's status (written by its owner on another replica) through
+/// `NOTIFY`, so its placement may briefly still see it pending: placement's
+/// "no cluster" refusal is retried for a bounded time.
+async fn create_on(t: &TestServer) -> lapdev_server::admin::workspaces::WorkspaceView {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let created = workspaces(t)
+            .create_workspace(NewWorkspaceRequest {
+                name: "box".into(),
+                image: "ubuntu".into(),
+                cpu_millis: 100,
+                memory_bytes: 128 << 20,
+                storage_bytes: 1 << 30,
+                cluster: None,
+                region: None,
+            })
+            .await;
+        match created {
+            Err(lapdev_hrpc::CallError::Service(e))
+                if e.code == lapdev_hrpc::Code::ResourceExhausted
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 fn workspaces(t: &TestServer) -> WorkspaceRpcClient {
     WorkspaceRpcClient::new(
         lapdev_hrpc::Client::http(&format!("{}/rpc", t.base()))
@@ -181,18 +211,7 @@ async fn a_workspace_created_and_stopped_on_b_reaches_the_manager_whose_tunnel_i
         "B's placement sees the cluster as connected"
     );
     let served = routing(&e.a).served().calls();
-    let ws = workspaces(&e.b)
-        .create_workspace(NewWorkspaceRequest {
-            name: "box".into(),
-            image: "ubuntu".into(),
-            cpu_millis: 100,
-            memory_bytes: 128 << 20,
-            storage_bytes: 1 << 30,
-            cluster: None,
-            region: None,
-        })
-        .await
-        .unwrap();
+    let ws = create_on(&e.b).await;
     common::eventually("the manager got the create", || {
         let fake = e.fake.clone();
         async move { fake.has(ws.id) == Some(WorkspaceStatus::Creating) }
@@ -524,18 +543,7 @@ async fn the_cli_on_b_execs_and_proxies_into_a_workspace_whose_tunnel_is_on_a() 
         },
     ));
     let e = env_with(access).await;
-    let ws = workspaces(&e.b)
-        .create_workspace(NewWorkspaceRequest {
-            name: "box".into(),
-            image: "ubuntu".into(),
-            cpu_millis: 100,
-            memory_bytes: 128 << 20,
-            storage_bytes: 1 << 30,
-            cluster: None,
-            region: None,
-        })
-        .await
-        .unwrap();
+    let ws = create_on(&e.b).await;
     common::eventually("the manager got the create", || {
         let fake = e.fake.clone();
         async move { fake.has(ws.id).is_some() }
