@@ -77,6 +77,10 @@ async fn env() -> Env {
 
 /// [`env`] whose manager serves `streams`.
 async fn env_with(streams: axum::Router) -> Env {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let database = TestDatabase::postgres().await;
     let data_dir = tempfile::tempdir().unwrap();
     let config = common::config(
