@@ -123,10 +123,17 @@ fn http_client(max_idle: usize) -> HttpClient {
 struct Replica {
     child: Child,
     addr: SocketAddr,
+    /// Its internal listener, the address it registers under.
+    internal: SocketAddr,
     id: Uuid,
 }
 
-fn start_server(database_url: &str, data_dir: &Path, addr: SocketAddr) -> Child {
+fn start_server(
+    database_url: &str,
+    data_dir: &Path,
+    addr: SocketAddr,
+    internal: SocketAddr,
+) -> Child {
     let log = std::fs::File::create(data_dir.with_extension("log")).expect("server log file");
     Command::new(env!("CARGO_BIN_EXE_lapdev-server"))
         .arg("--database-url")
@@ -135,10 +142,14 @@ fn start_server(database_url: &str, data_dir: &Path, addr: SocketAddr) -> Child 
         .arg(data_dir)
         .arg("--listen")
         .arg(addr.to_string())
+        .arg("--internal-listen")
+        .arg(internal.to_string())
         .arg("--encryption-key")
         .arg(SHARED_ENCRYPTION_KEY)
         .arg("--jwt-secret")
         .arg(SHARED_JWT_SECRET)
+        // The bench stops the replicas itself: no staggered close of tunnels.
+        .env("LAPDEV_SHUTDOWN_DRAIN_SECS", "0")
         .env(
             "RUST_LOG",
             std::env::var("LAPDEV_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
@@ -187,11 +198,13 @@ impl Deployment {
         for r in 0..REPLICAS {
             let data_dir = dir.path().join(format!("data{r}"));
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let mut child = start_server(database.url(), &data_dir, addr);
+            let internal: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut child = start_server(database.url(), &data_dir, addr, internal);
             wait_ready(&probe, addr, &mut child).await;
             replicas.push(Replica {
                 child,
                 addr,
+                internal,
                 id: Uuid::nil(),
             });
         }
@@ -199,8 +212,8 @@ impl Deployment {
         for r in &mut replicas {
             r.id = live
                 .iter()
-                .find(|l| l.info.address == r.addr.to_string())
-                .expect("every replica is registered under its listen address")
+                .find(|l| l.info.address == r.internal.to_string())
+                .expect("every replica is registered under its internal address")
                 .info
                 .id;
         }
@@ -387,14 +400,22 @@ async fn pump(
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
+        let holed = *hole.borrow();
+        if holed {
+            std::future::pending::<()>().await;
+        }
         let n = tokio::select! {
             r = from.read(&mut buf) => match r {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             },
-            _ = hole.wait_for(|h| *h) => std::future::pending().await,
+            r = hole.changed() => match r {
+                Ok(()) => continue,
+                Err(_) => return,
+            },
         };
-        if *hole.borrow() {
+        let holed = *hole.borrow();
+        if holed {
             std::future::pending::<()>().await;
         }
         if to.write_all(&buf[..n]).await.is_err() {
@@ -432,7 +453,9 @@ async fn heartbeat(client: &HttpClient, base: &str, token: &HeaderValue) -> bool
     let Ok(request) = Request::post(format!("{base}/rpc/KubeClusterRpc/heartbeat"))
         .header(header::CONTENT_TYPE, "application/json")
         .header(KUBE_CLUSTER_TOKEN_HEADER, token.clone())
-        .body(Full::new(Bytes::from_static(br#"{"health":{"state":"ok"}}"#)))
+        .body(Full::new(Bytes::from_static(
+            br#"{"health":{"state":"ok"}}"#,
+        )))
     else {
         return false;
     };
@@ -458,10 +481,12 @@ async fn run_manager(m: Arc<Manager>, base: String, stop: CancellationToken) {
         HeaderName::from_static(KUBE_CLUSTER_TOKEN_HEADER),
         m.token.clone(),
     );
+    let url = format!("{base}/rpc/_tunnel");
     while !stop.is_cancelled() {
+        let connect = tunnel::connect(&url, headers.clone(), axum::Router::new(), tunnel_config());
         let connected = tokio::select! {
             () = stop.cancelled() => return,
-            c = tunnel::connect(&format!("{base}/rpc/_tunnel"), headers.clone(), axum::Router::new(), tunnel_config()) => c,
+            c = connect => c,
         };
         match connected {
             Ok(session) => {
@@ -601,9 +626,14 @@ async fn failover(fault: Fault, n: usize) -> bool {
                 owned_at[i] = Some(now);
             }
         }
-        let all_reported = managers
-            .iter()
-            .all(|m| m.events.lock().unwrap().reported.iter().any(|t| *t > fault_at));
+        let all_reported = managers.iter().all(|m| {
+            m.events
+                .lock()
+                .unwrap()
+                .reported
+                .iter()
+                .any(|t| *t > fault_at)
+        });
         if all_reported && owned_at.iter().all(Option::is_some) {
             break;
         }
@@ -692,7 +722,10 @@ async fn revocation(n: usize) -> bool {
     let settle = Instant::now() + Duration::from_secs(60);
     loop {
         let owners = d.owners().await;
-        if clusters.iter().all(|c| owners.get(&c.1) == Some(&holder_id)) {
+        if clusters
+            .iter()
+            .all(|c| owners.get(&c.1) == Some(&holder_id))
+        {
             break;
         }
         assert!(
@@ -729,7 +762,10 @@ async fn revocation(n: usize) -> bool {
     println!(
         "revocation on replica 0 of {n} tokens whose tunnels replica 1 holds (one at a time):"
     );
-    let p99 = summary("revoke answered -> tunnel seen closed by the manager", latencies);
+    let p99 = summary(
+        "revoke answered -> tunnel seen closed by the manager",
+        latencies,
+    );
     println!(
         "  closed before the revoke call answered: {before_answer}; not closed within 10 s: \
          {not_closed}"
@@ -748,8 +784,8 @@ async fn revocation(n: usize) -> bool {
 }
 
 async fn run() -> bool {
-    let scenarios = std::env::var("LAPDEV_BENCH_SCENARIOS")
-        .unwrap_or_else(|_| "crash,blackhole,revoke".into());
+    let scenarios =
+        std::env::var("LAPDEV_BENCH_SCENARIOS").unwrap_or_else(|_| "crash,blackhole,revoke".into());
     let managers = env_or("LAPDEV_BENCH_MANAGERS", 200usize).max(1);
     let revocations = env_or("LAPDEV_BENCH_REVOCATIONS", 100usize).max(1);
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -393,7 +393,10 @@ async fn register_clusters(
                 };
                 let (status, body) = post(
                     &sim.client,
-                    &format!("{}/rpc/KubeClusterRpc/report_cluster_info", bases[i % bases.len()]),
+                    &format!(
+                        "{}/rpc/KubeClusterRpc/report_cluster_info",
+                        bases[i % bases.len()]
+                    ),
                     Some(&sim.token),
                     info_body(i),
                 )
@@ -530,7 +533,10 @@ async fn run(settings: &Settings, replicas: usize) -> Outcome {
     let server_pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
     let data_dir = data_dirs[0].clone();
     let base = bases[0].clone();
-    println!("{replicas} replica(s) on one PostgreSQL database: {}", bases.join(", "));
+    println!(
+        "{replicas} replica(s) on one PostgreSQL database: {}",
+        bases.join(", ")
+    );
     let admin_token = std::fs::read_to_string(data_dir.join("admin-token"))
         .expect("the server wrote <data-dir>/admin-token")
         .trim()
