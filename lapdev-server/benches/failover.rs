@@ -36,8 +36,9 @@
 //!
 //!   Each prints, over the managers, p50/p99/max of: detection (the fault to
 //!   the manager seeing its tunnel end), redial (that to the tunnel open
-//!   again on another replica: the backoff plus failed attempts plus the
-//!   handshake), first report (that to the first heartbeat accepted *and* the
+//!   again on another replica: finishing the old session, the backoff, failed
+//!   attempts and the handshake; the backoff sleeps alone are printed below
+//!   it, so the rest is the replicas' and the machine's share), first report (that to the first heartbeat accepted *and* the
 //!   cluster owned by the new replica in `kube_cluster_owner`, polled every
 //!   25 ms), and the total (the fault to the first report).
 //! - `revoke`: tunnels held on replica 1 (directly, no proxy); the cluster's
@@ -433,6 +434,8 @@ struct Events {
     opened: Vec<Instant>,
     closed: Vec<Instant>,
     reported: Vec<Instant>,
+    /// When each backoff sleep started, and how long it was.
+    slept: Vec<(Instant, Duration)>,
     failed_dials: u32,
 }
 
@@ -515,9 +518,11 @@ async fn run_manager(m: Arc<Manager>, base: String, stop: CancellationToken) {
             }
             Err(_) => m.events.lock().unwrap().failed_dials += 1,
         }
+        let delay = backoff.next_delay();
+        m.events.lock().unwrap().slept.push((Instant::now(), delay));
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = tokio::time::sleep(delay) => {}
         }
     }
 }
@@ -643,6 +648,7 @@ async fn failover(fault: Fault, n: usize) -> bool {
     while tasks.join_next().await.is_some() {}
 
     let (mut detection, mut redial, mut report, mut total) = (vec![], vec![], vec![], vec![]);
+    let mut backoffs = vec![];
     let mut failed_dials = 0;
     let mut incomplete = 0;
     for (i, m) in managers.iter().enumerate() {
@@ -658,6 +664,13 @@ async fn failover(fault: Fault, n: usize) -> bool {
             continue;
         };
         let done = reported.max(owned);
+        backoffs.push(
+            e.slept
+                .iter()
+                .filter(|(at, _)| *at >= closed && *at <= opened)
+                .map(|(_, d)| *d)
+                .sum(),
+        );
         detection.push(closed - fault_at);
         redial.push(opened - closed);
         report.push(done - opened);
@@ -677,6 +690,10 @@ async fn failover(fault: Fault, n: usize) -> bool {
     summary(
         "redial (closed -> tunnel open on another replica; backoff + failed dials + handshake)",
         redial,
+    );
+    summary(
+        "  of which backoff sleeps (the manager's 250 ms initial delay, equal jitter)",
+        backoffs,
     );
     summary(
         "first report (open -> heartbeat accepted and owned by the new replica)",

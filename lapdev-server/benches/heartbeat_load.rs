@@ -505,12 +505,17 @@ fn cpu_time_all(pids: &[String]) -> Option<Duration> {
 async fn run(settings: &Settings, replicas: usize) -> Outcome {
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "load average before the run: {}",
+        "load average before the run: {}; build: {}",
         loadavg
             .split_whitespace()
             .take(3)
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" "),
+        if cfg!(debug_assertions) {
+            "dev profile (unoptimised)"
+        } else {
+            "optimised"
+        }
     );
     let database = TestDatabase::postgres().await;
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -731,7 +736,12 @@ async fn run(settings: &Settings, replicas: usize) -> Outcome {
     let report_p = reports.percentiles();
 
     let cores = |before: Option<Duration>, after: Option<Duration>| match (before, after) {
-        (Some(b), Some(a)) => format!("{:.2} cores", (a - b).as_secs_f64() / window.as_secs_f64()),
+        // Saturating: a process counted before may have exited since (a
+        // PostgreSQL backend whose connection closed).
+        (Some(b), Some(a)) => format!(
+            "{:.2} cores",
+            a.saturating_sub(b).as_secs_f64() / window.as_secs_f64()
+        ),
         _ => "n/a".into(),
     };
 
