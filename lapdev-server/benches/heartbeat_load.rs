@@ -52,7 +52,8 @@
 //! replicas costs (leases, ownership, the change feed, last-seen relayed to the
 //! owner), not scale-out. It prints both runs, the ratio of the served rates and
 //! `met`/`MISSED` for its floor: three replicas serve >= 0.8x the single
-//! replica's rate with their heartbeat p99 within the same budget (50 ms). The
+//! replica's rate with their heartbeat p99 within the same budget
+//! (`LAPDEV_BENCH_P99_BUDGET_MS`, 50 ms like the single-replica floor). The
 //! single-replica floors above are printed for each run but do not decide the
 //! exit status in this mode; the comparison floor does. Use a rate the machine
 //! can serve with one replica (e.g. `LAPDEV_BENCH_RATE=2000` with `--profile
@@ -112,6 +113,7 @@ struct Settings {
     threads: usize,
     server_log: String,
     replicas: usize,
+    p99_budget_ms: u64,
 }
 
 impl Settings {
@@ -126,6 +128,7 @@ impl Settings {
             threads: env_or("LAPDEV_BENCH_THREADS", 1usize).max(1),
             server_log: std::env::var("LAPDEV_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
             replicas: env_or("LAPDEV_BENCH_REPLICAS", 1usize).clamp(1, 16),
+            p99_budget_ms: env_or("LAPDEV_BENCH_P99_BUDGET_MS", 50u64),
         }
     }
 }
@@ -995,7 +998,8 @@ fn compare(settings: &Settings, one: &Outcome, many: &Outcome) -> bool {
     } else {
         0.0
     };
-    let within_budget = many.p99.is_some_and(|p| p < P99_FLOOR);
+    let budget = Duration::from_millis(settings.p99_budget_ms);
+    let within_budget = many.p99.is_some_and(|p| p < budget);
     let met = ratio >= REPLICA_RATIO_FLOOR && within_budget;
     println!();
     println!(
@@ -1006,8 +1010,15 @@ fn compare(settings: &Settings, one: &Outcome, many: &Outcome) -> bool {
         settings.replicas,
         many.served_rate,
         p99(many),
-        fmt_ms(P99_FLOOR),
+        fmt_ms(budget),
         if met { "met" } else { "MISSED" },
     );
+    if one.p99.is_none_or(|p| p >= budget) {
+        println!(
+            "note: the single replica misses the p99 budget too: this machine cannot serve the \
+             offered load within it, so the comparison is between overloaded servers (lower \
+             LAPDEV_BENCH_RATE, or set LAPDEV_BENCH_P99_BUDGET_MS)"
+        );
+    }
     met
 }
