@@ -55,7 +55,9 @@
 //! replica's rate with their heartbeat p99 within the same budget
 //! (`LAPDEV_BENCH_P99_BUDGET_MS`, 50 ms like the single-replica floor). The
 //! single-replica floors above are printed for each run but do not decide the
-//! exit status in this mode; the comparison floor does. Use a rate the machine
+//! exit status in this mode; the comparison floor does
+//! (`LAPDEV_BENCH_COMPARE=0` runs only the several replicas, with the
+//! single-replica floors). Use a rate the machine
 //! can serve with one replica (e.g. `LAPDEV_BENCH_RATE=2000` with `--profile
 //! dev`), or the comparison measures two overloaded servers.
 
@@ -114,6 +116,7 @@ struct Settings {
     server_log: String,
     replicas: usize,
     p99_budget_ms: u64,
+    compare: bool,
 }
 
 impl Settings {
@@ -129,6 +132,7 @@ impl Settings {
             server_log: std::env::var("LAPDEV_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
             replicas: env_or("LAPDEV_BENCH_REPLICAS", 1usize).clamp(1, 16),
             p99_budget_ms: env_or("LAPDEV_BENCH_P99_BUDGET_MS", 50u64),
+            compare: env_or("LAPDEV_BENCH_COMPARE", 1u8) != 0,
         }
     }
 }
@@ -973,8 +977,8 @@ fn main() {
         .build()
         .expect("a runtime");
     let pass = runtime.block_on(async {
-        if settings.replicas == 1 {
-            return run(&settings, 1).await.pass;
+        if settings.replicas == 1 || !settings.compare {
+            return run(&settings, settings.replicas).await.pass;
         }
         println!("=== 1 replica ===");
         let one = run(&settings, 1).await;
