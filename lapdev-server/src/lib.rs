@@ -23,6 +23,10 @@
 //! - `/`, `/sign-in`, `/workspaces/…`, `/clusters`, `/connect`, `/tokens`,
 //!   `/users`, `/audit`, `/providers`, `/assets/…`, `/events`: the web
 //!   dashboard ([`web`]).
+//!
+//! On PostgreSQL a second listener (`--internal-listen`) serves only the other
+//! replicas: a cluster's forwarded manager calls and stream opens, signed
+//! ([`routing`]). The public router has no `/internal` route.
 
 pub mod access;
 pub mod admin;
@@ -690,6 +694,18 @@ impl Server {
             ));
             (relay_task, apply_task)
         });
+        if limits.replica_address.is_none()
+            && let Some(addr) = internal_addr
+            && addr.ip().is_unspecified()
+        {
+            tracing::warn!(
+                %addr,
+                "the internal listener is bound to an unspecified address and no \
+                 --replica-address is set: other replicas cannot reach this one; set \
+                 --replica-address to this replica's reachable address (in Kubernetes \
+                 the pod IP and the internal port)"
+            );
+        }
         let keeper = if db.supports_replicas() {
             let info = lapdev_db::ReplicaInfo {
                 id: replica_id,

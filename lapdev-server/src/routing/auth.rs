@@ -6,7 +6,10 @@
 //! HMAC-SHA256 over `v1`, the time, the method, the path, the sender and the
 //! acting user ([`USER_HEADER`], empty when none), one per line. The receiver
 //! refuses a MAC that does not verify (compared in constant time) or a time
-//! more than [`MAX_SKEW_SECS`] from its own clock.
+//! more than [`MAX_SKEW_SECS`] from its own clock. There is no nonce: a
+//! request captured on the wire could be replayed within that window, which is
+//! one reason the internal port must stay on the pods' network, never behind
+//! the public Service or Ingress.
 
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac as _};
