@@ -38,9 +38,12 @@
 //!   the manager seeing its tunnel end), redial (that to the tunnel open
 //!   again on another replica: finishing the old session, the backoff, failed
 //!   attempts and the handshake; the backoff sleeps alone are printed below
-//!   it, so the rest is the replicas' and the machine's share), first report (that to the first heartbeat accepted *and* the
-//!   cluster owned by the new replica in `kube_cluster_owner`, polled every
-//!   25 ms), and the total (the fault to the first report).
+//!   it, so the rest is the replicas' and the machine's share), first report
+//!   (that to the first heartbeat accepted *and* the cluster owned by the new
+//!   replica in `kube_cluster_owner`, polled every 25 ms; the heartbeat lands
+//!   on whichever replica the proxy picks, as behind a real load balancer, and
+//!   the owner learns of it from the others), and the total (the fault to the
+//!   first report).
 //! - `revoke`: tunnels held on replica 1 (directly, no proxy); the cluster's
 //!   token revoked through the admin API of replica 0, one cluster after the
 //!   other. Prints p50/p99/max of the time from the revoke call's answer to the
@@ -437,6 +440,8 @@ struct Events {
     /// When each backoff sleep started, and how long it was.
     slept: Vec<(Instant, Duration)>,
     failed_dials: u32,
+    /// Why dials failed (the error and its source).
+    dial_errors: Vec<String>,
 }
 
 struct Manager {
@@ -502,21 +507,34 @@ async fn run_manager(m: Arc<Manager>, base: String, stop: CancellationToken) {
                     }
                     m.events.lock().unwrap().reported.push(Instant::now());
                 };
-                tokio::select! {
-                    () = stop.cancelled() => { handle.close("bench over"); let _ = run.await; return }
-                    _ = handle.closed() => {}
+                let stopped = tokio::select! {
+                    () = stop.cancelled() => true,
+                    _ = handle.closed() => false,
                     () = reported => {
                         backoff.reset();
                         tokio::select! {
-                            () = stop.cancelled() => { handle.close("bench over"); let _ = run.await; return }
-                            _ = handle.closed() => {}
+                            () = stop.cancelled() => true,
+                            _ = handle.closed() => false,
                         }
                     }
+                };
+                if stopped {
+                    handle.close("bench over");
+                    let _ = run.await;
+                    return;
                 }
                 m.events.lock().unwrap().closed.push(Instant::now());
                 let _ = run.await;
             }
-            Err(_) => m.events.lock().unwrap().failed_dials += 1,
+            Err(e) => {
+                let why = match std::error::Error::source(&e) {
+                    Some(source) => format!("{e}: {source}"),
+                    None => e.to_string(),
+                };
+                let mut events = m.events.lock().unwrap();
+                events.failed_dials += 1;
+                events.dial_errors.push(why);
+            }
         }
         let delay = backoff.next_delay();
         m.events.lock().unwrap().slept.push((Instant::now(), delay));
@@ -650,10 +668,14 @@ async fn failover(fault: Fault, n: usize) -> bool {
     let (mut detection, mut redial, mut report, mut total) = (vec![], vec![], vec![], vec![]);
     let mut backoffs = vec![];
     let mut failed_dials = 0;
+    let mut dial_errors: std::collections::BTreeMap<String, usize> = Default::default();
     let mut incomplete = 0;
     for (i, m) in managers.iter().enumerate() {
         let e = m.events.lock().unwrap();
         failed_dials += e.failed_dials;
+        for why in &e.dial_errors {
+            *dial_errors.entry(why.clone()).or_default() += 1;
+        }
         let closed = e.closed.iter().find(|t| **t >= fault_at).copied();
         let opened = closed.and_then(|c| e.opened.iter().find(|t| **t >= c).copied());
         let reported = opened.and_then(|o| e.reported.iter().find(|t| **t >= o).copied());
@@ -705,6 +727,9 @@ async fn failover(fault: Fault, n: usize) -> bool {
          {incomplete}",
         FAILOVER_DEADLINE.as_secs()
     );
+    for (why, count) in &dial_errors {
+        println!("    failed dial x{count}: {why}");
+    }
     proxy.cancel.cancel();
     d.stop().await;
     incomplete == 0

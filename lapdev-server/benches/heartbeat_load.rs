@@ -821,7 +821,8 @@ async fn run(settings: &Settings, replicas: usize) -> Outcome {
         _ => "n/a".into(),
     };
     println!(
-        "cpu over the measured window: server ({replicas} process(es)) {}, load generator {}, postgres (all its \
+        "cpu over the measured window: server ({replicas} process(es)) {}, load generator {}, \
+         postgres (all its \
          databases, also other users') {}; machine \
          {machine} (of {} cores; the rest is other processes)",
         cores(cpu_before.0, cpu_after.0),
