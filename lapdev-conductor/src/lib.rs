@@ -118,6 +118,15 @@ pub trait ManagerConnector: Send + Sync + 'static {
     fn is_connected(&self, cluster_id: Uuid) -> bool {
         self.manager(cluster_id).is_some()
     }
+
+    /// Whether another server replica holds the cluster's tunnel: that
+    /// replica's reconciler drives the cluster's workspaces, so this one
+    /// leaves them alone (each workspace is driven from one replica at a
+    /// time; calls made here on a user's behalf are still forwarded). A
+    /// single replica never has one elsewhere.
+    fn driven_elsewhere(&self, _cluster_id: Uuid) -> bool {
+        false
+    }
 }
 
 /// Settings of the conductor.
@@ -567,7 +576,16 @@ impl Conductor {
     async fn queue_due(&self) -> Vec<Uuid> {
         let now = self.inner.config.clock.now();
         match self.inner.db.list_unsettled_workspaces(now).await {
-            Ok(unsettled) => self.enqueue(unsettled),
+            Ok(mut unsettled) => {
+                // Placed on a cluster whose tunnel another replica holds:
+                // that replica drives it. Unplaced ones are placed by any
+                // (placement is checked under the organisation's lock).
+                unsettled.retain(|ws| {
+                    !ws.cluster_id
+                        .is_some_and(|c| self.inner.connector.driven_elsewhere(c))
+                });
+                self.enqueue(unsettled)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list unsettled workspaces");
                 Vec::new()

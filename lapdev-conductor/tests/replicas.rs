@@ -1,12 +1,14 @@
 //! Placement across replicas: two conductors (two processes' worth of
 //! in-memory snapshots and in-flight charges) on one PostgreSQL database never
-//! over-commit a cluster together.
+//! over-commit a cluster together, and each workspace is driven from the
+//! replica holding its cluster's tunnel.
 
 mod common;
 
 use std::sync::Arc;
 
 use common::{Connector, Mode, env};
+use lapdev_common::status::{DesiredState, WorkspaceStatus};
 use lapdev_conductor::{Conductor, ConductorConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,4 +62,39 @@ async fn concurrent_creates_on_two_replicas_never_overcommit() {
     }
     let requested = e.db.cluster_requested_resources(e.org).await.unwrap();
     assert!(requested[&a].cpu_millis <= 5000 && requested[&b].cpu_millis <= 3000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_leaves_workspaces_on_a_cluster_another_replica_holds_to_that_replica() {
+    let e = env().await;
+    let (a, manager_a) = e.cluster("a", 8000, 64, "r", Mode::Normal).await;
+    let ws = e
+        .conductor
+        .create_workspace(e.org, e.owner, e.request("w1", 1000, 1))
+        .await
+        .unwrap();
+    assert_eq!(ws.cluster_id, Some(a));
+    e.conductor.reconcile_once().await;
+    assert_eq!(manager_a.has(ws.id), Some(WorkspaceStatus::Creating));
+    // The user stops it; the workspace is unsettled and due.
+    e.conductor
+        .set_desired_state(e.org, ws.id, DesiredState::Stopped)
+        .await
+        .unwrap();
+    e.conductor.clear_backoff().await;
+
+    // A second replica that reaches the manager (calls it would forward) but
+    // sees the tunnel held elsewhere queues nothing.
+    let db2 = lapdev_db::connect(e._test.url()).await.unwrap();
+    let connector2 = Arc::new(Connector::default());
+    connector2.connect(a, manager_a.clone());
+    connector2.set_elsewhere(a, true);
+    let second = Conductor::new(db2, connector2.clone(), ConductorConfig::default());
+    assert_eq!(second.reconcile_once().await, 0);
+    assert_eq!(manager_a.has(ws.id), Some(WorkspaceStatus::Creating));
+
+    // Once the tunnel is its own, it drives the workspace.
+    connector2.set_elsewhere(a, false);
+    assert_eq!(second.reconcile_once().await, 1);
+    assert_eq!(manager_a.has(ws.id), Some(WorkspaceStatus::Stopped));
 }

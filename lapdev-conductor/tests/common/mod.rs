@@ -147,15 +147,32 @@ impl KubeManagerRpc for FakeManager {
 #[derive(Default)]
 pub struct Connector {
     managers: Mutex<HashMap<Uuid, KubeManagerRpcClient>>,
+    /// Clusters whose tunnel "another replica" holds.
+    elsewhere: Mutex<std::collections::HashSet<Uuid>>,
 }
 
 impl ManagerConnector for Connector {
     fn manager(&self, cluster_id: Uuid) -> Option<KubeManagerRpcClient> {
         self.managers.lock().unwrap().get(&cluster_id).cloned()
     }
+
+    fn driven_elsewhere(&self, cluster_id: Uuid) -> bool {
+        self.elsewhere.lock().unwrap().contains(&cluster_id)
+    }
 }
 
 impl Connector {
+    /// Says (or stops saying) that another replica holds `cluster_id`'s tunnel.
+    #[allow(dead_code)]
+    pub fn set_elsewhere(&self, cluster_id: Uuid, elsewhere: bool) {
+        let mut set = self.elsewhere.lock().unwrap();
+        if elsewhere {
+            set.insert(cluster_id);
+        } else {
+            set.remove(&cluster_id);
+        }
+    }
+
     pub fn connect<M: KubeManagerRpc + Send + Sync + 'static>(
         &self,
         cluster_id: Uuid,

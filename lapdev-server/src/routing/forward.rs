@@ -392,6 +392,10 @@ impl ManagerConnector for RoutedConnector {
     fn is_connected(&self, cluster_id: Uuid) -> bool {
         self.0.kube().is_tunnel_up(cluster_id) || self.0.remote(cluster_id).is_some()
     }
+
+    fn driven_elsewhere(&self, cluster_id: Uuid) -> bool {
+        !self.0.kube().is_tunnel_up(cluster_id) && self.0.remote(cluster_id).is_some()
+    }
 }
 
 /// The sessions' stream opener: the local tunnel, else the owner elsewhere.
