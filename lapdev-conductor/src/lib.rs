@@ -72,7 +72,10 @@
 //! The conductor reaches managers only through [`ManagerConnector`], which the
 //! server implements with its tunnel registry and, with several replicas, by
 //! forwarding to the replica that holds a cluster's tunnel (so every
-//! replica's conductor reaches every connected cluster).
+//! replica's conductor reaches every connected cluster). Still, a replica's
+//! reconciler leaves the workspaces of clusters whose tunnel another replica
+//! holds to that replica ([`ManagerConnector::driven_elsewhere`]), so each
+//! workspace is driven from one replica at a time.
 
 pub mod backoff;
 mod dispatch;
