@@ -362,12 +362,22 @@ async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
     String::from_utf8_lossy(response.body()).into_owned()
 }
 
+/// What a test changes of a signed request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tamper {
+    Nothing,
+    /// The MAC.
+    Mac,
+    /// The body, after it was signed (a replay with another body).
+    Body,
+}
+
 /// A raw request to `addr`, signed by `signer` (sender `sender`) at `time`.
 async fn raw(
     addr: std::net::SocketAddr,
     path: &str,
     sign: Option<(&Routing, i64)>,
-    tamper_mac: bool,
+    tamper: Tamper,
 ) -> http::Response<Bytes> {
     let transport =
         lapdev_hrpc::HttpTransport::new(lapdev_hrpc::HttpTransportConfig::default()).unwrap();
@@ -377,17 +387,27 @@ async fn raw(
         .unwrap();
     if let Some((signer, time)) = sign {
         let sender = signer.replica_id();
+        let content =
+            lapdev_server::routing::auth::content_digest(request.headers(), Some(request.body()));
         let mut mac = signer.key().sign(&Signed {
             time,
             method: "POST",
             path,
             sender,
             user: None,
+            content: &content,
         });
-        if tamper_mac {
+        if tamper == Tamper::Mac {
             mac = mac.chars().rev().collect();
         }
+        if tamper == Tamper::Body {
+            *request.body_mut() = Bytes::from_static(b"{\"other\":1}");
+        }
         let h = request.headers_mut();
+        h.insert(
+            lapdev_server::routing::auth::CONTENT_HEADER,
+            content.parse().unwrap(),
+        );
         h.insert(SENDER_HEADER, sender.to_string().parse().unwrap());
         h.insert(TIME_HEADER, time.into());
         h.insert(MAC_HEADER, mac.parse().unwrap());
@@ -406,14 +426,16 @@ async fn the_internal_endpoint_refuses_what_it_must_and_the_ports_stay_apart() {
         e.cluster_id
     );
     // The control: signed by B, now.
-    let ok = raw(internal_a, &call, Some((&signer, now)), false).await;
+    let ok = raw(internal_a, &call, Some((&signer, now)), Tamper::Nothing).await;
     assert_eq!(ok.status(), 200, "{:?}", ok.body());
-    // Not signed, a bad MAC, a stale time: 401 and nothing more.
+    // Not signed, a bad MAC, a stale time, a signed request replayed with
+    // another body: 401 and nothing more.
     for (sign, tamper) in [
-        (None, false),
-        (Some((&signer, now)), true),
-        (Some((&signer, now - 120)), false),
-        (Some((&signer, now + 120)), false),
+        (None, Tamper::Nothing),
+        (Some((&signer, now)), Tamper::Mac),
+        (Some((&signer, now - 120)), Tamper::Nothing),
+        (Some((&signer, now + 120)), Tamper::Nothing),
+        (Some((&signer, now)), Tamper::Body),
     ] {
         let refused = raw(internal_a, &call, sign, tamper).await;
         assert_eq!(refused.status(), 401);
@@ -433,18 +455,24 @@ async fn the_internal_endpoint_refuses_what_it_must_and_the_ports_stay_apart() {
         "/rpc/AdminRpc/list_clusters".to_owned(),
         "/healthz".to_owned(),
     ] {
-        let refused = raw(internal_a, &path, Some((&signer, now)), false).await;
+        let refused = raw(internal_a, &path, Some((&signer, now)), Tamper::Nothing).await;
         assert_eq!(refused.status(), 404, "{path}");
     }
     // B does not hold the tunnel: 503 unavailable.
     let internal_b = e.b.server.internal_addr.unwrap();
-    let elsewhere = raw(internal_b, &call, Some((&routing(&e.a), now)), false).await;
+    let elsewhere = raw(
+        internal_b,
+        &call,
+        Some((&routing(&e.a), now)),
+        Tamper::Nothing,
+    )
+    .await;
     assert_eq!(elsewhere.status(), 503);
     let error: lapdev_hrpc::HrpcError = serde_json::from_slice(elsewhere.body()).unwrap();
     assert_eq!(error.code, lapdev_hrpc::Code::Unavailable);
     assert!(error.message.contains("does not hold the cluster's tunnel"));
     // The public port does not serve the internal endpoint.
-    let public = raw(e.a.addr, &call, Some((&signer, now)), false).await;
+    let public = raw(e.a.addr, &call, Some((&signer, now)), Tamper::Nothing).await;
     assert_eq!(public.status(), 404);
     e.tunnel.abort();
 }

@@ -2,17 +2,22 @@
 //! from the credential-encryption key every replica of a deployment shares.
 //!
 //! A request carries [`SENDER_HEADER`] (the sender's replica id),
-//! [`TIME_HEADER`] (its clock, unix seconds) and [`MAC_HEADER`]: the hex
-//! HMAC-SHA256 over `v1`, the time, the method, the path, the sender and the
-//! acting user ([`USER_HEADER`], empty when none), one per line. The receiver
-//! refuses a MAC that does not verify (compared in constant time) or a time
-//! more than [`MAX_SKEW_SECS`] from its own clock. There is no nonce: a
-//! request captured on the wire could be replayed within that window, which is
-//! one reason the internal port must stay on the pods' network, never behind
-//! the public Service or Ingress.
+//! [`TIME_HEADER`] (its clock, unix seconds), [`CONTENT_HEADER`] (the SHA-256
+//! of the headers carried to the manager and, for a unary call, the body:
+//! [`content_digest`]) and [`MAC_HEADER`]: the hex HMAC-SHA256 over `v1`, the
+//! time, the method, the path, the sender, the acting user ([`USER_HEADER`],
+//! empty when none) and the content digest, one per line. The receiver
+//! refuses a MAC that does not verify (compared in constant time), a time
+//! more than [`MAX_SKEW_SECS`] from its own clock, or a content digest that
+//! does not match what arrived. There is no nonce: a request captured on the
+//! wire could be replayed as it is within that window (never with another
+//! body, command or port), which is one reason the internal port must stay on
+//! the pods' network, never behind the public Service or Ingress.
 
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac as _};
+use http::HeaderMap;
+use sha2::Digest as _;
 use sha2::Sha256;
 use uuid::Uuid;
 
@@ -26,6 +31,13 @@ pub const MAC_HEADER: &str = "x-lapdev-replica-mac";
 pub const USER_HEADER: &str = "x-lapdev-acting-user";
 /// How far the sender's clock may be from the receiver's.
 pub const MAX_SKEW_SECS: i64 = 60;
+
+/// The SHA-256 (hex) of what a forwarded request asks of the manager: the
+/// headers carried to it ([`super::forward::CARRIED_TO_MANAGER`]) and, for a
+/// unary call, its body ([`content_digest`]). It is signed, so a request
+/// captured on the wire cannot be replayed within the time window with
+/// another body, command or port.
+pub const CONTENT_HEADER: &str = "x-lapdev-content-sha256";
 
 const INFO: &[u8] = b"lapdev replica routing v1";
 
@@ -52,6 +64,8 @@ pub struct Signed<'a> {
     pub sender: Uuid,
     /// The acting user, if any.
     pub user: Option<&'a str>,
+    /// The request's [`CONTENT_HEADER`] value (empty when absent).
+    pub content: &'a str,
 }
 
 /// Why a request was refused (the receiver answers 401 with no detail).
@@ -82,12 +96,13 @@ impl ReplicaKey {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
         let text = format!(
-            "v1\n{}\n{}\n{}\n{}\n{}",
+            "v1\n{}\n{}\n{}\n{}\n{}\n{}",
             signed.time,
             signed.method,
             signed.path,
             signed.sender,
-            signed.user.unwrap_or("")
+            signed.user.unwrap_or(""),
+            signed.content
         );
         mac.update(text.as_bytes());
         mac
@@ -110,6 +125,33 @@ impl ReplicaKey {
     }
 }
 
+/// The [`CONTENT_HEADER`] value of a request with these `headers` and, for
+/// a unary call, `body` (a stream's body flows later and is not covered).
+/// Each carried header is hashed as its name, its length-prefixed value (or
+/// `-` when absent), so no two header sets hash alike.
+pub fn content_digest(headers: &HeaderMap, body: Option<&[u8]>) -> String {
+    let mut hash = sha2::Sha256::new();
+    for name in super::forward::CARRIED_TO_MANAGER {
+        hash.update(name.as_bytes());
+        match headers.get(name) {
+            Some(v) => {
+                hash.update(format!(":{}:", v.len()).as_bytes());
+                hash.update(v.as_bytes());
+            }
+            None => hash.update(b"-"),
+        }
+        hash.update(b"\n");
+    }
+    match body {
+        Some(body) => {
+            hash.update(format!("body:{}:", body.len()).as_bytes());
+            hash.update(body);
+        }
+        None => hash.update(b"stream"),
+    }
+    hex::encode(hash.finalize())
+}
+
 /// Unix seconds now.
 pub fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
@@ -126,6 +168,7 @@ mod tests {
             path: "/internal/v1/clusters/x/KubeManagerRpc/create_workspace",
             sender: Uuid::from_u128(7),
             user,
+            content: "c0ffee",
         }
     }
 
@@ -161,6 +204,10 @@ mod tests {
                 user: None,
                 ..s.clone()
             },
+            Signed {
+                content: "c0ffef",
+                ..s.clone()
+            },
         ];
         for t in &tampered {
             assert_eq!(key.verify(t, &mac, 1_000), Err(AuthError::BadMac), "{t:?}");
@@ -185,5 +232,32 @@ mod tests {
         assert_eq!(key.verify(&s, &mac, 1_061), Err(AuthError::Stale));
         assert_eq!(key.verify(&s, &mac, 939), Err(AuthError::Stale));
         assert_eq!(key.verify(&s, &mac, 940), Ok(()));
+    }
+
+    #[test]
+    fn the_content_digest_changes_with_every_carried_header_and_the_body() {
+        use lapdev_kube_rpc::stream::STREAM_REQUEST_HEADER;
+        let mut h = HeaderMap::new();
+        h.insert(
+            STREAM_REQUEST_HEADER,
+            "{\"command\":[\"ls\"]}".parse().unwrap(),
+        );
+        let base = content_digest(&h, Some(b"{}"));
+        assert_eq!(base, content_digest(&h, Some(b"{}")));
+        assert_ne!(base, content_digest(&h, Some(b"{ }")));
+        assert_ne!(base, content_digest(&h, None));
+        let mut other = h.clone();
+        other.insert(
+            STREAM_REQUEST_HEADER,
+            "{\"command\":[\"rm\"]}".parse().unwrap(),
+        );
+        assert_ne!(base, content_digest(&other, Some(b"{}")));
+        let mut more = h.clone();
+        more.insert("hrpc-timeout-ms", "5".parse().unwrap());
+        assert_ne!(base, content_digest(&more, Some(b"{}")));
+        // Headers that are not carried to the manager do not count.
+        let mut ignored = h.clone();
+        ignored.insert("x-unrelated", "1".parse().unwrap());
+        assert_eq!(base, content_digest(&ignored, Some(b"{}")));
     }
 }

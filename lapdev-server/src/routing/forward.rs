@@ -42,7 +42,9 @@ use lapdev_kube_rpc::KubeManagerRpcClient;
 use lapdev_kube_rpc::stream::STREAM_REQUEST_HEADER;
 use uuid::Uuid;
 
-use super::auth::{MAC_HEADER, ReplicaKey, SENDER_HEADER, Signed, TIME_HEADER, USER_HEADER};
+use super::auth::{
+    CONTENT_HEADER, MAC_HEADER, ReplicaKey, SENDER_HEADER, Signed, TIME_HEADER, USER_HEADER,
+};
 use super::body::{Payload, Reclaimable};
 use super::owners::{Owners, Route};
 use crate::access::{OpenFuture, StreamOpenError, StreamOpener};
@@ -214,6 +216,14 @@ impl Routing {
                 HeaderValue::from_str(&Uuid::new_v4().to_string()).expect("a uuid is a header"),
             );
         }
+        let body = match &payload {
+            Payload::Bytes(b) => Some(b.as_ref()),
+            Payload::Stream(_) => None,
+        };
+        headers.insert(
+            CONTENT_HEADER,
+            header(&super::auth::content_digest(&headers, body)),
+        );
         let first = self
             .send_once(&route, &path, &headers, payload.body())
             .await;
@@ -277,12 +287,17 @@ impl Routing {
             .map_err(|e| ForwardError::Unreachable(format!("bad replica address: {e}")))?;
         let time = super::auth::now_secs();
         let user = headers.get(USER_HEADER).and_then(|v| v.to_str().ok());
+        let content = headers
+            .get(CONTENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let mac = self.inner.key.sign(&Signed {
             time,
             method: "POST",
             path,
             sender: self.inner.id,
             user,
+            content,
         });
         let mut request = Request::new(body);
         *request.method_mut() = Method::POST;

@@ -39,7 +39,8 @@ use lapdev_kube_rpc::stream::{EXEC_PATH, PORTFORWARD_PATH};
 use uuid::Uuid;
 
 use super::auth::{
-    AuthError, MAC_HEADER, ReplicaKey, SENDER_HEADER, Signed, TIME_HEADER, USER_HEADER,
+    AuthError, CONTENT_HEADER, MAC_HEADER, ReplicaKey, SENDER_HEADER, Signed, TIME_HEADER,
+    USER_HEADER, content_digest,
 };
 use super::forward::{CARRIED_TO_MANAGER, NOT_OWNER_HEADER};
 
@@ -131,6 +132,7 @@ fn check(key: &ReplicaKey, request: &Request) -> Result<(), AuthError> {
         path: request.uri().path(),
         sender,
         user,
+        content: text(CONTENT_HEADER).ok_or(AuthError::Malformed)?,
     };
     key.verify(&signed, mac, super::auth::now_secs())
 }
@@ -150,6 +152,15 @@ fn deadline(headers: &HeaderMap, max: Duration) -> Duration {
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse::<u64>().ok())
         .map_or(max, |ms| Duration::from_millis(ms).min(max))
+}
+
+/// Whether the signed [`CONTENT_HEADER`] (the MAC checked it was the
+/// sender's) describes the headers and body that arrived.
+fn content_matches(headers: &HeaderMap, body: Option<&[u8]>) -> bool {
+    headers
+        .get(CONTENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|signed| signed == content_digest(headers, body))
 }
 
 fn to_manager(from: &HeaderMap, into: &mut HeaderMap) {
@@ -191,6 +202,10 @@ async fn call(
                 .into_response();
         }
     };
+    if !content_matches(&parts.headers, Some(&body)) {
+        count("call", "refused");
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
     let mut forwarded = http::Request::new(body);
     *forwarded.method_mut() = http::Method::POST;
     *forwarded.uri_mut() = match format!("http://manager.tunnel/KubeManagerRpc/{method}").parse() {
@@ -245,6 +260,10 @@ async fn stream(
         return not_owner();
     };
     let (parts, body) = request.into_parts();
+    if !content_matches(&parts.headers, None) {
+        count("stream", "refused");
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
     let text = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
     tracing::info!(
         cluster = %cluster_id,
