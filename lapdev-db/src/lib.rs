@@ -45,6 +45,7 @@ mod quota;
 pub mod relay;
 pub mod replica;
 mod replica_owner;
+mod replica_route;
 mod retention;
 mod session;
 #[cfg(feature = "test-support")]
@@ -72,6 +73,7 @@ pub use quota::OrgQuotas;
 pub use relay::ReplicaSignal;
 pub use replica::{LeaseTiming, Replica, ReplicaInfo, ReplicaLease, StartupLock};
 pub use replica_owner::ClusterClaim;
+pub use replica_route::ClusterRoute;
 pub use retention::{DueVolumePurge, RestoreRefusal};
 pub use session::{
     BrowserSession, CreatedSession, ReplacedSession, SessionLifetime, VerifiedSession,

@@ -252,9 +252,17 @@ pub struct LimitsConfig {
     /// over a dead one's clusters after this.
     #[arg(long, env = "LAPDEV_REPLICA_LEASE_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub replica_lease_secs: u64,
+    /// Several replicas (PostgreSQL only): the internal listener other
+    /// replicas forward a cluster's manager calls and streams to (only those;
+    /// authenticated with a key derived from the encryption key). Never expose
+    /// it through the public Service or Ingress. Default: the --listen IP with
+    /// an ephemeral port (Kubernetes: `0.0.0.0:8081`).
+    #[arg(long, env = "LAPDEV_INTERNAL_LISTEN")]
+    pub internal_listen: Option<SocketAddr>,
     /// The address (`host:port`) other replicas reach this one's internal
-    /// endpoint on, as written in the replica registry (in Kubernetes: the
-    /// pod's IP). Default: the listen address.
+    /// listener on, as written in the replica registry (in Kubernetes: the
+    /// pod's IP and the internal port). Default: the internal listener's
+    /// bound address.
     #[arg(long, env = "LAPDEV_REPLICA_ADDRESS")]
     pub replica_address: Option<String>,
     /// At shutdown (SIGTERM), after readiness fails: close the managers'
@@ -287,6 +295,7 @@ impl Default for LimitsConfig {
             token_stale_if_error_secs: 300,
             replica_heartbeat_secs: 5,
             replica_lease_secs: 20,
+            internal_listen: None,
             replica_address: None,
             shutdown_drain_secs: 10,
         }

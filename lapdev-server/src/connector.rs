@@ -1,5 +1,7 @@
 //! The conductor's [`ManagerConnector`], implemented with the cluster server's
-//! tunnel registry: a manager is reachable exactly when its tunnel is up.
+//! tunnel registry: a manager is reachable exactly when its tunnel is up. One
+//! replica (SQLite); with several, [`crate::routing::RoutedConnector`] also
+//! reaches clusters whose tunnels other replicas hold.
 
 use lapdev_conductor::ManagerConnector;
 use lapdev_kube::server::KubeClusterServer;

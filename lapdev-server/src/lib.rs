@@ -23,6 +23,10 @@
 //! - `/`, `/sign-in`, `/workspaces/…`, `/clusters`, `/connect`, `/tokens`,
 //!   `/users`, `/audit`, `/providers`, `/assets/…`, `/events`: the web
 //!   dashboard ([`web`]).
+//!
+//! On PostgreSQL a second listener (`--internal-listen`) serves only the other
+//! replicas: a cluster's forwarded manager calls and stream opens, signed
+//! ([`routing`]). The public router has no `/internal` route.
 
 pub mod access;
 pub mod admin;
@@ -41,6 +45,7 @@ pub mod metrics;
 pub mod quota;
 pub mod replica;
 pub mod replica_changes;
+pub mod routing;
 pub mod secret_file;
 pub mod serve;
 pub mod tls;
@@ -113,6 +118,8 @@ pub struct AppState {
     pub events: web::events::EventHub,
     /// This replica's place in the replica registry (`/readyz` reads it).
     pub replica: replica::ReplicaStatus,
+    /// Forwarding to other replicas (PostgreSQL; `None` on SQLite).
+    pub routing: Option<routing::Routing>,
 }
 
 /// How the HTTP surface is put together beyond its state.
@@ -356,6 +363,9 @@ pub struct Server {
     pub local_addr: SocketAddr,
     /// Where `/metrics` listens when it has a listener of its own.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the internal listener (forwarding between replicas) listens;
+    /// `None` on SQLite.
+    pub internal_addr: Option<SocketAddr>,
     /// Its state (tests reach the database and the cluster server through it).
     pub state: AppState,
     /// The admin token minted on first start, if this was the first start.
@@ -476,11 +486,22 @@ impl Server {
             ),
             None => None,
         };
-        let conductor = Conductor::new(
-            db.clone(),
-            Arc::new(TunnelConnector(kube.clone())),
-            ConductorConfig::default(),
-        );
+        // Several replicas: calls for clusters whose tunnels are elsewhere are
+        // forwarded to their owners.
+        let replica_id = uuid::Uuid::new_v4();
+        let routing = db.supports_replicas().then(|| {
+            routing::Routing::new(
+                kube.clone(),
+                routing::owners::Owners::new(db.clone()),
+                routing::auth::ReplicaKey::derive(secrets.encryption_key.as_bytes()),
+                replica_id,
+            )
+        });
+        let connector: Arc<dyn lapdev_conductor::ManagerConnector> = match &routing {
+            Some(r) => Arc::new(routing::RoutedConnector(r.clone())),
+            None => Arc::new(TunnelConnector(kube.clone())),
+        };
+        let conductor = Conductor::new(db.clone(), connector, ConductorConfig::default());
         let admin = AdminService::new(
             db.clone(),
             kube.clone(),
@@ -539,7 +560,10 @@ impl Server {
             auth: auth.clone(),
             policy: web_policy,
         };
-        let streams = streams.unwrap_or_else(|| Arc::new(access::TunnelStreams(kube.clone())));
+        let streams = streams.unwrap_or_else(|| match &routing {
+            Some(r) => Arc::new(routing::RoutedStreams(r.clone())),
+            None => Arc::new(access::TunnelStreams(kube.clone())),
+        });
         let activity = idle::WorkspaceActivity::new(db.clone(), conductor.clock().clone());
         let idle = idle::IdleSweeper::new(
             conductor.clone(),
@@ -575,6 +599,7 @@ impl Server {
             background,
             events: web::events::EventHub::default(),
             replica: replica_status.clone(),
+            routing: routing.clone(),
             streams,
             web,
             auth,
@@ -629,6 +654,23 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let internal_listener = match &routing {
+            Some(_) => {
+                let addr = limits
+                    .internal_listen
+                    .unwrap_or_else(|| SocketAddr::new(config.listen.ip(), 0));
+                Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding the internal listener {addr}"))?,
+                )
+            }
+            None => None,
+        };
+        let internal_addr = match &internal_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let (shutdown, mut shutdown_rx) = watch::channel(false);
         let signal = {
             let mut rx = shutdown_rx.clone();
@@ -654,11 +696,10 @@ impl Server {
         });
         let keeper = if db.supports_replicas() {
             let info = lapdev_db::ReplicaInfo {
-                id: uuid::Uuid::new_v4(),
-                address: limits
-                    .replica_address
-                    .clone()
-                    .unwrap_or_else(|| local_addr.to_string()),
+                id: replica_id,
+                address: limits.replica_address.clone().unwrap_or_else(|| {
+                    internal_addr.map_or_else(|| local_addr.to_string(), |a| a.to_string())
+                }),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             };
             let keeper = replica_status
@@ -673,6 +714,37 @@ impl Server {
             None
         };
 
+        let owners_task = match &routing {
+            Some(r) => {
+                if let Err(e) = r.owners().refresh_all().await {
+                    tracing::warn!(error = %e, "could not read the clusters' owners");
+                }
+                let mut rx = shutdown_rx.clone();
+                Some(tokio::spawn(r.owners().clone().run(
+                    lease_timing.heartbeat(),
+                    async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    },
+                )))
+            }
+            None => None,
+        };
+        let internal_task = match (&routing, internal_listener) {
+            (Some(r), Some(listener)) => {
+                let router = routing::internal::router(r, limits.request_timeout());
+                let config = serve::ServeConfig::from_limits(&limits, None);
+                let mut rx = shutdown_rx.clone();
+                Some(tokio::spawn(serve::serve(
+                    listener,
+                    router,
+                    config,
+                    async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    },
+                )))
+            }
+            _ => None,
+        };
         let sweeper = {
             let kube = kube.clone();
             let mut rx = shutdown_rx.clone();
@@ -757,6 +829,12 @@ impl Server {
             if let Some(metrics) = metrics_task {
                 let _ = metrics.await;
             }
+            if let Some(internal) = internal_task {
+                let _ = internal.await;
+            }
+            if let Some(owners) = owners_task {
+                let _ = owners.await;
+            }
             let _ = sweeper.await;
             let _ = flusher.await;
             let _ = reconciler.await;
@@ -776,6 +854,7 @@ impl Server {
         Ok(Server {
             local_addr,
             metrics_addr,
+            internal_addr,
             state,
             first_admin_token: bootstrap,
             shutdown,

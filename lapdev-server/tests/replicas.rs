@@ -58,11 +58,19 @@ async fn replicas_started_together_on_a_fresh_database_make_one_organisation() {
     let db = &servers[0].state.db;
     assert_eq!(db.list_organizations().await.unwrap().len(), 1);
 
-    // Every replica is registered, with its address, and ready.
+    // Every replica is registered, with its internal listener's address
+    // (not the public one), and ready.
     let live = db.live_replicas().await.unwrap();
     let mut addresses: Vec<_> = live.iter().map(|r| r.info.address.clone()).collect();
     addresses.sort();
-    let mut expected: Vec<_> = servers.iter().map(|s| s.local_addr.to_string()).collect();
+    let mut expected: Vec<_> = servers
+        .iter()
+        .map(|s| {
+            let internal = s.internal_addr.expect("PostgreSQL: an internal listener");
+            assert_ne!(internal, s.local_addr);
+            internal.to_string()
+        })
+        .collect();
     expected.sort();
     assert_eq!(addresses, expected);
     for s in &servers {

@@ -369,6 +369,7 @@ async fn open_on_manager(
     cluster: Uuid,
     path: &str,
     header: String,
+    user: Uuid,
 ) -> Result<(mpsc::Sender<Bytes>, Body), HrpcError> {
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let body = Body::from_stream(futures::StreamExt::map(
@@ -377,6 +378,8 @@ async fn open_on_manager(
     ));
     let request = http::Request::post(path)
         .header(STREAM_REQUEST_HEADER, header)
+        // For the owner's log when the stream is forwarded to another replica.
+        .header(crate::routing::auth::USER_HEADER, user.to_string())
         .body(body)
         .map_err(|e| HrpcError::internal(e.to_string()))?;
     let response = state

@@ -2,7 +2,9 @@
 //!
 //! [`StreamOpener`] sends one streaming HTTP request (`lapdev_kube_rpc::stream`
 //! routes) to the manager of a cluster and returns its response as soon as the
-//! head arrives; both bodies then stream. [`TunnelStreams`] is production: it
+//! head arrives; both bodies then stream. [`TunnelStreams`] is production on
+//! one replica (with several, `crate::routing::RoutedStreams` also forwards
+//! to the replica holding the tunnel): it
 //! rides the manager's tunnel (an HTTP/2 stream on a v2 tunnel; a v1 tunnel
 //! refuses, saying the manager is too old). [`InProcessStreams`] calls managers' routers in
 //! this process (tower's `oneshot` streams bodies both ways), for tests and

@@ -84,7 +84,7 @@ pub(super) async fn start(
     let subscribed_at = Utc::now();
     let changes = state.db.subscribe();
     let (to_manager, from_manager) =
-        super::open_on_manager(state, open.cluster, path, header).await?;
+        super::open_on_manager(state, open.cluster, path, header, open.caller.user_id).await?;
     let kind = open.kind;
     metrics::counter!("lapdev_sessions_total", "kind" => kind.as_str(), "outcome" => "ok")
         .increment(1);
