@@ -564,15 +564,22 @@ async fn concurrent_creates_spread_over_replicas_never_over_commit(d: &Deploymen
         .map(|o| serde_json::from_slice(&o.stdout).unwrap())
         .collect();
     // Refused as full, or (a placement that kept losing the race for the
-    // last slots to other replicas) as `aborted`, for the caller to retry:
-    // never for another reason.
+    // last slots to other replicas) as `aborted`, its row left for the
+    // reconciler: never for another reason.
+    let (mut full, mut aborted) = (0, 0);
     for o in outs.iter().filter(|o| !o.status.success()) {
         let e = stderr(o);
-        assert!(
-            e.contains("can fit") || e.contains("(aborted)"),
-            "refused for capacity only: {e}"
-        );
+        if e.contains("can fit") {
+            full += 1;
+        } else {
+            assert!(e.contains("(aborted)"), "refused for capacity only: {e}");
+            aborted += 1;
+        }
     }
+    eprintln!(
+        "20 concurrent creates: {} placed, {full} refused as full, {aborted} aborted",
+        placed.len()
+    );
     // The creates went to every replica.
     let replicas: BTreeSet<usize> = d.proxy.conns()[first_conn..]
         .iter()
@@ -580,37 +587,43 @@ async fn concurrent_creates_spread_over_replicas_never_over_commit(d: &Deploymen
         .map(|c| c.replica)
         .collect();
     assert_eq!(replicas.len(), 3, "the creates spread over the replicas");
-    assert_eq!(placed.len(), 3, "exactly the free capacity was placed");
+    assert!(
+        (1..=3).contains(&placed.len()),
+        "{} placed where three fit",
+        placed.len()
+    );
 
-    // Every one placed runs: the cluster schedules them all.
-    for w in &placed {
-        let name = w["name"].as_str().unwrap();
-        eventually(&format!("{name} runs"), || {
-            d.json(&d.proxy.url, &["workspace", "get", name, "-o", "json"])["status"] == "running"
-        })
-        .await;
-    }
-    // What the database holds never exceeds the cluster (a refused create
-    // may leave its row for the reconciler: unplaced, as the cluster is full).
-    let all = d.json(&d.proxy.url, &["workspace", "list", "-o", "json"]);
-    let on_c1: Vec<&Value> = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|w| w["cluster"] == c1.name.as_str())
-        .collect();
-    let cpu: i64 = on_c1
-        .iter()
-        .map(|w| w["cpu_millis"].as_i64().unwrap())
-        .sum();
-    let memory: i64 = on_c1
-        .iter()
-        .map(|w| w["memory_bytes"].as_i64().unwrap())
-        .sum();
-    assert_eq!(on_c1.len(), 4, "w1 and the three placed");
+    // Once everything placed on c1 runs (those the creates placed, and any
+    // the reconciler placed since), the cluster holds no more than it has.
+    let on_c1 = || -> Vec<Value> {
+        let all = d.json(&d.proxy.url, &["workspace", "list", "-o", "json"]);
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["cluster"] == c1.name.as_str())
+            .cloned()
+            .collect()
+    };
+    eventually("every workspace placed on c1 runs", || {
+        let on = on_c1();
+        placed.iter().all(|p| on.iter().any(|w| w["id"] == p["id"]))
+            && on.iter().all(|w| w["status"] == "running")
+    })
+    .await;
+    let on = on_c1();
+    let cpu: i64 = on.iter().map(|w| w["cpu_millis"].as_i64().unwrap()).sum();
+    let memory: i64 = on.iter().map(|w| w["memory_bytes"].as_i64().unwrap()).sum();
     assert!(cpu <= allocatable, "{cpu}m placed on {allocatable}m");
     assert!(memory <= cluster["memory_allocatable_bytes"].as_i64().unwrap());
-    assert_eq!(c1.pods().len(), 4);
+    assert!(on.len() <= 4, "w1 and at most three more: {}", on.len());
+    // The double's scheduler agrees: every pod is bound to the node.
+    let pods = c1.pods();
+    assert!(pods.len() <= 4);
+    assert!(
+        pods.iter()
+            .all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()),
+        "a pod the node could not take"
+    );
 }
 
 async fn a_killed_owner_loses_nothing(d: &mut Deployment) {
