@@ -70,7 +70,9 @@
 //! is decided again from a fresh read.
 //!
 //! The conductor reaches managers only through [`ManagerConnector`], which the
-//! server implements with its tunnel registry.
+//! server implements with its tunnel registry and, with several replicas, by
+//! forwarding to the replica that holds a cluster's tunnel (so every
+//! replica's conductor reaches every connected cluster).
 
 pub mod backoff;
 mod dispatch;

@@ -47,6 +47,7 @@
 pub mod auth;
 mod owner;
 mod tunnels;
+mod turns;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,7 +72,7 @@ use lapdev_kube_rpc::{
 use uuid::Uuid;
 
 pub use auth::{ClusterIdentity, TokenVerifier};
-pub use owner::{LeaseSource, SUPERSEDED};
+pub use owner::{LEASE_LOST, LeaseSource, SUPERSEDED};
 
 /// Settings of a [`KubeClusterServer`].
 #[derive(Debug, Clone)]

@@ -41,6 +41,25 @@
 //! The server, PostgreSQL and the generator share the machine, and so does
 //! anything else running: the report shows how much CPU each used and how busy
 //! the machine was, and the load average at the start.
+//!
+//! Several replicas (issue 18): `LAPDEV_BENCH_REPLICAS=3` runs the same
+//! schedule twice in one invocation, first against one replica, then against
+//! three `lapdev-server` processes on one throwaway PostgreSQL database (the
+//! same `--encryption-key` and `--jwt-secret`, each its own data directory),
+//! the simulated clusters spread round-robin over them: cluster `i` sends all
+//! its calls to replica `i % 3` over its own keep-alive connection, as behind
+//! an L4 load balancer. One machine, so this measures what coordinating
+//! replicas costs (leases, ownership, the change feed, last-seen relayed to the
+//! owner), not scale-out. It prints both runs, the ratio of the served rates and
+//! `met`/`MISSED` for its floor: three replicas serve >= 0.8x the single
+//! replica's rate with their heartbeat p99 within the same budget
+//! (`LAPDEV_BENCH_P99_BUDGET_MS`, 50 ms like the single-replica floor). The
+//! single-replica floors above are printed for each run but do not decide the
+//! exit status in this mode; the comparison floor does
+//! (`LAPDEV_BENCH_COMPARE=0` runs only the several replicas, with the
+//! single-replica floors). Use a rate the machine
+//! can serve with one replica (e.g. `LAPDEV_BENCH_RATE=2000` with `--profile
+//! dev`), or the comparison measures two overloaded servers.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -73,6 +92,11 @@ const P99_FLOOR: Duration = Duration::from_millis(50);
 const MAX_IN_FLIGHT: u64 = 8000;
 /// Heartbeats/s the floor asks for.
 const RATE_FLOOR: f64 = 10_000.0;
+/// Served rate of several replicas relative to one, at the same offered load.
+const REPLICA_RATIO_FLOOR: f64 = 0.8;
+/// The encryption key and JWT secret every replica is given.
+const SHARED_ENCRYPTION_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+const SHARED_JWT_SECRET: &str = "a shared jwt secret of enough length for the bench";
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -90,6 +114,9 @@ struct Settings {
     shared_pool: bool,
     threads: usize,
     server_log: String,
+    replicas: usize,
+    p99_budget_ms: u64,
+    compare: bool,
 }
 
 impl Settings {
@@ -103,6 +130,9 @@ impl Settings {
             shared_pool: env_or("LAPDEV_BENCH_SHARED_POOL", 0u8) != 0,
             threads: env_or("LAPDEV_BENCH_THREADS", 1usize).max(1),
             server_log: std::env::var("LAPDEV_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            replicas: env_or("LAPDEV_BENCH_REPLICAS", 1usize).clamp(1, 16),
+            p99_budget_ms: env_or("LAPDEV_BENCH_P99_BUDGET_MS", 50u64),
+            compare: env_or("LAPDEV_BENCH_COMPARE", 1u8) != 0,
         }
     }
 }
@@ -112,6 +142,8 @@ struct Sim {
     id: Uuid,
     token: HeaderValue,
     client: HttpClient,
+    /// The replica (index into the bases) this cluster sends its calls to.
+    replica: usize,
     /// Wall-clock send time (µs since the epoch) of the last heartbeat that
     /// succeeded; the server's last-seen time of it is no earlier.
     last_ok_sent_us: AtomicI64,
@@ -246,6 +278,11 @@ fn start_server(
         .arg(data_dir)
         .arg("--listen")
         .arg(addr.to_string())
+        // What every replica of a deployment shares (the same for one replica).
+        .arg("--encryption-key")
+        .arg(SHARED_ENCRYPTION_KEY)
+        .arg("--jwt-secret")
+        .arg(SHARED_JWT_SECRET)
         .env("RUST_LOG", &settings.server_log)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("server log file"))
@@ -327,7 +364,7 @@ fn info_body(i: usize) -> Bytes {
 /// Registers `n` clusters (8 calls at a time) and has each report its info once.
 async fn register_clusters(
     admin: &AdminRpcClient,
-    base: &str,
+    bases: &[String],
     n: usize,
     shared: Option<&HttpClient>,
 ) -> Vec<Arc<Sim>> {
@@ -336,7 +373,7 @@ async fn register_clusters(
     for _ in 0..8 {
         let admin = admin.clone();
         let next = next.clone();
-        let base = base.to_owned();
+        let bases = bases.to_vec();
         let shared = shared.cloned();
         tasks.spawn(async move {
             let mut made = Vec::new();
@@ -358,11 +395,15 @@ async fn register_clusters(
                     id: created.cluster.id,
                     token: HeaderValue::from_str(&created.token_secret).unwrap(),
                     client: shared.clone().unwrap_or_else(|| http_client(4)),
+                    replica: i % bases.len(),
                     last_ok_sent_us: AtomicI64::new(i64::MIN),
                 };
                 let (status, body) = post(
                     &sim.client,
-                    &format!("{base}/rpc/KubeClusterRpc/report_cluster_info"),
+                    &format!(
+                        "{}/rpc/KubeClusterRpc/report_cluster_info",
+                        bases[i % bases.len()]
+                    ),
                     Some(&sim.token),
                     info_body(i),
                 )
@@ -459,28 +500,55 @@ fn wall_us(at: DateTime<Utc>) -> i64 {
 
 struct Outcome {
     pass: bool,
+    served_rate: f64,
+    p99: Option<Duration>,
 }
 
-async fn run(settings: &Settings) -> Outcome {
+/// CPU time of several processes together.
+fn cpu_time_all(pids: &[String]) -> Option<Duration> {
+    pids.iter().map(|p| cpu_time(p)).sum()
+}
+
+async fn run(settings: &Settings, replicas: usize) -> Outcome {
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "load average before the run: {}",
+        "load average before the run: {}; build: {}",
         loadavg
             .split_whitespace()
             .take(3)
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" "),
+        if cfg!(debug_assertions) {
+            "dev profile (unoptimised)"
+        } else {
+            "optimised"
+        }
     );
     let database = TestDatabase::postgres().await;
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let data_dir = dir.path().join("data");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let base = format!("http://{addr}");
-    let mut child = start_server(settings, database.url(), &data_dir, addr);
-    let server_pid = child.id().to_string();
-
+    // Replica 0 starts alone (it bootstraps the organisation and writes the
+    // admin token), then the others join it.
     let probe = http_client(1);
-    wait_ready(&probe, &base, &mut child).await;
+    let mut children = Vec::new();
+    let mut bases = Vec::new();
+    let mut data_dirs = Vec::new();
+    for r in 0..replicas {
+        let data_dir = dir.path().join(format!("data{r}"));
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let base = format!("http://{addr}");
+        let mut child = start_server(settings, database.url(), &data_dir, addr);
+        wait_ready(&probe, &base, &mut child).await;
+        children.push(child);
+        bases.push(base);
+        data_dirs.push(data_dir);
+    }
+    let server_pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
+    let data_dir = data_dirs[0].clone();
+    let base = bases[0].clone();
+    println!(
+        "{replicas} replica(s) on one PostgreSQL database: {}",
+        bases.join(", ")
+    );
     let admin_token = std::fs::read_to_string(data_dir.join("admin-token"))
         .expect("the server wrote <data-dir>/admin-token")
         .trim()
@@ -489,15 +557,21 @@ async fn run(settings: &Settings) -> Outcome {
 
     let shared = settings.shared_pool.then(|| http_client(1024));
     let started = Instant::now();
-    let sims = register_clusters(&admin, &base, settings.clusters, shared.as_ref()).await;
+    let sims = register_clusters(&admin, &bases, settings.clusters, shared.as_ref()).await;
     println!(
         "setup: {} clusters registered and reported in {:.1} s",
         sims.len(),
         started.elapsed().as_secs_f64()
     );
 
-    let heartbeat_uri: Arc<str> = format!("{base}/rpc/KubeClusterRpc/heartbeat").into();
-    let report_uri: Arc<str> = format!("{base}/rpc/KubeClusterRpc/report_cluster_info").into();
+    let heartbeat_uris: Vec<Arc<str>> = bases
+        .iter()
+        .map(|b| format!("{b}/rpc/KubeClusterRpc/heartbeat").into())
+        .collect();
+    let report_uris: Vec<Arc<str>> = bases
+        .iter()
+        .map(|b| format!("{b}/rpc/KubeClusterRpc/report_cluster_info").into())
+        .collect();
     let heartbeat_body = Bytes::from_static(br#"{"health":{"state":"ok"}}"#);
     let report_bodies: Arc<Vec<Bytes>> = Arc::new((0..16).map(info_body).collect());
 
@@ -547,7 +621,7 @@ async fn run(settings: &Settings) -> Outcome {
     };
 
     let cpu_before = (
-        cpu_time(&server_pid),
+        cpu_time_all(&server_pids),
         cpu_time("self"),
         machine_cpu(),
         postgres_cpu_time(),
@@ -572,7 +646,7 @@ async fn run(settings: &Settings) -> Outcome {
         let now = Instant::now();
         if cpu_after.is_none() && now >= measure_until {
             cpu_after = Some((
-                cpu_time(&server_pid),
+                cpu_time_all(&server_pids),
                 cpu_time("self"),
                 machine_cpu(),
                 postgres_cpu_time(),
@@ -584,7 +658,7 @@ async fn run(settings: &Settings) -> Outcome {
         }
         if next_hb == Some(next) {
             let sim = sims[(hb_n % sims.len() as u64) as usize].clone();
-            let uri = heartbeat_uri.clone();
+            let uri = heartbeat_uris[sim.replica].clone();
             let body = heartbeat_body.clone();
             let (tally, window_start) = if next >= measure_from {
                 (heartbeats.clone(), measure_from)
@@ -616,7 +690,7 @@ async fn run(settings: &Settings) -> Outcome {
         } else {
             let i = report_n as usize;
             let sim = sims[(i * 7919) % sims.len()].clone();
-            let uri = report_uri.clone();
+            let uri = report_uris[sim.replica].clone();
             let body = report_bodies[i % report_bodies.len()].clone();
             let tally = reports.clone();
             outstanding.fetch_add(1, Ordering::Relaxed);
@@ -636,7 +710,7 @@ async fn run(settings: &Settings) -> Outcome {
     }
     let cpu_after = cpu_after.unwrap_or_else(|| {
         (
-            cpu_time(&server_pid),
+            cpu_time_all(&server_pids),
             cpu_time("self"),
             machine_cpu(),
             postgres_cpu_time(),
@@ -669,7 +743,12 @@ async fn run(settings: &Settings) -> Outcome {
     let report_p = reports.percentiles();
 
     let cores = |before: Option<Duration>, after: Option<Duration>| match (before, after) {
-        (Some(b), Some(a)) => format!("{:.2} cores", (a - b).as_secs_f64() / window.as_secs_f64()),
+        // Saturating: a process counted before may have exited since (a
+        // PostgreSQL backend whose connection closed).
+        (Some(b), Some(a)) => format!(
+            "{:.2} cores",
+            a.saturating_sub(b).as_secs_f64() / window.as_secs_f64()
+        ),
         _ => "n/a".into(),
     };
 
@@ -742,7 +821,8 @@ async fn run(settings: &Settings) -> Outcome {
         _ => "n/a".into(),
     };
     println!(
-        "cpu over the measured window: server {}, load generator {}, postgres (all its \
+        "cpu over the measured window: server ({replicas} process(es)) {}, load generator {}, \
+         postgres (all its \
          databases, also other users') {}; machine \
          {machine} (of {} cores; the rest is other processes)",
         cores(cpu_before.0, cpu_after.0),
@@ -814,7 +894,9 @@ async fn run(settings: &Settings) -> Outcome {
         load_done_wall.format("%H:%M:%S%.3f"),
     );
 
-    stop_server(&mut child);
+    for child in &mut children {
+        stop_server(child);
+    }
     drop(database);
 
     // The floor.
@@ -869,7 +951,7 @@ async fn run(settings: &Settings) -> Outcome {
         for m in &missed {
             println!("FLOOR MISSED: {m}");
         }
-        let log = data_dir.with_extension("log");
+        let log = data_dirs[0].with_extension("log");
         if let Ok(text) = std::fs::read_to_string(&log) {
             let tail: Vec<&str> = text.lines().rev().take(20).collect();
             if !tail.is_empty() {
@@ -882,6 +964,8 @@ async fn run(settings: &Settings) -> Outcome {
     }
     Outcome {
         pass: missed.is_empty(),
+        served_rate,
+        p99: hb_p.map(|p| p[2]),
     }
 }
 
@@ -893,9 +977,53 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let outcome = runtime.block_on(run(&settings));
+    let pass = runtime.block_on(async {
+        if settings.replicas == 1 || !settings.compare {
+            return run(&settings, settings.replicas).await.pass;
+        }
+        println!("=== 1 replica ===");
+        let one = run(&settings, 1).await;
+        println!();
+        println!("=== {} replicas ===", settings.replicas);
+        let many = run(&settings, settings.replicas).await;
+        compare(&settings, &one, &many)
+    });
     runtime.shutdown_timeout(Duration::from_secs(1));
-    if !outcome.pass {
+    if !pass {
         std::process::exit(1);
     }
+}
+
+/// The replica comparison: prints both runs' served rates and p99, the ratio
+/// and whether the floor is met.
+fn compare(settings: &Settings, one: &Outcome, many: &Outcome) -> bool {
+    let p99 = |o: &Outcome| o.p99.map_or_else(|| "n/a".into(), fmt_ms);
+    let ratio = if one.served_rate > 0.0 {
+        many.served_rate / one.served_rate
+    } else {
+        0.0
+    };
+    let budget = Duration::from_millis(settings.p99_budget_ms);
+    let within_budget = many.p99.is_some_and(|p| p < budget);
+    let met = ratio >= REPLICA_RATIO_FLOOR && within_budget;
+    println!();
+    println!(
+        "replicas: 1 replica served {:.0}/s (heartbeat p99 {}); {} replicas served {:.0}/s \
+         (heartbeat p99 {}); ratio {ratio:.3} (floor {REPLICA_RATIO_FLOOR}x at p99 < {}): {}",
+        one.served_rate,
+        p99(one),
+        settings.replicas,
+        many.served_rate,
+        p99(many),
+        fmt_ms(budget),
+        if met { "met" } else { "MISSED" },
+    );
+    if one.p99.is_none_or(|p| p >= budget) {
+        println!(
+            "note: the single replica misses the p99 budget too: this machine cannot serve the \
+             offered load within it, so the comparison is between overloaded servers (lower \
+             LAPDEV_BENCH_RATE, or set LAPDEV_BENCH_P99_BUDGET_MS)"
+        );
+    }
+    met
 }

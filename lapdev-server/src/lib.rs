@@ -694,6 +694,18 @@ impl Server {
             ));
             (relay_task, apply_task)
         });
+        if limits.replica_address.is_none()
+            && let Some(addr) = internal_addr
+            && addr.ip().is_unspecified()
+        {
+            tracing::warn!(
+                %addr,
+                "the internal listener is bound to an unspecified address and no \
+                 --replica-address is set: other replicas cannot reach this one; set \
+                 --replica-address to this replica's reachable address (in Kubernetes \
+                 the pod IP and the internal port)"
+            );
+        }
         let keeper = if db.supports_replicas() {
             let info = lapdev_db::ReplicaInfo {
                 id: replica_id,
@@ -705,7 +717,13 @@ impl Server {
             let keeper = replica_status
                 .register(&db, info, lease_timing)
                 .await
-                .context("registering in the replica registry")?;
+                .context("registering in the replica registry")?
+                .on_lease_lost({
+                    let kube = kube.clone();
+                    move |generation| {
+                        kube.lease_lost(generation);
+                    }
+                });
             let mut rx = shutdown_rx.clone();
             Some(tokio::spawn(keeper.run(async move {
                 let _ = rx.wait_for(|stop| *stop).await;

@@ -4,7 +4,10 @@
 //! On PostgreSQL the server registers itself in the replica registry
 //! (`lapdev_db::replica`) once it listens, renews its lease on every heartbeat
 //! and registers again under a new generation when it finds the lease lost
-//! (it was paused or cut off from the database past its lease). `/readyz`
+//! (it was paused or cut off from the database past its lease); what it
+//! claimed under the lost lease is given up at once
+//! ([`ReplicaKeeper::on_lease_lost`]: the server closes those clusters'
+//! tunnels so their managers dial again and claim afresh). `/readyz`
 //! passes only while the replica holds a lease ([`ReplicaStatus`]), so a load
 //! balancer sends nothing to a replica the others consider gone. At shutdown
 //! the replica withdraws from readiness first and leaves the registry.
@@ -114,20 +117,41 @@ impl ReplicaStatus {
             info,
             timing,
             status: self.clone(),
+            on_lease_lost: None,
         })
     }
 }
 
+/// What to do with the generation of a lease that was lost.
+type LeaseLostHook = Box<dyn Fn(i64) + Send + Sync>;
+
 /// The heartbeat loop of one registered replica.
-#[derive(Debug)]
 pub struct ReplicaKeeper {
     db: Db,
     info: ReplicaInfo,
     timing: LeaseTiming,
     status: ReplicaStatus,
+    on_lease_lost: Option<LeaseLostHook>,
+}
+
+impl std::fmt::Debug for ReplicaKeeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaKeeper")
+            .field("info", &self.info)
+            .field("timing", &self.timing)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ReplicaKeeper {
+    /// Calls `hook` with the generation of a lease the keeper found lost,
+    /// before it registers again: whatever was fenced by that generation
+    /// (cluster claims) is void and must be given up.
+    pub fn on_lease_lost(mut self, hook: impl Fn(i64) + Send + Sync + 'static) -> Self {
+        self.on_lease_lost = Some(Box::new(hook));
+        self
+    }
+
     /// Renews the lease every heartbeat (or when nudged) until `shutdown`,
     /// registering again under a new generation when it was lost; then leaves
     /// the registry.
@@ -152,7 +176,8 @@ impl ReplicaKeeper {
     }
 
     async fn beat(&self) {
-        let renewed = match self.status.lease() {
+        let held = self.status.lease();
+        let renewed = match held {
             Some(lease) => self.db.renew_replica_lease(&lease, self.timing).await,
             None => Ok(None),
         };
@@ -166,6 +191,9 @@ impl ReplicaKeeper {
                     "this replica's lease was lost; registering again"
                 );
                 self.status.lease.send_replace(Registration::Absent);
+                if let (Some(lost), Some(hook)) = (held, &self.on_lease_lost) {
+                    hook(lost.generation);
+                }
                 match self.db.register_replica(&self.info, self.timing).await {
                     Ok(lease) => {
                         self.status.lease.send_replace(Registration::Leased(lease));

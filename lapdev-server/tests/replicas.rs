@@ -526,3 +526,70 @@ async fn heartbeats_on_the_replica_without_the_tunnel_keep_the_cluster_connected
     handle.close("done");
     let _ = run.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_its_lease_closes_the_tunnels_it_claimed_under_it_at_once() {
+    let (a, _b, cluster_id, token) = two_replicas_and_a_cluster(10).await;
+    let session = common::dial(&a, &token, std::sync::Arc::default())
+        .await
+        .unwrap();
+    let handle = session.handle();
+    let run = tokio::spawn(session.run());
+    let kube_a = a.server.state.kube.clone();
+    common::eventually("A claims the cluster", || {
+        let kube = kube_a.clone();
+        async move { kube.owner_claim(cluster_id).is_some() }
+    })
+    .await;
+    a.cluster_client(&token)
+        .report_cluster_info(common::sample_info())
+        .await
+        .unwrap();
+    common::eventually("the cluster is connected", || {
+        let a = &a;
+        async move { stored_status(a, cluster_id).await == ClusterStatus::Connected }
+    })
+    .await;
+    let status = &a.server.state.replica;
+    let lease = status.lease().unwrap();
+    let mut watch = status.watch();
+
+    // A's lease runs out (as after a long pause): its claim is void, so its
+    // tunnel closes when the keeper finds the lease lost, without waiting for
+    // a status write to be refused (none is due: nothing changed).
+    expire_replica_lease(&a.server.state.db, lease.id)
+        .await
+        .unwrap();
+    status.renew_now();
+    watch
+        .wait_for(|r| matches!(r, Registration::Leased(l) if l.generation == lease.generation + 1))
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), run)
+        .await
+        .expect("the tunnel closes when the lease is found lost")
+        .unwrap();
+    assert!(
+        format!("{closed:?}").contains(lapdev_kube::server::LEASE_LOST),
+        "{closed:?}"
+    );
+    assert!(handle.is_closed());
+    assert!(kube_a.owner_claim(cluster_id).is_none());
+
+    // The manager dials again and A claims it under its new lease.
+    let again = common::dial(&a, &token, std::sync::Arc::default())
+        .await
+        .unwrap();
+    let again_handle = again.handle();
+    let again_run = tokio::spawn(again.run());
+    common::eventually("A claims the cluster under its new generation", || {
+        let kube = kube_a.clone();
+        async move {
+            kube.owner_claim(cluster_id)
+                .is_some_and(|c| c.generation == lease.generation + 1)
+        }
+    })
+    .await;
+    again_handle.close("done");
+    let _ = again_run.await;
+}

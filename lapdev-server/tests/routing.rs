@@ -77,6 +77,10 @@ async fn env() -> Env {
 
 /// [`env`] whose manager serves `streams`.
 async fn env_with(streams: axum::Router) -> Env {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let database = TestDatabase::postgres().await;
     let data_dir = tempfile::tempdir().unwrap();
     let config = common::config(
@@ -115,11 +119,10 @@ async fn env_with(streams: axum::Router) -> Env {
     let tunnel = tokio::spawn(async move {
         let _ = session.run().await;
     });
-    // Reports count once A owns the cluster (a real manager's next heartbeat
-    // would repair an earlier one; this one sends a single report).
+    // Reports count once A owns the cluster and holds the tunnel.
     common::eventually("A claims the cluster", || {
         let kube = a.server.state.kube.clone();
-        async move { kube.owner_claim(cluster_id).is_some() }
+        async move { kube.owner_claim(cluster_id).is_some() && kube.is_tunnel_up(cluster_id) }
     })
     .await;
     let manager_api = a.cluster_client(&created.token_secret);
@@ -127,15 +130,21 @@ async fn env_with(streams: axum::Router) -> Env {
         .report_cluster_info(common::sample_info())
         .await
         .unwrap();
-    manager_api.heartbeat(ManagerHealth::Ok).await.unwrap();
+    // Heartbeats at a manager's pace until the cluster shows connected.
     let admin = a.admin();
-    common::eventually("the cluster is connected", || {
-        let admin = admin.clone();
-        async move {
-            admin.get_cluster("c1".into()).await.unwrap().status == ClusterStatus::Connected
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        manager_api.heartbeat(ManagerHealth::Ok).await.unwrap();
+        let status = admin.get_cluster("c1".into()).await.unwrap().status;
+        if status == ClusterStatus::Connected {
+            break;
         }
-    })
-    .await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cluster is {status:?}, not connected, after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let on_b = routing(&b);
     common::eventually("B knows A owns the cluster", || {
         let on_b = on_b.clone();
@@ -154,6 +163,36 @@ async fn env_with(streams: axum::Router) -> Env {
         token: created.token_secret,
         fake,
         tunnel,
+    }
+}
+
+/// Creates the workspace `box` through `t`'s public API. `t` learns the
+/// cluster's status (written by its owner on another replica) through
+/// `NOTIFY`, so its placement may briefly still see it pending: placement's
+/// "no cluster" refusal is retried for a bounded time.
+async fn create_on(t: &TestServer) -> lapdev_server::admin::workspaces::WorkspaceView {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let created = workspaces(t)
+            .create_workspace(NewWorkspaceRequest {
+                name: "box".into(),
+                image: "ubuntu".into(),
+                cpu_millis: 100,
+                memory_bytes: 128 << 20,
+                storage_bytes: 1 << 30,
+                cluster: None,
+                region: None,
+            })
+            .await;
+        match created {
+            Err(lapdev_hrpc::CallError::Service(e))
+                if e.code == lapdev_hrpc::Code::ResourceExhausted
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other.unwrap(),
+        }
     }
 }
 
@@ -176,18 +215,7 @@ async fn a_workspace_created_and_stopped_on_b_reaches_the_manager_whose_tunnel_i
         "B's placement sees the cluster as connected"
     );
     let served = routing(&e.a).served().calls();
-    let ws = workspaces(&e.b)
-        .create_workspace(NewWorkspaceRequest {
-            name: "box".into(),
-            image: "ubuntu".into(),
-            cpu_millis: 100,
-            memory_bytes: 128 << 20,
-            storage_bytes: 1 << 30,
-            cluster: None,
-            region: None,
-        })
-        .await
-        .unwrap();
+    let ws = create_on(&e.b).await;
     common::eventually("the manager got the create", || {
         let fake = e.fake.clone();
         async move { fake.has(ws.id) == Some(WorkspaceStatus::Creating) }
@@ -519,18 +547,7 @@ async fn the_cli_on_b_execs_and_proxies_into_a_workspace_whose_tunnel_is_on_a() 
         },
     ));
     let e = env_with(access).await;
-    let ws = workspaces(&e.b)
-        .create_workspace(NewWorkspaceRequest {
-            name: "box".into(),
-            image: "ubuntu".into(),
-            cpu_millis: 100,
-            memory_bytes: 128 << 20,
-            storage_bytes: 1 << 30,
-            cluster: None,
-            region: None,
-        })
-        .await
-        .unwrap();
+    let ws = create_on(&e.b).await;
     common::eventually("the manager got the create", || {
         let fake = e.fake.clone();
         async move { fake.has(ws.id).is_some() }

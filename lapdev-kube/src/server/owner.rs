@@ -41,6 +41,7 @@ use lapdev_db::{ClusterClaim, DbError, ReplicaLease, ReplicaSignal};
 use lapdev_kube_rpc::ManagerHealth;
 use uuid::Uuid;
 
+use super::turns::Turns;
 use super::{ClusterIdentity, KubeClusterServer, KubeClusterServerConfig, StatusChange, lock};
 
 /// This replica's lease now (`None` while it holds none).
@@ -48,6 +49,10 @@ pub type LeaseSource = Arc<dyn Fn() -> Option<ReplicaLease> + Send + Sync>;
 
 /// The close reason of a tunnel superseded by a newer one on another replica.
 pub const SUPERSEDED: &str = "a newer tunnel of this cluster opened on another replica";
+
+/// The close reason of a tunnel whose claim was made under a lease this
+/// replica lost (it was paused or cut off from the database past its lease).
+pub const LEASE_LOST: &str = "this server replica lost its lease; dial again";
 
 /// Which clusters this replica owns, and what it told owners elsewhere.
 #[derive(Default)]
@@ -58,7 +63,12 @@ pub(super) struct Ownership {
     /// One claim at a time per cluster on this replica, so claims are made in
     /// the order the tunnels registered: a replaced tunnel's claim can never
     /// land after (and outrank) its replacement's.
-    claiming: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    claiming: Turns<Uuid>,
+    /// One status write at a time per cluster, each writing the status as it
+    /// is when its turn comes: two writes racing to the database (a tunnel's
+    /// `pending` and the report's `connected` just after) could otherwise
+    /// commit in the wrong order and leave the older status stored.
+    writing: Turns<Uuid>,
 }
 
 #[derive(Debug, Default)]
@@ -83,7 +93,8 @@ impl Ownership {
         Self {
             lease: Some(lease),
             clusters: Mutex::default(),
-            claiming: Mutex::default(),
+            claiming: Turns::default(),
+            writing: Turns::default(),
         }
     }
 
@@ -180,27 +191,12 @@ impl KubeClusterServer {
         let Some(source) = &ownership.lease else {
             return Ok(());
         };
-        let turn = lock(&ownership.claiming)
-            .entry(identity.cluster_id)
-            .or_default()
-            .clone();
-        let result = {
-            let _turn = turn.lock().await;
-            if still_current() {
-                self.claim_in_turn(identity, source).await
-            } else {
-                Err(lapdev_hrpc::tunnel::REPLACED_REASON)
-            }
-        };
-        drop(turn);
-        let mut claiming = lock(&ownership.claiming);
-        if claiming
-            .get(&identity.cluster_id)
-            .is_some_and(|t| Arc::strong_count(t) == 1)
-        {
-            claiming.remove(&identity.cluster_id);
+        let _turn = ownership.claiming.take(identity.cluster_id).await;
+        if still_current() {
+            self.claim_in_turn(identity, source).await
+        } else {
+            Err(lapdev_hrpc::tunnel::REPLACED_REASON)
         }
-        result
     }
 
     async fn claim_in_turn(
@@ -219,9 +215,7 @@ impl KubeClusterServer {
             .await
         {
             Ok(claim) => claim,
-            Err(DbError::LeaseLost { .. }) => {
-                return Err("this server replica lost its lease; dial again");
-            }
+            Err(DbError::LeaseLost { .. }) => return Err(LEASE_LOST),
             Err(e) => {
                 tracing::warn!(cluster_id = %identity.cluster_id, error = %e, "could not claim the cluster");
                 return Err("this server replica could not record the tunnel; dial again");
@@ -288,18 +282,51 @@ impl KubeClusterServer {
             }
         };
         if superseded {
-            self.superseded(cluster_id);
+            self.superseded(cluster_id, SUPERSEDED);
         }
     }
 
+    /// This replica lost the lease of `generation` (the replica keeper found
+    /// it expired and registers again under a new one): every claim made
+    /// under it is void, since another replica may own those clusters now, so
+    /// this replica gives them all up and closes their tunnels at once; the
+    /// managers dial again through the load balancer and claim afresh.
+    /// Claims made under a newer generation stay. Returns how many tunnels
+    /// closed. Without this, a claim would be found void only at its next
+    /// status write, one cluster at a time.
+    pub fn lease_lost(&self, generation: i64) -> usize {
+        let void: Vec<Uuid> = lock(&self.inner.ownership.clusters)
+            .iter_mut()
+            .filter_map(|(id, l)| match l.mine {
+                Some(claim) if claim.generation == generation => {
+                    l.mine = None;
+                    Some(*id)
+                }
+                _ => None,
+            })
+            .collect();
+        if !void.is_empty() {
+            tracing::warn!(
+                clusters = void.len(),
+                generation,
+                "this replica lost its lease: closing the tunnels it claimed under it"
+            );
+        }
+        for cluster_id in &void {
+            self.superseded(*cluster_id, LEASE_LOST);
+        }
+        void.len()
+    }
+
     /// This replica no longer owns the cluster: it forgets the status it
-    /// derived (it writes none from now on) and closes its tunnel.
-    fn superseded(&self, cluster_id: Uuid) {
+    /// derived (it writes none from now on) and closes its tunnel with
+    /// `reason`.
+    fn superseded(&self, cluster_id: Uuid, reason: &str) {
         if let Some(p) = lock(&self.inner.presence).get_mut(&cluster_id) {
             p.status = None;
         }
-        tracing::info!(%cluster_id, "the cluster's newest tunnel is on another replica");
-        self.inner.tunnels.close(&cluster_id, SUPERSEDED);
+        tracing::info!(%cluster_id, reason, "this replica gives up the cluster");
+        self.inner.tunnels.close(&cluster_id, reason);
     }
 
     /// A non-owner heard the manager: the owner folds it in.
@@ -375,7 +402,20 @@ impl KubeClusterServer {
 
     /// Writes a status change: on a replicated server only as the cluster's
     /// owner, fenced by the claim.
-    pub(super) async fn write_status(&self, (cluster_id, org_id, status): StatusChange) {
+    ///
+    /// Writes of one cluster take turns, and each writes the status derived
+    /// now (`status` is what its caller derived, possibly overtaken since), so
+    /// the last write to commit is always the newest status.
+    pub(super) async fn write_status(&self, (cluster_id, org_id, _derived): StatusChange) {
+        let _turn = self.inner.ownership.writing.take(cluster_id).await;
+        // `None`: this replica gave the cluster up meanwhile (it writes no
+        // status now).
+        let Some(status) = lock(&self.inner.presence)
+            .get(&cluster_id)
+            .and_then(|p| p.status)
+        else {
+            return;
+        };
         let db = &self.inner.db;
         let written = if self.inner.ownership.is_replicated() {
             let Some(claim) = self.owner_claim(cluster_id) else {
@@ -401,9 +441,15 @@ impl KubeClusterServer {
                     // not recorded its claim yet: it writes the status next.
                     return;
                 }
-                Ok(false) | Err(DbError::LeaseLost { .. }) => {
+                Ok(false) => {
                     if self.inner.ownership.give_up(&claim) {
-                        self.superseded(cluster_id);
+                        self.superseded(cluster_id, SUPERSEDED);
+                    }
+                    return;
+                }
+                Err(DbError::LeaseLost { .. }) => {
+                    if self.inner.ownership.give_up(&claim) {
+                        self.superseded(cluster_id, LEASE_LOST);
                     }
                     return;
                 }

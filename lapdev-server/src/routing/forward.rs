@@ -19,10 +19,7 @@
 //! cannot be reached is `unavailable` and its route is read again; the
 //! conductor's reconciler retries such calls later.
 
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -46,6 +43,7 @@ use lapdev_kube_rpc::stream::STREAM_REQUEST_HEADER;
 use uuid::Uuid;
 
 use super::auth::{MAC_HEADER, ReplicaKey, SENDER_HEADER, Signed, TIME_HEADER, USER_HEADER};
+use super::body::{Payload, Reclaimable};
 use super::owners::{Owners, Route};
 use crate::access::{OpenFuture, StreamOpenError, StreamOpener};
 
@@ -325,77 +323,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-/// A forwarded request's body: bytes (sent again as they are) or a stream
-/// (sent again only when none of it was sent the first time).
-pub enum Payload {
-    /// A unary call's body.
-    Bytes(Bytes),
-    /// A stream's body.
-    Stream(Reclaimable),
-}
-
-impl Payload {
-    fn body(&self) -> Body {
-        match self {
-            Payload::Bytes(b) => Body::from(b.clone()),
-            Payload::Stream(r) => Body::new(r.clone()),
-        }
-    }
-
-    fn again(self) -> Option<Body> {
-        match self {
-            Payload::Bytes(b) => Some(Body::from(b)),
-            Payload::Stream(r) => r.reclaim().map(|inner| Body::new(Reclaimable::new(inner))),
-        }
-    }
-}
-
-/// A body that can be taken back if none of it was sent.
-#[derive(Clone)]
-pub struct Reclaimable {
-    slot: Arc<Mutex<Option<Body>>>,
-    sent: Arc<AtomicBool>,
-}
-
-impl Reclaimable {
-    /// Wraps `body`.
-    pub fn new(body: Body) -> Self {
-        Self {
-            slot: Arc::new(Mutex::new(Some(body))),
-            sent: Arc::default(),
-        }
-    }
-
-    /// The body, if none of it was sent; the copy handed out ends.
-    fn reclaim(&self) -> Option<Body> {
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        if self.sent.load(Ordering::Acquire) {
-            return None;
-        }
-        slot.take()
-    }
-}
-
-impl http_body::Body for Reclaimable {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(body) = slot.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let polled = Pin::new(body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(Some(_))) {
-            self.sent.store(true, Ordering::Release);
-        }
-        polled
-    }
 }
 
 /// A transport for a `KubeManagerRpcClient` whose calls go to the cluster's

@@ -8,7 +8,8 @@
 //!   conductor's synchronous questions.
 //! - [`forward`]: the caller's side ([`RoutedConnector`] for the conductor's
 //!   manager calls, [`RoutedStreams`] for exec and port-forward streams) over
-//!   HTTP/2 with prior knowledge, one pooled connection per peer.
+//!   HTTP/2 with prior knowledge, one pooled connection per peer; [`body`]
+//!   keeps a request's body for the one retry.
 //! - [`internal`]: the receiver's router, served on the internal listener
 //!   (`--internal-listen`) that the public Service and Ingress must not
 //!   route. It allows only a cluster's `KubeManagerRpc` calls and stream
@@ -17,6 +18,7 @@
 //! PostgreSQL only: SQLite serves one replica, which holds every tunnel.
 
 pub mod auth;
+pub mod body;
 pub mod forward;
 pub mod internal;
 pub mod owners;
