@@ -20,8 +20,13 @@ use serde_json::Value;
 pub const NAMESPACE: &str = "lapdev-workspaces";
 
 /// Builds (if needed, once per test process) and returns the path of a
-/// workspace binary.
+/// workspace binary. This package's server is the one cargo built for the
+/// test: building it again with the binary's own feature set would replace
+/// it, and the next `cargo test` would build it back (minutes each time).
 pub fn binary(package: &'static str, name: &'static str) -> PathBuf {
+    if (package, name) == ("lapdev-server", "lapdev-server") {
+        return PathBuf::from(env!("CARGO_BIN_EXE_lapdev-server"));
+    }
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     static BUILT: OnceLock<Mutex<HashMap<&'static str, PathBuf>>> = OnceLock::new();
