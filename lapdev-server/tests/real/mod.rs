@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -20,8 +20,13 @@ use serde_json::Value;
 pub const NAMESPACE: &str = "lapdev-workspaces";
 
 /// Builds (if needed, once per test process) and returns the path of a
-/// workspace binary.
+/// workspace binary. This package's server is the one cargo built for the
+/// test: building it again with the binary's own feature set would replace
+/// it, and the next `cargo test` would build it back (minutes each time).
 pub fn binary(package: &'static str, name: &'static str) -> PathBuf {
+    if (package, name) == ("lapdev-server", "lapdev-server") {
+        return PathBuf::from(env!("CARGO_BIN_EXE_lapdev-server"));
+    }
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     static BUILT: OnceLock<Mutex<HashMap<&'static str, PathBuf>>> = OnceLock::new();
@@ -100,33 +105,7 @@ impl Env {
         let manager_bin = binary("lapdev-kube-manager", "lapdev-kube-manager");
         let database = TestDatabase::postgres().await;
         let data_dir = tempfile::tempdir().unwrap();
-        let double = KubeDouble::start().await.unwrap();
-        let h = double.handle();
-        // The manager runs as the ServiceAccount of the manifest the server
-        // renders, with RBAC enforced from the Role and ClusterRole it applies
-        // and Pod Security from its namespace labels: a Kubernetes call the
-        // manifest does not allow fails this test.
-        let mut params = ManifestParams::new(
-            "http://127.0.0.1:1",
-            "lapdev_ct_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_abcde",
-            "e2e",
-        );
-        params.capacity_mode = capacity;
-        let manifest = manager_manifest(&params).unwrap();
-        h.create(&manifest.manager_namespace).unwrap();
-        h.create(&manifest.workspace_namespace).unwrap();
-        h.create(&manifest.service_account).unwrap();
-        h.create(&manifest.cluster_role).unwrap();
-        h.create(&manifest.cluster_role_binding).unwrap();
-        h.create(&manifest.role).unwrap();
-        h.create(&manifest.role_binding).unwrap();
-        h.enable_rbac();
-        for (name, spec) in nodes {
-            h.add_node(&name, spec).unwrap();
-        }
-        let kubeconfig = double
-            .service_account_kubeconfig("lapdev", "lapdev-kube-manager")
-            .unwrap();
+        let (double, kubeconfig) = cluster_double(capacity, nodes).await;
         Env {
             server_bin,
             manager_bin,
@@ -139,15 +118,22 @@ impl Env {
 
     /// Starts the server (on `port`, 0 for any) and returns it with its base URL.
     pub fn server(&self, port: u16) -> (Proc, String) {
+        self.server_in(port, &self.data_dir.path().join("data"), &[])
+    }
+
+    /// Starts a server on `port` with its own data directory and `extra`
+    /// flags (e.g. another replica of the same database).
+    pub fn server_in(&self, port: u16, data_dir: &Path, extra: &[&str]) -> (Proc, String) {
         let mut child = Command::new(&self.server_bin)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
-            .arg(self.data_dir.path().join("data"))
+            .arg(data_dir)
             .args(["--database-url", self.database.url()])
             // Short, so silence is noticed quickly, but not so short that a
             // scheduling stall of a loaded two-core machine (three missed
             // intervals) reads as a lost manager and flaps the status.
             .args(["--heartbeat-interval-secs", "2"])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -181,13 +167,25 @@ impl Env {
 
     /// The manager with extra environment (e.g. `LAPDEV_CAPACITY`).
     pub fn manager_with(&self, server: &str, token: &str, env: &[(&str, &str)]) -> Proc {
+        self.manager_of(&self.kubeconfig, server, token, env)
+    }
+
+    /// A manager of the cluster whose Kubernetes API `kubeconfig` reaches
+    /// (another [`cluster_double`]).
+    pub fn manager_of(
+        &self,
+        kubeconfig: &Path,
+        server: &str,
+        token: &str,
+        env: &[(&str, &str)],
+    ) -> Proc {
         let child = Command::new(&self.manager_bin)
             .envs(env.iter().copied())
             .args(["--listen", "127.0.0.1:0"])
             .env("LAPDEV_SERVER_URL", server)
             .env("LAPDEV_KUBE_CLUSTER_TOKEN", token)
             .env("LAPDEV_WORKSPACE_NAMESPACE", NAMESPACE)
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -207,10 +205,15 @@ impl Env {
     }
 
     pub fn lapdev(&self, server: &str, args: &[&str]) -> Output {
+        self.lapdev_as(server, &self.admin_token(), args)
+    }
+
+    /// The CLI with another token.
+    pub fn lapdev_as(&self, server: &str, token: &str, args: &[&str]) -> Output {
         Command::new(lapdev_bin())
             .args(args)
             .env("LAPDEV_SERVER", server)
-            .env("LAPDEV_TOKEN", self.admin_token())
+            .env("LAPDEV_TOKEN", token)
             .output()
             .unwrap()
     }
@@ -235,6 +238,44 @@ impl Env {
             .list::<PersistentVolumeClaim>()
             .unwrap()
     }
+}
+
+/// A Kubernetes API double with `nodes`, set up as the manifest rendered
+/// for `capacity` installs it (namespaces, ServiceAccount, RBAC enforced),
+/// and the kubeconfig of the manager's ServiceAccount. One per cluster: two
+/// managers must never share a workspace namespace.
+pub async fn cluster_double(
+    capacity: CapacityMode,
+    nodes: Vec<(String, NodeSpec)>,
+) -> (KubeDouble, PathBuf) {
+    let double = KubeDouble::start().await.unwrap();
+    let h = double.handle();
+    // The manager runs as the ServiceAccount of the manifest the server
+    // renders, with RBAC enforced from the Role and ClusterRole it applies
+    // and Pod Security from its namespace labels: a Kubernetes call the
+    // manifest does not allow fails the test.
+    let mut params = ManifestParams::new(
+        "http://127.0.0.1:1",
+        "lapdev_ct_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_abcde",
+        "e2e",
+    );
+    params.capacity_mode = capacity;
+    let manifest = manager_manifest(&params).unwrap();
+    h.create(&manifest.manager_namespace).unwrap();
+    h.create(&manifest.workspace_namespace).unwrap();
+    h.create(&manifest.service_account).unwrap();
+    h.create(&manifest.cluster_role).unwrap();
+    h.create(&manifest.cluster_role_binding).unwrap();
+    h.create(&manifest.role).unwrap();
+    h.create(&manifest.role_binding).unwrap();
+    h.enable_rbac();
+    for (name, spec) in nodes {
+        h.add_node(&name, spec).unwrap();
+    }
+    let kubeconfig = double
+        .service_account_kubeconfig("lapdev", "lapdev-kube-manager")
+        .unwrap();
+    (double, kubeconfig)
 }
 
 /// Polls `f` until it holds (bounded); the processes under test move on their own.
