@@ -703,7 +703,9 @@ impl Conductor {
     /// placed requests under the organisation's placement lock, which every
     /// replica's placements take, and refuses when another replica's
     /// placement took the room meanwhile. Then the snapshot is read afresh
-    /// and the decision made again.
+    /// and the decision made again. A write that finds the row changed by
+    /// another placer (without it being placed) reads it and decides again,
+    /// within the same bound.
     async fn place(&self, ws: &Workspace) -> Result<Workspace, ConductorError> {
         let mut attempt = 0;
         loop {
@@ -714,6 +716,13 @@ impl Conductor {
                     attempt += 1;
                     tracing::debug!(workspace_id = %ws.id, %cluster_id, "the chosen cluster filled up meanwhile; deciding again");
                     self.inner.placement.lock().await.remove(ws.organization_id);
+                }
+                Err(ConductorError::Db(DbError::Conflict { .. })) if attempt < MAX_REFITS => {
+                    // Another placer (another replica's reconciler, woken by
+                    // the new row) wrote the row first without placing it:
+                    // look again; one that placed it is returned as it is.
+                    attempt += 1;
+                    tracing::debug!(workspace_id = %ws.id, "the workspace changed while being placed; looking again");
                 }
                 Err(ConductorError::Db(DbError::NoLongerFits { .. })) => {
                     // Still racing after many fresh reads: let the caller

@@ -98,3 +98,32 @@ async fn a_replica_leaves_workspaces_on_a_cluster_another_replica_holds_to_that_
     assert_eq!(second.reconcile_once().await, 1);
     assert_eq!(manager_a.has(ws.id), Some(WorkspaceStatus::Stopped));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_row_another_replica_touched_mid_placement_is_still_placed() {
+    let e = env().await;
+    let (a, _manager) = e.cluster("a", 8000, 64, "r", Mode::Normal).await;
+    // Another replica writes the new row between this replica's decision and
+    // its write (as a reconciler woken by the row does), leaving it unplaced.
+    let db = e.db.clone();
+    let org = e.org;
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    e.conductor.set_placement_hook(Arc::new(move |id| {
+        let (db, first) = (db.clone(), first.clone());
+        Box::pin(async move {
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let ws = db.get_workspace(org, id).await.unwrap();
+                db.set_workspace_desired_state(org, id, ws.version, DesiredState::Running)
+                    .await
+                    .unwrap();
+            }
+        })
+    }));
+    let ws = e
+        .conductor
+        .create_workspace(e.org, e.owner, e.request("w1", 1000, 1))
+        .await
+        .expect("placed after looking again, not 'changed concurrently'");
+    assert_eq!(ws.cluster_id, Some(a));
+    assert_eq!(ws.status, WorkspaceStatus::Creating);
+}
