@@ -360,6 +360,25 @@ async fn two_replicas_and_a_cluster(
     (a, b, created.cluster.id, created.token_secret)
 }
 
+/// Waits until `t` claims the cluster whose tunnel it just got, then reports
+/// the cluster's info and waits until `connected` is stored.
+async fn claimed_then_connected(t: &common::TestServer, token: &str, cluster_id: uuid::Uuid) {
+    let kube = t.server.state.kube.clone();
+    common::eventually("the replica claims the cluster", || {
+        let kube = kube.clone();
+        async move { kube.owner_claim(cluster_id).is_some() }
+    })
+    .await;
+    t.cluster_client(token)
+        .report_cluster_info(common::sample_info())
+        .await
+        .unwrap();
+    common::eventually("the cluster is connected", || async move {
+        stored_status(t, cluster_id).await == ClusterStatus::Connected
+    })
+    .await;
+}
+
 async fn stored_status(t: &common::TestServer, cluster_id: uuid::Uuid) -> ClusterStatus {
     let db = &t.server.state.db;
     let org = db.list_organizations().await.unwrap()[0].id;
@@ -418,25 +437,12 @@ async fn the_newest_tunnel_wins_across_replicas_and_the_older_replica_closes_its
         .unwrap();
     let first_handle = first.handle();
     let first_run = tokio::spawn(first.run());
+    claimed_then_connected(&a, &token, cluster_id).await;
     let kube_a = a.server.state.kube.clone();
-    common::eventually("A claims the cluster", || {
-        let kube = kube_a.clone();
-        async move { kube.owner_claim(cluster_id).is_some() }
-    })
-    .await;
     let db = a.server.state.db.clone();
     let owner = db.cluster_owner(cluster_id).await.unwrap().unwrap();
     assert_eq!((owner.replica_id, owner.epoch), (replica_a, 1));
     assert!(b.server.state.kube.owner_claim(cluster_id).is_none());
-    a.cluster_client(&token)
-        .report_cluster_info(common::sample_info())
-        .await
-        .unwrap();
-    common::eventually("the cluster is connected", || {
-        let a = &a;
-        async move { stored_status(a, cluster_id).await == ClusterStatus::Connected }
-    })
-    .await;
 
     // A newer tunnel on B: B owns it, and A is told and closes the older one.
     let second = common::dial(&b, &token, std::sync::Arc::default())
@@ -535,21 +541,8 @@ async fn a_replica_that_lost_its_lease_closes_the_tunnels_it_claimed_under_it_at
         .unwrap();
     let handle = session.handle();
     let run = tokio::spawn(session.run());
+    claimed_then_connected(&a, &token, cluster_id).await;
     let kube_a = a.server.state.kube.clone();
-    common::eventually("A claims the cluster", || {
-        let kube = kube_a.clone();
-        async move { kube.owner_claim(cluster_id).is_some() }
-    })
-    .await;
-    a.cluster_client(&token)
-        .report_cluster_info(common::sample_info())
-        .await
-        .unwrap();
-    common::eventually("the cluster is connected", || {
-        let a = &a;
-        async move { stored_status(a, cluster_id).await == ClusterStatus::Connected }
-    })
-    .await;
     let status = &a.server.state.replica;
     let lease = status.lease().unwrap();
     let mut watch = status.watch();
