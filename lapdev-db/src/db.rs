@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 use uuid::Uuid;
 
@@ -105,7 +104,7 @@ impl Db {
         if config.run_migrations && sqlite_file {
             // One connection for the whole run (see the module docs).
             let conn = Self::migration_connection(config).await?;
-            let migrated = Migrator::up(&conn, None).await.map_err(DbError::Migrate);
+            let migrated = crate::schema::migrate(&conn).await;
             conn.close().await?;
             migrated?;
         }
@@ -116,7 +115,7 @@ impl Db {
         if config.run_migrations && !sqlite_file {
             // Replicas started together migrate one after the other.
             let lock = db.startup_lock().await?;
-            let migrated = Migrator::up(&db.conn, None).await.map_err(DbError::Migrate);
+            let migrated = crate::schema::migrate(&db.conn).await;
             lock.release().await?;
             migrated?;
         }

@@ -89,6 +89,22 @@ pub enum DbError {
     /// Applying pending migrations failed.
     #[error("could not apply database migrations")]
     Migrate(#[source] DbErr),
+    /// The database records migrations this build does not know, and they
+    /// are not simply newer than all of its own (a database of another
+    /// lineage). Nothing was changed.
+    #[error(
+        "the database's migrations do not match this build: applied but unknown here: {}; \
+         this build's not applied: {}. It was migrated by a build of another lineage; \
+         run the release that migrated it",
+        unknown.join(", "),
+        if pending.is_empty() { "none".to_owned() } else { pending.join(", ") }
+    )]
+    SchemaDiverged {
+        /// Applied migrations this build does not know.
+        unknown: Vec<String>,
+        /// This build's migrations not applied.
+        pending: Vec<String>,
+    },
     /// Taking or giving back the startup advisory lock (PostgreSQL) failed.
     #[error("could not take the database's startup lock")]
     StartupLock(#[source] sea_orm::sqlx::Error),

@@ -2,7 +2,8 @@
 //! code uses instead of raw SeaORM, and connect-and-migrate on start.
 //!
 //! Start with [`connect`] (PostgreSQL `postgres://…` or SQLite `sqlite://…?mode=rwc`);
-//! it applies pending migrations and returns a [`Db`]. Every repository function is a
+//! it applies pending migrations (or, on a database a newer release migrated, serves it
+//! unchanged: module [`schema`]) and returns a [`Db`]. Every repository function is a
 //! method on [`Db`], returns plain domain structs with the typed enums of
 //! `lapdev_common::status`, and fails with [`DbError`]. Functions about an
 //! organisation's rows take its id first and treat rows of other organisations as
@@ -47,6 +48,7 @@ pub mod replica;
 mod replica_owner;
 mod replica_route;
 mod retention;
+pub mod schema;
 mod session;
 #[cfg(feature = "test-support")]
 pub mod test_support;

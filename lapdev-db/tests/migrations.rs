@@ -251,3 +251,131 @@ async fn placed_rows_are_marked_as_having_a_volume(test: TestDatabase) {
         lapdev_common::status::SecurityProfile::Baseline
     );
 }
+
+/// What a newer release's expand-only migration might do: a table and a
+/// nullable column this build does not know, recorded as applied under a
+/// name that sorts after every migration of this build.
+const NEWER_MIGRATION: &str = "m20991231_000999_a_newer_release";
+
+async fn migrate_as_a_newer_release(test: &TestDatabase) {
+    let migrations = test.migration_connection().await;
+    Migrator::up(&migrations, None).await.unwrap();
+    migrations.close().await.unwrap();
+    for sql in [
+        "CREATE TABLE newer_release_thing (id INTEGER PRIMARY KEY)",
+        "ALTER TABLE kube_cluster ADD COLUMN newer_release_note TEXT",
+        &format!(
+            "INSERT INTO seaql_migrations (version, applied_at) VALUES ('{NEWER_MIGRATION}', 0)"
+        ),
+    ] {
+        lapdev_db::test_support::execute_sql(test.db(), sql)
+            .await
+            .unwrap();
+    }
+}
+
+async fn applied(test: &TestDatabase) -> Vec<String> {
+    let mut v: Vec<String> = Migrator::get_migration_models(test.db().connection())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.version)
+        .collect();
+    v.sort();
+    v
+}
+
+async fn connect_again(test: &TestDatabase) -> lapdev_db::DbResult<lapdev_db::Db> {
+    lapdev_db::Db::connect_with(&lapdev_db::ConnectConfig::new(test.url().to_owned())).await
+}
+
+/// A rolling upgrade's previous release (or a rollback) starting on a
+/// database the newer release migrated: it serves it, unchanged, and its
+/// writes and reads work around the newer schema's additions.
+async fn a_database_migrated_by_a_newer_release_is_served(test: TestDatabase) {
+    migrate_as_a_newer_release(&test).await;
+    let before = applied(&test).await;
+    assert_eq!(before.len(), migration_count() + 1);
+    // sea-orm's own migrator refuses it: what the server used to do.
+    let refused = Migrator::up(test.db().connection(), None)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("is missing"), "{refused}");
+
+    let db = connect_again(&test).await.expect("served");
+    assert_eq!(applied(&test).await, before, "nothing migrated or undone");
+    let org = db.create_organization("acme").await.unwrap().id;
+    let cluster = db
+        .create_cluster(org, lapdev_db::NewCluster::named("c1"))
+        .await
+        .unwrap();
+    assert_eq!(db.get_cluster(org, cluster.id).await.unwrap().name, "c1");
+}
+
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_release_is_served_postgres() {
+    a_database_migrated_by_a_newer_release_is_served(TestDatabase::empty_postgres().await).await;
+}
+
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_release_is_served_sqlite() {
+    a_database_migrated_by_a_newer_release_is_served(TestDatabase::empty_sqlite().await).await;
+}
+
+/// Migrations this build does not know that are not simply newer: one that
+/// sorts among this build's, or one applied while this build's newest is
+/// not. Refused with both lists named, and nothing changed.
+async fn a_database_of_another_lineage_is_refused(test: TestDatabase) {
+    let migrations = test.migration_connection().await;
+    Migrator::up(&migrations, None).await.unwrap();
+    migrations.close().await.unwrap();
+    let stray = "m20251126_000099_from_a_branch";
+    lapdev_db::test_support::execute_sql(
+        test.db(),
+        &format!("INSERT INTO seaql_migrations (version, applied_at) VALUES ('{stray}', 0)"),
+    )
+    .await
+    .unwrap();
+    let before = applied(&test).await;
+    let err = connect_again(&test).await.err().expect("refused");
+    assert!(
+        matches!(&err, lapdev_db::DbError::SchemaDiverged { unknown, pending }
+            if unknown == &[stray.to_owned()] && pending.is_empty()),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains(stray), "{message}");
+    assert_eq!(applied(&test).await, before);
+
+    // This build's newest not applied, a newer one applied: refused too,
+    // and the pending migration is not applied.
+    let newest = Migrator::migrations().last().unwrap().name().to_owned();
+    for sql in [
+        format!("DELETE FROM seaql_migrations WHERE version IN ('{stray}', '{newest}')"),
+        format!(
+            "INSERT INTO seaql_migrations (version, applied_at) VALUES ('{NEWER_MIGRATION}', 0)"
+        ),
+    ] {
+        lapdev_db::test_support::execute_sql(test.db(), &sql)
+            .await
+            .unwrap();
+    }
+    let before = applied(&test).await;
+    let err = connect_again(&test).await.err().expect("refused");
+    assert!(
+        matches!(&err, lapdev_db::DbError::SchemaDiverged { unknown, pending }
+            if unknown == &[NEWER_MIGRATION.to_owned()] && pending == &[newest.clone()]),
+        "{err:?}"
+    );
+    assert_eq!(applied(&test).await, before);
+}
+
+#[tokio::test]
+async fn a_database_of_another_lineage_is_refused_postgres() {
+    a_database_of_another_lineage_is_refused(TestDatabase::empty_postgres().await).await;
+}
+
+#[tokio::test]
+async fn a_database_of_another_lineage_is_refused_sqlite() {
+    a_database_of_another_lineage_is_refused(TestDatabase::empty_sqlite().await).await;
+}

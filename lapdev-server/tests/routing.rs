@@ -543,6 +543,83 @@ async fn a_caller_with_a_stale_owner_reads_it_again_and_retries_once_at_the_new_
     e.tunnel.abort();
 }
 
+/// A call made while the cluster's tunnel moves to the calling replica: the
+/// client was made when A held the tunnel, A refuses it once the tunnel is
+/// on B, the caller (B) reads the owner again and finds itself, and calls
+/// through its own tunnel instead of failing `unavailable`.
+#[tokio::test]
+async fn a_call_whose_owner_turns_out_to_be_the_caller_goes_through_its_own_tunnel() {
+    let e = env().await;
+    // B, with an owners cache filled once: it keeps believing A owns the
+    // cluster until the call reads it again.
+    let owners = lapdev_server::routing::owners::Owners::new(e.b.server.state.db.clone());
+    owners.refresh_all().await.unwrap();
+    let caller = Routing::new(
+        e.b.server.state.kube.clone(),
+        owners,
+        routing(&e.b).key().clone(),
+        routing(&e.b).replica_id(),
+    );
+    let client = RoutedConnector(caller.clone())
+        .manager(e.cluster_id)
+        .expect("a route to A");
+    // The manager's newer tunnel opens on B; A closes its own.
+    let token =
+        e.a.admin()
+            .create_cluster_token("c1".into(), "second".into(), None)
+            .await
+            .unwrap();
+    let fake_b = Arc::new(FakeManager::default());
+    let session = dial(
+        &e.b,
+        &token.token_secret,
+        manager_router(fake_b.clone(), echo_router()),
+    )
+    .await;
+    let on_b = tokio::spawn(async move {
+        let _ = session.run().await;
+    });
+    common::eventually("B owns the cluster and A let go", || {
+        let (a, b) = (e.a.server.state.kube.clone(), e.b.server.state.kube.clone());
+        let cluster_id = e.cluster_id;
+        async move {
+            b.owner_claim(cluster_id).is_some()
+                && b.is_tunnel_up(cluster_id)
+                && !a.is_tunnel_up(cluster_id)
+        }
+    })
+    .await;
+    assert_eq!(
+        caller.remote(e.cluster_id).unwrap().replica_id,
+        routing(&e.a).replica_id(),
+        "still stale"
+    );
+    let (served_a, served_b) = (
+        routing(&e.a).served().calls(),
+        routing(&e.b).served().calls(),
+    );
+    let workspace = Uuid::new_v4();
+    let seen = client
+        .stop_workspace(workspace)
+        .await
+        .expect("served through B's own tunnel");
+    assert_eq!(seen.workspace_id, workspace);
+    assert_eq!(routing(&e.a).served().calls(), served_a, "A refused it");
+    assert_eq!(
+        routing(&e.b).served().calls(),
+        served_b,
+        "not through B's internal endpoint"
+    );
+    assert_eq!(
+        fake_b.has(workspace),
+        Some(WorkspaceStatus::Stopped),
+        "B's manager got it"
+    );
+    assert!(e.fake.has(workspace).is_none(), "A's manager did not");
+    on_b.abort();
+    e.tunnel.abort();
+}
+
 /// A loopback server that echoes every connection.
 async fn echo_server() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -12,6 +12,14 @@
 //!
 //! `down` drops what `up` created (indexes go with their table), so `up`, `down`, `up`
 //! round-trips on both databases.
+//!
+//! Expand, then contract: during a rolling upgrade the previous release keeps serving
+//! the database the new release migrated, and a rollback starts it there again
+//! (`lapdev-db`'s `schema` module serves a database whose extra migrations all sort
+//! after the build's newest). So a migration only adds what the previous release can
+//! ignore: new tables, nullable columns or columns with a default, indexes that its
+//! writes satisfy. Renaming or dropping a column, or tightening a constraint, takes
+//! two releases: the first stops using it, the next removes it.
 
 pub use sea_orm_migration::prelude::*;
 

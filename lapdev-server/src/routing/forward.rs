@@ -370,10 +370,24 @@ impl Transport for RemoteCalls {
                     Kind::Call,
                     &path,
                     &parts.headers,
-                    Payload::Bytes(body),
+                    Payload::Bytes(body.clone()),
                 )
                 .await
                 .map_err(|e| TransportError::Unavailable(e.to_string()))?;
+            if response.headers().contains_key(NOT_OWNER_HEADER)
+                && let Some(local) = routing.kube().tunnel(cluster_id)
+            {
+                // The cluster's tunnel came to this replica meanwhile (the
+                // owner read again was this replica): call through it.
+                count(Kind::Call, "now_local");
+                let mut request = Request::new(body);
+                *request.method_mut() = parts.method;
+                *request.uri_mut() = format!("http://manager.tunnel{path}")
+                    .parse()
+                    .map_err(|e| TransportError::Unavailable(format!("bad path: {e}")))?;
+                *request.headers_mut() = parts.headers;
+                return local.send(request).await;
+            }
             let (parts, body) = response.into_parts();
             let body = http_body_util::Limited::new(body, DEFAULT_MAX_RESPONSE_BYTES)
                 .collect()

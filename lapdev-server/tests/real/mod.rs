@@ -14,8 +14,9 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use lapdev_common::status::CapacityMode;
 use lapdev_db::test_support::TestDatabase;
 use lapdev_kube::manifest::{ManifestParams, manager_manifest};
-use lapdev_kube_double::{KubeDouble, NodeSpec};
+use lapdev_kube_double::{KubeDouble, KubeletConfig, NodeSpec};
 use serde_json::Value;
+use uuid::Uuid;
 
 pub const NAMESPACE: &str = "lapdev-workspaces";
 
@@ -40,8 +41,7 @@ pub fn binary(package: &'static str, name: &'static str) -> PathBuf {
 fn build(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_owned();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = cargo();
     cmd.args(["build", "-q", "-p", package, "--bin", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     if dir.ends_with("release") {
@@ -54,6 +54,23 @@ fn build(package: &str, name: &str) -> PathBuf {
     path
 }
 
+/// A `cargo` command without the environment cargo set for this test
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, `OUT_DIR`, …): cargo would see
+/// those as changed inputs of crates that read them at build time (ring)
+/// and rebuild them, with everything above them, on every run.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if (key.starts_with("CARGO_") && !matches!(key, "CARGO_HOME" | "CARGO_TARGET_DIR"))
+            || key == "OUT_DIR"
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 /// A child process killed on drop.
 pub struct Proc {
     child: Child,
@@ -64,6 +81,28 @@ impl Proc {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM (what Kubernetes sends a pod it stops) and waits, at
+    /// most a minute, for the process to exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {}", self.name);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} still running a minute after SIGTERM",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -124,7 +163,19 @@ impl Env {
     /// Starts a server on `port` with its own data directory and `extra`
     /// flags (e.g. another replica of the same database).
     pub fn server_in(&self, port: u16, data_dir: &Path, extra: &[&str]) -> (Proc, String) {
-        let mut child = Command::new(&self.server_bin)
+        self.server_of(&self.server_bin, port, data_dir, extra)
+    }
+
+    /// [`Env::server_in`] with another `lapdev-server` binary (e.g. the
+    /// previous release's).
+    pub fn server_of(
+        &self,
+        bin: &Path,
+        port: u16,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> (Proc, String) {
+        let mut child = Command::new(bin)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data_dir)
@@ -276,6 +327,110 @@ pub async fn cluster_double(
         .service_account_kubeconfig("lapdev", "lapdev-kube-manager")
         .unwrap();
     (double, kubeconfig)
+}
+
+/// A cluster of its own: a Kubernetes API double with a kubelet, registered
+/// with a server (`lapdev cluster create`), its manager not started yet.
+pub struct Cluster {
+    pub name: String,
+    pub id: Uuid,
+    pub token: String,
+    pub double: KubeDouble,
+    pub kubeconfig: PathBuf,
+    pub manager: Option<Proc>,
+    _kubelet: tokio::task::JoinHandle<()>,
+}
+
+impl Cluster {
+    /// Registers cluster `name` through the server at `url`; its double has
+    /// `nodes` and a kubelet that starts pods after 10 ms.
+    pub async fn register(
+        env: &Env,
+        url: &str,
+        name: &str,
+        nodes: Vec<(String, NodeSpec)>,
+    ) -> Cluster {
+        let created = env.json(url, &["cluster", "create", name, "-o", "json"]);
+        let (double, kubeconfig) = cluster_double(CapacityMode::Nodes, nodes).await;
+        let kubelet = double.handle().run_kubelet(KubeletConfig {
+            delay: Duration::from_millis(10),
+            ..KubeletConfig::default()
+        });
+        Cluster {
+            name: name.to_owned(),
+            id: created["id"].as_str().unwrap().parse().unwrap(),
+            token: created["token"].as_str().unwrap().to_owned(),
+            double,
+            kubeconfig,
+            manager: None,
+            _kubelet: kubelet,
+        }
+    }
+
+    pub fn pods(&self) -> Vec<Pod> {
+        self.double.handle().list::<Pod>().unwrap()
+    }
+
+    pub fn pvcs(&self) -> Vec<PersistentVolumeClaim> {
+        self.double
+            .handle()
+            .list::<PersistentVolumeClaim>()
+            .unwrap()
+    }
+
+    /// The pods and the PVCs of workspace `id`.
+    pub fn objects_of(&self, id: &str) -> (Vec<Pod>, Vec<PersistentVolumeClaim>) {
+        let of = |labels: &Option<std::collections::BTreeMap<String, String>>| {
+            labels
+                .as_ref()
+                .is_some_and(|l| l.get("lapdev.dev/workspace-id").is_some_and(|v| v == id))
+        };
+        let pods = self
+            .pods()
+            .into_iter()
+            .filter(|p| of(&p.metadata.labels))
+            .collect();
+        let pvcs = self
+            .pvcs()
+            .into_iter()
+            .filter(|p| of(&p.metadata.labels))
+            .collect();
+        (pods, pvcs)
+    }
+}
+
+/// One node with `cpu` and 16 GiB.
+pub fn one_node(cpu: &str) -> Vec<(String, NodeSpec)> {
+    vec![(
+        "node-0".to_owned(),
+        NodeSpec {
+            cpu: cpu.into(),
+            memory: "16Gi".into(),
+            ..NodeSpec::default()
+        },
+    )]
+}
+
+/// `lapdev workspace create NAME` on `cluster` with `cpu`, 1 GiB of memory
+/// and of storage, answering JSON.
+pub fn create_args<'a>(name: &'a str, cluster: &'a str, cpu: &'a str) -> Vec<&'a str> {
+    vec![
+        "workspace",
+        "create",
+        name,
+        "--image",
+        "ghcr.io/lapdev/ws:1",
+        "--cpu",
+        cpu,
+        "--memory",
+        "1Gi",
+        "--storage",
+        "1Gi",
+        "--cluster",
+        cluster,
+        "-o",
+        "json",
+    ]
 }
 
 /// Polls `f` until it holds (bounded); the processes under test move on their own.
