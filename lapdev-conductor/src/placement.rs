@@ -180,16 +180,20 @@ impl Candidate {
         self.tunnel_up && !self.cordoned && self.status == ClusterStatus::Connected
     }
 
-    /// Whether `req` fits now: in one node's room, or in the free totals for a
-    /// cluster without a per-node report.
+    /// Whether `req` fits now: in the cluster's free totals (what the
+    /// placement write checks again under the lock) and, for a cluster that
+    /// reports its nodes, in one node's room. Both, because each can lag the
+    /// other: a node's room comes from the manager's last report, so a
+    /// workspace whose pod was bound since that report is in neither the
+    /// report nor the unbound requests, while the totals count it at once.
     fn fits_now(&self, req: &PlacementRequest) -> bool {
-        match &self.nodes {
-            Some(nodes) => nodes.iter().any(|n| n.holds(req)),
-            None => {
-                self.free_cpu_millis() >= req.cpu_millis
-                    && self.free_memory_bytes() >= req.memory_bytes
+        let totals = self.free_cpu_millis() >= req.cpu_millis
+            && self.free_memory_bytes() >= req.memory_bytes;
+        totals
+            && match &self.nodes {
+                Some(nodes) => nodes.iter().any(|n| n.holds(req)),
+                None => true,
             }
-        }
     }
 
     /// Whether the autoscaler could add a node for `req`.
@@ -432,7 +436,7 @@ pub fn rank<'a>(
                 c.nodes
                     .iter()
                     .flatten()
-                    .map(move |n| (n.closeness(req), &c.name, n))
+                    .map(move |n| (n.closeness(req), &c.name, n, *c))
             })
             .max_by(|a, b| {
                 a.0.partial_cmp(&b.0)
@@ -441,13 +445,14 @@ pub fn rank<'a>(
                     .then_with(|| b.2.name.cmp(&a.2.name))
             });
         return Err(match largest {
-            Some((_, cluster, node)) => PlacementError::NoRoom {
+            // A node never has more room than its cluster's free totals.
+            Some((_, cluster, node, c)) => PlacementError::NoRoom {
                 largest_node: Some(node.name.clone()),
                 cpu_millis: req.cpu_millis,
                 memory_bytes: req.memory_bytes,
                 largest_cluster: cluster.clone(),
-                largest_cpu_millis: node.free_cpu_millis,
-                largest_memory_bytes: node.free_memory_bytes,
+                largest_cpu_millis: node.free_cpu_millis.min(c.free_cpu_millis()),
+                largest_memory_bytes: node.free_memory_bytes.min(c.free_memory_bytes()),
             },
             None => PlacementError::NoRoom {
                 largest_node: None,

@@ -80,6 +80,26 @@ fn larger_than_any_node_is_refused_and_a_fitting_one_is_placed() {
     assert_eq!(rank(&req(8000, 32), &[c]).unwrap().len(), 1);
 }
 
+/// The manager's node report lags: a workspace bound since the last report
+/// is in neither that report nor the unbound requests, so the node still
+/// shows its room. The cluster's totals (which the placement write checks
+/// under the lock) count it: placement refuses rather than choosing a
+/// cluster the write would refuse, and names no more room than the totals.
+#[test]
+fn a_node_report_that_lags_the_placed_requests_does_not_make_room() {
+    let nodes = [node("n1", 4000, 16)];
+    let mut c = cluster("prod", &nodes, &SchedulingSettings::default());
+    c.cpu_requested_millis = 3500; // placed and bound, not reported yet
+    c.memory_requested_bytes = 4 * GIB;
+    assert_eq!(c.nodes.as_ref().unwrap()[0].free_cpu_millis, 4000);
+    let err = rank(&req(1000, 1), std::slice::from_ref(&c)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no connected cluster can fit 1 CPU / 1 GiB; largest free node: 0.5 CPU / 12 GiB on n1 of prod"
+    );
+    assert_eq!(rank(&req(500, 1), &[c]).unwrap().len(), 1);
+}
+
 #[test]
 fn unbound_workspaces_are_charged_to_the_roomiest_node() {
     let nodes = [node("n1", 8000, 32), node("n2", 4000, 16)];
