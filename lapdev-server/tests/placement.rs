@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use lapdev_common::status::CapacityMode;
 use lapdev_kube_double::{KubeletConfig, NodeGroup, NodeSpec};
-use real::{Env, NAMESPACE, eventually};
+use real::{Env, NAMESPACE, eventually, workspace_args};
 use serde_json::{Value, json};
 
 fn node(cpu: &str, memory: &str) -> NodeSpec {
@@ -33,24 +33,6 @@ fn labelled(cpu: &str, labels: &[(&str, &str)]) -> NodeSpec {
             .collect::<BTreeMap<_, _>>(),
         ..node(cpu, "64Gi")
     }
-}
-
-fn workspace_args<'a>(name: &'a str, cpu: &'a str, memory: &'a str) -> Vec<&'a str> {
-    vec![
-        "workspace",
-        "create",
-        name,
-        "--image",
-        "ghcr.io/lapdev/ws:1",
-        "--cpu",
-        cpu,
-        "--memory",
-        memory,
-        "--storage",
-        "1Gi",
-        "-o",
-        "json",
-    ]
 }
 
 /// `workspace create` that must be refused: its error text.

@@ -26,9 +26,7 @@ use real::{Cluster, Env, Proc, create_args, eventually, one_node};
 use serde_json::Value;
 use uuid::Uuid;
 
-/// What every replica of the deployment is given alike.
-const ENCRYPTION_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-const JWT_SECRET: &str = "a shared jwt secret of enough length!";
+/// The replicas' public URL (in [`real::REPLICA_ARGS`]).
 const PUBLIC_URL: &str = "https://lapdev.example.com";
 /// Longer than every bounded wait below: a revoked cluster token is
 /// noticed within them only through the change feed, never because a
@@ -117,16 +115,9 @@ impl Deployment {
 }
 
 fn replica_args() -> Vec<&'static str> {
-    vec![
-        "--encryption-key",
-        ENCRYPTION_KEY,
-        "--jwt-secret",
-        JWT_SECRET,
-        "--public-url",
-        PUBLIC_URL,
-        "--token-cache-ttl-secs",
-        TOKEN_CACHE_TTL_SECS,
-    ]
+    let mut args = real::REPLICA_ARGS.to_vec();
+    args.extend(["--token-cache-ttl-secs", TOKEN_CACHE_TTL_SECS]);
+    args
 }
 
 fn addr_of(url: &str) -> SocketAddr {

@@ -28,20 +28,10 @@ use proxy::{Policy, Proxy};
 use real::{Cluster, Env, Proc, create_args, eventually, one_node};
 use uuid::Uuid;
 
-const ENCRYPTION_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-const JWT_SECRET: &str = "a shared jwt secret of enough length!";
-
 fn replica_args() -> Vec<&'static str> {
-    vec![
-        "--encryption-key",
-        ENCRYPTION_KEY,
-        "--jwt-secret",
-        JWT_SECRET,
-        "--public-url",
-        "https://lapdev.example.com",
-        "--shutdown-drain-secs",
-        "1",
-    ]
+    let mut args = real::REPLICA_ARGS.to_vec();
+    args.extend(["--shutdown-drain-secs", "1"]);
+    args
 }
 
 /// A port free now, for a replica slot the proxy keeps addressing across

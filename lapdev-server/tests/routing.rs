@@ -166,6 +166,37 @@ async fn env_with(streams: axum::Router) -> Env {
     }
 }
 
+/// The manager's newer tunnel (a second token) opens on B, and A closes its
+/// own: returns B's manager stand-in and its session.
+async fn tunnel_moves_to_b(e: &Env) -> (Arc<FakeManager>, tokio::task::JoinHandle<()>) {
+    let token =
+        e.a.admin()
+            .create_cluster_token("c1".into(), "second".into(), None)
+            .await
+            .unwrap();
+    let fake_b = Arc::new(FakeManager::default());
+    let session = dial(
+        &e.b,
+        &token.token_secret,
+        manager_router(fake_b.clone(), echo_router()),
+    )
+    .await;
+    let on_b = tokio::spawn(async move {
+        let _ = session.run().await;
+    });
+    common::eventually("B owns the cluster and A let go", || {
+        let (a, b) = (e.a.server.state.kube.clone(), e.b.server.state.kube.clone());
+        let cluster_id = e.cluster_id;
+        async move {
+            b.owner_claim(cluster_id).is_some()
+                && b.is_tunnel_up(cluster_id)
+                && !a.is_tunnel_up(cluster_id)
+        }
+    })
+    .await;
+    (fake_b, on_b)
+}
+
 /// Creates the workspace `box` through `t`'s public API. `t` learns the
 /// cluster's status (written by its owner on another replica) through
 /// `NOTIFY`, so its placement may briefly still see it pending: placement's
@@ -494,28 +525,7 @@ async fn a_caller_with_a_stale_owner_reads_it_again_and_retries_once_at_the_new_
         caller.remote(e.cluster_id).unwrap().replica_id,
         routing(&e.a).replica_id()
     );
-    // The manager's newer tunnel opens on B; A closes its own.
-    let token =
-        e.a.admin()
-            .create_cluster_token("c1".into(), "second".into(), None)
-            .await
-            .unwrap();
-    let fake_b = Arc::new(FakeManager::default());
-    let session = dial(
-        &e.b,
-        &token.token_secret,
-        manager_router(fake_b, echo_router()),
-    )
-    .await;
-    let on_b = tokio::spawn(async move {
-        let _ = session.run().await;
-    });
-    common::eventually("B owns the cluster and A let go", || {
-        let (a, b) = (e.a.server.state.kube.clone(), e.b.server.state.kube.clone());
-        let cluster_id = e.cluster_id;
-        async move { b.owner_claim(cluster_id).is_some() && !a.is_tunnel_up(cluster_id) }
-    })
-    .await;
+    let (_, on_b) = tunnel_moves_to_b(&e).await;
     assert_eq!(
         caller.remote(e.cluster_id).unwrap().replica_id,
         routing(&e.a).replica_id(),
@@ -563,32 +573,7 @@ async fn a_call_whose_owner_turns_out_to_be_the_caller_goes_through_its_own_tunn
     let client = RoutedConnector(caller.clone())
         .manager(e.cluster_id)
         .expect("a route to A");
-    // The manager's newer tunnel opens on B; A closes its own.
-    let token =
-        e.a.admin()
-            .create_cluster_token("c1".into(), "second".into(), None)
-            .await
-            .unwrap();
-    let fake_b = Arc::new(FakeManager::default());
-    let session = dial(
-        &e.b,
-        &token.token_secret,
-        manager_router(fake_b.clone(), echo_router()),
-    )
-    .await;
-    let on_b = tokio::spawn(async move {
-        let _ = session.run().await;
-    });
-    common::eventually("B owns the cluster and A let go", || {
-        let (a, b) = (e.a.server.state.kube.clone(), e.b.server.state.kube.clone());
-        let cluster_id = e.cluster_id;
-        async move {
-            b.owner_claim(cluster_id).is_some()
-                && b.is_tunnel_up(cluster_id)
-                && !a.is_tunnel_up(cluster_id)
-        }
-    })
-    .await;
+    let (fake_b, on_b) = tunnel_moves_to_b(&e).await;
     assert_eq!(
         caller.remote(e.cluster_id).unwrap().replica_id,
         routing(&e.a).replica_id(),

@@ -411,9 +411,9 @@ pub fn one_node(cpu: &str) -> Vec<(String, NodeSpec)> {
     )]
 }
 
-/// `lapdev workspace create NAME` on `cluster` with `cpu`, 1 GiB of memory
-/// and of storage, answering JSON.
-pub fn create_args<'a>(name: &'a str, cluster: &'a str, cpu: &'a str) -> Vec<&'a str> {
+/// `lapdev workspace create NAME` with `cpu`, `memory` and 1 GiB of
+/// storage, answering JSON.
+pub fn workspace_args<'a>(name: &'a str, cpu: &'a str, memory: &'a str) -> Vec<&'a str> {
     vec![
         "workspace",
         "create",
@@ -423,15 +423,31 @@ pub fn create_args<'a>(name: &'a str, cluster: &'a str, cpu: &'a str) -> Vec<&'a
         "--cpu",
         cpu,
         "--memory",
-        "1Gi",
+        memory,
         "--storage",
         "1Gi",
-        "--cluster",
-        cluster,
         "-o",
         "json",
     ]
 }
+
+/// [`workspace_args`] with 1 GiB of memory, on `cluster`.
+pub fn create_args<'a>(name: &'a str, cluster: &'a str, cpu: &'a str) -> Vec<&'a str> {
+    let mut args = workspace_args(name, cpu, "1Gi");
+    args.extend(["--cluster", cluster]);
+    args
+}
+
+/// What every replica of one deployment is given alike (the same
+/// encryption key and JWT secret, one public URL), before its own flags.
+pub const REPLICA_ARGS: [&str; 6] = [
+    "--encryption-key",
+    "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    "--jwt-secret",
+    "a shared jwt secret of enough length!",
+    "--public-url",
+    "https://lapdev.example.com",
+];
 
 /// Polls `f` until it holds (bounded); the processes under test move on their own.
 /// The bound is generous: on a loaded 2-core CI machine three of these tests run
