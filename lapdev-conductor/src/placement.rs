@@ -181,7 +181,9 @@ impl Candidate {
     }
 
     /// Whether `req` fits now: in the cluster's free totals (what the
-    /// placement write checks again under the lock) and, for a cluster that
+    /// placement write checks again under the lock, for a cluster without
+    /// autoscaling; one with it that is full goes to the scale-up tier) and,
+    /// for a cluster that
     /// reports its nodes, in one node's room. Both, because each can lag the
     /// other: a node's room comes from the manager's last report, so a
     /// workspace whose pod was bound since that report is in neither the
@@ -429,14 +431,19 @@ pub fn rank<'a>(
     }
     if fitting.is_empty() && matching.iter().any(|c| c.nodes.is_some()) {
         // The node that comes closest to holding the request, over every
-        // cluster that reports nodes.
+        // cluster that reports nodes; a node never has more room than its
+        // cluster's free totals.
         let largest = matching
             .iter()
             .flat_map(|c| {
-                c.nodes
-                    .iter()
-                    .flatten()
-                    .map(move |n| (n.closeness(req), &c.name, n, *c))
+                c.nodes.iter().flatten().map(move |n| {
+                    let room = NodeRoom {
+                        free_cpu_millis: n.free_cpu_millis.min(c.free_cpu_millis()),
+                        free_memory_bytes: n.free_memory_bytes.min(c.free_memory_bytes()),
+                        ..n.clone()
+                    };
+                    (room.closeness(req), &c.name, room)
+                })
             })
             .max_by(|a, b| {
                 a.0.partial_cmp(&b.0)
@@ -445,14 +452,13 @@ pub fn rank<'a>(
                     .then_with(|| b.2.name.cmp(&a.2.name))
             });
         return Err(match largest {
-            // A node never has more room than its cluster's free totals.
-            Some((_, cluster, node, c)) => PlacementError::NoRoom {
-                largest_node: Some(node.name.clone()),
+            Some((_, cluster, node)) => PlacementError::NoRoom {
+                largest_node: Some(node.name),
                 cpu_millis: req.cpu_millis,
                 memory_bytes: req.memory_bytes,
                 largest_cluster: cluster.clone(),
-                largest_cpu_millis: node.free_cpu_millis.min(c.free_cpu_millis()),
-                largest_memory_bytes: node.free_memory_bytes.min(c.free_memory_bytes()),
+                largest_cpu_millis: node.free_cpu_millis,
+                largest_memory_bytes: node.free_memory_bytes,
             },
             None => PlacementError::NoRoom {
                 largest_node: None,

@@ -86,16 +86,18 @@ pub enum DbError {
         #[source]
         source: std::io::Error,
     },
-    /// Applying pending migrations failed.
-    #[error("could not apply database migrations")]
+    /// Reading which migrations are applied, or applying the pending ones,
+    /// failed.
+    #[error("could not migrate the database")]
     Migrate(#[source] DbErr),
     /// The database records migrations this build does not know, and they
-    /// are not simply newer than all of its own (a database of another
-    /// lineage). Nothing was changed.
+    /// are not simply newer than all of its own (another branch's, or some of
+    /// this build's are missing under them). Nothing was changed.
     #[error(
-        "the database's migrations do not match this build: applied but unknown here: {}; \
-         this build's not applied: {}. It was migrated by a build of another lineage; \
-         run the release that migrated it",
+        "the database's migrations do not match this build: applied but unknown here, \
+         and not all newer than this build's: {}; this build's not applied: {}. \
+         Run the release that migrated it, or undo its migrations with that release's \
+         `migrations down` first",
         unknown.join(", "),
         if pending.is_empty() { "none".to_owned() } else { pending.join(", ") }
     )]

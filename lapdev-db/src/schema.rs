@@ -8,8 +8,13 @@
 //! and a rollback can start the previous release on it again. sea-orm's
 //! migrator refuses that ("Migration file of version … is missing"), which
 //! would crash-loop every previous-release replica that restarts during the
-//! rollout. [`compare`] tells that case apart from a database of another
-//! lineage, which is still refused.
+//! rollout. [`compare`] tells that case apart from any other unknown
+//! migration, which is still refused.
+//!
+//! The rule cannot tell how far ahead the database is: expand-then-contract
+//! keeps it readable one release back only, so an older rollback must first
+//! undo the newer release's migrations (its `migrations down`). Builds before
+//! this module refuse any database a newer release migrated.
 
 use std::collections::BTreeSet;
 
@@ -34,8 +39,9 @@ pub enum SchemaState {
         newer: Vec<String>,
     },
     /// Migrations this build does not know were applied where this build's
-    /// history says otherwise: a database of another lineage (another
-    /// branch, a build that was rolled back past a migration). Refused.
+    /// history says otherwise: another branch's migration, or one that sorts
+    /// among this build's, or this build's own missing under newer ones.
+    /// Refused.
     Diverged {
         /// The applied migrations this build does not know, in order.
         unknown: Vec<String>,

@@ -9,7 +9,8 @@
 //! new replica starts (migrating the database) while the previous one still
 //! serves, both serve side by side, then the previous one gets SIGTERM. A
 //! rollback is the same with the roles swapped, so the previous release must
-//! also start on the database the new one migrated.
+//! also start on the database the new one migrated. Last, this build plays
+//! the previous release of a future one whose migration it does not know.
 
 #[path = "rolling_upgrade/previous.rs"]
 mod previous;
@@ -208,7 +209,7 @@ async fn the_previous_release_and_this_one_serve_side_by_side_through_an_upgrade
 
     // Rollback: the previous release starts again on the database the new
     // one served, and takes over when the new one stops.
-    let (_back, _back_url, back_id) = slots[0].start(&env, &previous).await;
+    let (mut back, _back_url, back_id) = slots[0].start(&env, &previous).await;
     let c1_epoch = db.cluster_owner(c1.id).await.unwrap().unwrap().epoch;
     let exit = new.terminate().await;
     assert!(exit.success(), "the new release exits cleanly: {exit}");
@@ -221,4 +222,31 @@ async fn the_previous_release_and_this_one_serve_side_by_side_through_an_upgrade
     workspace_is(&env, &proxy.url, c0, "a", "running", 1).await;
     assert_eq!(pod_uid(c1, &env, &proxy.url, "b"), b_uid, "b untouched");
     step("rolled back");
+
+    // This build as the previous release of a future one: that release
+    // migrated the database (an expand-only migration this build does not
+    // know) and was rolled back. This build starts on it unchanged and
+    // takes over when the previous release stops.
+    for sql in [
+        "CREATE TABLE future_release_thing (id BIGINT PRIMARY KEY)",
+        "ALTER TABLE kube_workspace ADD COLUMN future_release_note TEXT",
+        "INSERT INTO seaql_migrations (version, applied_at) \
+         VALUES ('m20991231_000999_a_future_release', 0)",
+    ] {
+        lapdev_db::test_support::execute_sql(&db, sql)
+            .await
+            .unwrap();
+    }
+    let (_again, _again_url, again_id) = slots[1].start(&env, &current).await;
+    let c0_epoch = db.cluster_owner(c0.id).await.unwrap().unwrap().epoch;
+    let c1_epoch = db.cluster_owner(c1.id).await.unwrap().unwrap().epoch;
+    let exit = back.terminate().await;
+    assert!(exit.success(), "the previous release exits cleanly: {exit}");
+    claimed(&db, c0.id, again_id, c0_epoch).await;
+    claimed(&db, c1.id, again_id, c1_epoch).await;
+    connected(&db, org, c0.id).await;
+    env.json(&proxy.url, &create_args("d", &c0.name, "500m"));
+    workspace_is(&env, &proxy.url, c0, "d", "running", 1).await;
+    assert_eq!(pod_uid(c1, &env, &proxy.url, "b"), b_uid, "b untouched");
+    step("served a database a newer release migrated");
 }

@@ -554,9 +554,9 @@ async fn a_caller_with_a_stale_owner_reads_it_again_and_retries_once_at_the_new_
 }
 
 /// A call made while the cluster's tunnel moves to the calling replica: the
-/// client was made when A held the tunnel, A refuses it once the tunnel is
-/// on B, the caller (B) reads the owner again and finds itself, and calls
-/// through its own tunnel instead of failing `unavailable`.
+/// client was made on B when A held the tunnel (a route to A), the tunnel
+/// then came to B, and the call goes through B's own tunnel instead of to A
+/// (which would refuse it) and failing `unavailable`.
 #[tokio::test]
 async fn a_call_whose_owner_turns_out_to_be_the_caller_goes_through_its_own_tunnel() {
     let e = env().await;

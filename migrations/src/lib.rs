@@ -19,7 +19,12 @@
 //! after the build's newest). So a migration only adds what the previous release can
 //! ignore: new tables, nullable columns or columns with a default, indexes that its
 //! writes satisfy. Renaming or dropping a column, or tightening a constraint, takes
-//! two releases: the first stops using it, the next removes it.
+//! two releases: the first stops using it, the next removes it. The new release also
+//! copes with rows the previous one writes during the rollout (its new columns left
+//! NULL or at their default; a backfill does not cover them). So a rollback goes one
+//! release back; further back, run the newer build's `down` first. Names sort in the
+//! order the migrations run (a test checks it): a migration merged after a newer-named
+//! one is renamed.
 
 pub use sea_orm_migration::prelude::*;
 
@@ -69,5 +74,30 @@ impl MigratorTrait for Migrator {
             Box::new(m20251202_000017_server_replica::Migration),
             Box::new(m20251203_000018_cluster_owner::Migration),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A build serves a database whose unknown migrations all sort after its
+    /// own newest (`lapdev-db`'s `schema` module), so the order they run in
+    /// must be the order their names sort in: a migration written earlier
+    /// but merged later is renamed to sort last.
+    #[test]
+    fn migrations_run_in_the_order_their_names_sort() {
+        let names: Vec<String> = Migrator::migrations()
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect();
+        for pair in names.windows(2) {
+            assert!(
+                pair[0] < pair[1],
+                "{} runs after {} but does not sort after it",
+                pair[1],
+                pair[0]
+            );
+        }
     }
 }

@@ -15,7 +15,10 @@
 //! When the owner answers that it does not hold the tunnel (`503` with
 //! [`NOT_OWNER_HEADER`]) the caller reads the owner from the database once and
 //! retries once at the new owner (a stream only if none of its request body
-//! was sent yet); otherwise the answer (`unavailable`) stands. An owner that
+//! was sent yet); otherwise the answer (`unavailable`) stands, except that a
+//! manager call whose tunnel has come to this replica meanwhile (before it
+//! was sent, or the owner read again is this replica) goes through that
+//! tunnel instead. An owner that
 //! cannot be reached is `unavailable` and its route is read again; the
 //! conductor's reconciler retries such calls later.
 
@@ -364,6 +367,11 @@ impl Transport for RemoteCalls {
                 .strip_prefix(prefix.as_str())
                 .unwrap_or(parts.uri.path())
                 .to_owned();
+            // The cluster's tunnel may have come to this replica since the
+            // client was made: call through it.
+            if let Some(local) = routing.kube().tunnel(cluster_id) {
+                return send_local(local, parts, &path, body).await;
+            }
             let response = routing
                 .forward(
                     cluster_id,
@@ -372,22 +380,17 @@ impl Transport for RemoteCalls {
                     &parts.headers,
                     Payload::Bytes(body.clone()),
                 )
-                .await
-                .map_err(|e| TransportError::Unavailable(e.to_string()))?;
-            if response.headers().contains_key(NOT_OWNER_HEADER)
-                && let Some(local) = routing.kube().tunnel(cluster_id)
-            {
-                // The cluster's tunnel came to this replica meanwhile (the
-                // owner read again was this replica): call through it.
-                count(Kind::Call, "now_local");
-                let mut request = Request::new(body);
-                *request.method_mut() = parts.method;
-                *request.uri_mut() = format!("http://manager.tunnel{path}")
-                    .parse()
-                    .map_err(|e| TransportError::Unavailable(format!("bad path: {e}")))?;
-                *request.headers_mut() = parts.headers;
-                return local.send(request).await;
-            }
+                .await;
+            let response = match response {
+                Ok(r) if !r.headers().contains_key(NOT_OWNER_HEADER) => r,
+                // Refused by an owner that let go of the tunnel, or no other
+                // replica owns it: it may have come here meanwhile (the owner
+                // read again was this replica).
+                other => match routing.kube().tunnel(cluster_id) {
+                    Some(local) => return send_local(local, parts, &path, body).await,
+                    None => other.map_err(|e| TransportError::Unavailable(e.to_string()))?,
+                },
+            };
             let (parts, body) = response.into_parts();
             let body = http_body_util::Limited::new(body, DEFAULT_MAX_RESPONSE_BYTES)
                 .collect()
@@ -397,6 +400,23 @@ impl Transport for RemoteCalls {
             Ok(Response::from_parts(parts, body))
         })
     }
+}
+
+/// Sends a manager call (`path` below the cluster's prefix) through this
+/// replica's own tunnel to the cluster.
+async fn send_local(
+    tunnel: lapdev_hrpc::tunnel::TunnelTransport,
+    parts: http::request::Parts,
+    path: &str,
+    body: Bytes,
+) -> Result<Response<Bytes>, TransportError> {
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method;
+    *request.uri_mut() = format!("http://manager.tunnel{path}")
+        .parse()
+        .map_err(|e| TransportError::Unavailable(format!("bad path: {e}")))?;
+    *request.headers_mut() = parts.headers;
+    tunnel.send(request).await
 }
 
 /// The conductor's connector: the local tunnel, else the owner elsewhere.

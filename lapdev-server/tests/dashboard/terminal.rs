@@ -152,6 +152,15 @@ async fn the_terminal_page_relaxes_only_its_style_policy() {
     // A stopped workspace has no terminal, and its page no relaxed policy.
     let r = call(&t, &ada, "WorkspaceRpc/stop_workspace", r#"{"name":"box"}"#).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // The stop answers once asked for; the reconciler then stops it.
+    let admin = WorkspaceRpcClient::new(bearer(&t));
+    eventually("box stopped", || {
+        let admin = admin.clone();
+        async move {
+            admin.get_workspace("box".into()).await.unwrap().status == WorkspaceStatus::Stopped
+        }
+    })
+    .await;
     let r = page(&t, "/workspaces/box/terminal", &ada).await;
     assert_eq!(r.header("content-security-policy"), CONTENT_SECURITY_POLICY);
     assert!(!r.text().contains("id=\"terminal\""));

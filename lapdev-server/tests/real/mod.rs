@@ -43,7 +43,9 @@ fn build(package: &str, name: &str) -> PathBuf {
     let dir = exe.parent().unwrap().parent().unwrap().to_owned();
     let mut cmd = cargo();
     cmd.args(["build", "-q", "-p", package, "--bin", name])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        // Where this test binary was built, whatever configured it.
+        .env("CARGO_TARGET_DIR", dir.parent().unwrap());
     if dir.ends_with("release") {
         cmd.arg("--release");
     }
@@ -60,11 +62,22 @@ fn build(package: &str, name: &str) -> PathBuf {
 /// and rebuild them, with everything above them, on every run.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // Only what cargo sets for a test process; the user's own `CARGO_*`
+    // configuration (profiles, registries, offline, …) stays.
     for (key, _) in std::env::vars_os() {
         let Some(key) = key.to_str() else { continue };
-        if (key.starts_with("CARGO_") && !matches!(key, "CARGO_HOME" | "CARGO_TARGET_DIR"))
-            || key == "OUT_DIR"
-        {
+        let set_for_tests = key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_EXE_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                key,
+                "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "OUT_DIR"
+            );
+        if set_for_tests {
             cmd.env_remove(key);
         }
     }
