@@ -678,10 +678,13 @@ impl Server {
                 let _ = rx.wait_for(|stop| *stop).await;
             }
         };
+        // The relay stops last, once everything else has (see the task below):
+        // the writes of the shutdown itself (the drained tunnels' status) still
+        // reach the other replicas.
+        let (relay_stop, relay_stopped) = tokio::sync::oneshot::channel::<()>();
         let relay = relay.map(|relay| {
-            let mut rx = shutdown_rx.clone();
             let relay_task = tokio::spawn(relay.run(async move {
-                let _ = rx.wait_for(|stop| *stop).await;
+                let _ = relay_stopped.await;
             }));
             let mut rx = shutdown_rx.clone();
             let apply_task = tokio::spawn(replica_changes::run(
@@ -862,6 +865,7 @@ impl Server {
             if let Some(keeper) = keeper {
                 let _ = keeper.await;
             }
+            let _ = relay_stop.send(());
             if let Some((relay, apply)) = relay {
                 let _ = relay.await;
                 let _ = apply.await;

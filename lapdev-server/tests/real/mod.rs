@@ -214,8 +214,15 @@ impl Env {
                 break url.trim().to_owned();
             }
         };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining stdout (where the server logs, at `warn` here) so it
+        // never blocks on a full pipe, and pass it on: the thread inherits the
+        // test's output capture, so a failing test shows its servers' logs.
+        let port = url.rsplit(':').next().unwrap_or("?").to_owned();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                eprintln!("[lapdev-server :{port}] {line}");
+            }
+        });
         (
             Proc {
                 child,
