@@ -182,12 +182,11 @@ impl Candidate {
 
     /// Whether `req` fits now: in the cluster's free totals (what the
     /// placement write checks again under the lock, for a cluster without
-    /// autoscaling; one with it that is full goes to the scale-up tier) and,
-    /// for a cluster that
-    /// reports its nodes, in one node's room. Both, because each can lag the
-    /// other: a node's room comes from the manager's last report, so a
-    /// workspace whose pod was bound since that report is in neither the
-    /// report nor the unbound requests, while the totals count it at once.
+    /// autoscaling; a full one with it goes to the scale-up tier) and, for a
+    /// cluster that reports its nodes, in one node's room. Both, because a
+    /// node's room comes from the manager's last report: a workspace whose
+    /// pod was bound since that report is in neither the report nor the
+    /// unbound requests, while the totals count it at once.
     fn fits_now(&self, req: &PlacementRequest) -> bool {
         let totals = self.free_cpu_millis() >= req.cpu_millis
             && self.free_memory_bytes() >= req.memory_bytes;

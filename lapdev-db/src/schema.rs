@@ -81,7 +81,7 @@ pub fn compare(known: &[String], applied: &[String]) -> SchemaState {
 /// migrated the database already ([`SchemaState::Ahead`]), leaves it as it is
 /// and says so in the log. A [`SchemaState::Diverged`] database is refused
 /// with [`DbError::SchemaDiverged`], untouched.
-pub(crate) async fn migrate(conn: &DatabaseConnection) -> DbResult<SchemaState> {
+pub(crate) async fn migrate(conn: &DatabaseConnection) -> DbResult<()> {
     let known: Vec<String> = Migrator::migrations()
         .iter()
         .map(|m| m.name().to_owned())
@@ -92,8 +92,7 @@ pub(crate) async fn migrate(conn: &DatabaseConnection) -> DbResult<SchemaState> 
         .into_iter()
         .map(|m| m.version)
         .collect();
-    let state = compare(&known, &applied);
-    match &state {
+    match compare(&known, &applied) {
         SchemaState::Known { pending } if pending.is_empty() => {}
         SchemaState::Known { pending } => {
             tracing::info!(count = pending.len(), "applying database migrations");
@@ -105,13 +104,10 @@ pub(crate) async fn migrate(conn: &DatabaseConnection) -> DbResult<SchemaState> 
              (expand-then-contract keeps it readable by this one)"
         ),
         SchemaState::Diverged { unknown, pending } => {
-            return Err(DbError::SchemaDiverged {
-                unknown: unknown.clone(),
-                pending: pending.clone(),
-            });
+            return Err(DbError::SchemaDiverged { unknown, pending });
         }
     }
-    Ok(state)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -257,10 +257,15 @@ async fn placed_rows_are_marked_as_having_a_volume(test: TestDatabase) {
 /// name that sorts after every migration of this build.
 const NEWER_MIGRATION: &str = "m20991231_000999_a_newer_release";
 
-async fn migrate_as_a_newer_release(test: &TestDatabase) {
+/// Applies every migration of this build, over a connection of its own.
+async fn migrate_fully(test: &TestDatabase) {
     let migrations = test.migration_connection().await;
     Migrator::up(&migrations, None).await.unwrap();
     migrations.close().await.unwrap();
+}
+
+async fn migrate_as_a_newer_release(test: &TestDatabase) {
+    migrate_fully(test).await;
     for sql in [
         "CREATE TABLE newer_release_thing (id INTEGER PRIMARY KEY)",
         "ALTER TABLE kube_cluster ADD COLUMN newer_release_note TEXT",
@@ -325,10 +330,8 @@ async fn a_database_migrated_by_a_newer_release_is_served_sqlite() {
 /// Migrations this build does not know that are not simply newer: one that
 /// sorts among this build's, or one applied while this build's newest is
 /// not. Refused with both lists named, and nothing changed.
-async fn a_database_of_another_lineage_is_refused(test: TestDatabase) {
-    let migrations = test.migration_connection().await;
-    Migrator::up(&migrations, None).await.unwrap();
-    migrations.close().await.unwrap();
+async fn unknown_migrations_not_all_newer_are_refused(test: TestDatabase) {
+    migrate_fully(&test).await;
     let stray = "m20251126_000099_from_a_branch";
     lapdev_db::test_support::execute_sql(
         test.db(),
@@ -338,7 +341,7 @@ async fn a_database_of_another_lineage_is_refused(test: TestDatabase) {
     .unwrap();
     let before = applied(&test).await;
     let Err(err) = connect_again(&test).await else {
-        panic!("served a database of another lineage")
+        panic!("served a database with unknown migrations not all newer")
     };
     assert!(
         matches!(&err, lapdev_db::DbError::SchemaDiverged { unknown, pending }
@@ -364,7 +367,7 @@ async fn a_database_of_another_lineage_is_refused(test: TestDatabase) {
     }
     let before = applied(&test).await;
     let Err(err) = connect_again(&test).await else {
-        panic!("served a database of another lineage")
+        panic!("served a database with unknown migrations not all newer")
     };
     assert!(
         matches!(&err, lapdev_db::DbError::SchemaDiverged { unknown, pending }
@@ -375,11 +378,11 @@ async fn a_database_of_another_lineage_is_refused(test: TestDatabase) {
 }
 
 #[tokio::test]
-async fn a_database_of_another_lineage_is_refused_postgres() {
-    a_database_of_another_lineage_is_refused(TestDatabase::empty_postgres().await).await;
+async fn unknown_migrations_not_all_newer_are_refused_postgres() {
+    unknown_migrations_not_all_newer_are_refused(TestDatabase::empty_postgres().await).await;
 }
 
 #[tokio::test]
-async fn a_database_of_another_lineage_is_refused_sqlite() {
-    a_database_of_another_lineage_is_refused(TestDatabase::empty_sqlite().await).await;
+async fn unknown_migrations_not_all_newer_are_refused_sqlite() {
+    unknown_migrations_not_all_newer_are_refused(TestDatabase::empty_sqlite().await).await;
 }

@@ -166,6 +166,20 @@ async fn env_with(streams: axum::Router) -> Env {
     }
 }
 
+/// A caller on `on`'s tunnels with replica id `id`, whose owners cache is
+/// filled once, now, and never refreshed by itself: it keeps the owner it
+/// read until a forward reads it again.
+async fn stale_caller(on: &TestServer, id: Uuid) -> Routing {
+    let owners = lapdev_server::routing::owners::Owners::new(on.server.state.db.clone());
+    owners.refresh_all().await.unwrap();
+    Routing::new(
+        on.server.state.kube.clone(),
+        owners,
+        routing(on).key().clone(),
+        id,
+    )
+}
+
 /// The manager's newer tunnel (a second token) opens on B, and A closes its
 /// own: returns B's manager stand-in and its session.
 async fn tunnel_moves_to_b(e: &Env) -> (Arc<FakeManager>, tokio::task::JoinHandle<()>) {
@@ -511,16 +525,8 @@ async fn the_internal_endpoint_refuses_what_it_must_and_the_ports_stay_apart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_with_a_stale_owner_reads_it_again_and_retries_once_at_the_new_owner() {
     let e = env().await;
-    // A caller whose owners cache is filled once and never refreshed by
-    // itself: it keeps believing A owns the cluster.
-    let owners = lapdev_server::routing::owners::Owners::new(e.a.server.state.db.clone());
-    owners.refresh_all().await.unwrap();
-    let caller = Routing::new(
-        e.a.server.state.kube.clone(),
-        owners,
-        routing(&e.a).key().clone(),
-        Uuid::new_v4(),
-    );
+    // A caller that keeps believing A owns the cluster.
+    let caller = stale_caller(&e.a, Uuid::new_v4()).await;
     assert_eq!(
         caller.remote(e.cluster_id).unwrap().replica_id,
         routing(&e.a).replica_id()
@@ -560,16 +566,8 @@ async fn a_caller_with_a_stale_owner_reads_it_again_and_retries_once_at_the_new_
 #[tokio::test]
 async fn a_call_whose_owner_turns_out_to_be_the_caller_goes_through_its_own_tunnel() {
     let e = env().await;
-    // B, with an owners cache filled once: it keeps believing A owns the
-    // cluster until the call reads it again.
-    let owners = lapdev_server::routing::owners::Owners::new(e.b.server.state.db.clone());
-    owners.refresh_all().await.unwrap();
-    let caller = Routing::new(
-        e.b.server.state.kube.clone(),
-        owners,
-        routing(&e.b).key().clone(),
-        routing(&e.b).replica_id(),
-    );
+    // B, believing A owns the cluster.
+    let caller = stale_caller(&e.b, routing(&e.b).replica_id()).await;
     let client = RoutedConnector(caller.clone())
         .manager(e.cluster_id)
         .expect("a route to A");

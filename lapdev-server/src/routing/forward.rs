@@ -18,9 +18,8 @@
 //! was sent yet); otherwise the answer (`unavailable`) stands, except that a
 //! manager call whose tunnel has come to this replica meanwhile (before it
 //! was sent, or the owner read again is this replica) goes through that
-//! tunnel instead. An owner that
-//! cannot be reached is `unavailable` and its route is read again; the
-//! conductor's reconciler retries such calls later.
+//! tunnel instead. An owner that cannot be reached is `unavailable` and its
+//! route is read again; the conductor's reconciler retries such calls later.
 
 use std::sync::Arc;
 use std::time::Duration;

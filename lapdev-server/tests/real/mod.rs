@@ -300,14 +300,11 @@ impl Env {
     }
 
     pub fn pods(&self) -> Vec<Pod> {
-        self.double.handle().list::<Pod>().unwrap()
+        pods_of(&self.double)
     }
 
     pub fn pvcs(&self) -> Vec<PersistentVolumeClaim> {
-        self.double
-            .handle()
-            .list::<PersistentVolumeClaim>()
-            .unwrap()
+        pvcs_of(&self.double)
     }
 }
 
@@ -388,14 +385,11 @@ impl Cluster {
     }
 
     pub fn pods(&self) -> Vec<Pod> {
-        self.double.handle().list::<Pod>().unwrap()
+        pods_of(&self.double)
     }
 
     pub fn pvcs(&self) -> Vec<PersistentVolumeClaim> {
-        self.double
-            .handle()
-            .list::<PersistentVolumeClaim>()
-            .unwrap()
+        pvcs_of(&self.double)
     }
 
     /// The pods and the PVCs of workspace `id`.
@@ -468,6 +462,16 @@ pub const REPLICA_ARGS: [&str; 6] = [
     "--public-url",
     "https://lapdev.example.com",
 ];
+
+/// Every pod the double holds.
+pub fn pods_of(double: &KubeDouble) -> Vec<Pod> {
+    double.handle().list::<Pod>().unwrap()
+}
+
+/// Every PersistentVolumeClaim the double holds.
+pub fn pvcs_of(double: &KubeDouble) -> Vec<PersistentVolumeClaim> {
+    double.handle().list::<PersistentVolumeClaim>().unwrap()
+}
 
 /// Polls `f` until it holds (bounded); the processes under test move on their own.
 /// The bound is generous: on a loaded 2-core CI machine three of these tests run
