@@ -59,6 +59,12 @@ fn count(log: &str, needle: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_drops_no_tunnel_and_flips_no_status() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The server's log (RUST_LOG), shown when the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
     let database = TestDatabase::postgres().await;
     let data_dir = tempfile::tempdir().unwrap();
     let limits = LimitsConfig {

@@ -306,11 +306,13 @@ impl KubeClusterServer {
     }
 
     /// Revocations may have been missed (another replica's notifications were
-    /// lost while this one's change listener reconnected): forgets every
-    /// verified token and closes each tunnel whose token no longer works.
-    /// Returns how many tokens were found revoked.
+    /// lost while this one's change listener reconnected): every verified
+    /// token is confirmed again before its next use (with the stale-if-error
+    /// fallback kept, see [`auth::TokenVerifier::recheck_all`]) and each tunnel
+    /// whose token no longer works closes. Returns how many tokens were found
+    /// revoked.
     pub async fn recheck_tunnel_tokens(&self) -> Result<usize, lapdev_db::DbError> {
-        self.inner.verifier.forget_all();
+        self.inner.verifier.recheck_all();
         let tokens = self.inner.tunnel_tokens.tokens();
         let live = self.inner.db.live_cluster_token_ids(&tokens).await?;
         let gone: Vec<Uuid> = tokens.into_iter().filter(|t| !live.contains(t)).collect();

@@ -17,7 +17,8 @@
 //! and [`TokenVerifier::forget_cluster`] drop cache entries at once, and a
 //! verification that was already running when they were called does not put its
 //! answer into the cache. Changes made to the database by anything else are seen
-//! within the cache TTL.
+//! within the cache TTL, or at once after [`TokenVerifier::recheck_all`] (what a
+//! replica does when it may have missed other replicas' revocations).
 //!
 //! **Stale if error.** When the database cannot answer (an outage, not a
 //! rejection), a token it confirmed within the TTL plus the stale-if-error
@@ -81,6 +82,10 @@ struct Cached {
     verified_at: Instant,
     /// A background re-verification is running.
     refreshing: bool,
+    /// Revocations may have been missed since the database confirmed this
+    /// answer ([`TokenVerifier::recheck_all`]): the next request asks the
+    /// database, and uses this answer only as a stale-if-error fallback.
+    recheck: bool,
 }
 
 /// One verification that concurrent requests for the same token share.
@@ -210,7 +215,10 @@ impl TokenVerifier {
             return Lookup::Miss;
         };
         let age = c.verified_at.elapsed();
-        if age >= self.ttl || c.identity.expires_at.is_some_and(|at| at <= Utc::now()) {
+        if c.recheck
+            || age >= self.ttl
+            || c.identity.expires_at.is_some_and(|at| at <= Utc::now())
+        {
             return Lookup::Miss;
         }
         let refresh = !c.refreshing && age >= self.ttl / 2;
@@ -266,8 +274,12 @@ impl TokenVerifier {
                 let identity = ClusterIdentity::from(v);
                 let mut cache = lock(&self.state.cache);
                 if self.state.generation.load(Ordering::SeqCst) != generation {
-                    // Something was forgotten meanwhile; this answer may predate it.
-                    cache.remove(&key);
+                    // Something was forgotten meanwhile; this answer may predate
+                    // it. A revoked token's entry is gone already; any other
+                    // entry stays, as a stale-if-error fallback only.
+                    if let Some(c) = cache.get_mut(&key) {
+                        c.recheck = true;
+                    }
                     return Ok(identity);
                 }
                 // Keep the cache bounded: drop stale entries when it grows.
@@ -281,6 +293,7 @@ impl TokenVerifier {
                         identity,
                         verified_at: started,
                         refreshing: false,
+                        recheck: false,
                     },
                 );
                 Ok(identity)
@@ -298,9 +311,21 @@ impl TokenVerifier {
         }
     }
 
-    /// Forgets every cached token (revocations may have been missed).
-    pub fn forget_all(&self) {
-        self.forget(|_| true);
+    /// Revocations may have been missed (another replica's notifications were
+    /// lost): every cached answer is confirmed by the database again before
+    /// its next use. Until the database answers, a cached answer still stands
+    /// in as stale-if-error allows: a database outage that began with the
+    /// lost notifications must not drop every manager's calls. Revocations
+    /// made through this server still apply at once.
+    pub fn recheck_all(&self) {
+        {
+            let mut cache = lock(&self.state.cache);
+            self.state.generation.fetch_add(1, Ordering::SeqCst);
+            for c in cache.values_mut() {
+                c.recheck = true;
+            }
+        }
+        lock(&self.state.in_flight).clear();
     }
 
     /// Forgets a token at once (it was revoked).
@@ -414,6 +439,70 @@ mod tests {
         // A revocation through this server applies at once, outage or not.
         tolerant.forget_token(created.token.id);
         let e = tolerant.verify(&secret).await.unwrap_err();
+        assert_eq!(e.code, lapdev_hrpc::Code::Unavailable);
+    }
+
+    /// After missed notifications every cached answer is confirmed again (a
+    /// revocation made elsewhere is seen at once), but a database that cannot
+    /// answer then does not cost the answers stale-if-error keeps.
+    #[tokio::test]
+    async fn a_recheck_asks_the_database_and_keeps_the_outage_fallback() {
+        let test_db = TestDatabase::postgres().await;
+        let db = test_db.db().clone();
+        let org = db.create_organization("org").await.unwrap();
+        let cluster = db
+            .create_cluster(org.id, NewCluster::named("c"))
+            .await
+            .unwrap();
+        let token = |name: &str| {
+            let db = db.clone();
+            let name = name.to_owned();
+            async move {
+                db.create_cluster_token(
+                    org.id,
+                    cluster.id,
+                    NewClusterToken {
+                        name,
+                        created_by: None,
+                        expires_at: None,
+                    },
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let revoked = token("revoked").await;
+        let kept = token("kept").await;
+        // A long TTL: without a recheck, every answer below comes from the cache.
+        let ttl = Duration::from_secs(3600);
+        let tolerant =
+            TokenVerifier::new(db.clone(), ttl).with_stale_if_error(Duration::from_secs(3600));
+        tolerant.verify(revoked.secret.expose()).await.unwrap();
+        tolerant.verify(kept.secret.expose()).await.unwrap();
+
+        // Revoked by another replica; this one missed the notification.
+        db.revoke_cluster_token(org.id, revoked.token.id)
+            .await
+            .unwrap();
+        assert!(tolerant.verify(revoked.secret.expose()).await.is_ok());
+        tolerant.recheck_all();
+        let e = tolerant
+            .verify(revoked.secret.expose())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, lapdev_hrpc::Code::Unauthenticated);
+
+        // The database goes away, then a recheck: the kept token's last
+        // confirmed answer stands in.
+        drop(test_db);
+        tolerant.recheck_all();
+        let identity = tolerant.verify(kept.secret.expose()).await.unwrap();
+        assert_eq!(identity.token_id, kept.token.id);
+        // The revoked token's answer was dropped, not kept as a fallback.
+        let e = tolerant
+            .verify(revoked.secret.expose())
+            .await
+            .unwrap_err();
         assert_eq!(e.code, lapdev_hrpc::Code::Unavailable);
     }
 }
