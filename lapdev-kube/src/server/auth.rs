@@ -215,9 +215,7 @@ impl TokenVerifier {
             return Lookup::Miss;
         };
         let age = c.verified_at.elapsed();
-        if c.recheck
-            || age >= self.ttl
-            || c.identity.expires_at.is_some_and(|at| at <= Utc::now())
+        if c.recheck || age >= self.ttl || c.identity.expires_at.is_some_and(|at| at <= Utc::now())
         {
             return Lookup::Miss;
         }
@@ -486,10 +484,7 @@ mod tests {
             .unwrap();
         assert!(tolerant.verify(revoked.secret.expose()).await.is_ok());
         tolerant.recheck_all();
-        let e = tolerant
-            .verify(revoked.secret.expose())
-            .await
-            .unwrap_err();
+        let e = tolerant.verify(revoked.secret.expose()).await.unwrap_err();
         assert_eq!(e.code, lapdev_hrpc::Code::Unauthenticated);
 
         // The database goes away, then a recheck: the kept token's last
@@ -499,10 +494,7 @@ mod tests {
         let identity = tolerant.verify(kept.secret.expose()).await.unwrap();
         assert_eq!(identity.token_id, kept.token.id);
         // The revoked token's answer was dropped, not kept as a fallback.
-        let e = tolerant
-            .verify(revoked.secret.expose())
-            .await
-            .unwrap_err();
+        let e = tolerant.verify(revoked.secret.expose()).await.unwrap_err();
         assert_eq!(e.code, lapdev_hrpc::Code::Unavailable);
     }
 }
