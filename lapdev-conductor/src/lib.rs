@@ -67,7 +67,11 @@
 //! replicas the write itself is checked: it re-reads the chosen cluster's
 //! placed requests under the organisation's database lock
 //! (`Db::place_workspace_checked`), and a choice another replica made stale
-//! is decided again from a fresh read.
+//! is decided again from a fresh read. A refusal is never decided from the
+//! cache alone: before refusing, placement reads the snapshot again and asks
+//! the connector to re-read the clusters the database says are connected but
+//! it does not ([`ManagerConnector::refresh`]); another replica's change
+//! reaches this one's cache only as fast as its notification.
 //!
 //! The conductor reaches managers only through [`ManagerConnector`], which the
 //! server implements with its tunnel registry and, with several replicas, by
@@ -129,6 +133,20 @@ pub trait ManagerConnector: Send + Sync + 'static {
     /// single replica never has one elsewhere.
     fn driven_elsewhere(&self, _cluster_id: Uuid) -> bool {
         false
+    }
+
+    /// Placement is about to refuse while the database says these clusters
+    /// are connected and [`ManagerConnector::is_connected`] says they are not:
+    /// re-reads whatever that answer comes from. With several replicas it may
+    /// lag another replica's claim of the cluster by the notification's
+    /// latency, and a refusal must not be decided from a lagging view. A
+    /// single replica answers from its own tunnels, so the default does
+    /// nothing.
+    fn refresh<'a>(
+        &'a self,
+        _cluster_ids: &'a [Uuid],
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async {})
     }
 }
 
@@ -420,14 +438,48 @@ impl Conductor {
         req: &PlacementRequest,
     ) -> Result<Vec<RankedCluster>, ConductorError> {
         let mut snapshots = self.inner.placement.lock().await;
-        let candidates = self.candidates(&mut snapshots, org_id).await?;
-        Ok(placement::rank(req, candidates)?
-            .into_iter()
-            .map(|c| RankedCluster {
-                cluster_id: c.cluster_id,
-                name: c.name.clone(),
-            })
-            .collect())
+        self.rank(&mut snapshots, org_id, req).await
+    }
+
+    /// The organisation's clusters ranked for `req`, best first. A refusal is
+    /// decided from fresh reads only: the cached snapshot and the connector's
+    /// view of which clusters are connected may both lag a change another
+    /// replica made (a cluster that just connected there), so before refusing,
+    /// the snapshot is read again and the connector re-reads the clusters the
+    /// database says are connected.
+    async fn rank(
+        &self,
+        snapshots: &mut Snapshots,
+        org_id: Uuid,
+        req: &PlacementRequest,
+    ) -> Result<Vec<RankedCluster>, ConductorError> {
+        let owned = |ranked: Vec<&Candidate>| {
+            ranked
+                .into_iter()
+                .map(|c| RankedCluster {
+                    cluster_id: c.cluster_id,
+                    name: c.name.clone(),
+                })
+                .collect()
+        };
+        let candidates = self.candidates(snapshots, org_id).await?;
+        if let Ok(ranked) = placement::rank(req, candidates) {
+            return Ok(owned(ranked));
+        }
+        snapshots.remove(org_id);
+        let candidates = self.candidates(snapshots, org_id).await?;
+        let lagging: Vec<Uuid> = candidates
+            .iter()
+            .filter(|c| c.status == ClusterStatus::Connected && !c.tunnel_up)
+            .map(|c| c.cluster_id)
+            .collect();
+        if lagging.is_empty() {
+            return Ok(owned(placement::rank(req, candidates)?));
+        }
+        self.inner.connector.refresh(&lagging).await;
+        // The snapshot is fresh; this only asks the connector again.
+        let candidates = self.candidates(snapshots, org_id).await?;
+        Ok(owned(placement::rank(req, candidates)?))
     }
 
     /// Forgets what placement knows about `org_id`'s clusters. Cluster changes
@@ -765,8 +817,7 @@ impl Conductor {
                 settled.await;
                 continue;
             }
-            let candidates = self.candidates(&mut snapshots, ws.organization_id).await?;
-            let ranked = placement::rank(&req, candidates)?;
+            let ranked = self.rank(&mut snapshots, ws.organization_id, &req).await?;
             let refused = lock(&self.inner.refused);
             let refused = refused.get(&ws.id);
             // Clusters that refused this workspace go last, keeping their order.

@@ -6,9 +6,10 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use common::{Connector, Mode, env};
-use lapdev_common::status::{DesiredState, WorkspaceStatus};
+use lapdev_common::status::{ClusterStatus, DesiredState, WorkspaceStatus};
 use lapdev_conductor::{Conductor, ConductorConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,4 +127,52 @@ async fn a_create_whose_row_another_replica_touched_mid_placement_is_still_place
         .expect("placed after looking again, not 'changed concurrently'");
     assert_eq!(ws.cluster_id, Some(a));
     assert_eq!(ws.status, WorkspaceStatus::Creating);
+}
+
+/// A cluster that just connected through another replica: this replica's
+/// snapshot still says disconnected and its connector has not read the new
+/// owner yet. Placement reads both again before refusing, so the create goes
+/// through; a refusal the fresh reads confirm stays a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_refuses_only_from_fresh_reads_not_from_a_lagging_view() {
+    let e = env().await;
+    let (a, manager_a) = e.cluster("a", 4000, 64, "r", Mode::Normal).await;
+    e.db.set_cluster_status(e.org, a, ClusterStatus::Disconnected)
+        .await
+        .unwrap();
+    let db2 = lapdev_db::connect(e._test.url()).await.unwrap();
+    let connector2 = Arc::new(Connector::default());
+    let second = Conductor::new(db2, connector2.clone(), ConductorConfig::default());
+    let req = |cpu_millis| lapdev_conductor::placement::PlacementRequest {
+        cpu_millis,
+        memory_bytes: common::GIB,
+        cluster: Some("a".into()),
+        region: None,
+    };
+    // The second replica reads its snapshot while `a` is disconnected.
+    let e1 = second.plan(e.org, &req(1000)).await.unwrap_err();
+    assert!(e1.to_string().contains("no connected"), "{e1}");
+
+    // `a` connects through the first replica. The second hears of neither
+    // the status nor the owner (its handle has no change feed from the first).
+    e.db.set_cluster_status(e.org, a, ClusterStatus::Connected)
+        .await
+        .unwrap();
+    connector2.connect_unread(a, manager_a);
+    let before = connector2.refreshed.load(Ordering::SeqCst);
+    let ranked = second.plan(e.org, &req(1000)).await.unwrap();
+    assert_eq!(ranked[0].cluster_id, a);
+    assert_eq!(connector2.refreshed.load(Ordering::SeqCst), before + 1);
+    let ws = second
+        .create_workspace(e.org, e.owner, e.request("w1", 1000, 1))
+        .await
+        .unwrap();
+    assert_eq!(ws.cluster_id, Some(a));
+
+    // Too big for `a` on fresh reads too: refused, and the connector is not
+    // asked again (it already sees `a`).
+    let before = connector2.refreshed.load(Ordering::SeqCst);
+    let too_big = second.plan(e.org, &req(8000)).await.unwrap_err();
+    assert!(too_big.to_string().contains("can fit"), "{too_big}");
+    assert_eq!(connector2.refreshed.load(Ordering::SeqCst), before);
 }

@@ -117,6 +117,38 @@ async fn connected(db: &Db, org: Uuid, cluster: Uuid) {
     }
 }
 
+/// Creates a workspace through the previous release. That release decides a
+/// refusal from its cached view of which clusters are connected, which lags
+/// another replica's claim by the change notification's latency (this build
+/// reads the database again before refusing: `Conductor::rank`). So a
+/// refusal naming exactly that is asked again until the view catches up; a
+/// refused create leaves nothing behind (asserted: one workspace of the name).
+async fn create_through_previous(env: &Env, url: &str, args: &[&str]) {
+    let name = args[2];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = env.lapdev(url, args);
+        if out.status.success() {
+            break;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("no connected, uncordoned cluster")
+                && tokio::time::Instant::now() < deadline,
+            "lapdev {args:?} failed: {stderr}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let list = env.json(url, &["workspace", "list", "-o", "json"]);
+    let same = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["name"] == name)
+        .count();
+    assert_eq!(same, 1, "one workspace named {name}: {list}");
+}
+
 /// Waits until workspace `name` is `status` through `url`, with as many
 /// pods as `pods` on `cluster`.
 async fn workspace_is(
@@ -187,7 +219,7 @@ async fn the_previous_release_and_this_one_serve_side_by_side_through_an_upgrade
 
     // Each release's call for a cluster the other holds is forwarded to it.
     env.json(&new_url, &create_args("a", &c0.name, "500m"));
-    env.json(&old_url, &create_args("b", &c1.name, "500m"));
+    create_through_previous(&env, &old_url, &create_args("b", &c1.name, "500m")).await;
     workspace_is(&env, &old_url, c0, "a", "running", 1).await;
     workspace_is(&env, &new_url, c1, "b", "running", 1).await;
     env.json(&new_url, &["workspace", "stop", "a", "-o", "json"]);

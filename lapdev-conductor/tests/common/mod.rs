@@ -149,6 +149,11 @@ pub struct Connector {
     managers: Mutex<HashMap<Uuid, KubeManagerRpcClient>>,
     /// Clusters whose tunnel "another replica" holds.
     elsewhere: Mutex<std::collections::HashSet<Uuid>>,
+    /// Managers another replica connected that this connector has not read
+    /// yet: they become reachable at the next `refresh` naming them.
+    unread: Mutex<HashMap<Uuid, KubeManagerRpcClient>>,
+    /// How many clusters `refresh` was asked to read again, in all.
+    pub refreshed: std::sync::atomic::AtomicUsize,
 }
 
 impl ManagerConnector for Connector {
@@ -158,6 +163,20 @@ impl ManagerConnector for Connector {
 
     fn driven_elsewhere(&self, cluster_id: Uuid) -> bool {
         self.elsewhere.lock().unwrap().contains(&cluster_id)
+    }
+
+    fn refresh<'a>(
+        &'a self,
+        cluster_ids: &'a [Uuid],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        for id in cluster_ids {
+            self.refreshed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if let Some(client) = self.unread.lock().unwrap().remove(id) {
+                self.managers.lock().unwrap().insert(*id, client);
+            }
+        }
+        Box::pin(async {})
     }
 }
 
@@ -180,6 +199,21 @@ impl Connector {
     ) {
         let router = KubeManagerRpcServer::from_arc(manager).into_router();
         self.managers.lock().unwrap().insert(
+            cluster_id,
+            KubeManagerRpcClient::new(Client::in_process(router)),
+        );
+    }
+
+    /// Connects `cluster_id` as another replica would: this connector sees
+    /// it only after a `refresh` that names it.
+    #[allow(dead_code)]
+    pub fn connect_unread<M: KubeManagerRpc + Send + Sync + 'static>(
+        &self,
+        cluster_id: Uuid,
+        manager: Arc<M>,
+    ) {
+        let router = KubeManagerRpcServer::from_arc(manager).into_router();
+        self.unread.lock().unwrap().insert(
             cluster_id,
             KubeManagerRpcClient::new(Client::in_process(router)),
         );

@@ -444,6 +444,17 @@ impl ManagerConnector for RoutedConnector {
     fn driven_elsewhere(&self, cluster_id: Uuid) -> bool {
         !self.0.kube().is_tunnel_up(cluster_id) && self.0.remote(cluster_id).is_some()
     }
+
+    fn refresh<'a>(
+        &'a self,
+        cluster_ids: &'a [Uuid],
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            for &cluster_id in cluster_ids {
+                self.0.owners().refresh(cluster_id).await;
+            }
+        })
+    }
 }
 
 /// The sessions' stream opener: the local tunnel, else the owner elsewhere.
