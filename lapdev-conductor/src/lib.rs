@@ -463,11 +463,15 @@ impl Conductor {
                 .collect()
         };
         let candidates = self.candidates(snapshots, org_id).await?;
-        if let Ok(ranked) = placement::rank(req, candidates) {
-            return Ok(owned(ranked));
-        }
+        let refusal = match placement::rank(req, candidates) {
+            Ok(ranked) => return Ok(owned(ranked)),
+            Err(e) => e,
+        };
         snapshots.remove(org_id);
-        let candidates = self.candidates(snapshots, org_id).await?;
+        let Ok(candidates) = self.candidates(snapshots, org_id).await else {
+            // The database cannot say more now: the refusal stands.
+            return Err(refusal.into());
+        };
         let lagging: Vec<Uuid> = candidates
             .iter()
             .filter(|c| c.status == ClusterStatus::Connected && !c.tunnel_up)

@@ -307,13 +307,17 @@ impl KubeClusterServer {
 
     /// Revocations may have been missed (another replica's notifications were
     /// lost while this one's change listener reconnected): every verified
-    /// token is confirmed again before its next use (with the stale-if-error
-    /// fallback kept, see [`auth::TokenVerifier::recheck_all`]) and each tunnel
-    /// whose token no longer works closes. Returns how many tokens were found
-    /// revoked.
+    /// token is confirmed again before its next use, every cached token and
+    /// every tunnel's token is checked against the database now, and the
+    /// revoked ones are forgotten and their tunnels closed. While the database
+    /// cannot answer, the cached answers stay as the stale-if-error fallback
+    /// (see [`auth::TokenVerifier::recheck_all`]). Returns how many tokens were
+    /// found revoked.
     pub async fn recheck_tunnel_tokens(&self) -> Result<usize, lapdev_db::DbError> {
-        self.inner.verifier.recheck_all();
-        let tokens = self.inner.tunnel_tokens.tokens();
+        let mut tokens = self.inner.verifier.recheck_all();
+        tokens.extend(self.inner.tunnel_tokens.tokens());
+        tokens.sort_unstable();
+        tokens.dedup();
         let live = self.inner.db.live_cluster_token_ids(&tokens).await?;
         let gone: Vec<Uuid> = tokens.into_iter().filter(|t| !live.contains(t)).collect();
         for token_id in &gone {

@@ -8,9 +8,12 @@
 //! the authorization cache, a revoked cluster token closes its tunnel here, a
 //! deleted cluster's tunnel closes. Applying one of this replica's own changes
 //! again is harmless (each step is idempotent). When changes may have been
-//! missed (the listener reconnected, or this subscriber lagged) the caches
-//! are dropped, every tunnel's token is checked against the database, and so
-//! is every cluster this replica owns (another may have claimed it).
+//! missed (the listener reconnected, or this subscriber lagged) the
+//! authorization cache is dropped, every cached cluster token and every
+//! tunnel's token is checked against the database (cached ones are marked
+//! for re-checking, kept only as the stale-if-error fallback while the
+//! database cannot answer), and so is every cluster this replica owns
+//! (another may have claimed it).
 //!
 //! The other replicas' signals (`lapdev_db::ReplicaSignal`: a cluster claimed
 //! elsewhere, a manager heard elsewhere) go to the cluster server.

@@ -123,9 +123,13 @@ async fn connected(db: &Db, org: Uuid, cluster: Uuid) {
 /// reads the database again before refusing: `Conductor::rank`). So a
 /// refusal naming exactly that is asked again until the view catches up; a
 /// refused create leaves nothing behind (asserted: one workspace of the name).
+/// The bound is under the previous release's periodic re-reads (its replica
+/// heartbeat and placement cache TTL, 5 s each): the view must catch up
+/// through this build's claim signal and change notifications, which is what
+/// this step checks across versions.
 async fn create_through_previous(env: &Env, url: &str, args: &[&str]) {
     let name = args[2];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
         let out = env.lapdev(url, args);
         if out.status.success() {

@@ -95,8 +95,9 @@ type Flight = Arc<OnceCell<Result<ClusterIdentity, HrpcError>>>;
 struct Shared {
     cache: Mutex<HashMap<Key, Cached>>,
     in_flight: Mutex<HashMap<Key, Flight>>,
-    /// Bumped by every `forget_*`; a verification that started under an older
-    /// generation does not cache its answer.
+    /// Bumped by every `forget_*` and by `recheck_all`; a verification that
+    /// started under an older generation does not cache its answer (an entry
+    /// that is still there is marked for re-checking instead).
     generation: AtomicU64,
 }
 
@@ -314,16 +315,26 @@ impl TokenVerifier {
     /// its next use. Until the database answers, a cached answer still stands
     /// in as stale-if-error allows: a database outage that began with the
     /// lost notifications must not drop every manager's calls. Revocations
-    /// made through this server still apply at once.
-    pub fn recheck_all(&self) {
-        {
+    /// made through this server still apply at once. Returns the ids of the
+    /// tokens cached, for the caller to check against the database and
+    /// [`TokenVerifier::forget_token`] the revoked ones (so the fallback is
+    /// kept only while the database cannot say).
+    pub fn recheck_all(&self) -> Vec<Uuid> {
+        let mut ids = {
             let mut cache = lock(&self.state.cache);
             self.state.generation.fetch_add(1, Ordering::SeqCst);
-            for c in cache.values_mut() {
-                c.recheck = true;
-            }
-        }
+            cache
+                .values_mut()
+                .map(|c| {
+                    c.recheck = true;
+                    c.identity.token_id
+                })
+                .collect::<Vec<_>>()
+        };
         lock(&self.state.in_flight).clear();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Forgets a token at once (it was revoked).
