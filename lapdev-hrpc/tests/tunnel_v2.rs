@@ -20,8 +20,8 @@ use common::{EchoClient, EchoImpl};
 use futures::{SinkExt as _, StreamExt as _};
 use http::{HeaderMap, HeaderValue, Request};
 use lapdev_hrpc::tunnel::{
-    self, CloseReason, PROTOCOL_V1, TunnelClientConfig, TunnelConfig, TunnelSessionHandle,
-    TunnelTransport,
+    self, CloseReason, PROTOCOL_V1, StreamLimits, TunnelClientConfig, TunnelConfig,
+    TunnelSessionHandle, TunnelTransport,
 };
 use lapdev_hrpc::{Client, ServerConfig, TransportError};
 use sha2::{Digest as _, Sha256};
@@ -244,6 +244,44 @@ async fn a_stream_is_full_duplex_and_16_mib_arrive_intact() {
     assert_eq!(count, TOTAL);
     assert_eq!(received.finalize(), sent);
     assert_eq!(transport.in_flight(), 0);
+}
+
+/// The HTTP/2 frame size a manager announces is kept within the range
+/// HTTP/2 allows (h2 panics outside it), and bodies larger than any frame
+/// size arrive intact whichever size each end asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_configured_frame_size_works_and_bodies_arrive_intact() {
+    for max_frame_bytes in [0, 16 * 1024, 64 * 1024, u32::MAX] {
+        let (url, mut registered) = start_server(false).await;
+        let config = TunnelClientConfig {
+            streams: StreamLimits {
+                max_frame_bytes,
+                ..StreamLimits::default()
+            },
+            ..TunnelClientConfig::default()
+        };
+        let _manager = start_manager(&url, config, Arc::new(Signals::default())).await;
+        let transport = within("the tunnel", registered.recv()).await.unwrap();
+        let sent = chunk(u64::from(max_frame_bytes), 3 * 1024 * 1024 + 17);
+        let response = within(
+            "the echo",
+            transport.send_streaming(post("/stream/echo", Body::from(sent.clone()))),
+        )
+        .await
+        .expect("the stream opens");
+        let back = within(
+            "the echoed body",
+            http_body_util::BodyExt::collect(response.into_body()),
+        )
+        .await
+        .unwrap()
+        .to_bytes();
+        assert_eq!(
+            Sha256::digest(&back),
+            Sha256::digest(&sent),
+            "max_frame_bytes {max_frame_bytes}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -175,7 +175,8 @@ async fn client_on(
         .initial_stream_window_size(limits.stream_window_bytes)
         .initial_connection_window_size(limits.connection_window_bytes)
         .max_send_buf_size(limits.stream_window_bytes as usize)
-        .max_header_list_size(limits.max_header_list_bytes);
+        .max_header_list_size(limits.max_header_list_bytes)
+        .max_frame_size(frame_size(&limits));
     match builder.handshake(TokioIo::new(io)).await {
         Err(e) => CloseReason::Protocol(format!("HTTP/2 handshake failed: {}", chain(&e))),
         Ok((send, connection)) => {
@@ -201,6 +202,7 @@ pub(crate) async fn server(io: WsIo, limits: StreamLimits, router: axum::Router)
         .max_send_buf_size(limits.stream_window_bytes as usize)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(limits.max_header_list_bytes)
+        .max_frame_size(frame_size(&limits))
         // Version 1's responses carried no `Date` either; it changes every
         // second, so HPACK cannot index it and it costs every response.
         .auto_date_header(false);
@@ -209,6 +211,12 @@ pub(crate) async fn server(io: WsIo, limits: StreamLimits, router: axum::Router)
         Ok(()) => CloseReason::Io("the HTTP/2 connection ended".into()),
         Err(e) => http_reason(&e),
     }
+}
+
+/// The frame size to announce: `max_frame_bytes` within the range HTTP/2
+/// allows (RFC 9113 §6.5.2; h2 panics outside it).
+fn frame_size(limits: &StreamLimits) -> u32 {
+    limits.max_frame_bytes.clamp(16 * 1024, (1 << 24) - 1)
 }
 
 /// Aborts a session's stream tasks when the HTTP/2 side ends or is dropped.
