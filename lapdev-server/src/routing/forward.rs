@@ -450,8 +450,17 @@ impl ManagerConnector for RoutedConnector {
         cluster_ids: &'a [Uuid],
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
-            for &cluster_id in cluster_ids {
-                self.0.owners().refresh(cluster_id).await;
+            match cluster_ids {
+                [] => {}
+                [one] => {
+                    self.0.owners().refresh(*one).await;
+                }
+                // One read of every owner rather than one per cluster.
+                _ => {
+                    if let Err(e) = self.0.owners().refresh_all().await {
+                        tracing::warn!(error = %e, "could not read the clusters' owners");
+                    }
+                }
             }
         })
     }
