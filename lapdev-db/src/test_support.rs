@@ -227,6 +227,30 @@ pub struct SeedWorkspace {
     pub memory_bytes: i64,
 }
 
+/// An organisation `org` with one cluster `c` and a cluster token for each
+/// of `names` (no expiry): `(organization id, cluster id, tokens)`.
+pub async fn cluster_with_tokens(
+    db: &Db,
+    names: &[&str],
+) -> (Uuid, Uuid, Vec<crate::CreatedClusterToken>) {
+    let org = db.create_organization("org").await.unwrap().id;
+    let cluster = db
+        .create_cluster(org, crate::NewCluster::named("c"))
+        .await
+        .unwrap()
+        .id;
+    let mut tokens = Vec::new();
+    for name in names {
+        let new = crate::NewClusterToken {
+            name: (*name).to_owned(),
+            created_by: None,
+            expires_at: None,
+        };
+        tokens.push(db.create_cluster_token(org, cluster, new).await.unwrap());
+    }
+    (org, cluster, tokens)
+}
+
 /// Inserts many `running` workspaces at once (batched `INSERT`s), for benchmarks
 /// that need realistic table sizes; the repository API inserts one at a time.
 pub async fn seed_placed_workspaces(

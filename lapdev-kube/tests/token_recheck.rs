@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use lapdev_db::test_support::TestDatabase;
-use lapdev_db::{NewCluster, NewClusterToken};
+use lapdev_db::test_support::{TestDatabase, cluster_with_tokens};
 use lapdev_hrpc::Code;
 use lapdev_kube::server::{KubeClusterServer, KubeClusterServerConfig};
 
@@ -15,27 +14,7 @@ use lapdev_kube::server::{KubeClusterServer, KubeClusterServerConfig};
 async fn a_recheck_forgets_cached_tokens_revoked_elsewhere_and_keeps_the_rest() {
     let test_db = TestDatabase::postgres().await;
     let db = test_db.db().clone();
-    let org = db.create_organization("org").await.unwrap();
-    let cluster = db
-        .create_cluster(org.id, NewCluster::named("c"))
-        .await
-        .unwrap();
-    let mut tokens = Vec::new();
-    for name in ["revoked", "kept"] {
-        let created = db
-            .create_cluster_token(
-                org.id,
-                cluster.id,
-                NewClusterToken {
-                    name: name.into(),
-                    created_by: None,
-                    expires_at: None,
-                },
-            )
-            .await
-            .unwrap();
-        tokens.push(created);
-    }
+    let (org, _, tokens) = cluster_with_tokens(&db, &["revoked", "kept"]).await;
     let [revoked, kept] = &tokens[..] else {
         unreachable!()
     };
@@ -53,7 +32,7 @@ async fn a_recheck_forgets_cached_tokens_revoked_elsewhere_and_keeps_the_rest() 
     }
 
     // Revoked on another replica; this one missed the notification.
-    db.revoke_cluster_token(org.id, revoked.token.id)
+    db.revoke_cluster_token(org, revoked.token.id)
         .await
         .unwrap();
     assert_eq!(server.recheck_tunnel_tokens().await.unwrap(), 1);

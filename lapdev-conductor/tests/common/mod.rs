@@ -144,6 +144,12 @@ impl KubeManagerRpc for FakeManager {
     }
 }
 
+/// A client whose calls reach `manager` in process.
+fn in_process<M: KubeManagerRpc + Send + Sync + 'static>(manager: Arc<M>) -> KubeManagerRpcClient {
+    let router = KubeManagerRpcServer::from_arc(manager).into_router();
+    KubeManagerRpcClient::new(Client::in_process(router))
+}
+
 #[derive(Default)]
 pub struct Connector {
     managers: Mutex<HashMap<Uuid, KubeManagerRpcClient>>,
@@ -197,11 +203,10 @@ impl Connector {
         cluster_id: Uuid,
         manager: Arc<M>,
     ) {
-        let router = KubeManagerRpcServer::from_arc(manager).into_router();
-        self.managers.lock().unwrap().insert(
-            cluster_id,
-            KubeManagerRpcClient::new(Client::in_process(router)),
-        );
+        self.managers
+            .lock()
+            .unwrap()
+            .insert(cluster_id, in_process(manager));
     }
 
     /// Connects `cluster_id` as another replica would: this connector sees
@@ -212,11 +217,10 @@ impl Connector {
         cluster_id: Uuid,
         manager: Arc<M>,
     ) {
-        let router = KubeManagerRpcServer::from_arc(manager).into_router();
-        self.unread.lock().unwrap().insert(
-            cluster_id,
-            KubeManagerRpcClient::new(Client::in_process(router)),
-        );
+        self.unread
+            .lock()
+            .unwrap()
+            .insert(cluster_id, in_process(manager));
     }
 
     pub fn disconnect(&self, cluster_id: Uuid) {

@@ -320,7 +320,7 @@ impl TokenVerifier {
     /// [`TokenVerifier::forget_token`] the revoked ones (so the fallback is
     /// kept only while the database cannot say).
     pub fn recheck_all(&self) -> Vec<Uuid> {
-        let mut ids = {
+        let ids = {
             let mut cache = lock(&self.state.cache);
             self.state.generation.fetch_add(1, Ordering::SeqCst);
             cache
@@ -329,11 +329,9 @@ impl TokenVerifier {
                     c.recheck = true;
                     c.identity.token_id
                 })
-                .collect::<Vec<_>>()
+                .collect()
         };
         lock(&self.state.in_flight).clear();
-        ids.sort_unstable();
-        ids.dedup();
         ids
     }
 
@@ -395,30 +393,14 @@ pub async fn require_cluster_token(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lapdev_db::test_support::TestDatabase;
-    use lapdev_db::{NewCluster, NewClusterToken};
+    use lapdev_db::test_support::{TestDatabase, cluster_with_tokens};
 
     #[tokio::test]
     async fn a_confirmed_token_outlives_a_database_outage_within_the_window_only() {
         let test_db = TestDatabase::postgres().await;
         let db = test_db.db().clone();
-        let org = db.create_organization("org").await.unwrap();
-        let cluster = db
-            .create_cluster(org.id, NewCluster::named("c"))
-            .await
-            .unwrap();
-        let created = db
-            .create_cluster_token(
-                org.id,
-                cluster.id,
-                NewClusterToken {
-                    name: "t".into(),
-                    created_by: None,
-                    expires_at: None,
-                },
-            )
-            .await
-            .unwrap();
+        let (_, cluster_id, tokens) = cluster_with_tokens(&db, &["t"]).await;
+        let created = &tokens[0];
         let secret = created.secret.expose().to_owned();
         // A zero TTL: every call asks the database, as after any TTL has run out.
         let tolerant = TokenVerifier::new(db.clone(), Duration::ZERO)
@@ -434,7 +416,7 @@ mod tests {
         drop(test_db);
         for _ in 0..3 {
             let identity = tolerant.verify(&secret).await.unwrap();
-            assert_eq!(identity.cluster_id, cluster.id);
+            assert_eq!(identity.cluster_id, cluster_id);
         }
         let e = strict.verify(&secret).await.unwrap_err();
         assert_eq!(e.code, lapdev_hrpc::Code::Unavailable);
@@ -458,30 +440,10 @@ mod tests {
     async fn a_recheck_asks_the_database_and_keeps_the_outage_fallback() {
         let test_db = TestDatabase::postgres().await;
         let db = test_db.db().clone();
-        let org = db.create_organization("org").await.unwrap();
-        let cluster = db
-            .create_cluster(org.id, NewCluster::named("c"))
-            .await
-            .unwrap();
-        let token = |name: &str| {
-            let db = db.clone();
-            let name = name.to_owned();
-            async move {
-                db.create_cluster_token(
-                    org.id,
-                    cluster.id,
-                    NewClusterToken {
-                        name,
-                        created_by: None,
-                        expires_at: None,
-                    },
-                )
-                .await
-                .unwrap()
-            }
+        let (org, _, tokens) = cluster_with_tokens(&db, &["revoked", "kept"]).await;
+        let [revoked, kept] = &tokens[..] else {
+            unreachable!()
         };
-        let revoked = token("revoked").await;
-        let kept = token("kept").await;
         // A long TTL: without a recheck, every answer below comes from the cache.
         let ttl = Duration::from_secs(3600);
         let tolerant =
@@ -490,7 +452,7 @@ mod tests {
         tolerant.verify(kept.secret.expose()).await.unwrap();
 
         // Revoked by another replica; this one missed the notification.
-        db.revoke_cluster_token(org.id, revoked.token.id)
+        db.revoke_cluster_token(org, revoked.token.id)
             .await
             .unwrap();
         assert!(tolerant.verify(revoked.secret.expose()).await.is_ok());
