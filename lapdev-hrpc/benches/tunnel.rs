@@ -12,6 +12,13 @@
 //! (`support/yamux_h1.rs`): the alternative to HTTP/2 the issue allows,
 //! measured at its best before building it into the tunnel.
 //!
+//! Two more rows test explanations of version 2's cost
+//! (`support/references.rs`): "v2 on 2 conns" spreads the calls over two
+//! version 2 tunnels (is it the one connection?), and "HTTP/2 on TCP" is HRPC
+//! over one plain HTTP/2 connection with no WebSocket (is it the WebSocket
+//! layer?). `BENCH_CONN_WINDOW` and `BENCH_STREAM_WINDOW` (bytes) change the
+//! HTTP/2 windows of the tunnel rows.
+//!
 //! Three judges:
 //!
 //! - **Calls/s** (default): for each cell, `BENCH_ROUNDS` rounds (default 5);
@@ -38,6 +45,8 @@
 //!
 //! Run: `cargo bench -p lapdev-hrpc --bench tunnel [-- --counts | --instructions]`.
 
+#[path = "support/references.rs"]
+mod references;
 #[path = "support/yamux_h1.rs"]
 mod yamux_h1;
 
@@ -142,6 +151,20 @@ fn ws_read_buffer() -> usize {
         .unwrap_or(tunnel::DEFAULT_WS_READ_BUFFER_BYTES)
 }
 
+/// The HTTP/2 limits of both tunnel ends: the crate's defaults, with the
+/// windows from `BENCH_CONN_WINDOW` and `BENCH_STREAM_WINDOW` (bytes) if set.
+fn limits() -> tunnel::StreamLimits {
+    let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse().ok());
+    let mut limits = tunnel::StreamLimits::default();
+    if let Some(bytes) = var("BENCH_CONN_WINDOW") {
+        limits.connection_window_bytes = bytes;
+    }
+    if let Some(bytes) = var("BENCH_STREAM_WINDOW") {
+        limits.stream_window_bytes = bytes;
+    }
+    limits
+}
+
 /// A server end plus a manager of the given version, with `ws_read_buffer`
 /// bytes of WebSocket read buffer on both ends; returns the transport.
 async fn tunnel_pair(version: u8, ws_read_buffer: usize) -> TunnelTransport {
@@ -150,6 +173,7 @@ async fn tunnel_pair(version: u8, ws_read_buffer: usize) -> TunnelTransport {
                       ws: WebSocketUpgrade| async move {
         let config = TunnelConfig {
             ws_read_buffer_bytes: ws_read_buffer,
+            streams: limits(),
             ..Default::default()
         };
         config
@@ -170,6 +194,7 @@ async fn tunnel_pair(version: u8, ws_read_buffer: usize) -> TunnelTransport {
     let config = TunnelClientConfig {
         max_protocol_version: version,
         ws_read_buffer_bytes: ws_read_buffer,
+        streams: limits(),
         ..Default::default()
     };
     let session = tunnel::connect(
@@ -236,13 +261,15 @@ async fn tarpc_client() -> ReferenceClient {
 /// version 1 with the WebSocket read buffer it had before this bench's last
 /// changes (tungstenite's default, 128 KiB): today's tunnel, which the floors
 /// are stated against.
-const TRANSPORTS: [&str; 6] = [
+const TRANSPORTS: [&str; 8] = [
     "v1 as shipped",
     "tunnel v1",
     "tunnel v2",
     "HRPC over HTTP",
     "tarpc over TCP",
     "yamux+h1 on TCP",
+    "v2 on 2 conns",
+    "HTTP/2 on TCP",
 ];
 
 /// Column indexes in [`TRANSPORTS`].
@@ -281,6 +308,19 @@ async fn caller(name: &str) -> Arc<Caller> {
             hrpc(Client::new(&format!("http://{addr}"), transport).unwrap())
         }
         "tarpc over TCP" => Arc::new(Caller::Tarpc(tarpc_client().await)),
+        "v2 on 2 conns" => {
+            let mut tunnels = Vec::new();
+            for _ in 0..2 {
+                tunnels.push(tunnel_pair(2, ws_read_buffer()).await);
+            }
+            let spread = references::Spread::new(tunnels);
+            hrpc(Client::with_shared_transport("http://tunnel", Arc::new(spread)).unwrap())
+        }
+        "HTTP/2 on TCP" => {
+            let addr = serve(manager_router()).await;
+            let h2 = references::Http2Tcp::connect(addr).await;
+            hrpc(Client::with_shared_transport("http://tunnel", Arc::new(h2)).unwrap())
+        }
         "yamux+h1 on TCP" => {
             let addr = yamux_h1::serve(manager_router()).await;
             let t = yamux_h1::YamuxTransport::connect(addr).await;
