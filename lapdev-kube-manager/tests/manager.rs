@@ -295,7 +295,9 @@ async fn workspace_lifecycle_through_the_tunnel() {
         Err(CallError::Service(e)) => assert_eq!(e.code, Code::NotFound),
         other => panic!("expected not_found, got {other:?}"),
     }
-    assert!(manager.log().contains("command done"));
+    let log = manager.log();
+    assert!(log.contains("command done"));
+    assert!(!log.contains('\u{1b}'), "a piped log has no colour codes");
 }
 
 #[tokio::test]

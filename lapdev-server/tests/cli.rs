@@ -288,3 +288,68 @@ async fn token_and_manifest_files_are_0600_even_when_they_existed_as_0644() {
         created["manifest"].as_str().unwrap()
     );
 }
+
+/// The server logs to stderr, as plain text when stderr is not a terminal;
+/// stdout holds only what it prints for its caller (the address, the
+/// first-start hints, `admin-token`'s token), so `$(lapdev-server admin-token)`
+/// is the token even with `RUST_LOG=info`.
+#[test]
+fn logs_go_to_stderr_without_colour_and_stdout_stays_clean() {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::process::Stdio;
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lapdev-server"));
+        command
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR");
+        command
+    };
+    let mut child = server()
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(
+        first.starts_with("lapdev-server listening on http://127.0.0.1:"),
+        "{first:?}"
+    );
+    // The first-start hints follow; their last line ends them.
+    let mut rest = String::new();
+    while !rest.contains("lapdev cluster list") {
+        assert!(stdout.read_line(&mut rest).unwrap() > 0, "{rest}");
+    }
+    assert!(rest.contains("First start"), "{rest}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(log.contains("applying database migrations"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no colour codes in a piped log: {log:?}"
+    );
+    assert!(!rest.contains(" INFO "), "no log lines on stdout: {rest}");
+
+    let out = server().arg("admin-token").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout:?}");
+    assert!(stdout.starts_with("lapdev_pat_"), "{stdout:?}");
+}

@@ -200,10 +200,11 @@ impl Env {
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let url = loop {
             let line = lines
@@ -214,13 +215,20 @@ impl Env {
                 break url.trim().to_owned();
             }
         };
-        // Keep draining stdout (where the server logs, at `warn` here) so it
-        // never blocks on a full pipe, and pass it on: the thread inherits the
-        // test's output capture, so a failing test shows its servers' logs.
+        // Keep draining stdout and stderr (the log, at `warn` here) so the
+        // server never blocks on a full pipe, and pass them on, marked with
+        // the port: the threads inherit the test's output capture, so a
+        // failing test shows its servers' logs.
         let port = url.rsplit(':').next().unwrap_or("?").to_owned();
+        let log_port = port.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 eprintln!("[lapdev-server :{port}] {line}");
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[lapdev-server :{log_port}] {line}");
             }
         });
         (
