@@ -60,7 +60,12 @@ pub async fn mint_admin_token(
         .await?
         .into_iter()
         .next()
-        .ok_or_else(|| anyhow::anyhow!("no organisation exists yet; start the server once"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no organisation exists yet in the database of {}: start the server once with this --data-dir and --database-url",
+                data_dir.path().display()
+            )
+        })?;
     let owner = db.first_owner(org.id).await?;
     let days = i64::try_from(token_days.clamp(1, 3650)).unwrap_or(30);
     let created = db

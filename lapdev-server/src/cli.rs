@@ -15,6 +15,15 @@ use lapdev_hrpc::{CallError, Client, HrpcError};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+/// `println!` to [`stdout::out`]: an error instead of a panic, and a closed
+/// stdout as [`stdout::StdoutClosed`].
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!($crate::cli::stdout::out(), $($arg)*)
+    }};
+}
+
 pub mod access;
 pub mod oidc_login;
 pub mod people;
@@ -23,6 +32,7 @@ pub mod provider;
 pub mod quota;
 pub mod sessions;
 pub mod settings;
+pub mod stdout;
 
 use crate::admin::api::{AdminRpcClient, ClusterView, CreatedCluster, CreatedToken, TokenView};
 use crate::admin::workspaces::{NewWorkspaceRequest, WorkspaceRpcClient, WorkspaceView};
@@ -400,6 +410,8 @@ pub enum TokenCommand {
 pub async fn run(cli: Cli) -> i32 {
     match execute(cli).await {
         Ok(()) => 0,
+        // `lapdev … | head`: the reader has what it wanted.
+        Err(e) if stdout::is_closed(&e) => 0,
         Err(e) if e.downcast_ref::<access::ExitCode>().is_some() => {
             e.downcast_ref::<access::ExitCode>().map_or(1, |c| c.0)
         }
@@ -418,10 +430,19 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 fn bearer_token(cli: &Cli) -> anyhow::Result<String> {
-    let stored = people::stored_token();
-    cli.token.clone().or(stored).context(
-        "no token: run `lapdev login`, pass --token or set LAPDEV_TOKEN (the first owner token is in <data-dir>/admin-token)",
-    )
+    // An empty `--token`/`LAPDEV_TOKEN` (e.g. `$(cat missing-file)`) counts as
+    // none given.
+    let given = cli.token.clone().filter(|t| !t.trim().is_empty());
+    let empty = cli.token.is_some() && given.is_none();
+    match given.or_else(people::stored_token) {
+        Some(token) => Ok(token),
+        None if empty => anyhow::bail!(
+            "LAPDEV_TOKEN (or --token) is empty: set it to a personal access token (the first owner token is in <data-dir>/admin-token) or run `lapdev login`"
+        ),
+        None => anyhow::bail!(
+            "no token: run `lapdev login`, pass --token or set LAPDEV_TOKEN (the first owner token is in <data-dir>/admin-token)"
+        ),
+    }
 }
 
 fn client(cli: &Cli) -> anyhow::Result<AdminRpcClient> {
@@ -506,14 +527,18 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             let workspaces = WorkspaceRpcClient::new(admin.client().clone());
             match cmd {
                 WorkspaceCommand::Shell { name } => {
-                    access::exec(&endpoint, &name, &access::login_shell(), true, true).await
+                    let tty = access::tty_for_stdin(true);
+                    access::exec(&endpoint, &name, &access::login_shell(), tty, true).await
                 }
                 WorkspaceCommand::Exec {
                     name,
                     tty,
                     interactive,
                     command,
-                } => access::exec(&endpoint, &name, &command, tty, interactive).await,
+                } => {
+                    let tty = access::tty_for_stdin(tty);
+                    access::exec(&endpoint, &name, &command, tty, interactive).await
+                }
                 WorkspaceCommand::PortForward {
                     name,
                     ports,
@@ -660,7 +685,7 @@ pub fn workspace_json(w: &WorkspaceView) -> Value {
 
 /// Prints a JSON object as `key value` lines.
 fn print_fields(v: Value) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = stdout::out();
     if let Value::Object(m) = v {
         for (k, v) in m {
             let text = match v {
@@ -698,7 +723,7 @@ async fn cluster(admin: &AdminRpcClient, out: Output, cmd: ClusterCommand) -> an
             if let Some(path) = &token_out {
                 write_private(path, format!("{}\n", created.token_secret).as_bytes())?;
             }
-            print_created_cluster(out, &created, manifest_out.is_some(), token_out.is_some())
+            print_created_cluster(out, &created, manifest_out.as_ref(), token_out.as_ref())
         }
         ClusterCommand::List { all } => {
             let clusters = admin.list_clusters(all).await.map_err(call_error)?;
@@ -726,19 +751,19 @@ async fn cluster(admin: &AdminRpcClient, out: Output, cmd: ClusterCommand) -> an
                     .map_err(call_error)?;
                 if out == Output::Table {
                     for w in &forgotten {
-                        println!("workspace {w} forgotten");
+                        outln!("workspace {w} forgotten")?;
                     }
                 }
             }
             provider::delete_cluster(admin, out, name.clone(), yes, keep_in_provider).await?;
             if force && out == Output::Table {
                 // Said plainly: nothing of Lapdev will ever reach them again.
-                println!(
+                outln!(
                     "volumes in cluster {name} that Lapdev did not delete (home volumes of workspaces \
                      whose objects could not be removed, and volumes kept for deleted workspaces) \
                      are left to the cluster's owner: they are the PersistentVolumeClaims \
                      ws-<id>-home in its workspace namespace"
-                );
+                )?;
             }
             Ok(())
         }
@@ -766,19 +791,19 @@ async fn cluster(admin: &AdminRpcClient, out: Output, cmd: ClusterCommand) -> an
                         .map_err(call_error)?;
                     write_private(path, created.manifest.as_bytes())?;
                     if out == Output::Table {
-                        println!(
+                        outln!(
                             "security profile {}; apply the new manifest: kubectl apply -f {}",
                             c.security_profile,
                             path.display()
-                        );
+                        )?;
                         return Ok(());
                     }
                 }
                 None if out == Output::Table => {
-                    println!(
+                    outln!(
                         "security profile {}; get a manifest that applies it with: lapdev cluster manifest {name} --manifest-out FILE",
                         c.security_profile
-                    );
+                    )?;
                     return Ok(());
                 }
                 None => {}
@@ -945,8 +970,8 @@ fn token_json(t: &TokenView) -> Value {
 fn print_created_cluster(
     out: Output,
     created: &CreatedCluster,
-    manifest_written: bool,
-    token_written: bool,
+    manifest_written: Option<&PathBuf>,
+    token_written: Option<&PathBuf>,
 ) -> anyhow::Result<()> {
     match out {
         Output::Json => {
@@ -960,11 +985,12 @@ fn print_created_cluster(
         }
         Output::Table => {
             print_cluster(Output::Table, &created.cluster)?;
-            let mut stdout = std::io::stdout().lock();
-            if token_written {
+            let mut stdout = stdout::out();
+            if let Some(file) = token_written {
                 writeln!(
                     stdout,
-                    "\nThe cluster token was written to the --token-out file."
+                    "\nThe cluster token was written to {} (mode 0600).",
+                    file.display()
                 )?;
             } else {
                 writeln!(
@@ -973,10 +999,11 @@ fn print_created_cluster(
                     created.token_secret
                 )?;
             }
-            if manifest_written {
+            if let Some(file) = manifest_written {
                 writeln!(
                     stdout,
-                    "Install the manager: kubectl apply -f <the --manifest-out file>"
+                    "Install the manager: kubectl apply -f {}",
+                    file.display()
                 )?;
             } else {
                 writeln!(
@@ -1005,7 +1032,7 @@ fn print_created_token(
             print_json(&v)
         }
         Output::Table => {
-            let mut stdout = std::io::stdout().lock();
+            let mut stdout = stdout::out();
             writeln!(
                 stdout,
                 "token {} ({}) created",
@@ -1069,7 +1096,7 @@ pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) -> anyhow::Result<(
             *w = (*w).max(cell.chars().count());
         }
     }
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = stdout::out();
     let line = |cells: Vec<String>| {
         cells
             .iter()
@@ -1092,9 +1119,10 @@ pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) -> anyhow::Result<(
 }
 
 fn print_json(v: &Value) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut stdout, v)?;
-    writeln!(stdout)?;
+    let mut stdout = stdout::out();
+    let mut text = serde_json::to_vec_pretty(v)?;
+    text.push(b'\n');
+    stdout.write_all(&text)?;
     Ok(())
 }
 
@@ -1102,7 +1130,7 @@ fn done(out: Output, json: Value, text: &str) -> anyhow::Result<()> {
     match out {
         Output::Json => print_json(&json),
         Output::Table => {
-            println!("{text}");
+            outln!("{text}")?;
             Ok(())
         }
     }

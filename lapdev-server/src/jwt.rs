@@ -48,8 +48,27 @@ pub enum JwtError {
     #[error("could not sign the token")]
     Sign(#[source] jsonwebtoken::errors::Error),
     /// The token is not valid: bad signature, expired, wrong issuer or audience.
-    #[error("invalid admin token: {0}")]
+    #[error("{}", describe(.0))]
     Invalid(#[source] jsonwebtoken::errors::Error),
+}
+
+/// Why a presented sign-in token (a JWT) was refused, in words.
+fn describe(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::ExpiredSignature => "the sign-in token expired: run `lapdev login` again".into(),
+        ErrorKind::InvalidSignature => {
+            "the sign-in token was not signed by this server (another server's, or its JWT secret changed): run `lapdev login` again".into()
+        }
+        ErrorKind::ImmatureSignature => "the sign-in token is not valid yet (clock skew?)".into(),
+        ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
+            "the sign-in token was issued for something else".into()
+        }
+        _ => format!(
+            "not a token this server issues: expected a personal access token ({}…) or a sign-in token from `lapdev login`",
+            lapdev_common::role::PAT_PREFIX
+        ),
+    }
 }
 
 /// Signs and verifies admin tokens with one secret.

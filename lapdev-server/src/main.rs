@@ -14,6 +14,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging(cli.server.log_format);
 
     if let Some(Command::AdminToken { days }) = cli.command {
+        require_data_dir(&cli.server)?;
         let data_dir = DataDir::open(&cli.server.data_dir)?;
         let url = match &cli.server.database_url {
             Some(url) => url.clone(),
@@ -45,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
             }
             _ => anyhow::bail!("give exactly one of --before or --older-than-days"),
         };
+        require_data_dir(&cli.server)?;
         let data_dir = DataDir::open(&cli.server.data_dir)?;
         let url = match cli.server.database_url.clone() {
             Some(url) => url,
@@ -105,6 +107,19 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("shutting down");
     server.shutdown();
     server.wait().await
+}
+
+/// The one-shot commands work on an existing server's data: on the embedded
+/// default (no `--database-url`), a missing data directory means the wrong
+/// `--data-dir` (or none started yet), not an empty one to create.
+fn require_data_dir(server: &lapdev_server::config::ServerConfig) -> anyhow::Result<()> {
+    if server.database_url.is_none() && !server.data_dir.exists() {
+        anyhow::bail!(
+            "no data directory at {}: pass the server's --data-dir (or LAPDEV_DATA_DIR), or start the server once to create it",
+            server.data_dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

@@ -296,6 +296,68 @@ async fn http_get(t: &TestServer, path: &str) -> String {
     String::from_utf8_lossy(response.body()).into_owned()
 }
 
+/// `shell` with input that is not a terminal runs without a TTY (as
+/// `kubectl exec -it` does), so the shell reads the piped commands, sees their
+/// end and exits instead of waiting forever; with no input at all it ends at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_whose_input_is_not_a_terminal_runs_without_a_tty_and_ends() {
+    let e = env().await;
+    let mut child = lapdev_cmd(&e.t, &["workspace", "shell", "box"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"echo from-the-pipe; exit 4\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the shell ended with its input")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("from-the-pipe"),
+        "{out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a terminal"),
+        "{out:?}"
+    );
+    // No input at all (`</dev/null`): the shell sees its end at once.
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        lapdev(&e.t, &["workspace", "shell", "box"]),
+    )
+    .await
+    .expect("the shell ended without input");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+/// A forward to a port nothing listens on ends the CLI with the whole
+/// reason, cause included: the kubelet's message is longer than a WebSocket
+/// close frame holds (123 bytes), so the server sends it whole in a text
+/// message before the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_forward_ends_the_cli_with_the_whole_reason() {
+    let e = env().await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        lapdev(&e.t, &["workspace", "proxy", "box", "9999"]),
+    )
+    .await
+    .expect("the proxy ended");
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.len() > 123, "{err}");
+    assert!(err.contains("connect: connection refused"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twelve_mib_through_exec_stdin_arrive_intact() {
     let e = env().await;

@@ -170,6 +170,33 @@ async fn tables_and_manifest_output() {
     let manifest = String::from_utf8_lossy(&out.stdout);
     assert!(manifest.contains("kind: Deployment"), "{manifest}");
     assert!(manifest.contains("lapdev_ct_"));
+
+    // With files, the table names them.
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, token) = (dir.path().join("m.yaml"), dir.path().join("c.token"));
+    let out = lapdev(
+        &t,
+        &[
+            "cluster",
+            "create",
+            "files-test",
+            "--manifest-out",
+            manifest.to_str().unwrap(),
+            "--token-out",
+            token.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("kubectl apply -f {}", manifest.display())),
+        "{text}"
+    );
+    assert!(text.contains(&token.display().to_string()), "{text}");
+    assert!(
+        !text.contains("lapdev_ct_"),
+        "the token is in the file only: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,6 +219,32 @@ async fn errors_are_one_line_and_exit_non_zero() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unauthenticated"), "{err}");
+    assert!(err.contains("not a token this server issues"), "{err}");
+
+    // A cluster token where a personal access token belongs.
+    let out = Command::new(env!("CARGO_BIN_EXE_lapdev"))
+        .args(["cluster", "list"])
+        .env("LAPDEV_SERVER", t.base())
+        .env("LAPDEV_TOKEN", "lapdev_ct_0123456789abcdef0123456789abcdef")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("this is a cluster token"), "{err}");
+
+    // An empty token (`$(cat missing-file)`) is no token, said as such.
+    let config = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lapdev"))
+        .args(["cluster", "list"])
+        .env("LAPDEV_SERVER", t.base())
+        .env("LAPDEV_CONFIG_DIR", config.path())
+        .env("LAPDEV_TOKEN", "")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("LAPDEV_TOKEN (or --token) is empty"), "{err}");
 
     // An unreachable server.
     let out = Command::new(env!("CARGO_BIN_EXE_lapdev"))
@@ -352,4 +405,49 @@ fn logs_go_to_stderr_without_colour_and_stdout_stays_clean() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 1, "{stdout:?}");
     assert!(stdout.starts_with("lapdev_pat_"), "{stdout:?}");
+}
+
+/// `lapdev … | head`: a reader that stops reading ends the command quietly
+/// with status 0, as with other Unix tools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_the_command_quietly() {
+    use std::process::Stdio;
+    let t = TestServer::postgres().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lapdev"))
+        .args(["cluster", "list", "-o", "json"])
+        .env("LAPDEV_SERVER", t.base())
+        .env("LAPDEV_TOKEN", &t.admin_token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the command has its answer to print.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The one-shot server commands refuse a data directory that does not exist
+/// (the wrong `--data-dir`) instead of creating an empty one.
+#[test]
+fn admin_token_names_a_missing_data_directory_and_creates_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("lapdev-data");
+    let out = Command::new(env!("CARGO_BIN_EXE_lapdev-server"))
+        .arg("admin-token")
+        .arg("--data-dir")
+        .arg(&missing)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no data directory at"), "{err}");
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert!(!missing.exists(), "nothing created");
 }

@@ -74,6 +74,14 @@ async fn login_tokens_users_and_audit_from_the_cli() {
     ));
     assert_eq!(created["role"], "member");
 
+    // No password at all (stdin at its end): refused before asking the
+    // server, so it is no failed sign-in.
+    let none = lapdev(&t, &mel_cfg, None, &["login", "--user", "mel"], "");
+    assert!(!none.status.success());
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(err.contains("no password given"), "{err}");
+    assert!(!mel_cfg.join("token").exists());
+
     // Wrong password: one line on stderr, non-zero exit, nothing stored.
     let wrong = lapdev(&t, &mel_cfg, None, &["login", "--user", "mel"], "nope\n");
     assert!(!wrong.status.success());

@@ -125,6 +125,10 @@ async fn delete_keeps_the_volume_restore_and_start_reuse_it_and_the_window_ends_
     running(&env, &cli, "w1").await;
     let uid = claim_uid(&env);
 
+    // A workspace that is not deleted cannot be restored, and says so.
+    let live = cli.fails(&["workspace", "restore", "w1"]);
+    assert!(live.contains("is not deleted (it is running)"), "{live}");
+
     // Delete: the pod goes at once, the claim stays, the row says until when.
     deleted(&env, &cli, "w1").await;
     assert!(env.pods().is_empty(), "the pod is deleted");

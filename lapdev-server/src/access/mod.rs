@@ -9,6 +9,11 @@
 //!   message from the client is its end of input. An error after the start
 //!   closes the WebSocket with code 1011 and the reason.
 //!
+//! A close reason holds at most 123 bytes (RFC 6455 §5.5). A longer reason
+//! (a kubelet's port-forward error with its cause, say) is sent whole as a
+//! text message right before the close, whose reason is its first 123 bytes;
+//! clients show the text. Text messages carry nothing else.
+//!
 //! Both need `authorization: Bearer <token>` (a personal access token or an
 //! admin JWT, verified by the authorization layer's [`AuthState::authenticate`]),
 //! or a browser session cookie on an upgrade carrying the server's own

@@ -354,9 +354,19 @@ async fn bridge(
         return ended;
     }
     let mut reason = if code == 1000 { String::new() } else { reason };
-    // A close reason is at most 123 bytes.
-    while reason.len() > 123 {
-        reason.pop();
+    // A close reason is at most 123 bytes (RFC 6455 §5.5): a longer one goes
+    // whole in a text message first (clients read the close's as its start).
+    if reason.len() > 123 {
+        if ws_tx
+            .send(Message::Text(reason.clone().into()))
+            .await
+            .is_err()
+        {
+            ended.clean = false;
+        }
+        while reason.len() > 123 {
+            reason.pop();
+        }
     }
     if ws_tx
         .send(Message::Close(Some(CloseFrame {

@@ -224,6 +224,26 @@ impl WorkspaceService {
         Ok(view_named(ws, timer, policy, cluster))
     }
 
+    /// Why `name` cannot be restored when no deleted workspace has it: one
+    /// being deleted is not deleted yet (its pod is still going), a live one
+    /// is not deleted at all.
+    async fn not_restorable(&self, ctx: &Context, organization_id: Uuid, name: &str) -> HrpcError {
+        let live = self.db.get_workspace_by_name(organization_id, name).await;
+        match live.ok().and_then(|ws| visible(ctx, ws, name).ok()) {
+            Some(ws) if ws.desired_state == DesiredState::Deleted => {
+                HrpcError::failed_precondition(format!(
+                    "workspace {name:?} is still being deleted ({}): restore it once `lapdev workspace get {name}` says it is gone",
+                    ws.status
+                ))
+            }
+            Some(ws) => HrpcError::failed_precondition(format!(
+                "workspace {name:?} is not deleted (it is {})",
+                ws.status
+            )),
+            None => HrpcError::not_found(format!("no deleted workspace is named {name:?}")),
+        }
+    }
+
     async fn desire(
         &self,
         ctx: &Context,
@@ -472,16 +492,17 @@ impl WorkspaceRpc for WorkspaceService {
         if let Some(n) = &new_name {
             crate::check_name("new_name", lapdev_common::name::NameKind::Workspace, n)?;
         }
-        let ws = self
+        let ws = match self
             .db
             .find_deleted_workspace_by_name(who.organization_id, &name)
             .await
-            .map_err(|e| match e {
-                DbError::NotFound { .. } => {
-                    HrpcError::not_found(format!("no deleted workspace is named {name:?}"))
-                }
-                other => db_error(other),
-            })?;
+        {
+            Ok(ws) => ws,
+            Err(DbError::NotFound { .. }) => {
+                return Err(self.not_restorable(&ctx, who.organization_id, &name).await);
+            }
+            Err(other) => return Err(db_error(other)),
+        };
         let ws = visible(&ctx, ws, &name)?;
         let restored = self
             .db

@@ -231,6 +231,11 @@ impl AuthState {
                 pat.organization_id,
                 Credential::Pat(pat.token_id),
             )
+        } else if token.starts_with(lapdev_common::token::CLUSTER_TOKEN_PREFIX) {
+            return Err(HrpcError::unauthenticated(format!(
+                "this is a cluster token ({}…), which only a cluster's manager presents: use a personal access token ({PAT_PREFIX}…)",
+                lapdev_common::token::CLUSTER_TOKEN_PREFIX
+            )));
         } else {
             let id = self
                 .jwt

@@ -9,6 +9,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::stdout::write_error;
 use anyhow::{Context as _, bail};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt as _, StreamExt as _};
@@ -81,10 +82,16 @@ impl Endpoint {
 }
 
 /// The reason a close frame gives, as an error unless it is a normal close.
-fn closed(frame: Option<CloseFrame>) -> anyhow::Result<()> {
+/// What a close frame says: `Ok` for a normal close, else the reason. A
+/// reason longer than a close frame holds (123 bytes) came whole in a text
+/// message just before: `full`.
+fn closed(frame: Option<CloseFrame>, full: Option<String>) -> anyhow::Result<()> {
     match frame {
         Some(f) if f.code != tungstenite::protocol::frame::coding::CloseCode::Normal => {
             let reason = f.reason.to_string();
+            if let Some(full) = full.filter(|full| full.starts_with(&reason)) {
+                bail!("{full}")
+            }
             if reason.is_empty() {
                 bail!("the session ended abnormally ({})", u16::from(f.code))
             }
@@ -92,6 +99,19 @@ fn closed(frame: Option<CloseFrame>) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// Whether to ask for a TTY: only when `wanted` and stdin is a terminal. As
+/// `kubectl exec -t` does, a session whose input is a pipe or a file runs
+/// without one (with a warning): a remote TTY never sees such input end, so
+/// the session would wait forever.
+pub fn tty_for_stdin(wanted: bool) -> bool {
+    use std::io::IsTerminal as _;
+    if wanted && !std::io::stdin().is_terminal() {
+        eprintln!("lapdev: stdin is not a terminal: running without a TTY");
+        return false;
+    }
+    wanted
 }
 
 /// `lapdev workspace exec` and `shell`: runs `command`; the remote exit code
@@ -173,6 +193,7 @@ pub async fn exec(
         let mut decoder = FrameDecoder::default();
         let mut stdout = tokio::io::stdout();
         let mut stderr = tokio::io::stderr();
+        let mut full_reason = None;
         loop {
             match rx.next().await {
                 Some(Ok(Message::Binary(b))) => {
@@ -183,8 +204,8 @@ pub async fn exec(
                     {
                         match frame {
                             Frame::Stdout(d) => {
-                                stdout.write_all(&d).await?;
-                                stdout.flush().await?;
+                                stdout.write_all(&d).await.map_err(write_error)?;
+                                stdout.flush().await.map_err(write_error)?;
                             }
                             Frame::Stderr(d) => {
                                 stderr.write_all(&d).await?;
@@ -197,8 +218,9 @@ pub async fn exec(
                         }
                     }
                 }
+                Some(Ok(Message::Text(t))) => full_reason = Some(t.to_string()),
                 Some(Ok(Message::Close(frame))) => {
-                    closed(frame)?;
+                    closed(frame, full_reason.take())?;
                     bail!("the session ended without the command's exit code");
                 }
                 Some(Ok(_)) => {}
@@ -247,13 +269,15 @@ where
         std::future::pending::<()>().await;
     };
     let download = async {
+        let mut full_reason = None;
         loop {
             match rx.next().await {
                 Some(Ok(Message::Binary(b))) => {
                     writer.write_all(&b).await?;
                     writer.flush().await?;
                 }
-                Some(Ok(Message::Close(frame))) => return closed(frame),
+                Some(Ok(Message::Text(t))) => full_reason = Some(t.to_string()),
+                Some(Ok(Message::Close(frame))) => return closed(frame, full_reason),
                 Some(Ok(_)) => {}
                 Some(Err(tungstenite::Error::ConnectionClosed)) | None => return Ok(()),
                 Some(Err(e)) => {
@@ -332,7 +356,7 @@ pub async fn port_forward(
             .await
             .with_context(|| format!("cannot listen on {address}:{} (in use?)", spec.local))?;
         let local = listener.local_addr()?;
-        println!("Forwarding from {local} -> {}", spec.remote);
+        outln!("Forwarding from {local} -> {}", spec.remote)?;
         let endpoint = endpoint.clone();
         let workspace = workspace.to_owned();
         let remote = spec.remote;

@@ -189,6 +189,10 @@ pub async fn login(
 ) -> anyhow::Result<()> {
     let (token, me) = if with_token {
         let token = read_line("Token: ", true)?;
+        anyhow::ensure!(
+            !token.trim().is_empty(),
+            "no token given: type or pipe one on stdin"
+        );
         let api = api.with_header(
             http::header::AUTHORIZATION,
             http::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
@@ -202,6 +206,12 @@ pub async fn login(
             None => read_line("User: ", false)?,
         };
         let password = read_line("Password: ", true)?;
+        // Checked here: an empty password would count as a failed sign-in
+        // (and start the server's slow-down for this user).
+        anyhow::ensure!(
+            !password.is_empty(),
+            "no password given: type it at the prompt, or pipe it on stdin"
+        );
         let signed = api
             .sign_in(organization, user, password, Some("cli".into()))
             .await
@@ -335,7 +345,7 @@ pub async fn token(api: &PeopleRpcClient, out: Output, cmd: PatCommand) -> anyho
                     print_json(&v)
                 }
                 Output::Table => {
-                    println!("{}", created.token_secret);
+                    outln!("{}", created.token_secret)?;
                     eprintln!(
                         "token {} ({}) expires {}; it is not shown again",
                         created.token.name,

@@ -206,7 +206,7 @@ pub async fn run(admin: &AdminRpcClient, out: Output, cmd: ProviderCommand) -> a
                     "warning": created.warning,
                 })),
                 Output::Table => {
-                    println!(
+                    outln!(
                         "provider {} added{}",
                         created.provider.name,
                         if created.credentials_checked {
@@ -214,7 +214,7 @@ pub async fn run(admin: &AdminRpcClient, out: Output, cmd: ProviderCommand) -> a
                         } else {
                             ""
                         }
-                    );
+                    )?;
                     if let Some(w) = created.warning {
                         eprintln!("warning: {w}");
                     }
@@ -372,10 +372,10 @@ pub async fn delete_cluster(
         Some(m) => match out {
             Output::Json => print_json(&managed_json(&m)),
             Output::Table => {
-                println!(
+                outln!(
                     "cluster {name} is being deleted in provider {} (watch it with `lapdev cluster get {name}`)",
                     m.provider.as_deref().unwrap_or("-")
-                );
+                )?;
                 Ok(())
             }
         },

@@ -124,7 +124,7 @@ pub async fn org(api: &PeopleRpcClient, out: Output, cmd: OrgCommand) -> anyhow:
     match out {
         Output::Json => print_json(&json!(s)),
         Output::Table => {
-            println!("admins may open shells: {}", s.admins_may_open_shells);
+            outln!("admins may open shells: {}", s.admins_may_open_shells)?;
             Ok(())
         }
     }

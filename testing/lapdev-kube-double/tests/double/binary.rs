@@ -1,7 +1,7 @@
 //! The dev binary: says what it is, serves the API, writes a kubeconfig, seeds
 //! nodes, starts new pods and (when allowed) runs `kubectl exec` locally.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lapdev-kube-double");
@@ -54,8 +54,10 @@ fn serves_seeds_nodes_and_runs_pods() {
             ])
             .arg("--kubeconfig-out")
             .arg(&kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -102,4 +104,14 @@ fn serves_seeds_nodes_and_runs_pods() {
         3,
         "{background}"
     );
+    // Stdout carries only the greeting; the log goes to stderr, plain text
+    // when it is not a terminal.
+    let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
+    assert!(
+        stdout.starts_with("Kubernetes API stand-in (not a cluster) serving on"),
+        "{stdout}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(log.contains("local exec is ON"), "{log}");
+    assert!(!log.contains('\u{1b}'), "no colour codes: {log:?}");
 }
