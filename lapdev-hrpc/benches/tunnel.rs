@@ -16,8 +16,9 @@
 //! (`support/references.rs`): "v2 on 2 conns" spreads the calls over two
 //! version 2 tunnels (is it the one connection?), and "HTTP/2 on TCP" is HRPC
 //! over one plain HTTP/2 connection with no WebSocket (is it the WebSocket
-//! layer?). `BENCH_CONN_WINDOW` and `BENCH_STREAM_WINDOW` (bytes) change the
-//! HTTP/2 windows of the tunnel rows.
+//! layer?), with version 2's HTTP/2 settings on both ends. `BENCH_CONN_WINDOW`
+//! and `BENCH_STREAM_WINDOW` (bytes) change the HTTP/2 windows of the tunnel
+//! rows and of "HTTP/2 on TCP".
 //!
 //! Three judges:
 //!
@@ -317,8 +318,7 @@ async fn caller(name: &str) -> Arc<Caller> {
             hrpc(Client::with_shared_transport("http://tunnel", Arc::new(spread)).unwrap())
         }
         "HTTP/2 on TCP" => {
-            let addr = serve(manager_router()).await;
-            let h2 = references::Http2Tcp::connect(addr).await;
+            let h2 = references::Http2Tcp::start(manager_router(), limits()).await;
             hrpc(Client::with_shared_transport("http://tunnel", Arc::new(h2)).unwrap())
         }
         "yamux+h1 on TCP" => {

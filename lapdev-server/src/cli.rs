@@ -410,8 +410,10 @@ pub enum TokenCommand {
 pub async fn run(cli: Cli) -> i32 {
     match execute(cli).await {
         Ok(()) => 0,
-        // `lapdev … | head`: the reader has what it wanted.
-        Err(e) if stdout::is_closed(&e) => 0,
+        // `lapdev … | head`: the reader has what it wanted. No message, and
+        // the status of a process ended by SIGPIPE (128 + 13), as other Unix
+        // tools (so `set -o pipefail` still sees that not all was printed).
+        Err(e) if stdout::is_closed(&e) => stdout::CLOSED_STATUS,
         Err(e) if e.downcast_ref::<access::ExitCode>().is_some() => {
             e.downcast_ref::<access::ExitCode>().map_or(1, |c| c.0)
         }
@@ -430,17 +432,16 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 fn bearer_token(cli: &Cli) -> anyhow::Result<String> {
-    // An empty `--token`/`LAPDEV_TOKEN` (e.g. `$(cat missing-file)`) counts as
-    // none given.
-    let given = cli.token.clone().filter(|t| !t.trim().is_empty());
-    let empty = cli.token.is_some() && given.is_none();
-    match given.or_else(people::stored_token) {
-        Some(token) => Ok(token),
-        None if empty => anyhow::bail!(
-            "LAPDEV_TOKEN (or --token) is empty: set it to a personal access token (the first owner token is in <data-dir>/admin-token) or run `lapdev login`"
+    match cli.token.as_deref() {
+        // An empty `--token`/`LAPDEV_TOKEN` (e.g. `$(cat missing-file)`) is a
+        // mistake, not a request for the stored login: that could be another
+        // identity.
+        Some(t) if t.trim().is_empty() => anyhow::bail!(
+            "LAPDEV_TOKEN (or --token) is empty: set it to a personal access token (the first owner token is in <data-dir>/admin-token), or unset it to use the one `lapdev login` stored"
         ),
-        None => anyhow::bail!(
-            "no token: run `lapdev login`, pass --token or set LAPDEV_TOKEN (the first owner token is in <data-dir>/admin-token)"
+        Some(t) => Ok(t.to_owned()),
+        None => people::stored_token().context(
+            "no token: run `lapdev login`, pass --token or set LAPDEV_TOKEN (the first owner token is in <data-dir>/admin-token)",
         ),
     }
 }
@@ -536,7 +537,12 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                     interactive,
                     command,
                 } => {
-                    let tty = access::tty_for_stdin(tty);
+                    // Without `-i` no input is sent, so a TTY cannot wait for it.
+                    let tty = if interactive {
+                        access::tty_for_stdin(tty)
+                    } else {
+                        tty
+                    };
                     access::exec(&endpoint, &name, &command, tty, interactive).await
                 }
                 WorkspaceCommand::PortForward {
@@ -561,10 +567,11 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                         .ok()
                         .and_then(|p| p.to_str().map(str::to_owned))
                         .unwrap_or_else(|| "lapdev".into());
-                    print!(
+                    write!(
+                        stdout::out(),
                         "{}",
                         access::ssh_config(&endpoint.server, &lapdev, &name, view.id, &user, port)
-                    );
+                    )?;
                     Ok(())
                 }
                 other => workspace(&workspaces, out, other).await,
@@ -844,7 +851,7 @@ async fn cluster(admin: &AdminRpcClient, out: Output, cmd: ClusterCommand) -> an
                 }
                 None => {
                     // The manifest is the output; it carries the token.
-                    print!("{}", created.manifest);
+                    write!(stdout::out(), "{}", created.manifest)?;
                     Ok(())
                 }
             }

@@ -52,20 +52,20 @@ pub enum JwtError {
     Invalid(#[source] jsonwebtoken::errors::Error),
 }
 
-/// Why a presented sign-in token (a JWT) was refused, in words.
+/// Why a presented admin JWT was refused, in words.
 fn describe(e: &jsonwebtoken::errors::Error) -> String {
     use jsonwebtoken::errors::ErrorKind;
     match e.kind() {
-        ErrorKind::ExpiredSignature => "the sign-in token expired: run `lapdev login` again".into(),
+        ErrorKind::ExpiredSignature => "the admin JWT expired".into(),
         ErrorKind::InvalidSignature => {
-            "the sign-in token was not signed by this server (another server's, or its JWT secret changed): run `lapdev login` again".into()
+            "the admin JWT was not signed by this server (another server's, or its JWT secret changed)".into()
         }
-        ErrorKind::ImmatureSignature => "the sign-in token is not valid yet (clock skew?)".into(),
+        ErrorKind::ImmatureSignature => "the admin JWT is not valid yet (clock skew?)".into(),
         ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
-            "the sign-in token was issued for something else".into()
+            "the admin JWT was issued for something else".into()
         }
         _ => format!(
-            "not a token this server issues: expected a personal access token ({}…) or a sign-in token from `lapdev login`",
+            "not a token this server issues: expected a personal access token ({}…; `lapdev login` stores one)",
             lapdev_common::role::PAT_PREFIX
         ),
     }

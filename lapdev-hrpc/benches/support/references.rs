@@ -46,16 +46,50 @@ impl Transport for Spread {
     }
 }
 
-/// HRPC over one HTTP/2 connection on TCP, with version 2's frame size.
+/// HRPC over one HTTP/2 connection on TCP, both ends with version 2's HTTP/2
+/// settings (`limits`: windows, frame size, no adaptive window) and hyper's
+/// own task per stream.
 pub struct Http2Tcp(SendRequest<Body>);
 
 impl Http2Tcp {
-    pub async fn connect(addr: SocketAddr) -> Self {
+    /// Serves `router` over HTTP/2 (prior knowledge) with `limits`, and
+    /// connects to it.
+    pub async fn start(router: axum::Router, limits: tunnel::StreamLimits) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tunnel::tune_tcp(&tcp);
+                let mut builder =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                builder
+                    .adaptive_window(false)
+                    .initial_stream_window_size(limits.stream_window_bytes)
+                    .initial_connection_window_size(limits.connection_window_bytes)
+                    .max_send_buf_size(limits.stream_window_bytes as usize)
+                    .max_concurrent_streams(limits.max_concurrent_streams)
+                    .max_frame_size(limits.max_frame_bytes);
+                let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                let connection =
+                    builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+        });
+        Self::connect(addr, limits).await
+    }
+
+    async fn connect(addr: SocketAddr, limits: tunnel::StreamLimits) -> Self {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         tunnel::tune_tcp(&tcp);
         let (send, connection) =
             hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .max_frame_size(tunnel::StreamLimits::default().max_frame_bytes)
+                .adaptive_window(false)
+                .initial_stream_window_size(limits.stream_window_bytes)
+                .initial_connection_window_size(limits.connection_window_bytes)
+                .max_send_buf_size(limits.stream_window_bytes as usize)
+                .max_frame_size(limits.max_frame_bytes)
                 .handshake(hyper_util::rt::TokioIo::new(tcp))
                 .await
                 .unwrap();

@@ -12,7 +12,8 @@
 //! A close reason holds at most 123 bytes (RFC 6455 §5.5). A longer reason
 //! (a kubelet's port-forward error with its cause, say) is sent whole as a
 //! text message right before the close, whose reason is its first 123 bytes;
-//! clients show the text. Text messages carry nothing else.
+//! the CLI and the dashboard's terminal show the text. Text messages carry
+//! nothing else.
 //!
 //! Both need `authorization: Bearer <token>` (a personal access token or an
 //! admin JWT, verified by the authorization layer's [`AuthState::authenticate`]),

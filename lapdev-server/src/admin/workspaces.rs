@@ -232,7 +232,7 @@ impl WorkspaceService {
         match live.ok().and_then(|ws| visible(ctx, ws, name).ok()) {
             Some(ws) if ws.desired_state == DesiredState::Deleted => {
                 HrpcError::failed_precondition(format!(
-                    "workspace {name:?} is still being deleted ({}): restore it once `lapdev workspace get {name}` says it is gone",
+                    "workspace {name:?} is still being deleted ({}): restore it once `lapdev workspace get {name}` says deleted",
                     ws.status
                 ))
             }

@@ -1,11 +1,17 @@
 //! What the CLI prints on stdout, and a reader that stopped reading.
 //!
 //! `lapdev … | head -1` closes stdout early. As with other Unix tools, that
-//! is not an error: a write that finds stdout closed ends the command quietly
-//! with status 0 ([`StdoutClosed`], caught in `run`). Only writes to stdout are
-//! treated so: a broken connection to the server is still reported.
+//! is no error to print: a write that finds stdout closed ends the command
+//! quietly ([`StdoutClosed`], caught in `run`) with [`CLOSED_STATUS`], the
+//! status of a process SIGPIPE ended. Only writes to stdout are treated so: a
+//! broken connection to the server is still reported, and `workspace proxy`
+//! (whose stdout is a connection's other end) reports a broken pipe as an
+//! error.
 
 use std::io::Write;
+
+/// The exit status when stdout's reader went away: 128 + SIGPIPE (13).
+pub const CLOSED_STATUS: i32 = 141;
 
 /// Stdout was closed by its reader.
 #[derive(Debug, thiserror::Error)]

@@ -91,6 +91,9 @@ function setup() {
   const decoder = new FrameDecoder();
   let opened = false;
   let ended = false;
+  // A close reason longer than a close frame holds (123 bytes) arrives whole
+  // as a text message just before the close.
+  let fullReason = '';
   const finish = (state, text) => {
     if (ended) return;
     ended = true;
@@ -106,6 +109,10 @@ function setup() {
     term.focus();
   });
   ws.addEventListener('message', (ev) => {
+    if (typeof ev.data === 'string') {
+      fullReason = ev.data;
+      return;
+    }
     decoder.push(new Uint8Array(ev.data));
     for (let f = decoder.next(); f; f = decoder.next()) {
       if (f.type === STDOUT || f.type === STDERR) term.write(f.payload);
@@ -121,7 +128,8 @@ function setup() {
     if (!opened) {
       finish('refused', 'The server refused the session or could not be reached; reload the page to see the workspace’s state.');
     } else if (ev.code !== 1000 && ev.reason) {
-      finish('closed', `The session ended: ${ev.reason}`);
+      const reason = fullReason.startsWith(ev.reason) ? fullReason : ev.reason;
+      finish('closed', `The session ended: ${reason}`);
     } else {
       finish('closed', 'The session ended.');
     }
