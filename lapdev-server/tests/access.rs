@@ -345,12 +345,19 @@ async fn a_shell_whose_input_is_not_a_terminal_runs_without_a_tty_and_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_forward_ends_the_cli_with_the_whole_reason() {
     let e = env().await;
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        lapdev(&e.t, &["workspace", "proxy", "box", "9999"]),
-    )
-    .await
-    .expect("the proxy ended");
+    // Input stays open: only the refusal can end the session (an input that
+    // ends at once may end it first, cleanly).
+    let mut child = lapdev_cmd(&e.t, &["workspace", "proxy", "box", "9999"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _input = child.stdin.take();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the proxy ended")
+        .unwrap();
     assert!(!out.status.success(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
