@@ -3,7 +3,9 @@
 //!
 //! Human tables by default, `-o json` for scripts. JSON conventions: lists are
 //! arrays; timestamps RFC 3339 or `null`; clusters are addressed by name, tokens
-//! by id. Errors print one line on stderr and exit non-zero.
+//! by id. Errors print one line on stderr and exit non-zero. A reader that
+//! closes stdout early (`lapdev … | head`) ends the command quietly with 141
+//! (`stdout.rs`).
 
 use std::io::Write as _;
 use std::path::PathBuf;
