@@ -8,6 +8,7 @@
 
 pub mod headers;
 pub mod kube;
+pub mod logs;
 pub mod name;
 pub mod quantity;
 pub mod quota;

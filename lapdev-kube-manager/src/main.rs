@@ -35,15 +35,11 @@ fn main() -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube_runtime=warn,kube_client=warn".into());
-    // Logs go to stderr: stdout carries what a command prints for its
-    // caller. Colour only on a terminal, never with `NO_COLOR` set
-    // (https://no-color.org), so piped and collected logs stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    // See `lapdev_common::logs`: stderr, colour only on a terminal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+        .with_ansi(lapdev_common::logs::colour());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

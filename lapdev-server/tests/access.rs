@@ -184,6 +184,16 @@ fn lapdev_cmd(t: &TestServer, args: &[&str]) -> tokio::process::Command {
     cmd
 }
 
+/// The CLI with stdin, stdout and stderr all piped.
+fn spawn_piped(t: &TestServer, args: &[&str]) -> tokio::process::Child {
+    lapdev_cmd(t, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 async fn lapdev(t: &TestServer, args: &[&str]) -> std::process::Output {
     lapdev_cmd(t, args).output().await.unwrap()
 }
@@ -303,12 +313,7 @@ async fn http_get(t: &TestServer, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shell_whose_input_is_not_a_terminal_runs_without_a_tty_and_ends() {
     let e = env().await;
-    let mut child = lapdev_cmd(&e.t, &["workspace", "shell", "box"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(&e.t, &["workspace", "shell", "box"]);
     let mut stdin = child.stdin.take().unwrap();
     stdin
         .write_all(b"echo from-the-pipe; exit 4\n")
@@ -347,12 +352,7 @@ async fn a_refused_forward_ends_the_cli_with_the_whole_reason() {
     let e = env().await;
     // Input stays open: only the refusal can end the session (an input that
     // ends at once may end it first, cleanly).
-    let mut child = lapdev_cmd(&e.t, &["workspace", "proxy", "box", "9999"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(&e.t, &["workspace", "proxy", "box", "9999"]);
     let _input = child.stdin.take();
     let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
         .await
@@ -375,12 +375,7 @@ async fn twelve_mib_through_exec_stdin_arrive_intact() {
     let mut data = vec![0u8; 12 * 1024 * 1024];
     rand::rng().fill_bytes(&mut data);
     let sent = Sha256::digest(&data);
-    let mut child = lapdev_cmd(&e.t, &["workspace", "exec", "-i", "box", "--", "cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(&e.t, &["workspace", "exec", "-i", "box", "--", "cat"]);
     let mut stdin = child.stdin.take().unwrap();
     let writer = tokio::spawn(async move {
         stdin.write_all(&data).await.unwrap();
@@ -490,12 +485,7 @@ async fn a_closed_remote_port_is_a_clear_error() {
 async fn end_of_input_on_an_api_server_without_v5_is_a_clear_error() {
     let e = env().await;
     e.double.set_exec_v5(false);
-    let mut child = lapdev_cmd(&e.t, &["workspace", "exec", "-i", "box", "--", "cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(&e.t, &["workspace", "exec", "-i", "box", "--", "cat"]);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"hello").await.unwrap();
     drop(stdin);
@@ -718,12 +708,7 @@ async fn through_the_real_tunnel_exec_and_port_forward_work_and_a_drop_ends_the_
 
     e.double
         .register_pod_port(NAMESPACE, &e.pod, 8080, echo_server().await);
-    let mut child = lapdev_cmd(&e.t, &["workspace", "proxy", "box", "8080"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(&e.t, &["workspace", "proxy", "box", "8080"]);
     let mut data = vec![0u8; 12 * 1024 * 1024];
     rand::rng().fill_bytes(&mut data);
     let sent = Sha256::digest(&data);
@@ -1102,14 +1087,7 @@ async fn revoking_the_cluster_token_ends_open_sessions_with_the_reason() {
     let e = env_with(true).await;
     e.double
         .register_pod_port(NAMESPACE, &e.pod, 8080, echo_server().await);
-    let spawn = |args: &[&str]| {
-        lapdev_cmd(&e.t, args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |args: &[&str]| spawn_piped(&e.t, args);
     // An open exec session and an open forwarded connection, each shown live
     // by a round trip.
     let mut exec = spawn(&["workspace", "exec", "-i", "box", "--", "cat"]);

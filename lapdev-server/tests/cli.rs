@@ -209,64 +209,49 @@ async fn errors_are_one_line_and_exit_non_zero() {
     assert!(err.starts_with("error: "), "{err}");
     assert!(err.contains("not found"), "{err}");
 
+    // `cluster list` against `server` with `token` (none: unset), with no
+    // stored login; it must fail: its stderr.
+    let config = tempfile::tempdir().unwrap();
+    let refused = |server: &str, token: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lapdev"));
+        command
+            .args(["cluster", "list"])
+            .env("LAPDEV_SERVER", server)
+            .env("LAPDEV_CONFIG_DIR", config.path())
+            .env_remove("LAPDEV_TOKEN");
+        if let Some(token) = token {
+            command.env("LAPDEV_TOKEN", token);
+        }
+        let out = command.output().unwrap();
+        assert!(!out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
     // A wrong token.
-    let out = Command::new(env!("CARGO_BIN_EXE_lapdev"))
-        .args(["cluster", "list"])
-        .env("LAPDEV_SERVER", t.base())
-        .env("LAPDEV_TOKEN", "wrong")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&t.base(), Some("wrong"));
     assert!(err.contains("unauthenticated"), "{err}");
     assert!(err.contains("not a token this server issues"), "{err}");
 
     // A cluster token where a personal access token belongs.
-    let out = Command::new(env!("CARGO_BIN_EXE_lapdev"))
-        .args(["cluster", "list"])
-        .env("LAPDEV_SERVER", t.base())
-        .env("LAPDEV_TOKEN", "lapdev_ct_0123456789abcdef0123456789abcdef")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(
+        &t.base(),
+        Some("lapdev_ct_0123456789abcdef0123456789abcdef"),
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("this is a cluster token"), "{err}");
 
     // An empty token (`$(cat missing-file)`) is no token, said as such.
-    let config = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lapdev"))
-        .args(["cluster", "list"])
-        .env("LAPDEV_SERVER", t.base())
-        .env("LAPDEV_CONFIG_DIR", config.path())
-        .env("LAPDEV_TOKEN", "")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&t.base(), Some(""));
     assert!(err.contains("LAPDEV_TOKEN (or --token) is empty"), "{err}");
 
     // An unreachable server.
-    let out = Command::new(env!("CARGO_BIN_EXE_lapdev"))
-        .args(["cluster", "list"])
-        .env("LAPDEV_SERVER", "http://127.0.0.1:1")
-        .env("LAPDEV_TOKEN", "x")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused("http://127.0.0.1:1", Some("x"));
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("cannot reach the server"), "{err}");
 
     // No token at all.
-    let out = Command::new(env!("CARGO_BIN_EXE_lapdev"))
-        .args(["cluster", "list"])
-        .env("LAPDEV_SERVER", t.base())
-        .env_remove("LAPDEV_TOKEN")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("LAPDEV_TOKEN"));
+    let err = refused(&t.base(), None);
+    assert!(err.contains("LAPDEV_TOKEN"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,16 +71,14 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // Logs go to stderr (stdout carries the "serving on" line), coloured
-    // only on a terminal and never with `NO_COLOR`, as the product's binaries.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    // As the product's binaries (`lapdev_common::logs`): stderr (stdout
+    // carries the "serving on" line), colour only on a terminal.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(ansi)
+        .with_ansi(lapdev_common::logs::colour())
         .init();
     let args = Args::parse();
     let double = KubeDouble::start_with(Config {
