@@ -12,9 +12,12 @@ use std::process::{Command, Stdio};
 /// The release this build must run beside: the last commit of main that
 /// landed (CI green). Move it forward when a release lands, and never past
 /// the build under test.
-pub const PREVIOUS_RELEASE: &str = "a3703c82b361894390dbd83327d20f3617895b0a";
+pub const PREVIOUS_RELEASE: &str = "890cc96f7629d0c453049f719652c78816540670";
 
 const BIN: &str = "lapdev-server-previous";
+
+/// The copy's crates' version (see [`set_version`]).
+const VERSION: &str = "0.0.0-previous";
 
 /// Builds (if needed) and returns the previous release's server binary.
 pub fn server() -> PathBuf {
@@ -25,7 +28,11 @@ pub fn server() -> PathBuf {
     let src = target_dir
         .join("previous-release")
         .join(&PREVIOUS_RELEASE[..12]);
-    if !src.join("Cargo.toml").exists() {
+    let extracted = std::fs::read_to_string(src.join("Cargo.toml"))
+        .is_ok_and(|manifest| manifest.contains(&format!("version = \"{VERSION}\"")));
+    if !extracted {
+        // Absent, or extracted before the copy had a version of its own.
+        let _ = std::fs::remove_dir_all(&src);
         extract(&src);
     }
     let mut cmd = crate::real::cargo();
@@ -92,5 +99,67 @@ fn extract(src: &Path) {
             &format!("default-run = \"{BIN}\""),
         );
     std::fs::write(&manifest, text).unwrap();
+    set_version(&partial);
     std::fs::rename(&partial, src).unwrap();
+}
+
+/// Gives the copy's own crates the version [`VERSION`], in the workspace
+/// manifest and in the lock file (so `--locked` still holds).
+///
+/// Cargo names a workspace crate's artifacts by a hash of its package id
+/// with the path relative to the workspace root, not the absolute path
+/// (so builds are relocatable): with the same version, the copy's
+/// `lapdev-db` and this build's share one `liblapdev_db-<hash>.rlib` and one
+/// fingerprint, and building the copy overwrote this build's library. The
+/// doctests, compiled after the integration tests, then failed with
+/// `E0463: can't find crate for lapdev_db`. A version of its own gives the
+/// copy artifacts of its own.
+fn set_version(root: &Path) {
+    let manifest = root.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let package = text
+        .split_once("[workspace.package]\n")
+        .expect("the previous release has [workspace.package]");
+    let version_line = package
+        .1
+        .lines()
+        .find(|line| line.starts_with("version = "))
+        .expect("the previous release sets the workspace version");
+    let old = version_line
+        .trim_start_matches("version = ")
+        .trim_matches('"')
+        .to_owned();
+    let text = format!(
+        "{}[workspace.package]\n{}",
+        package.0,
+        package
+            .1
+            .replacen(version_line, &format!("version = \"{VERSION}\""), 1)
+    );
+    std::fs::write(&manifest, text).unwrap();
+
+    // Packages without a `source` are the workspace's own.
+    let lock = root.join("Cargo.lock");
+    let text = std::fs::read_to_string(&lock).unwrap();
+    let mut renamed = 0;
+    let blocks: Vec<String> = text
+        .split("\n[[package]]\n")
+        .map(|block| {
+            let from = format!("\nversion = \"{old}\"\n");
+            if block.starts_with("name = ")
+                && !block.contains("\nsource = ")
+                && block.contains(&from)
+            {
+                renamed += 1;
+                block.replacen(&from, &format!("\nversion = \"{VERSION}\"\n"), 1)
+            } else {
+                block.to_owned()
+            }
+        })
+        .collect();
+    assert!(
+        renamed > 0,
+        "no workspace package in the previous release's Cargo.lock"
+    );
+    std::fs::write(&lock, blocks.join("\n[[package]]\n")).unwrap();
 }
