@@ -1419,9 +1419,13 @@ fn workspace_transition_ok(from: WorkspaceStatus, to: WorkspaceStatus) -> bool {
 fn wakes(change: &Change) -> bool {
     match change {
         Change::ClusterChanged { .. } | Change::Resync => true,
+        // A report that made it due (a pod that ended, or the pod of a
+        // deletion gone); an older replica's newly failed one says so only by
+        // its statuses.
         Change::Workspace(w) => {
-            w.status == WorkspaceStatus::Failed
-                && w.previous_status != Some(WorkspaceStatus::Failed)
+            w.due
+                || (w.status == WorkspaceStatus::Failed
+                    && w.previous_status != Some(WorkspaceStatus::Failed))
         }
         _ => false,
     }

@@ -182,6 +182,12 @@ pub struct WorkspaceChange {
     /// True when this write started a self-repair (a new pod after the old one
     /// ended).
     pub repair: bool,
+    /// True when this write made the workspace due for the conductor at once
+    /// (a transition that cleared its next attempt time): a manager's report
+    /// the conductor acts on without waiting for its next round or backoff.
+    /// Absent (false) in changes relayed by older replicas.
+    #[serde(default)]
+    pub due: bool,
 }
 
 /// The sending side, owned by [`Db`](crate::Db).

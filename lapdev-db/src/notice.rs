@@ -145,6 +145,7 @@ impl Db {
             status: ws.status,
             reason: Some(WorkspaceReason::LifetimeEnding),
             repair: false,
+            due: false,
         }));
         Ok(Some((ws, deadline)))
     }

@@ -511,7 +511,8 @@ impl Db {
     /// allowed by [`workspace_transition_allowed`]. Of two writers holding the same
     /// version, exactly one wins; the other gets `Conflict`. A change applying a
     /// manager's observation older than the stored one is `StaleObservation` (see
-    /// the module docs).
+    /// the module docs). A change whose backoff clears the next attempt time is
+    /// published as `due` (the conductor looks at once).
     pub async fn transition_workspace(
         &self,
         org_id: Uuid,
@@ -545,6 +546,9 @@ impl Db {
         if let Some(at) = change.observed_at {
             update = update.col_expr(W::ObservedAt, Expr::value(Some(tz(at))));
         }
+        // Cleared explicitly (not the reset that comes with `running`): the
+        // conductor is told to look now.
+        let due = change.backoff.is_some_and(|b| b.next_attempt_at.is_none());
         let backoff = match change.backoff {
             Some(b) => Some(b),
             // Running is success: the next failure starts from the first delay.
@@ -566,7 +570,7 @@ impl Db {
         let ws = self
             .update_workspace_versioned(org_id, id, expected_version, update)
             .await?;
-        self.publish_workspace(Some(current.status), &ws, repair);
+        self.publish_workspace_change(Some(current.status), &ws, repair, due);
         Ok(ws)
     }
 
@@ -972,6 +976,17 @@ impl Db {
         ws: &Workspace,
         repair: bool,
     ) {
+        self.publish_workspace_change(previous, ws, repair, false);
+    }
+
+    /// [`Db::publish_workspace`] saying whether the write made it due now.
+    fn publish_workspace_change(
+        &self,
+        previous: Option<WorkspaceStatus>,
+        ws: &Workspace,
+        repair: bool,
+        due: bool,
+    ) {
         self.changes.publish(Change::Workspace(WorkspaceChange {
             organization_id: ws.organization_id,
             workspace_id: ws.id,
@@ -980,6 +995,7 @@ impl Db {
             status: ws.status,
             reason: ws.status_reason.clone(),
             repair,
+            due,
         }));
     }
 
@@ -992,6 +1008,7 @@ impl Db {
             status: WorkspaceStatus::Deleted,
             reason,
             repair: false,
+            due: false,
         }));
     }
 

@@ -22,6 +22,12 @@
 //! plan ("…; new pod at 2026-11-30T03:15:42Z (attempt 3)"); the same failure reported again (a
 //! snapshot after a reconnect) is not a change and does not undo the annotation.
 //!
+//! A workspace deleted with its home volume kept is finished by the conductor
+//! (which starts the retention window); the manager then reports the claim
+//! alone as `stopped`. That report makes the workspace due at once, so the
+//! deletion ends as soon as its pod is gone rather than at the conductor's next
+//! retry.
+//!
 //! A report older than the observation the row already reflects (by the
 //! manager's `observed_at`, see `lapdev_db`'s observation order) is stale and
 //! ignored, so a snapshot or a command's reply that was overtaken by a newer
@@ -125,6 +131,41 @@ pub async fn record(
                 .await
             {
                 Ok(_) | Err(DbError::StaleObservation { .. }) => return Ok(()),
+                Err(DbError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if current.desired_state == DesiredState::Deleted
+            && current.status == WorkspaceStatus::Deleting
+            && current.volume_created
+            && report.status == WorkspaceStatus::Stopped
+        {
+            // The pod of a workspace deleted with its volume kept is gone (the
+            // claim alone reads `stopped`): due now, so the conductor finishes
+            // the deletion and starts the retention window instead of waiting
+            // out its backoff. Nothing else of the row changes.
+            if current.next_attempt_at.is_none() {
+                return Ok(());
+            }
+            let change = WorkspaceTransition {
+                status_message: current.status_message.clone(),
+                backoff: Some(Backoff {
+                    attempts: current.repair_attempts,
+                    next_attempt_at: None,
+                }),
+                ..WorkspaceTransition::to(WorkspaceStatus::Deleting)
+                    .reason(current.status_reason.clone())
+            };
+            match db
+                .transition_workspace(
+                    identity.organization_id,
+                    report.workspace_id,
+                    current.version,
+                    change,
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
                 Err(DbError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
                 Err(e) => return Err(e),
             }

@@ -272,6 +272,18 @@ pub struct LimitsConfig {
     /// `terminationGracePeriodSeconds`.
     #[arg(long, env = "LAPDEV_SHUTDOWN_DRAIN_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=600))]
     pub shutdown_drain_secs: u64,
+    /// How long the conductor waits before it retries a workspace step that
+    /// failed or did not settle (a manager call refused or unanswered, a pod
+    /// still terminating) and before it re-creates a pod that ended, in
+    /// seconds. Each consecutive attempt doubles it, plus up to a quarter of
+    /// jitter, up to --workspace-retry-max-secs. Reports from the manager
+    /// (a pod running, ended or gone) are applied at once regardless.
+    #[arg(long, env = "LAPDEV_WORKSPACE_RETRY_INITIAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub workspace_retry_initial_secs: u64,
+    /// The longest wait between two attempts at one workspace, in seconds
+    /// (at least --workspace-retry-initial-secs).
+    #[arg(long, env = "LAPDEV_WORKSPACE_RETRY_MAX_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub workspace_retry_max_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -298,6 +310,8 @@ impl Default for LimitsConfig {
             internal_listen: None,
             replica_address: None,
             shutdown_drain_secs: 10,
+            workspace_retry_initial_secs: 10,
+            workspace_retry_max_secs: 600,
         }
     }
 }
@@ -338,11 +352,60 @@ impl LimitsConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
+
+    /// The conductor's first and longest retry delay, checked to be in order.
+    pub fn workspace_retry(&self) -> Result<(Duration, Duration), RetryOutOfOrder> {
+        if self.workspace_retry_max_secs < self.workspace_retry_initial_secs {
+            return Err(RetryOutOfOrder {
+                initial_secs: self.workspace_retry_initial_secs,
+                max_secs: self.workspace_retry_max_secs,
+            });
+        }
+        Ok((
+            Duration::from_secs(self.workspace_retry_initial_secs),
+            Duration::from_secs(self.workspace_retry_max_secs),
+        ))
+    }
+}
+
+/// `--workspace-retry-max-secs` is shorter than `--workspace-retry-initial-secs`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--workspace-retry-max-secs ({max_secs}) is shorter than --workspace-retry-initial-secs \
+     ({initial_secs}); the longest retry delay must be at least the first"
+)]
+pub struct RetryOutOfOrder {
+    /// The first delay asked for.
+    pub initial_secs: u64,
+    /// The longest delay asked for.
+    pub max_secs: u64,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_retry_delays_must_be_in_order() {
+        let cli = Cli::try_parse_from([
+            "lapdev-server",
+            "--workspace-retry-initial-secs",
+            "30",
+            "--workspace-retry-max-secs",
+            "20",
+        ])
+        .unwrap();
+        let e = cli.limits.workspace_retry().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--workspace-retry-max-secs (20) is shorter"),
+            "{e}"
+        );
+        let d = LimitsConfig::default().workspace_retry().unwrap();
+        assert_eq!(d, (Duration::from_secs(10), Duration::from_secs(600)));
+        let zero = Cli::try_parse_from(["lapdev-server", "--workspace-retry-initial-secs", "0"]);
+        assert!(zero.is_err(), "a zero delay is refused by the parser");
+    }
 
     #[test]
     fn the_flag_defaults_match_default() {

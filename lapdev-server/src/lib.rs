@@ -404,6 +404,7 @@ impl Server {
             None => data_dir.sqlite_url()?,
         };
         let lease_timing = limits.lease_timing()?;
+        let (initial_backoff, max_backoff) = limits.workspace_retry()?;
         // SQLite is single-replica: only one serving process per file.
         let serve_lock = replica::ServeLock::take(&url)?;
         let db = lapdev_db::connect(&url)
@@ -501,7 +502,15 @@ impl Server {
             Some(r) => Arc::new(routing::RoutedConnector(r.clone())),
             None => Arc::new(TunnelConnector(kube.clone())),
         };
-        let conductor = Conductor::new(db.clone(), connector, ConductorConfig::default());
+        let conductor = Conductor::new(
+            db.clone(),
+            connector,
+            ConductorConfig {
+                initial_backoff,
+                max_backoff,
+                ..ConductorConfig::default()
+            },
+        );
         let admin = AdminService::new(
             db.clone(),
             kube.clone(),

@@ -11,6 +11,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use lapdev_server::Server;
+use lapdev_server::config::LimitsConfig;
 use real::{Env, NAMESPACE, eventually, pod_name};
 use serde_json::Value;
 
@@ -189,6 +190,86 @@ async fn delete_keeps_the_volume_restore_and_start_reuse_it_and_the_window_ends_
     );
     let late = cli.fails(&["workspace", "restore", "w1"]);
     assert!(late.contains("retention window ended"), "{late}");
+
+    server.shutdown();
+    let _ = server.wait().await;
+}
+
+/// A deletion that keeps the volume ends when the manager reports the pod
+/// gone, not at the conductor's next retry: with retries an hour apart, only
+/// that report can finish it within the test's bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deletion_ends_when_its_pod_is_gone_not_at_the_next_retry() {
+    let env = Env::new().await;
+    let hour = LimitsConfig {
+        workspace_retry_initial_secs: 3600,
+        workspace_retry_max_secs: 3600,
+        ..LimitsConfig::default()
+    };
+    let server = Server::start_with(
+        common::config(
+            env.data_dir.path().join("in-process"),
+            Some(env.database.url().to_owned()),
+        ),
+        hour,
+    )
+    .await
+    .unwrap();
+    let cli = Cli {
+        url: format!("http://{}", server.local_addr),
+        token: server.first_admin_token.clone().unwrap(),
+    };
+    let created = cli.json(&["cluster", "create", "e2e", "-o", "json"]);
+    let _manager = env.manager(&cli.url, created["token"].as_str().unwrap());
+    eventually("the cluster connected", || {
+        cli.json(&["cluster", "get", "e2e", "-o", "json"])["status"] == "connected"
+    })
+    .await;
+    cli.json(&[
+        "workspace",
+        "create",
+        "w1",
+        "--image",
+        "ghcr.io/lapdev/ws:1",
+        "--storage",
+        "5Gi",
+        "-o",
+        "json",
+    ]);
+    // Bound to a node, so its deletion waits for the kubelet.
+    eventually("a pod", || env.pods().len() == 1).await;
+    let pod = pod_name(&env.pods()[0]);
+    let h = env.double.handle();
+    h.bind_pod(NAMESPACE, &pod, "node-0").unwrap();
+    h.set_pod_phase(NAMESPACE, &pod, "Running", vec![]).unwrap();
+    eventually("running", || cli.get("w1")["status"] == "running").await;
+    let uid = claim_uid(&env);
+
+    // The pod terminates (the double keeps it until its kubelet confirms)
+    // and the conductor, told so, schedules its next look an hour away.
+    cli.json(&["workspace", "delete", "w1", "-o", "json"]);
+    eventually("the pod terminating and the retry an hour away", || {
+        let terminating = env
+            .pods()
+            .iter()
+            .any(|p| p.metadata.deletion_timestamp.is_some());
+        let view = cli.get("w1");
+        terminating
+            && view["status"] == "deleting"
+            && view["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("still deleting the pod"))
+    })
+    .await;
+
+    // The kubelet confirms: the manager reports the claim alone, and the
+    // deletion ends with the volume kept.
+    terminate_deleted_pods(&env);
+    eventually("deleted", || cli.get("w1")["status"] == "deleted").await;
+    assert!(env.pods().is_empty());
+    assert_eq!(claim_uid(&env), uid, "the volume is kept");
+    let view = cli.get("w1");
+    assert!(view["volume_kept_until"].is_string(), "{view}");
 
     server.shutdown();
     let _ = server.wait().await;

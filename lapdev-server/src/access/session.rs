@@ -400,6 +400,7 @@ mod tests {
             status: WorkspaceStatus::Stopping,
             reason: None,
             repair: false,
+            due: false,
         })
     }
 
