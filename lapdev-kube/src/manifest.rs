@@ -209,6 +209,10 @@ pub enum ManifestWarning {
     /// The server URL is plain `http://`: the token would cross the network unencrypted
     /// unless something else (a mesh, a private link) protects it.
     InsecureServerUrl,
+    /// The server URL names this machine (`localhost`, a loopback address, or
+    /// the unspecified `0.0.0.0`/`::`): a manager in a cluster dials its own pod
+    /// there. Right only for a manager on the server's machine.
+    LoopbackServerUrl,
 }
 
 impl fmt::Display for ManifestWarning {
@@ -216,6 +220,12 @@ impl fmt::Display for ManifestWarning {
         match self {
             Self::InsecureServerUrl => f.write_str(
                 "the server URL uses plain http: the cluster token will travel unencrypted",
+            ),
+            Self::LoopbackServerUrl => f.write_str(
+                "the server URL is a loopback or unspecified address: a manager in a \
+                 cluster would dial its own pod; start the server with --public-url set to \
+                 an address the cluster reaches (this manifest works only for a manager on \
+                 the server's machine)",
             ),
         }
     }
@@ -296,8 +306,12 @@ fn validate_server_url(
         "http" => warnings.push(ManifestWarning::InsecureServerUrl),
         other => return Err(ManifestError::UnsupportedScheme(other.to_owned())),
     }
-    if url.host().is_none() {
-        return Err(Bad("it has no host"));
+    match url.host() {
+        None => return Err(Bad("it has no host")),
+        Some(host) if names_this_machine(&host) => {
+            warnings.push(ManifestWarning::LoopbackServerUrl);
+        }
+        Some(_) => {}
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(Bad(
@@ -311,6 +325,25 @@ fn validate_server_url(
         return Err(Bad("it has a fragment"));
     }
     Ok(())
+}
+
+/// `localhost` (RFC 6761 reserves it and its subdomains for loopback), a
+/// loopback address, or the unspecified address.
+fn names_this_machine(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        url::Host::Ipv4(ip) => ip.is_loopback() || ip.is_unspecified(),
+        url::Host::Ipv6(ip) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_unspecified())
+        }
+    }
 }
 
 fn validate_server_ca(pem: &str) -> Result<(), ManifestError> {

@@ -222,7 +222,13 @@ fn hostile_server_urls_are_rejected_or_round_trip() {
     for url in accepted {
         let mut p = params();
         p.server_url = url.to_owned();
-        assert_eq!(p.validate().unwrap(), [], "{url}");
+        // Loopback is allowed, with its own warning (see below).
+        let expected: &[ManifestWarning] = if url.contains("[::1]") {
+            &[ManifestWarning::LoopbackServerUrl]
+        } else {
+            &[]
+        };
+        assert_eq!(p.validate().unwrap(), expected, "{url}");
         let objects = render_and_parse(&p);
         assert_secret_holds(&objects, &p);
         assert_kubectl_agrees(&p);
@@ -284,6 +290,49 @@ fn plain_http_is_allowed_with_a_warning() {
             .contains("plain http")
     );
     render_and_parse(&p);
+}
+
+#[test]
+fn a_server_url_naming_this_machine_is_allowed_with_a_warning() {
+    for url in [
+        "http://127.0.0.1:8080",
+        "http://127.8.9.10",
+        "https://localhost:8443",
+        "https://LOCALHOST.:8443",
+        "http://dev.localhost",
+        "http://0.0.0.0:8080",
+        "http://[::1]:8080",
+        "http://[::]:8080",
+        "http://[::ffff:127.0.0.1]:8080",
+    ] {
+        let mut p = params();
+        p.server_url = url.to_owned();
+        let warnings = p.validate().unwrap();
+        assert!(
+            warnings.contains(&ManifestWarning::LoopbackServerUrl),
+            "{url}: {warnings:?}"
+        );
+        render_and_parse(&p);
+    }
+    for url in [
+        "https://lapdev.example.com",
+        "http://10.0.0.5:8080",
+        "https://localhost.example.com",
+        "http://[fd00::1]:8080",
+    ] {
+        let mut p = params();
+        p.server_url = url.to_owned();
+        let warnings = p.validate().unwrap();
+        assert!(
+            !warnings.contains(&ManifestWarning::LoopbackServerUrl),
+            "{url}: {warnings:?}"
+        );
+    }
+    assert!(
+        ManifestWarning::LoopbackServerUrl
+            .to_string()
+            .contains("--public-url")
+    );
 }
 
 #[test]

@@ -726,6 +726,7 @@ async fn cluster(admin: &AdminRpcClient, out: Output, cmd: ClusterCommand) -> an
                 .create_cluster(name, region, profile, placement)
                 .await
                 .map_err(call_error)?;
+            warn_about_manifest(&created.warnings);
             if let Some(path) = &manifest_out {
                 write_private(path, created.manifest.as_bytes())?;
             }
@@ -798,6 +799,7 @@ async fn cluster(admin: &AdminRpcClient, out: Output, cmd: ClusterCommand) -> an
                         .create_cluster_token(name, "manifest".to_owned(), None)
                         .await
                         .map_err(call_error)?;
+                    warn_about_manifest(&created.warnings);
                     write_private(path, created.manifest.as_bytes())?;
                     if out == Output::Table {
                         outln!(
@@ -843,6 +845,7 @@ async fn cluster(admin: &AdminRpcClient, out: Output, cmd: ClusterCommand) -> an
                 .create_cluster_token(name, token_name, None)
                 .await
                 .map_err(call_error)?;
+            warn_about_manifest(&created.warnings);
             if let Some(path) = &token_out {
                 write_private(path, format!("{}\n", created.token_secret).as_bytes())?;
             }
@@ -976,6 +979,14 @@ fn token_json(t: &TokenView) -> Value {
     })
 }
 
+/// What the server said about a manifest it rendered, on stderr (so a
+/// manifest or JSON on stdout stays clean), one `warning:` line each.
+fn warn_about_manifest(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
 fn print_created_cluster(
     out: Output,
     created: &CreatedCluster,
@@ -989,6 +1000,7 @@ fn print_created_cluster(
                 m.insert("token".into(), json!(created.token_secret));
                 m.insert("token_id".into(), json!(created.token.id));
                 m.insert("manifest".into(), json!(created.manifest));
+                m.insert("warnings".into(), json!(created.warnings));
             }
             print_json(&v)
         }
@@ -1037,6 +1049,7 @@ fn print_created_token(
             if let Value::Object(m) = &mut v {
                 m.insert("token".into(), json!(created.token_secret));
                 m.insert("manifest".into(), json!(created.manifest));
+                m.insert("warnings".into(), json!(created.warnings));
             }
             print_json(&v)
         }

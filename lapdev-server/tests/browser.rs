@@ -131,6 +131,7 @@ async fn the_dashboard_walk_in_chromium() {
     kubelet.abort();
     assert!(status.success(), "the walk failed after {steps:#?}");
     for step in [
+        "ok manifest warnings",
         "ok cluster connected live",
         "ok cluster tokens",
         "ok cluster scheduling",

@@ -169,6 +169,9 @@ async fn tables_and_manifest_output() {
     );
     let manifest = String::from_utf8_lossy(&out.stdout);
     assert!(manifest.contains("kind: Deployment"), "{manifest}");
+    // An https public URL a cluster can reach: nothing to warn about.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("warning:"), "{stderr}");
     assert!(manifest.contains("lapdev_ct_"));
 
     // With files, the table names them.
@@ -376,6 +379,36 @@ fn logs_go_to_stderr_without_colour_and_stdout_stays_clean() {
         assert!(stdout.read_line(&mut rest).unwrap() > 0, "{rest}");
     }
     assert!(rest.contains("First start"), "{rest}");
+
+    // This server's public URL is its loopback listener: a manifest for it
+    // comes with warnings, on stderr and in the JSON.
+    let url = first
+        .trim()
+        .trim_start_matches("lapdev-server listening on ");
+    let token = std::fs::read_to_string(data_dir.path().join("admin-token")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lapdev"))
+        .args(["cluster", "create", "dev", "-o", "json"])
+        .env("LAPDEV_SERVER", url)
+        .env("LAPDEV_TOKEN", token.trim())
+        .env("LAPDEV_CONFIG_DIR", data_dir.path().join("cli"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: the server URL is a loopback") && stderr.contains("--public-url"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: the server URL uses plain http"),
+        "{stderr}"
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        created["warnings"].as_array().map(Vec::len),
+        Some(2),
+        "{created}"
+    );
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     stdout.read_to_string(&mut rest).unwrap();

@@ -116,6 +116,10 @@ pub struct CreatedCluster {
     pub token_secret: String,
     /// The rendered install manifest (YAML) carrying the token.
     pub manifest: String,
+    /// What the admin should know about the manifest before applying it (a
+    /// plain-http or loopback server URL), one sentence each; empty when none.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// A new token (shown this once) and a manifest that carries it.
@@ -124,6 +128,9 @@ pub struct CreatedToken {
     pub token: TokenView,
     pub token_secret: String,
     pub manifest: String,
+    /// As [`CreatedCluster::warnings`].
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// A cloud provider as the admin API shows it; the credential never appears.

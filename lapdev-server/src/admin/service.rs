@@ -88,7 +88,9 @@ impl AdminService {
         &self.credential_key
     }
 
-    fn render(&self, cluster: &Cluster, token: &str) -> Result<String, HrpcError> {
+    /// The manifest and what is worth telling the admin about it (see
+    /// [`lapdev_kube::manifest::ManifestWarning`]).
+    fn render(&self, cluster: &Cluster, token: &str) -> Result<(String, Vec<String>), HrpcError> {
         let params = ManifestParams {
             server_ca_pem: self.manifest.server_ca_pem.clone(),
             image: self.manifest.image.clone(),
@@ -96,10 +98,13 @@ impl AdminService {
             capacity_mode: cluster.placement.capacity_mode,
             ..ManifestParams::new(&self.manifest.server_url, token, &cluster.name)
         };
-        render_manifest(&params).map_err(|e| {
+        let failed = |e: lapdev_kube::manifest::ManifestError| {
             tracing::error!(error = %e, "could not render the install manifest");
             HrpcError::failed_precondition(format!("could not render the install manifest: {e}"))
-        })
+        };
+        let warnings = params.validate().map_err(failed)?;
+        let manifest = render_manifest(&params).map_err(failed)?;
+        Ok((manifest, warnings.iter().map(ToString::to_string).collect()))
     }
 
     async fn cluster(&self, who: AdminIdentity, name: &str) -> Result<Cluster, HrpcError> {
@@ -153,11 +158,12 @@ impl AdminService {
             )
             .await
             .map_err(db_error)?;
-        let manifest = self.render(cluster, created.secret.expose())?;
+        let (manifest, warnings) = self.render(cluster, created.secret.expose())?;
         Ok(CreatedToken {
             token: token_view(created.token),
             token_secret: created.secret.expose().to_owned(),
             manifest,
+            warnings,
         })
     }
 }
@@ -250,7 +256,7 @@ impl AdminRpc for AdminService {
         let placement = checked_placement(placement.unwrap_or_default())?;
         // One transaction: the row, its first token and the manifest carrying
         // it, so a failed render leaves neither a row nor a live token.
-        let (cluster, created, manifest) = self
+        let (cluster, created, (manifest, warnings)) = self
             .db
             .create_cluster_with_token(
                 who.organization_id,
@@ -277,6 +283,7 @@ impl AdminRpc for AdminService {
             token: token_view(created.token),
             token_secret: created.secret.expose().to_owned(),
             manifest,
+            warnings,
         })
     }
 

@@ -383,6 +383,14 @@ async function refreshCluster() {
 
 let manifestUrl = null;
 
+// What the server said about a manifest it rendered (a plain-http or loopback
+// server URL), one item each, in the list with id `listId`; hidden when none.
+function showManifestWarnings(listId, warnings) {
+  const list = document.getElementById(listId);
+  list.replaceChildren(...(warnings || []).map((w) => el('li', {}, w)));
+  list.hidden = list.children.length === 0;
+}
+
 function setupClusters() {
   const form = document.getElementById('connect-cluster');
   if (form) {
@@ -403,6 +411,7 @@ function setupClusters() {
         const a = document.getElementById('manifest-download');
         a.href = manifestUrl;
         a.setAttribute('download', file);
+        showManifestWarnings('connect-warnings', created.warnings);
         document.getElementById('connect-result').hidden = false;
         toast(`Cluster ${name} registered; waiting for its manager.`);
         await refreshClusters();

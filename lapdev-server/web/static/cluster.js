@@ -2,7 +2,8 @@
 // the manifest that carries it), revoke tokens and change the scheduling
 // settings, through the HRPC methods `lapdev cluster token create|revoke` and
 // `lapdev cluster placement` call. Loaded after app.js, whose
-// helpers (rpc, el, toast, timeEl, showError, clearFieldErrors) it uses.
+// helpers (rpc, el, toast, timeEl, showError, clearFieldErrors,
+// showManifestWarnings) it uses.
 'use strict';
 
 function tokenState(t) {
@@ -57,6 +58,7 @@ function setupClusterDetail() {
       const a = document.getElementById('token-manifest');
       a.href = tokenManifestUrl;
       a.setAttribute('download', `${cluster}-manager.yaml`);
+      showManifestWarnings('token-warnings', created.warnings);
       document.getElementById('token-result').hidden = false;
       form.name.value = '';
       toast(`Token ${created.token.name} created; copy it now, it is not shown again.`);

@@ -83,6 +83,7 @@ pub async fn page(
                 button type="submit" { "Create token" }
             }
             div #token-result hidden {
+                ul #token-warnings.warnings hidden aria-label="Before you apply it" {}
                 div.command {
                     p.command-label { "New token (shown once; it is inside the manifest)" }
                     pre tabindex="0" { code #token-secret {} }

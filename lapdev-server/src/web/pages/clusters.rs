@@ -49,6 +49,7 @@ pub async fn page(
             }
             div #connect-result hidden {
                 p { "Apply this manifest in the cluster; this page turns the cluster connected when its manager dials in." }
+                ul #connect-warnings.warnings hidden aria-label="Before you apply it" {}
                 div.command {
                     p.command-label { "Install the manager" }
                     pre tabindex="0" { code #connect-command {} }
