@@ -16,4 +16,5 @@ pub mod reason;
 pub mod role;
 pub mod scheduling;
 pub mod status;
+pub mod time;
 pub mod token;

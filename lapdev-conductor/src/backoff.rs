@@ -62,10 +62,7 @@ fn rand_fraction() -> f64 {
 /// (`2026-11-30T03:15:42Z`), which stays true however late it is read; "now"
 /// when there is no time.
 pub fn at(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
-    t.map_or_else(
-        || "now".to_owned(),
-        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    )
+    t.map_or_else(|| "now".to_owned(), lapdev_common::time::at)
 }
 
 /// "40 s", "3 min", "10 min": how long, for status messages.

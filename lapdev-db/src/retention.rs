@@ -77,8 +77,8 @@ impl std::fmt::Display for RestoreRefusal {
             } => write!(
                 f,
                 "its retention window ended at {}; its home volume was deleted at {}",
-                retained_until.to_rfc3339(),
-                at.to_rfc3339()
+                lapdev_common::time::at(*retained_until),
+                lapdev_common::time::at(*at)
             ),
             RestoreRefusal::WindowEnded {
                 retained_until,
@@ -86,7 +86,7 @@ impl std::fmt::Display for RestoreRefusal {
             } => write!(
                 f,
                 "its retention window ended at {}; its home volume is being deleted",
-                retained_until.to_rfc3339()
+                lapdev_common::time::at(*retained_until)
             ),
             RestoreRefusal::ClusterDeleted { cluster } => write!(
                 f,
@@ -429,7 +429,7 @@ impl Db {
                 W::StatusMessage,
                 Expr::value(Some(format!(
                     "its home volume was deleted at {}: the retention window ended",
-                    at.to_rfc3339()
+                    lapdev_common::time::at(at)
                 ))),
             )
             .filter(W::Id.eq(due.workspace_id))

@@ -75,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
             )?;
         println!(
             "deleted {pruned} audit rows older than {}",
-            before.to_rfc3339()
+            lapdev_common::time::at(before)
         );
         return Ok(());
     }
@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     if server.first_admin_token.is_some() {
         let file = cli.server.data_dir.join(bootstrap::ADMIN_TOKEN_FILE);
         println!(
-            "\nFirst start: created organisation {:?} and its owner {:?}.\nAn owner personal access token was written to {} (mode 0600).\nUse it with the CLI:\n  export LAPDEV_SERVER={scheme}://{}\n  export LAPDEV_TOKEN=$(cat {})\n  lapdev cluster list\n",
+            "\nFirst start: created organisation {:?} and its owner {:?}.\nAn owner personal access token was written to {} (mode 0600).\nUse it with the CLI:\n  export LAPDEV_SERVER={scheme}://{}\n  export LAPDEV_TOKEN=$(cat {})\n  lapdev cluster list\n(from a source checkout: cargo run --bin lapdev -- cluster list)\n",
             bootstrap::DEFAULT_ORGANIZATION,
             bootstrap::ADMIN_USER,
             file.display(),

@@ -307,7 +307,7 @@ fn view_named(
     {
         message = Some(format!(
             "{why}: stopped by the server at {}",
-            at.to_rfc3339()
+            lapdev_common::time::at(at)
         ));
         reason = Some(why.clone());
     }
@@ -324,7 +324,7 @@ fn view_named(
     if let (Some(until), None, Some(_)) = (kept, purged, ws.deleted_at) {
         message = Some(format!(
             "deleted; its home volume is kept until {} (`lapdev workspace restore {}`)",
-            until.to_rfc3339(),
+            lapdev_common::time::at(until),
             ws.name
         ));
     }
