@@ -35,7 +35,13 @@
 //! ([`backoff`]). Attempt count and next attempt time are stored in the workspace
 //! row, and the reconciler only lists workspaces that are due, so a restart resets
 //! nothing and lifecycle failures are never retried faster than the backoff allows.
-//! Becoming `running` resets it; so does a new wish of the user.
+//! Becoming `running` resets it; so does a new wish of the user. A manager's
+//! report can make a workspace due before its time (a pod that ended, the pod of
+//! a deletion that keeps the volume gone): the write clears the next attempt
+//! time and is published as `due`, which wakes the reconciler at once. The
+//! delays are the server's `--workspace-retry-initial-secs` and
+//! `--workspace-retry-max-secs` ([`ConductorConfig::initial_backoff`],
+//! [`ConductorConfig::max_backoff`]).
 //!
 //! # Volumes and placement
 //!
@@ -1154,30 +1160,38 @@ impl Conductor {
     }
 
     /// Soft-deletes the row; with `keep_volume`, its volume's retention window
-    /// starts now.
+    /// starts now. A write that lost to another (the manager's report that the
+    /// pod is gone lands at the same moment) is retried from a fresh read, so
+    /// the deletion does not wait out a backoff for it.
     async fn finish_delete(&self, ws: &Workspace, keep_volume: bool) -> Result<(), Failure> {
-        let current = self
-            .inner
-            .db
-            .get_workspace(ws.organization_id, ws.id)
-            .await
-            .map_err(|e| Failure::new(e.to_string()))?;
         let db = &self.inner.db;
-        let (org, id, version) = (ws.organization_id, ws.id, current.version);
-        if keep_volume {
-            let until = db
-                .delete_workspace_keeping_volume(org, id, version, self.inner.config.clock.now())
+        let (org, id) = (ws.organization_id, ws.id);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let version = db
+                .get_workspace(org, id)
                 .await
-                .map_err(|e| Failure::new(e.to_string()))?;
-            tracing::info!(workspace_id = %ws.id, volume_kept_until = %until, "workspace deleted; its home volume is kept");
-        } else {
-            db.delete_workspace(org, id, version)
-                .await
-                .map_err(|e| Failure::new(e.to_string()))?;
-            tracing::info!(workspace_id = %ws.id, "workspace deleted");
+                .map_err(|e| Failure::new(e.to_string()))?
+                .version;
+            let written = if keep_volume {
+                db.delete_workspace_keeping_volume(org, id, version, self.inner.config.clock.now())
+                    .await
+                    .map(Some)
+            } else {
+                db.delete_workspace(org, id, version).await.map(|_| None)
+            };
+            match written {
+                Ok(Some(until)) => {
+                    tracing::info!(workspace_id = %ws.id, volume_kept_until = %until, "workspace deleted; its home volume is kept");
+                }
+                Ok(None) => tracing::info!(workspace_id = %ws.id, "workspace deleted"),
+                Err(DbError::Conflict { .. }) if attempt < 3 => continue,
+                Err(e) => return Err(Failure::new(e.to_string())),
+            }
+            lock(&self.inner.refused).remove(&ws.id);
+            return Ok(());
         }
-        lock(&self.inner.refused).remove(&ws.id);
-        Ok(())
     }
 
     /// Moves the workspace to `status` unless it is there already.
@@ -1558,7 +1572,40 @@ pub fn status_is_placeable(status: ClusterStatus) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::repair_head;
+    use super::{Change, Uuid, WorkspaceStatus, repair_head, wakes};
+
+    #[test]
+    fn a_due_change_or_a_newly_failed_workspace_wakes_the_reconciler() {
+        let change = |previous, status, due| {
+            Change::Workspace(lapdev_db::WorkspaceChange {
+                organization_id: Uuid::nil(),
+                workspace_id: Uuid::nil(),
+                cluster_id: None,
+                previous_status: Some(previous),
+                status,
+                reason: None,
+                repair: false,
+                due,
+            })
+        };
+        use WorkspaceStatus::{Deleting, Failed, Running};
+        assert!(wakes(&change(Deleting, Deleting, true)));
+        assert!(!wakes(&change(Deleting, Deleting, false)));
+        assert!(wakes(&change(Running, Failed, false)), "an older replica's");
+        assert!(!wakes(&change(Failed, Failed, false)));
+        // What an older replica relays has no `due`.
+        let relayed: lapdev_db::WorkspaceChange = serde_json::from_value(serde_json::json!({
+            "organization_id": Uuid::nil(),
+            "workspace_id": Uuid::nil(),
+            "cluster_id": null,
+            "previous_status": "deleting",
+            "status": "deleting",
+            "reason": null,
+            "repair": false,
+        }))
+        .unwrap();
+        assert!(!relayed.due);
+    }
 
     #[test]
     fn a_repair_message_names_what_happened_once() {

@@ -38,6 +38,7 @@ on_both!(
     forgetting_leaves_a_tombstone,
     a_cluster_with_a_placement_is_not_deleted,
     changes_are_published_once,
+    a_transition_that_clears_the_next_attempt_is_published_due,
     security_profile_is_stored,
 );
 
@@ -353,6 +354,73 @@ async fn changes_are_published_once(db: Db) {
             "workspace scheduling",
             "workspace creating",
             "token revoked"
+        ]
+    );
+}
+
+/// `due` tells the conductor to look now: only a transition whose backoff
+/// clears the next attempt time says it (not the reset `running` implies).
+async fn a_transition_that_clears_the_next_attempt_is_published_due(db: Db) {
+    let (org, user, cluster) = setup(&db).await;
+    let ws = scheduling(&db, org, user, "w").await;
+    let ws = db
+        .place_workspace(org, ws.id, ws.version, cluster, "ns")
+        .await
+        .unwrap();
+    let mut feed = db.subscribe();
+    let due_of = |change: WorkspaceTransition, version: i64| {
+        let db = db.clone();
+        async move {
+            let written = db
+                .transition_workspace(org, ws.id, version, change)
+                .await
+                .unwrap();
+            (written.version, written.next_attempt_at)
+        }
+    };
+    let (v, _) = due_of(
+        WorkspaceTransition::to(WorkspaceStatus::Running),
+        ws.version,
+    )
+    .await;
+    let later = Backoff {
+        attempts: 1,
+        next_attempt_at: Some(Utc::now() + Duration::seconds(60)),
+    };
+    let (v, next) = due_of(
+        WorkspaceTransition {
+            backoff: Some(later),
+            ..WorkspaceTransition::to(WorkspaceStatus::Failed)
+        },
+        v,
+    )
+    .await;
+    assert!(next.is_some());
+    let now = Backoff {
+        attempts: 1,
+        next_attempt_at: None,
+    };
+    let (_, next) = due_of(
+        WorkspaceTransition {
+            backoff: Some(now),
+            ..WorkspaceTransition::to(WorkspaceStatus::Failed)
+        },
+        v,
+    )
+    .await;
+    assert!(next.is_none());
+    let mut due = Vec::new();
+    while let Ok(change) = feed.try_recv() {
+        if let Change::Workspace(w) = change {
+            due.push((w.status.to_string(), w.due));
+        }
+    }
+    assert_eq!(
+        due,
+        [
+            ("running".to_owned(), false),
+            ("failed".to_owned(), false),
+            ("failed".to_owned(), true),
         ]
     );
 }

@@ -215,6 +215,16 @@ pub enum ManifestWarning {
     LoopbackServerUrl,
 }
 
+impl ManifestWarning {
+    /// A stable snake_case code for scripts (the message may be reworded).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InsecureServerUrl => "insecure_server_url",
+            Self::LoopbackServerUrl => "loopback_server_url",
+        }
+    }
+}
+
 impl fmt::Display for ManifestWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -223,9 +233,9 @@ impl fmt::Display for ManifestWarning {
             ),
             Self::LoopbackServerUrl => f.write_str(
                 "the server URL is a loopback or unspecified address: a manager in a \
-                 cluster would dial its own pod; start the server with --public-url set to \
-                 an address the cluster reaches (this manifest works only for a manager on \
-                 the server's machine)",
+                 cluster would dial its own pod; set the server's public URL \
+                 (lapdev-server --public-url) to an address the cluster reaches (this \
+                 manifest works only for a manager on the server's machine)",
             ),
         }
     }

@@ -23,10 +23,10 @@
 //! snapshot after a reconnect) is not a change and does not undo the annotation.
 //!
 //! A workspace deleted with its home volume kept is finished by the conductor
-//! (which starts the retention window); the manager then reports the claim
-//! alone as `stopped`. That report makes the workspace due at once, so the
-//! deletion ends as soon as its pod is gone rather than at the conductor's next
-//! retry.
+//! (which starts the retention window) once its pod is gone. When the pod goes,
+//! the manager reports the claim alone as `stopped`; that report makes the
+//! workspace due at once, so the deletion ends then rather than at the
+//! conductor's next retry.
 //!
 //! A report older than the observation the row already reflects (by the
 //! manager's `observed_at`, see `lapdev_db`'s observation order) is stale and
@@ -139,16 +139,19 @@ pub async fn record(
             && current.status == WorkspaceStatus::Deleting
             && current.volume_created
             && report.status == WorkspaceStatus::Stopped
+            && !current.is_stale_observation(report.observed_at)
         {
             // The pod of a workspace deleted with its volume kept is gone (the
             // claim alone reads `stopped`): due now, so the conductor finishes
             // the deletion and starts the retention window instead of waiting
-            // out its backoff. Nothing else of the row changes.
+            // out its backoff. Status and reason stay.
             if current.next_attempt_at.is_none() {
                 return Ok(());
             }
             let change = WorkspaceTransition {
-                status_message: current.status_message.clone(),
+                status_message: Some(
+                    "the pod is gone; finishing the deletion (the home volume is kept)".to_owned(),
+                ),
                 backoff: Some(Backoff {
                     attempts: current.repair_attempts,
                     next_attempt_at: None,

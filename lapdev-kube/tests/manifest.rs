@@ -333,6 +333,14 @@ fn a_server_url_naming_this_machine_is_allowed_with_a_warning() {
             .to_string()
             .contains("--public-url")
     );
+    assert_eq!(
+        ManifestWarning::LoopbackServerUrl.code(),
+        "loopback_server_url"
+    );
+    assert_eq!(
+        ManifestWarning::InsecureServerUrl.code(),
+        "insecure_server_url"
+    );
 }
 
 #[test]

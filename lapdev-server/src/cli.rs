@@ -36,7 +36,9 @@ pub mod sessions;
 pub mod settings;
 pub mod stdout;
 
-use crate::admin::api::{AdminRpcClient, ClusterView, CreatedCluster, CreatedToken, TokenView};
+use crate::admin::api::{
+    AdminRpcClient, ClusterView, CreatedCluster, CreatedToken, ManifestWarningView, TokenView,
+};
 use crate::admin::workspaces::{NewWorkspaceRequest, WorkspaceRpcClient, WorkspaceView};
 use lapdev_common::quantity;
 
@@ -981,9 +983,9 @@ fn token_json(t: &TokenView) -> Value {
 
 /// What the server said about a manifest it rendered, on stderr (so a
 /// manifest or JSON on stdout stays clean), one `warning:` line each.
-fn warn_about_manifest(warnings: &[String]) {
+fn warn_about_manifest(warnings: &[ManifestWarningView]) {
     for w in warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", w.message);
     }
 }
 

@@ -371,8 +371,9 @@ impl LimitsConfig {
 /// `--workspace-retry-max-secs` is shorter than `--workspace-retry-initial-secs`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "--workspace-retry-max-secs ({max_secs}) is shorter than --workspace-retry-initial-secs \
-     ({initial_secs}); the longest retry delay must be at least the first"
+    "--workspace-retry-max-secs / LAPDEV_WORKSPACE_RETRY_MAX_SECS ({max_secs}) is shorter than \
+     --workspace-retry-initial-secs / LAPDEV_WORKSPACE_RETRY_INITIAL_SECS ({initial_secs}); the \
+     longest retry delay must be at least the first"
 )]
 pub struct RetryOutOfOrder {
     /// The first delay asked for.
@@ -398,7 +399,7 @@ mod tests {
         let e = cli.limits.workspace_retry().unwrap_err();
         assert!(
             e.to_string()
-                .contains("--workspace-retry-max-secs (20) is shorter"),
+                .contains("LAPDEV_WORKSPACE_RETRY_MAX_SECS (20) is shorter"),
             "{e}"
         );
         let d = LimitsConfig::default().workspace_retry().unwrap();

@@ -117,9 +117,20 @@ pub struct CreatedCluster {
     /// The rendered install manifest (YAML) carrying the token.
     pub manifest: String,
     /// What the admin should know about the manifest before applying it (a
-    /// plain-http or loopback server URL), one sentence each; empty when none.
+    /// plain-http or loopback server URL); empty when none.
     #[serde(default)]
-    pub warnings: Vec<String>,
+    pub warnings: Vec<ManifestWarningView>,
+}
+
+/// One thing worth knowing about a rendered manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestWarningView {
+    /// Stable, for scripts: `insecure_server_url` (plain http: the cluster
+    /// token travels unencrypted) or `loopback_server_url` (the URL names the
+    /// server's own machine, which a manager in a cluster cannot reach).
+    pub code: String,
+    /// One sentence for people; may be reworded.
+    pub message: String,
 }
 
 /// A new token (shown this once) and a manifest that carries it.
@@ -130,7 +141,7 @@ pub struct CreatedToken {
     pub manifest: String,
     /// As [`CreatedCluster::warnings`].
     #[serde(default)]
-    pub warnings: Vec<String>,
+    pub warnings: Vec<ManifestWarningView>,
 }
 
 /// A cloud provider as the admin API shows it; the credential never appears.

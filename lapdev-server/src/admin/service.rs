@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::api::{
     AdminRpc, ClusterPage, ClusterPlacement, ClusterView, CreatedCluster, CreatedToken,
-    PageRequest, TokenView,
+    ManifestWarningView, PageRequest, TokenView,
 };
 use super::paging::cut;
 use crate::jwt::{AdminIdentity, JwtKeys};
@@ -90,7 +90,11 @@ impl AdminService {
 
     /// The manifest and what is worth telling the admin about it (see
     /// [`lapdev_kube::manifest::ManifestWarning`]).
-    fn render(&self, cluster: &Cluster, token: &str) -> Result<(String, Vec<String>), HrpcError> {
+    fn render(
+        &self,
+        cluster: &Cluster,
+        token: &str,
+    ) -> Result<(String, Vec<ManifestWarningView>), HrpcError> {
         let params = ManifestParams {
             server_ca_pem: self.manifest.server_ca_pem.clone(),
             image: self.manifest.image.clone(),
@@ -104,7 +108,14 @@ impl AdminService {
         };
         let warnings = params.validate().map_err(failed)?;
         let manifest = render_manifest(&params).map_err(failed)?;
-        Ok((manifest, warnings.iter().map(ToString::to_string).collect()))
+        let warnings = warnings
+            .iter()
+            .map(|w| ManifestWarningView {
+                code: w.code().to_owned(),
+                message: w.to_string(),
+            })
+            .collect();
+        Ok((manifest, warnings))
     }
 
     async fn cluster(&self, who: AdminIdentity, name: &str) -> Result<Cluster, HrpcError> {

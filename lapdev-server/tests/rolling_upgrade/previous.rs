@@ -31,8 +31,13 @@ pub fn server() -> PathBuf {
     let extracted = std::fs::read_to_string(src.join("Cargo.toml"))
         .is_ok_and(|manifest| manifest.contains(&format!("version = \"{VERSION}\"")));
     if !extracted {
-        // Absent, or extracted before the copy had a version of its own.
-        let _ = std::fs::remove_dir_all(&src);
+        // Absent, or extracted before the copy had a version of its own. Other
+        // releases' copies are not needed any more.
+        if let Ok(entries) = std::fs::read_dir(target_dir.join("previous-release")) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
         extract(&src);
     }
     let mut cmd = crate::real::cargo();
@@ -109,57 +114,63 @@ fn extract(src: &Path) {
 /// Cargo names a workspace crate's artifacts by a hash of its package id
 /// with the path relative to the workspace root, not the absolute path
 /// (so builds are relocatable): with the same version, the copy's
-/// `lapdev-db` and this build's share one `liblapdev_db-<hash>.rlib` and one
-/// fingerprint, and building the copy overwrote this build's library. The
-/// doctests, compiled after the integration tests, then failed with
-/// `E0463: can't find crate for lapdev_db`. A version of its own gives the
-/// copy artifacts of its own.
+/// `lapdev-common` and this build's share one `liblapdev_common-<hash>.rlib`
+/// and one fingerprint. Building the copy overwrote this build's libraries,
+/// and cargo then took them for fresh: the doctests, compiled after the
+/// integration tests, failed with `E0463: can't find crate for lapdev_db`. A
+/// version of its own gives the copy artifacts of its own. The previous
+/// server so reports version `0.0.0-previous` (replica registry, default
+/// manager image tag), which no test reads.
 fn set_version(root: &Path) {
     let manifest = root.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).unwrap();
-    let package = text
-        .split_once("[workspace.package]\n")
-        .expect("the previous release has [workspace.package]");
-    let version_line = package
-        .1
-        .lines()
-        .find(|line| line.starts_with("version = "))
-        .expect("the previous release sets the workspace version");
-    let old = version_line
-        .trim_start_matches("version = ")
-        .trim_matches('"')
-        .to_owned();
-    let text = format!(
-        "{}[workspace.package]\n{}",
-        package.0,
-        package
-            .1
-            .replacen(version_line, &format!("version = \"{VERSION}\""), 1)
-    );
-    std::fs::write(&manifest, text).unwrap();
+    let mut old = None;
+    let mut in_package = false;
+    let mut lines = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_package = trimmed == "[workspace.package]";
+        } else if in_package
+            && old.is_none()
+            && trimmed.split('=').next().map(str::trim) == Some("version")
+        {
+            let value = trimmed.split('"').nth(1).expect("a quoted version");
+            old = Some(value.to_owned());
+            lines.push(format!("version = \"{VERSION}\""));
+            continue;
+        }
+        lines.push(line.to_owned());
+    }
+    let old = old.expect("the previous release sets version in [workspace.package]");
+    std::fs::write(&manifest, lines.join("\n") + "\n").unwrap();
 
-    // Packages without a `source` are the workspace's own.
+    // Packages without a `source` are the workspace's own: every one must
+    // take the workspace version, or it would share this build's artifacts.
     let lock = root.join("Cargo.lock");
     let text = std::fs::read_to_string(&lock).unwrap();
-    let mut renamed = 0;
+    let from = format!("\nversion = \"{old}\"\n");
+    let to = format!("\nversion = \"{VERSION}\"\n");
+    let mut own = Vec::new();
     let blocks: Vec<String> = text
         .split("\n[[package]]\n")
         .map(|block| {
-            let from = format!("\nversion = \"{old}\"\n");
-            if block.starts_with("name = ")
-                && !block.contains("\nsource = ")
-                && block.contains(&from)
-            {
-                renamed += 1;
-                block.replacen(&from, &format!("\nversion = \"{VERSION}\"\n"), 1)
-            } else {
-                block.to_owned()
+            if !block.starts_with("name = ") || block.contains("\nsource = ") {
+                return block.to_owned();
             }
+            let name = block.lines().next().unwrap_or_default().to_owned();
+            assert!(
+                block.contains(&from),
+                "{name} in the previous release's Cargo.lock is not at the workspace version \
+                 {old}; give it a version of its own here too"
+            );
+            own.push(name);
+            block.replacen(&from, &to, 1)
         })
         .collect();
     assert!(
-        renamed > 0,
-        "no workspace package in the previous release's Cargo.lock"
+        own.len() > 1,
+        "the previous release's Cargo.lock names {own:?} as the workspace's own"
     );
     std::fs::write(&lock, blocks.join("\n[[package]]\n")).unwrap();
 }

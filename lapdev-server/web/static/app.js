@@ -387,7 +387,7 @@ let manifestUrl = null;
 // server URL), one item each, in the list with id `listId`; hidden when none.
 function showManifestWarnings(listId, warnings) {
   const list = document.getElementById(listId);
-  list.replaceChildren(...(warnings || []).map((w) => el('li', {}, w)));
+  list.replaceChildren(...(warnings || []).map((w) => el('li', { dataset: { code: w.code } }, w.message)));
   list.hidden = list.children.length === 0;
 }
 
