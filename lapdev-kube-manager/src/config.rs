@@ -187,6 +187,38 @@ pub enum LogFormat {
 pub struct ReadCaError(#[source] pub std::io::Error, pub PathBuf);
 
 impl Config {
+    /// Refuses a cluster token that cannot be one (see
+    /// [`lapdev_common::token`]): no server would accept it, so the manager
+    /// stops at once and says which value is wrong rather than asking the
+    /// server every few minutes. Names a personal access token as such, the
+    /// likeliest mix-up.
+    pub fn check_cluster_token(&self) -> Result<(), String> {
+        let token = self.cluster_token.as_str();
+        if lapdev_common::token::is_well_formed_cluster_token(token) {
+            return Ok(());
+        }
+        let what = if token.is_empty() {
+            "it is empty".to_owned()
+        } else if token.starts_with(lapdev_common::role::PAT_PREFIX) {
+            format!(
+                "it is a personal access token ({}…), which signs a person in to the \
+                 API; the manager needs the cluster's token",
+                lapdev_common::role::PAT_PREFIX
+            )
+        } else {
+            format!(
+                "it does not have a cluster token's shape ({}… and {} characters in all)",
+                lapdev_common::token::CLUSTER_TOKEN_PREFIX,
+                lapdev_common::token::CLUSTER_TOKEN_LEN
+            )
+        };
+        Err(format!(
+            "--cluster-token / LAPDEV_KUBE_CLUSTER_TOKEN is not a cluster token: {what}. \
+             Use the token `lapdev cluster create` printed, or a new one from `lapdev \
+             cluster manifest NAME` (its manifest carries it)"
+        ))
+    }
+
     /// The extra CA as PEM bytes: the value itself when it is PEM, else the
     /// contents of the file it names.
     pub fn server_ca_pem(&self) -> Result<Option<Vec<u8>>, ReadCaError> {
@@ -316,6 +348,31 @@ mod tests {
         let mut all = vec!["lapdev-kube-manager"];
         all.extend_from_slice(args);
         Config::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn a_cluster_token_must_have_the_shape_of_one() {
+        let with = |token: &str| {
+            parse(&[
+                "--server-url",
+                "https://l.example",
+                "--cluster-token",
+                token,
+            ])
+            .check_cluster_token()
+        };
+        assert!(with(&format!("lapdev_ct_{}", "a".repeat(43))).is_ok());
+        let pat = with(&format!("lapdev_pat_{}", "a".repeat(43))).unwrap_err();
+        assert!(pat.contains("personal access token"), "{pat}");
+        let short = with("lapdev_ct_short").unwrap_err();
+        assert!(
+            short.contains("shape") && short.contains("53 characters"),
+            "{short}"
+        );
+        let empty = with("").unwrap_err();
+        assert!(empty.contains("it is empty"), "{empty}");
+        let spaced = with(&format!(" lapdev_ct_{}\n", "a".repeat(43))).unwrap_err();
+        assert!(spaced.contains("LAPDEV_KUBE_CLUSTER_TOKEN"), "{spaced}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Config::parse();
     init_logging(config.log_format);
+    config.check_cluster_token().map_err(anyhow::Error::msg)?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -534,7 +534,9 @@ async fn sigterm_closes_the_tunnel_and_exits_cleanly() {
 async fn a_wrong_token_is_retried_not_fatal() {
     let double = double().await;
     let server = FakeServer::start(any_addr()).await;
-    let manager = ManagerProcess::spawn(&double, &server.url(), "lapdev_ct_wrong");
+    // Well-formed, but not this cluster's: the server refuses it.
+    let wrong = format!("lapdev_ct_{}", "w".repeat(43));
+    let manager = ManagerProcess::spawn(&double, &server.url(), &wrong);
     let mgr = &manager;
     eventually("a refused tunnel is logged", WAIT, || async move {
         mgr.log().contains("401")
@@ -542,6 +544,32 @@ async fn a_wrong_token_is_retried_not_fatal() {
     .await;
     assert!(server.recorded().heartbeats.is_empty());
     assert_eq!(manager.get("/readyz").await.unwrap().0, 503);
+}
+
+/// A value that cannot be a cluster token (here a personal access token, the
+/// likeliest mix-up) stops the manager at once, saying which setting is wrong,
+/// instead of asking the server every few minutes.
+#[tokio::test]
+async fn a_malformed_token_stops_the_manager_and_names_the_setting() {
+    let double = double().await;
+    let server = FakeServer::start(any_addr()).await;
+    let pat = format!("lapdev_pat_{}", "p".repeat(43));
+    let mut manager = ManagerProcess::spawn(&double, &server.url(), &pat);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = manager.child.wait().unwrap();
+        (status, manager)
+    })
+    .await
+    .unwrap();
+    let (status, manager) = status;
+    assert!(!status.success(), "{status:?}");
+    let log = manager.log();
+    assert!(
+        log.contains("LAPDEV_KUBE_CLUSTER_TOKEN is not a cluster token")
+            && log.contains("personal access token"),
+        "{log}"
+    );
+    assert!(server.recorded().heartbeats.is_empty());
 }
 
 #[tokio::test]

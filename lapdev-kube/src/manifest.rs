@@ -232,10 +232,11 @@ impl fmt::Display for ManifestWarning {
                 "the server URL uses plain http: the cluster token will travel unencrypted",
             ),
             Self::LoopbackServerUrl => f.write_str(
-                "the server URL is a loopback or unspecified address: a manager in a \
-                 cluster would dial its own pod; set the server's public URL \
-                 (lapdev-server --public-url) to an address the cluster reaches (this \
-                 manifest works only for a manager on the server's machine)",
+                "the server URL names the server's own machine (a loopback or \
+                 unspecified address): a manager in a cluster would dial its own pod there, \
+                 so manifests from this server work only for a manager on that machine; to \
+                 connect a real cluster, set the server's public URL \
+                 (lapdev-server --public-url) to an address the cluster reaches",
             ),
         }
     }
@@ -311,16 +312,19 @@ fn validate_server_url(
         ));
     }
     let url = url::Url::parse(raw).map_err(|_| Bad("it is not an absolute URL"))?;
-    match url.scheme() {
-        "https" => {}
-        "http" => warnings.push(ManifestWarning::InsecureServerUrl),
+    let plain = match url.scheme() {
+        "https" => false,
+        "http" => true,
         other => return Err(ManifestError::UnsupportedScheme(other.to_owned())),
-    }
+    };
     match url.host() {
         None => return Err(Bad("it has no host")),
+        // Plain http that never leaves the machine is not worth a warning of
+        // its own.
         Some(host) if names_this_machine(&host) => {
             warnings.push(ManifestWarning::LoopbackServerUrl);
         }
+        Some(_) if plain => warnings.push(ManifestWarning::InsecureServerUrl),
         Some(_) => {}
     }
     if !url.username().is_empty() || url.password().is_some() {

@@ -1031,7 +1031,8 @@ fn print_created_cluster(
             } else {
                 writeln!(
                     stdout,
-                    "Get an install manifest with: lapdev cluster manifest NAME --manifest-out FILE"
+                    "Get an install manifest (with a token of its own) with: lapdev cluster manifest {} --manifest-out {}-manager.yaml",
+                    created.cluster.name, created.cluster.name
                 )?;
             }
             Ok(())

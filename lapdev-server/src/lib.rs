@@ -331,6 +331,19 @@ pub struct Secrets {
     pub encryption_key: CredentialKey,
 }
 
+/// Binds the public listener; a port in use says what to do about it.
+async fn bind_public(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "; another process listens there: stop it, or start on another port with \
+             --listen (LAPDEV_LISTEN), e.g. --listen 127.0.0.1:8081"
+        } else {
+            ""
+        };
+        anyhow::Error::new(e).context(format!("binding {addr}{hint}"))
+    })
+}
+
 /// Resolves the JWT secret and encryption key: flags and environment first, the
 /// data directory (generated on first start) otherwise.
 pub fn load_secrets(config: &ServerConfig, data_dir: &DataDir) -> anyhow::Result<Secrets> {
@@ -397,6 +410,10 @@ impl Server {
         limits: LimitsConfig,
         streams: Option<Arc<dyn access::StreamOpener>>,
     ) -> anyhow::Result<Server> {
+        // First, so a port in use fails before the data directory, the
+        // database or the first organisation is created (a retry on another
+        // port is then a first start, with its hints).
+        let listener = bind_public(config.listen).await?;
         let data_dir = DataDir::open(&config.data_dir)?;
         let secrets = load_secrets(&config, &data_dir)?;
         let url = match &config.database_url {
@@ -659,9 +676,6 @@ impl Server {
             None => None,
         };
 
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         let internal_listener = match &routing {
             Some(_) => {

@@ -396,13 +396,12 @@ fn logs_go_to_stderr_without_colour_and_stdout_stays_clean() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("warning: the server URL is a loopback") && stderr.contains("--public-url"),
+        stderr.contains("warning: the server URL names the server's own machine")
+            && stderr.contains("--public-url"),
         "{stderr}"
     );
-    assert!(
-        stderr.contains("warning: the server URL uses plain http"),
-        "{stderr}"
-    );
+    // Plain http on loopback never leaves the machine: no warning of its own.
+    assert!(!stderr.contains("plain http"), "{stderr}");
     let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let codes: Vec<&str> = created["warnings"]
         .as_array()
@@ -410,11 +409,7 @@ fn logs_go_to_stderr_without_colour_and_stdout_stays_clean() {
         .iter()
         .map(|w| w["code"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        codes,
-        ["insecure_server_url", "loopback_server_url"],
-        "{created}"
-    );
+    assert_eq!(codes, ["loopback_server_url"], "{created}");
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     stdout.read_to_string(&mut rest).unwrap();
@@ -488,4 +483,33 @@ fn admin_token_names_a_missing_data_directory_and_creates_none() {
     assert!(err.contains("no data directory at"), "{err}");
     assert!(err.contains(&missing.display().to_string()), "{err}");
     assert!(!missing.exists(), "nothing created");
+}
+
+/// A port in use: the server says what to do and has created nothing, so the
+/// retry on another port is a first start with its hints.
+#[test]
+fn a_port_in_use_is_named_with_what_to_do_and_creates_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_lapdev-server"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("binding 127.0.0.1:{port}"))
+            && stderr.contains("another process listens there")
+            && stderr.contains("--listen"),
+        "{stderr}"
+    );
+    assert!(
+        !data.exists(),
+        "nothing is created before the port is bound"
+    );
 }

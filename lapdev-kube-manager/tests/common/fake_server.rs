@@ -23,7 +23,8 @@ use lapdev_kube_rpc::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub const TOKEN: &str = "lapdev_ct_test-token";
+/// Well-formed (the manager refuses one that is not at start).
+pub const TOKEN: &str = "lapdev_ct_test-token-0123456789abcdefghijklmnopqrstuv";
 
 /// Everything one server instance received.
 #[derive(Debug, Default, Clone)]
