@@ -412,6 +412,7 @@ pub enum TokenCommand {
 
 /// Runs the CLI; returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
+    let server = cli.server.clone();
     match execute(cli).await {
         Ok(()) => 0,
         // `lapdev … | head`: the reader has what it wanted. No message, and
@@ -429,10 +430,39 @@ pub async fn run(cli: Cli) -> i32 {
                 msg.push_str(&s.to_string());
                 source = s.source();
             }
-            eprintln!("error: {}", msg.replace('\n', " "));
+            eprintln!(
+                "error: {}",
+                unreachable_names(&server, msg).replace('\n', " ")
+            );
             1
         }
     }
+}
+
+/// "cannot reach the server" says where, and what a TLS handshake answered
+/// in plain HTTP means.
+fn unreachable_names(server: &str, msg: String) -> String {
+    let Some(rest) = msg.strip_prefix("cannot reach the server: ") else {
+        return msg;
+    };
+    let mut out = format!("cannot reach the server at {server}: {rest}");
+    if server.starts_with("https://")
+        && (rest.contains("InvalidContentType") || rest.contains("corrupt message"))
+    {
+        out.push_str(" (it answers in plain HTTP, not TLS: use http://)");
+    }
+    out
+}
+
+/// The HRPC client for `server`; a value without a scheme says so.
+fn rpc_client(server: &str) -> anyhow::Result<Client> {
+    if !server.contains("://") {
+        anyhow::bail!(
+            "--server / LAPDEV_SERVER {server:?} has no scheme: use http://{server} or https://{server}"
+        );
+    }
+    let base = format!("{}/rpc", server.trim_end_matches('/'));
+    Client::http(&base).with_context(|| format!("invalid --server / LAPDEV_SERVER {server:?}"))
 }
 
 fn bearer_token(cli: &Cli) -> anyhow::Result<String> {
@@ -451,10 +481,8 @@ fn bearer_token(cli: &Cli) -> anyhow::Result<String> {
 }
 
 fn client(cli: &Cli) -> anyhow::Result<AdminRpcClient> {
+    let client = rpc_client(&cli.server)?;
     let token = bearer_token(cli)?;
-    let base = format!("{}/rpc", cli.server.trim_end_matches('/'));
-    let client =
-        Client::http(&base).with_context(|| format!("invalid --server {:?}", cli.server))?;
     let value = http::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
         .context("the admin token contains characters a header cannot carry")?;
     Ok(AdminRpcClient::new(client)
@@ -487,10 +515,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         oidc: false,
     } = cli.command
     {
-        let base = format!("{}/rpc", cli.server.trim_end_matches('/'));
-        let anonymous = Client::http(&base)
-            .with_context(|| format!("invalid --server {:?}", cli.server))?
-            .with_timeout(Duration::from_secs(60));
+        let anonymous = rpc_client(&cli.server)?.with_timeout(Duration::from_secs(60));
         let api = people::PeopleRpcClient::new(anonymous);
         return people::login(&api, out, user, organization, with_token).await;
     }

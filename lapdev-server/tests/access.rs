@@ -615,6 +615,60 @@ async fn another_organisations_workspace_is_not_found() {
     }
 }
 
+/// `port-forward` ends, non-zero with the reason, when the workspace stops:
+/// the server closes the open connection, and the CLI's next try is refused
+/// for the workspace, not for one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_workspace_ends_a_port_forward_with_the_reason() {
+    let e = env().await;
+    e.double
+        .register_pod_port(NAMESPACE, &e.pod, 8080, echo_server().await);
+    let mut child = lapdev_cmd(&e.t, &["workspace", "port-forward", "box", "0:8080"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("port-forward started")
+        .unwrap()
+        .expect("a Forwarding line");
+    let addr: std::net::SocketAddr = line
+        .strip_prefix("Forwarding from ")
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+        .parse()
+        .unwrap();
+    // One connection open through it.
+    let mut open = tokio::net::TcpStream::connect(addr).await.unwrap();
+    open.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    open.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+
+    let out = lapdev(&e.t, &["workspace", "stop", "box"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("port-forward ends by itself")
+        .unwrap();
+    assert!(!status.success(), "{status:?}");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert!(
+        err.contains("error: port-forward ended: ")
+            && err.contains("is stopped; start it with `lapdev workspace start box`"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_workspace_ends_its_sessions_and_refuses_new_ones() {
     let e = env().await;

@@ -250,7 +250,27 @@ async fn errors_are_one_line_and_exit_non_zero() {
     // An unreachable server.
     let err = refused("http://127.0.0.1:1", Some("x"));
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("cannot reach the server"), "{err}");
+    assert!(
+        err.contains("cannot reach the server at http://127.0.0.1:1:"),
+        "{err}"
+    );
+
+    // TLS to a plain-HTTP server.
+    let plain = t.base().replace("http://", "https://");
+    let err = refused(&plain, Some("x"));
+    assert!(
+        err.contains(&format!("cannot reach the server at {plain}")),
+        "{err}"
+    );
+    assert!(err.contains("plain HTTP, not TLS: use http://"), "{err}");
+
+    // A server without a scheme.
+    let bare = t.base().replace("http://", "");
+    let err = refused(&bare, Some("x"));
+    assert!(
+        err.contains("has no scheme") && err.contains(&format!("http://{bare}")),
+        "{err}"
+    );
 
     // No token at all.
     let err = refused(&t.base(), None);

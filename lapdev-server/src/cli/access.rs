@@ -72,13 +72,42 @@ impl Endpoint {
                 let status = response.status();
                 let body = response.body().as_deref().unwrap_or_default();
                 match serde_json::from_slice::<HrpcError>(body) {
-                    Ok(e) => bail!("{} ({})", e.message, e.code),
+                    Ok(e) => Err(Refused(e).into()),
                     Err(_) => bail!("the server refused the session: {status}"),
                 }
             }
             Err(e) => Err(anyhow::Error::new(e).context("cannot reach the server")),
         }
     }
+}
+
+/// The server refused to open a session, with its HRPC error.
+#[derive(Debug)]
+struct Refused(HrpcError);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.0.message, self.0.code)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Whether a refusal is about the workspace or the caller, not one
+/// connection: every later connection would be refused the same way
+/// (stopped or deleted workspace, revoked or demoted token), so a
+/// port-forward ends with it.
+fn refuses_every_connection(e: &anyhow::Error) -> bool {
+    use lapdev_hrpc::Code;
+    e.downcast_ref::<Refused>().is_some_and(|r| {
+        matches!(
+            r.0.code,
+            Code::FailedPrecondition
+                | Code::NotFound
+                | Code::Unauthenticated
+                | Code::PermissionDenied
+        )
+    })
 }
 
 /// The reason a close frame gives, as an error unless it is a normal close.
@@ -331,7 +360,12 @@ impl std::str::FromStr for PortSpec {
 }
 
 /// `lapdev workspace port-forward`: listens on `address` for each spec and
-/// forwards every connection until interrupted.
+/// forwards every connection until interrupted, or until the server refuses
+/// the workspace itself (it stopped or was deleted, the token was revoked):
+/// then, as `kubectl port-forward` when its pod goes, it ends with that
+/// reason. A connection the server closes abnormally is followed by one new
+/// connection to learn which it was; one refused by the pod's port (nothing
+/// listening) only ends itself.
 pub async fn port_forward(
     endpoint: &Endpoint,
     workspace: &str,
@@ -350,6 +384,7 @@ pub async fn port_forward(
         )
         .await?;
     drop(probe);
+    let (ended_tx, mut ended) = tokio::sync::mpsc::channel::<anyhow::Error>(1);
     let mut tasks = tokio::task::JoinSet::new();
     for spec in specs {
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(address, spec.local))
@@ -360,35 +395,52 @@ pub async fn port_forward(
         let endpoint = endpoint.clone();
         let workspace = workspace.to_owned();
         let remote = spec.remote;
+        let ended_tx = ended_tx.clone();
         tasks.spawn(async move {
+            let query = format!("port={remote}");
             loop {
                 let Ok((conn, _)) = listener.accept().await else {
                     continue;
                 };
                 let _ = conn.set_nodelay(true);
-                let endpoint = endpoint.clone();
-                let workspace = workspace.clone();
+                let (endpoint, workspace, query) =
+                    (endpoint.clone(), workspace.clone(), query.clone());
+                let ended_tx = ended_tx.clone();
                 tokio::spawn(async move {
-                    let result = async {
-                        let ws = endpoint
-                            .connect(&workspace, "portforward", &format!("port={remote}"))
-                            .await?;
-                        let (r, w) = conn.into_split();
-                        pump(ws, r, w).await
-                    }
-                    .await;
-                    if let Err(e) = result {
-                        eprintln!("port {remote}: {e:#}");
+                    let ws = match endpoint.connect(&workspace, "portforward", &query).await {
+                        Ok(ws) => ws,
+                        Err(e) if refuses_every_connection(&e) => {
+                            let _ = ended_tx.try_send(e);
+                            return;
+                        }
+                        Err(e) => {
+                            eprintln!("port {remote}: {e:#}");
+                            return;
+                        }
+                    };
+                    let (r, w) = conn.into_split();
+                    let Err(e) = pump(ws, r, w).await else { return };
+                    eprintln!("port {remote}: {e:#}");
+                    // Closed by the server: ask once whether it still
+                    // serves this workspace.
+                    if let Err(e) = endpoint.connect(&workspace, "portforward", &query).await
+                        && refuses_every_connection(&e)
+                    {
+                        let _ = ended_tx.try_send(e);
                     }
                 });
             }
         });
     }
+    drop(ended_tx);
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    tokio::signal::ctrl_c().await.ok();
+    let result = tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        Some(e) = ended.recv() => Err(e.context("port-forward ended")),
+    };
     tasks.abort_all();
-    Ok(())
+    result
 }
 
 /// `lapdev workspace ssh-config`: a `Host` block for OpenSSH (and VS Code

@@ -27,7 +27,7 @@ async function rpc(service, method, args) {
   const text = await r.text();
   let body = null;
   try { body = text ? JSON.parse(text) : null; } catch (_) { body = { message: text }; }
-  if (r.status === 401) { location.assign('/sign-in'); }
+  if (r.status === 401) { toSignIn(); }
   if (!r.ok) throw new RpcError(r.status, body);
   return body;
 }
@@ -91,6 +91,16 @@ function actionButton(action, name, label, danger) {
 
 // ---- sign-in and sign-out -------------------------------------------------
 
+// To the sign-in page, once: signing out, a 401 and the event stream's
+// "ended" can all ask at the same moment, and a second navigation would abort
+// the first.
+let leaving = false;
+function toSignIn() {
+  if (leaving) return;
+  leaving = true;
+  location.assign('/sign-in');
+}
+
 function setupSignIn() {
   const form = document.getElementById('sign-in-form');
   if (!form) return;
@@ -117,7 +127,7 @@ function setupSignOut() {
   b.addEventListener('click', async () => {
     await fetch('/auth/logout', { method: 'POST', credentials: 'same-origin', headers: CSRF });
     tellEvents('ended');
-    location.assign('/sign-in');
+    toSignIn();
   });
 }
 
@@ -486,7 +496,7 @@ function setupEvents() {
   tellEvents = liveEvents((type) => {
     if (type === 'change') schedule();
     else if (type === 'reload') location.reload();
-    else if (type === 'ended') location.assign('/sign-in');
+    else if (type === 'ended') toSignIn();
     else if (type === 'open') document.body.dataset.live = 'open';
     else document.body.dataset.live = 'reconnecting';
   });
