@@ -421,28 +421,31 @@ async fn round_trip(addr: std::net::SocketAddr, data: Vec<u8>) -> Vec<u8> {
     back
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn port_forward_carries_twelve_mib_and_fifty_concurrent_connections() {
-    let e = env().await;
-    e.double
-        .register_pod_port(NAMESPACE, &e.pod, 8080, echo_server().await);
-    let mut child = lapdev_cmd(&e.t, &["workspace", "port-forward", "box", "0:8080"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// `lapdev workspace port-forward box 0:8080`, its stdout and stderr piped,
+/// and the local address its "Forwarding from ADDR -> 8080" line names.
+async fn forward_box_8080(e: &Env) -> (tokio::process::Child, std::net::SocketAddr) {
+    let mut child = spawn_piped(&e.t, &["workspace", "port-forward", "box", "0:8080"]);
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
         .await
         .expect("port-forward started")
         .unwrap()
         .expect("a Forwarding line");
-    // "Forwarding from 127.0.0.1:PORT -> 8080"
-    let addr: std::net::SocketAddr = line
+    let addr = line
         .strip_prefix("Forwarding from ")
         .and_then(|r| r.split(' ').next())
         .unwrap_or_else(|| panic!("unexpected line {line:?}"))
         .parse()
         .unwrap();
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_carries_twelve_mib_and_fifty_concurrent_connections() {
+    let e = env().await;
+    e.double
+        .register_pod_port(NAMESPACE, &e.pod, 8080, echo_server().await);
+    let (mut child, addr) = forward_box_8080(&e).await;
     assert!(addr.ip().is_loopback());
 
     let mut data = vec![0u8; 12 * 1024 * 1024];
@@ -623,23 +626,7 @@ async fn stopping_the_workspace_ends_a_port_forward_with_the_reason() {
     let e = env().await;
     e.double
         .register_pod_port(NAMESPACE, &e.pod, 8080, echo_server().await);
-    let mut child = lapdev_cmd(&e.t, &["workspace", "port-forward", "box", "0:8080"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("port-forward started")
-        .unwrap()
-        .expect("a Forwarding line");
-    let addr: std::net::SocketAddr = line
-        .strip_prefix("Forwarding from ")
-        .and_then(|r| r.split(' ').next())
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-        .parse()
-        .unwrap();
+    let (mut child, addr) = forward_box_8080(&e).await;
     // One connection open through it.
     let mut open = tokio::net::TcpStream::connect(addr).await.unwrap();
     open.write_all(b"ping").await.unwrap();

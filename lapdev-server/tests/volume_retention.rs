@@ -87,26 +87,36 @@ async fn running(env: &Env, cli: &Cli, name: &str) {
     eventually("running", || cli.get(name)["status"] == "running").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn delete_keeps_the_volume_restore_and_start_reuse_it_and_the_window_ends_it() {
-    let env = Env::new().await;
-    let server = Server::start(common::config(
-        env.data_dir.path().join("in-process"),
-        Some(env.database.url().to_owned()),
-    ))
+/// The server in-process (its clock is the test's) with `limits`, and the
+/// double's cluster registered through the CLI with its manager connected.
+async fn connected(env: &Env, limits: LimitsConfig) -> (Server, Cli, real::Proc) {
+    let server = Server::start_with(
+        common::config(
+            env.data_dir.path().join("in-process"),
+            Some(env.database.url().to_owned()),
+        ),
+        limits,
+    )
     .await
     .unwrap();
     let cli = Cli {
         url: format!("http://{}", server.local_addr),
         token: server.first_admin_token.clone().unwrap(),
     };
-    let clock = server.state.conductor.clock().clone();
     let created = cli.json(&["cluster", "create", "e2e", "-o", "json"]);
-    let _manager = env.manager(&cli.url, created["token"].as_str().unwrap());
+    let manager = env.manager(&cli.url, created["token"].as_str().unwrap());
     eventually("the cluster connected", || {
         cli.json(&["cluster", "get", "e2e", "-o", "json"])["status"] == "connected"
     })
     .await;
+    (server, cli, manager)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_keeps_the_volume_restore_and_start_reuse_it_and_the_window_ends_it() {
+    let env = Env::new().await;
+    let (server, cli, _manager) = connected(&env, LimitsConfig::default()).await;
+    let clock = server.state.conductor.clock().clone();
 
     cli.json(&[
         "workspace",
@@ -206,25 +216,7 @@ async fn a_deletion_ends_when_its_pod_is_gone_not_at_the_next_retry() {
         workspace_retry_max_secs: 3600,
         ..LimitsConfig::default()
     };
-    let server = Server::start_with(
-        common::config(
-            env.data_dir.path().join("in-process"),
-            Some(env.database.url().to_owned()),
-        ),
-        hour,
-    )
-    .await
-    .unwrap();
-    let cli = Cli {
-        url: format!("http://{}", server.local_addr),
-        token: server.first_admin_token.clone().unwrap(),
-    };
-    let created = cli.json(&["cluster", "create", "e2e", "-o", "json"]);
-    let _manager = env.manager(&cli.url, created["token"].as_str().unwrap());
-    eventually("the cluster connected", || {
-        cli.json(&["cluster", "get", "e2e", "-o", "json"])["status"] == "connected"
-    })
-    .await;
+    let (server, cli, _manager) = connected(&env, hour).await;
     cli.json(&[
         "workspace",
         "create",
