@@ -38,7 +38,11 @@ pub enum QuantityError {
     #[error("{0:?} is not a quantity: the number is malformed")]
     InvalidNumber(String),
     /// The suffix is not one Kubernetes knows (e.g. `"1GB"`, `"1x"`, `"1e"`).
-    #[error("{input:?} is not a quantity: unknown suffix {suffix:?}")]
+    #[error(
+        "{input:?} is not a quantity: unknown suffix {suffix:?} (Kubernetes writes \
+         Ki, Mi, Gi, Ti for powers of 1024 and k, M, G, T for powers of 1000, as in \
+         512Mi or 1Gi; m is thousandths, as in 500m CPU)"
+    )]
     InvalidSuffix {
         /// The whole input.
         input: String,
@@ -339,6 +343,12 @@ mod tests {
                 parse_bytes(bad)
             );
         }
+        // The message shows what Kubernetes writes instead.
+        let gb = parse_bytes("1GB").unwrap_err().to_string();
+        assert!(
+            gb.contains("unknown suffix \"GB\"") && gb.contains("1Gi"),
+            "{gb}"
+        );
     }
 
     #[test]
