@@ -271,10 +271,17 @@ async fn exec_keeps_streams_apart_and_exits_with_the_remote_code() {
     assert_eq!(out.stderr, b"err\n");
     let out = lapdev(&e.t, &["workspace", "exec", "box", "--", "true"]).await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    // The session is in the audit log with the program's name only.
+    // The session is in the audit log with the program's name only. The
+    // entry is written when the server sees the session end, which can come
+    // after the CLI has its exit code.
+    let t = &e.t;
+    eventually("the session's audit entry", || async move {
+        let audit = lapdev(t, &["audit", "list", "-o", "json"]).await;
+        String::from_utf8_lossy(&audit.stdout).contains("workspace.exec")
+    })
+    .await;
     let audit = lapdev(&e.t, &["audit", "list", "-o", "json"]).await;
     let text = String::from_utf8_lossy(&audit.stdout);
-    assert!(text.contains("workspace.exec"), "{text}");
     assert!(
         !text.contains("echo out"),
         "arguments must not be audited: {text}"
