@@ -121,18 +121,9 @@ pub async fn record(
             {
                 return Ok(());
             }
-            match db
-                .transition_workspace(
-                    identity.organization_id,
-                    report.workspace_id,
-                    current.version,
-                    change,
-                )
-                .await
-            {
-                Ok(_) | Err(DbError::StaleObservation { .. }) => return Ok(()),
-                Err(DbError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
-                Err(e) => return Err(e),
+            match write(db, identity, report, &current, change, attempt).await? {
+                Written::Done => return Ok(()),
+                Written::LostRace => continue,
             }
         }
         if current.desired_state == DesiredState::Deleted
@@ -159,18 +150,9 @@ pub async fn record(
                 ..WorkspaceTransition::to(WorkspaceStatus::Deleting)
                     .reason(current.status_reason.clone())
             };
-            match db
-                .transition_workspace(
-                    identity.organization_id,
-                    report.workspace_id,
-                    current.version,
-                    change,
-                )
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(DbError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
-                Err(e) => return Err(e),
+            match write(db, identity, report, &current, change, attempt).await? {
+                Written::Done => return Ok(()),
+                Written::LostRace => continue,
             }
         }
         if current.is_stale_observation(report.observed_at) {
@@ -214,19 +196,44 @@ pub async fn record(
                 .reason(report.reason.clone())
                 .observed_at(report.observed_at)
         };
-        match db
-            .transition_workspace(
-                identity.organization_id,
-                report.workspace_id,
-                current.version,
-                change,
-            )
-            .await
-        {
-            Ok(_) | Err(DbError::StaleObservation { .. }) => return Ok(()),
-            Err(DbError::Conflict { .. }) if attempt < CONFLICT_RETRIES => continue,
-            Err(e) => return Err(e),
+        match write(db, identity, report, &current, change, attempt).await? {
+            Written::Done => return Ok(()),
+            Written::LostRace => continue,
         }
+    }
+}
+
+/// What [`write`] did.
+enum Written {
+    /// Written, or refused as older than the stored observation: nothing
+    /// more to do.
+    Done,
+    /// Another writer changed the row first: read it again and decide anew.
+    LostRace,
+}
+
+/// Applies `change` over `current` (the report's row as read in attempt
+/// number `attempt`); a lost race is an error once the retries are spent.
+async fn write(
+    db: &Db,
+    identity: ClusterIdentity,
+    report: &WorkspaceObservation,
+    current: &lapdev_db::Workspace,
+    change: WorkspaceTransition,
+    attempt: usize,
+) -> DbResult<Written> {
+    match db
+        .transition_workspace(
+            identity.organization_id,
+            report.workspace_id,
+            current.version,
+            change,
+        )
+        .await
+    {
+        Ok(_) | Err(DbError::StaleObservation { .. }) => Ok(Written::Done),
+        Err(DbError::Conflict { .. }) if attempt < CONFLICT_RETRIES => Ok(Written::LostRace),
+        Err(e) => Err(e),
     }
 }
 
